@@ -1,0 +1,29 @@
+"""The ``gridpilot`` command line (ARCHITECTURE.md, "CLI")."""
+
+from __future__ import annotations
+
+import click
+
+from gridpilot import __version__
+from gridpilot.cli.common import setup_logging
+from gridpilot.cli.config_cmd import config_group
+from gridpilot.cli.demo_cmd import demo
+from gridpilot.cli.query_cmd import query
+from gridpilot.cli.run_cmd import run, sim
+from gridpilot.cli.tail_cmd import tail
+
+
+@click.group()
+@click.version_option(__version__, prog_name="gridpilot")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """GridPilot: an open-source Energy Management System."""
+    setup_logging(verbose)
+
+
+for command in (config_group, demo, query, run, sim, tail):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()

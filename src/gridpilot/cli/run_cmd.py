@@ -1,0 +1,72 @@
+"""``gridpilot run SERVICE CONFIG`` and ``gridpilot sim``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+import yaml
+
+from gridpilot.app import ALL_SERVICES, Running, Service, install_stop_signals, run_services
+from gridpilot.cli.common import EXIT_CONFIG, fail, load_or_exit, run_async
+
+SERVICE_CHOICES = ["all", *[s.value for s in Service]]
+
+
+@click.command()
+@click.argument("service", type=click.Choice(SERVICE_CHOICES))
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+def run(service: str, config: Path) -> None:
+    """Run SERVICE (or all of them in one process) for the site in CONFIG until SIGTERM."""
+    cfg = load_or_exit(config)
+    services = list(ALL_SERVICES) if service == "all" else [Service(service)]
+    if any(s not in ALL_SERVICES for s in services):
+        fail(
+            f"the {service} service is not part of this release yet; "
+            f"available: all, {', '.join(ALL_SERVICES)}",
+            EXIT_CONFIG,
+        )
+
+    def ready(running: Running) -> None:
+        where = "embedded" if running.embedded_broker else "external"
+        click.echo(
+            f"gridpilot: {', '.join(services)} running for site {cfg.site.id}; "
+            f"MQTT ({where}) mqtt://{running.broker.host}:{running.broker.port}",
+            err=True,
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await run_services(cfg, config.parent, services, stop, ready)
+
+    run_async(main())
+
+
+@click.command()
+@click.option("--base-port", default=15020, show_default=True, help="Port of the first device.")
+@click.option("--speed", default=1.0, show_default=True, help="Simulated seconds per second.")
+@click.option("--site-id", default="sim", show_default=True)
+@click.option(
+    "--write-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a site file whose devices point at the simulator.",
+)
+def sim(base_port: int, speed: float, site_id: str, write_config: Path | None) -> None:
+    """Serve the simulated building's Modbus TCP devices on 127.0.0.1 until SIGTERM."""
+    from gridpilot.sim.site import SimulatedSite
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        async with SimulatedSite(base_port=base_port, speed=speed) as site:
+            for device_id in site.devices:
+                click.echo(f"{device_id}: modbus tcp://127.0.0.1:{site.port_of(device_id)}")
+            if write_config is not None:
+                data = {"site": {"id": site_id}, "devices": site.site_config(site_id)}
+                write_config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+                click.echo(f"site file written to {write_config}")
+            await stop.wait()
+
+    run_async(main())

@@ -1,0 +1,270 @@
+"""The typed site configuration.
+
+YAML is parsed once into these frozen models (see ``gridpilot.config.loader``); nothing
+inward of the loader sees a dict. Durations are ``timedelta``; a field's unit is in its
+docstring or its name.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from gridpilot.model import DataType, Table, WordOrder, is_valid_identifier, unit_of
+from gridpilot.model.registers import ByteOrder
+from gridpilot.model.units import UNIT_SUFFIXES
+
+
+def _identifier(value: str) -> str:
+    if not is_valid_identifier(value):
+        raise ValueError(
+            f"{value!r} is not a valid id: use 1-63 characters of lower-case letters, digits, "
+            "'_' and '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _point_name(value: str) -> str:
+    _identifier(value)
+    if unit_of(value) is None:
+        suffixes = " ".join(sorted(UNIT_SUFFIXES))
+        raise ValueError(
+            f"point {value!r} has no unit suffix; end the name with one of: {suffixes} "
+            "(e.g. 'active_power_w')"
+        )
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+PointName = Annotated[str, AfterValidator(_point_name)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class SiteConfig(_Frozen):
+    """The site this configuration describes."""
+
+    id: Identifier
+    name: str = ""
+    timezone: str = "UTC"
+
+
+class BrokerConfig(_Frozen):
+    """The MQTT broker. Without ``url``, services start an embedded broker on loopback."""
+
+    url: str | None = None
+    """``mqtt://host:port`` (or ``mqtts://``). Absent: embedded broker."""
+    username: str | None = None
+    password_env: str | None = None
+    """Name of the environment variable holding the password (never inline)."""
+    password_file: Path | None = None
+    """File holding the password; must be mode 0600 or stricter."""
+    client_id_prefix: Identifier = "gridpilot"
+    keepalive: timedelta = timedelta(seconds=30)
+    connect_timeout: timedelta = timedelta(seconds=10)
+    max_outgoing: int = Field(default=10_000, ge=1, le=65_000)
+    """Bound of the outgoing message queue; publishers wait when it is full."""
+    embedded_port: int = Field(default=1883, ge=0, le=65535)
+    """Port of the embedded broker; if taken, a free one is picked and logged."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp"):
+            raise ValueError(f"broker url {value!r} must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"broker url {value!r} has no host")
+        if parts.password:
+            raise ValueError("put the broker password in password_env or password_file, not in the url")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1" if self.url else "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        if self.url is None:
+            return self.embedded_port
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+
+class RetentionConfig(_Frozen):
+    """How long each level of storage keeps data. ``None`` keeps it forever."""
+
+    raw: timedelta | None = timedelta(days=30)
+    rollup_1m: timedelta | None = timedelta(days=180)
+    rollup_15m: timedelta | None = timedelta(days=3 * 365)
+    rollup_1h: timedelta | None = None
+
+
+class StorageConfig(_Frozen):
+    """Time-series storage."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    path: Path = Path("gridpilot.db")
+    """SQLite file; relative paths are relative to the configuration file."""
+    batch_size: int = Field(default=5_000, ge=1, le=1_000_000)
+    """Samples per write transaction at most."""
+    flush_interval: timedelta = timedelta(milliseconds=250)
+    """Longest a sample waits in the ingest buffer before it is written."""
+    max_buffered: int = Field(default=200_000, ge=1)
+    """Bound of the ingest buffer in samples; the MQTT reader waits when it is full."""
+    retention: RetentionConfig = RetentionConfig()
+
+
+class IngestConfig(_Frozen):
+    """Validation limits of incoming telemetry."""
+
+    max_payload_bytes: int = Field(default=64 * 1024, ge=64)
+    max_future_skew: timedelta = timedelta(seconds=300)
+    """Samples stamped further than this in the future are rejected."""
+    shared_subscription: Literal["auto", "on", "off"] = "auto"
+    """``auto``: use ``$share/gridpilot-ingest/...`` unless the broker is the embedded one."""
+    accept_unknown_points: bool = False
+    """Store points that are not configured for a known device (they have no valid range)."""
+
+
+class GatewayConfig(_Frozen):
+    """The Modbus gateway service."""
+
+    id: Identifier = "gateway"
+    """Id of the gateway itself; its ``state`` topic carries the MQTT last will."""
+    offline_after_failures: int = Field(default=2, ge=1, le=100)
+    """Consecutive failed polls after which a device is reported ``offline``."""
+    max_backoff: timedelta = timedelta(seconds=60)
+    """Longest wait between reconnect attempts to a dead device."""
+
+
+class PointConfig(_Frozen):
+    """One point of a device and, for Modbus devices, where it lives in the registers."""
+
+    point: PointName
+    address: int | None = Field(default=None, ge=0, le=65535)
+    """Zero-based register/coil address (as on the wire, not 4xxxx notation)."""
+    table: Table = Table.HOLDING
+    type: DataType = DataType.UINT16
+    length: int = Field(default=1, ge=1, le=123)
+    """Registers of a ``string`` value."""
+    bit: int | None = Field(default=None, ge=0, le=15)
+    """For ``bitfield``: take only this bit (0 = least significant) as 0/1."""
+    word_order: WordOrder = WordOrder.BIG
+    byte_order: ByteOrder = ByteOrder.BIG
+    scale: float = 1.0
+    """Engineering value = raw × scale + offset."""
+    offset: float = 0.0
+    valid_range: tuple[float, float] | None = None
+    """[min, max] in the point's unit; readings outside are rejected, writes refused."""
+    writable: bool = False
+    """Commands may set this point (holding registers and coils only)."""
+
+    @property
+    def register_count(self) -> int:
+        if self.type is DataType.STRING:
+            return self.length
+        return self.type.register_count
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        if self.valid_range is not None and self.valid_range[0] > self.valid_range[1]:
+            raise ValueError(f"valid_range {list(self.valid_range)} has min above max")
+        if self.table.is_bit and self.type not in (DataType.BOOL, DataType.UINT16):
+            raise ValueError(f"a {self.table} point holds one bit: use type bool, not {self.type}")
+        if self.type is DataType.BOOL and not self.table.is_bit:
+            raise ValueError("type bool is for coil and discrete tables; use bitfield with bit: N")
+        if self.bit is not None and self.type is not DataType.BITFIELD:
+            raise ValueError("bit is only meaningful with type bitfield")
+        if self.writable and not self.table.is_writable:
+            raise ValueError(f"a point in the {self.table} table is read-only; set writable: false")
+        if self.scale == 0:
+            raise ValueError("scale 0 would make every reading 0")
+        return self
+
+
+class DeviceProtocol(StrEnum):
+    MODBUS_TCP = "modbus_tcp"
+    MQTT = "mqtt"  # MQTT-native device: publishes telemetry itself, no polling
+
+
+class DeviceConfig(_Frozen):
+    """A field device."""
+
+    id: Identifier
+    name: str = ""
+    protocol: DeviceProtocol = DeviceProtocol.MODBUS_TCP
+    host: str | None = None
+    port: int = Field(default=502, ge=1, le=65535)
+    unit_id: int = Field(default=1, ge=0, le=255)
+    poll_interval: timedelta = timedelta(seconds=1)
+    timeout: timedelta = timedelta(seconds=1)
+    """Per request; keep it below the poll interval so a dead device is noticed in time."""
+    retries: int = Field(default=1, ge=0, le=10)
+    """Extra attempts of a failed request within one poll (with backoff)."""
+    max_gap: int = Field(default=8, ge=0, le=100)
+    """Unused registers a merged read may span to save a request."""
+    points: tuple[PointConfig, ...] = Field(min_length=1)
+
+    @field_validator("poll_interval", "timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be greater than zero")
+        return value
+
+    @model_validator(mode="after")
+    def _check_host(self) -> Self:
+        # Cross-point checks (duplicates, overlaps, missing addresses) live in
+        # gridpilot.config.semantic so that each error can name its own line.
+        if self.protocol is DeviceProtocol.MODBUS_TCP and self.host is None:
+            raise ValueError("a modbus_tcp device needs host")
+        return self
+
+    def point(self, name: str) -> PointConfig | None:
+        for p in self.points:
+            if p.point == name:
+                return p
+        return None
+
+
+class ApiConfig(_Frozen):
+    """The HTTP API (issue 5)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class GridPilotConfig(_Frozen):
+    """A whole site file."""
+
+    site: SiteConfig
+    broker: BrokerConfig = BrokerConfig()
+    storage: StorageConfig = StorageConfig()
+    ingest: IngestConfig = IngestConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    api: ApiConfig = ApiConfig()
+    devices: tuple[DeviceConfig, ...] = ()
+
+    def device(self, device_id: str) -> DeviceConfig | None:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        return None
+

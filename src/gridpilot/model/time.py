@@ -1,0 +1,42 @@
+"""Timestamps: epoch milliseconds inside, RFC 3339 UTC on the wire."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds. Only I/O shells call this; cores take `now`."""
+    return time.time_ns() // 1_000_000
+
+
+def to_rfc3339(ts_ms: int) -> str:
+    """Epoch ms -> ``2026-11-26T12:00:00.000Z``."""
+    dt = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+
+
+def parse_timestamp_ms(value: object) -> int:
+    """Parse a telemetry ``ts``: RFC 3339 with an offset, or integer epoch milliseconds.
+
+    Raises ValueError with the reason when the value is neither.
+    """
+    if isinstance(value, bool):
+        raise ValueError("ts is a boolean; expected RFC 3339 text or epoch milliseconds")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("ts is negative")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"ts {value!r} is not RFC 3339") from None
+        if dt.tzinfo is None:
+            raise ValueError(f"ts {value!r} has no UTC offset; append 'Z'")
+        return int(dt.timestamp() * 1000)
+    raise ValueError(f"ts has type {type(value).__name__}; expected RFC 3339 text or integer ms")

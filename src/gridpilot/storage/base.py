@@ -1,0 +1,111 @@
+"""The storage contract every backend fulfils (SQLite now; InfluxDB and PostgreSQL later).
+
+The contract suite in ``tests/contract/`` runs unchanged against every backend.
+
+Semantics:
+- ``write`` is idempotent on (site, device, point, ts_ms): a sample written twice is stored
+  once and counted as a duplicate. The first value written for an identity wins.
+- Rollups at 1 min, 15 min and 1 h (min/max/mean/last/count/sum) are kept current by
+  ``write``; buckets are aligned to the epoch (UTC), so 15-min buckets are the billing blocks.
+- ``history`` with ``every_ms`` aggregates server-side and reads the coarsest level whose
+  bucket size divides ``every_ms`` and whose retention still covers ``start_ms``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from gridpilot.model import Sample, SeriesKey
+
+
+class StorageError(Exception):
+    """Root of storage errors."""
+
+
+class StorageUnavailable(StorageError):
+    """The backend cannot be reached or written now; retry later."""
+
+
+class Agg(StrEnum):
+    MEAN = "mean"
+    MIN = "min"
+    MAX = "max"
+    LAST = "last"
+    SUM = "sum"
+    COUNT = "count"
+
+
+class Level(StrEnum):
+    RAW = "raw"
+    M1 = "1m"
+    M15 = "15m"
+    H1 = "1h"
+
+    @property
+    def bucket_ms(self) -> int:
+        return _BUCKET_MS[self]
+
+
+_BUCKET_MS = {Level.RAW: 0, Level.M1: 60_000, Level.M15: 900_000, Level.H1: 3_600_000}
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    written: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatestValue:
+    series: SeriesKey
+    ts_ms: int
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    """One value of a history query: a raw sample or the aggregate of a bucket.
+
+    ``ts_ms`` of an aggregate is the start of its bucket.
+    """
+
+    ts_ms: int
+    value: float
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """A time-series store. Implementations are async context managers."""
+
+    async def write(self, samples: Sequence[Sample]) -> WriteResult:
+        """Store samples idempotently and update rollups; commit before returning."""
+        ...
+
+    async def latest(self, site: str, device: str | None = None) -> list[LatestValue]:
+        """Most recent value of every series of a site (or of one device)."""
+        ...
+
+    async def history(
+        self,
+        series: SeriesKey,
+        start_ms: int,
+        end_ms: int,
+        every_ms: int | None = None,
+        agg: Agg = Agg.MEAN,
+    ) -> list[HistoryPoint]:
+        """Values in [start_ms, end_ms): raw when ``every_ms`` is None, else aggregated
+        into buckets of ``every_ms`` aligned to the epoch, oldest first."""
+        ...
+
+    async def series(self, site: str | None = None) -> list[SeriesKey]:
+        """Every series stored (of a site), sorted."""
+        ...
+
+    async def apply_retention(self, now_ms: int) -> int:
+        """Delete what each level's retention no longer covers; returns rows deleted."""
+        ...
+
+    async def close(self) -> None: ...

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def now_ms() -> int:
@@ -13,7 +15,7 @@ def now_ms() -> int:
 
 def to_rfc3339(ts_ms: int) -> str:
     """Epoch ms -> ``2026-11-26T12:00:00.000Z``."""
-    dt = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    dt = datetime.fromtimestamp(ts_ms // 1000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
 
 
@@ -38,5 +40,6 @@ def parse_timestamp_ms(value: object) -> int:
             raise ValueError(f"ts {value!r} is not RFC 3339") from None
         if dt.tzinfo is None:
             raise ValueError(f"ts {value!r} has no UTC offset; append 'Z'")
-        return int(dt.timestamp() * 1000)
+        # Integer arithmetic: float seconds would round some milliseconds down.
+        return (dt - _EPOCH) // timedelta(milliseconds=1)
     raise ValueError(f"ts has type {type(value).__name__}; expected RFC 3339 text or integer ms")

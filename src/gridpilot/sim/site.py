@@ -1,0 +1,235 @@
+"""The simulated site: the building's physics behind one Modbus TCP server per device.
+
+``SimulatedSite`` is the I/O shell around the pure ``Building``: it owns one ticker task
+that, every ``tick_s`` of wall time, advances simulated time by ``speed`` times the wall time that
+passed, and re-encodes every device's registers; and one ``DeviceServer`` per device on
+127.0.0.1. Client writes land in the building at once and show on the next read-back; their
+physical effect (battery power, ramps) appears from the next tick.
+
+    async with SimulatedSite(speed=60.0) as site:        # one simulated minute per second
+        port = site.port_of("grid_meter")
+        config = {"site": {"id": "demo"}, "devices": site.site_config("demo")}
+        await site.stop_device("battery")                # clients now see connection refused
+        await site.start_device("battery")               # back on the same port
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from functools import partial
+from types import TracebackType
+from typing import Self
+
+from gridpilot.model import is_valid_identifier
+from gridpilot.sim.building import Building, BuildingParams
+from gridpilot.sim.devices import DEVICE_MAPS, DeviceMap
+from gridpilot.sim.image import AppliedWrite, RegisterImage
+from gridpilot.sim.server import DeviceServer
+
+log = logging.getLogger(__name__)
+
+MAX_CATCH_UP_S = 5.0
+"""Wall time one tick may make up for (after a stalled loop or a suspended machine)."""
+
+
+class SimulatedSite:
+    """A simulated commercial building served over Modbus TCP, one port per device.
+
+    ``base_port`` 0 lets the OS pick free ports; otherwise device *i* (in ``devices`` order)
+    listens on ``base_port + i``. ``speed`` is simulated seconds per wall second. ``start`` is
+    the simulated time at entry (timezone-aware; default: now, UTC).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        base_port: int = 0,
+        speed: float = 1.0,
+        start: datetime | None = None,
+        *,
+        tick_s: float = 0.1,
+        seed: int = 0,
+        params: BuildingParams | None = None,
+        device_maps: tuple[DeviceMap, ...] = DEVICE_MAPS,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be positive, not {speed}")
+        if tick_s <= 0:
+            raise ValueError(f"tick_s must be positive, not {tick_s}")
+        if not 0 <= base_port <= 65535 - len(device_maps):
+            raise ValueError(f"base_port {base_port} leaves no room for {len(device_maps)} ports")
+        self.host = host
+        self.speed = speed
+        self.tick_s = tick_s
+        self._start = start
+        self._seed = seed
+        self._params = params
+        self._maps = {m.id: m for m in device_maps}
+        self._images = {m.id: RegisterImage(m) for m in device_maps}
+        self._servers = {
+            m.id: DeviceServer(
+                self._images[m.id],
+                partial(self._apply_write, m.id),
+                host=host,
+                port=base_port + i if base_port else 0,
+            )
+            for i, m in enumerate(device_maps)
+        }
+        self._building: Building | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._tick_count = 0
+        self._ticked = asyncio.Condition()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        start = self._start or datetime.now(UTC)
+        self._building = Building(start, self._params, seed=self._seed)
+        self._refresh()
+        try:
+            for server in self._servers.values():
+                await server.start()
+        except BaseException:
+            await self._stop_servers()
+            raise
+        self._ticker = asyncio.create_task(self._run_ticker(), name="gridpilot-sim-ticker")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        await self._stop_servers()
+
+    async def _stop_servers(self) -> None:
+        for server in self._servers.values():
+            await server.stop()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Ids of the simulated devices."""
+        return tuple(self._maps)
+
+    @property
+    def building(self) -> Building:
+        """The physics (for tests and the demo's narration); only valid inside ``async with``."""
+        if self._building is None:
+            raise RuntimeError("the site is not running; use 'async with SimulatedSite(...)'")
+        return self._building
+
+    @property
+    def now(self) -> datetime:
+        """Simulated time."""
+        return self.building.now
+
+    @property
+    def tick_count(self) -> int:
+        """Ticks since entry (each one advanced the physics and refreshed the registers)."""
+        return self._tick_count
+
+    def device_map(self, device_id: str) -> DeviceMap:
+        return self._maps[self._known(device_id)]
+
+    def port_of(self, device_id: str) -> int:
+        """TCP port of a device (fixed for the site's life, also across stop/start)."""
+        return self._servers[self._known(device_id)].port
+
+    def is_running(self, device_id: str) -> bool:
+        return self._servers[self._known(device_id)].running
+
+    def site_config(self, site_id: str = "demo") -> list[dict[str, object]]:
+        """The ``devices:`` list of a site file for this site: YAML-ready dicts with every
+        register map, pointing at the running ports.
+
+        Validates as ``GridPilotConfig.model_validate({"site": {"id": site_id}, "devices": ...})``.
+        """
+        if not is_valid_identifier(site_id):
+            raise ValueError(f"{site_id!r} is not a valid site id")
+        return [m.config(self.host, self._servers[m.id].port) for m in self._maps.values()]
+
+    # ------------------------------------------------------------------ control
+
+    async def stop_device(self, device_id: str) -> None:
+        """Take a device off the network: its port refuses connections until ``start_device``.
+
+        Its physics keeps running (a device that is unreachable is not a device that stopped).
+        """
+        await self._servers[self._known(device_id)].stop()
+
+    async def start_device(self, device_id: str) -> None:
+        """Bring a stopped device back on its old port."""
+        await self._servers[self._known(device_id)].start()
+
+    def advance(self, seconds: float) -> None:
+        """Advance simulated time now by ``seconds`` (on top of the ticker) and refresh registers.
+
+        For tests and demos that need hours to pass at once.
+        """
+        self.building.advance(seconds)
+        self._refresh()
+
+    async def wait_ticks(self, count: int = 1) -> None:
+        """Return after ``count`` more ticks have advanced the physics."""
+        async with self._ticked:
+            target = self._tick_count + count
+            await self._ticked.wait_for(lambda: self._tick_count >= target)
+
+    # ------------------------------------------------------------------ internals
+
+    def _known(self, device_id: str) -> str:
+        if device_id not in self._maps:
+            raise KeyError(f"no simulated device {device_id!r}; devices: {', '.join(self._maps)}")
+        return device_id
+
+    def _apply_write(self, device_id: str, write: AppliedWrite) -> None:
+        log.info("%s.%s written: %g", device_id, write.point.name, write.value)
+        self.building.write_point(device_id, write.point.name, write.value)
+
+    def _refresh(self) -> None:
+        building = self.building
+        for device_id, image in self._images.items():
+            image.update(building.device_values(device_id))
+
+    async def _run_ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = loop.time()
+            wall_s = min(now - last, MAX_CATCH_UP_S)
+            last = now
+            try:
+                self.advance(wall_s * self.speed)
+            except Exception:
+                # The task's exception resurfaces at __aexit__; say so now, the site is frozen.
+                log.exception("simulated site: the physics failed; registers no longer change")
+                raise
+            async with self._ticked:
+                self._tick_count += 1
+                self._ticked.notify_all()
+
+
+async def run_sim(
+    base_port: int = 15020,
+    speed: float = 1.0,
+    *,
+    host: str = "127.0.0.1",
+    start: datetime | None = None,
+) -> None:
+    """Serve the simulated site until cancelled (the body of a ``gridpilot sim`` command)."""
+    async with SimulatedSite(host=host, base_port=base_port, speed=speed, start=start) as site:
+        for device_id in site.devices:
+            log.info("%s: modbus tcp://%s:%d", device_id, host, site.port_of(device_id))
+        await asyncio.Event().wait()  # until cancelled; __aexit__ closes every port

@@ -1,0 +1,43 @@
+"""``gridpilot config check`` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from gridpilot.cli.main import cli
+
+from .test_config import BAD, GOOD
+
+
+def test_check_ok(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(GOOD)
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "OK (site hq, 1 devices, 3 points)" in result.output
+
+
+def test_check_reports_each_problem_with_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(BAD)
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    for line_no, field in [(6, "devices[0].colour"), (12, "devices[0].points[1].address"),
+                           (14, "devices[0].points[2].point"), (16, "devices[0].points[3]"),
+                           (20, "devices[0].points[4].scale")]:
+        assert any(line.startswith(f"{path}:{line_no}: {field}: ") for line in lines), lines
+    assert lines[-1] == f"{path}: 5 problem(s)"
+
+
+def test_check_json(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(BAD)
+    result = CliRunner().invoke(cli, ["config", "check", "--json", str(path)])
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert {issue["line"] for issue in report["issues"]} == {6, 12, 14, 16, 20}

@@ -26,9 +26,13 @@ def test_check_reports_each_problem_with_file_and_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["config", "check", str(path)])
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
-    for line_no, field in [(6, "devices[0].colour"), (12, "devices[0].points[1].address"),
-                           (14, "devices[0].points[2].point"), (16, "devices[0].points[3]"),
-                           (20, "devices[0].points[4].scale")]:
+    for line_no, field in [
+        (6, "devices[0].colour"),
+        (12, "devices[0].points[1].address"),
+        (14, "devices[0].points[2].point"),
+        (16, "devices[0].points[3]"),
+        (20, "devices[0].points[4].scale"),
+    ]:
         assert any(line.startswith(f"{path}:{line_no}: {field}: ") for line in lines), lines
     assert lines[-1] == f"{path}: 5 problem(s)"
 

@@ -53,7 +53,11 @@ def test_valid_file_becomes_typed_frozen_models() -> None:
     assert cfg.broker.port == 1883
     assert cfg.storage.retention.raw == timedelta(days=7)
     assert device.poll_interval == timedelta(milliseconds=500)
-    assert (point.table, point.type, point.word_order) == (Table.INPUT, DataType.FLOAT32, WordOrder.LITTLE)
+    assert (point.table, point.type, point.word_order) == (
+        Table.INPUT,
+        DataType.FLOAT32,
+        WordOrder.LITTLE,
+    )
     assert point.register_count == 2
     assert point.valid_range == (-500000.0, 500000.0)
     with pytest.raises(ValueError, match="frozen"):
@@ -161,7 +165,11 @@ def test_single_problems(text: str, field: str, line: int, needle: str) -> None:
 
 
 def test_bits_of_one_status_word_do_not_overlap_but_same_bit_does() -> None:
-    text = GOOD + "      - point: fault_state\n        address: 100\n        type: bitfield\n        bit: 3\n"
+    text = (
+        GOOD
+        + "      - point: fault_state\n"
+        + "        address: 100\n        type: bitfield\n        bit: 3\n"
+    )
     found = issues_of(text)
     assert "overlaps point 'alarm_state'" in found["devices[0].points[3].address"][1]
 

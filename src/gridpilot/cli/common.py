@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import os
 import sys
@@ -37,7 +37,7 @@ def resolve_config_path(config: str | None) -> Path:
     demo = default_demo_dir() / "site.yaml"
     if demo.exists():
         return demo
-    fail(
+    return fail(
         "no configuration given: pass --config FILE, set GRIDPILOT_CONFIG, "
         "or run 'gridpilot demo' first",
         EXIT_CONFIG,
@@ -59,10 +59,8 @@ def load_or_exit(path: Path) -> GridPilotConfig:
 
 
 def run_async(coro: Coroutine[Any, Any, None]) -> None:
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(coro)
-    except KeyboardInterrupt:
-        pass
 
 
 def setup_logging(verbose: int) -> None:

@@ -45,7 +45,12 @@ def config_check(config: Path, as_json: bool) -> None:
         sys.exit(EXIT_CONFIG)
     points = sum(len(d.points) for d in cfg.devices)
     if as_json:
-        click.echo(json.dumps({"ok": True, "site": cfg.site.id, "devices": len(cfg.devices),
-                               "points": points}))
+        click.echo(
+            json.dumps(
+                {"ok": True, "site": cfg.site.id, "devices": len(cfg.devices), "points": points}
+            )
+        )
     else:
-        click.echo(f"{config}: OK (site {cfg.site.id}, {len(cfg.devices)} devices, {points} points)")
+        click.echo(
+            f"{config}: OK (site {cfg.site.id}, {len(cfg.devices)} devices, {points} points)"
+        )

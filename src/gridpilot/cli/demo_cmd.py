@@ -8,17 +8,16 @@ from pathlib import Path
 import click
 import yaml
 
-from gridpilot.app import ALL_SERVICES, Running, install_stop_signals, run_services
-from gridpilot.bus.embedded import EmbeddedBroker
 from gridpilot.cli.common import default_demo_dir, fail, run_async
 from gridpilot.config import ConfigError, validate_config_text
-from gridpilot.storage import open_storage
 
 DEMO_SITE = "demo"
 
 
 @click.command()
-@click.option("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option(
+    "--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C)."
+)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -28,7 +27,10 @@ DEMO_SITE = "demo"
 @click.option("--speed", default=1.0, show_default=True, help="Simulated seconds per second.")
 def demo(duration: float | None, data_dir: Path | None, mqtt_port: int, speed: float) -> None:
     """Run a simulated building with the gateway, an embedded MQTT broker, ingest and SQLite."""
+    from gridpilot.app import ALL_SERVICES, Running, install_stop_signals, run_services
+    from gridpilot.bus.embedded import EmbeddedBroker
     from gridpilot.sim.site import SimulatedSite
+    from gridpilot.storage import open_storage
 
     directory = data_dir or default_demo_dir()
     directory.mkdir(parents=True, exist_ok=True)

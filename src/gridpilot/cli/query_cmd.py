@@ -9,8 +9,8 @@ import click
 from gridpilot.cli.common import fail, load_or_exit, resolve_config_path, run_async
 from gridpilot.cli.timeparse import parse_duration_ms, parse_instant_ms
 from gridpilot.model import SeriesKey, now_ms, to_rfc3339, unit_of
-from gridpilot.storage import open_storage
-from gridpilot.storage.base import Agg
+
+AGG_CHOICES = ["mean", "min", "max", "last", "sum", "count"]  # gridpilot.storage.base.Agg
 
 
 @click.command()
@@ -20,7 +20,7 @@ from gridpilot.storage.base import Agg
 @click.option("--start", default="-1h", show_default=True, help="now, -2h, epoch ms or RFC 3339.")
 @click.option("--end", default="now", show_default=True)
 @click.option("--every", help="Aggregate into buckets, e.g. 1m, 15m, 1h, 1d.")
-@click.option("--agg", type=click.Choice([a.value for a in Agg]), default="mean", show_default=True)
+@click.option("--agg", type=click.Choice(AGG_CHOICES), default="mean", show_default=True)
 @click.option("--limit", default=1000, show_default=True, help="Rows shown at most (newest).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def query(
@@ -39,6 +39,9 @@ def query(
     Without arguments: the latest value of every point. With DEVICE: that device's latest
     values. With DEVICE POINT: the history of one point between --start and --end.
     """
+    from gridpilot.storage import open_storage
+    from gridpilot.storage.base import Agg
+
     path = resolve_config_path(config)
     cfg = load_or_exit(path)
     now = now_ms()
@@ -59,29 +62,41 @@ def query(
                     what = f"device {device!r}" if device else f"site {cfg.site.id!r}"
                     fail(f"nothing stored for {what} in {cfg.storage.path}", 1)
                 if as_json:
-                    click.echo(json.dumps([
-                        {"device": v.series.device, "point": v.series.point,
-                         "ts": to_rfc3339(v.ts_ms), "value": v.value}
-                        for v in latest
-                    ]))
+                    click.echo(
+                        json.dumps(
+                            [
+                                {
+                                    "device": v.series.device,
+                                    "point": v.series.point,
+                                    "ts": to_rfc3339(v.ts_ms),
+                                    "value": v.value,
+                                }
+                                for v in latest
+                            ]
+                        )
+                    )
                     return
                 for v in latest:
                     age_s = (now - v.ts_ms) / 1000
+                    unit = unit_of(v.series.point) or ""
                     click.echo(
-                        f"{v.series.device:<16} {v.series.point:<32} {v.value:>16.6g} "
-                        f"{unit_of(v.series.point) or '':<5} {to_rfc3339(v.ts_ms)} ({age_s:.0f} s ago)"
+                        f"{v.series.device:<16} {v.series.point:<32} {v.value:>16.6g} {unit:<5} "
+                        f"{to_rfc3339(v.ts_ms)} ({age_s:.0f} s ago)"
                     )
                 return
-            assert device is not None
-            series = SeriesKey(cfg.site.id, device, point)
+            series = SeriesKey(cfg.site.id, device or "", point)
             rows = await storage.history(series, start_ms, end_ms, every_ms, Agg(agg))
             if not rows:
                 known = await storage.series(cfg.site.id)
-                hint = "" if series in known else " (no such series; run without POINT to list them)"
+                hint = (
+                    "" if series in known else " (no such series; run without POINT to list them)"
+                )
                 fail(f"no data for {series} between {start} and {end}{hint}", 1)
             rows = rows[-limit:]
             if as_json:
-                click.echo(json.dumps([{"ts": to_rfc3339(r.ts_ms), "value": r.value} for r in rows]))
+                click.echo(
+                    json.dumps([{"ts": to_rfc3339(r.ts_ms), "value": r.value} for r in rows])
+                )
                 return
             unit = unit_of(point) or ""
             label = f"{agg} per {every}" if every else "raw"
@@ -90,5 +105,3 @@ def query(
                 click.echo(f"{to_rfc3339(r.ts_ms)}  {r.value:.6g}")
 
     run_async(main())
-
-

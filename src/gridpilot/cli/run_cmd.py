@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 import yaml
 
-from gridpilot.app import ALL_SERVICES, Running, Service, install_stop_signals, run_services
 from gridpilot.cli.common import EXIT_CONFIG, fail, load_or_exit, run_async
 
-SERVICE_CHOICES = ["all", *[s.value for s in Service]]
+# Kept in step with gridpilot.app.Service; spelled out so --help needs no service imports.
+SERVICE_CHOICES = ["all", "gateway", "ingest", "controller", "api"]
 
 
 @click.command()
@@ -19,6 +19,8 @@ SERVICE_CHOICES = ["all", *[s.value for s in Service]]
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 def run(service: str, config: Path) -> None:
     """Run SERVICE (or all of them in one process) for the site in CONFIG until SIGTERM."""
+    from gridpilot.app import ALL_SERVICES, Running, Service, install_stop_signals, run_services
+
     cfg = load_or_exit(config)
     services = list(ALL_SERVICES) if service == "all" else [Service(service)]
     if any(s not in ALL_SERVICES for s in services):
@@ -55,6 +57,7 @@ def run(service: str, config: Path) -> None:
 )
 def sim(base_port: int, speed: float, site_id: str, write_config: Path | None) -> None:
     """Serve the simulated building's Modbus TCP devices on 127.0.0.1 until SIGTERM."""
+    from gridpilot.app import install_stop_signals
     from gridpilot.sim.site import SimulatedSite
 
     async def main() -> None:
@@ -65,7 +68,8 @@ def sim(base_port: int, speed: float, site_id: str, write_config: Path | None) -
                 click.echo(f"{device_id}: modbus tcp://127.0.0.1:{site.port_of(device_id)}")
             if write_config is not None:
                 data = {"site": {"id": site_id}, "devices": site.site_config(site_id)}
-                write_config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+                text = yaml.safe_dump(data, sort_keys=False)
+                await asyncio.to_thread(write_config.write_text, text, encoding="utf-8")
                 click.echo(f"site file written to {write_config}")
             await stop.wait()
 

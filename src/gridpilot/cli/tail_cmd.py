@@ -6,7 +6,6 @@ from urllib.parse import urlsplit
 
 import click
 
-from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.cli.common import fail, load_or_exit, resolve_config_path, run_async
 
 
@@ -17,6 +16,8 @@ from gridpilot.cli.common import fail, load_or_exit, resolve_config_path, run_as
 @click.option("--count", type=int, help="Exit after this many messages.")
 def tail(topic: str, config: str | None, url: str | None, count: int | None) -> None:
     """Print every message on TOPIC (default gridpilot/#) as 'topic payload'."""
+    from gridpilot.bus.client import BrokerAddress, BusClient
+
     if url:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
@@ -40,4 +41,3 @@ def tail(topic: str, config: str | None, url: str | None, count: int | None) -> 
                     return
 
     run_async(main())
-

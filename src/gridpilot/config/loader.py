@@ -32,7 +32,9 @@ class ConfigIssue:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
 
 
 class ConfigError(Exception):
@@ -115,7 +117,9 @@ def validate_config_text(text: str, file: str = "<config>") -> GridPilotConfig:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([ConfigIssue(file, line, "", f"not valid YAML: {problem}")]) from exc
     if data is None:
-        raise ConfigError([ConfigIssue(file, 1, "", "the file is empty; start with 'site: {id: ...}'")])
+        raise ConfigError(
+            [ConfigIssue(file, 1, "", "the file is empty; start with 'site: {id: ...}'")]
+        )
     index = _LineIndex()
     if node is not None:
         index.build(node)
@@ -135,7 +139,8 @@ def validate_config_text(text: str, file: str = "<config>") -> GridPilotConfig:
     if issues:
         issues.sort(key=lambda issue: (issue.line or 0, issue.field))
         raise ConfigError(issues)
-    assert config is not None
+    if config is None:  # pragma: no cover - pydantic either returns a model or raises
+        raise ConfigError([ConfigIssue(file, None, "", "validation produced no configuration")])
     return config
 
 
@@ -147,8 +152,17 @@ def load_config(path: Path | str) -> GridPilotConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            [ConfigIssue(str(path), None, "", "file not found; check the path (try examples/building.yaml)")]
+            [
+                ConfigIssue(
+                    str(path),
+                    None,
+                    "",
+                    "file not found; check the path (try examples/building.yaml)",
+                )
+            ]
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigIssue(str(path), None, "", f"cannot read the file: {exc}")]) from exc
+        raise ConfigError(
+            [ConfigIssue(str(path), None, "", f"cannot read the file: {exc}")]
+        ) from exc
     return validate_config_text(text, str(path))

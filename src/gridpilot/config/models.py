@@ -92,7 +92,9 @@ class BrokerConfig(_Frozen):
         if not parts.hostname:
             raise ValueError(f"broker url {value!r} has no host")
         if parts.password:
-            raise ValueError("put the broker password in password_env or password_file, not in the url")
+            raise ValueError(
+                "put the broker password in password_env or password_file, not in the url"
+            )
         return value
 
     @property
@@ -214,8 +216,9 @@ class DeviceConfig(_Frozen):
     port: int = Field(default=502, ge=1, le=65535)
     unit_id: int = Field(default=1, ge=0, le=255)
     poll_interval: timedelta = timedelta(seconds=1)
-    timeout: timedelta = timedelta(seconds=1)
-    """Per request; keep it below the poll interval so a dead device is noticed in time."""
+    timeout: timedelta = timedelta(milliseconds=500)
+    """Per request attempt. Keep timeout × (retries + 1) within the poll interval, so a
+    silent device costs one interval and is reported offline in time."""
     retries: int = Field(default=1, ge=0, le=10)
     """Extra attempts of a failed request within one poll (with backoff)."""
     max_gap: int = Field(default=8, ge=0, le=100)
@@ -267,4 +270,3 @@ class GridPilotConfig(_Frozen):
             if d.id == device_id:
                 return d
         return None
-

@@ -51,9 +51,10 @@ def check(data: object) -> Iterator[Finding]:
         device_id = device.get("id")
         if isinstance(device_id, str):
             if device_id in seen_devices:
+                first = seen_devices[device_id]
                 yield Finding(
                     ("devices", i, "id"),
-                    f"device id {device_id!r} is already used by devices[{seen_devices[device_id]}]",
+                    f"device id {device_id!r} is already used by devices[{first}]",
                 )
             else:
                 seen_devices[device_id] = i

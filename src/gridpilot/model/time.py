@@ -25,7 +25,8 @@ def parse_timestamp_ms(value: object) -> int:
     Raises ValueError with the reason when the value is neither.
     """
     if isinstance(value, bool):
-        raise ValueError("ts is a boolean; expected RFC 3339 text or epoch milliseconds")
+        # ValueError, not TypeError: callers treat any unusable ts as one kind of bad input.
+        raise ValueError("ts is a boolean; expected RFC 3339 text or epoch milliseconds")  # noqa: TRY004
     if isinstance(value, int):
         if value < 0:
             raise ValueError("ts is negative")

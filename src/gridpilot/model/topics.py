@@ -1,11 +1,11 @@
 """The MQTT topic scheme (ARCHITECTURE.md, "Topics").
 
-    gridpilot/v1/{site}/{device}/telemetry
-    gridpilot/v1/{site}/{device}/command
-    gridpilot/v1/{site}/{device}/command/result
-    gridpilot/v1/{site}/{device}/state          (retained)
-    gridpilot/v1/{site}/events
-    gridpilot/v1/{site}/deadletter
+gridpilot/v1/{site}/{device}/telemetry
+gridpilot/v1/{site}/{device}/command
+gridpilot/v1/{site}/{device}/command/result
+gridpilot/v1/{site}/{device}/state          (retained)
+gridpilot/v1/{site}/events
+gridpilot/v1/{site}/deadletter
 """
 
 from __future__ import annotations

@@ -1,0 +1,86 @@
+"""From configured points to register specs, and from register words to telemetry values.
+
+Pure: the poll loop reads blocks and hands the words here; what comes back is what gets
+published and what gets counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gridpilot.config.models import DeviceConfig, PointConfig
+from gridpilot.fieldbus.codec import RegisterSpec, decode
+from gridpilot.fieldbus.errors import DecodeError
+from gridpilot.model import DataType
+
+
+def register_spec(point: PointConfig) -> RegisterSpec:
+    """The fieldbus description of a Modbus point. Raises ValueError without an address."""
+    if point.address is None:
+        raise ValueError(f"point {point.point!r} has no register address")
+    return RegisterSpec(
+        point=point.point,
+        table=point.table,
+        address=point.address,
+        dtype=point.type,
+        length=point.length,
+        bit=point.bit,
+        word_order=point.word_order,
+        byte_order=point.byte_order,
+        scale=point.scale,
+        offset=point.offset,
+    )
+
+
+def polled_specs(device: DeviceConfig) -> tuple[RegisterSpec, ...]:
+    """The specs the gateway polls: every numeric point with an address.
+
+    Text points (``string``) are left out: telemetry values are numbers.
+    """
+    return tuple(
+        register_spec(p)
+        for p in device.points
+        if p.address is not None and p.type is not DataType.STRING
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """The outcome of decoding one poll."""
+
+    values: dict[str, float]
+    """Valid values by point, in the point's unit."""
+    out_of_range: tuple[str, ...] = ()
+    """Points whose value was outside their valid_range (dropped)."""
+    invalid: tuple[tuple[str, str], ...] = ()
+    """(point, reason) of values that could not be decoded (dropped)."""
+
+
+def evaluate(
+    device: DeviceConfig, words_by_spec: Iterable[tuple[RegisterSpec, Sequence[int]]]
+) -> Readings:
+    """Decode the words of each spec and keep the values inside their valid range."""
+    values: dict[str, float] = {}
+    out_of_range: list[str] = []
+    invalid: list[tuple[str, str]] = []
+    for spec, words in words_by_spec:
+        try:
+            value = decode(spec, words)
+        except DecodeError as exc:
+            invalid.append((spec.point, str(exc)))
+            continue
+        if isinstance(value, str):
+            continue  # text points are not polled; a stray one is not telemetry
+        if not math.isfinite(value):
+            invalid.append((spec.point, f"point {spec.point!r}: value {value} is not finite"))
+            continue
+        point = device.point(spec.point)
+        if point is not None and point.valid_range is not None:
+            low, high = point.valid_range
+            if not low <= value <= high:
+                out_of_range.append(spec.point)
+                continue
+        values[spec.point] = value
+    return Readings(values, tuple(out_of_range), tuple(invalid))

@@ -1,0 +1,645 @@
+"""The gateway service: polls Modbus devices, publishes telemetry and state, executes commands.
+
+The I/O shell around the pure parts of this package (``schedule``, ``health``,
+``commands``, ``points``). Tasks, all owned by :class:`GatewayService`:
+
+* one poll task per Modbus device: a fixed-rate schedule; a slow or dead device only
+  delays itself. A dead device is retried with backoff (``health.BackoffPolicy``).
+* one command task per device: commands for a device run one at a time, each after the
+  device's current poll (they share the device's lock), never waiting for other devices.
+* one dispatcher: reads ``gridpilot/v1/{site}/+/command``, validates, hands the command to
+  its device's bounded queue or answers ``rejected`` at once.
+
+Ordering rule: everything a device publishes (telemetry, state, command results) is
+queued on the bus while holding that device's lock, so a command's result is published
+after the telemetry read before the write and before the telemetry read after it: the
+first telemetry after an ``applied`` result shows the new value.
+
+A task that fails unexpectedly (a bug, not a device error: those are outcomes) is logged
+and restarted after ``RESTART_DELAY_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from gridpilot.bus.client import BrokerAddress, BusClient, Will
+from gridpilot.config.models import DeviceConfig, DeviceProtocol, GatewayConfig, GridPilotConfig
+from gridpilot.fieldbus.codec import RegisterSpec, decode, encode
+from gridpilot.fieldbus.errors import (
+    DeviceRejected,
+    DeviceTimeout,
+    EncodeError,
+    FieldbusError,
+    ProtocolError,
+)
+from gridpilot.fieldbus.modbus_tcp import ModbusTcpDevice
+from gridpilot.fieldbus.planner import ReadBlock, extract, plan_reads
+from gridpilot.gateway.commands import (
+    Applied,
+    Command,
+    FailCode,
+    Failed,
+    Outcome,
+    RecentIds,
+    RejectCode,
+    Rejected,
+    encode_result,
+    judge_readback,
+    not_representable,
+    parse_command,
+    rejected_as,
+    status_of,
+)
+from gridpilot.gateway.health import BackoffPolicy, DeviceHealth, DeviceStatus
+from gridpilot.gateway.payloads import (
+    device_state_payload,
+    gateway_state_payload,
+    gateway_will_payload,
+    telemetry_payload,
+)
+from gridpilot.gateway.points import evaluate, polled_specs, register_spec
+from gridpilot.gateway.schedule import FixedRateSchedule
+from gridpilot.model import Topic, TopicKind, now_ms, parse_topic, to_rfc3339
+
+log = logging.getLogger(__name__)
+
+COMMAND_QUEUE_SIZE = 16
+"""Commands waiting per device at most; more are rejected as ``busy``."""
+RESTART_DELAY_S = 1.0
+"""Wait before restarting a task that failed unexpectedly."""
+_SLACK_S = 1.0
+"""Added to the worst-case time of a device call for the guard timeout around it."""
+
+
+class DeviceConnection(Protocol):
+    """What the gateway needs of a device driver (``ModbusTcpDevice`` is one)."""
+
+    async def read_block(self, block: ReadBlock) -> list[int]: ...
+
+    async def write(self, spec: RegisterSpec, words: Sequence[int]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+Connector = Callable[[DeviceConfig], DeviceConnection]
+
+
+def modbus_connector(device: DeviceConfig) -> DeviceConnection:
+    """The production driver: Modbus TCP with the device's timeout and retries."""
+    return ModbusTcpDevice.from_config(device)
+
+
+class _Bus(Protocol):
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None: ...
+
+
+class _DeviceWorker:
+    """Everything the gateway holds about one polled device."""
+
+    def __init__(
+        self,
+        *,
+        site: str,
+        device: DeviceConfig,
+        gateway: GatewayConfig,
+        connection: DeviceConnection,
+        bus: _Bus,
+        clock: Callable[[], int],
+        state_interval_s: float,
+    ) -> None:
+        self.site = site
+        self.device = device
+        self.connection = connection
+        self.bus = bus
+        self.clock = clock
+        self.state_interval_s = state_interval_s
+        self.interval_s = device.poll_interval.total_seconds()
+        self.specs = polled_specs(device)
+        self.blocks = plan_reads(self.specs, max_gap=device.max_gap)
+        # A request may take timeout x (retries + 1) (ModbusTcpDevice's budget).
+        self.request_budget_s = device.timeout.total_seconds() * (device.retries + 1)
+        self.poll_budget_s = self.request_budget_s * max(len(self.blocks), 1) + _SLACK_S
+        if self.request_budget_s > self.interval_s:
+            # A silent device costs timeout x (retries + 1) per poll: detection of an
+            # outage then takes that long per failed poll, not one interval.
+            log.info(
+                "%s: timeout %g s x %d attempt(s) exceeds poll_interval %g s; an unanswering "
+                "device is reported offline only after %d such polls",
+                device.id,
+                device.timeout.total_seconds(),
+                device.retries + 1,
+                self.interval_s,
+                gateway.offline_after_failures,
+            )
+        self.health = DeviceHealth(
+            gateway.offline_after_failures,
+            BackoffPolicy(self.interval_s, gateway.max_backoff.total_seconds()),
+            clock(),
+        )
+        self.lock = asyncio.Lock()
+        self.commands: asyncio.Queue[Command] = asyncio.Queue(maxsize=COMMAND_QUEUE_SIZE)
+        self.recent = RecentIds()
+        self.current: Command | None = None
+        self.executing = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.stopping = False
+        self.seq = 0
+        self._last_state_at = -math.inf
+
+    @property
+    def id(self) -> str:
+        return self.device.id
+
+    # ------------------------------------------------------------------ polling
+
+    async def run_polls(self) -> None:
+        if not self.blocks:
+            log.info("%s: no numeric points to poll", self.id)
+            return
+        loop = asyncio.get_running_loop()
+        schedule = FixedRateSchedule(self.interval_s, loop.time())
+        while True:
+            await asyncio.sleep(max(0.0, schedule.deadline_s - loop.time()))
+            async with self.lock:
+                await self._poll()
+            now_s = loop.time()
+            delay = self.health.retry_delay_s(self.clock())
+            tick = schedule.advance(now_s, None if delay is None else now_s + delay)
+            if tick.skipped:
+                self.health.ticks_skipped(tick.skipped)
+                log.debug("%s: poll overran, %d tick(s) skipped", self.id, tick.skipped)
+
+    async def _poll(self) -> None:
+        """One poll: read every block, publish telemetry, update health. Holds the lock."""
+        ts = self.clock()
+        was = self.health.status
+        words_by_spec: list[tuple[RegisterSpec, list[int]]] = []
+        refused: list[DeviceRejected] = []
+        failure: FieldbusError | None = None
+        try:
+            async with asyncio.timeout(self.poll_budget_s):
+                for block in self.blocks:
+                    try:
+                        words = await self.connection.read_block(block)
+                    except DeviceRejected as exc:
+                        # The device answered: the rest of the map may still be readable.
+                        refused.append(exc)
+                        continue
+                    words_by_spec.extend(_split(block, words))
+        except FieldbusError as exc:
+            failure = exc
+        except TimeoutError:
+            failure = DeviceTimeout(
+                f"{self.id}: poll did not finish within {self.poll_budget_s:.3g} s"
+            )
+            await self.connection.close()
+        now = self.clock()
+        if failure is None and refused and not words_by_spec:
+            failure = refused.pop(0)  # every block refused: nothing was read
+        if failure is not None:
+            changed = self.health.poll_failed(failure.kind, str(failure), now)
+        else:
+            changed = self.health.poll_succeeded(now)
+        for rejection in refused:
+            changed = self.health.error(rejection.kind, str(rejection), now) or changed
+        readings = evaluate(self.device, words_by_spec)
+        self.health.values_dropped(len(readings.out_of_range), len(readings.invalid))
+        for _, reason in readings.invalid:
+            changed = self.health.error("decode", reason, now) or changed
+        if readings.out_of_range:
+            log.debug("%s: out of valid range, dropped: %s", self.id, readings.out_of_range)
+        if readings.values:
+            self.seq += 1
+            await self.bus.publish(
+                str(Topic.telemetry(self.site, self.id)),
+                telemetry_payload(ts, self.seq, readings.values),
+                qos=1,
+            )
+        self._log_transition(was)
+        loop_now = asyncio.get_running_loop().time()
+        if changed or loop_now - self._last_state_at >= self.state_interval_s:
+            await self.publish_state()
+
+    def _log_transition(self, was: DeviceStatus) -> None:
+        health = self.health
+        if health.status is was:
+            return
+        if health.status is DeviceStatus.ONLINE:
+            log.info("%s: online", self.id)
+        else:
+            error = health.last_error
+            log.warning(
+                "%s: offline after %d failed poll(s): %s",
+                self.id,
+                health.consecutive_failures,
+                error.message if error is not None else "?",
+            )
+
+    async def publish_state(self, reason: str | None = None) -> None:
+        self._last_state_at = asyncio.get_running_loop().time()
+        await self.bus.publish(
+            str(Topic.state(self.site, self.id)),
+            device_state_payload(self.health.snapshot(), self.clock(), reason),
+            qos=1,
+            retain=True,
+        )
+
+    # ------------------------------------------------------------------ commands
+
+    def submit(self, command: Command) -> Rejected | None:
+        """Queue a validated command; a rejection when it cannot be queued."""
+        if self.stopping:
+            return rejected_as(command, RejectCode.STOPPING, "the gateway is stopping")
+        try:
+            self.commands.put_nowait(command)
+        except asyncio.QueueFull:
+            return rejected_as(
+                command,
+                RejectCode.BUSY,
+                f"{self.commands.qsize()} commands are already waiting for {self.id}",
+            )
+        return None
+
+    async def run_commands(self) -> None:
+        while True:
+            command = await self.commands.get()
+            self.current = command
+            self.idle.clear()
+            try:
+                async with self.lock:
+                    self.executing = True
+                    outcome = await self._execute(command)
+                    await self.finish(outcome)
+            finally:
+                self.executing = False
+                self.current = None
+                self.idle.set()
+
+    async def _execute(self, command: Command) -> Outcome:
+        """Write, read back, judge. Holds the lock."""
+        now = self.clock()
+        if command.is_expired(now):
+            return rejected_as(
+                command,
+                RejectCode.EXPIRED,
+                f"expired at {to_rfc3339(command.expires_ms)} while waiting for {self.id}",
+            )
+        point = self.device.point(command.point)
+        if point is None:  # parse_command checked it against the same configuration
+            return rejected_as(command, RejectCode.UNKNOWN_POINT, f"no point {command.point!r}")
+        spec = register_spec(point)
+        try:
+            words = encode(spec, command.value)
+        except EncodeError as exc:
+            return not_representable(command, str(exc))
+        try:
+            async with asyncio.timeout(self.request_budget_s + _SLACK_S):
+                await self.connection.write(spec, words)
+        except (FieldbusError, TimeoutError) as exc:
+            kind, message = _describe(exc, "write")
+            changed = self.health.error(kind, f"write of {command.point}: {message}", self.clock())
+            if changed:
+                await self.publish_state()
+            return Failed(command, FailCode.WRITE_FAILED, f"{kind}: {message}")
+        block = plan_reads([spec], max_gap=0)[0]
+        try:
+            async with asyncio.timeout(self.request_budget_s + _SLACK_S):
+                readback = decode(
+                    spec, extract(block, await self.connection.read_block(block), spec)
+                )
+        except (FieldbusError, TimeoutError, ValueError) as exc:
+            kind, message = _describe(exc, "read-back")
+            changed = self.health.error(
+                kind, f"read-back of {command.point}: {message}", self.clock()
+            )
+            if changed:
+                await self.publish_state()
+            return Failed(
+                command, FailCode.READBACK_FAILED, f"written, but read-back failed: {message}"
+            )
+        outcome = judge_readback(command, point, readback)
+        if isinstance(outcome, Failed) and self.health.error("readback", outcome.reason, now):
+            await self.publish_state()
+        return outcome
+
+    async def finish(self, outcome: Outcome) -> None:
+        """Count and publish the one result of a command."""
+        status = status_of(outcome)
+        self.health.command_outcome(status)
+        match outcome:
+            case Applied(command, readback):
+                log.info(
+                    "%s: %s = %g applied (read back %g)",
+                    self.id,
+                    command.point,
+                    command.value,
+                    readback,
+                )
+            case Failed(command, _, reason):
+                log.warning("%s: command %s failed: %s", self.id, command.id, reason)
+            case Rejected(_, code, reason, cmd_id):
+                log.info("%s: command %s rejected (%s): %s", self.id, cmd_id, code, reason)
+        await publish_result(self.bus, self.site, self.id, outcome, self.clock())
+
+    def drain(self) -> list[Command]:
+        """Take every queued command out (the gateway is stopping)."""
+        drained: list[Command] = []
+        while not self.commands.empty():
+            drained.append(self.commands.get_nowait())
+        return drained
+
+
+def _split(block: ReadBlock, words: list[int]) -> list[tuple[RegisterSpec, list[int]]]:
+    try:
+        return [(spec, extract(block, words, spec)) for spec in block.specs]
+    except ValueError as exc:  # the driver returned the wrong number of words
+        raise ProtocolError(str(exc)) from exc
+
+
+def _describe(exc: BaseException, what: str) -> tuple[str, str]:
+    if isinstance(exc, FieldbusError):
+        return exc.kind, str(exc)
+    if isinstance(exc, TimeoutError):
+        return "timeout", f"{what} did not finish in time"
+    return "protocol", str(exc)
+
+
+async def publish_result(bus: _Bus, site: str, device: str, outcome: Outcome, ts_ms: int) -> None:
+    await bus.publish(str(Topic.command_result(site, device)), encode_result(outcome, ts_ms), qos=1)
+
+
+class GatewayService:
+    """The Modbus gateway of one site. Use as ``async with GatewayService(config, broker):``.
+
+    Entering connects nothing synchronously: the bus client connects (and reconnects) in the
+    background and queues what is published meanwhile; device connections open on the first
+    poll. Leaving publishes every device and the gateway ``offline`` (retained) and closes.
+
+    ``connector`` builds the driver of a device (default: Modbus TCP); ``clock`` gives wall
+    time in epoch ms (timestamps, expiry); ``state_interval`` is how often a device's state
+    is re-published when nothing changed.
+    """
+
+    def __init__(
+        self,
+        config: GridPilotConfig,
+        broker: BrokerAddress,
+        *,
+        connector: Connector = modbus_connector,
+        clock: Callable[[], int] = now_ms,
+        state_interval: timedelta = timedelta(seconds=10),
+        client_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.broker = broker
+        self.site = config.site.id
+        self.gateway_id = config.gateway.id
+        self._connector = connector
+        self._clock = clock
+        self._state_interval_s = state_interval.total_seconds()
+        self._client_id = client_id or (
+            f"{config.broker.client_id_prefix}-{self.site}-{self.gateway_id}"
+        )
+        self._devices = {d.id: d for d in config.devices}
+        self._polled = [d for d in config.devices if d.protocol is DeviceProtocol.MODBUS_TCP]
+        self._workers: dict[str, _DeviceWorker] = {}
+        self._poll_tasks: list[asyncio.Task[None]] = []
+        self._command_tasks: list[asyncio.Task[None]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._bus: BusClient | None = None
+        self._since_ms = clock()
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        self._since_ms = self._clock()
+        broker = self.config.broker
+        bus = BusClient(
+            self.broker,
+            self._client_id,
+            will=Will(
+                str(Topic.state(self.site, self.gateway_id)),
+                gateway_will_payload(d.id for d in self._polled),
+                qos=1,
+                retain=True,
+            ),
+            # A persistent session: commands sent while the gateway is away are delivered
+            # when it is back, and each still gets its one result (``expired`` by then).
+            clean_session=False,
+            max_outgoing=broker.max_outgoing,
+            keepalive_s=broker.keepalive.total_seconds(),
+            connect_timeout_s=broker.connect_timeout.total_seconds(),
+        )
+        # Workers first: a register map that cannot be planned fails before any I/O.
+        for device in self._polled:
+            self._workers[device.id] = _DeviceWorker(
+                site=self.site,
+                device=device,
+                gateway=self.config.gateway,
+                connection=self._connector(device),
+                bus=bus,
+                clock=self._clock,
+                state_interval_s=self._state_interval_s,
+            )
+        await bus.__aenter__()
+        self._bus = bus
+        try:
+            bus.on_connect(self._announce)
+            await bus.subscribe(Topic.filter(TopicKind.COMMAND, site=self.site), qos=1)
+        except BaseException:
+            await self._close_connections()
+            await bus.close()
+            raise
+        for worker in self._workers.values():
+            self._poll_tasks.append(self._spawn(f"poll:{worker.id}", worker.run_polls))
+            self._command_tasks.append(self._spawn(f"commands:{worker.id}", worker.run_commands))
+        self._dispatcher = self._spawn("dispatch", self._dispatch)
+        log.info(
+            "gateway %s: polling %d device(s) of site %s, broker %s",
+            self.gateway_id,
+            len(self._workers),
+            self.site,
+            self.broker,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop polling, finish or answer every command, announce ``offline``, close."""
+        if self._stopping or self._bus is None:
+            return
+        self._stopping = True
+        bus = self._bus
+        if self._dispatcher is not None:
+            await _cancel([self._dispatcher])
+        for worker in self._workers.values():
+            worker.stopping = True
+        await _cancel(self._poll_tasks)
+        # Queued commands were not attempted: rejected. The one being executed may finish.
+        for worker in self._workers.values():
+            for queued in worker.drain():
+                await worker.finish(
+                    rejected_as(queued, RejectCode.STOPPING, "the gateway stopped first")
+                )
+        for worker in self._workers.values():
+            with contextlib.suppress(TimeoutError):
+                # An execution is bounded by its write and read-back guards: wait that long.
+                async with asyncio.timeout(2 * (worker.request_budget_s + _SLACK_S) + 0.5):
+                    await worker.idle.wait()
+        interrupted = {w.id: (w.current, w.executing) for w in self._workers.values()}
+        await _cancel(self._command_tasks)
+        for worker in self._workers.values():
+            pending, executing = interrupted[worker.id]
+            if pending is not None:
+                outcome: Outcome = (
+                    Failed(
+                        pending,
+                        FailCode.INTERRUPTED,
+                        "the gateway stopped during the write; the device state is unknown",
+                    )
+                    if executing
+                    else rejected_as(pending, RejectCode.STOPPING, "the gateway stopped first")
+                )
+                await worker.finish(outcome)
+        now = self._clock()
+        for worker in self._workers.values():
+            worker.health.mark_offline(now)
+            await worker.publish_state(reason="gateway stopped")
+        await bus.publish(
+            str(Topic.state(self.site, self.gateway_id)),
+            gateway_state_payload(
+                DeviceStatus.OFFLINE, now, now, self._workers, reason="gateway stopped"
+            ),
+            qos=1,
+            retain=True,
+        )
+        await self._close_connections()
+        await bus.close()
+        log.info("gateway %s: stopped", self.gateway_id)
+
+    async def _close_connections(self) -> None:
+        for worker in self._workers.values():
+            with contextlib.suppress(FieldbusError, OSError):
+                await worker.connection.close()
+
+    def _spawn(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+        return asyncio.create_task(self._supervised(name, run), name=f"gateway:{name}")
+
+    async def _supervised(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Restart policy: a task that fails unexpectedly is logged and restarted."""
+        while True:
+            try:
+                await run()
+            except Exception:  # the restart policy covers any failure
+                log.exception("gateway task %s failed; restarting in %g s", name, RESTART_DELAY_S)
+                await asyncio.sleep(RESTART_DELAY_S)
+            else:
+                return
+
+    # ------------------------------------------------------------------ bus
+
+    @property
+    def bus(self) -> BusClient:
+        if self._bus is None:
+            raise RuntimeError("use 'async with GatewayService(...)'")
+        return self._bus
+
+    def health(self, device_id: str) -> DeviceHealth:
+        """The live health of a polled device (for status pages and tests)."""
+        return self._workers[device_id].health
+
+    async def _announce(self) -> None:
+        """After every (re)connection: retained gateway and device states.
+
+        Stopping is not re-announced: ``stop`` publishes the final states itself.
+        """
+        if self._stopping:
+            return
+        bus = self.bus
+        await bus.publish(
+            str(Topic.state(self.site, self.gateway_id)),
+            gateway_state_payload(
+                DeviceStatus.ONLINE, self._since_ms, self._clock(), self._workers
+            ),
+            qos=1,
+            retain=True,
+        )
+        for worker in self._workers.values():
+            if worker.blocks and worker.health.counters.polls == 0:
+                continue  # its first poll publishes it: no "offline" flicker at start-up
+            await worker.publish_state()
+
+    async def _dispatch(self) -> None:
+        async for message in self.bus.messages():
+            topic = parse_topic(message.topic)
+            if (
+                topic is None
+                or topic.kind is not TopicKind.COMMAND
+                or topic.site != self.site
+                or topic.device is None
+            ):
+                continue
+            try:
+                await self._on_command(topic.device, message.payload)
+            except Exception:  # bad input must never stop the gateway
+                # Parsing answers every bad payload with a result; this is for bugs.
+                log.exception("%s: handling a command failed", topic.device)
+
+    async def _on_command(self, device_id: str, payload: bytes) -> None:
+        parsed = parse_command(payload, device_id, self._devices, self._clock())
+        worker = self._workers.get(device_id)
+        cmd_id = parsed.id
+        if worker is not None and cmd_id is not None and worker.recent.seen(cmd_id):
+            # A redelivery (QoS 1 is at-least-once): it already has its result.
+            worker.health.command_outcome("duplicate")
+            log.debug("%s: duplicate command %s ignored", device_id, cmd_id)
+            return
+        if isinstance(parsed, Command):
+            if worker is None:  # not possible: parse_command accepts only polled devices
+                raise RuntimeError(f"no worker for {device_id}")
+            rejected = worker.submit(parsed)
+            if rejected is None:
+                return
+            parsed_outcome: Outcome = rejected
+        else:
+            parsed_outcome = parsed
+        if worker is not None:
+            await worker.finish(parsed_outcome)
+        else:
+            log.info("command for unknown device %r rejected: %s", device_id, parsed_outcome)
+            await publish_result(self.bus, self.site, device_id, parsed_outcome, self._clock())
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+__all__ = [
+    "Connector",
+    "DeviceConnection",
+    "GatewayService",
+    "modbus_connector",
+]

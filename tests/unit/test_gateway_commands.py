@@ -1,0 +1,365 @@
+"""Command parsing, validation, read-back judgement and result messages (pure)."""
+
+from __future__ import annotations
+
+import struct
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gridpilot.bus.codec import decode_command_result
+from gridpilot.config import DeviceConfig, GridPilotConfig
+from gridpilot.gateway.commands import (
+    MAX_COMMAND_BYTES,
+    Applied,
+    Command,
+    FailCode,
+    Failed,
+    RecentIds,
+    RejectCode,
+    Rejected,
+    encode_result,
+    judge_readback,
+    not_representable,
+    parse_command,
+    readback_tolerance,
+    rejected_as,
+    result_message,
+    status_of,
+)
+from gridpilot.model import parse_timestamp_ms
+
+NOW = parse_timestamp_ms("2026-11-26T12:00:00Z")
+LATER = "2026-11-26T12:00:10Z"
+
+CONFIG = GridPilotConfig.model_validate(
+    {
+        "site": {"id": "demo"},
+        "devices": [
+            {
+                "id": "battery",
+                "host": "127.0.0.1",
+                "points": [
+                    {
+                        "point": "active_power_setpoint_w",
+                        "address": 0,
+                        "type": "int32",
+                        "writable": True,
+                        "valid_range": [-50000, 50000],
+                    },
+                    {"point": "soc_pct", "address": 0, "table": "input", "scale": 0.1},
+                    {"point": "active_power_w", "address": 2, "type": "int32"},
+                    {
+                        "point": "enable_state",
+                        "address": 0,
+                        "table": "coil",
+                        "type": "bool",
+                        "writable": True,
+                    },
+                    {"point": "limit_pct", "address": 4, "type": "float32", "writable": True},
+                    {
+                        "point": "voltage_setpoint_v",
+                        "address": 6,
+                        "scale": 0.1,
+                        "offset": 200,
+                        "writable": True,
+                    },
+                    {
+                        "point": "model_state",
+                        "address": 7,
+                        "type": "string",
+                        "length": 4,
+                        "writable": True,
+                    },
+                    {
+                        "point": "mode_state",
+                        "address": 11,
+                        "type": "bitfield",
+                        "bit": 3,
+                        "writable": True,
+                    },
+                ],
+            },
+            {
+                "id": "weather",
+                "protocol": "mqtt",
+                "points": [{"point": "temperature_degc"}],
+            },
+        ],
+    }
+)
+DEVICES = {d.id: d for d in CONFIG.devices}
+BATTERY = DEVICES["battery"]
+
+
+def point(name: str):
+    p = BATTERY.point(name)
+    assert p is not None
+    return p
+
+
+def payload(**fields: object) -> bytes:
+    body: dict[str, object] = {
+        "id": "c-1",
+        "point": "active_power_setpoint_w",
+        "value": -25000.0,
+        "expires": LATER,
+        "source": "peak_shaving",
+    }
+    for key, value in fields.items():
+        if value is ...:
+            body.pop(key)
+        else:
+            body[key] = value
+    return orjson.dumps(body)
+
+
+def parse(data: bytes, device: str = "battery") -> Command | Rejected:
+    return parse_command(data, device, DEVICES, NOW)
+
+
+def test_valid_command() -> None:
+    cmd = parse(payload())
+    assert cmd == Command(
+        id="c-1",
+        device="battery",
+        point="active_power_setpoint_w",
+        value=-25000.0,
+        expires_ms=NOW + 10_000,
+        source="peak_shaving",
+    )
+
+
+def test_integer_value_and_epoch_ms_expiry_and_no_source() -> None:
+    cmd = parse(payload(value=100, expires=NOW + 1, source=...))
+    assert isinstance(cmd, Command)
+    assert cmd.value == 100.0
+    assert cmd.expires_ms == NOW + 1
+    assert cmd.source == ""
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "needle"),
+    [
+        (b"{not json", RejectCode.MALFORMED, "not JSON"),
+        (b"", RejectCode.MALFORMED, "not JSON"),
+        (b"[1, 2]", RejectCode.MALFORMED, "an array"),
+        (b'"text"', RejectCode.MALFORMED, "expected a JSON object"),
+        (payload(id=...), RejectCode.MALFORMED, "'id'"),
+        (payload(id=""), RejectCode.MALFORMED, "'id'"),
+        (payload(id=17), RejectCode.MALFORMED, "'id'"),
+        (payload(id="x" * 129), RejectCode.MALFORMED, "'id'"),
+        (payload(point=...), RejectCode.MALFORMED, "'point'"),
+        (payload(point=3), RejectCode.MALFORMED, "'point'"),
+        (payload(value=...), RejectCode.MALFORMED, "'value' is missing"),
+        (payload(source=5), RejectCode.MALFORMED, "'source'"),
+        (payload(expires=...), RejectCode.MALFORMED, "'expires' is missing"),
+        (payload(expires="soon"), RejectCode.MALFORMED, "'expires'"),
+        (payload(expires="2026-11-26T12:00:10"), RejectCode.MALFORMED, "offset"),
+        (payload(expires=1.5), RejectCode.MALFORMED, "'expires'"),
+        (b"{" + b" " * MAX_COMMAND_BYTES + b"}", RejectCode.MALFORMED, "exceeds"),
+        (payload(point="charge_w"), RejectCode.UNKNOWN_POINT, "no point 'charge_w'"),
+        (payload(point="soc_pct"), RejectCode.NOT_WRITABLE, "not writable"),
+        (payload(point="active_power_w"), RejectCode.NOT_WRITABLE, "not writable"),
+        (payload(point="model_state"), RejectCode.NOT_WRITABLE, "text"),
+        (payload(point="mode_state"), RejectCode.NOT_WRITABLE, "one bit"),
+        (payload(value="-25000"), RejectCode.NOT_A_NUMBER, "the string '-25000'"),
+        (payload(value=None), RejectCode.NOT_A_NUMBER, "null"),
+        (payload(value=True), RejectCode.NOT_A_NUMBER, "a boolean"),
+        (payload(value=[1]), RejectCode.NOT_A_NUMBER, "an array"),
+        (payload(value={"w": 1}), RejectCode.NOT_A_NUMBER, "an object"),
+        (payload(value=50000.5), RejectCode.OUT_OF_RANGE, "[-50000, 50000]"),
+        (payload(value=-1e9), RejectCode.OUT_OF_RANGE, "outside the valid range"),
+        (payload(point="enable_state", value=2), RejectCode.OUT_OF_RANGE, "0 or 1"),
+        (payload(expires="2026-11-26T12:00:00Z"), RejectCode.EXPIRED, "expired at"),
+        (payload(expires="2026-11-26T11:00:00Z"), RejectCode.EXPIRED, "expired at"),
+        (payload(expires=NOW), RejectCode.EXPIRED, "expired"),
+    ],
+)
+def test_rejections(data: bytes, code: RejectCode, needle: str) -> None:
+    outcome = parse(data)
+    assert isinstance(outcome, Rejected), outcome
+    assert outcome.code is code
+    assert needle in outcome.reason
+    assert outcome.device == "battery"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"id":"a","point":"active_power_setpoint_w","value":NaN,"expires":1}',
+        b'{"id":"a","point":"active_power_setpoint_w","value":1e999,"expires":1}',
+    ],
+)
+def test_non_finite_literals_are_malformed(data: bytes) -> None:
+    # JSON has no NaN/Infinity; an overflowing literal is refused by the parser too.
+    outcome = parse(data)
+    assert isinstance(outcome, Rejected)
+    assert outcome.code is RejectCode.MALFORMED
+
+
+def test_unknown_device_and_mqtt_device() -> None:
+    outcome = parse(payload(), device="chiller")
+    assert isinstance(outcome, Rejected)
+    assert outcome.code is RejectCode.UNKNOWN_DEVICE
+    assert outcome.device == "chiller"
+    outcome = parse(payload(point="temperature_degc"), device="weather")
+    assert isinstance(outcome, Rejected)
+    assert outcome.code is RejectCode.NOT_WRITABLE
+    assert "not polled by the gateway" in outcome.reason
+
+
+def test_rejection_echoes_what_was_readable() -> None:
+    outcome = parse(payload(value=99999.0))
+    assert isinstance(outcome, Rejected)
+    assert (outcome.id, outcome.point, outcome.value) == ("c-1", "active_power_setpoint_w", 99999.0)
+    outcome = parse(payload(id=..., value="abc"))
+    assert isinstance(outcome, Rejected)
+    assert (outcome.id, outcome.point, outcome.value) == (None, "active_power_setpoint_w", None)
+
+
+def test_range_bounds_are_inclusive_and_coils_take_0_and_1() -> None:
+    assert isinstance(parse(payload(value=50000)), Command)
+    assert isinstance(parse(payload(value=-50000)), Command)
+    assert isinstance(parse(payload(point="enable_state", value=1)), Command)
+    assert isinstance(parse(payload(point="enable_state", value=0.0)), Command)
+
+
+def test_expiry_check_before_range() -> None:
+    outcome = parse(payload(value=1e9, expires="2020-01-01T00:00:00Z"))
+    assert isinstance(outcome, Rejected)
+    assert outcome.code is RejectCode.EXPIRED
+
+
+def test_command_is_expired() -> None:
+    cmd = parse(payload())
+    assert isinstance(cmd, Command)
+    assert not cmd.is_expired(NOW + 9_999)
+    assert cmd.is_expired(NOW + 10_000)
+
+
+def command(point_name: str, value: float) -> Command:
+    return Command("c-9", "battery", point_name, value, NOW + 10_000, "test")
+
+
+@pytest.mark.parametrize(
+    ("point_name", "target", "readback", "applied"),
+    [
+        ("active_power_setpoint_w", -25000.0, -25000.0, True),
+        ("active_power_setpoint_w", -25000.0, -24999.0, True),  # one step of scale 1
+        ("active_power_setpoint_w", -25000.0, -24998.0, False),
+        ("active_power_setpoint_w", -25000.0, 0.0, False),  # device ignored the write
+        ("voltage_setpoint_v", 231.4, 231.4, True),
+        ("voltage_setpoint_v", 231.44, 231.4, True),  # rounded to the 0.1 V register step
+        ("voltage_setpoint_v", 231.4, 231.3, True),
+        ("voltage_setpoint_v", 231.4, 231.2, False),
+        ("limit_pct", 33.3, 33.29999923706055, True),  # float32 of 33.3
+        ("limit_pct", 33.3, 33.3001, False),
+        ("enable_state", 1.0, 1.0, True),
+        ("enable_state", 1.0, 0.0, False),
+    ],
+)
+def test_judge_readback(point_name: str, target: float, readback: float, applied: bool) -> None:
+    outcome = judge_readback(command(point_name, target), point(point_name), readback)
+    if applied:
+        assert outcome == Applied(command(point_name, target), readback)
+    else:
+        assert isinstance(outcome, Failed)
+        assert outcome.code is FailCode.READBACK_MISMATCH
+        assert outcome.readback == readback
+        assert "differs from the target" in outcome.reason
+
+
+def test_readback_not_a_number_fails() -> None:
+    outcome = judge_readback(command("limit_pct", 1.0), point("limit_pct"), float("nan"))
+    assert isinstance(outcome, Failed)
+    assert outcome.code is FailCode.READBACK_FAILED
+    outcome = judge_readback(command("limit_pct", 1.0), point("limit_pct"), "text")
+    assert isinstance(outcome, Failed)
+    assert outcome.code is FailCode.READBACK_FAILED
+
+
+def test_tolerance_is_the_register_resolution() -> None:
+    assert readback_tolerance(point("voltage_setpoint_v"), 230.0) == pytest.approx(0.1, abs=1e-6)
+    assert readback_tolerance(point("active_power_setpoint_w"), 1e3) == pytest.approx(1, abs=1e-5)
+    assert readback_tolerance(point("enable_state"), 1.0) < 1e-6
+
+
+@given(st.floats(-1e6, 1e6))
+def test_float32_roundtrip_is_always_within_tolerance(value: float) -> None:
+    readback = struct.unpack(">f", struct.pack(">f", value))[0]
+    assert isinstance(
+        judge_readback(command("limit_pct", value), point("limit_pct"), readback), Applied
+    )
+
+
+def test_result_messages() -> None:
+    cmd = command("active_power_setpoint_w", -25000.0)
+    applied = result_message(Applied(cmd, -25000.0), NOW)
+    assert applied == {
+        "id": "c-9",
+        "status": "applied",
+        "code": None,
+        "reason": None,
+        "point": "active_power_setpoint_w",
+        "value": -25000.0,
+        "readback": -25000.0,
+        "ts": "2026-11-26T12:00:00.000Z",
+        "read_back": -25000.0,
+        "detail": "",
+    }
+    failed = result_message(Failed(cmd, FailCode.WRITE_FAILED, "timeout"), NOW)
+    assert failed["status"] == "failed"
+    assert failed["code"] == "write_failed"
+    assert failed["reason"] == "timeout"
+    assert failed["readback"] is None
+    rejected = orjson.loads(encode_result(parse(payload(value=1e6)), NOW))  # type: ignore[arg-type]
+    assert rejected["status"] == "rejected"
+    assert rejected["code"] == "out_of_range"
+    assert rejected["id"] == "c-1"
+    assert rejected["value"] == 1e6
+    assert rejected["readback"] is None
+    assert set(rejected) >= {"id", "status", "code", "reason", "point", "value", "readback", "ts"}
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Applied(command("active_power_setpoint_w", -25000.0), -25000.0),
+        Failed(command("active_power_setpoint_w", 1.0), FailCode.READBACK_MISMATCH, "x", 0.0),
+        Rejected("battery", RejectCode.OUT_OF_RANGE, "too big", "c-1", "p_w", 1e9),
+    ],
+)
+def test_results_decode_with_the_bus_codec(outcome: Applied | Failed | Rejected) -> None:
+    """Consumers using ``gridpilot.bus.codec`` read the same id, status, value, read-back."""
+    decoded = decode_command_result(encode_result(outcome, NOW))
+    body = result_message(outcome, NOW)
+    assert decoded.id == body["id"]
+    assert decoded.status.value == body["status"]
+    assert decoded.read_back == body["readback"]
+    assert decoded.value == body["value"]
+    assert decoded.detail == (body["reason"] or "")
+
+
+def test_status_of_and_helpers() -> None:
+    cmd = command("active_power_setpoint_w", 1.0)
+    assert status_of(Applied(cmd, 1.0)) == "applied"
+    assert status_of(Failed(cmd, FailCode.INTERRUPTED, "x")) == "failed"
+    busy = rejected_as(cmd, RejectCode.BUSY, "queue full")
+    assert status_of(busy) == "rejected"
+    assert (busy.id, busy.point, busy.value, busy.code) == ("c-9", cmd.point, 1.0, RejectCode.BUSY)
+    assert not_representable(cmd, "too big").code is RejectCode.NOT_REPRESENTABLE
+
+
+def test_recent_ids_drop_duplicates_and_are_bounded() -> None:
+    ids = RecentIds(capacity=3)
+    assert [ids.seen(i) for i in ["a", "b", "a", "c", "d"]] == [False, False, True, False, False]
+    # "b" was the least recently seen and fell out; "a" was refreshed and stays.
+    assert ids.seen("a") is True
+    assert ids.seen("b") is False
+
+
+def test_every_device_config_type_is_accepted() -> None:
+    assert isinstance(BATTERY, DeviceConfig)

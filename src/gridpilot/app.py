@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from gridpilot.api.service import ApiService
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.bus.embedded import EmbeddedBroker
 from gridpilot.config import GridPilotConfig
@@ -32,8 +33,8 @@ class Service(StrEnum):
     API = "api"
 
 
-ALL_SERVICES = (Service.GATEWAY, Service.INGEST)
-"""Services that exist today; ``controller`` (issue 4) and ``api`` (issue 5) are not built yet."""
+ALL_SERVICES = (Service.GATEWAY, Service.INGEST, Service.API)
+"""Services that exist today; ``controller`` (issue 4) is not built yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class Running:
     broker: BrokerAddress
     embedded_broker: bool
     storage_path: Path | None
+    api_url: str | None = None
+    """e.g. http://127.0.0.1:8080 (a free port when the configured one is taken)."""
 
 
 def storage_path(config: GridPilotConfig, base_dir: Path) -> Path:
@@ -56,8 +59,14 @@ async def run_services(
     services: Collection[Service],
     stop: asyncio.Event,
     on_ready: Callable[[Running], None] | None = None,
+    *,
+    http_port: int | None = None,
 ) -> None:
-    """Start the given services, call ``on_ready``, and run until ``stop`` is set."""
+    """Start the given services, call ``on_ready``, and run until ``stop`` is set.
+
+    ``http_port`` overrides ``api.port`` (0 = any free port). Services stop in reverse order
+    of start: the API and gateway first, ingest (flushing its buffer) before storage closes.
+    """
     unbuilt = [s for s in services if s not in ALL_SERVICES]
     if unbuilt:
         names = ", ".join(unbuilt)
@@ -70,21 +79,29 @@ async def run_services(
             broker = await stack.enter_async_context(
                 EmbeddedBroker(port=config.broker.embedded_port)
             )
-            address = BrokerAddress("127.0.0.1", broker.port)
+            address = broker.address
             log.info("embedded MQTT broker on %s", broker.url)
         else:
             address = BrokerAddress.from_config(config.broker)
         db_path: Path | None = None
-        if Service.INGEST in services:
+        storage = None
+        if Service.INGEST in services or Service.API in services:
             db_path = storage_path(config, base_dir)
             storage = await stack.enter_async_context(open_storage(config.storage, base_dir))
+        if Service.INGEST in services and storage is not None:
             await stack.enter_async_context(
                 IngestService(config, address, storage, embedded_broker=embedded)
             )
         if Service.GATEWAY in services:
             await stack.enter_async_context(GatewayService(config, address))
+        api_url: str | None = None
+        if Service.API in services and storage is not None:
+            api = await stack.enter_async_context(
+                ApiService(config, address, storage, port=http_port)
+            )
+            api_url = api.url
         if on_ready is not None:
-            on_ready(Running(address, embedded, db_path))
+            on_ready(Running(address, embedded, db_path, api_url))
         await stop.wait()
         log.info("stopping")
 

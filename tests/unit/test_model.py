@@ -17,10 +17,19 @@ from gridpilot.model import (
 
 @pytest.mark.parametrize(
     ("point", "unit"),
-    [("active_power_w", "W"), ("energy_import_wh", "Wh"), ("reactive_power_var", "var"),
-     ("reactive_energy_varh", "varh"), ("zone_temp_degc", "degC"), ("soc_pct", "%"),
-     ("frequency_hz", "Hz"), ("flow_m3h", "m3/h"), ("status_state", "1"), ("frequency", None),
-     ("_w", None)],
+    [
+        ("active_power_w", "W"),
+        ("energy_import_wh", "Wh"),
+        ("reactive_power_var", "var"),
+        ("reactive_energy_varh", "varh"),
+        ("zone_temp_degc", "degC"),
+        ("soc_pct", "%"),
+        ("frequency_hz", "Hz"),
+        ("flow_m3h", "m3/h"),
+        ("status_state", "1"),
+        ("frequency", None),
+        ("_w", None),
+    ],
 )
 def test_unit_suffix(point: str, unit: str | None) -> None:
     assert unit_of(point) == unit
@@ -28,8 +37,18 @@ def test_unit_suffix(point: str, unit: str | None) -> None:
 
 @pytest.mark.parametrize(
     ("name", "ok"),
-    [("meter1", True), ("grid-meter_2", True), ("Meter", False), ("a/b", False), ("a+b", False),
-     ("#", False), ("", False), ("$sys", False), ("x" * 63, True), ("x" * 64, False)],
+    [
+        ("meter1", True),
+        ("grid-meter_2", True),
+        ("Meter", False),
+        ("a/b", False),
+        ("a+b", False),
+        ("#", False),
+        ("", False),
+        ("$sys", False),
+        ("x" * 63, True),
+        ("x" * 64, False),
+    ],
 )
 def test_identifiers(name: str, ok: bool) -> None:
     assert is_valid_identifier(name) is ok

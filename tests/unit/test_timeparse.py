@@ -9,8 +9,15 @@ NOW = 1_764_158_400_000  # 2025-11-26T12:00:00Z
 
 @pytest.mark.parametrize(
     ("text", "ms"),
-    [("500ms", 500), ("30s", 30_000), ("15m", 900_000), ("1h", 3_600_000), ("1.5h", 5_400_000),
-     ("7d", 604_800_000), ("1w", 604_800_000)],
+    [
+        ("500ms", 500),
+        ("30s", 30_000),
+        ("15m", 900_000),
+        ("1h", 3_600_000),
+        ("1.5h", 5_400_000),
+        ("7d", 604_800_000),
+        ("1w", 604_800_000),
+    ],
 )
 def test_durations(text: str, ms: int) -> None:
     assert parse_duration_ms(text) == ms
@@ -24,8 +31,13 @@ def test_bad_durations(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "ms"),
-    [("now", NOW), ("-1h", NOW - 3_600_000), ("1764158400000", NOW),
-     ("2025-11-26T12:00:00Z", NOW), ("2025-11-26T13:00:00+01:00", NOW)],
+    [
+        ("now", NOW),
+        ("-1h", NOW - 3_600_000),
+        ("1764158400000", NOW),
+        ("2025-11-26T12:00:00Z", NOW),
+        ("2025-11-26T13:00:00+01:00", NOW),
+    ],
 )
 def test_instants(text: str, ms: int) -> None:
     assert parse_instant_ms(text, NOW) == ms

@@ -24,8 +24,13 @@ DEMO_SITE = "demo"
     help="Where the site file and database go (default: ~/.local/share/gridpilot/demo).",
 )
 @click.option("--mqtt-port", default=1883, show_default=True, help="Taken? A free one is used.")
+@click.option(
+    "--http-port", default=8080, show_default=True, help="API and page; taken? A free one."
+)
 @click.option("--speed", default=1.0, show_default=True, help="Simulated seconds per second.")
-def demo(duration: float | None, data_dir: Path | None, mqtt_port: int, speed: float) -> None:
+def demo(
+    duration: float | None, data_dir: Path | None, mqtt_port: int, http_port: int, speed: float
+) -> None:
     """Run a simulated building with the gateway, an embedded MQTT broker, ingest and SQLite."""
     from gridpilot.app import ALL_SERVICES, Running, install_stop_signals, run_services
     from gridpilot.bus.embedded import EmbeddedBroker
@@ -68,6 +73,9 @@ def demo(duration: float | None, data_dir: Path | None, mqtt_port: int, speed: f
                 lines = [
                     f"GridPilot demo: simulated building with {len(cfg.devices)} devices "
                     f"({', '.join(d.id for d in cfg.devices)})",
+                    f"  dashboard     {running.api_url}/",
+                    f"  REST API      {running.api_url}/api/v1/devices "
+                    f"(OpenAPI: {running.api_url}/api/v1/openapi.json)",
                     f"  MQTT broker   mqtt://127.0.0.1:{port}",
                     f"  site file     {site_file}",
                     f"  storage       {running.storage_path}",
@@ -80,7 +88,7 @@ def demo(duration: float | None, data_dir: Path | None, mqtt_port: int, speed: f
                 ]
                 click.echo("\n".join(lines))
 
-            await run_services(cfg, directory, ALL_SERVICES, stop, banner)
+            await run_services(cfg, directory, ALL_SERVICES, stop, banner, http_port=http_port)
 
         async with open_storage(cfg.storage, directory) as storage:
             latest = await storage.latest(DEMO_SITE)

@@ -78,10 +78,10 @@ def query(
                     return
                 for v in latest:
                     age_s = (now - v.ts_ms) / 1000
-                    unit = unit_of(v.series.point) or ""
+                    unit = _unit_label(v.series.point)
                     click.echo(
-                        f"{v.series.device:<16} {v.series.point:<32} {v.value:>16.6g} {unit:<5} "
-                        f"{to_rfc3339(v.ts_ms)} ({age_s:.0f} s ago)"
+                        f"{v.series.device:<16} {v.series.point:<32} {_number(v.value):>16} "
+                        f"{unit:<5} {to_rfc3339(v.ts_ms)} ({age_s:.0f} s ago)"
                     )
                 return
             series = SeriesKey(cfg.site.id, device or "", point)
@@ -98,10 +98,22 @@ def query(
                     json.dumps([{"ts": to_rfc3339(r.ts_ms), "value": r.value} for r in rows])
                 )
                 return
-            unit = unit_of(point) or ""
+            unit = _unit_label(point)
             label = f"{agg} per {every}" if every else "raw"
             click.echo(f"# {series} [{unit}] {label}")
             for r in rows:
-                click.echo(f"{to_rfc3339(r.ts_ms)}  {r.value:.6g}")
+                click.echo(f"{to_rfc3339(r.ts_ms)}  {_number(r.value)}")
 
     run_async(main())
+
+
+def _unit_label(point: str) -> str:
+    unit = unit_of(point) or ""
+    return "" if unit == "1" else unit  # dimensionless: states, flags, counts
+
+
+def _number(value: float) -> str:
+    """Readable without exponents: counters in Wh run to 10^9 and users compare digits."""
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.1f}"

@@ -32,9 +32,10 @@ def run(service: str, config: Path) -> None:
 
     def ready(running: Running) -> None:
         where = "embedded" if running.embedded_broker else "external"
+        api = f"; API {running.api_url}" if running.api_url else ""
         click.echo(
             f"gridpilot: {', '.join(services)} running for site {cfg.site.id}; "
-            f"MQTT ({where}) mqtt://{running.broker.host}:{running.broker.port}",
+            f"MQTT ({where}) mqtt://{running.broker.host}:{running.broker.port}{api}",
             err=True,
         )
 

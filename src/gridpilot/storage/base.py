@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
 
 from gridpilot.model import Sample, SeriesKey
 
@@ -25,7 +26,8 @@ class StorageError(Exception):
     """Root of storage errors."""
 
 
-class StorageUnavailable(StorageError):
+# The name is part of the shared interface (docs/dev/INTERFACES.md); kept as published.
+class StorageUnavailable(StorageError):  # noqa: N818
     """The backend cannot be reached or written now; retry later."""
 
 
@@ -109,3 +111,21 @@ class Storage(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ManagedStorage(Storage, Protocol):
+    """A ``Storage`` that opens and closes itself as an async context manager.
+
+    What ``open_storage`` returns. Kept apart from ``Storage`` so that code which only
+    uses an open storage (and its test fakes) need not implement the context manager.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

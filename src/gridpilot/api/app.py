@@ -1,0 +1,474 @@
+"""The HTTP application: read-only REST under ``/api/v1`` and the status page at ``/``.
+
+    GET /healthz                                        liveness
+    GET /api/v1/site                                    id, name, timezone, device count, gateway
+    GET /api/v1/devices                                 devices, points, health
+    GET /api/v1/devices/{device}                        one device
+    GET /api/v1/latest                                  latest value of every stored point
+    GET /api/v1/devices/{device}/latest                 ... of one device
+    GET /api/v1/devices/{device}/points/{point}/history ?start=&end=&every=&agg=
+    GET /api/v1/openapi.json, /api/v1/docs              the OpenAPI document and its viewer
+    GET /                                               status page (HTML, refreshes itself)
+
+Every error is JSON ``{"error": "...", "detail": ...}``. This release has no authentication,
+so the app answers only requests addressed to a loopback name (``Host: 127.0.0.1``,
+``localhost``, ``[::1]``): a web page elsewhere cannot read it through DNS rebinding.
+``create_app`` builds everything from its arguments; there is no module state.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import logging
+import re
+from collections.abc import Callable, Collection
+from datetime import timedelta
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gridpilot import __version__
+from gridpilot.api.errors import NotFoundError, RequestError
+from gridpilot.api.history import (
+    COUNT_BUCKET_MS,
+    MAX_ROWS,
+    HistoryWindow,
+    count_window,
+    parse_history_params,
+    raw_rows_at_least,
+    suggest_every,
+    too_many_raw_rows,
+)
+from gridpilot.api.schemas import (
+    DeviceOut,
+    DevicesOut,
+    ErrorOut,
+    GatewayOut,
+    HealthzOut,
+    HistoryOut,
+    HistoryValueOut,
+    LatestOut,
+    LatestValueOut,
+    PointOut,
+    SiteOut,
+)
+from gridpilot.api.state_cache import DeviceStateCache
+from gridpilot.config.models import DeviceConfig, GridPilotConfig
+from gridpilot.model import SeriesKey, now_ms, to_rfc3339, unit_of
+from gridpilot.storage.base import Agg, HistoryPoint, Storage, StorageError, StorageUnavailable
+
+__all__ = ["API_PREFIX", "create_app", "is_loopback_host"]
+
+log = logging.getLogger("gridpilot.api")
+
+API_PREFIX = "/api/v1"
+_MS = timedelta(milliseconds=1)
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "Unknown device or point."},
+    422: {"model": ErrorOut, "description": "A parameter is malformed or asks too much."},
+    503: {"model": ErrorOut, "description": "Storage is unavailable; retry later."},
+}
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    name = host.strip().lower().removeprefix("[").removesuffix("]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(
+    config: GridPilotConfig,
+    storage: Storage,
+    device_states: DeviceStateCache,
+    *,
+    clock: Callable[[], int] = now_ms,
+    allowed_hosts: Collection[str] | None = None,
+) -> FastAPI:
+    """The API of one site over ``storage`` and the device states in ``device_states``.
+
+    ``clock`` gives "now" in epoch ms (ages, default history window). ``allowed_hosts``:
+    names the ``Host`` header may carry besides the loopback ones.
+    """
+    app = FastAPI(
+        title="GridPilot API",
+        version=__version__,
+        summary="Read-only access to a GridPilot site: devices, health, latest values, history.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.add_middleware(_LoopbackHostOnly, allowed=frozenset(allowed_hosts or ()))
+    _install_error_handlers(app)
+    page = _StatusPage.load()
+
+    @app.get("/healthz", response_model=HealthzOut, tags=["service"])
+    async def healthz() -> HealthzOut:
+        """Liveness: the process answers HTTP."""
+        return HealthzOut()
+
+    @app.get("/", include_in_schema=False)
+    async def status_page() -> Response:
+        return page.response()
+
+    app.include_router(_router(_SiteView(config, storage, device_states, clock)))
+    return app
+
+
+def _router(view: _SiteView) -> APIRouter:
+    """The ``/api/v1`` routes: thin adapters from HTTP to ``view``."""
+    api = APIRouter(prefix=API_PREFIX, responses=_ERROR_RESPONSES)
+
+    @api.get("/site", response_model=SiteOut, tags=["site"])
+    async def get_site() -> SiteOut:
+        """The site: identity, time zone, how many devices, and the gateway's health."""
+        return view.site()
+
+    @api.get("/devices", response_model=DevicesOut, tags=["devices"])
+    async def list_devices() -> DevicesOut:
+        """Every configured device with its points and health."""
+        return DevicesOut(devices=[view.device_out(d) for d in view.config.devices])
+
+    @api.get("/devices/{device}", response_model=DeviceOut, tags=["devices"])
+    async def get_device(device: str) -> DeviceOut:
+        """One device with its points and health."""
+        return view.device_out(view.device(device))
+
+    @api.get("/latest", response_model=LatestOut, tags=["values"])
+    async def latest() -> LatestOut:
+        """The most recent stored value of every point of the site, with its age."""
+        return await view.latest(None)
+
+    @api.get("/devices/{device}/latest", response_model=LatestOut, tags=["values"])
+    async def device_latest(device: str) -> LatestOut:
+        """The most recent stored value of every point of one device, with its age."""
+        return await view.latest(view.device(device).id)
+
+    @api.get("/devices/{device}/points/{point}/history", response_model=HistoryOut, tags=["values"])
+    async def history(
+        device: str,
+        point: str,
+        *,
+        start: Annotated[
+            str | None,
+            Query(description="RFC 3339, epoch ms, `now` or relative (`-2h`). Default: end - 1h."),
+        ] = None,
+        end: Annotated[str | None, Query(description="Same forms as start. Default: now.")] = None,
+        every: Annotated[
+            str | None,
+            Query(description="Aggregate into epoch-aligned buckets of this length (`15m`)."),
+        ] = None,
+        agg: Annotated[
+            Agg | None, Query(description="Aggregate of each bucket (needs every). Default: mean.")
+        ] = None,
+    ) -> HistoryOut:
+        """Raw samples in [start, end), or aggregates per bucket when `every` is given.
+
+        At most 10,000 rows: a longer raw span is refused (422) with the advice to add `every`.
+        """
+        return await view.history(device, point, start=start, end=end, every=every, agg=agg)
+
+    return api
+
+
+class _SiteView:
+    """What the routes show, built from the configuration, storage and device states."""
+
+    def __init__(
+        self,
+        config: GridPilotConfig,
+        storage: Storage,
+        device_states: DeviceStateCache,
+        clock: Callable[[], int],
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.device_states = device_states
+        self.clock = clock
+        self.site_id = config.site.id
+        self.devices = {d.id: d for d in config.devices}
+        raw_kept = config.storage.retention.raw
+        self.raw_retention_ms = None if raw_kept is None else raw_kept // _MS
+
+    def device(self, device_id: str) -> DeviceConfig:
+        """The configured device, or 404."""
+        device = self.devices.get(device_id)
+        if device is None:
+            raise NotFoundError(
+                f"no device {device_id!r} at site {self.site_id!r}; "
+                f"GET {API_PREFIX}/devices lists them",
+                {"device": device_id, "known": sorted(self.devices)},
+            )
+        return device
+
+    def site(self) -> SiteOut:
+        config = self.config
+        return SiteOut(
+            id=self.site_id,
+            name=config.site.name,
+            timezone=config.site.timezone,
+            device_count=len(self.devices),
+            gateway=GatewayOut(
+                id=config.gateway.id,
+                status=self.device_states.status(config.gateway.id),
+                health=self._health(config.gateway.id),
+            ),
+        )
+
+    def device_out(self, device: DeviceConfig) -> DeviceOut:
+        return DeviceOut(
+            id=device.id,
+            name=device.name,
+            protocol=str(device.protocol),
+            poll_interval_s=device.poll_interval.total_seconds(),
+            points=[
+                PointOut(
+                    name=p.point,
+                    unit=unit_of(p.point),
+                    writable=p.writable,
+                    valid_range=p.valid_range,
+                )
+                for p in device.points
+            ],
+            status=self.device_states.status(device.id),
+            health=self._health(device.id),
+        )
+
+    def _health(self, device_id: str) -> dict[str, Any] | None:
+        state = self.device_states.get(device_id)
+        return None if state is None else dict(state)
+
+    async def latest(self, device: str | None) -> LatestOut:
+        now = self.clock()
+        values = await self.storage.latest(self.site_id, device)
+        return LatestOut(
+            site=self.site_id,
+            now=to_rfc3339(now),
+            values=[
+                LatestValueOut(
+                    device=v.series.device,
+                    point=v.series.point,
+                    unit=unit_of(v.series.point),
+                    value=v.value,
+                    ts=to_rfc3339(v.ts_ms),
+                    age_s=(now - v.ts_ms) / 1000,
+                )
+                for v in values
+            ],
+        )
+
+    async def history(
+        self,
+        device: str,
+        point: str,
+        *,
+        start: str | None,
+        end: str | None,
+        every: str | None,
+        agg: Agg | None,
+    ) -> HistoryOut:
+        config_device = self.device(device)
+        series = SeriesKey(self.site_id, device, point)
+        if config_device.point(point) is None and not (
+            self.config.ingest.accept_unknown_points
+            and series in await self.storage.series(self.site_id)
+        ):
+            raise NotFoundError(
+                f"device {device!r} has no point {point!r}; "
+                f"GET {API_PREFIX}/devices/{device} lists its points",
+                {
+                    "device": device,
+                    "point": point,
+                    "known": [p.point for p in config_device.points],
+                },
+            )
+        now = self.clock()
+        window = parse_history_params(start, end, every, agg, now)
+        if window.every_ms is None or window.agg is None:
+            rows = await self._raw_history(series, window, now)
+        else:
+            rows = await self.storage.history(
+                series, window.start_ms, window.end_ms, window.every_ms, window.agg
+            )
+        return HistoryOut(
+            device=device,
+            point=point,
+            unit=unit_of(point),
+            start=to_rfc3339(window.start_ms),
+            end=to_rfc3339(window.end_ms),
+            every_ms=window.every_ms,
+            agg=window.agg,
+            values=[HistoryValueOut(ts=to_rfc3339(r.ts_ms), value=r.value) for r in rows],
+        )
+
+    async def _raw_history(
+        self, series: SeriesKey, window: HistoryWindow, now: int
+    ) -> list[HistoryPoint]:
+        """Raw samples, refused (422) when there are more than ``MAX_ROWS``: see
+        ``gridpilot.api.history`` for how that is known before reading them."""
+        start, end = window.start_ms, window.end_ms
+        counts = await self.storage.history(
+            series, *count_window(start, end), COUNT_BUCKET_MS, Agg.COUNT
+        )
+        kept_since = None if self.raw_retention_ms is None else now - self.raw_retention_ms
+        at_least = raw_rows_at_least(counts, start, end, kept_since_ms=kept_since)
+        if at_least > MAX_ROWS:
+            raise too_many_raw_rows(at_least, suggest_every(start, end), exact=False)
+        rows = await self.storage.history(series, start, end)
+        if len(rows) > MAX_ROWS:
+            raise too_many_raw_rows(len(rows), suggest_every(start, end), exact=True)
+        return rows
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
+    body = ErrorOut(error=error, detail=jsonable_encoder(detail)).model_dump(mode="json")
+    return JSONResponse(body, status_code=status)
+
+
+async def _on_request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)  # noqa: S101 -- registered for RequestError only
+    return _error(exc.status, exc.error, exc.detail)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 -- registered for it only
+    if exc.status_code == 404:
+        return _error(
+            404,
+            f"no such resource: {request.url.path}; see {API_PREFIX}/docs for the routes",
+            {"path": request.url.path},
+        )
+    error = str(exc.detail)
+    if exc.status_code == 405:
+        error = f"{request.method} is not allowed here; this release's API is read-only (GET)"
+    response = _error(exc.status_code, error, {"path": request.url.path})
+    if exc.headers:  # e.g. Allow on 405
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 -- registered for it only
+    problems = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "input": e.get("input")}
+        for e in exc.errors()
+    ]
+    first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(part) for part in first["loc"][1:]) or "request"
+    return _error(422, f"invalid {where}: {first['msg']}", problems)
+
+
+async def _on_storage_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, StorageUnavailable):
+        log.warning("storage unavailable while serving %s: %s", request.url.path, exc)
+        return _error(503, "storage is unavailable; retry later")
+    log.error("storage failed while serving %s", request.url.path, exc_info=exc)
+    return _error(500, "storage failed; the server log has the details")
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    # Starlette logs the exception (it re-raises it after sending this response).
+    return _error(500, "internal error; the server log has the details")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestError, _on_request_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StorageError, _on_storage_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+# ---------------------------------------------------------------------------- Host check
+
+
+def _host_name(header: str) -> str:
+    """``127.0.0.1:8080`` -> ``127.0.0.1``; ``[::1]:8080`` -> ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class _LoopbackHostOnly:
+    """Refuses requests whose ``Host`` is not a loopback name (or one of ``allowed``).
+
+    Without authentication a browser page from anywhere could otherwise read the API by
+    rebinding its own DNS name to 127.0.0.1; the browser then still sends that name.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(name.lower() for name in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = Headers(scope=scope).get("host", "")
+            name = _host_name(host)
+            if not (is_loopback_host(name) or name in self.allowed):
+                response = _error(
+                    400,
+                    "this API answers only requests to a loopback address "
+                    "(http://127.0.0.1:PORT or http://localhost:PORT)",
+                    {"host": host},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------- status page
+
+_INLINE_RE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
+
+
+class _StatusPage:
+    """``static/index.html``, served with a Content-Security-Policy that allows exactly its
+    own inline script and style (by hash) and fetches to this origin, nothing else."""
+
+    def __init__(self, html: str) -> None:
+        self.html = html
+        sources: dict[str, list[str]] = {"script": [], "style": []}
+        for kind, body in _INLINE_RE.findall(html):
+            digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+            sources[kind].append(f"'sha256-{digest}'")
+        script_src = " ".join(sources["script"]) or "'none'"
+        style_src = " ".join(sources["style"]) or "'none'"
+        self.csp = (
+            "default-src 'none'; connect-src 'self'; img-src 'self' data:; "
+            f"script-src {script_src}; style-src {style_src}; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
+
+    @classmethod
+    def load(cls) -> _StatusPage:
+        html = resources.files("gridpilot.api").joinpath("static/index.html").read_text("utf-8")
+        return cls(html)
+
+    def response(self) -> HTMLResponse:
+        return HTMLResponse(
+            self.html,
+            headers={
+                "Content-Security-Policy": self.csp,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-cache",
+            },
+        )

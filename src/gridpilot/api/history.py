@@ -1,0 +1,173 @@
+"""History queries: parsing their parameters and bounding what they return. Pure.
+
+A history request names a window ``[start, end)``, optionally ``every`` (bucket length,
+aggregated server-side) and ``agg``. It may return at most ``MAX_ROWS`` rows:
+
+* aggregated: the number of epoch-aligned buckets the window touches is known up front;
+* raw: the number of samples is not, and reading them all to count them is what the limit
+  is there to prevent. So the API first asks storage for per-bucket counts (``Agg.COUNT``
+  per ``COUNT_BUCKET_MS``, served by the 1-hour rollup) over the window widened to whole
+  buckets; :func:`raw_rows_at_least` sums the buckets that lie entirely inside the window
+  (and are not older than raw retention). Above the limit: refuse without reading.
+  Otherwise read, which returns at most the limit plus the two partial edge buckets, and
+  refuse if that is still over the limit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from gridpilot.api.errors import InvalidParameterError
+from gridpilot.cli.timeparse import parse_duration_ms, parse_instant_ms
+from gridpilot.storage.base import Agg, HistoryPoint
+
+__all__ = [
+    "COUNT_BUCKET_MS",
+    "DEFAULT_SPAN_MS",
+    "MAX_ROWS",
+    "HistoryWindow",
+    "aggregated_bucket_count",
+    "count_window",
+    "parse_history_params",
+    "raw_rows_at_least",
+    "suggest_every",
+    "too_many_raw_rows",
+]
+
+MAX_ROWS: Final = 10_000
+DEFAULT_SPAN_MS: Final = 3_600_000
+COUNT_BUCKET_MS: Final = 3_600_000
+
+# In a query string '+' means a space, so an unencoded "...T12:00:00+01:00" arrives as
+# "...T12:00:00 01:00". Put the '+' back rather than make people percent-encode by hand.
+_SPACE_OFFSET_RE = re.compile(r"^(.*\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:\d{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryWindow:
+    """A validated history request. ``every_ms``/``agg`` are both set or both None."""
+
+    start_ms: int
+    end_ms: int
+    every_ms: int | None = None
+    agg: Agg | None = None
+
+
+def _instant(name: str, text: str, now_ms: int) -> int:
+    repaired = _SPACE_OFFSET_RE.sub(r"\1+\2", text.strip())
+    try:
+        return parse_instant_ms(repaired, now_ms)
+    except ValueError as exc:
+        raise InvalidParameterError(name, text, f"{name}: {exc}") from None
+
+
+def parse_history_params(
+    start: str | None,
+    end: str | None,
+    every: str | None,
+    agg: Agg | None,
+    now_ms: int,
+) -> HistoryWindow:
+    """Validate the query parameters of a history request.
+
+    ``start``/``end``: RFC 3339, epoch milliseconds, ``now`` or relative (``-2h``); default
+    the last hour. ``every``: a duration (``15m``); ``agg`` needs it and defaults to mean.
+    Raises :class:`InvalidParameterError` saying which parameter is wrong and how to fix it.
+    """
+    end_ms = now_ms if end is None else _instant("end", end, now_ms)
+    start_ms = end_ms - DEFAULT_SPAN_MS if start is None else _instant("start", start, now_ms)
+    if end_ms <= start_ms:
+        raise InvalidParameterError(
+            "end", end, f"end ({end or 'now'}) must be after start ({start or 'end - 1h'})"
+        )
+    if every is None:
+        if agg is not None:
+            raise InvalidParameterError(
+                "agg", str(agg), f"agg={agg} needs every (the bucket length, e.g. every=15m)"
+            )
+        return HistoryWindow(start_ms, end_ms)
+    try:
+        every_ms = parse_duration_ms(every)
+    except ValueError as exc:
+        raise InvalidParameterError("every", every, f"every: {exc}") from None
+    window = HistoryWindow(start_ms, end_ms, every_ms, Agg.MEAN if agg is None else agg)
+    buckets = aggregated_bucket_count(window)
+    if buckets > MAX_ROWS:
+        raise InvalidParameterError(
+            "every",
+            every,
+            f"every={every} makes {buckets} buckets between start and end, more than "
+            f"{MAX_ROWS}; use a longer every or a shorter span",
+        )
+    return window
+
+
+def aggregated_bucket_count(window: HistoryWindow) -> int:
+    """Epoch-aligned buckets of ``every_ms`` that ``[start, end)`` touches."""
+    if window.every_ms is None:
+        raise ValueError("a raw window has no buckets")
+    every = window.every_ms
+    return -(-window.end_ms // every) - window.start_ms // every
+
+
+def count_window(start_ms: int, end_ms: int, bucket_ms: int = COUNT_BUCKET_MS) -> tuple[int, int]:
+    """``[start, end)`` widened to whole buckets, so that every count is of a whole bucket."""
+    return start_ms - start_ms % bucket_ms, -(-end_ms // bucket_ms) * bucket_ms
+
+
+def raw_rows_at_least(
+    counts: Sequence[HistoryPoint],
+    start_ms: int,
+    end_ms: int,
+    *,
+    bucket_ms: int = COUNT_BUCKET_MS,
+    kept_since_ms: int | None = None,
+) -> int:
+    """A lower bound of the raw samples in ``[start, end)``.
+
+    ``counts`` are per-bucket sample counts (bucket start in ``ts_ms``). Only buckets
+    entirely inside the window count; so do not those starting before ``kept_since_ms``,
+    whose raw samples retention may already have deleted.
+    """
+    total = 0
+    for bucket in counts:
+        inside = bucket.ts_ms >= start_ms and bucket.ts_ms + bucket_ms <= end_ms
+        if inside and (kept_since_ms is None or bucket.ts_ms >= kept_since_ms):
+            total += round(bucket.value)
+    return total
+
+
+def too_many_raw_rows(rows: int, every_hint: str, *, exact: bool) -> InvalidParameterError:
+    """The error for a raw request over ``MAX_ROWS`` samples (``rows``: the count, or a lower
+    bound of it when not ``exact``); ``every_hint`` is a bucket length to suggest."""
+    count = str(rows) if exact else f"at least {rows}"
+    return InvalidParameterError(
+        "every",
+        None,
+        f"this span holds {count} raw samples, more than {MAX_ROWS}; add every "
+        f"(e.g. every={every_hint}) to aggregate server-side, or shorten the span",
+    )
+
+
+def suggest_every(start_ms: int, end_ms: int) -> str:
+    """The shortest common bucket that keeps the window under ``MAX_ROWS`` buckets."""
+    span = end_ms - start_ms
+    for text, ms in _SUGGESTIONS:
+        if span // ms + 2 <= MAX_ROWS:  # +2: partial buckets at both ends
+            return text
+    return _SUGGESTIONS[-1][0]
+
+
+_SUGGESTIONS: Final = (
+    ("1s", 1_000),
+    ("10s", 10_000),
+    ("1m", 60_000),
+    ("5m", 300_000),
+    ("15m", 900_000),
+    ("1h", 3_600_000),
+    ("1d", 86_400_000),
+    ("7d", 604_800_000),
+)

@@ -1,0 +1,281 @@
+"""The API service: uvicorn in-process, serving ``create_app`` over storage and device states.
+
+``ApiService`` is an async context manager. Entering it
+
+1. refuses a non-loopback ``api.host`` (this release has no authentication);
+2. binds ``api.host``:``api.port`` itself -- or, when that port is taken, a free port
+   (logged; ``.url`` tells which) -- so there is no race between probing and binding;
+3. starts a ``BusClient`` whose subscription to ``gridpilot/v1/{site}/+/state`` feeds the
+   ``DeviceStateCache`` (the API serves without the broker too: health is then unknown);
+4. runs ``uvicorn.Server.serve`` as a task, without uvicorn's signal handlers: the
+   composition root owns SIGINT/SIGTERM and leaves through ``__aexit__``.
+
+Leaving it stops accepting connections, lets running requests finish (up to
+``shutdown_timeout_s``), then closes the bus client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import secrets
+import socket
+from collections.abc import Callable, Generator
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Final, Self
+
+import uvicorn
+
+from gridpilot.api.app import create_app, is_loopback_host
+from gridpilot.api.errors import ApiStartError, InsecureBindError
+from gridpilot.api.state_cache import DeviceStateCache
+from gridpilot.bus.client import BrokerAddress, BusClient
+from gridpilot.bus.errors import BusError
+from gridpilot.config.models import GridPilotConfig
+from gridpilot.model import now_ms
+from gridpilot.storage.base import Storage
+
+__all__ = ["ApiService"]
+
+log = logging.getLogger("gridpilot.api")
+
+_START_TIMEOUT_S: Final = 10.0
+_STATE_MESSAGES_BUFFERED: Final = 1_000
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handlers.
+
+    ``Server.serve`` swaps SIGINT/SIGTERM handlers for its own while it runs (with
+    ``signal.signal``, which also displaces the event loop's handlers) and re-raises the
+    signal afterwards. In GridPilot the composition root handles signals and stops every
+    service in order, so here that is a no-op.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class ApiService:
+    """Serves the HTTP API of one site. Use as ``async with ApiService(...) as api``."""
+
+    def __init__(
+        self,
+        config: GridPilotConfig,
+        broker: BrokerAddress,
+        storage: Storage,
+        *,
+        port: int | None = None,
+        client_id: str | None = None,
+        clock: Callable[[], int] = now_ms,
+        shutdown_timeout_s: int = 5,
+    ) -> None:
+        """
+        Args:
+            config: the site; ``api.host``/``api.port`` say where to listen.
+            broker: where the device states are published.
+            storage: read for latest values and history (the caller owns it).
+            port: overrides ``api.port`` (0: any free port).
+            client_id: MQTT client id; default ``{prefix}-{site}-api-{random}``, unique per
+                process so that several API replicas do not take over each other's session.
+            clock: epoch ms for ages and default history windows.
+            shutdown_timeout_s: how long running requests may take to finish on exit.
+        """
+        self.config = config
+        self.broker = broker
+        self.storage = storage
+        self.host = config.api.host
+        self.requested_port = config.api.port if port is None else port
+        self.client_id = client_id or (
+            f"{config.broker.client_id_prefix}-{config.site.id}-api-{secrets.token_hex(3)}"
+        )
+        self.device_states = DeviceStateCache.for_config(config)
+        self._clock = clock
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._stack: AsyncExitStack | None = None
+        self._server: _Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._feed_task: asyncio.Task[None] | None = None
+        self._port: int | None = None
+        self._entered = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError("an ApiService is entered once")
+        self._entered = True
+        if not is_loopback_host(self.host):
+            raise InsecureBindError(
+                f"api.host is {self.host!r}: this release's API has no authentication yet; "
+                "bind 127.0.0.1 or wait for token support"
+            )
+        sock = _bind(self.host, self.requested_port)
+        self._port = sock.getsockname()[1]
+        self._stack = stack = AsyncExitStack()
+        try:
+            bus = await stack.enter_async_context(
+                BusClient(
+                    self.broker,
+                    self.client_id,
+                    max_outgoing=16,  # the API publishes nothing yet
+                    max_incoming=_STATE_MESSAGES_BUFFERED,
+                    keepalive_s=self.config.broker.keepalive.total_seconds(),
+                    connect_timeout_s=self.config.broker.connect_timeout.total_seconds(),
+                )
+            )
+            self._feed_task = asyncio.create_task(self._feed(bus), name="api:device-states")
+            stack.push_async_callback(self._stop_feed, bus)
+            app = create_app(self.config, self.storage, self.device_states, clock=self._clock)
+            self._server = _Server(
+                uvicorn.Config(
+                    app,
+                    lifespan="off",  # the app has no startup/shutdown work
+                    http="h11",
+                    ws="none",  # no WebSocket routes in this release
+                    log_config=None,  # the application configures logging
+                    access_log=False,  # the status page alone makes 1.5 requests/s
+                    proxy_headers=False,  # no proxy in front of a loopback-only API
+                    server_header=False,
+                    timeout_graceful_shutdown=self._shutdown_timeout_s,
+                )
+            )
+            stack.push_async_callback(self._stop_server)
+            self._serve_task = asyncio.create_task(
+                self._server.serve(sockets=[sock]), name="api:http"
+            )
+            await self._wait_started()
+        except BaseException:
+            sock.close()
+            self._stack = None
+            await stack.aclose()
+            raise
+        log.info("API on %s (docs %s/api/v1/docs)", self.url, self.url)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _wait_started(self) -> None:
+        server, task = self._server, self._serve_task
+        if server is None or task is None:
+            raise RuntimeError("use 'async with ApiService(...)'")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _START_TIMEOUT_S
+        while not server.started:
+            if task.done():
+                cause = None if task.cancelled() else task.exception()
+                raise ApiStartError(f"the HTTP server on {self.url} stopped while starting") from (
+                    cause
+                )
+            if loop.time() > deadline:
+                raise ApiStartError(f"the HTTP server on {self.url} did not start in time")
+            await asyncio.sleep(0.01)
+        task.add_done_callback(self._serve_ended)
+
+    def _serve_ended(self, task: asyncio.Task[None]) -> None:
+        if self._stack is None or task.cancelled():
+            return  # stopping
+        exc = task.exception()
+        log.error("the HTTP server on %s stopped unexpectedly", self.url, exc_info=exc)
+
+    async def _stop_server(self) -> None:
+        server, task = self._server, self._serve_task
+        if server is None or task is None:
+            return
+        server.should_exit = True
+        try:
+            # uvicorn waits up to timeout_graceful_shutdown for requests, then cancels them.
+            await asyncio.wait_for(asyncio.shield(task), self._shutdown_timeout_s + 5)
+        except TimeoutError:
+            server.force_exit = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the HTTP server failed", exc_info=task.exception())
+
+    async def _feed(self, bus: BusClient) -> None:
+        try:
+            await self.device_states.follow(bus)
+        except BusError as exc:
+            # E.g. an ACL refuses the subscription: the API still serves values and history,
+            # but device health stays unknown. Say so once, loudly.
+            log.error(  # noqa: TRY400 -- the message says it all; no traceback needed
+                "device states are unavailable (health will show unknown): %s; allow this "
+                "client to subscribe to %s",
+                exc,
+                self.device_states.topic_filter,
+            )
+        except Exception:  # a bug here must not take the HTTP API down; it is logged
+            log.exception("device states stopped updating (health will go stale)")
+
+    async def _stop_feed(self, bus: BusClient) -> None:
+        # Closing the client ends its messages(), so the feed finishes by itself; it is
+        # cancelled only if it does not within the timeout.
+        await bus.close()
+        task = self._feed_task
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(task, 2.0)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def port(self) -> int:
+        """The port bound (which differs from ``api.port`` when that one was taken)."""
+        if self._port is None:
+            raise RuntimeError("use 'async with ApiService(...)'")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8080``."""
+        host = "127.0.0.1" if self.host == "localhost" else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on ``host``:``port``, or on a free port if it is taken."""
+    address = "127.0.0.1" if host == "localhost" else host
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        return _bound_socket(family, address, port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or port == 0:
+            raise ApiStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock = _bound_socket(family, address, 0)
+    log.warning(
+        "port %d on %s is taken (another GridPilot or web server?); the API uses port %d "
+        "instead. Set api.port to choose another one.",
+        port,
+        host,
+        sock.getsockname()[1],
+    )
+    return sock
+
+
+def _bound_socket(family: socket.AddressFamily, address: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # Lets a restarted API rebind while old connections sit in TIME_WAIT; on Linux it
+        # does not allow two listeners on one port (that would be SO_REUSEPORT).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

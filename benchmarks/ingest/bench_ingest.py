@@ -1,20 +1,22 @@
 """Ingest benchmark: simulated devices -> Mosquitto (QoS 1) -> `gridpilot run ingest` -> SQLite.
 
-In the same run a bare ``mosquitto_sub`` (QoS 1) drains the same stream as the reference, so
-the figure that matters is the ratio: how close GridPilot's validated, de-duplicated,
-committed ingest comes to a C subscriber that only reads.
+Two phases, one run, everything on 127.0.0.1 (a private Mosquitto on a free port with the
+flow-control settings of deploy/mosquitto/gridpilot.conf — with Mosquitto's default
+max_queued_messages of 1000 a subscriber that falls behind silently loses QoS 1 messages):
 
-Reported: messages/s and points/s (first publish -> last sample committed), lost and
-duplicated samples (storage compared with what was published), publish -> queryable latency
-p50/p99 (probe messages stamped at publish time, polled from SQLite every 10 ms), and the
-ratio to the reference.
+1. Throughput. Publishers queue N messages at the broker for two persistent sessions: the
+   reference, a bare ``mosquitto_sub -q 1`` (C, reads and discards), and GridPilot's ingest
+   (validates, de-duplicates, commits to SQLite, acknowledges after commit). Each then drains
+   its backlog alone, so the publishers' CPU is not in the figure and the ratio compares like
+   with like: messages/s and points/s of each, and ingest / reference.
+2. Latency. With ingest running, publishers send a steady stream (``--live-rate`` msg/s) and a
+   probe stamped with the wall clock every 50 ms; the time until the probe is queryable in
+   SQLite (polled every 10 ms) gives publish -> queryable p50/p99.
 
-    .venv/bin/python benchmarks/ingest/bench_ingest.py                  # 2,000 devices x 10 points
+Lost and duplicated samples compare storage with everything published in both phases.
+
+    .venv/bin/python benchmarks/ingest/bench_ingest.py            # 2,000 devices x 10 points
     .venv/bin/python benchmarks/ingest/bench_ingest.py --rounds 20 --json
-
-Everything runs on 127.0.0.1: a private Mosquitto on a free port, configured with the
-flow-control settings of deploy/mosquitto/gridpilot.conf (max_queued_messages raised: with
-the default of 1000 a subscriber that falls behind silently loses QoS 1 messages).
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def site_file(workdir: Path, port: int, devices: int, points: int) -> Path:
         "site": {"id": SITE},
         "broker": {"url": f"mqtt://127.0.0.1:{port}", "max_outgoing": 10000},
         "storage": {"path": "bench.db", "batch_size": 20000, "max_buffered": 400000},
-        "ingest": {"shared_subscription": "on"},
+        # A plain persistent subscription: the backlog must queue for ingest while it is away.
+        "ingest": {"shared_subscription": "off"},
         "devices": [
             {"id": f"d{i:05d}", "protocol": "mqtt", "points": point_list} for i in range(devices)
         ]
@@ -98,10 +101,17 @@ def site_file(workdir: Path, port: int, devices: int, points: int) -> Path:
 
 
 def publisher(
-    port: int, first: int, last: int, rounds: int, points: int, start: mp.Event, done: mp.Queue
+    port: int,
+    first: int,
+    last: int,
+    rounds: int,
+    points: int,
+    rate: float,
+    start: mp.Event,
+    done: mp.Queue,
 ) -> None:
-    """Publish `rounds` messages for each device in [first, last) at QoS 1, as fast as the
-    broker acknowledges (at most 1000 in flight)."""
+    """Publish `rounds` messages for each device in [first, last) at QoS 1: as fast as the
+    broker acknowledges (rate 0) or paced at `rate` messages/s."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{first}")
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
@@ -118,6 +128,7 @@ def publisher(
     client.connect("127.0.0.1", port)
     client.loop_start()
     start.wait()
+    began = time.monotonic()
     sent = 0
     last_ts: dict[int, int] = {}
 
@@ -136,11 +147,49 @@ def publisher(
             if sent - acked > 5000:  # our own back-pressure (paho's queue is unbounded)
                 with lock:
                     lock.wait_for(lambda: backlog() <= 2500, timeout=30)
+            if rate > 0 and sent % 100 == 0:
+                ahead = began + sent / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
     with lock:
         lock.wait_for(lambda: backlog() <= 0, timeout=120)
     done.put((sent, acked, time.time()))
     client.loop_stop()
     client.disconnect()
+
+
+def publish_all(
+    port: int, devices: int, rounds: int, points: int, publishers: int, rate: float
+) -> tuple[int, float]:
+    """Run the publisher processes; returns (messages acknowledged, seconds)."""
+    start = mp.Event()
+    done: mp.Queue = mp.Queue()
+    per = -(-devices // publishers)
+    procs = [
+        mp.Process(
+            target=publisher,
+            args=(
+                port,
+                i * per,
+                min(devices, (i + 1) * per),
+                rounds,
+                points,
+                rate / publishers,
+                start,
+                done,
+            ),
+        )
+        for i in range(publishers)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # connected
+    t0 = time.time()
+    start.set()
+    finished = [done.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(f[1] for f in finished), max(f[2] for f in finished) - t0
 
 
 def count_samples(db: Path) -> int:
@@ -155,17 +204,19 @@ class Result:
     date: str
     devices: int
     points_per_message: int
-    messages: int
-    seconds: float
+    backlog_messages: int
     messages_per_s: float
     points_per_s: float
-    lost_samples: int
-    duplicated_samples: int
-    latency_p50_ms: float
-    latency_p99_ms: float
     reference_messages_per_s: float
     ratio_to_reference: float
-    publish_seconds: float
+    publish_messages_per_s: float
+    live_rate_messages_per_s: float
+    live_seconds: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    latency_probes: int
+    lost_samples: int
+    duplicated_samples: int
 
 
 def probe_loop(port: int, db: Path, stop: threading.Event, latencies: list[float]) -> None:
@@ -207,8 +258,74 @@ def probe_loop(port: int, db: Path, stop: threading.Event, latencies: list[float
         conn.close()
 
 
-def run(devices: int, points: int, rounds: int, publishers: int) -> Result:
-    total = devices * rounds
+def start_ingest(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gridpilot", "run", "ingest", str(config)],
+        stdout=subprocess.DEVNULL, stderr=log.open("ab"),
+    )  # fmt: skip
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def warm_up(port: int, db: Path, log: Path) -> None:
+    """Probes until one is stored: ingest is subscribed (its session exists at the broker)."""
+    latencies: list[float] = []
+    stop = threading.Event()
+    warm = threading.Thread(target=probe_loop, args=(port, db, stop, latencies))
+    warm.start()
+    deadline = time.monotonic() + 30
+    while not latencies and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    warm.join()
+    if not latencies:
+        raise RuntimeError(f"ingest stored nothing in 30 s; see {log}")
+
+
+def reference_drain(port: int, count: int) -> float:
+    """``mosquitto_sub`` resumes its persistent session and reads `count` messages: seconds."""
+    t0 = time.time()
+    subprocess.run(
+        ["mosquitto_sub", "-p", str(port), "-q", "1", "-c", "-i", "bench-reference",
+         "-t", f"gridpilot/v1/{SITE}/+/telemetry",
+         "-T", f"gridpilot/v1/{SITE}/{PROBE_DEVICE}/telemetry", "-C", str(count)],
+        stdout=subprocess.DEVNULL, check=True, timeout=900,
+    )  # fmt: skip
+    return time.time() - t0
+
+
+def register_reference(port: int) -> None:
+    """Create the reference's persistent session so the backlog is queued for it too."""
+    subprocess.run(
+        ["mosquitto_sub", "-p", str(port), "-q", "1", "-c", "-i", "bench-reference",
+         "-t", f"gridpilot/v1/{SITE}/+/telemetry", "-W", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=30,
+    )  # fmt: skip
+
+
+def wait_stored(db: Path, target: int, timeout_s: float) -> tuple[float, float, int]:
+    """Poll until `target` rows: (time of first new row, time of target, rows then)."""
+    start_count = count_samples(db)
+    first_seen = 0.0
+    deadline = time.monotonic() + timeout_s
+    stored = start_count
+    while time.monotonic() < deadline:
+        stored = count_samples(db)
+        if stored > start_count and not first_seen:
+            first_seen = time.time()
+        if stored >= target:
+            break
+        time.sleep(0.02)
+    return first_seen, time.time(), stored
+
+
+def run(devices: int, points: int, rounds: int, publishers: int, live_rate: float,
+        live_seconds: float) -> Result:  # fmt: skip
+    backlog = devices * rounds
     with tempfile.TemporaryDirectory(prefix="gridpilot-bench-") as tmp:
         workdir = Path(tmp)
         port = free_port()
@@ -217,107 +334,69 @@ def run(devices: int, points: int, rounds: int, publishers: int) -> Result:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         ingest = None
-        reference = None
+        log = workdir / "ingest.log"
+        db = workdir / "bench.db"
         try:
             wait_port(port)
             config = site_file(workdir, port, devices, points)
-            ingest = subprocess.Popen(
-                [sys.executable, "-m", "gridpilot", "run", "ingest", str(config)],
-                stdout=subprocess.DEVNULL, stderr=(workdir / "ingest.log").open("wb"),
-            )  # fmt: skip
-            db = workdir / "bench.db"
-            # Warm-up: probes until one is stored, so ingest is subscribed before the run.
-            latencies: list[float] = []
-            stop = threading.Event()
-            warm = threading.Thread(target=probe_loop, args=(port, db, stop, latencies))
-            warm.start()
-            deadline = time.monotonic() + 30
-            while not latencies and time.monotonic() < deadline:
-                time.sleep(0.05)
-            stop.set()
-            warm.join()
-            if not latencies:
-                raise RuntimeError(f"ingest stored nothing; see {workdir / 'ingest.log'}")
+            # Sessions for both consumers, then both away while the backlog is published.
+            ingest = start_ingest(config, log)
+            warm_up(port, db, log)
+            stop_process(ingest)
+            register_reference(port)
             baseline = count_samples(db)
 
-            reference = subprocess.Popen(
-                ["mosquitto_sub", "-p", str(port), "-q", "1", "-c", "-i", "bench-reference",
-                 "-t", f"gridpilot/v1/{SITE}/+/telemetry",
-                 "-T", f"gridpilot/v1/{SITE}/{PROBE_DEVICE}/telemetry",
-                 "-C", str(total)],
-                stdout=subprocess.DEVNULL,
-            )  # fmt: skip
-            time.sleep(1.0)  # let the reference subscribe
+            published, publish_s = publish_all(port, devices, rounds, points, publishers, 0)
+            print(f"published {published} messages in {publish_s:.1f} s", file=sys.stderr)
+            reference_s = reference_drain(port, backlog)
 
-            latencies.clear()
+            ingest = start_ingest(config, log)
+            first, last, stored = wait_stored(db, baseline + backlog * points, timeout_s=900)
+            # Rate over the drain itself (first row to last), not the process start-up.
+            if stored < baseline + backlog * points:
+                raise RuntimeError(f"ingest stored {stored - baseline} of {backlog * points}")
+            rate = backlog / max(last - first, 1e-3)
+
+            latencies: list[float] = []
             stop = threading.Event()
             prober = threading.Thread(target=probe_loop, args=(port, db, stop, latencies))
-            start = mp.Event()
-            done: mp.Queue = mp.Queue()
-            per = -(-devices // publishers)
-            procs = [
-                mp.Process(
-                    target=publisher,
-                    args=(port, i * per, min(devices, (i + 1) * per), rounds, points, start, done),
-                )
-                for i in range(publishers)
-            ]
-            for p in procs:
-                p.start()
-            time.sleep(1.0)  # publishers connected
-            t0 = time.time()
-            start.set()
             prober.start()
-            finished = [done.get(timeout=600) for _ in procs]
-            publish_end = max(f[2] for f in finished)
-            expected = total * points
-            reference.wait(timeout=600)
-            reference_end = time.time()
-            stored = baseline
-            deadline = time.monotonic() + 300
-            probe_rows = 0
-            while time.monotonic() < deadline:
-                stored = count_samples(db)
-                probe_rows = len(latencies)
-                if stored - baseline - probe_rows >= expected:
-                    break
-                time.sleep(0.05)
-            ingest_end = time.time()
+            live_rounds = max(1, round(live_rate * live_seconds / devices))
+            live_published, _ = publish_all(
+                port, devices, live_rounds, points, publishers, live_rate
+            )
             stop.set()
             prober.join()
-            for p in procs:
-                p.join()
+            expected = baseline + (backlog + live_published) * points + len(latencies)
+            wait_stored(db, expected, timeout_s=120)
+            stored_total = count_samples(db)
         finally:
-            for proc in (reference, ingest):
-                if proc is not None and proc.poll() is None:
-                    proc.terminate()
-                    proc.wait(timeout=30)
+            stop_process(ingest)
             broker.terminate()
             broker.wait(timeout=10)
-        stored_bench = count_samples(db) - baseline - len(latencies)
-        seconds = ingest_end - t0
         lat = sorted(latencies)
-        ref_rate = total / (reference_end - t0)
-        rate = total / seconds
+        ref_rate = backlog / reference_s
         return Result(
             machine=f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
             f"Python {platform.python_version()}",
             date=time.strftime("%Y-%m-%d"),
             devices=devices,
             points_per_message=points,
-            messages=total,
-            seconds=round(seconds, 2),
+            backlog_messages=backlog,
             messages_per_s=round(rate),
             points_per_s=round(rate * points),
-            lost_samples=max(0, expected - stored_bench),
-            duplicated_samples=max(0, stored_bench - expected),
+            reference_messages_per_s=round(ref_rate),
+            ratio_to_reference=round(rate / ref_rate, 3),
+            publish_messages_per_s=round(published / publish_s),
+            live_rate_messages_per_s=live_rate,
+            live_seconds=live_seconds,
             latency_p50_ms=round(statistics.median(lat), 1) if lat else float("nan"),
             latency_p99_ms=round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)
             if lat
             else float("nan"),
-            reference_messages_per_s=round(ref_rate),
-            ratio_to_reference=round(rate / ref_rate, 3),
-            publish_seconds=round(publish_end - t0, 2),
+            latency_probes=len(lat),
+            lost_samples=max(0, expected - stored_total),
+            duplicated_samples=max(0, stored_total - expected),
         )
 
 
@@ -325,11 +404,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--points", type=int, default=10, help="values per message")
-    parser.add_argument("--rounds", type=int, default=100, help="messages per device")
+    parser.add_argument("--rounds", type=int, default=100, help="backlog messages per device")
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    parser.add_argument("--live-rate", type=float, default=2000, help="msg/s in phase 2")
+    parser.add_argument("--live-seconds", type=float, default=15)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.devices, args.points, args.rounds, args.publishers)
+    result = run(
+        args.devices, args.points, args.rounds, args.publishers, args.live_rate, args.live_seconds
+    )
     if args.json:
         print(json.dumps(asdict(result)))
         return

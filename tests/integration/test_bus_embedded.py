@@ -118,3 +118,32 @@ async def test_stopping_with_clients_still_connected_is_clean() -> None:
         while client.connected:  # noqa: ASYNC110 -- no event for "down"
             await asyncio.sleep(0.01)
     await client.close()
+
+
+async def test_retained_messages_go_only_to_matching_subscriptions() -> None:
+    """amqtt 0.12.1 replays every subscriber's retained matches to each new client; ours
+    must not (a `command/result` watcher was flooded with retained `state` messages)."""
+    async with EmbeddedBroker(port=0) as broker:
+        address = broker.address
+        async with (
+            BusClient(address, "state-watcher") as watcher,
+            BusClient(address, "publisher") as publisher,
+        ):
+            await watcher.subscribe("site/+/state")
+            await publisher.publish("site/meter/state", b"online", retain=True)
+            await publisher.flush(5)
+            async with BusClient(address, "result-watcher") as other:
+                await other.subscribe("site/meter/command/result")
+                received = other.messages()
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await anext(received)
+            async with BusClient(address, "late-state-watcher") as late:
+                await late.subscribe("site/+/state")
+                async with asyncio.timeout(5):
+                    message = await anext(late.messages())
+                assert (message.topic, message.payload, message.retain) == (
+                    "site/meter/state",
+                    b"online",
+                    True,
+                )

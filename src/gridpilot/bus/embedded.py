@@ -244,7 +244,26 @@ def _new_amqtt_broker(host: str, port: int) -> Any:
             "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
         },
     }
-    return Broker(config)
+    return _Broker(config)
+
+
+class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no type information
+    """amqtt's Broker with one delivery bug fixed.
+
+    amqtt 0.12.1 ``Broker.client_connected`` replays retained messages for every topic
+    filter in the broker-wide subscription table, so a client that connects receives the
+    retained messages of *other* clients' subscriptions (seen: ``mosquitto_sub -t
+    .../command/result`` printed every device's retained ``state``). Deliver retained
+    messages only for filters this session itself holds, as MQTT 3.3.1.3 requires.
+    """
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Any
+    ) -> None:
+        holders = self._subscriptions.get(subscription[0], ())
+        if not any(holder.client_id == session.client_id for holder, _qos in holders):
+            return
+        await super()._publish_retained_messages_for_subscription(subscription, session)
 
 
 def _is_loopback(host: str) -> bool:

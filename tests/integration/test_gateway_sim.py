@@ -12,6 +12,13 @@ from datetime import UTC, datetime
 import pytest
 
 from gridpilot.bus.client import BrokerAddress
+from gridpilot.bus.codec import (
+    Command,
+    CommandResult,
+    CommandStatus,
+    decode_command_result,
+    encode_command,
+)
 from gridpilot.config import GridPilotConfig
 from gridpilot.gateway.points import polled_specs
 from gridpilot.gateway.service import GatewayService
@@ -171,24 +178,38 @@ async def test_command_applied_with_readback_and_shown_in_next_telemetry(
     gateway: GatewayService, observer: Observer
 ) -> None:
     await observer.wait_for(lambda r: is_state(r, "battery", "online"))
-    body = command("active_power_setpoint_w", -20000.0)
-    await observer.command(gateway.site, "battery", body)
-    result = await result_of(observer, "battery", body["id"])
+    # Sent the way a controller sends it: through the bus codec.
+    sent = Command(uuid.uuid4().hex, "active_power_setpoint_w", -20000.0, now_ms() + 10_000, "t")
+    await observer.command(gateway.site, "battery", encode_command(sent))
+    result = await result_of(observer, "battery", sent.id)
     assert result.topic == f"gridpilot/v1/{gateway.site}/battery/command/result"
     answer = result.json
+    assert set(answer) == {"id", "status", "code", "reason", "point", "value", "readback", "ts"}
     assert answer["status"] == "applied"
     assert answer["readback"] == -20000.0
     assert answer["value"] == -20000.0
     assert answer["point"] == "active_power_setpoint_w"
+    assert answer["code"] is None
     assert answer["reason"] is None
     assert RFC3339_MS.match(answer["ts"])
+    decoded = decode_command_result(result.payload)
+    assert decoded == CommandResult(
+        sent.id,
+        CommandStatus.APPLIED,
+        None,
+        None,
+        "active_power_setpoint_w",
+        -20000.0,
+        -20000.0,
+        decoded.ts_ms,
+    )
     telemetry = await observer.wait_for(
         lambda r: r.device == "battery" and r.kind == "telemetry", after=result.index
     )
     assert telemetry.json["values"]["active_power_setpoint_w"] == -20000.0
     # Exactly one result for the command.
     await asyncio.sleep(2 * INTERVAL_S)
-    results = [r for r in observer.of("battery", "command/result") if r.json["id"] == body["id"]]
+    results = [r for r in observer.of("battery", "command/result") if r.json["id"] == sent.id]
     assert len(results) == 1
     assert gateway.health("battery").counters.commands["applied"] == 1
 
@@ -210,7 +231,9 @@ async def test_bad_commands_are_rejected_with_reasons(
     for device, body, _, _ in cases:
         await observer.command(gateway.site, device, body)
     for device, body, code, needle in cases:
-        answer = (await result_of(observer, device, body["id"])).json
+        record = await result_of(observer, device, body["id"])
+        assert decode_command_result(record.payload).status is CommandStatus.REJECTED
+        answer = record.json
         assert answer["status"] == "rejected", answer
         assert answer["code"] == code, answer
         assert needle in answer["reason"], answer

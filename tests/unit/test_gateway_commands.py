@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gridpilot.bus.codec import decode_command_result
+from gridpilot.bus.codec import CommandStatus, decode_command_result
 from gridpilot.config import DeviceConfig, GridPilotConfig
 from gridpilot.gateway.commands import (
     MAX_COMMAND_BYTES,
@@ -26,7 +26,7 @@ from gridpilot.gateway.commands import (
     parse_command,
     readback_tolerance,
     rejected_as,
-    result_message,
+    result_of,
     status_of,
 )
 from gridpilot.model import parse_timestamp_ms
@@ -159,6 +159,9 @@ def test_integer_value_and_epoch_ms_expiry_and_no_source() -> None:
         (payload(expires="soon"), RejectCode.MALFORMED, "'expires'"),
         (payload(expires="2026-11-26T12:00:10"), RejectCode.MALFORMED, "offset"),
         (payload(expires=1.5), RejectCode.MALFORMED, "'expires'"),
+        # A message without expiry is malformed whatever its value.
+        (payload(expires=..., value="x"), RejectCode.MALFORMED, "'expires' is missing"),
+        (payload(point="Active Power"), RejectCode.MALFORMED, "point name"),
         (b"{" + b" " * MAX_COMMAND_BYTES + b"}", RejectCode.MALFORMED, "exceeds"),
         (payload(point="charge_w"), RejectCode.UNKNOWN_POINT, "no point 'charge_w'"),
         (payload(point="soc_pct"), RejectCode.NOT_WRITABLE, "not writable"),
@@ -209,6 +212,12 @@ def test_unknown_device_and_mqtt_device() -> None:
     assert isinstance(outcome, Rejected)
     assert outcome.code is RejectCode.NOT_WRITABLE
     assert "not polled by the gateway" in outcome.reason
+
+
+def test_null_source_is_no_source() -> None:
+    cmd = parse(payload(source=None))
+    assert isinstance(cmd, Command)
+    assert cmd.source == ""
 
 
 def test_rejection_echoes_what_was_readable() -> None:
@@ -295,9 +304,9 @@ def test_float32_roundtrip_is_always_within_tolerance(value: float) -> None:
     )
 
 
-def test_result_messages() -> None:
+def test_results_have_the_contract_shape() -> None:
     cmd = command("active_power_setpoint_w", -25000.0)
-    applied = result_message(Applied(cmd, -25000.0), NOW)
+    applied = orjson.loads(encode_result(Applied(cmd, -25000.0), NOW))
     assert applied == {
         "id": "c-9",
         "status": "applied",
@@ -307,40 +316,77 @@ def test_result_messages() -> None:
         "value": -25000.0,
         "readback": -25000.0,
         "ts": "2026-11-26T12:00:00.000Z",
-        "read_back": -25000.0,
-        "detail": "",
     }
-    failed = result_message(Failed(cmd, FailCode.WRITE_FAILED, "timeout"), NOW)
-    assert failed["status"] == "failed"
-    assert failed["code"] == "write_failed"
-    assert failed["reason"] == "timeout"
-    assert failed["readback"] is None
-    rejected = orjson.loads(encode_result(parse(payload(value=1e6)), NOW))  # type: ignore[arg-type]
-    assert rejected["status"] == "rejected"
-    assert rejected["code"] == "out_of_range"
-    assert rejected["id"] == "c-1"
-    assert rejected["value"] == 1e6
-    assert rejected["readback"] is None
-    assert set(rejected) >= {"id", "status", "code", "reason", "point", "value", "readback", "ts"}
+    failed = orjson.loads(encode_result(Failed(cmd, FailCode.WRITE_FAILED, "timeout"), NOW))
+    assert failed == {
+        "id": "c-9",
+        "status": "failed",
+        "code": "write_failed",
+        "reason": "timeout",
+        "point": "active_power_setpoint_w",
+        "value": -25000.0,
+        "readback": None,
+        "ts": "2026-11-26T12:00:00.000Z",
+    }
+    outcome = parse(payload(value=1e6))
+    assert isinstance(outcome, Rejected)
+    rejected = orjson.loads(encode_result(outcome, NOW))
+    assert rejected == {
+        "id": "c-1",
+        "status": "rejected",
+        "code": "out_of_range",
+        "reason": outcome.reason,
+        "point": "active_power_setpoint_w",
+        "value": 1e6,
+        "readback": None,
+        "ts": "2026-11-26T12:00:00.000Z",
+    }
+
+
+def test_result_of_a_malformed_command_has_a_null_id() -> None:
+    outcome = parse(b"{not json")
+    assert isinstance(outcome, Rejected)
+    result = result_of(outcome, NOW)
+    assert (result.id, result.status, result.code) == (None, CommandStatus.REJECTED, "malformed")
+    assert result.reason is not None
+    assert "not JSON" in result.reason
+    assert (result.point, result.value, result.readback) == (None, None, None)
 
 
 @pytest.mark.parametrize(
-    "outcome",
+    ("outcome", "status", "code", "readback"),
     [
-        Applied(command("active_power_setpoint_w", -25000.0), -25000.0),
-        Failed(command("active_power_setpoint_w", 1.0), FailCode.READBACK_MISMATCH, "x", 0.0),
-        Rejected("battery", RejectCode.OUT_OF_RANGE, "too big", "c-1", "p_w", 1e9),
+        (
+            Applied(command("active_power_setpoint_w", -25000.0), -25000.0),
+            CommandStatus.APPLIED,
+            None,
+            -25000.0,
+        ),
+        (
+            Failed(command("active_power_setpoint_w", 1.0), FailCode.READBACK_MISMATCH, "x", 0.0),
+            CommandStatus.FAILED,
+            "readback_mismatch",
+            0.0,
+        ),
+        (
+            Rejected("battery", RejectCode.OUT_OF_RANGE, "too big", "c-1", "p_w", 1e9),
+            CommandStatus.REJECTED,
+            "out_of_range",
+            None,
+        ),
     ],
 )
-def test_results_decode_with_the_bus_codec(outcome: Applied | Failed | Rejected) -> None:
-    """Consumers using ``gridpilot.bus.codec`` read the same id, status, value, read-back."""
-    decoded = decode_command_result(encode_result(outcome, NOW))
-    body = result_message(outcome, NOW)
-    assert decoded.id == body["id"]
-    assert decoded.status.value == body["status"]
-    assert decoded.read_back == body["readback"]
-    assert decoded.value == body["value"]
-    assert decoded.detail == (body["reason"] or "")
+def test_results_decode_with_the_bus_codec(
+    outcome: Applied | Failed | Rejected,
+    status: CommandStatus,
+    code: str | None,
+    readback: float | None,
+) -> None:
+    """The gateway publishes exactly what ``gridpilot.bus.codec`` decodes."""
+    result = result_of(outcome, NOW)
+    assert decode_command_result(encode_result(outcome, NOW)) == result
+    assert (result.status, result.code, result.readback) == (status, code, readback)
+    assert status == status_of(outcome)
 
 
 def test_status_of_and_helpers() -> None:

@@ -7,8 +7,11 @@ import base64
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gridpilot.bus.codec import (
+    MAX_ID_CHARS,
     Command,
     CommandResult,
     CommandStatus,
@@ -28,6 +31,7 @@ from gridpilot.bus.codec import (
     encode_telemetry,
 )
 from gridpilot.bus.errors import PayloadError
+from gridpilot.model.identity import IDENTIFIER_PATTERN
 
 NOW = 1_795_694_400_123
 
@@ -99,39 +103,187 @@ def test_bad_state_raises(payload: bytes) -> None:
         decode_state(payload)
 
 
-def test_command_round_trip() -> None:
-    command = Command("6f1c", "active_power_setpoint_w", -25000.0, "peak_shaving", NOW + 10_000)
+def test_command_matches_the_contract() -> None:
+    command = Command("6f1c", "active_power_setpoint_w", -25000.0, NOW + 10_000, "peak_shaving")
     payload = encode_command(command)
-    assert orjson.loads(payload)["expires"] == "2026-11-26T12:00:10.123Z"
+    assert orjson.loads(payload) == {
+        "id": "6f1c",
+        "point": "active_power_setpoint_w",
+        "value": -25000.0,
+        "expires": "2026-11-26T12:00:10.123Z",
+        "source": "peak_shaving",
+    }
     assert decode_command(payload) == command
-    forever = Command("1", "mode_state", 2.0, "api")
-    assert decode_command(encode_command(forever)) == forever
+
+
+def test_command_source_is_optional() -> None:
+    anonymous = Command("1", "mode_state", 2.0, NOW)
+    assert "source" not in orjson.loads(encode_command(anonymous))
+    assert decode_command(encode_command(anonymous)) == anonymous
+    decoded = decode_command(b'{"id": "1", "point": "a_w", "value": 1, "expires": 1000}')
+    assert decoded == Command("1", "a_w", 1.0, 1000, None)
+
+
+def test_command_without_expires_is_refused_with_the_reason() -> None:
+    """A command without expiry could be applied hours late from a persistent session."""
+    with pytest.raises(PayloadError) as info:
+        decode_command(b'{"id": "1", "point": "a_w", "value": 1.0, "source": "api"}')
+    assert info.value.field == "expires"
+    message = str(info.value)
+    assert message.startswith("'expires' is missing")
+    assert "needs an expiry" in message
+    assert "RFC 3339 or epoch ms" in message
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "field"),
     [
-        b'{"point": "a_w", "value": 1.0, "source": "x"}',
-        b'{"id": "", "point": "a_w", "value": 1.0}',
-        b'{"id": "1", "point": "A W", "value": 1.0}',
-        b'{"id": "1", "point": "a_w", "value": true}',
-        b'{"id": "1", "point": "a_w", "value": "5"}',
-        b'{"id": "1", "point": "a_w", "value": 1.0, "expires": "soon"}',
-        b'{"id": "' + b"x" * 200 + b'", "point": "a_w", "value": 1.0}',
+        (b'{"point": "a_w", "value": 1.0, "expires": 1}', "id"),
+        (b'{"id": "", "point": "a_w", "value": 1.0, "expires": 1}', "id"),
+        (b'{"id": "' + b"x" * 129 + b'", "point": "a_w", "value": 1.0, "expires": 1}', "id"),
+        (b'{"id": "1", "point": "A W", "value": 1.0, "expires": 1}', "point"),
+        (b'{"id": "1", "point": "a_w", "expires": 1}', "value"),
+        (b'{"id": "1", "point": "a_w", "value": true, "expires": 1}', "value"),
+        (b'{"id": "1", "point": "a_w", "value": "5", "expires": 1}', "value"),
+        (b'{"id": "1", "point": "a_w", "value": 1.0, "expires": "soon"}', "expires"),
+        (b'{"id": "1", "point": "a_w", "value": 1.0, "expires": null}', "expires"),
+        (b'{"id": "1", "point": "a_w", "value": 1.0, "expires": "2026-11-26T12:00:10"}', "expires"),
+        (b'{"id": "1", "point": "a_w", "value": 1.0, "expires": 1, "source": 5}', "source"),
+        (b"[]", None),
+        (b"not json", None),
     ],
 )
-def test_bad_commands_raise(payload: bytes) -> None:
-    with pytest.raises(PayloadError):
+def test_bad_commands_raise_naming_the_field(payload: bytes, field: str | None) -> None:
+    with pytest.raises(PayloadError) as info:
         decode_command(payload)
+    assert info.value.field == field
 
 
-def test_command_result_round_trip() -> None:
-    result = CommandResult(
-        "6f1c", CommandStatus.APPLIED, NOW, "active_power_setpoint_w", -25000.0, -24990.0
+def test_command_value_is_checked_after_the_shape() -> None:
+    """A wrong value is told apart from a malformed message: it is checked last."""
+    with pytest.raises(PayloadError) as info:
+        decode_command(b'{"id": "1", "point": "a_w", "value": "5"}')
+    assert info.value.field == "expires"
+
+
+def test_command_result_matches_the_contract() -> None:
+    applied = CommandResult(
+        id="6f1c",
+        status=CommandStatus.APPLIED,
+        code=None,
+        reason=None,
+        point="active_power_setpoint_w",
+        value=-25000.0,
+        readback=-24990.0,
+        ts_ms=NOW,
     )
+    assert orjson.loads(encode_command_result(applied)) == {
+        "id": "6f1c",
+        "status": "applied",
+        "code": None,
+        "reason": None,
+        "point": "active_power_setpoint_w",
+        "value": -25000.0,
+        "readback": -24990.0,
+        "ts": "2026-11-26T12:00:00.123Z",
+    }
+    assert decode_command_result(encode_command_result(applied)) == applied
+    malformed = CommandResult(
+        None, CommandStatus.REJECTED, "malformed", "payload is not JSON", None, None, None, NOW
+    )
+    assert decode_command_result(encode_command_result(malformed)) == malformed
+
+
+def test_command_result_code_and_reason_are_null_exactly_when_applied() -> None:
+    with pytest.raises(ValueError, match="applied"):
+        CommandResult("1", CommandStatus.APPLIED, "write_failed", None, "a_w", 1.0, 1.0, NOW)
+    with pytest.raises(ValueError, match="needs a 'code'"):
+        CommandResult("1", CommandStatus.FAILED, None, "timeout", "a_w", 1.0, None, NOW)
+    with pytest.raises(ValueError, match="needs a 'code'"):
+        CommandResult("1", CommandStatus.REJECTED, "expired", None, "a_w", 1.0, None, NOW)
+
+
+RESULT = {
+    "id": "1",
+    "status": "failed",
+    "code": "write_failed",
+    "reason": "timeout",
+    "point": "a_w",
+    "value": 1.0,
+    "readback": None,
+    "ts": "2026-11-26T12:00:00Z",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"status": "out_of_bounds"}, "status"),  # not in the contract (any more)
+        ({"status": "expired"}, "status"),
+        ({"status": None}, "status"),
+        ({"id": 7}, "id"),
+        ({"code": 3}, "code"),
+        ({"code": None}, "code"),  # failed without a code
+        ({"status": "applied"}, "code"),  # applied with a code
+        ({"reason": ["x"]}, "reason"),
+        ({"value": "1"}, "value"),
+        ({"readback": True}, "readback"),
+        ({"ts": "noon"}, "ts"),
+        ({"readback": ...}, "readback"),  # every field must be there
+        ({"ts": ...}, "ts"),
+    ],
+)
+def test_bad_command_results_raise(change: dict[str, object], field: str) -> None:
+    doc = {**RESULT, **change}
+    doc = {key: value for key, value in doc.items() if value is not ...}
+    with pytest.raises(PayloadError) as info:
+        decode_command_result(orjson.dumps(doc))
+    assert info.value.field == field
+
+
+def test_command_result_of_the_old_spelling_is_refused() -> None:
+    """``read_back``/``detail`` were the codec's spelling before the contract settled."""
+    old = {**RESULT, "read_back": None, "detail": "timeout"}
+    del old["readback"], old["reason"]
+    with pytest.raises(PayloadError, match="'reason', 'readback'"):
+        decode_command_result(orjson.dumps(old))
+
+
+# ---------------------------------------------------------------------- round trips
+
+ids = st.text(min_size=1, max_size=MAX_ID_CHARS)
+points = st.from_regex(IDENTIFIER_PATTERN, fullmatch=True)
+finite = st.floats(allow_nan=False, allow_infinity=False)
+timestamps = st.integers(0, 253_402_300_799_999)  # up to 9999-12-31T23:59:59.999Z
+
+
+@given(ids, points, finite, timestamps, st.none() | st.text(max_size=40))
+def test_command_round_trip(
+    command_id: str, point: str, value: float, expires_ms: int, source: str | None
+) -> None:
+    command = Command(command_id, point, value, expires_ms, source)
+    assert decode_command(encode_command(command)) == command
+
+
+@st.composite
+def command_results(draw: st.DrawFn) -> CommandResult:
+    status = draw(st.sampled_from(CommandStatus))
+    applied = status is CommandStatus.APPLIED
+    return CommandResult(
+        id=draw(st.none() | ids) if not applied else draw(ids),
+        status=status,
+        code=None if applied else draw(st.from_regex(r"[a-z_]{1,20}", fullmatch=True)),
+        reason=None if applied else draw(st.text(max_size=200)),
+        point=draw(st.none() | st.text(max_size=64)),
+        value=draw(st.none() | finite),
+        readback=draw(st.none() | finite),
+        ts_ms=draw(timestamps),
+    )
+
+
+@given(command_results())
+def test_command_result_round_trip(result: CommandResult) -> None:
     assert decode_command_result(encode_command_result(result)) == result
-    failed = CommandResult("7", CommandStatus.FAILED, NOW, detail="device timeout")
-    assert decode_command_result(encode_command_result(failed)) == failed
 
 
 def test_dead_letter_keeps_text_payloads_as_text() -> None:

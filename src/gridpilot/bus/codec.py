@@ -5,17 +5,27 @@
     state           {"status": "online", "ts": ..., "last_error": null, "counters": {"polls": 12}}
     command         {"id": "6f1c...", "point": "active_power_setpoint_w", "value": -25000.0,
                      "expires": "2026-11-26T12:00:10.000Z", "source": "peak_shaving"}
-    command/result  {"id": "6f1c...", "status": "applied", "point": ..., "value": -25000.0,
-                     "read_back": -25000.0, "detail": "", "ts": ...}
+    command/result  {"id": "6f1c...", "status": "applied", "code": null, "reason": null,
+                     "point": "active_power_setpoint_w", "value": -25000.0,
+                     "readback": -25000.0, "ts": "2026-11-26T12:00:00.250Z"}
+                    {"id": "6f1d...", "status": "rejected", "code": "out_of_range",
+                     "reason": "60000 is outside the valid range [-50000, 50000] of ...",
+                     "point": ..., "value": 60000.0, "readback": null, "ts": ...}
     deadletter      {"reasons": ["out_of_range"], "topic": ..., "received_at": ..., "payload": ...,
                      "payload_encoding": "utf-8", "payload_bytes": 97, "payload_truncated": false,
                      "rejections": [{"point": "voltage_l1_v", "reason": "out_of_range",
                                      "detail": "..."}]}
 
+In a command ``expires`` is required and ``source`` optional. A result's ``status`` is
+``applied``, ``rejected`` or ``failed``; ``code`` (machine-readable) and ``reason`` (for
+people) are null exactly when it is ``applied``; ``readback`` is null unless the device was
+read back after the write.
+
 Timestamps are written as RFC 3339 UTC with milliseconds and read as RFC 3339 or integer
-epoch milliseconds. Decoders raise ``PayloadError`` saying what is wrong. Incoming telemetry
-from devices is checked much more closely by ``gridpilot.ingest.validation``;
-``decode_telemetry`` is for consumers of telemetry that ingest or a gateway already vetted.
+epoch milliseconds. Decoders raise ``PayloadError`` saying what is wrong (and, in
+``.field``, where). Incoming telemetry from devices is checked much more closely by
+``gridpilot.ingest.validation``; ``decode_telemetry`` is for consumers of telemetry that
+ingest or a gateway already vetted.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from gridpilot.bus.errors import PayloadError
 from gridpilot.model import is_valid_identifier, parse_timestamp_ms, to_rfc3339
 
 __all__ = [
+    "MAX_ID_CHARS",
     "Command",
     "CommandResult",
     "CommandStatus",
@@ -52,9 +63,6 @@ __all__ = [
     "encode_state",
     "encode_telemetry",
 ]
-
-_MAX_ID_CHARS = 128
-
 
 # ---------------------------------------------------------------------------- telemetry
 
@@ -140,64 +148,115 @@ def decode_state(payload: bytes) -> DeviceState:
 
 # ---------------------------------------------------------------------------- commands
 
+MAX_ID_CHARS = 128
+"""Longest command id accepted."""
+
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """An absolute setpoint request (never a delta, so repeating it is harmless)."""
+    """An absolute setpoint request (never a delta, so repeating it is harmless).
+
+    Only the shape is the codec's business; whether the device has the point, may write it,
+    and whether the value is in range and the command still valid is decided by the gateway
+    (``gridpilot.gateway.commands.parse_command``).
+    """
 
     id: str
+    """Unique per command (1 to ``MAX_ID_CHARS`` characters); the result carries it back."""
     point: str
     value: float
-    source: str
-    expires_ms: int | None = None
-    """After this instant the command must not be applied; None: no expiry."""
+    """The absolute target, in the unit the point name declares."""
+    expires_ms: int
+    """Epoch ms at and after which the command must not be applied. Required: from a
+    persistent MQTT session a command can be delivered hours after it was sent."""
+    source: str | None = None
+    """Who asked (a controller's name, ``api``...), for logs; optional."""
 
 
 def encode_command(command: Command) -> bytes:
-    doc: dict[str, Any] = {"id": command.id, "point": command.point, "value": command.value}
-    if command.expires_ms is not None:
-        doc["expires"] = to_rfc3339(command.expires_ms)
-    doc["source"] = command.source
+    doc: dict[str, Any] = {
+        "id": command.id,
+        "point": command.point,
+        "value": command.value,
+        "expires": to_rfc3339(command.expires_ms),
+    }
+    if command.source is not None:
+        doc["source"] = command.source
     return orjson.dumps(doc)
 
 
 def decode_command(payload: bytes) -> Command:
+    """Decode a command; ``PayloadError.field`` names the field at fault.
+
+    Checked in order: ``id``, ``point``, that ``value`` is there, ``expires`` (RFC 3339
+    with an offset, or epoch ms), ``source`` (text when present), and last that ``value``
+    is a finite number -- so that a consumer can tell a malformed message from a wrong
+    value (``field == "value"`` with the key present).
+    """
     doc = _object(payload, "command")
-    command_id = _text(doc.get("id"), "id")
+    command_id = _id(doc.get("id"))
     point = doc.get("point")
     if not isinstance(point, str) or not is_valid_identifier(point):
-        raise PayloadError(f"command 'point' {point!r} is not a point name")
-    expires = doc.get("expires")
-    return Command(
-        id=command_id,
-        point=point,
-        value=_finite(doc.get("value"), "value"),
-        source=_text(doc.get("source", ""), "source", allow_empty=True),
-        expires_ms=None if expires is None else _ts(expires, "expires"),
-    )
+        raise PayloadError(
+            f"'point' must be a point name (lower-case snake_case), not {_json_type(point)}",
+            "point",
+        )
+    if "value" not in doc:
+        raise PayloadError("'value' is missing: a command sets a point to a number", "value")
+    if "expires" not in doc:
+        raise PayloadError(
+            "'expires' is missing: every command needs an expiry (RFC 3339 or epoch ms) "
+            "after which it must not be applied",
+            "expires",
+        )
+    expires_ms = _ts(doc["expires"], "expires")
+    source = doc.get("source")
+    if source is not None:
+        source = _text(source, "source", allow_empty=True)
+    value = _finite(doc["value"], "value")
+    return Command(command_id, point, value, expires_ms, source)
 
 
 class CommandStatus(StrEnum):
     """How a command ended; every command gets exactly one result."""
 
-    APPLIED = "applied"  # written and, where readable, read back
-    REJECTED = "rejected"  # refused before writing: unknown point, not writable, bad payload
-    OUT_OF_BOUNDS = "out_of_bounds"  # value outside the point's valid range
-    EXPIRED = "expired"  # arrived after its ``expires``
-    FAILED = "failed"  # the write or the read-back failed (device error, timeout)
+    APPLIED = "applied"  # written, and the read-back matches the target
+    REJECTED = "rejected"  # not attempted: malformed, unknown point, out of range, expired...
+    FAILED = "failed"  # attempted: the write or the read-back failed, or they disagree
 
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
-    id: str
+    """The one result of a command, on ``.../{device}/command/result``.
+
+    ``code`` and ``reason`` are None exactly when the command was applied; otherwise
+    ``code`` is machine-readable (the gateway's ``RejectCode``/``FailCode`` values, such as
+    ``out_of_range`` or ``readback_mismatch``) and ``reason`` a sentence for people.
+    """
+
+    id: str | None
+    """The command's id; None when it could not be read from a malformed command."""
     status: CommandStatus
+    code: str | None
+    reason: str | None
+    point: str | None
+    """The command's point (as far as it could be read)."""
+    value: float | None
+    """The requested value (when it was a finite number)."""
+    readback: float | None
+    """The value read from the device after writing; None unless it was read back."""
     ts_ms: int
-    point: str | None = None
-    value: float | None = None
-    """The requested value."""
-    read_back: float | None = None
-    """The value read from the device after writing, when it can be read."""
-    detail: str = ""
+    """When the result was decided, epoch ms."""
+
+    def __post_init__(self) -> None:
+        applied = self.status is CommandStatus.APPLIED
+        if applied and (self.code is not None or self.reason is not None):
+            raise ValueError("an applied command result has no 'code' and no 'reason'")
+        if not applied and (not self.code or self.reason is None):
+            raise ValueError(f"a {self.status} command result needs a 'code' and a 'reason'")
+
+
+_RESULT_FIELDS = ("id", "status", "code", "reason", "point", "value", "readback", "ts")
 
 
 def encode_command_result(result: CommandResult) -> bytes:
@@ -205,35 +264,49 @@ def encode_command_result(result: CommandResult) -> bytes:
         {
             "id": result.id,
             "status": result.status.value,
+            "code": result.code,
+            "reason": result.reason,
             "point": result.point,
             "value": result.value,
-            "read_back": result.read_back,
-            "detail": result.detail,
+            "readback": result.readback,
             "ts": to_rfc3339(result.ts_ms),
         }
     )
 
 
 def decode_command_result(payload: bytes) -> CommandResult:
+    """Decode a command result; every field of the contract must be present (null allowed
+    where the contract allows it), unknown fields are ignored."""
     doc = _object(payload, "command result")
+    missing = [name for name in _RESULT_FIELDS if name not in doc]
+    if missing:
+        raise PayloadError(
+            f"command result lacks {', '.join(repr(m) for m in missing)}", missing[0]
+        )
     try:
-        status = CommandStatus(str(doc.get("status")))
+        status = CommandStatus(doc["status"])
     except ValueError:
-        raise PayloadError(f"command result 'status' {doc.get('status')!r} is unknown") from None
-    point = doc.get("point")
-    if point is not None and not isinstance(point, str):
-        raise PayloadError("command result 'point' must be text or null")
-    value = doc.get("value")
-    read_back = doc.get("read_back")
-    return CommandResult(
-        id=_text(doc.get("id"), "id"),
-        status=status,
-        ts_ms=_ts(doc.get("ts"), "ts"),
-        point=point,
-        value=None if value is None else _finite(value, "value"),
-        read_back=None if read_back is None else _finite(read_back, "read_back"),
-        detail=_text(doc.get("detail", ""), "detail", allow_empty=True),
-    )
+        raise PayloadError(
+            f"command result 'status' must be applied, rejected or failed, "
+            f"not {_json_type(doc['status'])}",
+            "status",
+        ) from None
+    command_id = doc["id"]
+    try:
+        return CommandResult(
+            id=None if command_id is None else _id(command_id),
+            status=status,
+            code=_optional_text(doc["code"], "code"),
+            reason=_optional_text(doc["reason"], "reason"),
+            point=_optional_text(doc["point"], "point"),
+            value=_optional_finite(doc["value"], "value"),
+            readback=_optional_finite(doc["readback"], "readback"),
+            ts_ms=_ts(doc["ts"], "ts"),
+        )
+    except PayloadError:
+        raise
+    except ValueError as exc:  # the invariants of CommandResult
+        raise PayloadError(f"command result: {exc}", "code") from None
 
 
 # ---------------------------------------------------------------------------- dead letters
@@ -362,7 +435,7 @@ def _object(payload: bytes, what: str) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise PayloadError(f"{what} payload is not JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise PayloadError(f"{what} payload must be a JSON object, not {type(doc).__name__}")
+        raise PayloadError(f"{what} payload is {_json_type(doc)}, expected a JSON object")
     return doc
 
 
@@ -371,22 +444,55 @@ def _finite(value: object, name: str) -> float:
         number = float(value)
         if math.isfinite(number):
             return number
-        raise PayloadError(f"'{name}' is not finite")
-    raise PayloadError(f"'{name}' must be a number, not {type(value).__name__}")
+        raise PayloadError(f"'{name}' is not finite", name)
+    raise PayloadError(f"'{name}' must be a number, not {_json_type(value)}", name)
+
+
+def _optional_finite(value: object, name: str) -> float | None:
+    return None if value is None else _finite(value, name)
 
 
 def _ts(value: object, name: str) -> int:
     if value is None:
-        raise PayloadError(f"'{name}' is missing")
+        raise PayloadError(f"'{name}' is missing", name)
     try:
         return parse_timestamp_ms(value)
     except ValueError as exc:
-        raise PayloadError(f"'{name}': {exc}") from None
+        raise PayloadError(f"'{name}': {exc}", name) from None
 
 
 def _text(value: object, name: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not value and not allow_empty):
-        raise PayloadError(f"'{name}' must be {'text' if allow_empty else 'non-empty text'}")
-    if len(value) > _MAX_ID_CHARS and name == "id":
-        raise PayloadError(f"'id' is longer than {_MAX_ID_CHARS} characters")
+        wanted = "text" if allow_empty else "non-empty text"
+        raise PayloadError(f"'{name}' must be {wanted}, not {_json_type(value)}", name)
     return value
+
+
+def _optional_text(value: object, name: str) -> str | None:
+    return None if value is None else _text(value, name, allow_empty=True)
+
+
+def _id(value: object) -> str:
+    text = _text(value, "id")
+    if len(text) > MAX_ID_CHARS:
+        raise PayloadError(f"'id' is longer than {MAX_ID_CHARS} characters", "id")
+    return text
+
+
+def _json_type(value: object) -> str:
+    """What a decoded JSON value is, for messages: ``null``, ``the string 'abc'``..."""
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case str():
+            return f"the string {value[:32]!r}"
+        case list():
+            return "an array"
+        case dict():
+            return "an object"
+        case int() | float():
+            return f"the number {value!r}"
+        case _:
+            return type(value).__name__

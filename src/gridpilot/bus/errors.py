@@ -6,7 +6,8 @@ BusError                      root: anything the bus part raises on purpose
 ├── BusRefusedError                the broker said no: bad credentials, not authorised, filter
 │                             refused. Retrying will not help; fix the configuration
 ├── BusClosedError                 the client was stopped; nothing more can be sent through it
-└── PayloadError              a payload does not match its schema (see ``bus.codec``)
+└── PayloadError              a payload does not match its schema (see ``bus.codec``);
+                              ``.field`` names the field at fault when there is one
 """
 
 from __future__ import annotations
@@ -37,4 +38,13 @@ class BusClosedError(BusError):
 
 
 class PayloadError(BusError, ValueError):
-    """A payload is not valid JSON of the expected shape."""
+    """A payload is not valid JSON of the expected shape.
+
+    ``field`` is the field at fault (``"value"``, ``"values.voltage_l1_v"``), or None when
+    the payload as a whole is (not JSON, not an object): a consumer that answers bad input,
+    like the gateway answering a command, tells the two apart by it.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field

@@ -1,26 +1,29 @@
-"""Commands: parsing and validating setpoint requests, judging read-backs, result messages.
+"""Commands: validating setpoint requests, judging read-backs, building their results.
 
 Pure: no I/O, the current time is a parameter. The service does the write and the read
 between :func:`parse_command` and :func:`judge_readback`.
 
-A command arrives on ``gridpilot/v1/{site}/{device}/command`` as JSON::
+The wire formats are ``gridpilot.bus.codec``'s: a command arrives on
+``gridpilot/v1/{site}/{device}/command`` and is decoded by ``decode_command``::
 
     {"id": "6f1c...", "point": "active_power_setpoint_w", "value": -25000.0,
      "expires": "2026-11-26T12:00:10Z", "source": "peak_shaving"}
 
 ``id``, ``point``, ``value`` and ``expires`` are required (an absolute target with an
 expiry is what makes a late or repeated delivery harmless); ``source`` is optional.
-``expires`` is RFC 3339 with an offset or integer epoch milliseconds.
+This module adds what needs the site configuration and the time: device, point,
+writability, coil values, expiry, ``valid_range``.
 
-Every command ends in exactly one outcome (STYLE.md #8), published on ``.../command/result``:
+Every command ends in exactly one outcome (STYLE.md #8), published on ``.../command/result``
+as a ``bus.codec.CommandResult`` (:func:`result_of`, :func:`encode_result`):
 
 * :class:`Applied` — written, and the read-back matches the target within the register's
   resolution.
 * :class:`Rejected` — not attempted: malformed, unknown device or point, not writable,
   not a number, outside ``valid_range``, expired, not representable in the register type,
-  or the gateway is busy/stopping.
+  or the gateway is busy/stopping. ``code`` is a :class:`RejectCode`.
 * :class:`Failed` — attempted, but the write or the read-back failed, or the read-back
-  differs from the target.
+  differs from the target. ``code`` is a :class:`FailCode`.
 """
 
 from __future__ import annotations
@@ -34,12 +37,19 @@ from typing import Literal
 
 import orjson
 
+from gridpilot.bus.codec import (
+    MAX_ID_CHARS,
+    CommandResult,
+    CommandStatus,
+    decode_command,
+    encode_command_result,
+)
+from gridpilot.bus.errors import PayloadError
 from gridpilot.config.models import DeviceConfig, DeviceProtocol, PointConfig
-from gridpilot.model import DataType, parse_timestamp_ms, to_rfc3339
+from gridpilot.model import DataType, to_rfc3339
 
 MAX_COMMAND_BYTES = 16 * 1024
 """Larger command payloads are rejected unread."""
-MAX_ID_LENGTH = 128
 
 
 class RejectCode(StrEnum):
@@ -127,9 +137,10 @@ def parse_command(
 ) -> Command | Rejected:
     """Validate a command payload addressed to ``device_id`` (from the topic).
 
-    Checks, in order: size and JSON shape (malformed), device, point, writability, value
-    (a finite number; 0/1 for coils), expiry, ``valid_range``. The first failing check
-    decides the reason.
+    Checks, in order: size, then the wire shape by ``bus.codec.decode_command`` (malformed;
+    ``not_a_number`` when ``value`` is there but not a finite number), device, point,
+    writability, 0/1 for coils, expiry, ``valid_range``. The first failing check decides
+    the reason.
     """
 
     if len(payload) > MAX_COMMAND_BYTES:
@@ -139,78 +150,62 @@ def parse_command(
             f"payload of {len(payload)} bytes exceeds {MAX_COMMAND_BYTES}",
         )
     try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        return Rejected(device_id, RejectCode.MALFORMED, f"payload is not JSON: {exc}")
-    if not isinstance(data, dict):
-        return Rejected(
-            device_id,
-            RejectCode.MALFORMED,
-            f"payload is {_json_type(data)}, expected a JSON object",
-        )
-
-    raw_id, raw_point, raw_value = data.get("id"), data.get("point"), data.get("value")
-    cmd_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_ID_LENGTH else None
-    point_name = raw_point if isinstance(raw_point, str) else None
+        wire = decode_command(payload)
+    except PayloadError as exc:
+        return _undecodable(payload, device_id, exc)
 
     def reject(code: RejectCode, reason: str) -> Rejected:
-        return Rejected(device_id, code, reason, cmd_id, point_name, _echo(raw_value))
-
-    if cmd_id is None:
-        return reject(
-            RejectCode.MALFORMED,
-            f"'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters",
-        )
-    if point_name is None:
-        return reject(RejectCode.MALFORMED, "'point' must be a string")
-    if "value" not in data:
-        return reject(RejectCode.MALFORMED, "'value' is missing")
-    source = data.get("source", "")
-    if not isinstance(source, str):
-        return reject(RejectCode.MALFORMED, "'source' must be a string")
-    if "expires" not in data:
-        return reject(
-            RejectCode.MALFORMED,
-            "'expires' is missing: commands need an expiry (RFC 3339 or epoch ms)",
-        )
-    try:
-        expires_ms = parse_timestamp_ms(data["expires"])
-    except ValueError as exc:
-        return reject(RejectCode.MALFORMED, f"'expires': {exc}")
+        return Rejected(device_id, code, reason, wire.id, wire.point, wire.value)
 
     device = devices.get(device_id)
     if device is None:
         return reject(RejectCode.UNKNOWN_DEVICE, f"device {device_id!r} is not configured")
-    point = device.point(point_name)
+    point = device.point(wire.point)
     if point is None:
-        return reject(RejectCode.UNKNOWN_POINT, f"device {device_id!r} has no point {point_name!r}")
+        return reject(RejectCode.UNKNOWN_POINT, f"device {device_id!r} has no point {wire.point!r}")
     not_writable = _why_not_writable(device, point)
     if not_writable is not None:
         return reject(RejectCode.NOT_WRITABLE, not_writable)
-
-    if isinstance(raw_value, bool) or not isinstance(raw_value, int | float):
-        return reject(
-            RejectCode.NOT_A_NUMBER, f"'value' must be a number, got {_json_type(raw_value)}"
-        )
-    value = float(raw_value)
-    if not math.isfinite(value):
-        return reject(RejectCode.NOT_A_NUMBER, f"'value' {value} is not finite")
-    if point.table.is_bit and value not in (0.0, 1.0):
-        return reject(RejectCode.OUT_OF_RANGE, f"{point_name} is a coil: value must be 0 or 1")
-
-    if expires_ms <= now_ms:
+    if point.table.is_bit and wire.value not in (0.0, 1.0):
+        return reject(RejectCode.OUT_OF_RANGE, f"{wire.point} is a coil: value must be 0 or 1")
+    if wire.expires_ms <= now_ms:
         return reject(
             RejectCode.EXPIRED,
-            f"expired at {to_rfc3339(expires_ms)}, received at {to_rfc3339(now_ms)}",
+            f"expired at {to_rfc3339(wire.expires_ms)}, received at {to_rfc3339(now_ms)}",
         )
     if point.valid_range is not None:
         low, high = point.valid_range
-        if not low <= value <= high:
+        if not low <= wire.value <= high:
             return reject(
                 RejectCode.OUT_OF_RANGE,
-                f"{value:g} is outside the valid range [{low:g}, {high:g}] of {point_name}",
+                f"{wire.value:g} is outside the valid range [{low:g}, {high:g}] of {wire.point}",
             )
-    return Command(cmd_id, device_id, point_name, value, expires_ms, source)
+    return Command(wire.id, device_id, wire.point, wire.value, wire.expires_ms, wire.source or "")
+
+
+def _undecodable(payload: bytes, device_id: str, error: PayloadError) -> Rejected:
+    """The rejection of a payload the codec refused, echoing what of it is readable."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        data = None
+    fields = data if isinstance(data, dict) else {}
+    raw_id, raw_point = fields.get("id"), fields.get("point")
+    # A value that is there but not a number is the sender's mistake about the point, not
+    # about the message format; it has its own code.
+    code = (
+        RejectCode.NOT_A_NUMBER
+        if error.field == "value" and "value" in fields
+        else RejectCode.MALFORMED
+    )
+    return Rejected(
+        device_id,
+        code,
+        str(error),
+        raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_ID_CHARS else None,
+        raw_point if isinstance(raw_point, str) else None,
+        _echo(fields.get("value")),
+    )
 
 
 def _why_not_writable(device: DeviceConfig, point: PointConfig) -> str | None:
@@ -231,22 +226,6 @@ def _echo(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
-
-
-def _json_type(value: object) -> str:
-    match value:
-        case None:
-            return "null"
-        case bool():
-            return "a boolean"
-        case str():
-            return f"the string {value[:32]!r}"
-        case list():
-            return "an array"
-        case dict():
-            return "an object"
-        case _:
-            return type(value).__name__
 
 
 def not_representable(command: Command, message: str) -> Rejected:
@@ -305,50 +284,52 @@ def judge_readback(command: Command, point: PointConfig, readback: float | str) 
     return Applied(command, readback)
 
 
-def result_message(outcome: Outcome, ts_ms: int) -> dict[str, object]:
-    """The ``command/result`` payload.
+def result_of(outcome: Outcome, ts_ms: int) -> CommandResult:
+    """The ``command/result`` of an outcome, decided at ``ts_ms``.
 
-    ``{"id", "status": "applied|rejected|failed", "code", "reason", "point", "value",
-    "readback", "ts"}``; ``code`` is the machine-readable reason (``RejectCode`` or
-    ``FailCode``, null when applied), ``reason`` the sentence for people. ``read_back`` and
-    ``detail`` repeat ``readback`` and ``reason`` under the names ``gridpilot.bus.codec``
-    decodes (``CommandResult``), until one spelling is agreed.
+    ``code`` is the ``RejectCode``/``FailCode`` value (None when applied), ``reason`` the
+    sentence for people, ``readback`` what the device held after the write (None when it
+    was not read back).
     """
     match outcome:
         case Applied(command, readback):
-            return _message(command.id, "applied", None, None, command, readback, ts_ms)
+            return CommandResult(
+                id=command.id,
+                status=CommandStatus.APPLIED,
+                code=None,
+                reason=None,
+                point=command.point,
+                value=command.value,
+                readback=readback,
+                ts_ms=ts_ms,
+            )
         case Failed(command, code, reason, readback):
-            return _message(command.id, "failed", code, reason, command, readback, ts_ms)
+            return CommandResult(
+                id=command.id,
+                status=CommandStatus.FAILED,
+                code=code.value,
+                reason=reason,
+                point=command.point,
+                value=command.value,
+                readback=readback,
+                ts_ms=ts_ms,
+            )
         case Rejected(_, code, reason, cmd_id, point, value):
-            return _message(cmd_id, "rejected", code, reason, (point, value), None, ts_ms)
-
-
-def _message(  # noqa: PLR0917 -- private, one call per outcome kind right above
-    cmd_id: str | None,
-    status: OutcomeStatus,
-    code: RejectCode | FailCode | None,
-    reason: str | None,
-    target: Command | tuple[str | None, float | None],
-    readback: float | None,
-    ts_ms: int,
-) -> dict[str, object]:
-    point, value = (target.point, target.value) if isinstance(target, Command) else target
-    return {
-        "id": cmd_id,
-        "status": status,
-        "code": None if code is None else str(code),
-        "reason": reason,
-        "point": point,
-        "value": value,
-        "readback": readback,
-        "ts": to_rfc3339(ts_ms),
-        "read_back": readback,
-        "detail": reason or "",
-    }
+            return CommandResult(
+                id=cmd_id,
+                status=CommandStatus.REJECTED,
+                code=code.value,
+                reason=reason,
+                point=point,
+                value=value,
+                readback=None,
+                ts_ms=ts_ms,
+            )
 
 
 def encode_result(outcome: Outcome, ts_ms: int) -> bytes:
-    return orjson.dumps(result_message(outcome, ts_ms))
+    """The ``command/result`` payload of an outcome (``bus.codec.encode_command_result``)."""
+    return encode_command_result(result_of(outcome, ts_ms))
 
 
 class RecentIds:

@@ -1,6 +1,6 @@
 """Write throughput and query latency of the SQLite storage backend.
 
-    .venv/bin/python benchmarks/storage/bench_sqlite.py            # full run, ~3 min
+    .venv/bin/python benchmarks/storage/bench_sqlite.py            # full run, ~4 min
     .venv/bin/python benchmarks/storage/bench_sqlite.py --quick    # smaller, ~40 s
 
 Write shape: devices with 10 points each, every point sampled once a second; a tick's
@@ -183,6 +183,7 @@ async def main() -> None:
             (2_000, 50_000, 1),
             (20_000, 5_000, 1),
             (20_000, 5_000, 8),
+            (20_000, 50_000, 1),
         ]
         for series, batch, in_flight in shapes:
             ticks = prefill_ticks if series <= 2_000 else prefill_ticks // 10

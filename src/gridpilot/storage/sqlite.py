@@ -212,6 +212,9 @@ _AGG_SQL: Final[dict[Agg, str]] = {
     Agg.LAST: "lv, max(lts)",
 }
 
+# Samples per pass of the writer's C-level loops (see _columns).
+_GIL_SLICE: Final = 4_096
+
 _key_of = attrgetter("site", "device", "point")
 _ts_of = attrgetter("ts_ms")
 _value_of = attrgetter("value")
@@ -493,11 +496,14 @@ class SqliteStorage:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for number, columns in enumerate(batches):
-                ids = self._ids_of(conn, columns.keys, new_ids)
-                conn.executemany(
-                    f"INSERT OR IGNORE INTO stage VALUES (?, ?, ?, {number})",  # noqa: S608
-                    zip(ids, columns.ts, columns.values, strict=True),
-                )
+                stage = f"INSERT OR IGNORE INTO stage VALUES (?, ?, ?, {number})"  # noqa: S608
+                for first in range(0, len(columns.keys), _GIL_SLICE):
+                    last = first + _GIL_SLICE
+                    ids = self._ids_of(conn, columns.keys[first:last], new_ids)
+                    conn.executemany(
+                        stage,
+                        zip(ids, columns.ts[first:last], columns.values[first:last], strict=True),
+                    )
             conn.execute(_DROP_KNOWN)
             if len(batches) == 1:
                 per_batch = None
@@ -563,23 +569,36 @@ class _Columns:
 
 
 def _columns(batch: Sequence[Sample]) -> _Columns:
-    # map() over attrgetters keeps the per-sample work in C: this runs for every sample.
-    values: list[float] = list(map(_value_of, batch))
-    try:
-        finite = all(map(isfinite, values))
-    except TypeError:
-        finite = False
-    if not finite:
-        for sample in batch:
-            value = sample.value
-            if not isinstance(value, int | float) or not isfinite(value):
-                raise ValueError(
-                    f"sample {sample.site}/{sample.device}/{sample.point} at "
-                    f"ts_ms={sample.ts_ms} has value {value!r}, not a finite number; "
-                    "ingest validation must reject it before storage - nothing of the "
-                    "batch was stored"
-                )
-    return _Columns(list(map(_key_of, batch)), list(map(_ts_of, batch)), values)
+    # map() over attrgetters keeps the per-sample work in C, but a C loop holds the GIL
+    # from start to end: slices of _GIL_SLICE samples let the event loop's thread in
+    # between, so even a 100k-sample batch never stalls the loop for long.
+    keys: list[SeriesTuple] = []
+    ts: list[int] = []
+    values: list[float] = []
+    for first in range(0, len(batch), _GIL_SLICE):
+        part = batch[first : first + _GIL_SLICE]
+        part_values: list[float] = list(map(_value_of, part))
+        try:
+            finite = all(map(isfinite, part_values))
+        except TypeError:
+            finite = False
+        if not finite:
+            _refuse_non_finite(part)
+        values += part_values
+        keys += map(_key_of, part)
+        ts += map(_ts_of, part)
+    return _Columns(keys, ts, values)
+
+
+def _refuse_non_finite(samples: Sequence[Sample]) -> None:
+    for sample in samples:
+        value = sample.value
+        if not isinstance(value, int | float) or not isfinite(value):
+            raise ValueError(
+                f"sample {sample.site}/{sample.device}/{sample.point} at ts_ms={sample.ts_ms} "
+                f"has value {value!r}, not a finite number; ingest validation must reject it "
+                "before storage - nothing of the batch was stored"
+            )
 
 
 def _insert_series(conn: sqlite3.Connection, key: SeriesTuple) -> int:

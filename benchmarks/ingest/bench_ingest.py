@@ -87,7 +87,7 @@ def site_file(workdir: Path, port: int, devices: int, points: int) -> Path:
     data = {
         "site": {"id": SITE},
         "broker": {"url": f"mqtt://127.0.0.1:{port}", "max_outgoing": 10000},
-        "storage": {"path": "bench.db", "batch_size": 20000, "max_buffered": 400000},
+        "storage": {"path": "bench.db"},
         # A plain persistent subscription: the backlog must queue for ingest while it is away.
         "ingest": {"shared_subscription": "off"},
         "devices": [

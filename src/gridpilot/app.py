@@ -22,6 +22,7 @@ from gridpilot.config import GridPilotConfig
 from gridpilot.gateway.service import GatewayService
 from gridpilot.ingest.service import IngestService
 from gridpilot.storage import open_storage
+from gridpilot.storage.retention import RetentionService
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ async def run_services(
             db_path = storage_path(config, base_dir)
             storage = await stack.enter_async_context(open_storage(config.storage, base_dir))
         if Service.INGEST in services and storage is not None:
+            # The writer owns housekeeping: one retention timer per database, not per reader.
+            await stack.enter_async_context(RetentionService(storage))
             await stack.enter_async_context(
                 IngestService(config, address, storage, embedded_broker=embedded)
             )

@@ -348,6 +348,47 @@ async def test_a_storage_outage_fills_a_bounded_buffer_and_nothing_is_lost(
     assert sorted(await stored(storage, site, "active_power_w")) == [float(i) for i in range(100)]
 
 
+class RefusingStorage:
+    """A real storage that refuses, as invalid, every batch holding voltage_l1_v = 399 V,
+    a refusal validation can never let happen; it stands in for a backend bug."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.refusals = 0
+
+    async def write(self, samples: Sequence[Sample]) -> WriteResult:
+        if any(s.point == "voltage_l1_v" and s.value == 399.0 for s in samples):
+            self.refusals += 1
+            raise ValueError("voltage_l1_v = 399 is not storable (test)")
+        return await self.inner.write(samples)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_batch_storage_refuses_is_counted_and_ingest_goes_on(
+    mosquitto: BrokerAddress, storage: Storage
+) -> None:
+    site = new_site()
+    refusing = RefusingStorage(storage)
+    topic = str(Topic.telemetry(site, "meter1"))
+    async with (
+        IngestService(site_config(site, batch_size=2), mosquitto, refusing, clock=clock) as ingest,  # type: ignore[arg-type]
+        publisher(mosquitto) as pub,
+    ):
+        await pub.publish(
+            topic, encode_telemetry(NOW, {"active_power_w": 1.0, "voltage_l1_v": 399.0})
+        )
+        await eventually(lambda: ingest.stats.storage_rejected == 2)
+        await pub.publish(
+            topic, encode_telemetry(NOW + 1, {"active_power_w": 2.0, "voltage_l1_v": 230.0})
+        )
+        await eventually(lambda: ingest.stats.samples_written == 2)
+    assert refusing.refusals == 1  # not retried forever
+    assert ingest.stats.storage_errors == 0
+    assert await stored(storage, site, "active_power_w") == [2.0]
+
+
 async def test_messages_not_yet_stored_are_redelivered_to_the_next_ingest(
     mosquitto: BrokerAddress, storage: Storage
 ) -> None:

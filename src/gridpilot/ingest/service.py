@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -71,6 +72,8 @@ class IngestStats:
     batches: int = 0
     storage_errors: int = 0
     """Failed write attempts (each retried)."""
+    storage_rejected: int = 0
+    """Samples storage refused as invalid (never expected: validation comes first)."""
     buffered_samples: int = 0
     """Gauge: samples waiting for, or being written to, storage."""
 
@@ -85,6 +88,7 @@ class IngestStats:
             "dead_letters": self.dead_letters,
             "batches": self.batches,
             "storage_errors": self.storage_errors,
+            "storage_rejected": self.storage_rejected,
             "buffered_samples": self.buffered_samples,
         }
         flat.update({f"rejected_{reason.value}": n for reason, n in self.rejections.items()})
@@ -366,7 +370,19 @@ class IngestService:
         while True:
             try:
                 result = await self._storage.write(samples)
-            except Exception as exc:  # noqa: BLE001 -- any storage failure is retried
+            except ValueError:
+                # Storage refuses a sample validation should have stopped (a bug, not an
+                # outage): retrying the same batch would wedge ingest forever. Keep what
+                # storage can take; count and log the rest.
+                storable = [s for s in samples if _storable(s)]
+                refused = len(samples) - len(storable) or len(samples)
+                self.stats.storage_rejected += refused
+                log.exception("storage refused %d of %d samples", refused, len(samples))
+                if refused == len(samples):
+                    return WriteResult(0, 0)
+                samples = storable
+                continue
+            except Exception as exc:  # noqa: BLE001 -- any other storage failure is retried
                 self.stats.storage_errors += 1
                 if attempt == 0:
                     log.warning(
@@ -390,3 +406,8 @@ class IngestService:
             if attempt:
                 log.info("storage write succeeded after %d failed attempt(s)", attempt)
             return result
+
+
+def _storable(sample: Sample) -> bool:
+    """What every backend accepts: an integer timestamp and a finite value."""
+    return type(sample.ts_ms) is int and math.isfinite(sample.value)

@@ -28,6 +28,7 @@ import os
 import platform
 import pwd
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -162,11 +163,14 @@ def publish_all(
     port: int, devices: int, rounds: int, points: int, publishers: int, rate: float
 ) -> tuple[int, float]:
     """Run the publisher processes; returns (messages acknowledged, seconds)."""
-    start = mp.Event()
-    done: mp.Queue = mp.Queue()
+    # spawn, not fork: the prober thread runs while publishers start, and a forked child
+    # can inherit a lock that thread held (seen: a publisher stuck for good in paho).
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    done: mp.Queue = ctx.Queue()
     per = -(-devices // publishers)
     procs = [
-        mp.Process(
+        ctx.Process(
             target=publisher,
             args=(
                 port,
@@ -183,7 +187,7 @@ def publish_all(
     ]
     for p in procs:
         p.start()
-    time.sleep(1.0)  # connected
+    time.sleep(3.0)  # spawned, imported and connected
     t0 = time.time()
     start.set()
     finished = [done.get(timeout=900) for _ in procs]
@@ -283,7 +287,7 @@ def warm_up(port: int, db: Path, log: Path) -> None:
     stop.set()
     warm.join()
     if not latencies:
-        raise RuntimeError(f"ingest stored nothing in 30 s; see {log}")
+        raise RuntimeError(f"ingest stored nothing in 30 s; its log:\n{log.read_text()}")
 
 
 def reference_drain(port: int, count: int) -> float:
@@ -410,6 +414,9 @@ def main() -> None:
     parser.add_argument("--live-seconds", type=float, default=15)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # SIGTERM (e.g. from `timeout`) unwinds through the finally blocks that stop the broker
+    # and ingest instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(
         args.devices, args.points, args.rounds, args.publishers, args.live_rate, args.live_seconds
     )

@@ -11,7 +11,6 @@ import logging
 import math
 import random
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -360,29 +359,29 @@ async def test_series_registered_by_another_writer_keeps_one_id(db_path: Path) -
 
 
 async def test_event_loop_keeps_running_during_a_large_write(storage: SqliteStorage) -> None:
+    """The loop gets control again and again while 100k samples are written: the write is
+    sliced and runs on the writer thread, not in one blocking call. (How long the loop is
+    held is a performance figure, measured by benchmarks, not asserted here.)"""
     batch = [
         at(T0 + i, float(i), SeriesKey("site-a", f"d{i % 100}", "p_w")) for i in range(100_000)
     ]
-    gaps: list[float] = []
+    ticks = 0
     done = asyncio.Event()
 
     async def ticker() -> None:
-        last = time.perf_counter()
+        nonlocal ticks
         while not done.is_set():
-            await asyncio.sleep(0.001)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
+            await asyncio.sleep(0)
+            ticks += 1
 
     tick = asyncio.create_task(ticker())
-    started = time.perf_counter()
-    await storage.write(batch)
-    duration = time.perf_counter() - started
+    await asyncio.sleep(0)  # the ticker is running before the write starts
+    ticks = 0
+    result = await storage.write(batch)
     done.set()
     await tick
-    # The write took a while; the loop was never held for more than a small part of it.
-    assert duration > 0.2
-    assert max(gaps) < duration / 4, (max(gaps), duration)
+    assert result.written == 100_000
+    assert ticks >= 10, ticks
 
 
 async def test_cancelled_write_leaves_storage_consistent(storage: SqliteStorage) -> None:

@@ -15,13 +15,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from gridpilot.api.errors import ApiError
 from gridpilot.api.service import ApiService
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.bus.embedded import EmbeddedBroker
+from gridpilot.bus.errors import BusError
 from gridpilot.config import GridPilotConfig
 from gridpilot.gateway.service import GatewayService
 from gridpilot.ingest.service import IngestService
 from gridpilot.storage import open_storage
+from gridpilot.storage.base import StorageError
 from gridpilot.storage.retention import RetentionService
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,13 @@ class Running:
     storage_path: Path | None
     api_url: str | None = None
     """e.g. http://127.0.0.1:8080 (a free port when the configured one is taken)."""
+
+
+def startup_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean "this configuration cannot start here" (a refused broker login, an
+    API host beyond loopback, an unusable database file, a service not built yet): the CLI
+    reports them in one line, not as a traceback."""
+    return (ApiError, BusError, StorageError, NotImplementedError)
 
 
 def storage_path(config: GridPilotConfig, base_dir: Path) -> Path:

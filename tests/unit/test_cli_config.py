@@ -45,3 +45,15 @@ def test_check_json(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["ok"] is False
     assert {issue["line"] for issue in report["issues"]} == {6, 12, 14, 16, 20}
+
+
+def test_run_refuses_an_api_beyond_loopback_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        "site: {id: x}\napi: {host: 0.0.0.0, port: 0}\nbroker: {embedded_port: 0}\n"
+        f"storage: {{path: {tmp_path / 'x.db'}}}\n"
+    )
+    result = CliRunner().invoke(cli, ["run", "all", str(path)])
+    assert result.exit_code == 1
+    assert "no authentication yet; bind 127.0.0.1" in result.stderr
+    assert "Traceback" not in result.output + result.stderr

@@ -32,7 +32,13 @@ def demo(
     duration: float | None, data_dir: Path | None, mqtt_port: int, http_port: int, speed: float
 ) -> None:
     """Run a simulated building with the gateway, an embedded MQTT broker, ingest and SQLite."""
-    from gridpilot.app import ALL_SERVICES, Running, install_stop_signals, run_services
+    from gridpilot.app import (
+        ALL_SERVICES,
+        Running,
+        install_stop_signals,
+        run_services,
+        startup_errors,
+    )
     from gridpilot.bus.embedded import EmbeddedBroker
     from gridpilot.sim.site import SimulatedSite
     from gridpilot.storage import open_storage
@@ -98,4 +104,7 @@ def demo(
             "see them with 'gridpilot query'."
         )
 
-    run_async(main())
+    try:
+        run_async(main())
+    except startup_errors() as exc:
+        fail(f"the demo cannot start: {exc}")

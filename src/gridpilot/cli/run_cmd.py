@@ -19,7 +19,14 @@ SERVICE_CHOICES = ["all", "gateway", "ingest", "controller", "api"]
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 def run(service: str, config: Path) -> None:
     """Run SERVICE (or all of them in one process) for the site in CONFIG until SIGTERM."""
-    from gridpilot.app import ALL_SERVICES, Running, Service, install_stop_signals, run_services
+    from gridpilot.app import (
+        ALL_SERVICES,
+        Running,
+        Service,
+        install_stop_signals,
+        run_services,
+        startup_errors,
+    )
 
     cfg = load_or_exit(config)
     services = list(ALL_SERVICES) if service == "all" else [Service(service)]
@@ -44,7 +51,10 @@ def run(service: str, config: Path) -> None:
         install_stop_signals(stop)
         await run_services(cfg, config.parent, services, stop, ready)
 
-    run_async(main())
+    try:
+        run_async(main())
+    except startup_errors() as exc:
+        fail(f"cannot start {service} for {config}: {exc}")
 
 
 @click.command()

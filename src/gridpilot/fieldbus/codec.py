@@ -60,7 +60,8 @@ _STRUCT_FORMAT: dict[DataType, str] = {
     DataType.FLOAT64: ">d",
 }
 
-_INTEGER_RANGE: dict[DataType, tuple[int, int]] = {
+INTEGER_RANGE: dict[DataType, tuple[int, int]] = {
+    # Raw (unscaled) range of each integer type; writes outside it cannot be encoded.
     DataType.INT16: (-(2**15), 2**15 - 1),
     DataType.UINT16: (0, 2**16 - 1),
     DataType.BITFIELD: (0, 2**16 - 1),
@@ -224,7 +225,7 @@ def encode_raw(
     if isinstance(number, float) and not number.is_integer():
         raise EncodeError(f"{_describe(spec)}: raw value {raw!r} is not an integer")
     integer = int(number)
-    low, high = _INTEGER_RANGE[spec.dtype]
+    low, high = INTEGER_RANGE[spec.dtype]
     if not low <= integer <= high:
         raise EncodeError(
             f"{_describe(spec)}: raw value {integer} is outside {spec.dtype} range {low}..{high}"

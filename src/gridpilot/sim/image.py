@@ -21,24 +21,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gridpilot.fieldbus.codec import RegisterSpec, encode, encode_raw
+from gridpilot.fieldbus.codec import INTEGER_RANGE, RegisterSpec, encode, encode_raw
 from gridpilot.fieldbus.codec import decode as decode_words
 from gridpilot.fieldbus.errors import DecodeError, EncodeError
-from gridpilot.model import DataType, Table
+from gridpilot.model import Table
 from gridpilot.sim.devices import DeviceMap, SimPoint
 
 ILLEGAL_DATA_ADDRESS = 2
 ILLEGAL_DATA_VALUE = 3
-
-_INTEGER_RANGE: dict[DataType, tuple[int, int]] = {
-    DataType.INT16: (-(2**15), 2**15 - 1),
-    DataType.UINT16: (0, 2**16 - 1),
-    DataType.BITFIELD: (0, 2**16 - 1),
-    DataType.INT32: (-(2**31), 2**31 - 1),
-    DataType.UINT32: (0, 2**32 - 1),
-    DataType.INT64: (-(2**63), 2**63 - 1),
-    DataType.UINT64: (0, 2**64 - 1),
-}
 
 
 class WriteRejectedError(Exception):
@@ -68,7 +58,7 @@ def saturating_encode(
     try:
         return encode(spec, value, current=current)
     except EncodeError:
-        limits = _INTEGER_RANGE.get(spec.dtype)
+        limits = INTEGER_RANGE.get(spec.dtype)
         if limits is None or spec.is_flag or not math.isfinite(value):
             raise
         raw = round((value - spec.offset) / spec.scale)

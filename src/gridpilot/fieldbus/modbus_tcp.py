@@ -1,6 +1,6 @@
 """Modbus TCP I/O with pymodbus: one connection per device, bounded time, our error tree.
 
-Every request runs under ``asyncio.wait_for`` with the device timeout. A failed request is
+Every request runs under ``asyncio.timeout`` with the device timeout. A failed request is
 retried (``retries`` extra attempts, exponential backoff from ``backoff_s``) only when
 its error is ``transient``, and never past the call's budget of
 ``timeout_s * (retries + 1)``, so a poll of a dead device takes a bounded, known time.
@@ -12,7 +12,7 @@ connection the device closed while idle (many close after a minute) is reopened 
 counting an error.
 
 pymodbus' own timeout and retries are not used: its timeout is set above ours so that
-``asyncio.wait_for`` always decides, and its automatic reconnect is off.
+``asyncio.timeout`` always decides, and its automatic reconnect is off.
 """
 
 from __future__ import annotations
@@ -275,7 +275,10 @@ class ModbusTcpDevice:
             timeout = min(self.timeout_s, deadline - loop.time())
             try:
                 with self._translated(what, timeout):
-                    return await asyncio.wait_for(attempt(), timeout)
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                    # cancellation that races with completion (gh-86296).
+                    async with asyncio.timeout(timeout):
+                        return await attempt()
             except asyncio.CancelledError:
                 # The caller gave up mid-request; its reply may still come and must not be
                 # read as the answer to the next request.

@@ -171,6 +171,8 @@ class _DeviceWorker:
         schedule = FixedRateSchedule(self.interval_s, loop.time())
         while True:
             await asyncio.sleep(max(0.0, schedule.deadline_s - loop.time()))
+            if self.stopping:  # also ends a loop whose cancellation was swallowed (_cancel)
+                return
             async with self.lock:
                 await self._poll()
             now_s = loop.time()
@@ -630,8 +632,17 @@ class GatewayService:
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
+    """Cancel and wait for ``tasks``, cancelling again those that are still running.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside libraries such as pymodbus) can swallow
+    a cancellation that arrives just as the awaited operation completes (gh-86296, fixed in
+    3.12); a task cancelled once could then run on, and stop() would wait for it forever.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=1.0)
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -44,7 +44,8 @@ import sqlite3
 import stat
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from functools import partial
+from functools import lru_cache, partial
+from itertools import chain
 from math import isfinite
 from operator import attrgetter
 from pathlib import Path
@@ -214,6 +215,20 @@ _AGG_SQL: Final[dict[Agg, str]] = {
 
 # Samples per pass of the writer's C-level loops (see _columns).
 _GIL_SLICE: Final = 4_096
+
+# Rows per staging statement (3 parameters each, SQLite allows 32,766). One multi-row
+# INSERT is one sqlite3_step, so the writer gives up and re-takes the GIL once per
+# _STAGE_ROWS samples: executemany() did so once per *row*, and every re-take waits for the
+# event loop's thread to yield the GIL (up to the 5 ms switch interval while it parses
+# MQTT), which made staging collapse to a few thousand rows/s under ingest load.
+_STAGE_ROWS: Final = 8_000
+
+
+@lru_cache(maxsize=64)
+def _stage_sql(rows: int, batch: int) -> str:
+    values = ",".join([f"(?,?,?,{batch})"] * rows)
+    return f"INSERT OR IGNORE INTO stage VALUES {values}"  # noqa: S608 - see _SQL_NOTE
+
 
 _key_of = attrgetter("site", "device", "point")
 _ts_of = attrgetter("ts_ms")
@@ -496,14 +511,12 @@ class SqliteStorage:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for number, columns in enumerate(batches):
-                stage = f"INSERT OR IGNORE INTO stage VALUES (?, ?, ?, {number})"  # noqa: S608
-                for first in range(0, len(columns.keys), _GIL_SLICE):
-                    last = first + _GIL_SLICE
+                for first in range(0, len(columns.keys), _STAGE_ROWS):
+                    last = first + _STAGE_ROWS
                     ids = self._ids_of(conn, columns.keys[first:last], new_ids)
-                    conn.executemany(
-                        stage,
-                        zip(ids, columns.ts[first:last], columns.values[first:last], strict=True),
-                    )
+                    rows = zip(ids, columns.ts[first:last], columns.values[first:last], strict=True)
+                    params = tuple(chain.from_iterable(rows))
+                    conn.execute(_stage_sql(len(params) // 3, number), params)
             conn.execute(_DROP_KNOWN)
             if len(batches) == 1:
                 per_batch = None

@@ -360,8 +360,9 @@ async def test_series_registered_by_another_writer_keeps_one_id(db_path: Path) -
 
 
 async def test_event_loop_keeps_running_during_a_large_write(storage: SqliteStorage) -> None:
+    # Large enough to take well over 0.2 s even with the multi-row staging.
     batch = [
-        at(T0 + i, float(i), SeriesKey("site-a", f"d{i % 100}", "p_w")) for i in range(100_000)
+        at(T0 + i, float(i), SeriesKey("site-a", f"d{i % 100}", "p_w")) for i in range(300_000)
     ]
     gaps: list[float] = []
     done = asyncio.Event()

@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -86,6 +87,16 @@ _REFUSED_FOR_GOOD: Final = frozenset(
     }
 )
 _MQTT_MAX_RECEIVE: Final = 65_535
+
+
+class _NoTopicCallbacks(MQTTMatcher):
+    """paho's per-topic callback registry, empty for good: matches nothing, at no cost."""
+
+    def iter_match(self, topic: str) -> Any:
+        return iter(())
+
+
+_NO_TOPIC_CALLBACKS: Final = _NoTopicCallbacks()  # type: ignore[no-untyped-call]
 _MAX_READS_PER_WAKEUP: Final = 512  # packets handled before yielding to other tasks
 _STABLE_CONNECTION_S: Final = 5.0  # a connection that lasted this long resets the backoff
 _RETAIN_SEND_IF_NEW_SUB: Final = 1  # v5 retain handling: no retained copies on re-subscribe
@@ -803,6 +814,11 @@ class BusClient:
         paho.on_connect = self._on_connack
         paho.on_disconnect = self._on_disconnect
         paho.on_message = self._on_message
+        # paho walks its per-topic callback trie for every message received; we register
+        # no per-topic callbacks (message_callback_add), so skip the walk (~10% of ingest's
+        # loop time at 20k messages/s).
+        if isinstance(getattr(paho, "_on_message_filtered", None), MQTTMatcher):
+            paho._on_message_filtered = _NO_TOPIC_CALLBACKS
         paho.on_publish = self._on_publish
         paho.on_subscribe = self._on_suback
         return conn

@@ -22,6 +22,12 @@ Write path, one transaction per group of queued batches:
    ever written wins and a re-sent sample changes nothing;
 3. insert what is left, and fold only those new samples into the three rollups and the
    ``latest`` table with upserts; a re-sent sample can therefore never double a count or sum.
+   The stage is grouped once, into 1-minute partials (temporary table ``agg``); the 1m
+   rollup takes them as they are and the 15m and 1h rollups fold them.
+
+The stage is filled with multi-row ``INSERT ... VALUES`` statements of ``_STAGE_ROWS``
+samples, not ``executemany``: sqlite3 drops and re-takes the GIL around every statement
+step, and under ingest load each re-take waits for the event loop's thread.
 
 Cost model (measured, see ``benchmarks/storage/bench_sqlite.py``): a commit appends one WAL
 frame per page it touched, and ``samples`` is ordered by series, so a commit touches about

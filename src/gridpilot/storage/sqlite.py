@@ -22,6 +22,12 @@ Write path, one transaction per group of queued batches:
    ever written wins and a re-sent sample changes nothing;
 3. insert what is left, and fold only those new samples into the three rollups and the
    ``latest`` table with upserts; a re-sent sample can therefore never double a count or sum.
+   The stage is grouped once, into 1-minute partials (temporary table ``agg``); the 1m
+   rollup takes them as they are and the 15m and 1h rollups fold them.
+
+The stage is filled with multi-row ``INSERT ... VALUES`` statements of ``_STAGE_ROWS``
+samples, not ``executemany``: sqlite3 drops and re-takes the GIL around every statement
+step, and under ingest load each re-take waits for the event loop's thread.
 
 Cost model (measured, see ``benchmarks/storage/bench_sqlite.py``): a commit appends one WAL
 frame per page it touched, and ``samples`` is ordered by series, so a commit touches about
@@ -44,7 +50,8 @@ import sqlite3
 import stat
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from functools import partial
+from functools import lru_cache, partial
+from itertools import chain
 from math import isfinite
 from operator import attrgetter
 from pathlib import Path
@@ -166,20 +173,33 @@ def _bucket_sql(column: str, size: int | str) -> str:
     return f"({column} - (({column} % {size}) + {size}) % {size})"
 
 
-def _rollup_upsert_sql(level: Level) -> str:
-    # `last_value` comes from a keyed lookup of the group's newest sample in the stage:
-    # SQLite's bare-column shortcut is only defined for a query with a single min()/max().
-    return f"""
-INSERT INTO {ROLLUP_TABLES[level]}
-    (series_id, bucket_ms, min, max, sum, count, last_ts, last_value)
+# The new samples' 1-minute partial aggregates, computed once per transaction: the 1m
+# rollup takes them as they are, the 15m and 1h rollups fold them (far fewer rows than the
+# stage: up to 60 per series and minute at 1 Hz), so the stage is grouped once, not 3 times.
+_AGG_TABLE: Final = """CREATE TEMP TABLE agg (
+    series_id INTEGER NOT NULL,
+    bucket_ms INTEGER NOT NULL,
+    mn REAL NOT NULL, mx REAL NOT NULL, sm REAL NOT NULL, ct INTEGER NOT NULL,
+    lts INTEGER NOT NULL, lv REAL NOT NULL,
+    PRIMARY KEY (series_id, bucket_ms)
+) STRICT, WITHOUT ROWID"""
+
+_FINEST: Final = Level.M1
+
+# `lv` comes from a keyed lookup of the group's newest sample in the stage: SQLite's
+# bare-column shortcut is only defined for a query with a single min()/max().
+_FILL_AGG: Final = f"""
+INSERT INTO agg (series_id, bucket_ms, mn, mx, sm, ct, lts, lv)
 SELECT g.series_id, g.bucket_ms, g.mn, g.mx, g.sm, g.ct, g.lts,
        (SELECT n.value FROM stage AS n WHERE n.series_id = g.series_id AND n.ts_ms = g.lts)
 FROM (
-    SELECT series_id, {_bucket_sql("ts_ms", level.bucket_ms)} AS bucket_ms,
+    SELECT series_id, {_bucket_sql("ts_ms", _FINEST.bucket_ms)} AS bucket_ms,
            min(value) AS mn, max(value) AS mx, sum(value) AS sm, count(*) AS ct,
            max(ts_ms) AS lts
     FROM stage GROUP BY series_id, bucket_ms
-) AS g
+) AS g"""  # noqa: S608 - see _SQL_NOTE
+
+_UPSERT_TAIL: Final = """
 WHERE true  -- required by SQLite's parser between SELECT ... and ON CONFLICT
 ON CONFLICT (series_id, bucket_ms) DO UPDATE SET
     min = min(min, excluded.min),
@@ -188,7 +208,27 @@ ON CONFLICT (series_id, bucket_ms) DO UPDATE SET
     count = count + excluded.count,
     last_value = CASE WHEN excluded.last_ts > last_ts THEN excluded.last_value
                       ELSE last_value END,
-    last_ts = max(last_ts, excluded.last_ts)"""  # noqa: S608 - see _SQL_NOTE
+    last_ts = max(last_ts, excluded.last_ts)"""
+
+
+def _rollup_upsert_sql(level: Level) -> str:
+    head = (
+        f"INSERT INTO {ROLLUP_TABLES[level]} "
+        "(series_id, bucket_ms, min, max, sum, count, last_ts, last_value)"
+    )
+    if level is _FINEST:
+        columns = "series_id, bucket_ms, mn, mx, sm, ct, lts, lv"
+        return f"{head} SELECT {columns} FROM agg{_UPSERT_TAIL}"  # noqa: S608 - see _SQL_NOTE
+    # The newest 1m partial of each group holds its last value: a keyed lookup in agg.
+    return f"""{head}
+SELECT g.series_id, g.bucket_ms, g.mn, g.mx, g.sm, g.ct, g.lts,
+       (SELECT a.lv FROM agg AS a WHERE a.series_id = g.series_id
+            AND a.bucket_ms = {_bucket_sql("g.lts", _FINEST.bucket_ms)})
+FROM (
+    SELECT series_id, {_bucket_sql("bucket_ms", level.bucket_ms)} AS bucket_ms,
+           min(mn) AS mn, max(mx) AS mx, sum(sm) AS sm, sum(ct) AS ct, max(lts) AS lts
+    FROM agg GROUP BY series_id, 2
+) AS g{_UPSERT_TAIL}"""  # noqa: S608 - see _SQL_NOTE
 
 
 _ROLLUP_UPSERTS: Final = tuple(_rollup_upsert_sql(level) for level in ROLLUP_LEVELS)
@@ -214,6 +254,20 @@ _AGG_SQL: Final[dict[Agg, str]] = {
 
 # Samples per pass of the writer's C-level loops (see _columns).
 _GIL_SLICE: Final = 4_096
+
+# Rows per staging statement (3 parameters each, SQLite allows 32,766). One multi-row
+# INSERT is one sqlite3_step, so the writer gives up and re-takes the GIL once per
+# _STAGE_ROWS samples: executemany() did so once per *row*, and every re-take waits for the
+# event loop's thread to yield the GIL (up to the 5 ms switch interval while it parses
+# MQTT), which made staging collapse to a few thousand rows/s under ingest load.
+_STAGE_ROWS: Final = 8_000
+
+
+@lru_cache(maxsize=64)
+def _stage_sql(rows: int, batch: int) -> str:
+    values = ",".join([f"(?,?,?,{batch})"] * rows)
+    return f"INSERT OR IGNORE INTO stage VALUES {values}"  # noqa: S608 - see _SQL_NOTE
+
 
 _key_of = attrgetter("site", "device", "point")
 _ts_of = attrgetter("ts_ms")
@@ -432,6 +486,7 @@ class SqliteStorage:
                 conn.execute(f"PRAGMA max_page_count = {pages}")
             _migrate(conn, self._path)
             conn.execute(_STAGE_TABLE)
+            conn.execute(_AGG_TABLE)
             self._series_ids = {
                 (site, device, point): sid
                 for sid, site, device, point in conn.execute(
@@ -496,14 +551,12 @@ class SqliteStorage:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for number, columns in enumerate(batches):
-                stage = f"INSERT OR IGNORE INTO stage VALUES (?, ?, ?, {number})"  # noqa: S608
-                for first in range(0, len(columns.keys), _GIL_SLICE):
-                    last = first + _GIL_SLICE
+                for first in range(0, len(columns.keys), _STAGE_ROWS):
+                    last = first + _STAGE_ROWS
                     ids = self._ids_of(conn, columns.keys[first:last], new_ids)
-                    conn.executemany(
-                        stage,
-                        zip(ids, columns.ts[first:last], columns.values[first:last], strict=True),
-                    )
+                    rows = zip(ids, columns.ts[first:last], columns.values[first:last], strict=True)
+                    params = tuple(chain.from_iterable(rows))
+                    conn.execute(_stage_sql(len(params) // 3, number), params)
             conn.execute(_DROP_KNOWN)
             if len(batches) == 1:
                 per_batch = None
@@ -513,9 +566,11 @@ class SqliteStorage:
                 )
             inserted = conn.execute(_INSERT_NEW).rowcount
             if inserted:
+                conn.execute(_FILL_AGG)
                 for upsert in _ROLLUP_UPSERTS:
                     conn.execute(upsert)
                 conn.execute(_LATEST_UPSERT)
+                conn.execute("DELETE FROM agg")
             conn.execute("DELETE FROM stage")
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
@@ -625,6 +680,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
         _log.warning("rollback failed; clearing the write stage", exc_info=True)
     try:
         conn.execute("DELETE FROM stage")
+        conn.execute("DELETE FROM agg")
     except sqlite3.Error:
         _log.warning("could not clear the write stage", exc_info=True)
 

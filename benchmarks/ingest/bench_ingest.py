@@ -243,11 +243,15 @@ def probe_loop(port: int, db: Path, stop: threading.Event, latencies: list[float
         if pending and db.exists():
             if conn is None:
                 conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-            rows = conn.execute(
-                "SELECT s.ts_ms FROM samples s JOIN series r ON r.id = s.series_id "
-                "WHERE r.device = ? AND s.ts_ms >= ?",
-                (PROBE_DEVICE, min(pending)),
-            ).fetchall()
+            try:
+                rows = conn.execute(
+                    "SELECT s.ts_ms FROM samples s JOIN series r ON r.id = s.series_id "
+                    "WHERE r.device = ? AND s.ts_ms >= ?",
+                    (PROBE_DEVICE, min(pending)),
+                ).fetchall()
+            except sqlite3.OperationalError:
+                # The file exists before ingest has created its tables: look again soon.
+                rows = []
             seen_at = time.time()
             for (ts,) in rows:
                 sent_at = pending.pop(ts, None)

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gridpilot.api.app import is_loopback_host
 from gridpilot.api.errors import InvalidParameterError
 from gridpilot.api.history import (
     COUNT_BUCKET_MS,
@@ -18,6 +17,7 @@ from gridpilot.api.history import (
     raw_rows_at_least,
     suggest_every,
 )
+from gridpilot.net import is_loopback_host
 from gridpilot.storage.base import Agg, HistoryPoint
 
 NOW = 1_764_158_400_000  # 2025-11-26T12:00:00Z

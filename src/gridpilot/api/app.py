@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import logging
 import re
 from collections.abc import Callable, Collection
@@ -64,9 +63,10 @@ from gridpilot.api.schemas import (
 from gridpilot.api.state_cache import DeviceStateCache
 from gridpilot.config.models import DeviceConfig, GridPilotConfig
 from gridpilot.model import SeriesKey, now_ms, to_rfc3339, unit_of
+from gridpilot.net import is_loopback_host
 from gridpilot.storage.base import Agg, HistoryPoint, Storage, StorageError, StorageUnavailable
 
-__all__ = ["API_PREFIX", "create_app", "is_loopback_host"]
+__all__ = ["API_PREFIX", "create_app"]
 
 log = logging.getLogger("gridpilot.api")
 
@@ -78,17 +78,6 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorOut, "description": "A parameter is malformed or asks too much."},
     503: {"model": ErrorOut, "description": "Storage is unavailable; retry later."},
 }
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    name = host.strip().lower().removeprefix("[").removesuffix("]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def create_app(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import secrets
 import socket
@@ -29,13 +28,14 @@ from typing import Final, Self
 
 import uvicorn
 
-from gridpilot.api.app import create_app, is_loopback_host
+from gridpilot.api.app import create_app
 from gridpilot.api.errors import ApiStartError, InsecureBindError
 from gridpilot.api.state_cache import DeviceStateCache
 from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.bus.errors import BusError
 from gridpilot.config.models import GridPilotConfig
 from gridpilot.model import now_ms
+from gridpilot.net import bind_or_free_port, is_loopback_host
 from gridpilot.storage.base import Storage
 
 __all__ = ["ApiService"]
@@ -249,33 +249,17 @@ class ApiService:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ``host``:``port``, or on a free port if it is taken."""
-    address = "127.0.0.1" if host == "localhost" else host
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    """A TCP socket on ``host``:``port``, or on a free port if it is taken."""
     try:
-        return _bound_socket(family, address, port)
+        sock = bind_or_free_port(host, port, reuse_address=True)
     except OSError as exc:
-        if exc.errno != errno.EADDRINUSE or port == 0:
-            raise ApiStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock = _bound_socket(family, address, 0)
-    log.warning(
-        "port %d on %s is taken (another GridPilot or web server?); the API uses port %d "
-        "instead. Set api.port to choose another one.",
-        port,
-        host,
-        sock.getsockname()[1],
-    )
-    return sock
-
-
-def _bound_socket(family: socket.AddressFamily, address: str, port: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        # Lets a restarted API rebind while old connections sit in TIME_WAIT; on Linux it
-        # does not allow two listeners on one port (that would be SO_REUSEPORT).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, port))
-    except BaseException:
-        sock.close()
-        raise
+        raise ApiStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    if sock.getsockname()[1] != port:
+        log.warning(
+            "port %d on %s is taken (another GridPilot or web server?); the API uses port %d "
+            "instead. Set api.port to choose another one.",
+            port,
+            host,
+            sock.getsockname()[1],
+        )
     return sock

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import ipaddress
 import logging
 import socket
 from types import TracebackType
@@ -28,6 +26,7 @@ from amqtt.adapters import StreamWriterAdapter
 from amqtt.broker import Broker
 
 from gridpilot.bus.client import BrokerAddress, MqttVersion
+from gridpilot.net import bind_or_free_port, is_loopback_host
 
 __all__ = ["EmbeddedBroker"]
 
@@ -43,7 +42,7 @@ class EmbeddedBroker:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883) -> None:
-        if not _is_loopback(host):
+        if not is_loopback_host(host):
             raise ValueError(
                 f"the embedded broker has no authentication and listens on loopback only, "
                 f"not {host!r}; run Mosquitto (deploy/mosquitto/gridpilot.conf) to serve a network"
@@ -134,22 +133,16 @@ class EmbeddedBroker:
         self._port = None
 
     def _bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        for port in (self._wanted_port, 0) if self._wanted_port else (0,):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                # No SO_REUSEADDR on purpose: on Linux it would let us bind next to a broker
-                # in TIME_WAIT trouble, and we want "taken" to mean taken.
-                sock.bind((self._host, port))
-                sock.listen(128)
-            except OSError as exc:
-                sock.close()
-                if exc.errno == errno.EADDRINUSE and port != 0:
-                    continue
-                raise
-            sock.setblocking(False)
-            return sock
-        raise OSError(errno.EADDRINUSE, "no free port")  # pragma: no cover -- port 0 binds
+        # No SO_REUSEADDR on purpose: on Linux it would let us bind next to a broker in
+        # TIME_WAIT trouble, and we want "taken" to mean taken.
+        sock = bind_or_free_port(self._host, self._wanted_port, reuse_address=False)
+        try:
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -264,12 +257,3 @@ class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no type information
         if not any(holder.client_id == session.client_id for holder, _qos in holders):
             return
         await super()._publish_retained_messages_for_subscription(subscription, session)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -130,7 +130,7 @@ async def test_a_battery_setpoint_write_takes_effect_on_the_next_tick(
 
 
 async def test_the_meter_balances_what_the_other_devices_report(still_site: SimulatedSite) -> None:
-    """grid = base load + chillers + fan - PV - battery, all read over Modbus."""
+    """grid = base load + chillers + fan + load panel - PV - battery, all read over Modbus."""
     site = still_site
     battery = site.device_map("battery")
     setpoint = battery.point("active_power_setpoint_w").spec
@@ -147,6 +147,7 @@ async def test_the_meter_balances_what_the_other_devices_report(still_site: Simu
         ("ahu_fan", "power_w"),
         ("pv_inverter", "ac_power_w"),
         ("battery", "active_power_w"),
+        ("load_panel", "total_power_w"),
     ]:
         device = site.device_map(device_id)
         async with client(site.port_of(device_id)) as c:
@@ -157,6 +158,7 @@ async def test_the_meter_balances_what_the_other_devices_report(still_site: Simu
         - read["hvac_zone_1.chiller_power_w"]
         - read["hvac_zone_2.chiller_power_w"]
         - read["ahu_fan.power_w"]
+        - read["load_panel.total_power_w"]
         + read["pv_inverter.ac_power_w"]
         + read["battery.active_power_w"]
     )

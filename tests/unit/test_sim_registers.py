@@ -73,12 +73,32 @@ def test_the_meter_balances_the_building(building: Building) -> None:
         s.flows.base_w
         + sum(z.chiller_power_w for z in s.zones)
         + building.device_values(AHU_FAN)["power_w"]
+        + building.device_values("load_panel")["total_power_w"]
         - building.device_values("pv_inverter")["ac_power_w"]
         - building.device_values(BATTERY)["active_power_w"]
     )
     assert meter["active_power_w"] == pytest.approx(expected)
     assert building.device_values(BATTERY)["active_power_w"] == pytest.approx(25_000.0)
     assert s.flows.base_w == pytest.approx(92_000.0, rel=0.1)  # weekday noon, ±noise
+
+
+def test_load_panel_circuits_shed_and_restore(building: Building) -> None:
+    building.advance(5.0)
+    before = building.device_values(GRID_METER)["active_power_w"]
+    panel = building.device_values("load_panel")
+    assert panel["ev_chargers_power_w"] == 22_000.0
+    building.write_point("load_panel", "ev_chargers_on_state", 0.0)
+    building.advance(5.0)
+    panel = building.device_values("load_panel")
+    assert panel["ev_chargers_on_state"] == 0.0
+    assert panel["ev_chargers_power_w"] == 0.0
+    assert panel["total_power_w"] == 18_000.0
+    # the meter sees the shed load go (the base load's noise is ~1.5 %)
+    drop = before - building.device_values(GRID_METER)["active_power_w"]
+    assert drop == pytest.approx(22_000.0, abs=5_000.0)
+    building.set_extra_load(30_000.0)
+    building.advance(5.0)
+    assert building.state.flows.base_w > 30_000.0
 
 
 def test_energy_counters_only_grow_and_export_happens_on_a_sunny_sunday() -> None:
@@ -172,6 +192,9 @@ def test_the_writable_points_and_their_ranges() -> None:
         ("hvac_zone_2", "setpoint_degc"),
         ("ahu_fan", "speed_setpoint_pct"),
         ("ahu_fan", "run_command_state"),
+        ("load_panel", "ev_chargers_on_state"),
+        ("load_panel", "water_heaters_on_state"),
+        ("load_panel", "kitchen_extract_on_state"),
     }
     setpoint = writable[("battery", "active_power_setpoint_w")]
     assert setpoint.valid_range == (-50_000.0, 50_000.0)

@@ -22,6 +22,7 @@ from gridpilot.sim.physics import (
     BatteryState,
     FanParams,
     FanState,
+    LoadPanelParams,
     LoopRange,
     MeterParams,
     MeterState,
@@ -36,6 +37,7 @@ from gridpilot.sim.physics import (
     battery_available_power_w,
     battery_dc_current_a,
     battery_dc_voltage_v,
+    circuit_powers_w,
     fan_current_a,
     fan_frequency_hz,
     fan_power_w,
@@ -57,8 +59,11 @@ HVAC_ZONE_1 = "hvac_zone_1"
 HVAC_ZONE_2 = "hvac_zone_2"
 AHU_FAN = "ahu_fan"
 WEATHER_IO = "weather_io"
+LOAD_PANEL = "load_panel"
 
-DEVICE_IDS = (GRID_METER, PV_INVERTER, BATTERY, HVAC_ZONE_1, HVAC_ZONE_2, AHU_FAN, WEATHER_IO)
+DEVICE_IDS = (
+    GRID_METER, PV_INVERTER, BATTERY, HVAC_ZONE_1, HVAC_ZONE_2, AHU_FAN, WEATHER_IO, LOAD_PANEL,
+)  # fmt: skip
 
 # Transmitters wired to the analog input module, channel by channel.
 OUTDOOR_TEMPERATURE_LOOP = LoopRange(lo=-30.0, hi=70.0)
@@ -88,6 +93,7 @@ class BuildingParams:
         ZoneParams(solar_aperture_m2=8.0, internal_gain_occupied_w=12_000.0),  # north core
     )
     fan: FanParams = field(default_factory=FanParams)
+    load_panel: LoadPanelParams = field(default_factory=LoadPanelParams)
     meter: MeterParams = field(default_factory=MeterParams)
     max_step_s: float = 5.0
     """Longest physics step; a longer advance is split into steps of at most this."""
@@ -120,6 +126,11 @@ class BuildingState:
     irradiance_wm2: float = 0.0
     broken_loops: set[int] = field(default_factory=set)
     """Analog input channels whose wire is cut (0 mA), for fault tests."""
+    circuits_on: list[bool] = field(default_factory=lambda: [True, True, True])
+    """Contactor of each load-panel circuit (True = closed, the load runs)."""
+    extra_load_w: float = 0.0
+    """A load step on top of the profile (a test's or a demo's "someone started a big
+    machine"), added to the base load."""
 
 
 class Building:
@@ -149,7 +160,10 @@ class Building:
             HVAC_ZONE_2: lambda: self._zone_values(1),
             AHU_FAN: self._fan_values,
             WEATHER_IO: self._weather_values,
+            LOAD_PANEL: self._load_panel_values,
         }
+        if len(self.state.circuits_on) != len(self.params.load_panel.circuits):
+            raise ValueError("circuits_on needs one entry per load-panel circuit")
 
     @property
     def now(self) -> datetime:
@@ -191,11 +205,12 @@ class Building:
         s.fan = step_fan(p.fan, s.fan, h)
         base = p.base_load.power_w(now) * (1.0 + self._rng.gauss(0.0, p.base_load_noise))
         s.flows = PowerFlows(
-            base_w=max(0.0, base),
+            base_w=max(0.0, base) + s.extra_load_w,
             chillers_w=sum(z.chiller_power_w for z in s.zones),
             fan_w=fan_power_w(p.fan, s.fan.speed_pct),
             pv_w=s.pv.ac_power_w,
             battery_w=s.battery.active_power_w,
+            switched_w=sum(circuit_powers_w(p.load_panel, tuple(s.circuits_on), now)),
         )
         s.meter = step_meter(p.meter, s.meter, s.flows, now=now, dt_s=h, rng=self._rng)
         self._now = now
@@ -220,8 +235,17 @@ class Building:
                 s.fan = replace(s.fan, speed_setpoint_pct=value)
             case "ahu_fan", "run_command_state":
                 s.fan = replace(s.fan, run_command=value >= 0.5)
+            case "load_panel", _ if point in self._circuit_points():
+                s.circuits_on[self._circuit_points().index(point)] = value >= 0.5
             case _:
                 raise UnknownPointError(f"{device_id}.{point} is not a writable point")
+
+    def _circuit_points(self) -> list[str]:
+        return [f"{c.name}_on_state" for c in self.params.load_panel.circuits]
+
+    def set_extra_load(self, power_w: float) -> None:
+        """Add a load step of ``power_w`` on top of the base load (0 removes it)."""
+        self.state.extra_load_w = power_w
 
     def break_loop(self, channel: int, broken: bool = True) -> None:
         """Cut (or repair) the wire of analog input ``channel``: the module then reads 0 mA."""
@@ -340,6 +364,16 @@ class Building:
             "power_w": fan_power_w(params, f.speed_pct),
             "energy_wh": f.energy_wh,
         }
+
+    def _load_panel_values(self) -> dict[str, float]:
+        s, params = self.state, self.params.load_panel
+        powers = circuit_powers_w(params, tuple(s.circuits_on), self._now)
+        values: dict[str, float] = {}
+        for circuit, on, power in zip(params.circuits, s.circuits_on, powers, strict=True):
+            values[f"{circuit.name}_on_state"] = float(on)
+            values[f"{circuit.name}_power_w"] = power
+        values["total_power_w"] = sum(powers)
+        return values
 
     def loop_currents_ma(self) -> tuple[float, float, float]:
         """Loop currents of the three transmitters as the module measures them."""

@@ -20,6 +20,9 @@ device             modelled on                                  encodings exerci
                                                                  CDAB energy
 ``weather_io``     4-channel 4-20 mA analog input module        uint16 µA scaled linearly to
                                                                  °C / % / W/m² by the config
+``load_panel``     I/O coupler with relay outputs driving the   coils (contactors), uint16
+                   contactors of sheddable circuits, plus a     x10 W, uint32 CDAB
+                   power module per circuit
 =================  ===========================================  ==============================
 
 Every point name ends with a unit suffix (``gridpilot.model.units``); every point has a
@@ -40,12 +43,13 @@ from gridpilot.sim.building import (
     HVAC_ZONE_1,
     HVAC_ZONE_2,
     IRRADIANCE_LOOP,
+    LOAD_PANEL,
     OUTDOOR_HUMIDITY_LOOP,
     OUTDOOR_TEMPERATURE_LOOP,
     PV_INVERTER,
     WEATHER_IO,
 )
-from gridpilot.sim.physics import LoopRange
+from gridpilot.sim.physics import LoadPanelParams, LoopRange
 
 BIG = WordOrder.BIG
 LITTLE = WordOrder.LITTLE
@@ -323,5 +327,41 @@ WEATHER = DeviceMap(
     ),
 )
 
-DEVICE_MAPS: tuple[DeviceMap, ...] = (METER, PV, BATTERY_MAP, ZONE_1, ZONE_2, FAN, WEATHER)
+
+def _load_panel() -> DeviceMap:
+    circuits = LoadPanelParams().circuits
+    points: list[SimPoint] = []
+    for index, circuit in enumerate(circuits):
+        points.append(
+            _point(
+                f"{circuit.name}_on_state",
+                Table.COIL,
+                index,
+                DataType.BOOL,
+                (0.0, 1.0),
+                writable=True,
+            )
+        )
+        points.append(
+            _point(
+                f"{circuit.name}_power_w", _IR, index, DataType.UINT16, (0.0, 200_000.0), scale=10.0
+            )
+        )
+    points.append(
+        _point("total_power_w", _IR, 8, DataType.UINT32, (0.0, 1_000_000.0), word_order=LITTLE)
+    )
+    return DeviceMap(
+        id=LOAD_PANEL,
+        name="Load panel: contactors of the sheddable circuits",
+        unit_id=3,
+        poll_interval_s=1.0,
+        points=tuple(points),
+    )
+
+
+LOAD_PANEL_MAP = _load_panel()
+
+DEVICE_MAPS: tuple[DeviceMap, ...] = (
+    METER, PV, BATTERY_MAP, ZONE_1, ZONE_2, FAN, WEATHER, LOAD_PANEL_MAP,
+)  # fmt: skip
 """Every simulated device, in the order the servers get their ports."""

@@ -644,6 +644,45 @@ def loop_fault(current_ma: float) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Load panel: switchable (sheddable) circuits
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitParams:
+    """A switchable circuit of the load panel: a contactor the EMS may open to shed load.
+
+    The circuit draws ``demand_w`` on weekdays between ``from_hour`` and ``until_hour``
+    (local time of ``now``) while its contactor is closed, nothing otherwise.
+    """
+
+    name: str
+    demand_w: float
+    from_hour: float = 8.0
+    until_hour: float = 18.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPanelParams:
+    circuits: tuple[CircuitParams, ...] = (
+        CircuitParams("ev_chargers", 22_000.0, 8.0, 18.0),
+        CircuitParams("water_heaters", 12_000.0, 6.0, 20.0),
+        CircuitParams("kitchen_extract", 6_000.0, 11.0, 14.0),
+    )
+
+
+def circuit_powers_w(
+    params: LoadPanelParams, on: tuple[bool, ...], now: datetime
+) -> tuple[float, ...]:
+    """Power of each circuit at ``now``: its demand while on and in its hours, else 0."""
+    hour = hour_of_day(now)
+    weekday = now.weekday() < 5
+    return tuple(
+        c.demand_w if is_on and weekday and c.from_hour <= hour < c.until_hour else 0.0
+        for c, is_on in zip(params.circuits, on, strict=True)
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Grid meter
 
 
@@ -663,10 +702,14 @@ class PowerFlows:
     fan_w: float
     pv_w: float
     battery_w: float
+    switched_w: float = 0.0
+    """Loads on the switchable circuits of the load panel (sheddable), three-phase."""
 
     @property
     def grid_w(self) -> float:
-        return grid_power_w(self.base_w, self.chillers_w, self.fan_w, self.pv_w, self.battery_w)
+        return grid_power_w(
+            self.base_w + self.switched_w, self.chillers_w, self.fan_w, self.pv_w, self.battery_w
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -714,14 +757,15 @@ def meter_reading(
     params: MeterParams, flows: PowerFlows, now: datetime, rng: random.Random
 ) -> MeterReading:
     """Per-phase voltage (with noise), current, power, frequency for the flows at ``now``."""
-    loads_w = flows.base_w + flows.chillers_w + flows.fan_w
+    three_phase_loads_w = flows.chillers_w + flows.fan_w + flows.switched_w
+    loads_w = flows.base_w + three_phase_loads_w
     tan_phi = math.tan(math.acos(params.load_power_factor))
-    balanced_w = flows.chillers_w + flows.fan_w - flows.pv_w - flows.battery_w
+    balanced_w = three_phase_loads_w - flows.pv_w - flows.battery_w
     phase_p = tuple(
         flows.base_w * share + balanced_w / 3.0 for share in params.base_load_phase_share
     )
     phase_q = tuple(
-        (flows.base_w * share + (flows.chillers_w + flows.fan_w) / 3.0) * tan_phi
+        (flows.base_w * share + three_phase_loads_w / 3.0) * tan_phi
         for share in params.base_load_phase_share
     )
     voltages = tuple(

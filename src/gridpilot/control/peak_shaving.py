@@ -1,0 +1,953 @@
+"""Peak shaving: keep every demand block's average import at or below a limit L.
+
+The utility bills the month's highest block demand D = E_block / T (T = 15 min by default),
+so what matters is the *energy* imported per block, not the instantaneous power. At τ into a
+block with E(τ) already imported, the average import still allowed for the rest of the block is
+
+    P_allow = (L·T − E(τ)) / (T − τ)                                       (DOMAIN.md)
+
+and the battery discharges max(0, P_net − P_allow), where P_net = grid + battery power is the
+site's import without the battery (the meter already sees the battery's present output).
+Spikes that never lift the block average cost no battery energy, unlike a threshold rule.
+
+Per cycle, in this order:
+
+1. **Energy accounting.** Every new grid-meter sample is integrated (trapezoid between
+   consecutive samples, split at block boundaries by linear interpolation). Samples further
+   apart than ``meter_max_age`` are a *gap*: the gap is bridged pessimistically with the larger
+   of its two end values (erring toward discharging more), its seconds are counted, and a
+   block with a gap never sets the billed peak, since its figure is not a measurement. A gap
+   longer than a whole block restarts the accounting; so does start-up mid-block, where the
+   part of the block before the first sample is filled with that first value (also a gap).
+   Between the last sample and ``now`` the last value is held (the meter is fresh, so that
+   is at most ``meter_max_age``); that extrapolation steers this cycle only and is never
+   committed to the ledger.
+2. **Billed peak.** Each completed block (rolling: each completed window) that counts for
+   demand (the tariff's ``demand_hours``; all hours without a tariff) raises the month's
+   billed peak. The month is the tariff's local month (UTC without a tariff); a new month
+   resets it. L never drops below the billed peak: shaving below a figure already on the bill
+   spends battery energy for nothing.
+3. **Staleness.** A grid reading older than ``meter_max_age`` (or a battery SoC/power older
+   than ``battery_max_age``) means no action: no battery request, no new shedding or
+   restoring (loads already shed stay shed: restoring blind could create the peak), a
+   ``meter_stale_state`` metric of 1 and an event when it starts and ends. Never a guess.
+4. **Limit.** A fixed L in W, or ``auto``: the smallest L such that the forecast blocks'
+   Σ max(0, D̂_b − L)·T / η_discharge fits the usable battery energy (and the largest excess
+   fits the inverter), found by bisection (:func:`choose_limit_w`), re-chosen when the local
+   day or the forecast changes. ``forecasts["load_p90_w"]`` (a high quantile) is preferred
+   to ``forecasts["load_w"]``; ``forecasts["pv_w"]`` is subtracted when present.
+5. **Battery.** Discharge to hold P_allow, within the SoC window and power limits, never
+   exporting (some meters register import only, and exported energy earns little).
+   Otherwise recharge towards the recharge target while the import stays below
+   min(L, P_allow) − margin; never in demand hours if ``recharge_in_demand_hours`` is off and
+   the tariff has demand hours. When this controller neither discharges nor charges it sends
+   no battery request, leaving the battery to lower priorities, and instead publishes a
+   :class:`Constraint`: lower priorities may not charge beyond the import headroom, nor
+   discharge below the SoC reserve.
+6. **Shedding.** When the battery cannot hold P_allow (empty, or at its power limit), loads
+   are shed in ``order`` (lowest first) until their nominal power covers the shortfall,
+   skipping loads switched on less than ``min_on`` ago. A shed load is held shed (its shed
+   value requested every cycle) and restored, one per cycle and in reverse order, once it
+   has been off ``min_off`` and P_net + nominal < min(P_allow, L) − hysteresis. The restore
+   cycle requests the normal value once; after that the point is left to other controllers.
+
+**A lost block.** When E(τ) > L·T the block will exceed L whatever happens. The block's
+average then becomes the month's billed demand, so the battery discharges as hard as it can
+(still no export) and loads are shed to keep that average as low as possible; an event says
+so. The next block starts against the raised billed-peak floor.
+
+**Rolling blocks.** A rolling meter registers, at the end of every sub-interval Δ = T/n, the
+average over the last n sub-intervals. The controller accounts sub-interval energies and
+takes P_allow as the smaller of two bounds: the window that closes at the end of the current
+sub-interval, (L·T − E_window(τ)) / (T − τ_window) with E_window the last n − 1 completed
+sub-intervals plus the current one so far; and the current sub-interval on its own,
+(L·Δ − E_sub(τ)) / (Δ − τ_sub), because the current sub-interval is part of the next n − 1
+windows too, whose remaining sub-intervals are not yet known. Holding every sub-interval at
+or below L keeps every window at or below L.
+
+Sign conventions as in :mod:`gridpilot.control.base`: grid positive = import, battery
+positive = discharge. Energies in Wh, powers in W, durations in hours inside formulas.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Self
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gridpilot.control.base import (
+    Constraint,
+    Decision,
+    Forecast,
+    Forecasts,
+    PointRef,
+    Priority,
+    SetpointRequest,
+    Snapshot,
+)
+from gridpilot.control.tariff import Tariff
+
+_HOUR = timedelta(hours=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_UTC_ZONE = ZoneInfo("UTC")
+_EXCEED_TOLERANCE_W = 1.0
+"""A completed block this far above L is reported as an exceedance (float round-off)."""
+
+
+def _point(text: str) -> str:
+    PointRef.parse(text)
+    return text
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SheddableLoad(_Frozen):
+    """A load that may be switched off while the battery cannot hold the limit."""
+
+    name: str = Field(min_length=1)
+    point: str
+    """``device.point`` written with ``shed_value`` / ``normal_value`` (e.g. a run command)."""
+    shed_value: float = 0.0
+    """Value that sheds the load (a relay: 0 = off)."""
+    normal_value: float = 1.0
+    """Value written on restore (a relay: 1 = on)."""
+    nominal_w: float = Field(gt=0.0)
+    """Power the load draws when on, W: what shedding it is expected to save."""
+    order: int = 0
+    """Shed order: lower values are shed first and restored last."""
+    min_on: timedelta = timedelta(minutes=5)
+    """The load stays on at least this long after a restore."""
+    min_off: timedelta = timedelta(minutes=10)
+    """The load stays shed at least this long."""
+    restore_hysteresis_w: float = Field(default=2_000.0, ge=0.0)
+    """Restore only when P_net + nominal stays this far below the allowed import, W."""
+
+    @field_validator("point")
+    @classmethod
+    def _point_form(cls, value: str) -> str:
+        return _point(value)
+
+    @property
+    def ref(self) -> PointRef:
+        return PointRef.parse(self.point)
+
+
+class PeakShavingParams(_Frozen):
+    """Configuration of :class:`PeakShavingController` (defaults: the simulator's battery)."""
+
+    name: str = "peak_shaving"
+    grid_power_point: str = "grid_meter.active_power_w"
+    """Grid import, W (positive = import)."""
+    battery_setpoint_point: str = "battery.active_power_setpoint_w"
+    """Written: battery power, W (positive = discharge)."""
+    battery_soc_point: str = "battery.soc_pct"
+    battery_power_point: str = "battery.active_power_w"
+    """Measured battery power, W (positive = discharge)."""
+    battery_available_charge_point: str | None = "battery.available_charge_power_w"
+    """Optional: the inverter's present charge capability, W; ignored when missing or stale."""
+    battery_available_discharge_point: str | None = "battery.available_discharge_power_w"
+    capacity_wh: float = Field(default=200_000.0, gt=0.0)
+    max_charge_w: float = Field(default=50_000.0, gt=0.0)
+    max_discharge_w: float = Field(default=50_000.0, gt=0.0)
+    charge_efficiency: float = Field(default=0.96, gt=0.0, le=1.0)
+    """Stored energy per AC energy taken while charging."""
+    discharge_efficiency: float = Field(default=0.96, gt=0.0, le=1.0)
+    """AC energy delivered per stored energy while discharging."""
+    soc_min_pct: float = Field(default=5.0, ge=0.0, le=100.0)
+    soc_max_pct: float = Field(default=95.0, ge=0.0, le=100.0)
+    block: timedelta = timedelta(minutes=15)
+    """Demand block T (must divide an hour)."""
+    block_mode: Literal["fixed", "rolling"] = "fixed"
+    sub_intervals: int = Field(default=3, ge=1, le=60)
+    """Rolling blocks: sub-intervals per block (15 min = 3 × 5 min)."""
+    limit_w: float | Literal["auto"] = "auto"
+    """Block-average import limit L, W, or ``auto`` (from the load forecast)."""
+    fallback_limit_w: float | None = Field(default=None, ge=0.0)
+    """``auto`` without a usable forecast: this L, W (None: the billed peak, if any)."""
+    recharge_margin_w: float = Field(default=5_000.0, ge=0.0)
+    """Recharge only while import stays this far below the allowed import, W."""
+    recharge_target: Literal["reserve", "full"] = "reserve"
+    """Recharge up to the SoC reserve (sharing the battery with economics) or to soc_max."""
+    recharge_in_demand_hours: bool = False
+    """Whether recharging is allowed inside the tariff's demand hours (if it has any)."""
+    reserve_pct: float = Field(default=50.0, ge=0.0, le=100.0)
+    """SoC reserve without a load forecast, %."""
+    reserve_margin_pct: float = Field(default=5.0, ge=0.0, le=100.0)
+    """Added to the forecast-sized reserve, %."""
+    horizon: timedelta = timedelta(hours=24)
+    """Forecast horizon for the reserve and the ``auto`` limit."""
+    auto_energy_fraction: float = Field(default=0.8, gt=0.0, le=1.0)
+    """``auto`` sizes L to this fraction of the usable energy (soc_max − soc_min): margin
+    for forecast error."""
+    load_forecast_keys: tuple[str, ...] = ("load_p90_w", "load_w")
+    """Forecast names tried in order (a high quantile first)."""
+    pv_forecast_key: str | None = "pv_w"
+    """Subtracted from the load forecast when present (the net import is what is billed)."""
+    meter_max_age: timedelta = timedelta(seconds=10)
+    """Older grid readings are stale; samples further apart are a gap."""
+    battery_max_age: timedelta = timedelta(seconds=30)
+    sheddable_loads: tuple[SheddableLoad, ...] = ()
+    tariff: Tariff | None = None
+    """Demand hours, local month and block alignment; None = every hour counts, UTC."""
+
+    @field_validator(
+        "grid_power_point",
+        "battery_setpoint_point",
+        "battery_soc_point",
+        "battery_power_point",
+        "battery_available_charge_point",
+        "battery_available_discharge_point",
+    )
+    @classmethod
+    def _point_form(cls, value: str | None) -> str | None:
+        return None if value is None else _point(value)
+
+    @field_validator("limit_w")
+    @classmethod
+    def _limit(cls, value: float | str) -> float | str:
+        if isinstance(value, float) and (value < 0.0 or not math.isfinite(value)):
+            raise ValueError("limit_w must be a finite power >= 0 W or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.soc_max_pct <= self.soc_min_pct:
+            raise ValueError("soc_max_pct must be above soc_min_pct")
+        if self.block <= timedelta(0) or _HOUR % self.block:
+            raise ValueError("block must divide an hour (e.g. 5, 15, 30 min)")
+        if self.block_mode == "rolling" and (self.block // _US) % self.sub_intervals:
+            raise ValueError("block must be a whole number of microseconds per sub-interval")
+        if self.meter_max_age <= timedelta(0) or self.battery_max_age <= timedelta(0):
+            raise ValueError("meter_max_age and battery_max_age must be positive")
+        names = [load.name for load in self.sheddable_loads]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sheddable load names must be unique: {names}")
+        return self
+
+    @property
+    def slots_per_block(self) -> int:
+        """Accounting slots per block: 1 for fixed blocks, the sub-intervals for rolling."""
+        return self.sub_intervals if self.block_mode == "rolling" else 1
+
+    @property
+    def slot(self) -> timedelta:
+        return self.block / self.slots_per_block
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return self.tariff.zone if self.tariff is not None else _UTC_ZONE
+
+    @property
+    def usable_energy_wh(self) -> float:
+        """Stored energy between soc_min and soc_max, Wh."""
+        return (self.soc_max_pct - self.soc_min_pct) / 100.0 * self.capacity_wh
+
+
+# --- Energy accounting ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BlockLedger:
+    """Energy imported per accounting slot (the block, or a rolling block's sub-interval)."""
+
+    slot_start: datetime
+    slot_energy_wh: float
+    """Imported in the current slot up to ``sample.ts``, Wh."""
+    slot_gap_s: float
+    """Seconds of the current slot not covered by consecutive fresh samples."""
+    history: tuple[tuple[float, float], ...]
+    """Rolling: the last n − 1 completed slots as (energy_wh, gap_s), oldest first."""
+    sample: tuple[float, datetime]
+    """The last integrated grid sample: (W, ts)."""
+
+    @property
+    def window_energy_wh(self) -> float:
+        return self.slot_energy_wh + sum(energy for energy, _ in self.history)
+
+    @property
+    def window_gap_s(self) -> float:
+        return self.slot_gap_s + sum(gap for _, gap in self.history)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """A completed block (rolling: window) as the utility meter registers it."""
+
+    slot_start: datetime
+    """Start of its last slot: decides its month and whether it counts for demand."""
+    demand_w: float
+    has_gap: bool
+
+
+def slot_start(when: datetime, slot: timedelta, zone: ZoneInfo) -> datetime:
+    """Start of the slot containing ``when``: slots are aligned to local wall-clock time."""
+    offset = when.astimezone(zone).utcoffset() or timedelta(0)
+    local_us = (when + offset - _EPOCH) // _US
+    slot_us = slot // _US
+    start_us = (local_us // slot_us) * slot_us
+    return _EPOCH + timedelta(microseconds=start_us) - offset
+
+
+def start_ledger(value_w: float, ts: datetime, params: PeakShavingParams) -> BlockLedger:
+    """A ledger from a first sample: the unseen past of the window is the first value, held
+    (a gap: it steers the controller but never sets the billed peak)."""
+    slot = params.slot
+    start = slot_start(ts, slot, params.zone)
+    before_h = (ts - start) / _HOUR
+    history = ((value_w * slot / _HOUR, slot.total_seconds()),) * (params.slots_per_block - 1)
+    return BlockLedger(
+        slot_start=start,
+        slot_energy_wh=value_w * before_h,
+        slot_gap_s=(ts - start).total_seconds(),
+        history=history,
+        sample=(value_w, ts),
+    )
+
+
+def integrate(
+    ledger: BlockLedger,
+    value_w: float,
+    ts: datetime,
+    params: PeakShavingParams,
+    *,
+    held: bool = False,
+) -> tuple[BlockLedger, tuple[ClosedWindow, ...]]:
+    """Add the import between the ledger's last sample and (``ts``, ``value_w``).
+
+    Trapezoid between samples; ``held`` integrates the last value held instead (the
+    extrapolation to ``now``). A segment longer than ``meter_max_age`` is a gap bridged with
+    the larger end value; one longer than a block restarts the ledger. Returns the new ledger
+    and the windows completed on the way.
+    """
+    v0, t0 = ledger.sample
+    if ts <= t0:
+        return ledger, ()
+    if ts - t0 > params.block and not held:
+        return start_ledger(value_w, ts, params), ()
+    slot = params.slot
+    n = params.slots_per_block
+    gap = not held and ts - t0 > params.meter_max_age
+    # Power over the segment: linear between fresh samples, the last value held for the
+    # extrapolation, the larger end value across a gap.
+    if held:
+        va = vb = v0
+    elif gap:
+        va = vb = max(v0, value_w)
+    else:
+        va, vb = v0, value_w
+    span = ts - t0
+
+    def power_at(when: datetime) -> float:
+        return va + (vb - va) * ((when - t0) / span)
+
+    start, energy, gap_s, history = (
+        ledger.slot_start,
+        ledger.slot_energy_wh,
+        ledger.slot_gap_s,
+        ledger.history,
+    )
+    closed: list[ClosedWindow] = []
+    cursor = t0
+    while True:
+        end = start + slot
+        seg_end = min(ts, end)
+        energy += (power_at(cursor) + power_at(seg_end)) / 2.0 * ((seg_end - cursor) / _HOUR)
+        if gap:
+            gap_s += (seg_end - cursor).total_seconds()
+        if ts < end:
+            break
+        # The slot is complete: the window ending here is what the meter registers.
+        window_energy = energy + sum(e for e, _ in history)
+        window_gap = gap_s + sum(g for _, g in history)
+        closed.append(
+            ClosedWindow(
+                slot_start=start,
+                demand_w=window_energy / (params.block / _HOUR),
+                has_gap=window_gap > 0.0,
+            )
+        )
+        history = (*history, (energy, gap_s))[-(n - 1) :] if n > 1 else ()
+        start, energy, gap_s, cursor = end, 0.0, 0.0, end
+        if ts == end:
+            break
+    new = BlockLedger(
+        slot_start=start,
+        slot_energy_wh=energy,
+        slot_gap_s=gap_s,
+        history=history,
+        sample=(value_w if not held else v0, ts),
+    )
+    return new, tuple(closed)
+
+
+def allowed_import_w(
+    limit_w: float,
+    block: timedelta,
+    elapsed: timedelta,
+    energy_wh: float,
+) -> float:
+    """P_allow = (L·T − E(τ)) / (T − τ), W: the average import that keeps the block at L.
+
+    ``elapsed`` is τ (0 ≤ τ < T), ``energy_wh`` is E(τ). Negative when the block is lost.
+    """
+    remaining_h = (block - elapsed) / _HOUR
+    if remaining_h <= 0.0:
+        raise ValueError(f"elapsed {elapsed} must be shorter than the block {block}")
+    return (limit_w * (block / _HOUR) - energy_wh) / remaining_h
+
+
+# --- Choosing L and the reserve from a forecast ---------------------------------------
+
+
+def block_averages(
+    forecast: Forecast, start: datetime, block: timedelta, count: int
+) -> list[float]:
+    """Average of ``forecast`` over consecutive blocks from ``start``, stopping at the first
+    block the forecast does not cover completely (sampled at the finer of its step and T)."""
+    sub = min(forecast.step, block)
+    per_block = max(1, round(block / sub))
+    out: list[float] = []
+    for b in range(count):
+        values = forecast.window(start + b * block, block / per_block, per_block)
+        if values is None or any(math.isnan(v) for v in values):
+            break
+        out.append(sum(values) / per_block)
+    return out
+
+
+def choose_limit_w(
+    block_demand_w: Sequence[float],
+    block: timedelta,
+    usable_energy_wh: float,
+    *,
+    discharge_efficiency: float,
+    max_discharge_w: float,
+    floor_w: float = 0.0,
+    tolerance_w: float = 1.0,
+) -> float:
+    """The smallest limit L ≥ ``floor_w``, W, the battery can hold over the forecast blocks.
+
+    Feasible L: Σ_b max(0, D̂_b − L)·T / η_discharge ≤ ``usable_energy_wh`` and
+    max_b(D̂_b) − L ≤ ``max_discharge_w``. Both sides fall as L rises, so bisection to
+    ``tolerance_w`` finds the smallest; the returned value is always feasible.
+    """
+    block_h = block / _HOUR
+
+    def feasible(limit: float) -> bool:
+        excess = [max(0.0, d - limit) for d in block_demand_w]
+        energy = sum(excess) * block_h / discharge_efficiency
+        return energy <= usable_energy_wh and max(excess, default=0.0) <= max_discharge_w
+
+    low = max(0.0, floor_w)
+    if feasible(low):
+        return low
+    high = max(block_demand_w)  # no excess at all: always feasible
+    while high - low > tolerance_w:
+        mid = (low + high) / 2.0
+        if feasible(mid):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def net_forecast_blocks(
+    forecasts: Forecasts, params: PeakShavingParams, start: datetime
+) -> tuple[str | None, list[float]]:
+    """Forecast block averages of the site's import without the battery from ``start``
+    over ``params.horizon``: the first of ``load_forecast_keys`` present, minus PV where
+    the PV forecast covers. Returns the key used (None: no forecast) and the values."""
+    count = max(1, round(params.horizon / params.block))
+    for key in params.load_forecast_keys:
+        load = forecasts.get(key)
+        if load is None:
+            continue
+        blocks = block_averages(load, start, params.block, count)
+        pv = forecasts.get(params.pv_forecast_key) if params.pv_forecast_key else None
+        if pv is not None:
+            pv_blocks = block_averages(pv, start, params.block, len(blocks))
+            blocks = [
+                d - (pv_blocks[i] if i < len(pv_blocks) else 0.0) for i, d in enumerate(blocks)
+            ]
+        if blocks:
+            return key, blocks
+    return None, []
+
+
+def _counting(blocks: list[float], start: datetime, params: PeakShavingParams) -> list[float]:
+    """Only the blocks that count for billed demand."""
+    if params.tariff is None:
+        return blocks
+    tariff = params.tariff
+    return [d for b, d in enumerate(blocks) if tariff.counts_for_demand(start + b * params.block)]
+
+
+def reserve_pct(blocks_w: Sequence[float], limit_w: float, params: PeakShavingParams) -> float:
+    """SoC reserve, %: soc_min + the energy to shave the forecast blocks to L + the margin,
+    at most soc_max."""
+    block_h = params.block / _HOUR
+    need_wh = sum(max(0.0, d - limit_w) for d in blocks_w) * block_h / params.discharge_efficiency
+    pct = params.soc_min_pct + need_wh / params.capacity_wh * 100.0 + params.reserve_margin_pct
+    return min(params.soc_max_pct, pct)
+
+
+# --- State and the controller ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadState:
+    """One sheddable load: shed or not, and since when (None: never switched by us)."""
+
+    shed: bool = False
+    since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeakShavingState:
+    ledger: BlockLedger | None = None
+    month: tuple[int, int] | None = None
+    """The local (year, month) the billed peak belongs to."""
+    billed_peak_w: float = 0.0
+    """Highest completed, counted, gap-free block (window) average this month, W."""
+    limit_w: float | None = None
+    """L used in the last cycle (after the billed-peak floor), W."""
+    auto_limit_w: float | None = None
+    auto_key: tuple[object, ...] | None = None
+    """What the ``auto`` limit was chosen from: local date, forecast key, forecast."""
+    stale: bool = False
+    lost_window_slot: datetime | None = None
+    """Slot start of the window already reported as lost (one event per window)."""
+    loads: tuple[LoadState, ...] = ()
+
+
+def _month(when: datetime, zone: ZoneInfo) -> tuple[int, int]:
+    local = when.astimezone(zone)
+    return (local.year, local.month)
+
+
+@dataclass(frozen=True, slots=True)
+class _Battery:
+    soc_pct: float
+    power_w: float
+    can_discharge_w: float
+    can_charge_w: float
+
+
+class PeakShavingController:
+    """Holds each demand block's average import at or below L (see the module docstring)."""
+
+    def __init__(self, params: PeakShavingParams) -> None:
+        self._params = params
+        self._grid = PointRef.parse(params.grid_power_point)
+        self._setpoint = PointRef.parse(params.battery_setpoint_point)
+        self._soc = PointRef.parse(params.battery_soc_point)
+        self._power = PointRef.parse(params.battery_power_point)
+        self._avail_charge = (
+            PointRef.parse(params.battery_available_charge_point)
+            if params.battery_available_charge_point
+            else None
+        )
+        self._avail_discharge = (
+            PointRef.parse(params.battery_available_discharge_point)
+            if params.battery_available_discharge_point
+            else None
+        )
+        # Shed order, stable for equal orders: indices into params.sheddable_loads.
+        self._shed_order = sorted(
+            range(len(params.sheddable_loads)), key=lambda i: params.sheddable_loads[i].order
+        )
+
+    @property
+    def name(self) -> str:
+        return self._params.name
+
+    @property
+    def priority(self) -> Priority:
+        return Priority.PEAK_SHAVING
+
+    @property
+    def params(self) -> PeakShavingParams:
+        return self._params
+
+    def initial_state(self) -> PeakShavingState:
+        return PeakShavingState(loads=(LoadState(),) * len(self._params.sheddable_loads))
+
+    # -- one cycle ------------------------------------------------------------------------
+
+    def decide(
+        self,
+        snapshot: Snapshot,
+        state: PeakShavingState,
+        now: datetime,
+        forecasts: Forecasts,
+    ) -> Decision[PeakShavingState]:
+        """One cycle: account the meter, update the billed peak, then discharge, recharge,
+        shed or restore (see the module docstring)."""
+        p = self._params
+        events: list[str] = []
+        state = self._account(snapshot, state, now, events)
+        metrics: dict[str, float] = {"billed_peak_w": state.billed_peak_w}
+
+        battery = self._battery(snapshot)
+        grid_w = snapshot.value(self._grid, p.meter_max_age.total_seconds())
+        ledger = state.ledger
+        if ledger is None or grid_w is None or not math.isfinite(grid_w) or battery is None:
+            if not state.stale:
+                what = "battery SoC/power" if battery is None else "grid meter"
+                events.append(f"{what} stale: peak shaving holds off (no battery action)")
+            metrics["meter_stale_state"] = 1.0
+            # Loads already shed stay shed: restoring them blind could create the peak.
+            return Decision(
+                state=replace(state, stale=True),
+                requests=self._hold_shed(state.loads),
+                metrics=metrics,
+                events=tuple(events),
+            )
+        if state.stale:
+            events.append("inputs fresh again: peak shaving resumes")
+        state = replace(state, stale=False)
+        metrics["meter_stale_state"] = 0.0
+        # The meter already sees the battery's present output: add it back for the net load.
+        net_w = grid_w + battery.power_w
+        return self._act(
+            state=state,
+            ledger=ledger,
+            net_w=net_w,
+            battery=battery,
+            now=now,
+            forecasts=forecasts,
+            metrics=metrics,
+            events=events,
+        )
+
+    def _act(
+        self,
+        *,
+        state: PeakShavingState,
+        ledger: BlockLedger,
+        net_w: float,
+        battery: _Battery,
+        now: datetime,
+        forecasts: Forecasts,
+        metrics: dict[str, float],
+        events: list[str],
+    ) -> Decision[PeakShavingState]:
+        p = self._params
+        # The view holds the last sample up to now: it steers this cycle, never committed.
+        t_ref = max(now, ledger.sample[1])
+        view, _ = integrate(ledger, ledger.sample[0], t_ref, p, held=True)
+        in_demand = p.tariff is None or p.tariff.counts_for_demand(view.slot_start)
+        block_start = slot_start(t_ref, p.block, p.zone)
+        key, blocks = net_forecast_blocks(forecasts, p, block_start)
+        counted = _counting(blocks, block_start, p)
+        state, limit_w = self._limit(
+            state=state, now=now, key=key, counted=counted, forecasts=forecasts, events=events
+        )
+
+        tau_slot = t_ref - view.slot_start
+        tau_window = (p.slots_per_block - 1) * p.slot + tau_slot
+        window_wh = view.window_energy_wh
+        p_allow = math.inf
+        if limit_w is not None and in_demand:
+            p_allow = allowed_import_w(limit_w, p.block, tau_window, window_wh)
+            if p.slots_per_block > 1:
+                p_allow = min(
+                    p_allow, allowed_import_w(limit_w, p.slot, tau_slot, view.slot_energy_wh)
+                )
+            if (
+                window_wh > limit_w * (p.block / _HOUR)
+                and state.lost_window_slot != view.slot_start
+            ):
+                events.append(
+                    f"block lost: {window_wh:.0f} Wh already imported > L·T = "
+                    f"{limit_w * (p.block / _HOUR):.0f} Wh; discharging and shedding all it can "
+                    "to keep the billed demand low"
+                )
+                state = replace(state, lost_window_slot=view.slot_start)
+
+        reserve = (
+            reserve_pct(counted, limit_w, p)
+            if limit_w is not None and key is not None and counted
+            else p.reserve_pct
+        )
+        need_w = max(0.0, net_w - p_allow) if math.isfinite(p_allow) else 0.0
+        # Never export: discharging beyond the net load only pushes energy out of the site.
+        discharge_w = min(need_w, battery.can_discharge_w, max(0.0, net_w))
+        headroom_w = self._charge_headroom_w(limit_w, p_allow, net_w, in_demand=in_demand)
+        charge_w = 0.0
+        target_soc = reserve if p.recharge_target == "reserve" else p.soc_max_pct
+        if need_w <= 0.0 and battery.soc_pct < target_soc and headroom_w > 0.0:
+            charge_w = min(headroom_w, battery.can_charge_w)
+
+        requests: list[SetpointRequest] = []
+        constraints: list[Constraint] = []
+        if discharge_w > 0.0:
+            requests.append(
+                self._battery_request(discharge_w, f"hold {p_allow:.0f} W: net {net_w:.0f} W")
+            )
+        elif charge_w > 0.0:
+            requests.append(
+                self._battery_request(-charge_w, f"recharge to {target_soc:.1f} % within L")
+            )
+        else:
+            constraint = self._battery_constraint(headroom_w, battery.soc_pct, reserve)
+            if constraint is not None:
+                constraints.append(constraint)
+
+        shortfall_w = need_w - discharge_w
+        loads, load_requests = self._shed_or_restore(
+            loads=state.loads,
+            shortfall_w=shortfall_w,
+            net_w=net_w,
+            allow_w=min(p_allow, limit_w if limit_w is not None else math.inf),
+            now=now,
+            events=events,
+        )
+        requests.extend(load_requests)
+        state = replace(state, loads=loads, limit_w=limit_w)
+
+        metrics.update(
+            {
+                "block_energy_wh": window_wh,
+                "block_elapsed_s": tau_window.total_seconds(),
+                "block_gap_s": view.window_gap_s,
+                "net_load_w": net_w,
+                "reserve_pct": reserve,
+                "battery_request_w": discharge_w - charge_w,
+                "shortfall_w": max(0.0, shortfall_w),
+                "shed_loads_state": float(sum(1 << i for i, load in enumerate(loads) if load.shed)),
+                "shed_count": float(sum(1 for load in loads if load.shed)),
+                "in_demand_hours_state": 1.0 if in_demand else 0.0,
+            }
+        )
+        if tau_window > timedelta(0):
+            metrics["demand_w"] = window_wh / (tau_window / _HOUR)
+        if limit_w is not None:
+            metrics["limit_w"] = limit_w
+        if math.isfinite(p_allow):
+            metrics["allowed_import_w"] = p_allow
+        return Decision(
+            state=state,
+            requests=tuple(requests),
+            constraints=tuple(constraints),
+            metrics=metrics,
+            events=tuple(events),
+        )
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _account(
+        self, snapshot: Snapshot, state: PeakShavingState, now: datetime, events: list[str]
+    ) -> PeakShavingState:
+        """Integrate a new grid sample; completed windows update the month's billed peak."""
+        p = self._params
+        reading = snapshot.reading(self._grid)
+        ledger = state.ledger
+        closed: tuple[ClosedWindow, ...] = ()
+        if reading is not None and math.isfinite(reading.value):
+            if ledger is None:
+                ledger = start_ledger(reading.value, reading.ts, p)
+            else:
+                ledger, closed = integrate(ledger, reading.value, reading.ts, p)
+        month, billed = state.month, state.billed_peak_w
+        for window in closed:
+            window_month = _month(window.slot_start, p.zone)
+            if month is None or window_month > month:
+                if month is not None:
+                    events.append(
+                        f"new month {window_month}: billed peak reset from {billed:.0f} W"
+                    )
+                month, billed = window_month, 0.0
+            if window_month < month:
+                continue  # a late sample of last month: its bill is closed
+            if p.tariff is not None and not p.tariff.counts_for_demand(window.slot_start):
+                continue
+            if state.limit_w is not None and window.demand_w > state.limit_w + _EXCEED_TOLERANCE_W:
+                events.append(
+                    f"block at {window.slot_start.isoformat()}: demand {window.demand_w:.0f} W "
+                    f"exceeded the limit {state.limit_w:.0f} W"
+                )
+            if not window.has_gap:
+                billed = max(billed, window.demand_w)
+        now_month = _month(now, p.zone)
+        if month is None or now_month > month:
+            if month is not None:
+                events.append(f"new month {now_month}: billed peak reset from {billed:.0f} W")
+            month, billed = now_month, 0.0
+        return replace(state, ledger=ledger, month=month, billed_peak_w=billed)
+
+    def _battery(self, snapshot: Snapshot) -> _Battery | None:
+        """Fresh SoC and power, and what the battery can do now; None when stale."""
+        p = self._params
+        max_age = p.battery_max_age.total_seconds()
+        soc = snapshot.value(self._soc, max_age)
+        power = snapshot.value(self._power, max_age)
+        if soc is None or power is None or not (math.isfinite(soc) and math.isfinite(power)):
+            return None
+        can_discharge = p.max_discharge_w if soc > p.soc_min_pct else 0.0
+        can_charge = p.max_charge_w if soc < p.soc_max_pct else 0.0
+        # The inverter's own capability (temperature, BMS limits) narrows ours when known.
+        if self._avail_discharge is not None:
+            avail = snapshot.value(self._avail_discharge, max_age)
+            if avail is not None and math.isfinite(avail):
+                can_discharge = min(can_discharge, max(0.0, avail))
+        if self._avail_charge is not None:
+            avail = snapshot.value(self._avail_charge, max_age)
+            if avail is not None and math.isfinite(avail):
+                can_charge = min(can_charge, max(0.0, avail))
+        return _Battery(soc, power, can_discharge, can_charge)
+
+    def _limit(
+        self,
+        *,
+        state: PeakShavingState,
+        now: datetime,
+        key: str | None,
+        counted: list[float],
+        forecasts: Forecasts,
+        events: list[str],
+    ) -> tuple[PeakShavingState, float | None]:
+        """L for this cycle, W (None: no limit known yet), never below the billed peak."""
+        p = self._params
+        base: float | None
+        if not isinstance(p.limit_w, str):
+            base = p.limit_w
+        elif key is None or not counted:
+            base = p.fallback_limit_w
+        else:
+            pv = forecasts.get(p.pv_forecast_key) if p.pv_forecast_key else None
+            auto_key = (now.astimezone(p.zone).date(), key, forecasts[key], pv)
+            if state.auto_key != auto_key or state.auto_limit_w is None:
+                chosen = choose_limit_w(
+                    counted,
+                    p.block,
+                    p.usable_energy_wh * p.auto_energy_fraction,
+                    discharge_efficiency=p.discharge_efficiency,
+                    max_discharge_w=p.max_discharge_w,
+                    floor_w=state.billed_peak_w,
+                )
+                if state.auto_limit_w is None or abs(chosen - state.auto_limit_w) > 1.0:
+                    events.append(f"auto limit {chosen:.0f} W from forecast {key!r}")
+                state = replace(state, auto_limit_w=chosen, auto_key=auto_key)
+            base = state.auto_limit_w
+        if base is None:
+            return state, (state.billed_peak_w if state.billed_peak_w > 0.0 else None)
+        return state, max(base, state.billed_peak_w)
+
+    def _charge_headroom_w(
+        self, limit_w: float | None, p_allow: float, net_w: float, *, in_demand: bool
+    ) -> float:
+        """How much charging the import can take, W (inf outside demand hours)."""
+        p = self._params
+        has_windows = p.tariff is not None and bool(p.tariff.demand_hours)
+        if not in_demand:
+            return math.inf
+        if (has_windows and not p.recharge_in_demand_hours) or limit_w is None:
+            return 0.0
+        return min(limit_w, p_allow) - p.recharge_margin_w - net_w
+
+    def _battery_request(self, value_w: float, reason: str) -> SetpointRequest:
+        return SetpointRequest(
+            target=self._setpoint,
+            value=value_w,
+            priority=Priority.PEAK_SHAVING,
+            source=self._params.name,
+            reason=reason,
+        )
+
+    def _battery_constraint(
+        self, headroom_w: float, soc_pct: float, reserve: float
+    ) -> Constraint | None:
+        """Bounds for lower priorities while this controller leaves the battery alone:
+        no charging beyond the import headroom, no discharging below the reserve."""
+        minimum = -max(0.0, headroom_w) if math.isfinite(headroom_w) else -math.inf
+        maximum = 0.0 if soc_pct <= reserve else math.inf
+        if minimum == -math.inf and maximum == math.inf:
+            return None
+        return Constraint(
+            target=self._setpoint,
+            priority=Priority.PEAK_SHAVING,
+            source=self._params.name,
+            minimum=minimum,
+            maximum=maximum,
+            reason=f"import headroom {headroom_w:.0f} W, SoC reserve {reserve:.1f} %",
+        )
+
+    def _shed_or_restore(
+        self,
+        *,
+        loads: tuple[LoadState, ...],
+        shortfall_w: float,
+        net_w: float,
+        allow_w: float,
+        now: datetime,
+        events: list[str],
+    ) -> tuple[tuple[LoadState, ...], list[SetpointRequest]]:
+        """Shed in order until the shortfall is covered, or restore one load with hysteresis.
+
+        ``allow_w`` is min(P_allow, L): restoring against an early block's slack above L
+        would bring a load back that the next block cannot carry.
+        """
+        specs = self._params.sheddable_loads
+        new = list(loads)
+        restored: int | None = None
+        if shortfall_w > _EXCEED_TOLERANCE_W:
+            covered = 0.0
+            for i in self._shed_order:
+                if covered >= shortfall_w:
+                    break
+                spec, load = specs[i], new[i]
+                if load.shed or (load.since is not None and now - load.since < spec.min_on):
+                    continue
+                new[i] = LoadState(shed=True, since=now)
+                covered += spec.nominal_w
+                events.append(
+                    f"shed {spec.name} ({spec.nominal_w:.0f} W): battery short by "
+                    f"{shortfall_w:.0f} W"
+                )
+        elif shortfall_w <= 0.0:
+            for i in reversed(self._shed_order):
+                spec, load = specs[i], new[i]
+                if not load.shed or (load.since is not None and now - load.since < spec.min_off):
+                    continue
+                if net_w + spec.nominal_w < allow_w - spec.restore_hysteresis_w:
+                    new[i] = LoadState(shed=False, since=now)
+                    restored = i
+                    events.append(f"restored {spec.name} ({spec.nominal_w:.0f} W)")
+                    break
+        requests = list(self._hold_shed(tuple(new)))
+        if restored is not None:
+            spec = specs[restored]
+            requests.append(
+                SetpointRequest(
+                    target=spec.ref,
+                    value=spec.normal_value,
+                    priority=Priority.PEAK_SHAVING,
+                    source=self._params.name,
+                    reason="restore after shedding",
+                )
+            )
+        return tuple(new), requests
+
+    def _hold_shed(self, loads: tuple[LoadState, ...]) -> tuple[SetpointRequest, ...]:
+        """The shed value for every load currently shed (absolute targets, every cycle)."""
+        specs = self._params.sheddable_loads
+        return tuple(
+            SetpointRequest(
+                target=specs[i].ref,
+                value=specs[i].shed_value,
+                priority=Priority.PEAK_SHAVING,
+                source=self._params.name,
+                reason="shed for peak shaving",
+            )
+            for i, load in enumerate(loads)
+            if load.shed
+        )

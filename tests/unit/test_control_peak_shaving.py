@@ -1,0 +1,555 @@
+"""Peak shaving: P_allow, block accounting, billed peak, auto limit, shedding, closed loop."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from gridpilot.control.base import (
+    Constraint,
+    Decision,
+    Forecast,
+    Forecasts,
+    PointRef,
+    Reading,
+    Snapshot,
+)
+from gridpilot.control.peak_shaving import (
+    PeakShavingController,
+    PeakShavingParams,
+    PeakShavingState,
+    allowed_import_w,
+    block_averages,
+    choose_limit_w,
+    slot_start,
+)
+from gridpilot.control.tariff import HourWindow, Tariff
+
+GRID = PointRef("grid_meter", "active_power_w")
+SOC = PointRef("battery", "soc_pct")
+BATTERY_POWER = PointRef("battery", "active_power_w")
+SETPOINT = PointRef("battery", "active_power_setpoint_w")
+MONDAY_NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+SEC = timedelta(seconds=1)
+KW = 1000.0
+
+
+def params(**overrides: Any) -> PeakShavingParams:
+    base: dict[str, Any] = {"limit_w": 100 * KW}
+    base.update(overrides)
+    return PeakShavingParams(**base)
+
+
+def snapshot(
+    now: datetime,
+    grid_w: float,
+    *,
+    soc_pct: float = 50.0,
+    battery_w: float = 0.0,
+    grid_age: timedelta = timedelta(0),
+    battery_age: timedelta = timedelta(0),
+) -> Snapshot:
+    return Snapshot(
+        now=now,
+        readings={
+            GRID: Reading(grid_w, now - grid_age),
+            SOC: Reading(soc_pct, now - battery_age),
+            BATTERY_POWER: Reading(battery_w, now - battery_age),
+        },
+    )
+
+
+def battery_request(decision: Decision[PeakShavingState]) -> float | None:
+    values = [r.value for r in decision.requests if r.target == SETPOINT]
+    assert len(values) <= 1
+    return values[0] if values else None
+
+
+def battery_constraint(decision: Decision[PeakShavingState]) -> Constraint | None:
+    found = [c for c in decision.constraints if c.target == SETPOINT]
+    return found[0] if found else None
+
+
+def load_requests(decision: Decision[PeakShavingState]) -> dict[str, float]:
+    return {str(r.target): r.value for r in decision.requests if r.target != SETPOINT}
+
+
+@dataclass
+class Driver:
+    """Runs the controller through time; the battery does not follow (open loop)."""
+
+    p: PeakShavingParams
+    forecasts: Forecasts = field(default_factory=dict)
+    controller: PeakShavingController = field(init=False)
+    state: PeakShavingState = field(init=False)
+    events: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.controller = PeakShavingController(self.p)
+        self.state = self.controller.initial_state()
+
+    def step(self, now: datetime, grid_w: float, **kw: Any) -> Decision[PeakShavingState]:
+        decision = self.controller.decide(
+            snapshot(now, grid_w, **kw), self.state, now, self.forecasts
+        )
+        self.state = decision.state
+        self.events.extend(decision.events)
+        return decision
+
+    def run(
+        self,
+        start: datetime,
+        end: datetime,
+        grid_w: float,
+        every: timedelta = 10 * SEC,
+        **kw: Any,
+    ) -> Decision[PeakShavingState]:
+        """Steps at start, start + every, ..., end (inclusive) with constant readings."""
+        now = start
+        decision = self.step(now, grid_w, **kw)
+        while now < end:
+            now = min(now + every, end)
+            decision = self.step(now, grid_w, **kw)
+        return decision
+
+
+# --- P_allow ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("elapsed_min", "energy_kwh", "expected_kw"),
+    [
+        (0.0, 0.0, 100.0),  # nothing used: L itself
+        (5.0, 10.0, 90.0),  # (25 − 10) kWh over 10 min
+        (10.0, 20.0, 60.0),  # (25 − 20) kWh over 5 min
+        (14.0, 24.0, 60.0),  # (25 − 24) kWh over 1 min
+        (5.0, 0.0, 150.0),  # an idle start leaves room above L
+        (7.5, 25.0, 0.0),  # exactly L·T used: nothing left
+        (7.5, 30.0, -40.0),  # the block is lost
+    ],
+)
+def test_allowed_import_formula(elapsed_min: float, energy_kwh: float, expected_kw: float) -> None:
+    got = allowed_import_w(100 * KW, 15 * MIN, elapsed_min * MIN, energy_kwh * KW)
+    assert got == pytest.approx(expected_kw * KW)
+
+
+def test_allowed_import_refuses_the_end_of_the_block() -> None:
+    with pytest.raises(ValueError, match="shorter than the block"):
+        allowed_import_w(100 * KW, 15 * MIN, 15 * MIN, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("grid_kw", "elapsed_min", "expected_request_kw"),
+    [
+        # Constant import G since the block start: E(τ) = G·τ, P_allow = (L·T − G·τ)/(T − τ).
+        (120.0, 3.0, 120.0 - (25.0 - 6.0) / (12.0 / 60.0)),
+        (120.0, 5.0, 120.0 - 90.0),
+        (110.0, 10.0, 110.0 - (25.0 - 110.0 / 6.0) / (5.0 / 60.0)),
+        # The allowed import (60 kW) is 60 kW below the net load: the inverter's 50 kW cap.
+        (120.0, 10.0, 50.0),
+        # 80 kW: stays under L at every τ, no discharge.
+        (80.0, 5.0, None),
+        (80.0, 12.0, None),
+    ],
+)
+def test_controller_discharges_net_load_above_p_allow(
+    grid_kw: float, elapsed_min: float, expected_request_kw: float | None
+) -> None:
+    # The battery ignores the requests here (open loop), so the meter keeps seeing grid_kw.
+    driver = Driver(params(recharge_margin_w=0.0, reserve_pct=0.0))
+    decision = driver.run(MONDAY_NOON, MONDAY_NOON + elapsed_min * MIN, grid_kw * KW)
+    assert decision.metrics["block_energy_wh"] == pytest.approx(grid_kw * elapsed_min / 60 * KW)
+    assert decision.metrics["demand_w"] == pytest.approx(grid_kw * KW)
+    request = battery_request(decision)
+    if expected_request_kw is None:
+        assert request is None
+    else:
+        assert request == pytest.approx(expected_request_kw * KW)
+
+
+def test_net_load_counts_the_battery_output_the_meter_already_sees() -> None:
+    # The meter shows 90 kW while the battery delivers 30 kW: the site draws 120 kW.
+    driver = Driver(params())
+    decision = driver.run(MONDAY_NOON, MONDAY_NOON + 5 * MIN, 90 * KW, battery_w=30 * KW)
+    assert decision.metrics["net_load_w"] == pytest.approx(120 * KW)
+    # E(5 min) = 7.5 kWh at 90 kW: P_allow = (25 − 7.5)/(10/60) = 105 kW, discharge 15 kW.
+    assert battery_request(decision) == pytest.approx(15 * KW)
+
+
+def test_spike_that_does_not_lift_the_block_average_costs_no_energy() -> None:
+    # 10 minutes at 50 kW, then 200 kW: P_allow = (25 − 8.33)/(5/60) = 200 kW.
+    driver = Driver(params())
+    driver.run(MONDAY_NOON, MONDAY_NOON + 10 * MIN, 50 * KW)
+    decision = driver.step(MONDAY_NOON + 10 * MIN + 10 * SEC, 199 * KW)
+    assert battery_request(decision) is None
+
+
+# --- Battery limits, recharge and the reserve --------------------------------------------
+
+
+def test_empty_battery_cannot_discharge_and_reports_the_shortfall() -> None:
+    driver = Driver(params())
+    decision = driver.run(MONDAY_NOON, MONDAY_NOON + 5 * MIN, 120 * KW, soc_pct=5.0)
+    assert battery_request(decision) is None
+    assert decision.metrics["shortfall_w"] == pytest.approx(30 * KW)
+    # Lower priorities may neither charge (no headroom) nor discharge (below the reserve).
+    constraint = battery_constraint(decision)
+    assert constraint is not None
+    assert (constraint.minimum, constraint.maximum) == (0.0, 0.0)
+
+
+def test_power_limit_caps_the_discharge() -> None:
+    driver = Driver(params(max_discharge_w=20 * KW))
+    decision = driver.run(MONDAY_NOON, MONDAY_NOON + 5 * MIN, 120 * KW)
+    assert battery_request(decision) == pytest.approx(20 * KW)
+    assert decision.metrics["shortfall_w"] == pytest.approx(10 * KW)
+
+
+def test_inverter_available_power_narrows_the_discharge() -> None:
+    driver = Driver(params())
+    now = MONDAY_NOON + 5 * MIN
+    driver.run(MONDAY_NOON, now - 10 * SEC, 120 * KW)
+    snap = snapshot(now, 120 * KW)
+    readings = dict(snap.readings)
+    readings[PointRef("battery", "available_discharge_power_w")] = Reading(12 * KW, now)
+    decision = driver.controller.decide(Snapshot(now, readings), driver.state, now, {})
+    assert battery_request(decision) == pytest.approx(12 * KW)
+
+
+@pytest.mark.parametrize(
+    ("soc_pct", "target", "expected_request_kw"),
+    [
+        (95.0, "full", None),  # full: no recharge even with 75 kW headroom
+        (60.0, "full", -50.0),  # headroom 100 − 5 − 20 = 75 kW, max charge 50 kW
+        (60.0, "reserve", None),  # above the 50 % reserve: leave the battery alone
+        (40.0, "reserve", -50.0),
+    ],
+)
+def test_recharge_only_below_target_and_within_headroom(
+    soc_pct: float, target: str, expected_request_kw: float | None
+) -> None:
+    driver = Driver(params(recharge_target=target, recharge_margin_w=5 * KW))
+    decision = driver.run(MONDAY_NOON, MONDAY_NOON + 2 * MIN, 20 * KW, soc_pct=soc_pct)
+    request = battery_request(decision)
+    if expected_request_kw is None:
+        assert request is None
+        constraint = battery_constraint(decision)
+        assert constraint is not None
+        assert constraint.minimum == pytest.approx(-75 * KW)
+        assert constraint.maximum == math.inf
+    else:
+        assert request == pytest.approx(expected_request_kw * KW)
+
+
+def test_recharge_is_limited_to_the_headroom_below_the_limit() -> None:
+    # Net 80 kW, L 100 kW, margin 5 kW: charge 15 kW, so the import stays at 95 kW.
+    driver = Driver(params(recharge_target="full"))
+    decision = driver.run(MONDAY_NOON, MONDAY_NOON + 2 * MIN, 80 * KW, soc_pct=30.0)
+    assert battery_request(decision) == pytest.approx(-15 * KW)
+
+
+# --- Staleness --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("grid_age_s", "battery_age_s", "stale"),
+    [(0.0, 0.0, False), (11.0, 0.0, True), (5.0, 31.0, True), (10.0, 30.0, False)],
+)
+def test_stale_inputs_mean_no_action(grid_age_s: float, battery_age_s: float, stale: bool) -> None:
+    driver = Driver(params())
+    driver.run(MONDAY_NOON, MONDAY_NOON + 4 * MIN, 120 * KW)
+    now = MONDAY_NOON + 5 * MIN
+    decision = driver.step(
+        now, 120 * KW, grid_age=grid_age_s * SEC, battery_age=battery_age_s * SEC
+    )
+    assert decision.metrics["meter_stale_state"] == (1.0 if stale else 0.0)
+    assert (battery_request(decision) is None) == stale
+    assert any("stale" in e for e in decision.events) == stale
+
+
+def test_missing_meter_is_stale_and_recovery_is_reported_once() -> None:
+    driver = Driver(params())
+    controller = driver.controller
+    now = MONDAY_NOON
+    empty = Snapshot(now, {})
+    first = controller.decide(empty, controller.initial_state(), now, {})
+    assert first.metrics["meter_stale_state"] == 1.0
+    assert first.requests == ()
+    assert len(first.events) == 1
+    second = controller.decide(empty, first.state, now + SEC, {})
+    assert second.events == ()  # still stale: no repeated event
+    fresh = controller.decide(snapshot(now + 2 * SEC, 120 * KW), second.state, now + 2 * SEC, {})
+    assert fresh.metrics["meter_stale_state"] == 0.0
+    assert any("fresh again" in e for e in fresh.events)
+
+
+def test_gap_in_samples_is_bridged_pessimistically_and_not_billed() -> None:
+    driver = Driver(params(limit_w=500 * KW))
+    driver.run(MONDAY_NOON, MONDAY_NOON + 5 * MIN, 40 * KW)
+    # 2 minutes without a sample, then 100 kW: the gap is counted at the larger value.
+    decision = driver.step(MONDAY_NOON + 7 * MIN, 100 * KW)
+    expected_wh = 40 * KW * 5 / 60 + 100 * KW * 2 / 60
+    assert decision.metrics["block_energy_wh"] == pytest.approx(expected_wh)
+    assert decision.metrics["block_gap_s"] == pytest.approx(120.0)
+    end = driver.run(MONDAY_NOON + 7 * MIN, MONDAY_NOON + 16 * MIN, 100 * KW)
+    # The gappy block is not a measurement: the billed peak ignores it.
+    assert end.metrics["billed_peak_w"] == 0.0
+
+
+# --- Lost blocks, billed peak, months ---------------------------------------------------
+
+
+def test_lost_block_discharges_fully_and_raises_the_floor() -> None:
+    driver = Driver(params())
+    # 200 kW for 8 minutes with the battery ignoring us: 26.7 kWh > L·T = 25 kWh.
+    decision = driver.run(MONDAY_NOON, MONDAY_NOON + 8 * MIN, 200 * KW)
+    assert decision.metrics["allowed_import_w"] < 0.0
+    assert battery_request(decision) == pytest.approx(50 * KW)  # all the inverter has
+    assert sum("block lost" in e for e in driver.events) == 1
+    # A lost block with a small net load: full discharge but no export.
+    small = driver.step(MONDAY_NOON + 8 * MIN + 10 * SEC, 30 * KW)
+    assert battery_request(small) == pytest.approx(30 * KW)
+    end = driver.run(MONDAY_NOON + 8 * MIN + 20 * SEC, MONDAY_NOON + 15 * MIN, 30 * KW)
+    del end
+    after = driver.step(MONDAY_NOON + 15 * MIN + 10 * SEC, 30 * KW)
+    block_wh = 200 * KW * 8 / 60 + 30 * KW * 7 / 60 + (200 - 30) * KW * (10 / 3600) / 2
+    assert after.metrics["billed_peak_w"] == pytest.approx(block_wh * 4, rel=1e-3)
+    assert after.metrics["limit_w"] == after.metrics["billed_peak_w"]
+    assert any("exceeded the limit" in e for e in driver.events)
+
+
+def test_billed_peak_is_a_floor_under_the_limit() -> None:
+    driver = Driver(params(limit_w=60 * KW))
+    # An empty battery cannot hold 60 kW: the block bills 80 kW.
+    driver.run(MONDAY_NOON, MONDAY_NOON + 16 * MIN, 80 * KW, soc_pct=5.0)
+    decision = driver.step(MONDAY_NOON + 16 * MIN + 10 * SEC, 80 * KW)
+    assert decision.metrics["billed_peak_w"] == pytest.approx(80 * KW)
+    assert decision.metrics["limit_w"] == pytest.approx(80 * KW)
+    # So 80 kW no longer needs shaving in the next block.
+    assert decision.metrics["shortfall_w"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("timezone", "reset_at"),
+    [
+        # UTC month: April starts at 00:00 UTC.
+        ("UTC", datetime(2026, 4, 1, 0, 0, tzinfo=UTC)),
+        # Berlin (CEST, UTC+2 since 29 March): April starts at 22:00 UTC on 31 March.
+        ("Europe/Berlin", datetime(2026, 3, 31, 22, 0, tzinfo=UTC)),
+    ],
+)
+def test_month_rollover_resets_the_billed_peak(timezone: str, reset_at: datetime) -> None:
+    driver = Driver(params(limit_w=10 * KW, tariff=Tariff(timezone=timezone)))
+    start = reset_at - 45 * MIN
+    # 30 minutes at 80 kW with an empty battery: billed 80 kW in the old month.
+    driver.run(start, reset_at - 15 * MIN, 80 * KW, soc_pct=5.0)
+    before = driver.run(reset_at - 15 * MIN + 10 * SEC, reset_at - 10 * SEC, 20 * KW, soc_pct=5.0)
+    assert before.metrics["billed_peak_w"] == pytest.approx(80 * KW, rel=1e-3)
+    after = driver.step(reset_at + 10 * SEC, 20 * KW, soc_pct=5.0)
+    assert sum("new month" in e for e in driver.events) == 1
+    # The last old-month block (20 kW, ending at the boundary) is not billed to the new month.
+    assert after.metrics["billed_peak_w"] == 0.0
+    assert after.metrics["limit_w"] == pytest.approx(10 * KW)
+
+
+def test_only_demand_hours_are_billed_and_shaved() -> None:
+    tariff = Tariff(demand_hours=(HourWindow(start_hour=12.0, end_hour=18.0),))
+    driver = Driver(params(limit_w=50 * KW, tariff=tariff, recharge_target="full"))
+    morning = MONDAY_NOON - 30 * MIN
+    # 11:30-12:00 is outside the window: 120 kW neither shaved nor billed; the battery
+    # recharges at full power since outside demand hours import is free of demand charges.
+    outside = driver.run(morning, morning + 16 * MIN, 120 * KW, soc_pct=50.0)
+    assert outside.metrics["in_demand_hours_state"] == 0.0
+    assert battery_request(outside) == pytest.approx(-50 * KW)
+    assert outside.metrics["billed_peak_w"] == 0.0
+    inside = driver.run(MONDAY_NOON - 14 * MIN, MONDAY_NOON + 5 * MIN, 40 * KW, soc_pct=50.0)
+    assert inside.metrics["in_demand_hours_state"] == 1.0
+    # Inside, with headroom (50 − 5 − 40 kW) but no recharging in demand hours.
+    assert battery_request(inside) is None
+    assert inside.metrics["billed_peak_w"] == 0.0  # 11:45-12:00 did not count either
+
+
+# --- Fixed vs rolling -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected_request_kw"),
+    [
+        # Fixed: E(12 min) = 10 + 4 = 14 kWh, P_allow = (25 − 14)/(3/60) = 220 kW: no action.
+        ("fixed", None),
+        # Rolling (3 × 5 min): the window is fine (220 kW) but the current sub-interval may
+        # average at most L: (8.33 − 4)/(3/60) = 86.7 kW, so discharge 33.3 kW. (The first
+        # 10 s of the sub-interval ramp from 60 to 120 kW between samples: trapezoid.)
+        ("rolling", 120.0 - (100.0 * 5 / 60 - (4.0 - 30.0 * 10 / 3600)) / (3 / 60)),
+    ],
+)
+def test_fixed_vs_rolling_blocks(mode: str, expected_request_kw: float | None) -> None:
+    driver = Driver(params(block_mode=mode))
+    driver.run(MONDAY_NOON, MONDAY_NOON + 10 * MIN, 60 * KW)
+    decision = driver.run(MONDAY_NOON + 10 * MIN + 10 * SEC, MONDAY_NOON + 12 * MIN, 120 * KW)
+    request = battery_request(decision)
+    if expected_request_kw is None:
+        assert request is None
+    else:
+        assert request == pytest.approx(expected_request_kw * KW, rel=1e-3)
+
+
+def test_rolling_windows_are_billed_at_every_sub_interval() -> None:
+    driver = Driver(params(block_mode="rolling", limit_w=500 * KW))
+    # 0-15 min at 30 kW, 15-20 min at 90 kW: the window ending at 20 min averages 50 kW,
+    # which no fixed block would see (fixed blocks: 30 kW, then 90 kW only after 30 min).
+    driver.run(MONDAY_NOON, MONDAY_NOON + 15 * MIN, 30 * KW)
+    driver.run(MONDAY_NOON + 15 * MIN + 1 * SEC, MONDAY_NOON + 20 * MIN, 90 * KW)
+    decision = driver.step(MONDAY_NOON + 20 * MIN + 5 * SEC, 90 * KW)
+    assert decision.metrics["billed_peak_w"] == pytest.approx(50 * KW, rel=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("when", "slot", "zone", "expected"),
+    [
+        (datetime(2026, 3, 2, 12, 7, 30, tzinfo=UTC), 15 * MIN, "UTC", (12, 0)),
+        (datetime(2026, 3, 2, 12, 7, 30, tzinfo=UTC), 5 * MIN, "UTC", (12, 5)),
+        # India is UTC+5:30: local hours start at :30 UTC.
+        (datetime(2026, 3, 2, 12, 7, 30, tzinfo=UTC), 60 * MIN, "Asia/Kolkata", (11, 30)),
+    ],
+)
+def test_slots_align_to_local_clock(
+    when: datetime, slot: timedelta, zone: str, expected: tuple[int, int]
+) -> None:
+    start = slot_start(when, slot, Tariff(timezone=zone).zone)
+    assert (start.hour, start.minute) == expected
+
+
+# --- The auto limit ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("demands_kw", "usable_kwh", "max_discharge_kw", "floor_kw", "expected_kw"),
+    [
+        # Two blocks at 100 kW: 2·(100 − L)·0.25 h ≤ 10 kWh -> L = 80 kW.
+        ([100, 100, 50, 50], 10.0, 1000.0, 0.0, 80.0),
+        # The inverter can only take 10 kW off a block: L = 90 kW.
+        ([100, 100, 50, 50], 10.0, 10.0, 0.0, 90.0),
+        # The billed peak is higher than what the battery could reach.
+        ([100, 100, 50, 50], 10.0, 1000.0, 95.0, 95.0),
+        # Enough energy for everything: L falls to the floor.
+        ([10, 20], 100.0, 1000.0, 0.0, 0.0),
+        # Energy for nothing: L is the highest block.
+        ([100, 40], 0.0, 1000.0, 0.0, 100.0),
+    ],
+)
+def test_choose_limit_by_bisection(
+    demands_kw: list[float],
+    usable_kwh: float,
+    max_discharge_kw: float,
+    floor_kw: float,
+    expected_kw: float,
+) -> None:
+    demands = [d * KW for d in demands_kw]
+    got = choose_limit_w(
+        demands,
+        15 * MIN,
+        usable_kwh * KW,
+        discharge_efficiency=1.0,
+        max_discharge_w=max_discharge_kw * KW,
+        floor_w=floor_kw * KW,
+        tolerance_w=1.0,
+    )
+    assert expected_kw * KW - 1e-6 <= got <= expected_kw * KW + 1.0
+
+
+def test_choose_limit_accounts_for_discharge_efficiency() -> None:
+    # 4 blocks at 120 kW, η 0.96: 4·(120 − L)·0.25/0.96 ≤ 20 kWh -> L = 100.8 kW.
+    got = choose_limit_w(
+        [120 * KW] * 4,
+        15 * MIN,
+        20 * KW,
+        discharge_efficiency=0.96,
+        max_discharge_w=50 * KW,
+    )
+    assert got == pytest.approx(100.8 * KW, abs=1.0)
+
+
+def day_forecast(start: datetime, base_kw: float, peak_kw: float, peak_blocks: int) -> Forecast:
+    """96 quarter-hours from ``start``: base load with ``peak_blocks`` blocks at the peak
+    starting 2 hours in."""
+    values = [base_kw * KW] * 96
+    for b in range(8, 8 + peak_blocks):
+        values[b] = peak_kw * KW
+    return Forecast(start=start, step=15 * MIN, values=tuple(values))
+
+
+def test_auto_limit_from_the_load_forecast() -> None:
+    forecast = day_forecast(MONDAY_NOON, 40.0, 120.0, 16)
+    driver = Driver(params(limit_w="auto"), forecasts={"load_w": forecast})
+    decision = driver.step(MONDAY_NOON, 40 * KW)
+    # Usable: 0.8 × 90 % × 200 kWh = 144 kWh; 16·(120 − L)·0.25/0.96 ≤ 144 -> L = 85.44 kW.
+    assert decision.metrics["limit_w"] == pytest.approx(85_440.0, abs=1.0)
+    # The reserve holds the energy the forecast peak needs: 5 + 72 % + 5 % margin.
+    assert decision.metrics["reserve_pct"] == pytest.approx(5.0 + 72.0 + 5.0, abs=0.01)
+    assert any("auto limit" in e for e in decision.events)
+    # The same forecast next cycle: not re-chosen.
+    again = driver.step(MONDAY_NOON + 10 * SEC, 40 * KW)
+    assert not any("auto limit" in e for e in again.events)
+
+
+@pytest.mark.parametrize(
+    ("forecasts_kw", "expected_limit_w"),
+    [
+        # The high quantile wins over the median.
+        ({"load_w": 120.0, "load_p90_w": 130.0}, 130_000 - 34_560),
+        # PV lowers the net import the battery has to shave.
+        ({"load_w": 120.0, "pv_w": 10.0}, 110_000 - 34_560),
+    ],
+)
+def test_auto_limit_prefers_a_high_quantile_and_nets_out_pv(
+    forecasts_kw: dict[str, float], expected_limit_w: float
+) -> None:
+    forecasts: dict[str, Forecast] = {}
+    for key, peak_kw in forecasts_kw.items():
+        if key == "pv_w":
+            forecasts[key] = Forecast(MONDAY_NOON, 15 * MIN, (peak_kw * KW,) * 96)
+        else:
+            forecasts[key] = day_forecast(MONDAY_NOON, 40.0, peak_kw, 16)
+    driver = Driver(params(limit_w="auto"), forecasts=forecasts)
+    decision = driver.step(MONDAY_NOON, 40 * KW)
+    assert decision.metrics["limit_w"] == pytest.approx(expected_limit_w, abs=1.0)
+
+
+def test_auto_limit_is_rechosen_when_the_forecast_changes_and_never_below_billed() -> None:
+    driver = Driver(
+        params(limit_w="auto"), forecasts={"load_w": day_forecast(MONDAY_NOON, 40, 120, 16)}
+    )
+    driver.step(MONDAY_NOON, 40 * KW)
+    driver.forecasts = {"load_w": day_forecast(MONDAY_NOON, 40.0, 60.0, 16)}
+    decision = driver.step(MONDAY_NOON + 10 * SEC, 40 * KW)
+    # A 60 kW peak costs 16·20·0.25/0.96 = 83.3 kWh at L = 40 kW; below the 40 kW base
+    # every block needs 0.25/0.96 kWh per kW more: L = 40 − (144 − 83.3)/25 = 37.57 kW.
+    expected_w = (40.0 - (144.0 - 16 * 20 * 0.25 / 0.96) / (96 * 0.25 / 0.96)) * KW
+    assert decision.metrics["limit_w"] == pytest.approx(expected_w, abs=1.0)
+    assert any("auto limit" in e for e in decision.events)
+    # Bill 90 kW with an empty battery, then the auto limit cannot go below it.
+    driver.run(MONDAY_NOON + 20 * SEC, MONDAY_NOON + 16 * MIN, 90 * KW, soc_pct=5.0)
+    later = driver.step(MONDAY_NOON + 16 * MIN + 10 * SEC, 40 * KW)
+    assert later.metrics["billed_peak_w"] > 80 * KW
+    assert later.metrics["limit_w"] >= later.metrics["billed_peak_w"]
+
+
+def test_auto_without_forecast_falls_back() -> None:
+    driver = Driver(params(limit_w="auto", fallback_limit_w=70 * KW))
+    decision = driver.step(MONDAY_NOON, 40 * KW)
+    assert decision.metrics["limit_w"] == 70 * KW
+    assert decision.metrics["reserve_pct"] == 50.0
+    bare = Driver(params(limit_w="auto")).step(MONDAY_NOON, 40 * KW)
+    assert "limit_w" not in bare.metrics
+    assert battery_request(bare) is None
+
+
+def test_block_averages_of_a_finer_forecast() -> None:
+    forecast = Forecast(MONDAY_NOON, 5 * MIN, (30.0, 60.0, 90.0, 10.0, 10.0, 10.0, 5.0))
+    assert block_averages(forecast, MONDAY_NOON, 15 * MIN, 5) == [60.0, 10.0]

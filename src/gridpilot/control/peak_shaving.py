@@ -46,10 +46,13 @@ Per cycle, in this order:
    discharge below the SoC reserve.
 6. **Shedding.** When the battery cannot hold P_allow (empty, or at its power limit), loads
    are shed in ``order`` (lowest first) until their nominal power covers the shortfall,
-   skipping loads switched on less than ``min_on`` ago. A shed load is held shed (its shed
-   value requested every cycle) and restored, one per cycle and in reverse order, once it
-   has been off ``min_off`` and P_net + nominal < min(P_allow, L) − hysteresis. The restore
-   cycle requests the normal value once; after that the point is left to other controllers.
+   skipping loads switched on less than ``min_on`` ago and loads whose measured power
+   (``power_point``) is nil. Loads shed less than ``shed_settle`` ago count as already
+   saving, since the meter has not seen them drop yet. A shed load is held shed (its shed
+   value requested every cycle) and restored, one at a time in reverse order and only when
+   every switch has settled, once it has been off ``min_off`` and
+   P_net + nominal < min(P_allow, L) − hysteresis. The restore cycle requests the normal
+   value once; after that the point is left to other controllers.
 
 **A lost block.** When E(τ) > L·T the block will exceed L whatever happens. The block's
 average then becomes the month's billed demand, so the battery discharges as hard as it can
@@ -129,15 +132,30 @@ class SheddableLoad(_Frozen):
     """The load stays shed at least this long."""
     restore_hysteresis_w: float = Field(default=2_000.0, ge=0.0)
     """Restore only when P_net + nominal stays this far below the allowed import, W."""
+    power_point: str | None = None
+    """Optional ``device.point`` measuring the load's power, W: when fresh, shedding is
+    expected to save what it draws now (a circuit drawing nothing is not worth shedding)."""
+    power_max_age: timedelta = timedelta(seconds=30)
 
-    @field_validator("point")
+    @field_validator("point", "power_point")
     @classmethod
-    def _point_form(cls, value: str) -> str:
-        return _point(value)
+    def _point_form(cls, value: str | None) -> str | None:
+        return None if value is None else _point(value)
 
     @property
     def ref(self) -> PointRef:
         return PointRef.parse(self.point)
+
+    def saving_w(self, snapshot: Snapshot) -> float:
+        """What shedding the load now is expected to save, W."""
+        if self.power_point is None:
+            return self.nominal_w
+        measured = snapshot.value(
+            PointRef.parse(self.power_point), self.power_max_age.total_seconds()
+        )
+        if measured is None or not math.isfinite(measured):
+            return self.nominal_w
+        return max(0.0, measured)
 
 
 class PeakShavingParams(_Frozen):
@@ -195,6 +213,9 @@ class PeakShavingParams(_Frozen):
     """Older grid readings are stale; samples further apart are a gap."""
     battery_max_age: timedelta = timedelta(seconds=30)
     sheddable_loads: tuple[SheddableLoad, ...] = ()
+    shed_settle: timedelta = timedelta(seconds=30)
+    """After a switch the meter needs time to show it: loads shed this recently count as
+    already saving, and nothing is restored until every switch is this old."""
     tariff: Tariff | None = None
     """Demand hours, local month and block alignment; None = every hour counts, UTC."""
 
@@ -508,6 +529,8 @@ class LoadState:
 
     shed: bool = False
     since: datetime | None = None
+    saving_w: float = 0.0
+    """Expected saving when it was shed, W (counts while the meter settles)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,6 +642,7 @@ class PeakShavingController:
         net_w = grid_w + battery.power_w
         return self._act(
             state=state,
+            savings_w=tuple(load.saving_w(snapshot) for load in p.sheddable_loads),
             ledger=ledger,
             net_w=net_w,
             battery=battery,
@@ -632,6 +656,7 @@ class PeakShavingController:
         self,
         *,
         state: PeakShavingState,
+        savings_w: tuple[float, ...],
         ledger: BlockLedger,
         net_w: float,
         battery: _Battery,
@@ -705,6 +730,7 @@ class PeakShavingController:
         shortfall_w = need_w - discharge_w
         loads, load_requests = self._shed_or_restore(
             loads=state.loads,
+            savings_w=savings_w,
             shortfall_w=shortfall_w,
             net_w=net_w,
             allow_w=min(p_allow, limit_w if limit_w is not None else math.inf),
@@ -885,6 +911,7 @@ class PeakShavingController:
         self,
         *,
         loads: tuple[LoadState, ...],
+        savings_w: tuple[float, ...],
         shortfall_w: float,
         net_w: float,
         allow_w: float,
@@ -899,21 +926,30 @@ class PeakShavingController:
         specs = self._params.sheddable_loads
         new = list(loads)
         restored: int | None = None
+        settle = self._params.shed_settle
+        # Loads shed moments ago have not reached the meter yet: count them as saving.
+        covered = sum(
+            load.saving_w
+            for load in loads
+            if load.shed and load.since is not None and now - load.since < settle
+        )
+        last_switch = max((load.since for load in loads if load.since is not None), default=None)
+        settled = last_switch is None or now - last_switch >= settle
         if shortfall_w > _EXCEED_TOLERANCE_W:
-            covered = 0.0
             for i in self._shed_order:
                 if covered >= shortfall_w:
                     break
                 spec, load = specs[i], new[i]
                 if load.shed or (load.since is not None and now - load.since < spec.min_on):
                     continue
-                new[i] = LoadState(shed=True, since=now)
-                covered += spec.nominal_w
+                if savings_w[i] <= 0.0:
+                    continue  # drawing nothing now: shedding it would not help
+                new[i] = LoadState(shed=True, since=now, saving_w=savings_w[i])
+                covered += savings_w[i]
                 events.append(
-                    f"shed {spec.name} ({spec.nominal_w:.0f} W): battery short by "
-                    f"{shortfall_w:.0f} W"
+                    f"shed {spec.name} ({savings_w[i]:.0f} W): battery short by {shortfall_w:.0f} W"
                 )
-        elif shortfall_w <= 0.0:
+        elif shortfall_w <= 0.0 and settled:
             for i in reversed(self._shed_order):
                 spec, load = specs[i], new[i]
                 if not load.shed or (load.since is not None and now - load.since < spec.min_off):

@@ -257,7 +257,7 @@ def _history(n: int, **overrides: object) -> ZoneHistory:
         "occupied": base.occupied[:n],
     }
     arrays.update({k: np.asarray(v, dtype=float) for k, v in overrides.items()})
-    return ZoneHistory(step_s=900.0, **arrays)  # type: ignore[arg-type]
+    return ZoneHistory(step_s=900.0, **arrays)
 
 
 @pytest.mark.parametrize(

@@ -329,19 +329,22 @@ def test_plan_is_reused_until_the_replan_interval() -> None:
     first = run(controller, MONDAY_10, 23.0)
     plan = first.state.plan
     assert plan is not None
-    # 20 min later, on the plan: same plan, the second step's target.
+    # 20 min later, the thermostat already at this step's target (it gets there before the
+    # step ends): still on the plan, so the same plan and the second step's target.
     later = MONDAY_10 + timedelta(minutes=20)
-    on_plan = (
-        plan.temperatures_degc[1] + (plan.temperatures_degc[2] - plan.temperatures_degc[1]) / 3
-    )
+    on_plan = plan.temperatures_degc[2]
     second = run(controller, later, on_plan, first.state)
     assert second.state.plan is plan
     assert second.metrics["plan_age_s"] == 1200.0
     assert second.requests[0].value == pytest.approx(plan.temperatures_degc[2])
-    # Far off the plan: re-planned at once from the measured temperature.
-    drifted = run(controller, later, on_plan + 2.0, first.state)
-    assert drifted.state.plan is not plan
-    assert drifted.metrics["plan_age_s"] == 0.0
+    # More than replan_deviation_k outside what the plan spans now: re-planned at once.
+    span = plan.temperatures_degc[1:3]
+    for drift in (max(span) + 1.2, min(span) - 1.2):
+        drifted = run(controller, later, drift, first.state)
+        assert drifted.state.plan is not plan
+        assert drifted.metrics["plan_age_s"] == 0.0
+    within = run(controller, later, max(span) + 0.8, first.state)
+    assert within.state.plan is plan
     # Past the interval: re-planned.
     third = run(controller, MONDAY_10 + timedelta(minutes=30), on_plan, second.state)
     assert third.state.plan is not plan
@@ -506,7 +509,8 @@ def test_metric_names_carry_a_unit() -> None:
 
 def test_is_a_controller() -> None:
     controller: Controller[HvacState] = HvacController(params(zone="hvac_zone_2"))
-    assert controller.name == "hvac_hvac_zone_2"
+    assert controller.name == "hvac_zone_2_planner"
+    assert HvacController(params(name="south")).name == "south"
     assert controller.priority is Priority.ECONOMICS
     assert controller.initial_state() == HvacState()
 

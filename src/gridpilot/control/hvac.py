@@ -122,6 +122,8 @@ class HvacParams(_Frozen):
 
     zone: str = Field(min_length=1)
     """Device id of the zone controller, e.g. ``hvac_zone_1``."""
+    name: str | None = None
+    """The controller's name (unique in the engine); default ``<zone>_planner``."""
     temperature_point: str = "temperature_degc"
     setpoint_point: str = "setpoint_degc"
     """The writable occupied cooling setpoint the controller requests."""
@@ -399,7 +401,7 @@ class HvacController:
 
     @property
     def name(self) -> str:
-        return f"hvac_{self._params.zone}"
+        return self._params.name or f"{self._params.zone}_planner"
 
     @property
     def priority(self) -> Priority:
@@ -544,12 +546,12 @@ class HvacController:
         index = math.floor(age / p.step)
         if index >= len(plan.cooling_w):
             return True
-        # The plan's temperature now, between its step ends.
-        frac = (age - index * p.step) / p.step
-        expected = plan.temperatures_degc[index] + frac * (
-            plan.temperatures_degc[index + 1] - plan.temperatures_degc[index]
-        )
-        return abs(temperature - expected) > p.replan_deviation_k
+        # Off the plan = outside what the plan spans over this step, by the deviation. Not
+        # compared with a straight line between the step ends: the thermostat reaches a
+        # new setpoint well before the step ends, and that is the plan being followed.
+        ends = plan.temperatures_degc[index], plan.temperatures_degc[index + 1]
+        off = max(min(ends) - temperature, temperature - max(ends))
+        return off > p.replan_deviation_k
 
     def _inputs(
         self, snapshot: Snapshot, now: datetime, forecasts: Forecasts

@@ -264,9 +264,13 @@ def plan_cooling(
 
     Per-step inputs (all the same length n, step ``params.step``): outdoor temperature °C,
     irradiance W/m², occupancy (selects the comfort band the temperature at the *end* of the
-    step is held to), import price per kWh. Returns a :class:`Plan`; a non-finite input or a
-    solver without an optimum gives a plan with ``status`` ≠ ``"optimal"`` and the reason
-    in ``message`` (never raises for data; raises ``ValueError`` for mismatched lengths).
+    step is held to), import price per kWh. From ``params``: ``step``, the comfort bands,
+    ``comfort_penalty_per_kh``, ``chiller_capacity_w``, ``cop``, ``temperature_ceiling_degc``
+    and ``solver_time_limit_s`` (the horizon is the inputs' length, not ``params.horizon``).
+
+    Returns a :class:`Plan`; a non-finite input or a solver without an optimum gives a plan
+    with ``status`` ≠ ``"optimal"`` and the reason in ``message`` (never raises for data;
+    raises ``ValueError`` for mismatched lengths).
     """
     n = len(outdoor_degc)
     if not (len(irradiance_wm2) == len(occupied) == len(prices_per_kwh) == n) or n == 0:
@@ -299,7 +303,7 @@ def plan_cooling(
 
     # Variables, n each: cooling Φ_k in kW (kW keeps the matrix well scaled next to kelvin),
     # T_{k+1}, slack above the band s⁺_k, slack below s⁻_k.
-    q0, t0, hi0, lo0 = 0, n, 2 * n, 3 * n
+    q_at, t_at, hi_at, lo_at = 0, n, 2 * n, 3 * n  # where each block starts
     k = np.arange(n)
     cost = np.concatenate(
         [
@@ -311,14 +315,14 @@ def plan_cooling(
     )
     # Dynamics: T_{k+1} − a·T_k + (1 − a)·R·1000·Φ_k = (1 − a)·(T_o,k + R·G_k)
     rows = np.concatenate([k, k, k[1:]])
-    cols = np.concatenate([t0 + k, q0 + k, t0 + k[1:] - 1])
+    cols = np.concatenate([t_at + k, q_at + k, t_at + k[1:] - 1])
     data = np.concatenate([np.ones(n), np.full(n, (1.0 - a) * r * 1000.0), np.full(n - 1, -a)])
     a_eq = sparse.csr_array(sparse.coo_array((data, (rows, cols)), shape=(n, 4 * n)))
     b_eq = (1.0 - a) * (outdoor + r * gains)
     b_eq[0] += a * t0_degc
     # Band: T_{k+1} − s⁺_k ≤ hi_k and −T_{k+1} − s⁻_k ≤ −lo_k
     rows = np.concatenate([k, k, n + k, n + k])
-    cols = np.concatenate([t0 + k, hi0 + k, t0 + k, lo0 + k])
+    cols = np.concatenate([t_at + k, hi_at + k, t_at + k, lo_at + k])
     data = np.concatenate([np.ones(n), -np.ones(n), -np.ones(n), -np.ones(n)])
     a_ub = sparse.csr_array(sparse.coo_array((data, (rows, cols)), shape=(2 * n, 4 * n)))
     b_ub = np.concatenate([upper, -lower])
@@ -342,8 +346,8 @@ def plan_cooling(
         status: PlanStatus = "infeasible" if result.status == 2 else "failed"
         return Plan(status, f"HiGHS status {result.status}: {result.message}", dt_s)
     x = np.asarray(result.x, dtype=np.float64)
-    cooling_w = np.maximum(x[q0 : q0 + n], 0.0) * 1000.0
-    temperatures = np.concatenate([[t0_degc], x[t0 : t0 + n]])
+    cooling_w = np.maximum(x[q_at : q_at + n], 0.0) * 1000.0
+    temperatures = np.concatenate([[t0_degc], x[t_at : t_at + n]])
     electric_w = cooling_w / cop
     violation = np.maximum(0.0, np.maximum(lower - temperatures[1:], temperatures[1:] - upper))
     return Plan(

@@ -21,6 +21,8 @@ from gridpilot.bus.client import BrokerAddress
 from gridpilot.bus.embedded import EmbeddedBroker
 from gridpilot.bus.errors import BusError
 from gridpilot.config import GridPilotConfig
+from gridpilot.control.factory import build_controllers
+from gridpilot.control.service import ControllerService
 from gridpilot.gateway.service import GatewayService
 from gridpilot.ingest.service import IngestService
 from gridpilot.storage import open_storage
@@ -37,8 +39,7 @@ class Service(StrEnum):
     API = "api"
 
 
-ALL_SERVICES = (Service.GATEWAY, Service.INGEST, Service.API)
-"""Services that exist today; ``controller`` (issue 4) is not built yet."""
+ALL_SERVICES = (Service.GATEWAY, Service.INGEST, Service.CONTROLLER, Service.API)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +55,13 @@ class Running:
 
 def startup_errors() -> tuple[type[Exception], ...]:
     """Errors that mean "this configuration cannot start here" (a refused broker login, an
-    API host beyond loopback, an unusable database file, a service not built yet): the CLI
-    reports them in one line, not as a traceback."""
-    return (ApiError, BusError, StorageError, NotImplementedError)
+    API host beyond loopback, an unusable database file, a controller without a ``control``
+    section): the CLI reports them in one line, not as a traceback."""
+    return (ApiError, BusError, StorageError, ControlNotConfiguredError)
+
+
+class ControlNotConfiguredError(Exception):
+    """``run controller`` on a site file without a ``control`` section."""
 
 
 def storage_path(config: GridPilotConfig, base_dir: Path) -> Path:
@@ -78,12 +83,13 @@ async def run_services(
     ``http_port`` overrides ``api.port`` (0 = any free port). Services stop in reverse order
     of start: the API and gateway first, ingest (flushing its buffer) before storage closes.
     """
-    unbuilt = [s for s in services if s not in ALL_SERVICES]
-    if unbuilt:
-        names = ", ".join(unbuilt)
-        raise NotImplementedError(
-            f"service(s) {names} are not part of this release; run gateway and/or ingest"
-        )
+    if config.control is None and Service.CONTROLLER in services:
+        if len(services) == 1:
+            raise ControlNotConfiguredError(
+                "the site file has no 'control' section: add one (see examples/building.yaml) "
+                "to run the controller"
+            )
+        services = [s for s in services if s is not Service.CONTROLLER]
     async with AsyncExitStack() as stack:
         embedded = config.broker.url is None
         if embedded:
@@ -107,6 +113,10 @@ async def run_services(
             )
         if Service.GATEWAY in services:
             await stack.enter_async_context(GatewayService(config, address))
+        if Service.CONTROLLER in services:
+            await stack.enter_async_context(
+                ControllerService(config, address, build_controllers(config), base_dir=base_dir)
+            )
         api_url: str | None = None
         if Service.API in services and storage is not None:
             api = await stack.enter_async_context(

@@ -7,6 +7,7 @@ import click
 from gridpilot import __version__
 from gridpilot.cli.common import setup_logging
 from gridpilot.cli.config_cmd import config_group
+from gridpilot.cli.control_cmd import control_group
 from gridpilot.cli.demo_cmd import demo
 from gridpilot.cli.query_cmd import query
 from gridpilot.cli.run_cmd import run, sim
@@ -21,7 +22,7 @@ def cli(verbose: int) -> None:
     setup_logging(verbose)
 
 
-for command in (config_group, demo, query, run, sim, tail):
+for command in (config_group, control_group, demo, query, run, sim, tail):
     cli.add_command(command)
 
 

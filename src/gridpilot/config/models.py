@@ -7,6 +7,7 @@ docstring or its name.
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from gridpilot.control.base import PointRef
 from gridpilot.model import DataType, Table, WordOrder, is_valid_identifier, unit_of
 from gridpilot.model.registers import ByteOrder
 from gridpilot.model.units import UNIT_SUFFIXES
@@ -256,6 +258,95 @@ class ApiConfig(_Frozen):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+def _point_ref(value: str) -> str:
+    PointRef.parse(value)
+    return value
+
+
+PointRefText = Annotated[str, AfterValidator(_point_ref)]
+"""``"device.point"``, e.g. ``battery.active_power_setpoint_w``."""
+
+
+class PointLimitConfig(_Frozen):
+    """The safety envelope of one point the controller writes."""
+
+    point: PointRefText
+    min: float = -math.inf
+    max: float = math.inf
+    """Defaults to the point's ``valid_range``; set tighter to keep controllers inside."""
+    ramp_per_s: float | None = Field(default=None, gt=0)
+    """Largest change per second between targets (unit of the point per second)."""
+    idle: float | None = None
+    """Commanded once when no controller wants the point any more (e.g. battery 0 W)."""
+    deadband: float = Field(default=0.0, ge=0)
+    """A new target closer than this to the last one sent is not sent again (until
+    ``resend_after``)."""
+
+    @model_validator(mode="after")
+    def _order(self) -> Self:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class BatteryWindowConfig(_Frozen):
+    """Whatever a controller asks, no discharge at or below ``soc_min_pct`` and no charge at
+    or above ``soc_max_pct``; with the SoC unknown or older than ``max_age``, 0 W."""
+
+    setpoint: PointRefText
+    soc: PointRefText
+    soc_min_pct: float = Field(default=10.0, ge=0, le=100)
+    soc_max_pct: float = Field(default=90.0, ge=0, le=100)
+    max_age: timedelta = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _order(self) -> Self:
+        if self.soc_min_pct >= self.soc_max_pct:
+            raise ValueError("soc_min_pct must be below soc_max_pct")
+        return self
+
+
+class FailSafeConfig(_Frozen):
+    """When any input is older than ``max_age`` (or was never seen), hold ``set``."""
+
+    name: Identifier
+    inputs: tuple[PointRefText, ...] = Field(min_length=1)
+    max_age: timedelta = timedelta(seconds=10)
+    set: dict[PointRefText, float] = Field(min_length=1)
+    """Point -> value held while the inputs are stale, e.g.
+    ``battery.active_power_setpoint_w: 0``."""
+
+
+class ControlConfig(_Frozen):
+    """The control engine (issue 4). Without this section there is no controller service."""
+
+    id: Identifier = "controller"
+    """Device id of the controller on the bus: its metrics are ``{site}/{id}/telemetry``,
+    its status ``{site}/{id}/state``, operator requests ``{site}/{id}/request``."""
+    cycle: timedelta = timedelta(seconds=1)
+    command_ttl: timedelta = timedelta(seconds=10)
+    """Expiry of each command: one delivered later than this is not applied by the gateway."""
+    resend_after: timedelta = timedelta(seconds=30)
+    """An unchanged target is sent again after this long (a device that rebooted gets it)."""
+    dry_run: bool = False
+    """Decide and record, but send no command."""
+    journal: Path | None = Path("control-journal.jsonl")
+    """JSON-lines record of operator actions, fail-safes, errors and dry-run decisions;
+    relative to the configuration file; ``null`` records only on the bus."""
+    journal_max_bytes: int = Field(default=10_000_000, ge=10_000)
+    """The journal is rotated (one ``.1`` kept) beyond this size."""
+    limits: tuple[PointLimitConfig, ...] = ()
+    batteries: tuple[BatteryWindowConfig, ...] = ()
+    fail_safes: tuple[FailSafeConfig, ...] = ()
+
+    @field_validator("cycle", "command_ttl", "resend_after")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be greater than zero")
+        return value
+
+
 class GridPilotConfig(_Frozen):
     """A whole site file."""
 
@@ -265,6 +356,7 @@ class GridPilotConfig(_Frozen):
     ingest: IngestConfig = IngestConfig()
     gateway: GatewayConfig = GatewayConfig()
     api: ApiConfig = ApiConfig()
+    control: ControlConfig | None = None
     devices: tuple[DeviceConfig, ...] = ()
 
     def device(self, device_id: str) -> DeviceConfig | None:

@@ -1,5 +1,5 @@
 """Checks that span several entries of a site file: duplicate ids, overlapping registers,
-Modbus points without an address.
+Modbus points without an address, control settings that name points no device has.
 
 They run on the raw YAML data, not on validated models, so that they are reported together
 with type errors in the same run of ``gridpilot config check`` — a user fixes a file in one
@@ -9,11 +9,12 @@ loader turns into a line number.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gridpilot.model import DataType, Table
+from gridpilot.model import DataType, Table, unit_of
 
 Loc = tuple[str | int, ...]
 
@@ -64,6 +65,55 @@ def check(data: object) -> Iterator[Finding]:
                     f"device id {device_id!r} is the gateway's own id (gateway.id); rename one",
                 )
         yield from _check_points(i, device)
+    control = data.get("control")
+    if isinstance(control, dict):
+        yield from _check_control_refs(control, devices)
+
+
+_POINT_REF = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\.[a-z0-9_]+$")
+
+
+def _walk_strings(node: object, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    """Every string (values and mapping keys) below ``node`` with its path."""
+    if isinstance(node, str):
+        yield loc, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(key, str):
+                yield (*loc, key), key
+            yield from _walk_strings(value, (*loc, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk_strings(value, (*loc, index))
+
+
+def _check_control_refs(control: dict[str, Any], devices: list[Any]) -> Iterator[Finding]:
+    """Each ``device.point`` the control section names must be a configured point: a typo
+    would otherwise leave a controller blind (its input never arrives) or deaf (its command
+    rejected by the gateway) at run time."""
+    points: dict[str, set[str]] = {}
+    for device in devices:
+        if isinstance(device, dict) and isinstance(device.get("id"), str):
+            names = {
+                p["point"]
+                for p in device.get("points") or []
+                if isinstance(p, dict) and isinstance(p.get("point"), str)
+            }
+            points[device["id"]] = names
+    own_id = control.get("id", "controller")
+    for loc, text in _walk_strings(control, ("control",)):
+        if not _POINT_REF.match(text):
+            continue
+        device, _, point = text.partition(".")
+        if unit_of(point) is None:
+            continue  # not a point reference (point names end in a unit), e.g. a file name
+        if device == own_id:
+            continue  # the controller's own metrics
+        if device not in points:
+            known = ", ".join(sorted(points)) or "none configured"
+            yield Finding(loc, f"{text!r}: no device {device!r} (devices: {known})")
+        elif point not in points[device]:
+            yield Finding(loc, f"{text!r}: device {device!r} has no point {point!r}")
 
 
 def _check_points(i: int, device: dict[str, Any]) -> Iterator[Finding]:

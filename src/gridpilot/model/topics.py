@@ -4,6 +4,8 @@ gridpilot/v1/{site}/{device}/telemetry
 gridpilot/v1/{site}/{device}/command
 gridpilot/v1/{site}/{device}/command/result
 gridpilot/v1/{site}/{device}/state          (retained)
+gridpilot/v1/{site}/{controller}/request    operator requests to the control engine
+gridpilot/v1/{site}/{controller}/request/result
 gridpilot/v1/{site}/events
 gridpilot/v1/{site}/deadletter
 """
@@ -21,6 +23,8 @@ class TopicKind(StrEnum):
     COMMAND = "command"
     COMMAND_RESULT = "command/result"
     STATE = "state"
+    REQUEST = "request"
+    REQUEST_RESULT = "request/result"
     EVENTS = "events"
     DEADLETTER = "deadletter"
 
@@ -58,6 +62,14 @@ class Topic:
     @classmethod
     def state(cls, site: str, device: str) -> Topic:
         return cls(TopicKind.STATE, site, device)
+
+    @classmethod
+    def request(cls, site: str, controller: str) -> Topic:
+        return cls(TopicKind.REQUEST, site, controller)
+
+    @classmethod
+    def request_result(cls, site: str, controller: str) -> Topic:
+        return cls(TopicKind.REQUEST_RESULT, site, controller)
 
     @classmethod
     def events(cls, site: str) -> Topic:

@@ -1,0 +1,532 @@
+"""The controller service: the I/O shell around :class:`~gridpilot.control.engine.Engine`.
+
+Tasks, owned by :class:`ControllerService`:
+
+* **reader** — keeps the latest reading of every point from ``{site}/+/telemetry`` (the
+  snapshot) and answers operator requests on ``{site}/{id}/request``.
+* **cycle loop** — every ``control.cycle``: snapshot → ``engine.cycle`` → commands
+  (``{site}/{device}/command``, each with an expiry), the controller's metrics as its own
+  telemetry (``{site}/{id}/telemetry``, stored by ingest like any device's), events on
+  ``{site}/events``, the journal, and a retained status on ``{site}/{id}/state``.
+
+A target is sent when it differs from the last one sent by more than the point's deadband,
+or when ``resend_after`` has passed (a device that rebooted gets it again). In dry-run
+nothing is sent; decisions that would have been sent go to the journal and the metrics.
+
+Cycle time is measured against the wall clock; an overrun (a cycle longer than its period)
+is counted and the next cycle starts at once rather than piling up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+
+from gridpilot.bus.client import BrokerAddress, BusClient, Message, Will
+from gridpilot.bus.codec import Command, decode_telemetry, encode_command, encode_telemetry
+from gridpilot.bus.errors import BusError, PayloadError
+from gridpilot.config.models import ControlConfig, GridPilotConfig
+from gridpilot.control.base import Controller, Forecasts, PointRef, Reading, Snapshot
+from gridpilot.control.engine import (
+    BatteryWindow,
+    CycleResult,
+    Engine,
+    EngineParams,
+    FailSafe,
+    Override,
+    PointLimits,
+)
+from gridpilot.control.journal import Journal
+from gridpilot.control.requests import (
+    Action,
+    Reply,
+    Request,
+    RequestError,
+    encode_reply,
+    parse_request,
+)
+from gridpilot.model import Topic, TopicKind, is_valid_identifier, parse_topic, to_rfc3339
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY_S = 10.0
+"""The retained status is refreshed at least this often (and whenever it changes)."""
+MAX_POINTS = 100_000
+"""Readings kept in the snapshot at most (one per point): a bound against a flood of
+made-up point names."""
+
+ForecastSource = Callable[[datetime], Awaitable[Forecasts]]
+"""Returns the forecasts for ``now``; called every ``forecast_every``."""
+
+
+def engine_params(config: GridPilotConfig) -> EngineParams:
+    """The engine's envelope from the site file: each limit defaults to the point's
+    configured ``valid_range``."""
+    control = config.control
+    if control is None:
+        return EngineParams()
+    limits = []
+    for limit in control.limits:
+        ref = PointRef.parse(limit.point)
+        lo, hi = limit.min, limit.max
+        device = config.device(ref.device)
+        point = device.point(ref.point) if device is not None else None
+        if point is not None and point.valid_range is not None:
+            lo = max(lo, point.valid_range[0])
+            hi = min(hi, point.valid_range[1])
+        limits.append(PointLimits(ref, lo, hi, limit.ramp_per_s, limit.idle))
+    batteries = tuple(
+        BatteryWindow(
+            PointRef.parse(b.setpoint),
+            PointRef.parse(b.soc),
+            b.soc_min_pct,
+            b.soc_max_pct,
+            b.max_age.total_seconds(),
+        )
+        for b in control.batteries
+    )
+    fail_safes = tuple(
+        FailSafe(
+            f.name,
+            tuple(PointRef.parse(i) for i in f.inputs),
+            f.max_age.total_seconds(),
+            {PointRef.parse(k): v for k, v in f.set.items()},
+        )
+        for f in control.fail_safes
+    )
+    return EngineParams(tuple(limits), batteries, fail_safes)
+
+
+@dataclass(slots=True)
+class _Sent:
+    value: float
+    at: float
+    """Monotonic seconds."""
+
+
+@dataclass(slots=True)
+class CycleStats:
+    cycles: int = 0
+    overruns: int = 0
+    last_s: float = 0.0
+    max_s: float = 0.0
+    commands_sent: int = 0
+    publish_errors: int = 0
+
+
+class ControllerService:
+    """Runs the engine against the bus. An async context manager; see the module docstring."""
+
+    def __init__(
+        self,
+        config: GridPilotConfig,
+        broker: BrokerAddress,
+        controllers: Sequence[Controller[Any]],
+        *,
+        base_dir: Path,
+        forecasts: ForecastSource | None = None,
+        forecast_every: timedelta = timedelta(minutes=15),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if config.control is None:
+            raise ValueError("the site file has no 'control' section: nothing to run")
+        self.config = config
+        self.control: ControlConfig = config.control
+        self.site = config.site.id
+        self.id = self.control.id
+        self.broker = broker
+        self.engine = Engine(controllers, engine_params(config))
+        self.dry_run = self.control.dry_run
+        self.stats = CycleStats()
+        self._clock = clock
+        self._forecast_source = forecasts
+        self._forecast_every_s = forecast_every.total_seconds()
+        self._forecasts: Forecasts = {}
+        self._forecasts_at = -float("inf")
+        self._readings: dict[PointRef, Reading] = {}
+        self._sent: dict[PointRef, _Sent] = {}
+        self._would: dict[PointRef, float] = {}
+        """Dry-run: the last value that would have been sent, to journal changes only."""
+        self._deadbands = {PointRef.parse(x.point): x.deadband for x in self.control.limits}
+        journal_path = self.control.journal
+        if journal_path is not None and not journal_path.is_absolute():
+            journal_path = base_dir / journal_path
+        self.journal = (
+            Journal(journal_path, self.control.journal_max_bytes) if journal_path else None
+        )
+        self._pending: list[dict[str, Any]] = []
+        self._last_result: CycleResult | None = None
+        self._status_sent_at = -float("inf")
+        self._status_last: bytes = b""
+        self._bus: BusClient | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._seq = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        bus = BusClient(
+            self.broker,
+            f"{self.config.broker.client_id_prefix}-controller-{self.site}",
+            will=Will(
+                str(Topic.state(self.site, self.id)),
+                orjson.dumps({"status": "offline", "last_error": "controller connection lost"}),
+                qos=1,
+                retain=True,
+            ),
+            max_outgoing=self.config.broker.max_outgoing,
+            keepalive_s=self.config.broker.keepalive.total_seconds(),
+            connect_timeout_s=self.config.broker.connect_timeout.total_seconds(),
+        )
+        await bus.__aenter__()
+        self._bus = bus
+        try:
+            await bus.subscribe(Topic.filter(TopicKind.TELEMETRY, site=self.site), qos=0)
+            await bus.subscribe(str(Topic.request(self.site, self.id)), qos=1)
+        except BaseException:
+            await bus.close()
+            raise
+        self._tasks = [
+            asyncio.create_task(self._read(bus), name="control-reader"),
+            asyncio.create_task(self._loop(bus), name="control-cycle"),
+        ]
+        self._record("info", "controller", "started" + (" in dry-run" if self.dry_run else ""))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        bus = self._bus
+        if bus is not None:
+            self._record("info", "controller", "stopped")
+            with contextlib.suppress(BusError):
+                await bus.publish(
+                    str(Topic.state(self.site, self.id)),
+                    orjson.dumps({"status": "offline", "last_error": None}),
+                    retain=True,
+                )
+            await self._flush_journal()
+            await bus.close()
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self, bus: BusClient) -> None:
+        async for message in bus.messages():
+            try:
+                await self._on_message(bus, message)
+            except Exception:  # a bug handling one message must not stop the reader
+                log.exception("controller: failed to handle a message on %s", message.topic)
+
+    async def _on_message(self, bus: BusClient, message: Message) -> None:
+        topic = parse_topic(message.topic)
+        if topic is None or topic.site != self.site or topic.device is None:
+            return
+        if topic.kind is TopicKind.TELEMETRY:
+            if topic.device == self.id:
+                return  # our own metrics
+            self._take_telemetry(topic.device, message.payload)
+        elif topic.kind is TopicKind.REQUEST and topic.device == self.id:
+            reply = self._handle_request(message.payload)
+            await bus.publish(str(Topic.request_result(self.site, self.id)), encode_reply(reply))
+            await self._publish_status(bus, force=True)
+
+    def _take_telemetry(self, device: str, payload: bytes) -> None:
+        try:
+            telemetry = decode_telemetry(payload)
+        except PayloadError as exc:
+            log.debug("controller: ignoring telemetry of %s: %s", device, exc)
+            return
+        ts = datetime.fromtimestamp(telemetry.ts_ms / 1000.0, UTC)
+        for point, value in telemetry.values.items():
+            ref = PointRef(device, point)
+            known = self._readings.get(ref)
+            if known is not None and known.ts >= ts:
+                continue  # out of order: keep the newer reading
+            if known is None and len(self._readings) >= MAX_POINTS:
+                continue
+            self._readings[ref] = Reading(value, ts)
+
+    # ------------------------------------------------------------------ requests
+
+    def _handle_request(self, payload: bytes) -> Reply:
+        try:
+            request = parse_request(payload)
+        except RequestError as exc:
+            self._record("warning", "request", f"refused: {exc}")
+            return Reply(exc.request_id, False, str(exc))
+        try:
+            message = self._apply_request(request)
+        except RequestError as exc:
+            self._record("warning", "request", f"refused: {exc}", by=request.by)
+            return Reply(request.id, False, str(exc))
+        self._record("info", "request", message, by=request.by, reason=request.reason)
+        return Reply(request.id, True, message)
+
+    def _apply_request(self, request: Request) -> str:
+        now = self._clock()
+        match request.action:
+            case Action.OVERRIDE:
+                # parse_request guarantees these for an override
+                assert request.point is not None  # noqa: S101
+                assert request.value is not None  # noqa: S101
+                assert request.duration_s is not None  # noqa: S101
+                self._check_writable(request.point, request.value)
+                until = now + timedelta(seconds=request.duration_s)
+                self.engine.set_override(
+                    Override(request.point, request.value, until, request.by, request.reason)
+                )
+                return (
+                    f"{request.point} held at {request.value:g} until "
+                    f"{until.isoformat(timespec='seconds')} (override by {request.by})"
+                )
+            case Action.RELEASE:
+                assert request.point is not None  # noqa: S101
+                if self.engine.clear_override(request.point) is None:
+                    raise RequestError(f"{request.point} has no override", request.id)
+                return f"override of {request.point} released by {request.by}"
+            case Action.DRY_RUN:
+                self.dry_run = bool(request.enabled)
+                # Leaving dry-run, what the devices hold is unknown: send every target anew.
+                self._sent.clear()
+                self._would.clear()
+                return f"dry-run {'on' if self.dry_run else 'off'} (by {request.by})"
+            case Action.ENABLE | Action.DISABLE:
+                assert request.controller is not None  # noqa: S101
+                enabled = request.action is Action.ENABLE
+                try:
+                    self.engine.set_enabled(request.controller, enabled)
+                except KeyError as exc:
+                    raise RequestError(str(exc.args[0]), request.id) from None
+                return f"controller {request.controller} {'enabled' if enabled else 'disabled'}"
+            case Action.STATUS:
+                return "status published on the controller's state topic"
+
+    def _check_writable(self, ref: PointRef, value: float) -> None:
+        """Refuse an override the gateway would refuse anyway: an operator should hear it
+        now, in the reply, not find a rejected command later."""
+        device = self.config.device(ref.device)
+        point = device.point(ref.point) if device is not None else None
+        if point is None:
+            raise RequestError(f"{ref} is not a configured point")
+        if not point.writable:
+            raise RequestError(f"{ref} is not writable (set writable: true in the site file)")
+        if point.valid_range is not None:
+            lo, hi = point.valid_range
+            if not lo <= value <= hi:
+                raise RequestError(
+                    f"{value:g} is outside the valid range [{lo:g}, {hi:g}] of {ref}"
+                )
+
+    # ------------------------------------------------------------------ cycle
+
+    async def _loop(self, bus: BusClient) -> None:
+        period = self.control.cycle.total_seconds()
+        next_at = time.monotonic()
+        while True:
+            started = time.monotonic()
+            try:
+                await self._cycle(bus, started)
+            except BusError as exc:
+                self.stats.publish_errors += 1
+                log.warning("controller: bus unavailable this cycle: %s", exc)
+            except Exception:  # a bug in the shell must not stop control for good
+                log.exception("controller: cycle failed; trying again next cycle")
+            elapsed = time.monotonic() - started
+            self.stats.cycles += 1
+            self.stats.last_s = elapsed
+            self.stats.max_s = max(self.stats.max_s, elapsed)
+            next_at += period
+            now = time.monotonic()
+            if now > next_at:
+                self.stats.overruns += 1
+                log.warning(
+                    "controller: cycle took %.3f s, over its %.3f s period", elapsed, period
+                )
+                next_at = now
+            await asyncio.sleep(next_at - now)
+
+    async def _cycle(self, bus: BusClient, mono: float) -> None:
+        now = self._clock()
+        if (
+            self._forecast_source is not None
+            and mono - self._forecasts_at >= self._forecast_every_s
+        ):
+            self._forecasts_at = mono
+            try:
+                self._forecasts = await self._forecast_source(now)
+            except Exception as exc:  # noqa: BLE001 - forecasts are an input that may fail
+                log.warning("controller: forecasts unavailable: %s", exc)
+                self._record("warning", "forecast", f"forecasts unavailable: {exc}")
+        snapshot = Snapshot(now, dict(self._readings))
+        result = self.engine.cycle(snapshot, self._forecasts)
+        self._last_result = result
+        for event in result.events:
+            self._record(event.kind, event.source, event.message)
+            await bus.publish(
+                str(Topic.events(self.site)),
+                orjson.dumps(
+                    {
+                        "ts": to_rfc3339(int(now.timestamp() * 1000)),
+                        "source": f"{self.id}/{event.source}",
+                        "kind": event.kind,
+                        "message": event.message,
+                    }
+                ),
+            )
+        await self._act(bus, result, mono)
+        await self._publish_metrics(bus, result)
+        await self._publish_status(bus)
+        await self._flush_journal()
+
+    async def _act(self, bus: BusClient, result: CycleResult, mono: float) -> None:
+        resend_s = self.control.resend_after.total_seconds()
+        ttl_ms = int(self.control.command_ttl.total_seconds() * 1000)
+        now_ms = int(result.now.timestamp() * 1000)
+        for target, value in result.targets.items():
+            sent = self._sent.get(target)
+            deadband = self._deadbands.get(target, 0.0)
+            if (
+                sent is not None
+                and abs(sent.value - value) <= deadband
+                and mono - sent.at < resend_s
+            ):
+                continue
+            arbitration = result.arbitrations[target]
+            if self.dry_run:
+                would = self._would.get(target)
+                if would is None or would != value:
+                    self._would[target] = value
+                    self._record(
+                        "info",
+                        arbitration.source,
+                        f"dry-run: would set {target} to {value:g}",
+                        point=str(target),
+                        value=value,
+                        requested=arbitration.requested,
+                        limited_by=list(arbitration.limited_by),
+                    )
+                continue
+            self._seq += 1
+            command = Command(
+                id=f"{self.id}-{uuid.uuid4().hex[:12]}",
+                point=target.point,
+                value=value,
+                expires_ms=now_ms + ttl_ms,
+                source=arbitration.source,
+            )
+            await bus.publish(str(Topic.command(self.site, target.device)), encode_command(command))
+            self.stats.commands_sent += 1
+            self._sent[target] = _Sent(value, mono)
+
+    async def _publish_metrics(self, bus: BusClient, result: CycleResult) -> None:
+        values: dict[str, float] = {}
+        for name, value in result.metrics.items():
+            if is_valid_identifier(name):
+                values[name] = value
+        for target, value in result.targets.items():
+            name = f"{target.device}_{target.point}".replace("-", "_")
+            if is_valid_identifier(name):
+                values[name] = value
+        values["dry_run_state"] = float(self.dry_run)
+        values["cycle_time_s"] = self.stats.last_s
+        values["cycle_overruns_count"] = float(self.stats.overruns)
+        ts_ms = int(result.now.timestamp() * 1000)
+        await bus.publish(
+            str(Topic.telemetry(self.site, self.id)), encode_telemetry(ts_ms, values), qos=0
+        )
+
+    def status(self) -> dict[str, Any]:
+        """What ``gridpilot control status`` shows (also the retained state payload)."""
+        result = self._last_result
+        names = self.engine.controller_names
+        errors: Mapping[str, str] = result.errors if result is not None else {}
+        return {
+            "status": "online",
+            "ts": to_rfc3339(int(self._clock().timestamp() * 1000)),
+            "last_error": next(iter(errors.values()), None),
+            "counters": {
+                "cycles": self.stats.cycles,
+                "overruns": self.stats.overruns,
+                "commands_sent": self.stats.commands_sent,
+            },
+            "dry_run": self.dry_run,
+            "cycle_s": {"last": round(self.stats.last_s, 4), "max": round(self.stats.max_s, 4)},
+            "controllers": {
+                name: {"enabled": self.engine.is_enabled(name), "error": errors.get(name)}
+                for name in names
+            },
+            "overrides": [
+                {
+                    "point": str(o.target),
+                    "value": o.value,
+                    "until": o.until.isoformat(timespec="seconds"),
+                    "by": o.by,
+                    "reason": o.reason,
+                }
+                for o in self.engine.overrides.values()
+            ],
+            "fail_safes_active": list(result.fail_safes_active) if result else [],
+            "targets": {
+                str(t): {"value": a.value, "source": a.source, "limited_by": list(a.limited_by)}
+                for t, a in (result.arbitrations.items() if result else ())
+            },
+        }
+
+    async def _publish_status(self, bus: BusClient, *, force: bool = False) -> None:
+        mono = time.monotonic()
+        status = self.status()
+        comparable = orjson.dumps(
+            {k: v for k, v in status.items() if k not in ("ts", "counters", "cycle_s")}
+        )
+        if (
+            not force
+            and comparable == self._status_last
+            and mono - self._status_sent_at < STATUS_EVERY_S
+        ):
+            return
+        self._status_last = comparable
+        self._status_sent_at = mono
+        await bus.publish(str(Topic.state(self.site, self.id)), orjson.dumps(status), retain=True)
+
+    # ------------------------------------------------------------------ journal
+
+    def _record(self, kind: str, source: str, message: str, **extra: Any) -> None:
+        entry = {
+            "ts": self._clock().isoformat(timespec="milliseconds"),
+            "kind": kind,
+            "source": source,
+            "message": message,
+            **extra,
+        }
+        level = logging.WARNING if kind in ("warning", "alarm") else logging.INFO
+        log.log(level, "control %s: %s", source, message)
+        if self.journal is not None and len(self._pending) < 10_000:
+            self._pending.append(entry)
+
+    async def _flush_journal(self) -> None:
+        if self.journal is None or not self._pending:
+            return
+        entries, self._pending = self._pending, []
+        try:
+            await asyncio.to_thread(self.journal.append, entries)
+        except OSError as exc:
+            log.warning("controller: cannot write the journal %s: %s", self.journal.path, exc)

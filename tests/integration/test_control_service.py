@@ -1,0 +1,267 @@
+"""The controller service over a real Mosquitto, with the gateway polling the simulated site.
+
+What is shown here: stale meter -> battery fail-safe within the staleness limit; a controller
+that raises does not stop the others; overrides, dry-run and enable/disable from the CLI
+(``gridpilot control ...`` as a real subprocess), each recorded in the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gridpilot.bus.client import BrokerAddress
+from gridpilot.config import GridPilotConfig, validate_config_text
+from gridpilot.control.base import (
+    Decision,
+    Forecasts,
+    PointRef,
+    Priority,
+    SetpointRequest,
+    Snapshot,
+)
+from gridpilot.control.journal import Journal
+from gridpilot.control.service import ControllerService
+from gridpilot.gateway.service import GatewayService
+from gridpilot.sim.site import SimulatedSite
+
+pytestmark = pytest.mark.integration
+
+WEDNESDAY_NOON = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
+SETPOINT = PointRef("battery", "active_power_setpoint_w")
+ZONE_SETPOINT = PointRef("hvac_zone_1", "setpoint_degc")
+STALE_AFTER_S = 2.0
+POLL_S = 0.3
+
+
+@dataclass(frozen=True)
+class ZoneAt:
+    """Asks for a fixed zone setpoint: stands in for a real controller in these tests (the
+    controllers themselves are tested on their own and in test_control_sim)."""
+
+    name: str = "comfort"
+    priority: Priority = Priority.COMFORT
+    value: float = 23.5
+
+    def initial_state(self) -> None:
+        return None
+
+    def decide(
+        self, snapshot: Snapshot, state: None, now: datetime, forecasts: Forecasts
+    ) -> Decision[None]:
+        return Decision(
+            None, (SetpointRequest(ZONE_SETPOINT, self.value, self.priority, self.name),)
+        )
+
+
+@dataclass(frozen=True)
+class Broken:
+    """A controller with a bug: a fault no real controller produces on demand."""
+
+    name: str = "broken"
+    priority: Priority = Priority.ECONOMICS
+
+    def initial_state(self) -> None:
+        return None
+
+    def decide(
+        self, snapshot: Snapshot, state: None, now: datetime, forecasts: Forecasts
+    ) -> Decision[None]:
+        raise RuntimeError("model matrix is singular")
+
+
+def site_file(site: SimulatedSite, site_id: str, broker: BrokerAddress, tmp: Path) -> Path:
+    devices = site.site_config(site_id)
+    for device in devices:
+        device["poll_interval"] = POLL_S
+        device["timeout"] = POLL_S / 2
+        device["retries"] = 0
+    doc: dict[str, Any] = {
+        "site": {"id": site_id},
+        "broker": {"url": f"mqtt://{broker.host}:{broker.port}"},
+        "gateway": {"id": "gw"},
+        "control": {
+            "cycle": 0.2,
+            "journal": "journal.jsonl",
+            "limits": [
+                {"point": "battery.active_power_setpoint_w", "min": -40000, "max": 40000,
+                 "idle": 0},
+            ],
+            "batteries": [
+                {"setpoint": "battery.active_power_setpoint_w", "soc": "battery.soc_pct",
+                 "soc_min_pct": 10, "soc_max_pct": 90},
+            ],
+            "fail_safes": [
+                {"name": "battery-without-meter", "inputs": ["grid_meter.active_power_w"],
+                 "max_age": STALE_AFTER_S, "set": {"battery.active_power_setpoint_w": 0}},
+            ],
+        },
+        "devices": devices,
+    }  # fmt: skip
+    path = tmp / "site.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@dataclass
+class Running:
+    site: SimulatedSite
+    config: GridPilotConfig
+    path: Path
+    service: ControllerService
+
+
+@pytest.fixture
+async def running(mosquitto: BrokerAddress, tmp_path: Path) -> AsyncIterator[Running]:
+    site_id = f"ctl-{uuid.uuid4().hex[:10]}"
+    async with SimulatedSite(speed=1.0, start=WEDNESDAY_NOON, tick_s=0.05) as site:
+        path = site_file(site, site_id, mosquitto, tmp_path)
+        config = validate_config_text(path.read_text())
+        async with (
+            GatewayService(config, mosquitto),
+            ControllerService(config, mosquitto, [ZoneAt(), Broken()], base_dir=tmp_path) as svc,
+        ):
+            yield Running(site, config, path, svc)
+
+
+async def until(predicate: Any, within: float = 10.0, step: float = 0.05) -> float:
+    """Wait for ``predicate()``; return the seconds it took."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        if loop.time() - start > within:
+            raise AssertionError(f"not true within {within} s")
+        await asyncio.sleep(step)
+    return loop.time() - start
+
+
+async def cli(path: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridpilot", "control", *args, "-c", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def battery_setpoint(site: SimulatedSite) -> float:
+    return site.building.state.battery.setpoint_w
+
+
+async def test_override_from_the_cli_reaches_the_battery_and_is_journaled(running: Running) -> None:
+    site = running.site
+    code, out, err = await cli(
+        running.path, "override", "battery.active_power_setpoint_w", "15000", "--for", "10m",
+        "--by", "alice", "--reason", "acceptance test",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "held at 15000" in out
+    await until(lambda: battery_setpoint(site) == 15_000.0)
+
+    # outside the device's valid range: refused with the range in the message
+    code, _, err = await cli(running.path, "override", "battery.active_power_setpoint_w", "90000")
+    assert code != 0
+    assert "valid range" in err
+
+    code, out, err = await cli(running.path, "release", "battery.active_power_setpoint_w")
+    assert code == 0, err
+    # nothing else wants the battery: it goes to its idle value
+    await until(lambda: battery_setpoint(site) == 0.0)
+
+    code, out, _ = await cli(running.path, "status", "--json")
+    status = json.loads(out)
+    assert status["controllers"]["broken"]["error"].startswith("RuntimeError")
+    assert status["controllers"]["comfort"]["enabled"] is True
+
+    journal = Journal(running.path.parent / "journal.jsonl").read(200)
+    overrides = [e for e in journal if e["source"] == "request" and "held at 15000" in e["message"]]
+    assert overrides
+    assert overrides[0]["by"] == "alice"
+    assert overrides[0]["reason"] == "acceptance test"
+    assert any("released" in e["message"] for e in journal)
+    assert any(e["kind"] == "warning" and "valid range" in e["message"] for e in journal)
+
+
+async def test_dry_run_decides_and_records_but_sends_nothing(running: Running) -> None:
+    site = running.site
+    await until(lambda: site.building.state.zones[0].setpoint_degc == 23.5)
+    code, _, err = await cli(running.path, "dry-run", "on", "--by", "bob")
+    assert code == 0, err
+    code, _, err = await cli(
+        running.path, "override", "hvac_zone_1.setpoint_degc", "21", "--for", "1m"
+    )
+    assert code == 0, err
+    await asyncio.sleep(1.5)
+    assert site.building.state.zones[0].setpoint_degc == 23.5  # nothing sent
+    journal = Journal(running.path.parent / "journal.jsonl").read(200)
+    would = [e for e in journal if e["message"].startswith("dry-run: would set hvac_zone_1")]
+    assert would
+    assert would[-1]["value"] == 21.0
+
+    code, _, err = await cli(running.path, "dry-run", "off")
+    assert code == 0, err
+    await until(lambda: site.building.state.zones[0].setpoint_degc == 21.0)
+
+
+async def test_disable_and_enable_a_controller_from_the_cli(running: Running) -> None:
+    site = running.site
+    await until(lambda: site.building.state.zones[0].setpoint_degc == 23.5)
+    code, out, err = await cli(running.path, "disable", "comfort")
+    assert code == 0, err
+    assert "disabled" in out
+    code, _, err = await cli(running.path, "disable", "nonexistent")
+    assert code != 0
+    assert "known: comfort, broken" in err
+    status = running.service.status()
+    assert status["controllers"]["comfort"]["enabled"] is False
+
+
+async def test_stale_meter_puts_the_battery_in_its_fail_safe_state(running: Running) -> None:
+    site = running.site
+    code, _, err = await cli(
+        running.path, "override", "battery.active_power_setpoint_w", "-20000", "--for", "10m"
+    )  # a negative VALUE is a value, not an option
+    assert code == 0, err
+    await until(lambda: battery_setpoint(site) == -20_000.0)
+
+    loop = asyncio.get_running_loop()
+    stopped = loop.time()
+    await site.stop_device("grid_meter")
+    # The last reading ages from its poll; the fail-safe trips once it is older than
+    # STALE_AFTER_S, then the command goes through the gateway (one cycle + one write).
+    await until(lambda: battery_setpoint(site) == 0.0, within=STALE_AFTER_S + 5.0)
+    took = loop.time() - stopped
+    assert took <= STALE_AFTER_S + POLL_S + 1.0, took
+    assert running.service.status()["fail_safes_active"] == ["battery-without-meter"]
+
+    # the meter is back: the override (still valid) takes over again
+    await site.start_device("grid_meter")
+    await until(lambda: battery_setpoint(site) == -20_000.0, within=10.0)
+    journal = Journal(running.path.parent / "journal.jsonl").read(200)
+    entered = [e for e in journal if "fail-safe 'battery-without-meter' entered" in e["message"]]
+    assert entered
+    assert entered[0]["kind"] == "alarm"
+    assert any("left" in e["message"] for e in journal if e["source"] == "fail_safe")
+
+
+async def test_a_raising_controller_is_reported_and_the_others_act(running: Running) -> None:
+    site = running.site
+    await until(lambda: site.building.state.zones[0].setpoint_degc == 23.5)
+    await until(lambda: running.service.stats.cycles > 5)
+    journal = Journal(running.path.parent / "journal.jsonl").read(500)
+    raised = [e for e in journal if e["source"] == "broken"]
+    assert len(raised) == 1  # reported once, not every cycle
+    assert "model matrix is singular" in raised[0]["message"]

@@ -318,6 +318,8 @@ class Trace:
     soc_pct: np.ndarray
     zone_degc: np.ndarray
     """Shape (steps, zones)."""
+    cooling_w: np.ndarray
+    """Thermal cooling per zone, shape (steps, zones)."""
     charged_wh: float = 0.0
     discharged_wh: float = 0.0
     soc_start_pct: float = 0.0
@@ -359,9 +361,13 @@ def run(
         chillers_w=np.zeros(n),
         soc_pct=np.zeros(n),
         zone_degc=np.zeros((n, len(zones))),
+        cooling_w=np.zeros((n, len(zones))),
         soc_start_pct=init.soc_pct,
     )
-    grid = base = chillers = pv = 0.0
+    # The first observation: the meter as it would have read with the battery idle.
+    chillers = sum(z.chiller_power_w for z in zones)
+    base, pv = float(inp.base_w[0]), float(inp.pv_w[0])
+    grid = base + chillers - pv
     compute = 0.0
     base_w, pv_w, outdoor, ghi, occupied = (
         inp.base_w,
@@ -412,6 +418,7 @@ def run(
         trace.chillers_w[m] = chillers
         trace.soc_pct[m] = battery.soc_pct
         trace.zone_degc[m] = [z.temperature_degc for z in zones]
+        trace.cooling_w[m] = [z.cooling_w for z in zones]
     trace.charged_wh = battery.energy_charged_wh
     trace.discharged_wh = battery.energy_discharged_wh
     trace.compute_s = compute
@@ -1025,7 +1032,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 battery=name in ("gridpilot", "gridpilot-battery"),
                 hvac=name in ("gridpilot", "gridpilot-hvac"),
             )
-            record(name, strategy.description, run(site, inp, strategy, init, thermostat))
+            trace = run(site, inp, strategy, init, thermostat)
+            trace.notes.extend(strategy.notes())
+            record(name, strategy.description, trace)
     for name in (s for s in chosen if s.startswith("optimum")):
         battery = name in ("optimum", "optimum-battery")
         hvac = name in ("optimum", "optimum-hvac")

@@ -370,3 +370,22 @@ def test_orjson_and_json_payloads_validate_alike() -> None:
     a = run(orjson.dumps({"ts": NOW, "values": values}))
     b = run(json.dumps({"ts": NOW, "values": values}, indent=2).encode())
     assert a == b
+
+
+def test_the_controller_is_an_open_device_of_its_site() -> None:
+    """The control engine's metrics (any well-named point) are stored; other unknown
+    devices are still refused."""
+    from gridpilot.config import GridPilotConfig
+    from gridpilot.ingest.validation import RejectReason, ValidationRules, validate
+
+    config = GridPilotConfig.model_validate(
+        {"site": {"id": "s1"}, "control": {"id": "ctl"}, "devices": []}
+    )
+    rules = ValidationRules.from_config(config)
+    payload = b'{"ts": 1790000000000, "values": {"peak_shaving_limit_w": 80000, "bad name": 1}}'
+    outcome = validate("s1", "ctl", payload, 1790000001000, rules)
+    assert [s.point for s in outcome.samples] == ["peak_shaving_limit_w"]
+    assert outcome.reasons == [RejectReason.BAD_POINT_NAME]
+    other = validate("s1", "intruder", payload, 1790000001000, rules)
+    assert other.samples == []
+    assert other.reasons == [RejectReason.UNKNOWN_DEVICE]

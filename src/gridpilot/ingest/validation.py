@@ -115,6 +115,8 @@ class ValidationRules:
     max_payload_bytes: int
     max_future_skew_ms: int
     accept_unknown_points: bool = False
+    open_devices: frozenset[str] = frozenset()
+    """GridPilot's own publishers (the controller): any well-named point is accepted."""
 
     @classmethod
     def from_config(cls, config: GridPilotConfig) -> ValidationRules:
@@ -132,6 +134,7 @@ class ValidationRules:
             max_payload_bytes=ingest.max_payload_bytes,
             max_future_skew_ms=int(ingest.max_future_skew.total_seconds() * 1000),
             accept_unknown_points=ingest.accept_unknown_points,
+            open_devices=frozenset([config.control.id] if config.control is not None else []),
         )
 
 
@@ -204,6 +207,8 @@ def _check_message(
             RejectReason.UNKNOWN_DEVICE, f"site {_clip(site)!r} is not this site ({rules.site!r})"
         )
     points = rules.devices.get(device)
+    if points is None and device in rules.open_devices:
+        points = {}
     if points is None:
         return _whole(
             RejectReason.UNKNOWN_DEVICE,
@@ -274,7 +279,7 @@ def _unknown_point(device: str, name: str, rules: ValidationRules) -> Rejection 
             RejectReason.BAD_POINT_NAME,
             "point names are lower-case identifiers ending in a unit suffix, e.g. 'active_power_w'",
         )
-    if rules.accept_unknown_points:
+    if rules.accept_unknown_points or device in rules.open_devices:
         return None
     return Rejection(
         name,

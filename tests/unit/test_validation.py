@@ -375,9 +375,6 @@ def test_orjson_and_json_payloads_validate_alike() -> None:
 def test_the_controller_is_an_open_device_of_its_site() -> None:
     """The control engine's metrics (any well-named point) are stored; other unknown
     devices are still refused."""
-    from gridpilot.config import GridPilotConfig
-    from gridpilot.ingest.validation import RejectReason, ValidationRules, validate
-
     config = GridPilotConfig.model_validate(
         {"site": {"id": "s1"}, "control": {"id": "ctl"}, "devices": []}
     )

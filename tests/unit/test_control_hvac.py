@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridpilot.control.base import (
     Controller,
@@ -585,3 +587,54 @@ def test_closed_loop_with_the_simulated_zone_precools_and_keeps_comfort() -> Non
     assert steered[noon] < fixed[noon] - 1.5
     assert steered_peak_wh < fixed_peak_wh - 2_000.0
     assert steered_violation < 0.5
+
+
+# ------------------------------------------------------------------------ properties
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    t0=st.floats(15.0, 32.0),
+    capacity_w=st.floats(5_000.0, 80_000.0),
+    penalty=st.floats(0.0, 50.0),
+    prices=st.lists(st.floats(-0.2, 1.0), min_size=4, max_size=4),
+    start_hour=st.integers(0, 23),
+)
+def test_every_plan_obeys_its_model_and_limits(
+    t0: float, capacity_w: float, penalty: float, prices: list[float], start_hour: int
+) -> None:
+    p = params(chiller_capacity_w=capacity_w, comfort_penalty_per_kh=penalty, cop=CopModel())
+    start = MONDAY_6.replace(hour=start_hour)
+    outdoor, irradiance, occupied = weather(start, p)
+    # Four price levels, each over a quarter of the horizon.
+    step_prices = [prices[min(3, 4 * k // p.steps)] for k in range(p.steps)]
+    plan = plan_cooling(
+        TRUE_MODEL,
+        t0,
+        outdoor_degc=outdoor,
+        irradiance_wm2=irradiance,
+        occupied=occupied,
+        prices_per_kwh=step_prices,
+        params=p,
+    )
+    assert plan.ok
+    assert plan.temperatures_degc[0] == t0
+    assert all(-1e-6 <= q <= capacity_w + 1e-3 for q in plan.cooling_w)
+    for k in range(p.steps):
+        expected = TRUE_MODEL.step(
+            plan.temperatures_degc[k],
+            outdoor_degc=outdoor[k],
+            cooling_w=plan.cooling_w[k],
+            irradiance_wm2=irradiance[k],
+            occupied=float(occupied[k]),
+            dt_s=p.step_s,
+        )
+        assert plan.temperatures_degc[k + 1] == pytest.approx(expected, abs=1e-4)
+    hours = p.step_s / 3600.0
+    cop = [p.cop.cop(t) for t in outdoor]
+    cost = sum(
+        price * q / c / 1000.0 * hours
+        for price, q, c in zip(step_prices, plan.cooling_w, cop, strict=True)
+    )
+    assert plan.cost == pytest.approx(cost, rel=1e-9, abs=1e-9)
+    assert plan.comfort_violation_kh >= 0.0

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridpilot.control.thermal import (
     IdentificationParams,
@@ -372,3 +374,26 @@ def test_two_node_with_a_negligible_envelope_behaves_like_1r1c() -> None:
             t, outdoor_degc=30.0, cooling_w=10_000.0, irradiance_wm2=500.0, occupied=1.0, dt_s=900.0
         )
         assert simulated[k + 1] == pytest.approx(t, abs=0.01)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    resistance=st.floats(0.0008, 0.005),
+    time_constant_h=st.floats(2.0, 40.0),
+    occupied_gain_w=st.floats(5_000.0, 30_000.0),
+    aperture_m2=st.floats(0.0, 40.0),
+    seed=st.integers(0, 1000),
+)
+def test_recovers_any_plausible_zone(
+    resistance: float, time_constant_h: float, occupied_gain_w: float, aperture_m2: float, seed: int
+) -> None:
+    zone = ZoneParams(
+        resistance_k_per_w=resistance,
+        capacitance_j_per_k=time_constant_h * 3600.0 / resistance,
+        internal_gain_occupied_w=occupied_gain_w,
+        solar_aperture_m2=aperture_m2,
+    )
+    fit = fitted(simulated_history(zone, days=4.0, seed=seed))
+    assert fit.rc.time_constant_s == pytest.approx(time_constant_h * 3600.0, rel=0.10)
+    assert fit.rc.resistance_k_per_w == pytest.approx(resistance, rel=0.10)
+    assert fit.good_enough, fit.verdict

@@ -11,10 +11,12 @@ import pytest
 
 from gridpilot.control.base import (
     Constraint,
+    Controller,
     Decision,
     Forecast,
     Forecasts,
     PointRef,
+    Priority,
     Reading,
     Snapshot,
 )
@@ -29,6 +31,7 @@ from gridpilot.control.peak_shaving import (
     slot_start,
 )
 from gridpilot.control.tariff import HourWindow, Tariff
+from gridpilot.model.units import unit_of
 
 GRID = PointRef("grid_meter", "active_power_w")
 SOC = PointRef("battery", "soc_pct")
@@ -875,3 +878,78 @@ def test_closed_loop_small_battery_holds_until_empty_then_shedding_takes_over() 
     )
     assert max(kw for _, kw in shedding.windows_kw) <= 100.0 * 1.005
     assert shedding.shed_events >= 1
+
+
+# --- Contract: params validation, metric units, the Controller protocol -------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"grid_power_point": "grid_meter"}, "DEVICE.POINT"),
+        ({"soc_min_pct": 60.0, "soc_max_pct": 40.0}, "soc_max_pct"),
+        ({"block": timedelta(minutes=7)}, "divide an hour"),
+        ({"limit_w": -5.0}, "limit_w"),
+        ({"limit_w": "sometimes"}, "auto"),
+        ({"unknown_field": 1}, "unknown_field"),
+        (
+            {
+                "sheddable_loads": (
+                    SheddableLoad(name="a", point="x.y_state", nominal_w=1.0),
+                    SheddableLoad(name="a", point="x.z_state", nominal_w=1.0),
+                )
+            },
+            "unique",
+        ),
+    ],
+)
+def test_params_are_validated(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        params(**overrides)
+
+
+def test_params_from_config_dicts() -> None:
+    p = PeakShavingParams.model_validate(
+        {
+            "limit_w": 80_000,
+            "block": "PT15M",
+            "block_mode": "rolling",
+            "sheddable_loads": [
+                {"name": "ev", "point": "load_panel.ev_chargers_on_state", "nominal_w": 22000}
+            ],
+        }
+    )
+    assert p.limit_w == 80_000.0
+    assert p.slot == timedelta(minutes=5)
+    assert p.sheddable_loads[0].ref == PointRef("load_panel", "ev_chargers_on_state")
+
+
+def test_every_metric_name_declares_its_unit() -> None:
+    loads = panel()
+    driver = Driver(params(sheddable_loads=loads, tariff=Tariff()))
+    decisions = [
+        driver.run(MONDAY_NOON, MONDAY_NOON + 5 * MIN, 125 * KW, soc_pct=5.0),
+        driver.step(MONDAY_NOON + 10 * MIN, 125 * KW, grid_age=timedelta(minutes=1)),
+    ]
+    names = {name for d in decisions for name in d.metrics}
+    assert {"limit_w", "allowed_import_w", "demand_w", "billed_peak_w", "reserve_pct"} <= names
+    assert {"block_energy_wh", "shed_loads_state", "meter_stale_state"} <= names
+    assert [n for n in names if unit_of(n) is None] == []
+    assert all(math.isfinite(v) for d in decisions for v in d.metrics.values())
+
+
+def test_recharge_energy_needed_counts_the_charge_efficiency() -> None:
+    driver = Driver(params(recharge_target="full"))
+    decision = driver.step(MONDAY_NOON, 20 * KW, soc_pct=45.0)
+    # 50 % of 200 kWh to soc_max, through 96 % charging efficiency.
+    assert decision.metrics["recharge_needed_wh"] == pytest.approx(100 * KW / 0.96)
+
+
+def test_the_controller_satisfies_the_protocol() -> None:
+    controller: Controller[PeakShavingState] = PeakShavingController(params(name="ps"))
+    assert controller.name == "ps"
+    assert controller.priority == Priority.PEAK_SHAVING
+    decision = controller.decide(
+        snapshot(MONDAY_NOON, 120 * KW), controller.initial_state(), MONDAY_NOON, {}
+    )
+    assert all(r.priority == Priority.PEAK_SHAVING and r.source == "ps" for r in decision.requests)

@@ -208,7 +208,8 @@ class PeakShavingParams(_Frozen):
     load_forecast_keys: tuple[str, ...] = ("load_p90_w", "load_w")
     """Forecast names tried in order (a high quantile first)."""
     pv_forecast_key: str | None = "pv_w"
-    """Subtracted from the load forecast when present (the net import is what is billed)."""
+    """Subtracted from the load forecast when present (the net import is what is billed);
+    None when the load forecast already is the net import without the battery."""
     meter_max_age: timedelta = timedelta(seconds=10)
     """Older grid readings are stale; samples further apart are a gap."""
     battery_max_age: timedelta = timedelta(seconds=30)
@@ -748,6 +749,11 @@ class PeakShavingController:
                 "net_load_w": net_w,
                 "reserve_pct": reserve,
                 "battery_request_w": discharge_w - charge_w,
+                # AC energy to reach the recharge target: what a planner must leave room for.
+                "recharge_needed_wh": max(0.0, target_soc - battery.soc_pct)
+                / 100.0
+                * p.capacity_wh
+                / p.charge_efficiency,
                 "shortfall_w": max(0.0, shortfall_w),
                 "shed_loads_state": float(sum(1 << i for i, load in enumerate(loads) if load.shed)),
                 "shed_count": float(sum(1 for load in loads if load.shed)),
@@ -860,7 +866,9 @@ class PeakShavingController:
                     max_discharge_w=p.max_discharge_w,
                     floor_w=state.billed_peak_w,
                 )
-                if state.auto_limit_w is None or abs(chosen - state.auto_limit_w) > 1.0:
+                # A forecast rebuilt every block nudges L a little: report real moves only.
+                previous = state.auto_limit_w
+                if previous is None or abs(chosen - previous) > max(1.0, 0.01 * previous):
                     events.append(f"auto limit {chosen:.0f} W from forecast {key!r}")
                 state = replace(state, auto_limit_w=chosen, auto_key=auto_key)
             base = state.auto_limit_w

@@ -307,6 +307,21 @@ def test_battery_that_does_not_follow_loses_its_credit() -> None:
     assert following.metrics["battery_credit_w"] == pytest.approx(10_000.0)
 
 
+def test_stale_battery_gets_no_credit_and_its_charge_request_is_withdrawn() -> None:
+    controller = PvExportController(params())
+    state = PvExportState(charge_requests_w=(20_000.0, 20_000.0), limit_pct=100.0)
+    # The battery still charges 20 kW, but its readings are missing: only the meter counts.
+    snap = snapshot(grid_w=20_000.0 - 60_000.0 + 20_000.0, pv_w=60_000.0)
+    decision = controller.decide(snap, state, NOW, {})
+
+    assert limit_requested(decision) == pytest.approx(39.5)  # 60 - 20.3 - 0.2 kW
+    request = request_for(decision, SETPOINT)
+    assert request is not None
+    assert request.value == 0.0
+    assert "stale" in request.reason
+    assert decision.metrics["battery_credit_w"] == 0.0
+
+
 def test_available_charge_power_caps_the_battery_credit() -> None:
     controller = PvExportController(params(battery_available_charge=AVAILABLE))
     snap = snapshot(
@@ -379,8 +394,12 @@ class Plant:
     """Share of the way to its new output the inverter has still to go at the next
     measurement (0 = it follows at once)."""
     pv_w: float | None = None
+    soc_pct_at: Callable[[int], float] | None = None
+    """The SoC over the cycles, when it changes in a test."""
 
     def measure(self, k: int, now: datetime) -> tuple[Snapshot, float]:
+        if self.soc_pct_at is not None:
+            self.soc_pct = self.soc_pct_at(k)
         target_w = min(self.pv_available_w(k), self.limit_pct / 100.0 * RATED_W)
         previous_w = target_w if self.pv_w is None else self.pv_w
         pv_w = self.pv_w = target_w + self.pv_lag * (previous_w - target_w)
@@ -538,3 +557,24 @@ def test_closed_loop_follows_load_steps_fast_down_slowly_up() -> None:
     # Between the steps the limit only rose; after the drop it held.
     assert reversals(limits[:50]) == 0
     assert max(limits[50:]) - min(limits[50:]) == pytest.approx(0.0)
+
+
+def test_closed_loop_releases_into_a_battery_that_gains_room() -> None:
+    # Battery full: PV held at 19.5 %. At 10 s the SoC falls under the maximum (someone
+    # discharged it): PV is released at the ramp and the battery takes each step.
+    plant = Plant(
+        constant(20_000.0),
+        constant(60_000.0),
+        soc_pct_at=lambda k: 95.0 if k < 10 else 90.0,
+    )
+    controller = PvExportController(params(battery_available_charge=AVAILABLE))
+    grid, limits = run(plant, controller, cycles=100)
+
+    assert limits[9] == pytest.approx(19.5)
+    assert [round(x, 1) for x in limits[10:13]] == [20.5, 21.5, 22.5]
+    assert min(grid[1:]) >= 0.0  # never an exported watt while the battery ramps up
+    assert reversals(limits) == 0
+    # The sun (60 kW) is all used: 20 kW load, 40 kW (+ the floor) into the battery.
+    assert limits[-1] == pytest.approx(100.0)
+    assert plant.battery_setpoint_w == pytest.approx(-40_300.0)
+    assert grid[-1] == pytest.approx(MARGIN_W)

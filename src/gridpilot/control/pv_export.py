@@ -28,7 +28,12 @@ Battery credit. While the battery follows the charge requests, it is credited wi
 charge power (``battery_credit_w = charge capacity``): that is what makes it absorb surplus
 before PV is curtailed. When it falls short of what was asked (a higher-priority controller
 owns it, it is power-limited, it tripped), it is credited only with what it measurably
-charges for ``battery_retry_s``, and PV is curtailed on the measured grid alone.
+charges for ``battery_retry_s``, and PV is curtailed on the measured grid alone. The battery
+is compared with the smaller of the last two requests, since its reading lags a cycle. Where
+the battery cannot tell how much it can take now, configure ``battery_available_charge``:
+otherwise a battery that takes less than ``battery_max_charge_w`` is found out only by a
+shortfall, once per ``battery_retry_s``, with up to one release step of extra export for a
+cycle or two each time.
 
 Stale inputs. Without a fresh grid meter or PV reading the export cannot be computed. The
 controller then fails to the safe side: PV is limited to what cannot exceed the limit whatever
@@ -300,7 +305,9 @@ class PvExportController:
                     self._name,
                     reason="self-consumption: charge with the PV surplus"
                     if charge_w > 0.0
-                    else "no PV surplus left to store",
+                    else "no PV surplus left to store"
+                    if battery.usable
+                    else "battery readings stale: charge request withdrawn",
                 )
             )
 

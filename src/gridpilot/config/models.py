@@ -24,6 +24,11 @@ from pydantic import (
 )
 
 from gridpilot.control.base import PointRef
+from gridpilot.control.hvac import HvacParams
+from gridpilot.control.peak_shaving import PeakShavingParams
+from gridpilot.control.pv_export import PvExportParams
+from gridpilot.control.tariff import Tariff
+from gridpilot.control.vfd import VfdParams
 from gridpilot.model import DataType, Table, WordOrder, is_valid_identifier, unit_of
 from gridpilot.model.registers import ByteOrder
 from gridpilot.model.units import UNIT_SUFFIXES
@@ -338,6 +343,13 @@ class ControlConfig(_Frozen):
     limits: tuple[PointLimitConfig, ...] = ()
     batteries: tuple[BatteryWindowConfig, ...] = ()
     fail_safes: tuple[FailSafeConfig, ...] = ()
+    tariff: Tariff | None = None
+    """The site's tariff; given to every controller whose own ``tariff`` is not set."""
+    peak_shaving: PeakShavingParams | None = None
+    hvac: tuple[HvacParams, ...] = ()
+    """One cooling planner per zone."""
+    pv_export: PvExportParams | None = None
+    vfd: tuple[VfdParams, ...] = ()
 
     @field_validator("cycle", "command_ttl", "resend_after")
     @classmethod

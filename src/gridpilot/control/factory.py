@@ -6,12 +6,37 @@ from typing import Any
 
 from gridpilot.config.models import GridPilotConfig
 from gridpilot.control.base import Controller
+from gridpilot.control.hvac import HvacController
+from gridpilot.control.peak_shaving import PeakShavingController
+from gridpilot.control.pv_export import PvExportController
+from gridpilot.control.vfd import VfdCurtailmentController
 
 
 def build_controllers(config: GridPilotConfig) -> list[Controller[Any]]:
-    """The controllers the ``control`` section enables, in priority-tie order."""
+    """The controllers the ``control`` section enables.
+
+    Order matters only between requests of equal priority (the first listed wins): peak
+    shaving, PV export, the VFDs, then the zone planners. The site ``tariff`` is handed to
+    each controller that has a tariff of its own unset.
+    """
     control = config.control
     if control is None:
         return []
     controllers: list[Controller[Any]] = []
+    tariff = control.tariff
+    if control.peak_shaving is not None:
+        params = control.peak_shaving
+        if params.tariff is None and tariff is not None:
+            params = params.model_copy(update={"tariff": tariff})
+        controllers.append(PeakShavingController(params))
+    if control.pv_export is not None:
+        controllers.append(PvExportController(control.pv_export))
+    for index, vfd in enumerate(control.vfd):
+        name = "vfd_curtailment" if len(control.vfd) == 1 else f"vfd_curtailment_{index + 1}"
+        controllers.append(VfdCurtailmentController(vfd, name=name))
+    for zone in control.hvac:
+        zone_params = zone
+        if "tariff" not in zone.model_fields_set and tariff is not None:
+            zone_params = zone.model_copy(update={"tariff": tariff})
+        controllers.append(HvacController(zone_params))
     return controllers

@@ -12,8 +12,10 @@ import signal
 from collections.abc import Callable, Collection
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from gridpilot.api.errors import ApiError
 from gridpilot.api.service import ApiService
@@ -21,8 +23,11 @@ from gridpilot.bus.client import BrokerAddress
 from gridpilot.bus.embedded import EmbeddedBroker
 from gridpilot.bus.errors import BusError
 from gridpilot.config import GridPilotConfig
+from gridpilot.control.base import Controller
 from gridpilot.control.factory import build_controllers
+from gridpilot.control.inputs import StoredInputs
 from gridpilot.control.service import ControllerService
+from gridpilot.control.thermal import ZoneHistory
 from gridpilot.gateway.service import GatewayService
 from gridpilot.ingest.service import IngestService
 from gridpilot.storage import open_storage
@@ -102,7 +107,7 @@ async def run_services(
             address = BrokerAddress.from_config(config.broker)
         db_path: Path | None = None
         storage = None
-        if Service.INGEST in services or Service.API in services:
+        if {Service.INGEST, Service.API, Service.CONTROLLER} & set(services):
             db_path = storage_path(config, base_dir)
             storage = await stack.enter_async_context(open_storage(config.storage, base_dir))
         if Service.INGEST in services and storage is not None:
@@ -113,9 +118,16 @@ async def run_services(
             )
         if Service.GATEWAY in services:
             await stack.enter_async_context(GatewayService(config, address))
-        if Service.CONTROLLER in services:
+        if Service.CONTROLLER in services and storage is not None:
+            inputs = StoredInputs(storage, config)
             await stack.enter_async_context(
-                ControllerService(config, address, build_controllers(config), base_dir=base_dir)
+                ControllerService(
+                    config,
+                    address,
+                    await controllers_from_history(config, inputs),
+                    base_dir=base_dir,
+                    forecasts=inputs.forecasts,
+                )
             )
         api_url: str | None = None
         if Service.API in services and storage is not None:
@@ -127,6 +139,24 @@ async def run_services(
             on_ready(Running(address, embedded, db_path, api_url))
         await stop.wait()
         log.info("stopping")
+
+
+async def controllers_from_history(
+    config: GridPilotConfig, inputs: StoredInputs
+) -> list[Controller[Any]]:
+    """The configured controllers, each zone planner with its zone's stored history to
+    identify its thermal model from (none yet: it runs the plain thermostat and says so)."""
+    histories: dict[str, ZoneHistory] = {}
+    now = datetime.now(UTC)
+    for zone in config.control.hvac if config.control is not None else ():
+        try:
+            history = await inputs.zone_history(zone, now)
+        except StorageError as exc:
+            log.warning("no history for %s: %s; its planner starts without a model", zone.zone, exc)
+            continue
+        if history is not None:
+            histories[zone.zone] = history
+    return build_controllers(config, histories)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

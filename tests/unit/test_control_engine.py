@@ -227,12 +227,21 @@ def test_fail_safe_enters_and_leaves_with_one_event_each() -> None:
     assert [e.message for e in back.events if "left" in e.message]
 
 
-def test_missing_input_counts_as_stale() -> None:
+def test_missing_input_counts_as_stale_without_an_alarm_while_starting() -> None:
     params = EngineParams(
         fail_safes=(FailSafe("meter", (PointRef("nowhere", "power_w"),), 5.0, {BATTERY: 0.0}),)
     )
-    result = Engine([], params).cycle(snap(), {})
+    engine = Engine([], params)
+    result = engine.cycle(snap(), {})
     assert result.targets == {BATTERY: 0.0}
+    assert result.events[0].kind == "info"
+    assert "until the first reading of nowhere.power_w" in result.events[0].message
+    # an input that goes missing long after the start: that is an alarm
+    params = EngineParams(fail_safes=(FailSafe("meter", (METER,), 5.0, {BATTERY: 0.0}),))
+    later = Engine([], params)
+    assert later.cycle(snap(T0), {}).events == ()
+    result = later.cycle(Snapshot(T0 + timedelta(seconds=6), {}), {})
+    assert result.events[0].kind == "alarm"
     assert "never seen" in result.events[0].message
 
 

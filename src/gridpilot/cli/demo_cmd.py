@@ -31,7 +31,8 @@ DEMO_SITE = "demo"
 def demo(
     duration: float | None, data_dir: Path | None, mqtt_port: int, http_port: int, speed: float
 ) -> None:
-    """Run a simulated building with the gateway, an embedded MQTT broker, ingest and SQLite."""
+    """Run a simulated building with the gateway, an embedded MQTT broker, ingest, SQLite, the
+    control engine and the API."""
     from gridpilot.app import (
         ALL_SERVICES,
         Running,
@@ -40,6 +41,7 @@ def demo(
         startup_errors,
     )
     from gridpilot.bus.embedded import EmbeddedBroker
+    from gridpilot.sim.control import control_section
     from gridpilot.sim.site import SimulatedSite
     from gridpilot.storage import open_storage
 
@@ -62,6 +64,9 @@ def demo(
                 "storage": {"path": "gridpilot.db"},
                 # The embedded broker (amqtt) ignores $share subscriptions: subscribe plainly.
                 "ingest": {"shared_subscription": "off"},
+                # Peak shaving with the battery and the load panel, the zone planners, the
+                # battery's fail-safe: the same settings examples/building.yaml explains.
+                "control": control_section(limit_w=110_000.0),
                 "devices": site.site_config(DEMO_SITE),
             }
             text = (
@@ -90,6 +95,8 @@ def demo(
                     "  gridpilot tail",
                     "  gridpilot query                      # latest value of every point",
                     "  gridpilot query grid_meter active_power_w --every 1m --agg max",
+                    "  gridpilot control status             # what the controllers decide",
+                    "  gridpilot query controller peak_shaving_demand_w",
                     "Stop with Ctrl-C." if duration is None else f"Stopping after {duration:g} s.",
                 ]
                 click.echo("\n".join(lines))

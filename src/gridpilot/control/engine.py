@@ -179,6 +179,7 @@ class Engine:
         self._limits = {limit.target: limit for limit in params.limits}
         self._batteries = {battery.setpoint: battery for battery in params.batteries}
         self._state = _EngineState()
+        self._started_at: datetime | None = None
 
     # ---------------------------------------------------------------------- operator input
 
@@ -222,6 +223,8 @@ class Engine:
 
     def cycle(self, snapshot: Snapshot, forecasts: Forecasts) -> CycleResult:
         now = snapshot.now
+        if self._started_at is None:
+            self._started_at = now
         events: list[EngineEvent] = []
         errors: dict[str, str] = {}
         metrics: dict[str, float] = {}
@@ -293,14 +296,24 @@ class Engine:
                 )
                 if not was_active:
                     held = ", ".join(f"{t}={v:g}" for t, v in fail_safe.targets.items())
-                    events.append(
-                        EngineEvent(
-                            FAIL_SAFE_SOURCE,
-                            f"fail-safe {fail_safe.name!r} entered: {reason} is older than "
-                            f"{fail_safe.max_age_s:g} s; holding {held}",
-                            "alarm",
-                        )
+                    starting = (
+                        self._started_at is None
+                        or (snapshot.now - self._started_at).total_seconds() <= fail_safe.max_age_s
                     )
+                    if starting and all(math.isinf(snapshot.age_s(ref)) for ref in stale):
+                        # Just started: no reading has had time to arrive. Safe, not an alarm.
+                        message = (
+                            f"fail-safe {fail_safe.name!r} holds {held} until the first "
+                            f"reading of {', '.join(str(ref) for ref in stale)} arrives"
+                        )
+                        kind = "info"
+                    else:
+                        message = (
+                            f"fail-safe {fail_safe.name!r} entered: {reason} is older than "
+                            f"{fail_safe.max_age_s:g} s; holding {held}"
+                        )
+                        kind = "alarm"
+                    events.append(EngineEvent(FAIL_SAFE_SOURCE, message, kind))
                     self._state.active_fail_safes.add(fail_safe.name)
             elif was_active:
                 self._state.active_fail_safes.discard(fail_safe.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from gridpilot.config.models import GridPilotConfig
@@ -9,16 +10,21 @@ from gridpilot.control.base import Controller
 from gridpilot.control.hvac import HvacController
 from gridpilot.control.peak_shaving import PeakShavingController
 from gridpilot.control.pv_export import PvExportController
+from gridpilot.control.thermal import ZoneHistory
 from gridpilot.control.vfd import VfdCurtailmentController
 
 
-def build_controllers(config: GridPilotConfig) -> list[Controller[Any]]:
+def build_controllers(
+    config: GridPilotConfig, zone_histories: Mapping[str, ZoneHistory] | None = None
+) -> list[Controller[Any]]:
     """The controllers the ``control`` section enables.
 
     Order matters only between requests of equal priority (the first listed wins): peak
     shaving, PV export, the VFDs, then the zone planners. The site ``tariff`` is handed to
-    each controller that has a tariff of its own unset.
+    each controller that has a tariff of its own unset. ``zone_histories`` (zone id ->
+    stored history) lets each zone planner identify its thermal model before its first plan.
     """
+    histories = zone_histories or {}
     control = config.control
     if control is None:
         return []
@@ -38,5 +44,5 @@ def build_controllers(config: GridPilotConfig) -> list[Controller[Any]]:
         zone_params = zone
         if "tariff" not in zone.model_fields_set and tariff is not None:
             zone_params = zone.model_copy(update={"tariff": tariff})
-        controllers.append(HvacController(zone_params))
+        controllers.append(HvacController(zone_params, history=histories.get(zone.zone)))
     return controllers

@@ -1,0 +1,183 @@
+"""What the controllers learn from storage: forecasts and each zone's thermal history.
+
+The I/O side of :mod:`gridpilot.control.forecast` and :mod:`gridpilot.control.thermal`: it
+reads 15-minute means of the site's own measurements from storage and hands arrays to their
+pure functions.
+
+* ``load_w`` — the site's net load without the battery (grid + battery power), the
+  day-type profile blended with persistence (:func:`~gridpilot.control.forecast.load_forecast`);
+* ``pv_w`` — PV output, the daily profile scaled by today's ratio
+  (:func:`~gridpilot.control.forecast.pv_forecast`);
+* ``outdoor_degc`` and ``irradiance_wm2`` — daily profile blended with persistence, for the
+  zone planners;
+* a :class:`~gridpilot.control.thermal.ZoneHistory` per planned zone, for identification.
+
+A series with no history gives no forecast (the controllers fall back and say so).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import numpy.typing as npt
+
+from gridpilot.config.models import GridPilotConfig
+from gridpilot.control.base import Forecast, Forecasts, PointRef
+from gridpilot.control.forecast import load_forecast, pv_forecast
+from gridpilot.control.hvac import HvacParams
+from gridpilot.control.thermal import ZoneHistory
+from gridpilot.model import SeriesKey
+from gridpilot.storage.base import Agg, Storage
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class StoredInputs:
+    """Forecasts and zone histories from a :class:`~gridpilot.storage.base.Storage`."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        config: GridPilotConfig,
+        *,
+        step: timedelta = timedelta(minutes=15),
+        forecast_days: int = 14,
+        horizon: timedelta = timedelta(hours=24),
+        identification_days: int = 14,
+    ) -> None:
+        self.storage = storage
+        self.config = config
+        self.site = config.site.id
+        self.step = step
+        self.forecast_days = forecast_days
+        self.horizon = horizon
+        self.identification_days = identification_days
+        control = config.control
+        self.timezone = control.tariff.timezone if control and control.tariff else "UTC"
+
+    # ------------------------------------------------------------------ series
+
+    def _grid(self, now: datetime, days: int) -> tuple[list[datetime], int, int]:
+        step_ms = int(self.step.total_seconds() * 1000)
+        end_ms = int(now.timestamp() * 1000) // step_ms * step_ms
+        start_ms = end_ms - days * 86_400_000
+        times = [datetime.fromtimestamp(ms / 1000, UTC) for ms in range(start_ms, end_ms, step_ms)]
+        return times, start_ms, end_ms
+
+    async def series(self, ref: PointRef, now: datetime, days: int) -> FloatArray | None:
+        """15-minute means of ``ref`` over the last ``days`` days (NaN where nothing was
+        stored); ``None`` when nothing at all was."""
+        times, start_ms, end_ms = self._grid(now, days)
+        step_ms = int(self.step.total_seconds() * 1000)
+        points = await self.storage.history(
+            SeriesKey(self.site, ref.device, ref.point), start_ms, end_ms, step_ms, Agg.MEAN
+        )
+        if not points:
+            return None
+        values = np.full(len(times), np.nan)
+        for point in points:
+            index = (point.ts_ms - start_ms) // step_ms
+            if 0 <= index < len(values):
+                values[index] = point.value
+        return values
+
+    # ------------------------------------------------------------------ forecasts
+
+    async def forecasts(self, now: datetime) -> Forecasts:
+        """The forecasts the configured controllers read; see the module docstring."""
+        control = self.config.control
+        out: dict[str, Forecast] = {}
+        if control is None:
+            return out
+        times, _, end_ms = self._grid(now, self.forecast_days)
+        start = datetime.fromtimestamp(end_ms / 1000, UTC)
+        steps = math.ceil(self.horizon / self.step)
+
+        if control.peak_shaving is not None:
+            params = control.peak_shaving
+            grid = await self.series(
+                PointRef.parse(params.grid_power_point), now, self.forecast_days
+            )
+            battery = await self.series(
+                PointRef.parse(params.battery_power_point), now, self.forecast_days
+            )
+            if grid is not None:
+                # A battery that never reported did nothing the meter needs correcting for.
+                net = grid + (battery if battery is not None else 0.0)
+                out["load_w"] = load_forecast(
+                    times, net, start, steps, kind="daytype", timezone=self.timezone
+                )
+        pv_ref = control.pv_export.pv_power if control.pv_export is not None else None
+        pv_ref = pv_ref or self._configured(PointRef("pv_inverter", "ac_power_w"))
+        if pv_ref is not None:
+            pv = await self.series(pv_ref, now, self.forecast_days)
+            if pv is not None:
+                out["pv_w"] = pv_forecast(times, pv, start, steps, timezone=self.timezone)
+        if control.hvac:
+            weather = control.hvac[0]
+            for name, ref in (
+                ("outdoor_degc", weather.outdoor_temperature),
+                ("irradiance_wm2", weather.irradiance),
+            ):
+                if ref is None:
+                    continue
+                values = await self.series(ref, now, self.forecast_days)
+                if values is None:
+                    continue
+                # Weather has a daily shape and persists for hours: the same blend as load,
+                # over every past day. Irradiance is forecast like PV output.
+                if name == "irradiance_wm2":
+                    out[name] = pv_forecast(times, values, start, steps, timezone=self.timezone)
+                else:
+                    out[name] = load_forecast(
+                        times,
+                        values,
+                        start,
+                        steps,
+                        kind="daily",
+                        days=7,
+                        persistence_time_constant=timedelta(hours=3),
+                        timezone=self.timezone,
+                    )
+        return out
+
+    def _configured(self, ref: PointRef) -> PointRef | None:
+        device = self.config.device(ref.device)
+        return ref if device is not None and device.point(ref.point) is not None else None
+
+    # ------------------------------------------------------------------ zones
+
+    async def zone_history(self, params: HvacParams, now: datetime) -> ZoneHistory | None:
+        """The zone's last ``identification_days`` days, or ``None`` without temperatures."""
+        days = self.identification_days
+
+        async def get(ref: PointRef | None) -> FloatArray | None:
+            return None if ref is None else await self.series(ref, now, days)
+
+        zone = params.zone
+        temperature = await get(PointRef(zone, params.temperature_point))
+        if temperature is None:
+            return None
+        length = len(temperature)
+
+        def filled(values: FloatArray | None, default: float = math.nan) -> FloatArray:
+            return values if values is not None else np.full(length, default, dtype=np.float64)
+
+        outdoor = await get(params.outdoor_temperature)
+        cooling = await get(PointRef(zone, params.cooling_point))
+        irradiance = await get(params.irradiance)
+        occupied = await get(PointRef(zone, params.occupied_point))
+        return ZoneHistory.of(
+            self.step.total_seconds(),
+            temperature_degc=temperature,
+            outdoor_degc=filled(outdoor),
+            cooling_w=filled(cooling),
+            # Without an irradiance sensor the solar gain folds into the constant gains.
+            irradiance_wm2=filled(irradiance, 0.0),
+            occupied=filled(occupied),
+        )

@@ -65,7 +65,8 @@ async def test_demo_end_to_end(tmp_path: Path) -> None:
         for line in output.decode().splitlines()
         if line.split(" ", 1)[0].endswith("/telemetry")
     }
-    assert telemetry_from == set(DEVICE_IDS)
+    # every simulated device, and the control engine's own figures
+    assert telemetry_from == {*DEVICE_IDS, "controller"}
     assert health == {"status": "ok"}
     assert {d["id"] for d in devices} == set(DEVICE_IDS)
     assert page.status_code == 200
@@ -79,4 +80,4 @@ async def test_demo_end_to_end(tmp_path: Path) -> None:
     out, err = await query.communicate()
     assert query.returncode == 0, err.decode()
     stored = json.loads(out)
-    assert {row["device"] for row in stored} == set(DEVICE_IDS)
+    assert {row["device"] for row in stored} == {*DEVICE_IDS, "controller"}

@@ -57,3 +57,23 @@ def test_run_refuses_an_api_beyond_loopback_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "no authentication yet; bind 127.0.0.1" in result.stderr
     assert "Traceback" not in result.output + result.stderr
+
+
+def test_run_controller_without_a_control_section_says_what_to_add(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        f"site: {{id: x}}\nbroker: {{embedded_port: 0}}\nstorage: {{path: {tmp_path / 'x.db'}}}\n"
+    )
+    result = CliRunner().invoke(cli, ["run", "controller", str(path)])
+    assert result.exit_code == 1
+    assert "no 'control' section" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+
+
+def test_control_commands_without_a_control_section(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("site: {id: x}\n")
+    for args in (["status"], ["dry-run", "on"], ["override", "a.b_w", "1"], ["journal"]):
+        result = CliRunner().invoke(cli, ["control", *args, "-c", str(path)])
+        assert result.exit_code == 2, args
+        assert "control" in result.stderr

@@ -30,6 +30,7 @@ import argparse
 import csv
 import gzip
 import json
+import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -108,6 +109,9 @@ class HoursConfig(_Frozen):
 class ComfortConfig(HoursConfig):
     low_degc: float
     high_degc: float
+    plan_margin_k: float = Field(default=0.1, ge=0)
+    """Planners (the optimum's LP, GridPilot's HVAC controllers) aim this far inside the
+    band: the 1-minute physics strays a little from a 15-minute plan (chiller ramps)."""
 
 
 class ZoneConfig(_Frozen):
@@ -130,8 +134,6 @@ class OptimumConfig(_Frozen):
     step_minutes: int = Field(default=15, gt=0)
     comfort_penalty_per_kh: float = Field(default=100.0, ge=0)
     throughput_cost_per_kwh: float = Field(default=1e-4, ge=0)
-    band_margin_k: float = Field(default=0.1, ge=0)
-    """The LP plans inside the comfort band narrowed by this on both sides."""
 
 
 class GridPilotConfig(_Frozen):
@@ -147,6 +149,8 @@ class BenchConfig(_Frozen):
     step_s: float = Field(default=60.0, gt=0)
     seed: int = 1
     base_load_noise: float = Field(default=0.015, ge=0)
+    """Relative std of the base load per 5-second simulator step (``gridpilot sim``'s own
+    figure); a step of ``step_s`` sees the mean of step_s / 5 such draws."""
     history_days: int = Field(default=28, ge=7)
     tariff: Tariff
     battery: BatteryConfig
@@ -243,7 +247,8 @@ def make_inputs(cfg: BenchConfig, ref: Reference, start: datetime, days: float) 
     quarter = np.floor(t / 900.0).astype(int)
     stamps = 900.0 * np.arange(len(ref.base_w))
     rng = np.random.default_rng(cfg.seed + int(start.timestamp()) // 86400)
-    base = ref.base_w[quarter] * (1.0 + rng.normal(0.0, cfg.base_load_noise, steps))
+    noise = cfg.base_load_noise * math.sqrt(min(1.0, 5.0 / dt))
+    base = ref.base_w[quarter] * (1.0 + rng.normal(0.0, noise, steps))
     # Point values (weather) are interpolated; the load is a quarter-hour mean and is held.
     outdoor = np.interp(t, stamps, ref.outdoor_degc)
     ghi = np.interp(t, stamps, ref.ghi_wm2)
@@ -587,6 +592,8 @@ class Plan:
     step_s: float
     battery_w: np.ndarray
     """Discharge + per interval (0 when the battery is not optimised)."""
+    grid_w: np.ndarray
+    """Planned meter power per interval (import +)."""
     zone_degc: np.ndarray | None
     """Planned temperatures at interval boundaries, shape (intervals + 1, zones)."""
     zone_cooling_w: np.ndarray | None
@@ -604,6 +611,7 @@ def optimise(
     battery: bool,
     hvac: bool,
     fixed_chillers_w: np.ndarray | None = None,
+    setback_cooling_w: np.ndarray | None = None,
 ) -> Plan:
     """min energy cost + demand charge + comfort penalty (+ a tie-breaking throughput cost).
 
@@ -612,9 +620,11 @@ def optimise(
     boundaries) with comfort slacks; one peak D (W). The zone model is the simulator's exact
     1R1C step at the LP resolution with the interval's mean outdoor temperature, irradiance
     and gains; chiller electric power = q / COP(mean outdoor temperature). Outside the BMS
-    occupancy the zones run on their setback thermostat, which the EMS cannot steer: the LP
-    gets no cooling there (the replay's setback thermostat may still cool a zone above the
-    setback at night, as in every strategy).
+    occupancy the zones run on their setback thermostat, which the EMS cannot steer (it
+    cools only above the setback, never below): there the LP's cooling is fixed to what the
+    setback thermostat did in the ``none`` run (``setback_cooling_w``, per step and zone), so
+    that it can neither plan a night-time pre-cooling the replay could not carry out nor
+    start its mornings from zones hotter than the thermostat would leave them.
     """
     opt = cfg.optimum
     per = round(opt.step_minutes * 60.0 / inp.step_s)
@@ -664,7 +674,10 @@ def optimise(
     zones = site.zones if hvac else ()
     zq, zt, zu, zl = [], [], [], []
     for i, zp in enumerate(zones):
-        zq.append(var(f"q{i}", n, 0.0, np.where(occupied, zp.chiller_capacity_w, 0.0)))
+        setback = mean(setback_cooling_w[:, i]) if setback_cooling_w is not None else np.zeros(n)
+        q_lo = np.where(occupied, 0.0, setback)
+        q_hi = np.where(occupied, zp.chiller_capacity_w, setback)
+        zq.append(var(f"q{i}", n, q_lo, q_hi))
         t_lo = np.full(n + 1, -np.inf)
         t_hi = np.full(n + 1, np.inf)
         t_lo[0] = t_hi[0] = init.zones[i].temperature_degc
@@ -751,8 +764,8 @@ def optimise(
     # a margin for what the 1-minute replay does between the LP's points (chiller ramps,
     # gains that vary inside an interval); the slack of the later end is penalised.
     kc = k[comfort_k]
-    hi_degc = cfg.comfort.high_degc - opt.band_margin_k
-    lo_degc = cfg.comfort.low_degc + opt.band_margin_k
+    hi_degc = cfg.comfort.high_degc - cfg.comfort.plan_margin_k
+    lo_degc = cfg.comfort.low_degc + cfg.comfort.plan_margin_k
     for i in range(len(zones)):
         for end in (0, 1):
             r = row0 + np.arange(len(kc))
@@ -802,6 +815,7 @@ def optimise(
     return Plan(
         step_s=dt_s,
         battery_w=sol[d : d + n] - sol[c : c + n],
+        grid_w=sol[g : g + n] - sol[x : x + n],
         zone_degc=zone_degc,
         zone_cooling_w=zone_cooling,
         objective=float(result.fun),
@@ -812,14 +826,18 @@ def optimise(
 
 @dataclass(slots=True)
 class Replay:
-    """Apply an LP plan open-loop: the battery setpoint of the interval; zone setpoints
-    that follow the planned temperature (linearly while the plan cools, the interval's end
-    value while it floats), so the ideal thermostat in ``step_zone`` tracks the plan."""
+    """Apply an LP plan: zone setpoints that follow the planned temperature (linearly while
+    the plan cools, the interval's end value while it floats), so the ideal thermostat in
+    ``step_zone`` tracks the plan; the battery holds the planned meter power of the interval
+    from the last minute's reading (setpoint = load without battery - planned import), so
+    that the zones' minute-by-minute deviation from the plan's 15-minute cooling does not
+    lift a flat-topped block above the planned peak."""
 
     plan: Plan
     step_s: float
     thermostat_degc: float
     battery: bool
+    occupied: np.ndarray
     name: str = "optimum"
 
     def decide(self, obs: Observation) -> Command:
@@ -827,7 +845,11 @@ class Replay:
         k = min(obs.m // per, len(self.plan.battery_w) - 1)
         battery_w = float(self.plan.battery_w[k]) if self.battery else 0.0
         setpoints: tuple[float | None, ...] | None = None
-        if self.plan.zone_degc is not None and self.plan.zone_cooling_w is not None:
+        if not self.occupied[obs.m]:
+            # The BMS setback rules outside occupancy; a setpoint above the thermostat's
+            # would only let the zone float higher than the setback.
+            setpoints = (self.thermostat_degc,) * len(obs.zones)
+        elif self.plan.zone_degc is not None and self.plan.zone_cooling_w is not None:
             frac = (obs.m % per + 1) / per
             out: list[float | None] = []
             for i in range(self.plan.zone_degc.shape[1]):
@@ -872,6 +894,12 @@ def summary(rows: Mapping[str, Row]) -> dict[str, float | None]:
             hv = rows["gridpilot-hvac"].figures
             out["gridpilot-hvac_cost_saving_ratio"] = ratio(none.total_cost - hv.total_cost, best)
             out["gridpilot-hvac_comfort_minus_thermostat_kh"] = hv.comfort_kh - none.comfort_kh
+            # The HVAC controller prices energy only (demand is the peak shaver's): its
+            # saving on the energy bill alone, against the optimum's.
+            out["gridpilot-hvac_energy_cost_saving_ratio"] = ratio(
+                none.energy_cost - hv.energy_cost,
+                none.energy_cost - rows["optimum-hvac"].figures.energy_cost,
+            )
     if "optimum" in rows:
         opt = rows["optimum"].figures
         for name, row in rows.items():
@@ -1046,8 +1074,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             battery=battery,
             hvac=hvac,
             fixed_chillers_w=None if hvac else traces["none"].chillers_w,
+            setback_cooling_w=traces["none"].cooling_w,
         )
-        replay = Replay(plan, inp.step_s, thermostat, battery, name)
+        replay = Replay(plan, inp.step_s, thermostat, battery, inp.occupied, name)
         what = {
             "optimum": "LP over the span, battery and zones",
             "optimum-battery": "LP over the span, battery; thermostats",

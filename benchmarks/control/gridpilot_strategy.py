@@ -227,7 +227,18 @@ class GridPilotStrategy:
             values[PointRef(device, "chiller_power_w")] = zone.chiller_power_w
             values[PointRef(device, "occupied_state")] = 1.0 if zone.occupied else 0.0
             values[PointRef(device, "setpoint_degc")] = zone.setpoint_degc
-        return Snapshot(now, {ref: Reading(v, now) for ref, v in values.items()})
+        readings = {ref: Reading(v, now) for ref, v in values.items()}
+        # Powers are the means of the step that just ended: stamped at its midpoint, so
+        # that a controller integrating samples (trapezoid between stamps) books each
+        # minute's energy in the right place; states (SoC, temperatures) are as of now.
+        mid = now - timedelta(seconds=0.5 * self.series.step_s)
+        for ref in (
+            PointRef("grid_meter", "active_power_w"),
+            PointRef("pv_inverter", "ac_power_w"),
+            PointRef("battery", "active_power_w"),
+        ):
+            readings[ref] = Reading(values[ref], mid)
+        return Snapshot(now, readings)
 
     def _forecasts(self, now: datetime) -> dict[str, Forecast]:
         s = self.series
@@ -354,7 +365,8 @@ def _hvac(cfg: BenchConfig, site: Site, hist_inp: Inputs, hist: Trace) -> list[A
         defaults: dict[str, Any] = {
             "zone": device,
             "occupied_band": ComfortBand(
-                lower_degc=cfg.comfort.low_degc, upper_degc=cfg.comfort.high_degc
+                lower_degc=cfg.comfort.low_degc + cfg.comfort.plan_margin_k,
+                upper_degc=cfg.comfort.high_degc - cfg.comfort.plan_margin_k,
             ),
             "occupancy": (
                 HourWindow(start_hour=cfg.occupancy.from_hour, end_hour=cfg.occupancy.until_hour),

@@ -25,9 +25,11 @@ from gridpilot.control.peak_shaving import (
     PeakShavingParams,
     PeakShavingState,
     SheddableLoad,
+    SocBudget,
     allowed_import_w,
     block_averages,
     choose_limit_w,
+    plan_limit_w,
     slot_start,
 )
 from gridpilot.control.tariff import HourWindow, Tariff
@@ -165,7 +167,7 @@ def test_controller_discharges_net_load_above_p_allow(
     grid_kw: float, elapsed_min: float, expected_request_kw: float | None
 ) -> None:
     # The battery ignores the requests here (open loop), so the meter keeps seeing grid_kw.
-    driver = Driver(params(recharge_margin_w=0.0, reserve_pct=0.0))
+    driver = Driver(params(recharge_target="reserve", reserve_pct=0.0))
     decision = driver.run(MONDAY_NOON, MONDAY_NOON + elapsed_min * MIN, grid_kw * KW)
     assert decision.metrics["block_energy_wh"] == pytest.approx(grid_kw * elapsed_min / 60 * KW)
     assert decision.metrics["demand_w"] == pytest.approx(grid_kw * KW)
@@ -488,31 +490,52 @@ def day_forecast(start: datetime, base_kw: float, peak_kw: float, peak_blocks: i
     return Forecast(start=start, step=15 * MIN, values=tuple(values))
 
 
+def morning_plan_kw(base_kw: float, peak_kw: float) -> float:
+    """L planned for ``day_forecast`` at SoC 50 % with the default params, derived by hand.
+
+    Stored energy above 5 %: 90 kWh, at most 180 kWh. The 2 morning hours at the base
+    recharge c = min(50, L − 5 − base) kW at 96 %; the 4 peak hours then need
+    (peak − L)·4/0.96 with the 20 % forecast margin: (peak − L)·a = min(180, 90 + 1.92·c),
+    a = 4·1.2/0.96 = 5.
+    """
+    a = 4 * 1.2 / 0.96
+    limit = (peak_kw * a - 90.0 + (5.0 + base_kw) * 1.92) / (a + 1.92)
+    charge = limit - 5.0 - base_kw
+    if charge <= 0.0:
+        limit = peak_kw - 90.0 / a  # no room to recharge below L − margin
+    elif charge > 50.0 or 90.0 + 1.92 * charge > 180.0:
+        limit = peak_kw - 180.0 / a  # the battery is full before the peak
+    return limit
+
+
 def test_auto_limit_from_the_load_forecast() -> None:
     forecast = day_forecast(MONDAY_NOON, 40.0, 120.0, 16)
     driver = Driver(params(limit_w="auto"), forecasts={"load_w": forecast})
     decision = driver.step(MONDAY_NOON, 40 * KW)
-    # Usable: 0.8 × 90 % × 200 kWh = 144 kWh; 16·(120 − L)·0.25/0.96 ≤ 144 -> L = 85.44 kW.
-    assert decision.metrics["limit_w"] == pytest.approx(85_440.0, abs=1.0)
-    # The reserve holds the energy the forecast peak needs: 5 + 72 % + 5 % margin.
-    assert decision.metrics["reserve_pct"] == pytest.approx(5.0 + 72.0 + 5.0, abs=0.01)
+    # 86.18 kW: a morning recharge of 41 kW, then 169 kWh for the peak.
+    expected_kw = morning_plan_kw(40.0, 120.0)
+    assert expected_kw == pytest.approx(86.18, abs=0.01)
+    assert decision.metrics["limit_w"] == pytest.approx(expected_kw * KW, abs=1.0)
+    # The reserve holds the energy the forecast peak needs above L, plus the 5 % margin.
+    need_pct = 16 * (120.0 - expected_kw) * 0.25 / 0.96 / 200.0 * 100.0
+    assert decision.metrics["reserve_pct"] == pytest.approx(5.0 + need_pct + 5.0, abs=0.01)
     assert any("auto limit" in e for e in decision.events)
-    # The same forecast next cycle: not re-chosen.
+    # The same forecast within the same block: not planned again.
     again = driver.step(MONDAY_NOON + 10 * SEC, 40 * KW)
     assert not any("auto limit" in e for e in again.events)
 
 
 @pytest.mark.parametrize(
-    ("forecasts_kw", "expected_limit_w"),
+    ("forecasts_kw", "expected_limit_kw"),
     [
-        # The high quantile wins over the median.
-        ({"load_w": 120.0, "load_p90_w": 130.0}, 130_000 - 34_560),
-        # PV lowers the net import the battery has to shave.
-        ({"load_w": 120.0, "pv_w": 10.0}, 110_000 - 34_560),
+        # The high quantile wins over the median (and fills the battery before the peak).
+        ({"load_w": 120.0, "load_p90_w": 130.0}, morning_plan_kw(40.0, 130.0)),
+        # PV lowers the net import the battery has to shave (base 30, peak 110 kW).
+        ({"load_w": 120.0, "pv_w": 10.0}, morning_plan_kw(30.0, 110.0)),
     ],
 )
 def test_auto_limit_prefers_a_high_quantile_and_nets_out_pv(
-    forecasts_kw: dict[str, float], expected_limit_w: float
+    forecasts_kw: dict[str, float], expected_limit_kw: float
 ) -> None:
     forecasts: dict[str, Forecast] = {}
     for key, peak_kw in forecasts_kw.items():
@@ -522,7 +545,7 @@ def test_auto_limit_prefers_a_high_quantile_and_nets_out_pv(
             forecasts[key] = day_forecast(MONDAY_NOON, 40.0, peak_kw, 16)
     driver = Driver(params(limit_w="auto"), forecasts=forecasts)
     decision = driver.step(MONDAY_NOON, 40 * KW)
-    assert decision.metrics["limit_w"] == pytest.approx(expected_limit_w, abs=1.0)
+    assert decision.metrics["limit_w"] == pytest.approx(expected_limit_kw * KW, abs=1.0)
 
 
 def test_auto_limit_is_rechosen_when_the_forecast_changes_and_never_below_billed() -> None:
@@ -532,10 +555,10 @@ def test_auto_limit_is_rechosen_when_the_forecast_changes_and_never_below_billed
     driver.step(MONDAY_NOON, 40 * KW)
     driver.forecasts = {"load_w": day_forecast(MONDAY_NOON, 40.0, 60.0, 16)}
     decision = driver.step(MONDAY_NOON + 10 * SEC, 40 * KW)
-    # A 60 kW peak costs 16·20·0.25/0.96 = 83.3 kWh at L = 40 kW; below the 40 kW base
-    # every block needs 0.25/0.96 kWh per kW more: L = 40 − (144 − 83.3)/25 = 37.57 kW.
-    expected_w = (40.0 - (144.0 - 16 * 20 * 0.25 / 0.96) / (96 * 0.25 / 0.96)) * KW
-    assert decision.metrics["limit_w"] == pytest.approx(expected_w, abs=1.0)
+    # A 60 kW peak: 42 kW, too close to the base to recharge before the peak:
+    # (60 − L)·5 = 90 kWh.
+    assert morning_plan_kw(40.0, 60.0) == pytest.approx(42.0)
+    assert decision.metrics["limit_w"] == pytest.approx(morning_plan_kw(40.0, 60.0) * KW, abs=1.0)
     assert any("auto limit" in e for e in decision.events)
     # Bill 90 kW with an empty battery, then the auto limit cannot go below it.
     driver.run(MONDAY_NOON + 20 * SEC, MONDAY_NOON + 16 * MIN, 90 * KW, soc_pct=5.0)
@@ -552,6 +575,55 @@ def test_auto_without_forecast_falls_back() -> None:
     bare = Driver(params(limit_w="auto")).step(MONDAY_NOON, 40 * KW)
     assert "limit_w" not in bare.metrics
     assert battery_request(bare) is None
+
+
+def test_auto_limit_rises_early_when_the_battery_is_lower_than_planned() -> None:
+    forecast = {"load_w": day_forecast(MONDAY_NOON, 40.0, 120.0, 16)}
+    full = Driver(params(limit_w="auto"), forecasts=forecast).step(MONDAY_NOON, 40 * KW)
+    low = Driver(params(limit_w="auto"), forecasts=forecast).step(
+        MONDAY_NOON, 40 * KW, soc_pct=20.0
+    )
+    # Same forecast, 60 kWh less in the battery: the plan holds a higher L for the day.
+    assert low.metrics["limit_w"] > full.metrics["limit_w"] + 5 * KW
+
+
+@pytest.mark.parametrize(
+    ("counts", "battery", "charge_in_counted", "expected_kw"),
+    [
+        # T = 1 h, η = 1, margin 0, blocks 50 then 100 kW; battery (stored, room) and the
+        # forecast margin.
+        # Recharging L − 50 in the first block, then 100 − L ≤ 10 + (L − 50): L = 70.
+        ((True, True), (10.0, 100.0, 0.0), True, 70.0),
+        # The first block does not count: it recharges at full power (100 kWh): L = 0.
+        ((False, True), (10.0, 100.0, 0.0), True, 0.0),
+        # No recharging in counted blocks: 100 − L ≤ 10: L = 90.
+        ((True, True), (10.0, 100.0, 0.0), False, 90.0),
+        # Discharges planned 50 % larger: 1.5·(100 − L) ≤ 10 + (L − 50): L = 76.
+        ((True, True), (10.0, 100.0, 0.5), True, 76.0),
+        # A small battery is full at 15 kWh: 100 − L ≤ 15: L = 85.
+        ((True, True), (10.0, 15.0, 0.0), True, 85.0),
+    ],
+)
+def test_plan_limit_follows_the_stored_energy(
+    counts: tuple[bool, bool],
+    battery: tuple[float, float, float],
+    charge_in_counted: bool,
+    expected_kw: float,
+) -> None:
+    stored_kwh, room_kwh, margin = battery
+    budget = SocBudget(
+        stored_wh=stored_kwh * KW,
+        room_wh=room_kwh * KW,
+        forecast_margin=margin,
+        charge_efficiency=1.0,
+        discharge_efficiency=1.0,
+        max_charge_w=100 * KW,
+        max_discharge_w=100 * KW,
+        recharge_margin_w=0.0,
+        charge_in_counted_blocks=charge_in_counted,
+    )
+    got = plan_limit_w([50 * KW, 100 * KW], counts, timedelta(hours=1), budget, tolerance_w=1.0)
+    assert expected_kw * KW - 1e-6 <= got <= expected_kw * KW + 1.0
 
 
 def test_block_averages_of_a_finer_forecast() -> None:

@@ -31,11 +31,17 @@ Per cycle, in this order:
    than ``battery_max_age``) means no action: no battery request, no new shedding or
    restoring (loads already shed stay shed: restoring blind could create the peak), a
    ``meter_stale_state`` metric of 1 and an event when it starts and ends. Never a guess.
-4. **Limit.** A fixed L in W, or ``auto``: the smallest L such that the forecast blocks'
-   Σ max(0, D̂_b − L)·T / η_discharge fits the usable battery energy (and the largest excess
-   fits the inverter), found by bisection (:func:`choose_limit_w`), re-chosen when the local
-   day or the forecast changes. ``forecasts["load_p90_w"]`` (a high quantile) is preferred
-   to ``forecasts["load_w"]``; ``forecasts["pv_w"]`` is subtracted when present.
+4. **Limit.** A fixed L in W, or ``auto``: the smallest L the battery can hold over the
+   forecast, found by bisection. In its plain form (:func:`choose_limit_w`) the forecast
+   blocks' Σ max(0, D̂_b − L)·T / η_discharge must fit the usable energy and the largest
+   excess the inverter. The controller uses the form with the state of charge in it
+   (:func:`plan_limit_w`): the stored energy followed block by block from the present SoC,
+   discharging above L (``auto_forecast_margin_pct`` more than the forecast says) and
+   recharging below L − margin, never below soc_min. It is re-planned at every block start
+   and whenever the forecast changes, so a day running hotter than forecast raises L early
+   and a little, rather than holding a low L until the battery is empty and then losing
+   the block outright. ``forecasts["load_p90_w"]`` (a high quantile) is preferred to
+   ``forecasts["load_w"]``; ``forecasts["pv_w"]`` is subtracted when present.
 5. **Battery.** Discharge to hold P_allow, within the SoC window and power limits, never
    exporting (some meters register import only, and exported energy earns little).
    Otherwise recharge towards the recharge target while the import stays below
@@ -75,7 +81,7 @@ positive = discharge. Energies in Wh, powers in W, durations in hours inside for
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Self
@@ -192,8 +198,9 @@ class PeakShavingParams(_Frozen):
     """``auto`` without a usable forecast: this L, W (None: the billed peak, if any)."""
     recharge_margin_w: float = Field(default=5_000.0, ge=0.0)
     """Recharge only while import stays this far below the allowed import, W."""
-    recharge_target: Literal["reserve", "full"] = "reserve"
-    """Recharge up to the SoC reserve (sharing the battery with economics) or to soc_max."""
+    recharge_target: Literal["reserve", "full"] = "full"
+    """Recharge to soc_max, or only up to the SoC reserve (when a lower-priority controller,
+    e.g. economics, uses the battery above it)."""
     recharge_in_demand_hours: bool = False
     """Whether recharging is allowed inside the tariff's demand hours (if it has any)."""
     reserve_pct: float = Field(default=50.0, ge=0.0, le=100.0)
@@ -202,9 +209,10 @@ class PeakShavingParams(_Frozen):
     """Added to the forecast-sized reserve, %."""
     horizon: timedelta = timedelta(hours=24)
     """Forecast horizon for the reserve and the ``auto`` limit."""
-    auto_energy_fraction: float = Field(default=0.8, gt=0.0, le=1.0)
-    """``auto`` sizes L to this fraction of the usable energy (soc_max − soc_min): margin
-    for forecast error."""
+    auto_forecast_margin_pct: float = Field(default=20.0, ge=0.0, le=100.0)
+    """``auto`` plans discharges this much larger than the forecast excess, %: the margin
+    for forecast error. It shrinks with the energy still ahead, where a fixed SoC buffer
+    would be off limits to every plan made during a long peak and raise L mid-peak."""
     load_forecast_keys: tuple[str, ...] = ("load_p90_w", "load_w")
     """Forecast names tried in order (a high quantile first)."""
     pv_forecast_key: str | None = "pv_w"
@@ -468,10 +476,18 @@ def choose_limit_w(
         energy = sum(excess) * block_h / discharge_efficiency
         return energy <= usable_energy_wh and max(excess, default=0.0) <= max_discharge_w
 
+    return _smallest_feasible(feasible, floor_w, max(block_demand_w, default=0.0), tolerance_w)
+
+
+def _smallest_feasible(
+    feasible: Callable[[float], bool], floor_w: float, high_w: float, tolerance_w: float
+) -> float:
+    """Bisection for the smallest feasible L in [floor_w, high_w]; ``high_w`` (no excess
+    anywhere) must be feasible. Returns a feasible value within ``tolerance_w``."""
     low = max(0.0, floor_w)
     if feasible(low):
         return low
-    high = max(block_demand_w)  # no excess at all: always feasible
+    high = max(low, high_w)
     while high - low > tolerance_w:
         mid = (low + high) / 2.0
         if feasible(mid):
@@ -479,6 +495,77 @@ def choose_limit_w(
         else:
             low = mid
     return high
+
+
+@dataclass(frozen=True, slots=True)
+class SocBudget:
+    """The battery as :func:`plan_limit_w` sees it; energies are stored (DC) energy above
+    soc_min, Wh."""
+
+    stored_wh: float
+    """Now."""
+    room_wh: float
+    """At soc_max."""
+    charge_efficiency: float
+    discharge_efficiency: float
+    max_charge_w: float
+    max_discharge_w: float
+    recharge_margin_w: float
+    """Recharging keeps the import this far below L (as the controller does)."""
+    charge_in_counted_blocks: bool = True
+    """Whether recharging is allowed in blocks that count for demand."""
+    forecast_margin: float = 0.0
+    """Discharges are planned (1 + this) × the forecast excess: room for forecast error."""
+
+
+def plan_limit_w(
+    block_demand_w: Sequence[float],
+    counts: Sequence[bool],
+    block: timedelta,
+    budget: SocBudget,
+    *,
+    floor_w: float = 0.0,
+    tolerance_w: float = 1.0,
+) -> float:
+    """The smallest limit L ≥ ``floor_w``, W, the battery can hold over the forecast blocks,
+    following its stored energy block by block from now.
+
+    The energy form of :func:`choose_limit_w` with the state of charge in it: a counted
+    block above L discharges (D̂ − L)·T/η_discharge (at most the inverter's power); a block
+    below L − margin recharges min(max charge, L − margin − D̂)·T·η_charge up to soc_max (a
+    block that does not count recharges at full power). L is feasible when no discharge
+    takes the stored energy below soc_min, with every discharge planned
+    ``1 + forecast_margin`` times larger than forecast. A higher L discharges less and recharges
+    more, so feasibility is monotone and bisection applies. Starting from the present SoC
+    lets a day that runs hotter than forecast raise L early (a little above the plan)
+    instead of holding a low L until the battery is empty and the block fails outright.
+    """
+    if len(counts) != len(block_demand_w):
+        raise ValueError("one counts flag per forecast block")
+    block_h = block / _HOUR
+    b = budget
+
+    def feasible(limit: float) -> bool:
+        energy = b.stored_wh
+        for demand, counted in zip(block_demand_w, counts, strict=True):
+            excess = demand - limit if counted else -math.inf
+            if excess > 0.0:
+                if excess > b.max_discharge_w:
+                    return False
+                energy -= excess * block_h * (1.0 + b.forecast_margin) / b.discharge_efficiency
+                if energy < 0.0:
+                    return False
+                continue
+            if counted and not b.charge_in_counted_blocks:
+                continue
+            headroom = limit - b.recharge_margin_w - demand if counted else math.inf
+            charge = min(b.max_charge_w, headroom)
+            if charge > 0.0:
+                energy = min(b.room_wh, energy + charge * block_h * b.charge_efficiency)
+        return True
+
+    counted_demand = [d for d, c in zip(block_demand_w, counts, strict=True) if c]
+    return _smallest_feasible(feasible, floor_w, max(counted_demand, default=0.0), tolerance_w)
 
 
 def net_forecast_blocks(
@@ -502,14 +589,6 @@ def net_forecast_blocks(
         if blocks:
             return key, blocks
     return None, []
-
-
-def _counting(blocks: list[float], start: datetime, params: PeakShavingParams) -> list[float]:
-    """Only the blocks that count for billed demand."""
-    if params.tariff is None:
-        return blocks
-    tariff = params.tariff
-    return [d for b, d in enumerate(blocks) if tariff.counts_for_demand(start + b * params.block)]
 
 
 def reserve_pct(blocks_w: Sequence[float], limit_w: float, params: PeakShavingParams) -> float:
@@ -545,7 +624,7 @@ class PeakShavingState:
     """L used in the last cycle (after the billed-peak floor), W."""
     auto_limit_w: float | None = None
     auto_key: tuple[object, ...] | None = None
-    """What the ``auto`` limit was chosen from: local date, forecast key, forecast."""
+    """What the ``auto`` limit was planned from: block start, forecast key, forecasts."""
     stale: bool = False
     lost_window_slot: datetime | None = None
     """Slot start of the window already reported as lost (one event per window)."""
@@ -673,9 +752,17 @@ class PeakShavingController:
         in_demand = p.tariff is None or p.tariff.counts_for_demand(view.slot_start)
         block_start = slot_start(t_ref, p.block, p.zone)
         key, blocks = net_forecast_blocks(forecasts, p, block_start)
-        counted = _counting(blocks, block_start, p)
+        counts = self._counts(block_start, len(blocks))
+        counted = [d for d, c in zip(blocks, counts, strict=True) if c]
         state, limit_w = self._limit(
-            state=state, now=now, key=key, counted=counted, forecasts=forecasts, events=events
+            state=state,
+            block_start=block_start,
+            key=key,
+            blocks=blocks,
+            counts=counts,
+            soc_pct=battery.soc_pct,
+            forecasts=forecasts,
+            events=events,
         )
 
         tau_slot = t_ref - view.slot_start
@@ -837,35 +924,54 @@ class PeakShavingController:
                 can_charge = min(can_charge, max(0.0, avail))
         return _Battery(soc, power, can_discharge, can_charge)
 
+    def _counts(self, start: datetime, count: int) -> list[bool]:
+        """Whether each block from ``start`` counts for billed demand."""
+        tariff = self._params.tariff
+        block = self._params.block
+        if tariff is None:
+            return [True] * count
+        return [tariff.counts_for_demand(start + b * block) for b in range(count)]
+
     def _limit(
         self,
         *,
         state: PeakShavingState,
-        now: datetime,
+        block_start: datetime,
         key: str | None,
-        counted: list[float],
+        blocks: list[float],
+        counts: list[bool],
+        soc_pct: float,
         forecasts: Forecasts,
         events: list[str],
     ) -> tuple[PeakShavingState, float | None]:
-        """L for this cycle, W (None: no limit known yet), never below the billed peak."""
+        """L for this cycle, W (None: no limit known yet), never below the billed peak.
+
+        ``auto`` plans L at every block start (the SoC has moved) and whenever the forecast
+        changes: :func:`plan_limit_w` from the present SoC over the forecast horizon.
+        """
         p = self._params
         base: float | None
         if not isinstance(p.limit_w, str):
             base = p.limit_w
-        elif key is None or not counted:
+        elif key is None or not any(counts):
             base = p.fallback_limit_w
         else:
             pv = forecasts.get(p.pv_forecast_key) if p.pv_forecast_key else None
-            auto_key = (now.astimezone(p.zone).date(), key, forecasts[key], pv)
+            auto_key = (block_start, key, forecasts[key], pv)
             if state.auto_key != auto_key or state.auto_limit_w is None:
-                chosen = choose_limit_w(
-                    counted,
-                    p.block,
-                    p.usable_energy_wh * p.auto_energy_fraction,
+                has_windows = p.tariff is not None and bool(p.tariff.demand_hours)
+                budget = SocBudget(
+                    stored_wh=max(0.0, soc_pct - p.soc_min_pct) / 100.0 * p.capacity_wh,
+                    room_wh=p.usable_energy_wh,
+                    charge_efficiency=p.charge_efficiency,
                     discharge_efficiency=p.discharge_efficiency,
+                    max_charge_w=p.max_charge_w,
                     max_discharge_w=p.max_discharge_w,
-                    floor_w=state.billed_peak_w,
+                    recharge_margin_w=p.recharge_margin_w,
+                    charge_in_counted_blocks=p.recharge_in_demand_hours or not has_windows,
+                    forecast_margin=p.auto_forecast_margin_pct / 100.0,
                 )
+                chosen = plan_limit_w(blocks, counts, p.block, budget, floor_w=state.billed_peak_w)
                 # A forecast rebuilt every block nudges L a little: report real moves only.
                 previous = state.auto_limit_w
                 if previous is None or abs(chosen - previous) > max(1.0, 0.01 * previous):

@@ -51,10 +51,11 @@ Per cycle, in this order:
    :class:`Constraint`: lower priorities may not charge beyond the import headroom, nor
    discharge below the SoC reserve.
 6. **Shedding.** When the battery cannot hold P_allow (empty, or at its power limit), loads
-   are shed in ``order`` (lowest first) until their nominal power covers the shortfall,
-   skipping loads switched on less than ``min_on`` ago and loads whose measured power
-   (``power_point``) is nil. Loads shed less than ``shed_settle`` ago count as already
-   saving, since the meter has not seen them drop yet. A shed load is held shed (its shed
+   are shed in ``order`` (lowest first) until their expected savings cover the shortfall
+   (the measured power when a fresh ``power_point`` is given, else the nominal power),
+   skipping loads switched on less than ``min_on`` ago and loads drawing nothing. Loads
+   shed less than ``shed_settle`` ago count as already saving, since the meter has not seen
+   them drop yet. A shed load is held shed (its shed
    value requested every cycle) and restored, one at a time in reverse order and only when
    every switch has settled, once it has been off ``min_off`` and
    P_net + nominal < min(P_allow, L) − hysteresis. The restore cycle requests the normal

@@ -55,11 +55,11 @@ Per cycle, in this order:
    (the measured power when a fresh ``power_point`` is given, else the nominal power),
    skipping loads switched on less than ``min_on`` ago and loads drawing nothing. Loads
    shed less than ``shed_settle`` ago count as already saving, since the meter has not seen
-   them drop yet. A shed load is held shed (its shed
-   value requested every cycle) and restored, one at a time in reverse order and only when
-   every switch has settled, once it has been off ``min_off`` and
-   P_net + nominal < min(P_allow, L) − hysteresis. The restore cycle requests the normal
-   value once; after that the point is left to other controllers.
+   them drop yet. A shed load is held shed (its shed value requested every cycle) and
+   restored, one at a time in reverse order and only when every switch has settled, once
+   it has been off ``min_off`` and P_net + nominal < min(P_allow, L) − hysteresis. The
+   restore cycle requests the normal value once; after that the point is left to other
+   controllers (so the engine's idle value for such a point should be its normal value).
 
 **A lost block.** When E(τ) > L·T the block will exceed L whatever happens. The block's
 average then becomes the month's billed demand, so the battery discharges as hard as it can

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -111,6 +112,38 @@ def test_profile_kinds(kind: ProfileKind, when: datetime, expected_w: float) -> 
     days = 4 if kind == "weekly" else 10
     got = profile_value(h, when, when, kind=kind, days=days, zone=UTC_ZONE)
     assert got == pytest.approx(expected_w)
+
+
+@pytest.mark.parametrize(
+    ("quantile", "expected_w"),
+    [
+        # The 10 weekdays before Wednesday 1 April at 14:00: 8 at 80 kW, 2 Wednesdays at 95.
+        (None, 80_000.0 + 15_000.0 * 2 / 10),
+        (0.5, 80_000.0),
+        (0.9, 95_000.0),  # between the two highest (numpy's linear interpolation)
+        (0.85, 80_000.0 + 15_000.0 * 0.65),  # 0.85 × 9 = 7.65: 65 % of the way to the 9th
+        (1.0, 95_000.0),
+    ],
+)
+def test_profile_quantile(quantile: float | None, expected_w: float) -> None:
+    ts, values = history(days=34)
+    h = History.from_arrays(ts, values)
+    when = datetime(2026, 4, 1, 14, 0, tzinfo=UTC)
+    got = profile_value(h, when, when, kind="daytype", days=10, zone=UTC_ZONE, quantile=quantile)
+    assert got == pytest.approx(expected_w)
+
+
+def test_load_forecast_quantile_is_the_high_estimate() -> None:
+    ts, values = history(days=28)
+    common: dict[str, Any] = {"kind": "daytype", "persistence_time_constant": timedelta(0)}
+    mean = load_forecast(ts, values, FORECAST_START, 7 * PER_DAY, **common)
+    p90 = load_forecast(ts, values, FORECAST_START, 7 * PER_DAY, quantile=0.9, **common)
+    assert all(high >= avg for high, avg in zip(p90.values, mean.values, strict=True))
+    # Wednesday 14:00 (the 13-17 h extra on 2 of 10 weekdays): the p90 sees it.
+    wednesday = FORECAST_START + timedelta(days=2, hours=14)
+    assert p90.at(wednesday) == 95_000.0
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        load_forecast(ts, values, FORECAST_START, 4, quantile=90.0)
 
 
 def test_profile_uses_only_history_before_the_start() -> None:

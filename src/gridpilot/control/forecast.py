@@ -113,15 +113,17 @@ def profile_value(
     kind: ProfileKind,
     days: int,
     zone: ZoneInfo,
+    quantile: float | None = None,
 ) -> float:
-    """Mean of the values at ``when``'s local time of day on up to ``days`` past comparable
-    days (NaN skipped), using only samples before ``before``; NaN when there are none."""
+    """Mean (or ``quantile``, 0..1) of the values at ``when``'s local time of day on up to
+    ``days`` past comparable days (NaN skipped), using only samples before ``before``; NaN
+    when there are none."""
     local = when.astimezone(zone)
-    total, count = 0.0, 0
+    samples: list[float] = []
     lag_days = 7 if kind == "weekly" else 1
     lag = lag_days
     # Walk back day by day (week by week) until enough samples or the history's start.
-    while count < days:
+    while len(samples) < days:
         past_local = local - timedelta(days=lag)
         lag += lag_days
         past = past_local.astimezone(zone)  # wall-clock arithmetic, then the real instant
@@ -134,9 +136,12 @@ def profile_value(
             continue
         value = float(history.values[k])
         if not math.isnan(value):
-            total += value
-            count += 1
-    return total / count if count else math.nan
+            samples.append(value)
+    if not samples:
+        return math.nan
+    if quantile is None:
+        return sum(samples) / len(samples)
+    return float(np.quantile(samples, quantile))
 
 
 def _horizon(history: History, start: datetime, steps: int) -> list[datetime]:
@@ -164,12 +169,18 @@ def load_forecast(
     days: int = 10,
     persistence_time_constant: timedelta = timedelta(hours=1),
     timezone: str = "UTC",
+    quantile: float | None = None,
 ) -> Forecast:
     """Forecast ``steps`` values from ``start`` (on the history's grid and step), W.
 
     ``kind`` and ``days`` choose the profile (``days`` comparable past days, or weeks for
     ``weekly``); ``persistence_time_constant`` is τ of the persistence weight exp(−lead/τ).
+    ``quantile`` (e.g. 0.9) takes that quantile of the past days instead of their mean: the
+    high estimate a peak shaver sizes its limit on (``load_p90_w``). With ten days, 0.9
+    lies between the two highest.
     """
+    if quantile is not None and not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile {quantile} is not between 0 and 1")
     history = History.from_arrays(timestamps, values)
     zone = ZoneInfo(timezone)
     targets = _horizon(history, start, steps)
@@ -177,7 +188,9 @@ def load_forecast(
     fallback = _mean(history, start)
     out: list[float] = []
     for when in targets:
-        profile = profile_value(history, when, start, kind=kind, days=days, zone=zone)
+        profile = profile_value(
+            history, when, start, kind=kind, days=days, zone=zone, quantile=quantile
+        )
         if last is None:
             out.append(fallback if math.isnan(profile) else profile)
             continue

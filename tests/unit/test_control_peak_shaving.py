@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridpilot.control.base import (
     Constraint,
@@ -29,8 +31,10 @@ from gridpilot.control.peak_shaving import (
     allowed_import_w,
     block_averages,
     choose_limit_w,
+    integrate,
     plan_limit_w,
     slot_start,
+    start_ledger,
 )
 from gridpilot.control.tariff import HourWindow, Tariff
 from gridpilot.model.units import unit_of
@@ -1025,3 +1029,47 @@ def test_the_controller_satisfies_the_protocol() -> None:
         snapshot(MONDAY_NOON, 120 * KW), controller.initial_state(), MONDAY_NOON, {}
     )
     assert all(r.priority == Priority.PEAK_SHAVING and r.source == "ps" for r in decision.requests)
+
+
+# --- Properties of the energy ledger ------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(min_value=1, max_value=10), st.floats(min_value=-50e3, max_value=200e3)
+        ),
+        min_size=1,
+        max_size=120,
+    ),
+    mode=st.sampled_from(["fixed", "rolling"]),
+    offset_s=st.integers(min_value=0, max_value=899),
+)
+def test_ledger_conserves_energy_across_block_boundaries(
+    steps: list[tuple[int, float]], mode: str, offset_s: int
+) -> None:
+    """Closed slots plus the open one hold exactly the trapezoid of the samples (plus the
+    first value held back to its slot start), and every closed window is the mean of its
+    last n slots, however the samples fall on the boundaries."""
+    p = params(block_mode=mode, sub_intervals=3 if mode == "rolling" else 1)
+    n = p.slots_per_block
+    block_h = p.block / timedelta(hours=1)
+    t = MONDAY_NOON + offset_s * SEC
+    value = 10_000.0
+    ledger = start_ledger(value, t, p)
+    slots = [energy for energy, _ in ledger.history]  # the held-back start, oldest first
+    expected_wh = value * ((t - ledger.slot_start) / timedelta(hours=1))
+    for gap_s, new_value in steps:
+        t_next = t + gap_s * SEC  # at most 10 s apart: never a gap, at most one boundary
+        ledger, windows = integrate(ledger, new_value, t_next, p)
+        expected_wh += (value + new_value) / 2 * (gap_s / 3600)
+        for window in windows:
+            closed = ledger.history[-1][0] if n > 1 else window.demand_w * block_h
+            slots.append(closed)
+            assert window.demand_w * block_h == pytest.approx(sum(slots[-n:]), abs=1e-6)
+        t, value = t_next, new_value
+    measured = slots[n - 1 :]  # the slots closed while integrating (and the start slot)
+    assert sum(measured) + ledger.slot_energy_wh == pytest.approx(expected_wh, abs=1e-6)
+    assert ledger.sample == (value, t)
+    assert ledger.slot_start <= t < ledger.slot_start + p.slot

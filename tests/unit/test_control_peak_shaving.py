@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -819,6 +819,29 @@ def test_min_on_protects_a_freshly_restored_load() -> None:
     decision = site.step(MONDAY_NOON + 15 * MIN + 10 * SEC)
     assert set(load_requests(decision)) == {ON_STATE["kitchen"]}
     assert decision.metrics["shed_loads_state"] == 0b001
+
+
+@pytest.mark.parametrize(
+    ("soc_pct", "expected_shed"),
+    [
+        # A lost block: 30 kW net, the battery covers all of it: importing zero, nothing to
+        # gain from shedding.
+        (50.0, set()),
+        # An empty battery: loads go in order until their 30 kW cover the whole import.
+        (5.0, {ON_STATE["ev"], ON_STATE["water"]}),
+    ],
+)
+def test_lost_block_sheds_only_what_lowers_the_import(
+    soc_pct: float, expected_shed: set[str]
+) -> None:
+    driver = Driver(params(sheddable_loads=panel(), shed_settle=timedelta(0)))
+    driver.run(MONDAY_NOON, MONDAY_NOON + 8 * MIN, 200 * KW, soc_pct=soc_pct)  # lost
+    # 200 kW was beyond the inverter either way, so every load went: start them afresh
+    # to look at one cycle at 30 kW.
+    driver.state = replace(driver.state, loads=driver.controller.initial_state().loads)
+    decision = driver.step(MONDAY_NOON + 8 * MIN + 10 * SEC, 30 * KW, soc_pct=soc_pct)
+    assert decision.metrics["allowed_import_w"] < 0.0
+    assert set(load_requests(decision)) == expected_shed
 
 
 def test_stale_meter_holds_shed_loads_without_restoring() -> None:

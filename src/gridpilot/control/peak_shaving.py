@@ -215,7 +215,8 @@ class PeakShavingParams(_Frozen):
     for forecast error. It shrinks with the energy still ahead, where a fixed SoC buffer
     would be off limits to every plan made during a long peak and raise L mid-peak."""
     load_forecast_keys: tuple[str, ...] = ("load_p90_w", "load_w")
-    """Forecast names tried in order (a high quantile first)."""
+    """Forecast names tried in order (a high quantile first). A forecast is used from the
+    start of the current block on, so it must cover that block."""
     pv_forecast_key: str | None = "pv_w"
     """Subtracted from the load forecast when present (the net import is what is billed);
     None when the load forecast already is the net import without the battery."""
@@ -816,7 +817,9 @@ class PeakShavingController:
             if constraint is not None:
                 constraints.append(constraint)
 
-        shortfall_w = need_w - discharge_w
+        # What the battery leaves above P_allow; an import of zero is as low as it gets, so
+        # a lost block with the battery covering the whole net load sheds nothing.
+        shortfall_w = min(need_w, max(0.0, net_w)) - discharge_w
         loads, load_requests = self._shed_or_restore(
             loads=state.loads,
             savings_w=savings_w,

@@ -6,20 +6,19 @@ state under the simulator's point names (``grid_meter.active_power_w``, ``batter
 with the step's time, calls :meth:`Engine.cycle` and applies ``result.targets``
 (``battery.active_power_setpoint_w``, ``hvac_zone_N.setpoint_degc``).
 
-Forecasts, rebuilt every 15 minutes from what the site has measured (never from the future):
+Forecasts, rebuilt every 15 minutes from what the site has measured (never from the future),
+by GridPilot's own forecasters (``gridpilot.control.forecast``) on 15-minute means of the
+last 14 days, called as the controller service calls them (``gridpilot.control.inputs``):
+``load_w`` (day-type profile blended with persistence) of the site's consumption — base load
++ chillers, i.e. meter + battery + PV, since the peak shaver subtracts ``pv_w`` itself —,
+``pv_w`` and ``irradiance_wm2`` (daily profile scaled by today's ratio), ``outdoor_degc``
+(daily profile blended with persistence). With ``gridpilot.limit_forecast: net_load_p90``
+the harness adds ``net_load_p90_w``: the 90th percentile of consumption − PV at the same
+time of day over the last ten measured days of the same kind (working day or not), the
+"high quantile" the peak shaver's limit prefers (GridPilot has no quantile forecast yet);
+with ``expected`` the peak shaver sizes its limit on ``load_w − pv_w``.
 
-* ``load_w`` — the site's consumption (meter + PV + battery = base load + chillers) of the
-  same quarter hour one week earlier;
-* ``net_load_p90_w`` — the 90th percentile of the net import without the battery
-  (consumption − PV) at the same time of day over the last ten measured days of the same
-  kind (working day or not): the high quantile the peak shaver sizes its limit on
-  (configured as its first ``load_forecast_keys``, with ``pv_forecast_key`` off since PV
-  is already in it). A persistence PV forecast subtracted from the load would put every
-  sunny yesterday into today's limit;
-* ``pv_w``, ``outdoor_degc``, ``irradiance_wm2`` — persistence: the values measured at the
-  same time on the most recent day (24 h earlier; 48 h for quarters more than a day ahead);
-
-The week before the month comes from the benchmark's history run (no control).
+The days before the month come from the benchmark's history run (no control).
 
 The HVAC controllers identify their zone model from that history (15-minute means of the
 zone's temperature, cooling, occupancy and weather), as they would from the site's stored
@@ -48,10 +47,13 @@ from bench_control import (
 
 from gridpilot.control.base import Forecast, PointRef, Reading, Snapshot
 from gridpilot.control.engine import BatteryWindow, Engine, EngineParams, PointLimits
+from gridpilot.control.forecast import load_forecast, pv_forecast
 from gridpilot.sim.physics import battery_available_power_w
 
 BATTERY_SETPOINT = PointRef("battery", "active_power_setpoint_w")
 BATTERY_SOC = PointRef("battery", "soc_pct")
+FORECAST_DAYS = 14
+"""History the forecasters see, as the controller service reads from storage."""
 
 
 @dataclass(slots=True)
@@ -69,14 +71,6 @@ class _Series:
     def index(self, when: datetime) -> int:
         return round((when - self.origin).total_seconds() / self.step_s)
 
-    def quarter_mean(self, array: np.ndarray, start: datetime) -> float | None:
-        """Mean over the quarter hour from ``start``; None unless it was measured by now."""
-        i = self.index(start)
-        j = i + round(QUARTER.total_seconds() / self.step_s)
-        if i < 0 or j > self.filled:
-            return None
-        return float(array[i:j].mean())
-
 
 @dataclass(slots=True)
 class GridPilotStrategy:
@@ -90,6 +84,7 @@ class GridPilotStrategy:
     capacity_wh: float
     horizon_quarters: int
     zone: ZoneInfo
+    net_quantile: bool
     forecasts: Mapping[str, Forecast] = field(default_factory=dict)
     forecast_at: datetime | None = None
     errors: dict[str, int] = field(default_factory=dict)
@@ -110,7 +105,7 @@ class GridPilotStrategy:
         controllers: list[Any] = []
         parts: list[str] = []
         if battery:
-            controllers.append(_peak_shaving(cfg, inp))
+            controllers.append(_peak_shaving(cfg, inp, cfg.gridpilot.limit_forecast))
             parts.append("PeakShavingController")
         if hvac:
             controllers.extend(_hvac(cfg, site, hist_inp, hist))
@@ -166,6 +161,7 @@ class GridPilotStrategy:
             capacity_wh=site.battery.capacity_wh,
             horizon_quarters=round(cfg.gridpilot.forecast_horizon_h * 4),
             zone=ZoneInfo(cfg.timezone),
+            net_quantile=cfg.gridpilot.limit_forecast == "net_load_p90",
         )
 
     # ------------------------------------------------------------------------------ loop
@@ -241,60 +237,70 @@ class GridPilotStrategy:
         return Snapshot(now, readings)
 
     def _forecasts(self, now: datetime) -> dict[str, Forecast]:
+        """GridPilot's own forecasters (``gridpilot.control.forecast``) on 15-minute means of
+        the last ``FORECAST_DAYS`` days measured, called as the controller service calls
+        them (``gridpilot.control.inputs``), plus the harness's net-import quantile."""
         s = self.series
-        start = now - timedelta(seconds=(now.timestamp() % QUARTER.total_seconds()))
-        week, day = timedelta(days=7), timedelta(days=1)
-        zone = self.zone
-        load: list[float] = []
-        net_p90: list[float] = []
-        pv: list[float] = []
-        outdoor: list[float] = []
-        ghi: list[float] = []
-        for k in range(self.horizon_quarters):
-            t = start + k * QUARTER
-            last_week = s.quarter_mean(s.consumption_w, t - week)
-            # The most recent measured day at this time of day (yesterday, or the day before
-            # for quarters more than a day ahead).
-            back = day * math.ceil((t + QUARTER - now) / day)
-            previous_day = [
-                s.quarter_mean(a, t - back) for a in (s.pv_w, s.outdoor_degc, s.ghi_wm2)
-            ]
-            if last_week is None or any(v is None for v in previous_day):
-                break
-            # Net import at this time of day on the last ten measured days of the same kind
-            # (working day or not): its 90th percentile is the high quantile peak shaving
-            # sizes its limit on, with the PV's day-to-day spread in it.
-            weekday = t.astimezone(zone).weekday() < 5
-            nets: list[float] = []
-            back_day = back
-            while len(nets) < 10 and back_day <= 35 * day:
-                when = t - back_day
-                if (when.astimezone(zone).weekday() < 5) == weekday:
-                    c = s.quarter_mean(s.consumption_w, when)
-                    g = s.quarter_mean(s.pv_w, when)
-                    if c is not None and g is not None:
-                        nets.append(c - g)
-                back_day += day
-            if not nets:
-                break
-            load.append(last_week)
-            net_p90.append(float(np.percentile(nets, 90)))
-            pv.append(previous_day[0] or 0.0)
-            outdoor.append(previous_day[1] or 0.0)
-            ghi.append(previous_day[2] or 0.0)
-        if not load:
+        per = round(QUARTER.total_seconds() / s.step_s)
+        end = s.filled - s.filled % per
+        first = max(0, end - FORECAST_DAYS * 96 * per)
+        first += (end - first) % per
+        quarters = (end - first) // per
+        if quarters < 96:
             return {}
+        t0 = s.origin + timedelta(seconds=first * s.step_s)
+        times = [t0 + k * QUARTER for k in range(quarters)]
+        start = t0 + quarters * QUARTER
 
-        def make(values: list[float]) -> Forecast:
-            return Forecast(start, QUARTER, tuple(values))
+        def means(a: np.ndarray) -> np.ndarray:
+            return np.asarray(a[first:end].reshape(quarters, per).mean(axis=1))
 
-        return {
-            "load_w": make(load),
-            "net_load_p90_w": make(net_p90),
-            "pv_w": make(pv),
-            "outdoor_degc": make(outdoor),
-            "irradiance_wm2": make(ghi),
+        consumption, pv = means(s.consumption_w), means(s.pv_w)
+        outdoor, ghi = means(s.outdoor_degc), means(s.ghi_wm2)
+        steps = self.horizon_quarters
+        tz = self.zone.key
+        out: dict[str, Forecast] = {
+            # Consumption (base + chillers): the peak shaver subtracts pv_w itself.
+            "load_w": load_forecast(times, consumption, start, steps, kind="daytype", timezone=tz),
+            "pv_w": pv_forecast(times, pv, start, steps, timezone=tz),
+            "outdoor_degc": load_forecast(
+                times,
+                outdoor,
+                start,
+                steps,
+                kind="daily",
+                days=7,
+                persistence_time_constant=timedelta(hours=3),
+                timezone=tz,
+            ),
+            "irradiance_wm2": pv_forecast(times, ghi, start, steps, timezone=tz),
         }
+        if self.net_quantile:
+            out["net_load_p90_w"] = self._net_p90(times, consumption - pv, start, steps)
+        return out
+
+    def _net_p90(
+        self, times: list[datetime], net: np.ndarray, start: datetime, steps: int
+    ) -> Forecast:
+        """The 90th percentile of the net import (consumption − PV) at the same local time
+        of day on the last ten measured days of the same kind (working day or not)."""
+        index = {t: k for k, t in enumerate(times)}
+        values: list[float] = []
+        for j in range(steps):
+            when = (start + j * QUARTER).astimezone(self.zone)
+            working = when.weekday() < 5
+            samples: list[float] = []
+            lag = 1
+            while len(samples) < 10 and lag <= FORECAST_DAYS:
+                past_local = when - timedelta(days=lag)
+                lag += 1
+                past = past_local.astimezone(self.zone)
+                k = index.get(past.astimezone(times[0].tzinfo))
+                if k is not None and (past_local.weekday() < 5) == working:
+                    samples.append(float(net[k]))
+            values.append(float(np.percentile(samples, 90)) if samples else math.nan)
+        filled = [v if math.isfinite(v) else max(net) for v in values]
+        return Forecast(start, QUARTER, tuple(filled))
 
 
 def _others(battery: bool, hvac: bool) -> str:
@@ -305,7 +311,7 @@ def _others(battery: bool, hvac: bool) -> str:
     return ""
 
 
-def _peak_shaving(cfg: BenchConfig, inp: Inputs) -> Any:
+def _peak_shaving(cfg: BenchConfig, inp: Inputs, limit_forecast: str) -> Any:
     from gridpilot.control.peak_shaving import (  # noqa: PLC0415 - controllers land separately
         PeakShavingController,
         PeakShavingParams,
@@ -325,10 +331,11 @@ def _peak_shaving(cfg: BenchConfig, inp: Inputs) -> Any:
         "tariff": cfg.tariff,
         "meter_max_age": stale,
         "battery_max_age": stale,
-        # The net-import quantile already has the PV in it (see _forecasts).
-        "load_forecast_keys": ("net_load_p90_w", "load_w"),
-        "pv_forecast_key": None,
     }
+    if limit_forecast == "net_load_p90":
+        # The net-import quantile already has the PV in it (see _net_p90).
+        defaults["load_forecast_keys"] = ("net_load_p90_w",)
+        defaults["pv_forecast_key"] = None
     params = PeakShavingParams.model_validate({**defaults, **cfg.gridpilot.peak_shaving})
     return PeakShavingController(params)
 

@@ -6,7 +6,8 @@ return a :class:`gridpilot.control.base.Forecast` on the history's own step:
 * **Profile.** The value at the same local time of day on comparable past days, averaged:
   ``weekly`` (the same weekday of past weeks), ``daytype`` (past weekdays for a weekday,
   past weekend days for a weekend day: more samples than weekly, for loads that follow the
-  working week) or ``daily`` (every past day: PV, which ignores the calendar). Lags are
+  working week) or ``daily`` (every past day: PV, which ignores the calendar); a quantile
+  of those days instead of their mean gives a high estimate (``load_p90_w``). Lags are
   taken on the local wall clock of ``timezone``, so a profile survives the daylight-saving
   change. Gaps are skipped; only history strictly before the forecast start is used.
 * **Persistence.** The last valid value before the start. It knows today's level (a cold

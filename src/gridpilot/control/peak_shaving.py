@@ -151,6 +151,7 @@ class SheddableLoad(_Frozen):
 
     @property
     def ref(self) -> PointRef:
+        """The point written to shed and restore the load."""
         return PointRef.parse(self.point)
 
     def saving_w(self, snapshot: Snapshot) -> float:
@@ -271,10 +272,12 @@ class PeakShavingParams(_Frozen):
 
     @property
     def slot(self) -> timedelta:
+        """Length of one accounting slot (the block, or a rolling sub-interval)."""
         return self.block / self.slots_per_block
 
     @property
     def zone(self) -> ZoneInfo:
+        """The time zone of blocks, demand hours and months (the tariff's, else UTC)."""
         return self.tariff.zone if self.tariff is not None else _UTC_ZONE
 
     @property
@@ -302,10 +305,12 @@ class BlockLedger:
 
     @property
     def window_energy_wh(self) -> float:
+        """Energy of the window closing at the end of the current slot so far, Wh."""
         return self.slot_energy_wh + sum(energy for energy, _ in self.history)
 
     @property
     def window_gap_s(self) -> float:
+        """Seconds of that window not covered by fresh samples."""
         return self.slot_gap_s + sum(gap for _, gap in self.history)
 
 
@@ -617,6 +622,8 @@ class LoadState:
 
 @dataclass(frozen=True, slots=True)
 class PeakShavingState:
+    """What the controller carries from one cycle to the next (see :meth:`decide`)."""
+
     ledger: BlockLedger | None = None
     month: tuple[int, int] | None = None
     """The local (year, month) the billed peak belongs to."""
@@ -680,9 +687,11 @@ class PeakShavingController:
 
     @property
     def params(self) -> PeakShavingParams:
+        """The configuration the controller was built with."""
         return self._params
 
     def initial_state(self) -> PeakShavingState:
+        """No energy accounted yet, no billed peak, every sheddable load on."""
         return PeakShavingState(loads=(LoadState(),) * len(self._params.sheddable_loads))
 
     # -- one cycle ------------------------------------------------------------------------

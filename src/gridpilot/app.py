@@ -126,7 +126,7 @@ async def run_services(
                     address,
                     await controllers_from_history(config, inputs),
                     base_dir=base_dir,
-                    forecasts=inputs.forecasts,
+                    forecasts=inputs,
                 )
             )
         api_url: str | None = None

@@ -54,15 +54,17 @@ def config() -> GridPilotConfig:
     )
 
 
-def history_samples() -> list[Sample]:
+def history_samples(
+    start: datetime = NOW - timedelta(days=DAYS), end: datetime = NOW
+) -> list[Sample]:
     """Two weeks of 5-minute samples: the office load met half by the battery on one day,
     a zone driven by a known 1R1C model with a cooling schedule that varies."""
     samples: list[Sample] = []
     zone = ZoneParams()
     temperature = 24.0
-    t = NOW - timedelta(days=DAYS)
+    t = start
     k = 0
-    while t < NOW:
+    while t < end:
         ms = int(t.timestamp() * 1000)
         load = office_load_w(t)
         battery = 20_000.0 if t.day == NOW.day - 7 and 8 <= t.hour < 18 else 0.0
@@ -125,3 +127,21 @@ async def test_forecasts_and_zone_history_come_from_the_stored_telemetry(tmp_pat
         gappy = await inputs.series(PointRef("grid_meter", "active_power_w"), NOW, DAYS + 2)
         assert gappy is not None
         assert np.isnan(gappy[:96]).all()  # before the history: gaps, not zeros
+
+
+async def test_day_ahead_forecasts_are_scored_once_their_horizon_has_passed(
+    tmp_path: Path,
+) -> None:
+    cfg = config()
+    async with open_storage(cfg.storage, tmp_path) as storage:
+        await storage.write(history_samples())
+        inputs = StoredInputs(storage, cfg)
+        await inputs.forecasts(NOW)
+        assert inputs.metrics() == {}  # nothing has happened yet to score against
+        # the day happens (a Wednesday like the last ones), then the next refresh scores it
+        await storage.write(history_samples(NOW, NOW + timedelta(days=1, minutes=15)))
+        await inputs.forecasts(NOW + timedelta(days=1, minutes=15))
+        scores = inputs.metrics()
+        assert 0.0 <= scores["load_forecast_nmae_pct"] < 5.0, scores
+        assert scores["load_forecast_mae_w"] < 5_000.0
+        assert "pv_forecast_nmae_pct" in scores

@@ -13,6 +13,11 @@ pure functions.
 * a :class:`~gridpilot.control.thermal.ZoneHistory` per planned zone, for identification.
 
 A series with no history gives no forecast (the controllers fall back and say so).
+
+Each issued ``load_w`` and ``pv_w`` forecast is kept until its horizon has passed, then
+scored against what was stored meanwhile (:func:`~gridpilot.control.forecast.forecast_errors`):
+:meth:`StoredInputs.metrics` gives the latest day-ahead MAE and NMAE, which the controller
+publishes with its own figures, so forecast quality is a time series like any other.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy.typing as npt
 
 from gridpilot.config.models import GridPilotConfig
 from gridpilot.control.base import Forecast, Forecasts, PointRef
-from gridpilot.control.forecast import load_forecast, pv_forecast
+from gridpilot.control.forecast import forecast_errors, load_forecast, pv_forecast
 from gridpilot.control.hvac import HvacParams
 from gridpilot.control.thermal import ZoneHistory
 from gridpilot.model import SeriesKey
@@ -59,6 +64,53 @@ class StoredInputs:
         self.identification_days = identification_days
         control = config.control
         self.timezone = control.tariff.timezone if control and control.tariff else "UTC"
+        self._issued: dict[str, list[tuple[Forecast, tuple[PointRef, ...]]]] = {}
+        self._errors: dict[str, float] = {}
+
+    MAX_ISSUED = 200
+    """Forecasts kept for scoring per name (a day of 15-minute refreshes is 96)."""
+
+    def metrics(self) -> dict[str, float]:
+        """The latest scores of day-ahead forecasts, e.g. ``load_forecast_nmae_pct``."""
+        return dict(self._errors)
+
+    def _issue(self, name: str, forecast: Forecast, sources: tuple[PointRef, ...]) -> None:
+        """Keep ``forecast`` to score against the sum of ``sources`` once it has passed."""
+        issued = self._issued.setdefault(name, [])
+        issued.append((forecast, sources))
+        del issued[: -self.MAX_ISSUED]
+
+    async def _score(self, now: datetime) -> None:
+        """Score every kept forecast whose horizon has passed, then forget it."""
+        for name, issued in self._issued.items():
+            due = [
+                item for item in issued if item[0].start + len(item[0].values) * item[0].step <= now
+            ]
+            if not due:
+                continue
+            self._issued[name] = [item for item in issued if item not in due]
+            forecast, refs = due[-1]  # the most recent full horizon: today's figure
+            end = forecast.start + len(forecast.values) * forecast.step
+            days = max(1, math.ceil((now - forecast.start) / timedelta(days=1)))
+            actual: FloatArray | None = None
+            for ref in refs:
+                values = await self.series(ref, now, days)
+                if values is None:
+                    actual = None
+                    break
+                actual = values if actual is None else actual + values
+            if actual is None:
+                continue
+            times, _, _ = self._grid(now, days)
+            pairs = [
+                (t, v) for t, v in zip(times, actual, strict=True) if forecast.start <= t < end
+            ]
+            try:
+                errors = forecast_errors(forecast, [t for t, _ in pairs], [v for _, v in pairs])
+            except ValueError:
+                continue  # nothing stored over the horizon, or all zero (PV at night)
+            self._errors[f"{name}_mae_w"] = errors.mae
+            self._errors[f"{name}_nmae_pct"] = errors.nmae_pct
 
     # ------------------------------------------------------------------ series
 
@@ -94,6 +146,7 @@ class StoredInputs:
         out: dict[str, Forecast] = {}
         if control is None:
             return out
+        await self._score(now)
         times, _, end_ms = self._grid(now, self.forecast_days)
         start = datetime.fromtimestamp(end_ms / 1000, UTC)
         steps = math.ceil(self.horizon / self.step)
@@ -112,12 +165,17 @@ class StoredInputs:
                 out["load_w"] = load_forecast(
                     times, net, start, steps, kind="daytype", timezone=self.timezone
                 )
+                sources: tuple[PointRef, ...] = (PointRef.parse(params.grid_power_point),)
+                if battery is not None:
+                    sources += (PointRef.parse(params.battery_power_point),)
+                self._issue("load_forecast", out["load_w"], sources)
         pv_ref = control.pv_export.pv_power if control.pv_export is not None else None
         pv_ref = pv_ref or self._configured(PointRef("pv_inverter", "ac_power_w"))
         if pv_ref is not None:
             pv = await self.series(pv_ref, now, self.forecast_days)
             if pv is not None:
                 out["pv_w"] = pv_forecast(times, pv, start, steps, timezone=self.timezone)
+                self._issue("pv_forecast", out["pv_w"], (pv_ref,))
         if control.hvac:
             weather = control.hvac[0]
             for name, ref in (

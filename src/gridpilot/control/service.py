@@ -24,12 +24,12 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import orjson
 
@@ -66,8 +66,17 @@ MAX_POINTS = 100_000
 """Readings kept in the snapshot at most (one per point): a bound against a flood of
 made-up point names."""
 
-ForecastSource = Callable[[datetime], Awaitable[Forecasts]]
-"""Returns the forecasts for ``now``; called every ``forecast_every``."""
+
+class ForecastSource(Protocol):
+    """Where forecasts come from (``StoredInputs`` in production)."""
+
+    async def forecasts(self, now: datetime) -> Forecasts:
+        """The forecasts for ``now``; called every ``forecast_every``."""
+        ...
+
+    def metrics(self) -> Mapping[str, float]:
+        """Figures to publish with the controller's own (forecast errors)."""
+        ...
 
 
 def engine_params(config: GridPilotConfig) -> EngineParams:
@@ -372,7 +381,7 @@ class ControllerService:
         ):
             self._forecasts_at = mono
             try:
-                self._forecasts = await self._forecast_source(now)
+                self._forecasts = await self._forecast_source.forecasts(now)
             except Exception as exc:  # noqa: BLE001 - forecasts are an input that may fail
                 log.warning("controller: forecasts unavailable: %s", exc)
                 self._record("warning", "forecast", f"forecasts unavailable: {exc}")
@@ -446,6 +455,8 @@ class ControllerService:
             name = f"{target.device}_{target.point}".replace("-", "_")
             if is_valid_identifier(name):
                 values[name] = value
+        if self._forecast_source is not None:
+            values.update(self._forecast_source.metrics())
         values["dry_run_state"] = float(self.dry_run)
         values["cycle_time_s"] = self.stats.last_s
         values["cycle_overruns_count"] = float(self.stats.overruns)

@@ -14,7 +14,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,16 @@ from gridpilot.control.base import (
     SetpointRequest,
     Snapshot,
 )
+from gridpilot.control.factory import build_controllers
+from gridpilot.control.inputs import StoredInputs
 from gridpilot.control.journal import Journal
 from gridpilot.control.service import ControllerService
 from gridpilot.gateway.service import GatewayService
 from gridpilot.sim.site import SimulatedSite
+from gridpilot.storage import open_storage
+from tests.integration.test_control_inputs import NOW as INPUTS_NOW
+from tests.integration.test_control_inputs import config as inputs_config
+from tests.integration.test_control_inputs import history_samples
 
 pytestmark = pytest.mark.integration
 
@@ -265,3 +271,33 @@ async def test_a_raising_controller_is_reported_and_the_others_act(running: Runn
     raised = [e for e in journal if e["source"] == "broken"]
     assert len(raised) == 1  # reported once, not every cycle
     assert "model matrix is singular" in raised[0]["message"]
+
+
+async def test_zone_planners_reidentify_from_stored_history(
+    mosquitto: BrokerAddress, tmp_path: Path
+) -> None:
+    """A planner that started without history gets one from storage on the next
+    re-identification and plans with the model it identifies."""
+    cfg = inputs_config()
+    async with open_storage(cfg.storage, tmp_path) as storage:
+        await storage.write(history_samples())
+        stored = StoredInputs(storage, cfg)
+        controllers = build_controllers(cfg)  # no histories: planners start without a model
+        planner = next(c for c in controllers if c.name == "hvac_zone_1_planner")
+        async with ControllerService(
+            cfg,
+            mosquitto,
+            controllers,
+            base_dir=tmp_path,
+            forecasts=stored,
+            reidentify_every=timedelta(seconds=0.5),
+            clock=lambda: INPUTS_NOW,
+        ) as service:
+            await until(
+                lambda: (
+                    getattr(service.engine.controller_state(planner.name).fit, "rc", None)
+                    is not None
+                )
+            )
+            fit = service.engine.controller_state(planner.name).fit
+            assert fit.good_enough, fit.verdict

@@ -197,6 +197,13 @@ class Engine:
     def controller_state(self, name: str) -> Any:
         return self._slot(name).state
 
+    def set_controller_state(self, name: str, state: Any) -> None:
+        """Replace a controller's state between cycles (e.g. a re-identified model)."""
+        self._slot(name).state = state
+
+    def controllers(self) -> tuple[Controller[Any], ...]:
+        return tuple(slot.controller for slot in self._slots.values())
+
     def set_override(self, override: Override) -> None:
         """Hold a point at a value until ``override.until`` (replaces an earlier override)."""
         self._state.overrides[override.target] = override

@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +47,7 @@ from gridpilot.control.engine import (
     Override,
     PointLimits,
 )
+from gridpilot.control.hvac import HvacController, HvacParams
 from gridpilot.control.journal import Journal
 from gridpilot.control.requests import (
     Action,
@@ -56,6 +57,7 @@ from gridpilot.control.requests import (
     encode_reply,
     parse_request,
 )
+from gridpilot.control.thermal import ZoneHistory
 from gridpilot.model import Topic, TopicKind, is_valid_identifier, parse_topic, to_rfc3339
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,10 @@ class ForecastSource(Protocol):
 
     def metrics(self) -> Mapping[str, float]:
         """Figures to publish with the controller's own (forecast errors)."""
+        ...
+
+    async def zone_history(self, params: HvacParams, now: datetime) -> ZoneHistory | None:
+        """The zone's recent history, to identify its thermal model from again."""
         ...
 
 
@@ -146,6 +152,7 @@ class ControllerService:
         base_dir: Path,
         forecasts: ForecastSource | None = None,
         forecast_every: timedelta = timedelta(minutes=15),
+        reidentify_every: timedelta = timedelta(hours=24),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if config.control is None:
@@ -163,6 +170,9 @@ class ControllerService:
         self._forecast_every_s = forecast_every.total_seconds()
         self._forecasts: Forecasts = {}
         self._forecasts_at = -float("inf")
+        self._reidentify_every_s = reidentify_every.total_seconds()
+        self._identified_at = time.monotonic()
+        """The zone planners got their history when they were built (at start)."""
         self._readings: dict[PointRef, Reading] = {}
         self._sent: dict[PointRef, _Sent] = {}
         self._would: dict[PointRef, float] = {}
@@ -385,6 +395,12 @@ class ControllerService:
             except Exception as exc:  # noqa: BLE001 - forecasts are an input that may fail
                 log.warning("controller: forecasts unavailable: %s", exc)
                 self._record("warning", "forecast", f"forecasts unavailable: {exc}")
+        if (
+            self._forecast_source is not None
+            and mono - self._identified_at >= self._reidentify_every_s
+        ):
+            self._identified_at = mono
+            await self._reidentify(self._forecast_source, now)
         snapshot = Snapshot(now, dict(self._readings))
         result = self.engine.cycle(snapshot, self._forecasts)
         self._last_result = result
@@ -405,6 +421,25 @@ class ControllerService:
         await self._publish_metrics(bus, result)
         await self._publish_status(bus)
         await self._flush_journal()
+
+    async def _reidentify(self, source: ForecastSource, now: datetime) -> None:
+        """Hand each zone planner its latest history: a building changes (a new tenant, a
+        retrofit), and a planner that started without history gets one once there is."""
+        for controller in self.engine.controllers():
+            if not isinstance(controller, HvacController):
+                continue
+            try:
+                history = await source.zone_history(controller.params, now)
+            except Exception as exc:  # noqa: BLE001 - keep the current model and say so
+                self._record("warning", controller.name, f"no history to re-identify from: {exc}")
+                continue
+            if history is None:
+                continue
+            state = self.engine.controller_state(controller.name)
+            # fit=None makes the planner identify from the new history in its next cycle
+            self.engine.set_controller_state(
+                controller.name, replace(state, fit=None, history=history)
+            )
 
     async def _act(self, bus: BusClient, result: CycleResult, mono: float) -> None:
         resend_s = self.control.resend_after.total_seconds()

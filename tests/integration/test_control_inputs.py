@@ -74,7 +74,8 @@ def history_samples(
         cooling = (30_000.0 + 15_000.0 * math.sin(k / 7.0)) if occupied else 0.0
         gains = (15_000.0 if occupied else 3_000.0) + 25.0 * irradiance
         samples += [
-            Sample("s", "grid_meter", "active_power_w", ms, load - battery),
+            # the meter sees the load less what the battery and the PV supply
+            Sample("s", "grid_meter", "active_power_w", ms, load - battery - irradiance * 60.0),
             Sample("s", "battery", "active_power_w", ms, battery),
             Sample("s", "pv_inverter", "ac_power_w", ms, irradiance * 60.0),
             Sample("s", "weather_io", "outdoor_temperature_degc", ms, outdoor),
@@ -103,8 +104,8 @@ async def test_forecasts_and_zone_history_come_from_the_stored_telemetry(tmp_pat
         load = forecasts["load_w"]
         assert load.step == timedelta(minutes=15)
         assert len(load.values) == 96
-        # the net load (grid + battery) has the office shape: the day the battery covered
-        # half of it does not dent the profile
+        # the consumption (grid + battery + PV) has the office shape: neither the day the
+        # battery covered part of it nor the PV's midday output dent the profile
         noon = load.at(NOW.replace(hour=12))
         night = load.at(NOW + timedelta(hours=20))  # 02:00 next day
         assert noon == pytest.approx(120_000.0, rel=0.02)

@@ -301,3 +301,43 @@ async def test_zone_planners_reidentify_from_stored_history(
             )
             fit = service.engine.controller_state(planner.name).fit
             assert fit.good_enough, fit.verdict
+
+
+@dataclass(frozen=True)
+class Misaddressed:
+    """A controller configured for a point the device does not have (a commissioning
+    mistake the gateway refuses): the refusal must reach the operator."""
+
+    name: str = "misaddressed"
+    priority: Priority = Priority.ECONOMICS
+
+    def initial_state(self) -> None:
+        return None
+
+    def decide(
+        self, snapshot: Snapshot, state: None, now: datetime, forecasts: Forecasts
+    ) -> Decision[None]:
+        ref = PointRef("hvac_zone_1", "no_such_setpoint_degc")
+        too_warm = SetpointRequest(ZONE_SETPOINT, 45.0, self.priority, self.name)
+        return Decision(None, (SetpointRequest(ref, 1.0, self.priority, self.name), too_warm))
+
+
+async def test_refused_commands_are_counted_and_journaled(
+    mosquitto: BrokerAddress, tmp_path: Path
+) -> None:
+    async with SimulatedSite(speed=1.0, start=WEDNESDAY_NOON, tick_s=0.05) as site:
+        path = site_file(site, f"ctl-{uuid.uuid4().hex[:10]}", mosquitto, tmp_path)
+        config = validate_config_text(path.read_text())
+        async with (
+            GatewayService(config, mosquitto),
+            ControllerService(config, mosquitto, [Misaddressed()], base_dir=tmp_path) as svc,
+        ):
+            await until(lambda: svc.stats.commands_failed >= 1)
+            # 45 °C is outside the zone setpoint's valid range: clipped to 30, never refused
+            await until(lambda: site.building.state.zones[0].setpoint_degc == 30.0)
+            assert svc.status()["targets"]["hvac_zone_1.setpoint_degc"]["limited_by"] == ["limits"]
+    journal = Journal(tmp_path / "journal.jsonl").read(200)
+    refused = [e for e in journal if e["source"] == "gateway"]
+    assert refused
+    assert "no_such_setpoint_degc" in refused[0]["message"]
+    assert "rejected" in refused[0]["message"]

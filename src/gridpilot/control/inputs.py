@@ -4,8 +4,9 @@ The I/O side of :mod:`gridpilot.control.forecast` and :mod:`gridpilot.control.th
 reads 15-minute means of the site's own measurements from storage and hands arrays to their
 pure functions.
 
-* ``load_w`` — the site's net load without the battery (grid + battery power), the
-  day-type profile blended with persistence (:func:`~gridpilot.control.forecast.load_forecast`);
+* ``load_w`` — the site's consumption (grid + battery + PV power: what the loads drew,
+  whoever supplied it), the day-type profile blended with persistence
+  (:func:`~gridpilot.control.forecast.load_forecast`); the peak shaver subtracts ``pv_w``;
 * ``pv_w`` — PV output, the daily profile scaled by today's ratio
   (:func:`~gridpilot.control.forecast.pv_forecast`);
 * ``outdoor_degc`` and ``irradiance_wm2`` — daily profile blended with persistence, for the
@@ -159,18 +160,25 @@ class StoredInputs:
             battery = await self.series(
                 PointRef.parse(params.battery_power_point), now, self.forecast_days
             )
+            pv_point = self._pv_point()
+            pv = await self.series(pv_point, now, self.forecast_days) if pv_point else None
             if grid is not None:
-                # A battery that never reported did nothing the meter needs correcting for.
+                # The site's consumption: what the meter saw, plus what the battery and the
+                # PV supplied (the peak shaver subtracts the PV forecast itself). A battery or
+                # PV that never reported supplied nothing the meter needs correcting for.
                 net = grid + (battery if battery is not None else 0.0)
+                if pv is not None:
+                    net = net + np.nan_to_num(pv)
                 out["load_w"] = load_forecast(
                     times, net, start, steps, kind="daytype", timezone=self.timezone
                 )
                 sources: tuple[PointRef, ...] = (PointRef.parse(params.grid_power_point),)
                 if battery is not None:
                     sources += (PointRef.parse(params.battery_power_point),)
+                if pv is not None and pv_point is not None:
+                    sources += (pv_point,)
                 self._issue("load_forecast", out["load_w"], sources)
-        pv_ref = control.pv_export.pv_power if control.pv_export is not None else None
-        pv_ref = pv_ref or self._configured(PointRef("pv_inverter", "ac_power_w"))
+        pv_ref = self._pv_point()
         if pv_ref is not None:
             pv = await self.series(pv_ref, now, self.forecast_days)
             if pv is not None:
@@ -203,6 +211,13 @@ class StoredInputs:
                         timezone=self.timezone,
                     )
         return out
+
+    def _pv_point(self) -> PointRef | None:
+        """The PV output: the PV export controller's, else the simulator's inverter name."""
+        control = self.config.control
+        if control is not None and control.pv_export is not None:
+            return control.pv_export.pv_power
+        return self._configured(PointRef("pv_inverter", "ac_power_w"))
 
     def _configured(self, ref: PointRef) -> PointRef | None:
         device = self.config.device(ref.device)

@@ -34,7 +34,14 @@ from typing import Any, Protocol, Self
 import orjson
 
 from gridpilot.bus.client import BrokerAddress, BusClient, Message, Will
-from gridpilot.bus.codec import Command, decode_telemetry, encode_command, encode_telemetry
+from gridpilot.bus.codec import (
+    Command,
+    CommandStatus,
+    decode_command_result,
+    decode_telemetry,
+    encode_command,
+    encode_telemetry,
+)
 from gridpilot.bus.errors import BusError, PayloadError
 from gridpilot.config.models import ControlConfig, GridPilotConfig
 from gridpilot.control.base import Controller, Forecasts, PointRef, Reading, Snapshot
@@ -86,12 +93,20 @@ class ForecastSource(Protocol):
 
 
 def engine_params(config: GridPilotConfig) -> EngineParams:
-    """The engine's envelope from the site file: each limit defaults to the point's
-    configured ``valid_range``."""
+    """The engine's envelope from the site file: every writable point is kept inside its
+    configured ``valid_range`` (the gateway would refuse anything else), and ``limits``
+    narrow that and add ramps and idle values."""
     control = config.control
     if control is None:
         return EngineParams()
     limits = []
+    listed = {PointRef.parse(limit.point) for limit in control.limits}
+    for device_config in config.devices:
+        for point_config in device_config.points:
+            ref = PointRef(device_config.id, point_config.point)
+            valid = point_config.valid_range
+            if point_config.writable and valid is not None and ref not in listed:
+                limits.append(PointLimits(ref, valid[0], valid[1]))
     for limit in control.limits:
         ref = PointRef.parse(limit.point)
         lo, hi = limit.min, limit.max
@@ -137,6 +152,9 @@ class CycleStats:
     last_s: float = 0.0
     max_s: float = 0.0
     commands_sent: int = 0
+    commands_applied: int = 0
+    commands_failed: int = 0
+    """Results of our commands other than ``applied`` (rejected, failed)."""
     publish_errors: int = 0
 
 
@@ -213,6 +231,7 @@ class ControllerService:
         try:
             await bus.subscribe(Topic.filter(TopicKind.TELEMETRY, site=self.site), qos=0)
             await bus.subscribe(str(Topic.request(self.site, self.id)), qos=1)
+            await bus.subscribe(Topic.filter(TopicKind.COMMAND_RESULT, site=self.site), qos=1)
         except BaseException:
             await bus.close()
             raise
@@ -263,6 +282,8 @@ class ControllerService:
             if topic.device == self.id:
                 return  # our own metrics
             self._take_telemetry(topic.device, message.payload)
+        elif topic.kind is TopicKind.COMMAND_RESULT:
+            self._take_result(topic.device, message.payload)
         elif topic.kind is TopicKind.REQUEST and topic.device == self.id:
             reply = self._handle_request(message.payload)
             await bus.publish(str(Topic.request_result(self.site, self.id)), encode_reply(reply))
@@ -283,6 +304,26 @@ class ControllerService:
             if known is None and len(self._readings) >= MAX_POINTS:
                 continue
             self._readings[ref] = Reading(value, ts)
+
+    def _take_result(self, device: str, payload: bytes) -> None:
+        """A command of ours that was not applied is worth an operator's attention: the
+        device refused the value, the write failed, or it arrived after its expiry."""
+        try:
+            result = decode_command_result(payload)
+        except PayloadError:
+            return
+        if result.id is None or not result.id.startswith(f"{self.id}-"):
+            return  # someone else's command
+        if result.status is CommandStatus.APPLIED:
+            self.stats.commands_applied += 1
+            return
+        self.stats.commands_failed += 1
+        self._record(
+            "warning",
+            "gateway",
+            f"command {device}.{result.point} = {result.value} {result.status}: "
+            f"{result.code}: {result.reason}",
+        )
 
     # ------------------------------------------------------------------ requests
 
@@ -495,6 +536,7 @@ class ControllerService:
         values["dry_run_state"] = float(self.dry_run)
         values["cycle_time_s"] = self.stats.last_s
         values["cycle_overruns_count"] = float(self.stats.overruns)
+        values["commands_failed_count"] = float(self.stats.commands_failed)
         ts_ms = int(result.now.timestamp() * 1000)
         await bus.publish(
             str(Topic.telemetry(self.site, self.id)), encode_telemetry(ts_ms, values), qos=0
@@ -513,6 +555,8 @@ class ControllerService:
                 "cycles": self.stats.cycles,
                 "overruns": self.stats.overruns,
                 "commands_sent": self.stats.commands_sent,
+                "commands_applied": self.stats.commands_applied,
+                "commands_failed": self.stats.commands_failed,
             },
             "dry_run": self.dry_run,
             "cycle_s": {"last": round(self.stats.last_s, 4), "max": round(self.stats.max_s, 4)},

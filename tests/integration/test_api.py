@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -517,3 +518,35 @@ async def test_unavailable_storage_is_a_503_asking_to_retry() -> None:
         "error": "storage is unavailable; retry later",
         "detail": None,
     }
+
+
+# ---------------------------------------------------------------------------- control
+
+
+async def test_control_is_404_without_a_control_section(client: httpx.AsyncClient) -> None:
+    body = await get_json(client, "/api/v1/control", 404)
+    assert_error(body, "no control section")
+
+
+async def test_control_shows_the_controllers_retained_state(
+    config: GridPilotConfig, storage: Storage, site_id: str
+) -> None:
+    with_control = config.model_copy(
+        update={"control": GridPilotConfig.model_validate(
+            {"site": {"id": site_id}, "control": {}}).control}
+    )  # fmt: skip
+    states = DeviceStateCache.for_config(with_control)
+    async with client_for(create_app(with_control, storage, states, clock=lambda: NOW)) as http:
+        unseen = await get_json(http, "/api/v1/control")
+        assert unseen == {"id": "controller", "status": "unknown", "state": None}
+        state = {
+            "status": "online",
+            "dry_run": True,
+            "controllers": {"peak_shaving": {"enabled": True, "error": None}},
+            "fail_safes_active": ["battery-without-meter"],
+        }
+        assert states.apply(f"gridpilot/v1/{site_id}/controller/state", json.dumps(state).encode())
+        seen = await get_json(http, "/api/v1/control")
+        assert seen["status"] == "online"
+        assert seen["state"]["dry_run"] is True
+        assert seen["state"]["fail_safes_active"] == ["battery-without-meter"]

@@ -48,6 +48,7 @@ from gridpilot.api.history import (
     too_many_raw_rows,
 )
 from gridpilot.api.schemas import (
+    ControlOut,
     DeviceOut,
     DevicesOut,
     ErrorOut,
@@ -136,6 +137,12 @@ def _router(view: _SiteView) -> APIRouter:
     async def get_device(device: str) -> DeviceOut:
         """One device with its points and health."""
         return view.device_out(view.device(device))
+
+    @api.get("/control", response_model=ControlOut, tags=["control"])
+    async def control() -> ControlOut:
+        """The control engine: controllers, targets and who set them, overrides, fail-safes.
+        404 when the site has no ``control`` section."""
+        return view.control()
 
     @api.get("/latest", response_model=LatestOut, tags=["values"])
     async def latest() -> LatestOut:
@@ -235,6 +242,18 @@ class _SiteView:
             ],
             status=self.device_states.status(device.id),
             health=self._health(device.id),
+        )
+
+    def control(self) -> ControlOut:
+        control = self.config.control
+        if control is None:
+            raise NotFoundError(
+                f"site {self.site_id!r} has no control section; add one to run the controller"
+            )
+        return ControlOut(
+            id=control.id,
+            status=self.device_states.status(control.id),
+            state=self._health(control.id),
         )
 
     def _health(self, device_id: str) -> dict[str, Any] | None:

@@ -41,6 +41,17 @@ class SiteOut(_Out):
     gateway: GatewayOut
 
 
+class ControlOut(_Out):
+    """The control engine as it last reported itself (its retained state)."""
+
+    id: str = Field(description="The controller's device id on the bus.")
+    status: EffectiveStatus
+    state: dict[str, Any] | None = Field(
+        description="Controllers, dry-run, overrides, active fail-safes, targets and why, "
+        "cycle times; null until the controller has published."
+    )
+
+
 class PointOut(_Out):
     name: str
     unit: str | None = Field(description="From the name's suffix: active_power_w -> W.")

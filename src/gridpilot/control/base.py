@@ -24,7 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import Annotated, Generic, NamedTuple, Protocol, TypeVar
+
+from pydantic import BeforeValidator
 
 
 class Priority(IntEnum):
@@ -38,6 +40,11 @@ class Priority(IntEnum):
     """An operator's override from the CLI or API: beats every controller but safety."""
     SAFETY = 50
     """Fail-safe states of stale inputs and the safety envelope."""
+
+
+def _parse_point_ref(value: object) -> object:
+    """Site files write a point as ``"device.point"``; accept that as well as a PointRef."""
+    return PointRef.parse(value) if isinstance(value, str) else value
 
 
 class PointRef(NamedTuple):
@@ -56,6 +63,10 @@ class PointRef(NamedTuple):
         if not sep or not device or not point or "." in point:
             raise ValueError(f"{text!r} is not DEVICE.POINT (e.g. 'battery.soc_pct')")
         return cls(device, point)
+
+
+PointField = Annotated[PointRef, BeforeValidator(_parse_point_ref)]
+"""A point in a controller's params: ``"device.point"`` in YAML, a ``PointRef`` in code."""
 
 
 @dataclass(frozen=True, slots=True)

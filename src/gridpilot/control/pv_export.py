@@ -60,14 +60,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Self
+from typing import Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gridpilot.control.base import (
     Constraint,
     Decision,
     Forecasts,
+    PointField,
     PointRef,
     Priority,
     SetpointRequest,
@@ -77,14 +78,7 @@ from gridpilot.control.base import (
 FULL_PCT = 100.0
 
 
-def _point_ref(value: object) -> object:
-    """Site files write a point as ``"device.point"``; accept that as well as a PointRef."""
-    if isinstance(value, str):
-        return PointRef.parse(value)
-    return value
-
-
-Point = Annotated[PointRef, BeforeValidator(_point_ref)]
+Point = PointField
 
 
 class PvExportParams(BaseModel):

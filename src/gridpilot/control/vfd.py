@@ -40,13 +40,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Self
+from typing import Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gridpilot.control.base import (
     Decision,
     Forecasts,
+    PointField,
     PointRef,
     Priority,
     SetpointRequest,
@@ -85,14 +86,7 @@ def speed_to_shed(speed_pct: float, power_w: float, shed_w: float) -> float:
     return speed_pct * math.cbrt(remaining_w / power_w)
 
 
-def _point_ref(value: object) -> object:
-    """Site files write a point as ``"device.point"``; accept that as well as a PointRef."""
-    if isinstance(value, str):
-        return PointRef.parse(value)
-    return value
-
-
-Point = Annotated[PointRef, BeforeValidator(_point_ref)]
+Point = PointField
 
 
 class VfdParams(BaseModel):

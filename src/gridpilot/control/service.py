@@ -66,6 +66,7 @@ from gridpilot.control.requests import (
 )
 from gridpilot.control.thermal import ZoneHistory
 from gridpilot.model import Topic, TopicKind, is_valid_identifier, parse_topic, to_rfc3339
+from gridpilot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +249,7 @@ class ControllerService:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         bus = self._bus
         if bus is not None:
             self._record("info", "controller", "stopped")

@@ -68,6 +68,7 @@ from gridpilot.gateway.payloads import (
 from gridpilot.gateway.points import evaluate, polled_specs, register_spec
 from gridpilot.gateway.schedule import FixedRateSchedule
 from gridpilot.model import Topic, TopicKind, now_ms, parse_topic, to_rfc3339
+from gridpilot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class _DeviceWorker:
         schedule = FixedRateSchedule(self.interval_s, loop.time())
         while True:
             await asyncio.sleep(max(0.0, schedule.deadline_s - loop.time()))
-            if self.stopping:  # also ends a loop whose cancellation was swallowed (_cancel)
+            if self.stopping:  # also ends a loop whose cancellation was swallowed (tasks.py)
                 return
             async with self.lock:
                 await self._poll()
@@ -492,10 +493,10 @@ class GatewayService:
         self._stopping = True
         bus = self._bus
         if self._dispatcher is not None:
-            await _cancel([self._dispatcher])
+            await cancel_and_wait([self._dispatcher])
         for worker in self._workers.values():
             worker.stopping = True
-        await _cancel(self._poll_tasks)
+        await cancel_and_wait(self._poll_tasks)
         # Queued commands were not attempted: rejected. The one being executed may finish.
         for worker in self._workers.values():
             for queued in worker.drain():
@@ -508,7 +509,7 @@ class GatewayService:
                 async with asyncio.timeout(2 * (worker.request_budget_s + _SLACK_S) + 0.5):
                     await worker.idle.wait()
         interrupted = {w.id: (w.current, w.executing) for w in self._workers.values()}
-        await _cancel(self._command_tasks)
+        await cancel_and_wait(self._command_tasks)
         for worker in self._workers.values():
             pending, executing = interrupted[worker.id]
             if pending is not None:
@@ -629,23 +630,6 @@ class GatewayService:
         else:
             log.info("command for unknown device %r rejected: %s", device_id, parsed_outcome)
             await publish_result(self.bus, self.site, device_id, parsed_outcome, self._clock())
-
-
-async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
-    """Cancel and wait for ``tasks``, cancelling again those that are still running.
-
-    Python 3.11's ``asyncio.wait_for`` (used inside libraries such as pymodbus) can swallow
-    a cancellation that arrives just as the awaited operation completes (gh-86296, fixed in
-    3.12); a task cancelled once could then run on, and stop() would wait for it forever.
-    """
-    pending = {task for task in tasks if not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _done, pending = await asyncio.wait(pending, timeout=1.0)
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 __all__ = [

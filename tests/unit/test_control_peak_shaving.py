@@ -33,10 +33,11 @@ from gridpilot.control.peak_shaving import (
     choose_limit_w,
     integrate,
     plan_limit_w,
+    reserve_until_cheap_pct,
     slot_start,
     start_ledger,
 )
-from gridpilot.control.tariff import HourWindow, Tariff
+from gridpilot.control.tariff import HourWindow, PricePeriod, Tariff
 from gridpilot.model.units import unit_of
 
 GRID = PointRef("grid_meter", "active_power_w")
@@ -50,7 +51,8 @@ KW = 1000.0
 
 
 def params(**overrides: Any) -> PeakShavingParams:
-    base: dict[str, Any] = {"limit_w": 100 * KW}
+    # The formulas are checked against L itself: the target margin is tested on its own.
+    base: dict[str, Any] = {"limit_w": 100 * KW, "target_margin_pct": 0.0}
     base.update(overrides)
     return PeakShavingParams(**base)
 
@@ -1096,3 +1098,199 @@ def test_ledger_conserves_energy_across_block_boundaries(
     assert sum(measured) + ledger.slot_energy_wh == pytest.approx(expected_wh, abs=1e-6)
     assert ledger.sample == (value, t)
     assert ledger.slot_start <= t < ledger.slot_start + p.slot
+
+
+# --- Target margin ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("margin_w", "margin_pct", "aim_kw"),
+    [
+        (0.0, 0.0, 100.0),  # no margin: the battery holds L itself
+        (0.0, 1.0, 99.0),  # the default: 1 % of L
+        (2 * KW, 0.0, 98.0),
+        (2 * KW, 1.0, 97.0),  # both add up
+        (0.0, 10.0, 90.0),
+    ],
+)
+def test_target_margin_aims_the_block_below_the_limit(
+    margin_w: float, margin_pct: float, aim_kw: float
+) -> None:
+    p = params(
+        target_margin_w=margin_w,
+        target_margin_pct=margin_pct,
+        recharge_target="reserve",
+        reserve_pct=0.0,
+    )
+    assert p.aim_w(100 * KW) == pytest.approx(aim_kw * KW)
+    # 120 kW for 3 minutes: P_allow = (A·T − 6 kWh) / 12 min against the aim A, not L.
+    decision = Driver(p).run(MONDAY_NOON, MONDAY_NOON + 3 * MIN, 120 * KW)
+    p_allow_kw = (aim_kw * 0.25 - 6.0) / 0.2
+    assert decision.metrics["limit_w"] == 100 * KW
+    assert decision.metrics["aim_w"] == pytest.approx(aim_kw * KW)
+    assert decision.metrics["allowed_import_w"] == pytest.approx(p_allow_kw * KW)
+    assert battery_request(decision) == pytest.approx((120.0 - p_allow_kw) * KW)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "rolling"])
+def test_closed_loop_with_a_target_margin_closes_every_block_at_the_aim(mode: str) -> None:
+    p = params(
+        block_mode=mode,
+        recharge_target="full",
+        target_margin_pct=1.0,
+        meter_max_age=timedelta(minutes=1),
+    )
+    result = closed_loop(p, LOAD_STEP, soc_pct=50.0, hours=4.0)
+    worst = max(kw for _, kw in result.windows_kw)
+    # The aim is 99 kW: the deviations the 30-second loop cannot correct stay under L.
+    assert 98.0 < worst <= 99.0 * 1.005
+    assert worst < 100.0
+
+
+def test_a_block_above_the_aim_but_under_the_limit_bills_but_does_not_raise_the_limit() -> None:
+    # Open loop: the battery ignores its requests, the block closes at 99.5 kW.
+    driver = Driver(params(target_margin_pct=1.0, recharge_target="reserve", reserve_pct=0.0))
+    driver.run(MONDAY_NOON, MONDAY_NOON + 15 * MIN, 99.5 * KW)
+    decision = driver.step(MONDAY_NOON + 15 * MIN + 10 * SEC, 99.5 * KW)
+    assert decision.metrics["billed_peak_w"] == pytest.approx(99.5 * KW)
+    assert not any("exceeded" in e for e in driver.events)
+    # L stays 100 kW (the bill is below it) and the next block aims at 99 kW again.
+    assert decision.metrics["limit_w"] == 100 * KW
+    assert decision.metrics["aim_w"] == pytest.approx(99 * KW)
+    # 10 s into the block: P_allow a hair above 99 kW.
+    assert battery_request(decision) == pytest.approx(0.5 * KW, abs=10.0)
+
+
+def test_a_billed_peak_above_the_limit_becomes_the_limit_and_the_margin_applies_below_it() -> None:
+    driver = Driver(params(target_margin_pct=1.0, soc_min_pct=5.0))
+    # An empty battery: the block closes at 110 kW and is billed.
+    driver.run(MONDAY_NOON, MONDAY_NOON + 15 * MIN, 110 * KW, soc_pct=5.0)
+    decision = driver.step(MONDAY_NOON + 15 * MIN + 10 * SEC, 50 * KW)
+    assert decision.metrics["billed_peak_w"] == pytest.approx(110 * KW)
+    assert decision.metrics["limit_w"] == pytest.approx(110 * KW)
+    assert decision.metrics["aim_w"] == pytest.approx(108.9 * KW)
+
+
+@pytest.mark.parametrize(("margin_pct", "margin_w"), [(0.0, 0.0), (1.0, 0.0), (0.0, 3 * KW)])
+def test_plan_limit_leaves_the_target_margin_on_top_of_the_aim(
+    margin_pct: float, margin_w: float
+) -> None:
+    # One 100 kW block of 1 h, 10 kWh stored, η = 1: the aim that empties the battery is
+    # 90 kW, so L = (90 kW + margin_w) / (1 − margin_pct).
+    budget = SocBudget(
+        stored_wh=10 * KW,
+        room_wh=100 * KW,
+        charge_efficiency=1.0,
+        discharge_efficiency=1.0,
+        max_charge_w=100 * KW,
+        max_discharge_w=100 * KW,
+        recharge_margin_w=0.0,
+        target_margin_w=margin_w,
+        target_margin_pct=margin_pct,
+    )
+    got = plan_limit_w([100 * KW], [True], timedelta(hours=1), budget, tolerance_w=0.1)
+    assert got == pytest.approx((90 * KW + margin_w) / (1.0 - margin_pct / 100.0), abs=0.2)
+    assert budget.aim_w(got) == pytest.approx(90 * KW, abs=0.2)
+
+
+# --- Price-aware recharging ---------------------------------------------------------------
+
+ON_PEAK_TARIFF = Tariff(
+    base_price_per_kwh=0.10,
+    periods=(PricePeriod(name="on-peak", start_hour=12.0, end_hour=18.0, price_per_kwh=0.30),),
+)
+"""UTC; on-peak 12–18 on weekdays at 0.30, 0.10 otherwise: MONDAY_NOON is on-peak."""
+
+
+def afternoon_forecast(peak_kw: float) -> Forecast:
+    """From MONDAY_NOON: 20 kW, then 2 h at ``peak_kw`` from 14:00, 20 kW again (96 blocks)."""
+    values = [20 * KW] * 96
+    for b in range(8, 16):
+        values[b] = peak_kw * KW
+    return Forecast(start=MONDAY_NOON, step=15 * MIN, values=tuple(values))
+
+
+@pytest.mark.parametrize(
+    ("when_hour", "cap", "soc_pct", "peak_kw", "expected_request_kw"),
+    [
+        # Off-peak (10:00, base price): recharge to full as before, 75 kW headroom, 50 kW max.
+        (10.0, None, 60.0, None, -50.0),
+        # On-peak above the cap (the base price), no forecast: only below reserve_pct (50 %).
+        (12.0, None, 60.0, None, None),
+        (12.0, None, 40.0, None, -50.0),
+        # A cap above the on-peak price: recharging is never held back.
+        (12.0, 0.35, 60.0, None, -50.0),
+        # A cap below the base price: off-peak hours are held back too.
+        (10.0, 0.05, 60.0, None, None),
+        # Forecast: 2 h at 120 kW before 18:00 need 20 kW·2 h/0.96 = 41.7 kWh = 20.8 %:
+        # the reserve until the cheap hours is 5 + 20.8 + 5 = 30.8 %.
+        (12.0, None, 35.0, 120.0, None),  # above it: the rest waits for the cheap hours
+        (12.0, None, 25.0, 120.0, -50.0),  # below it: recharge anyway
+        # A forecast with nothing above L before 18:00: the reserve is 10 %.
+        (12.0, None, 12.0, 90.0, None),
+        (12.0, None, 8.0, 90.0, -50.0),
+    ],
+)
+def test_recharge_waits_for_cheap_hours_unless_the_reserve_is_needed(
+    when_hour: float,
+    cap: float | None,
+    soc_pct: float,
+    peak_kw: float | None,
+    expected_request_kw: float | None,
+) -> None:
+    p = params(
+        tariff=ON_PEAK_TARIFF,
+        recharge_max_price_per_kwh=cap,
+        recharge_target="full",
+        soc_min_pct=5.0,
+    )
+    forecasts = {} if peak_kw is None else {"load_w": afternoon_forecast(peak_kw)}
+    start = MONDAY_NOON.replace(hour=int(when_hour))
+    decision = Driver(p, forecasts=forecasts).run(start, start + 2 * MIN, 20 * KW, soc_pct=soc_pct)
+    request = battery_request(decision)
+    if expected_request_kw is None:
+        assert request is None
+    else:
+        assert request == pytest.approx(expected_request_kw * KW)
+    capped = decision.metrics["recharge_price_capped_state"]
+    assert capped == (1.0 if ON_PEAK_TARIFF.price_per_kwh(start) > (cap or 0.10) else 0.0)
+
+
+def test_recharge_without_a_tariff_is_never_priced() -> None:
+    p = params(recharge_max_price_per_kwh=0.0, recharge_target="full")
+    decision = Driver(p).run(MONDAY_NOON, MONDAY_NOON + 2 * MIN, 20 * KW, soc_pct=60.0)
+    assert battery_request(decision) == pytest.approx(-50 * KW)
+    assert "recharge_price_capped_state" not in decision.metrics
+
+
+@pytest.mark.parametrize(
+    ("soc_pct", "expected_request_kw"),
+    [
+        (60.0, -15.0),  # enough for what is forecast: the recharge margin (5 kW) stays
+        (25.0, -20.0),  # short of the reserve: recharge up to L itself (target margin 0)
+    ],
+)
+def test_a_battery_short_of_its_reserve_recharges_up_to_the_aim(
+    soc_pct: float, expected_request_kw: float
+) -> None:
+    # Net 80 kW, L 100 kW; the afternoon forecast needs a 30.8 % reserve (see above).
+    p = params(recharge_target="full", soc_min_pct=5.0)
+    forecasts = {"load_w": afternoon_forecast(120.0)}
+    decision = Driver(p, forecasts=forecasts).run(
+        MONDAY_NOON, MONDAY_NOON + 2 * MIN, 80 * KW, soc_pct=soc_pct
+    )
+    assert battery_request(decision) == pytest.approx(expected_request_kw * KW)
+
+
+def test_the_reserve_until_cheap_stops_at_the_first_cheap_block() -> None:
+    p = params(tariff=ON_PEAK_TARIFF, soc_min_pct=5.0)
+    # 120 kW from 14:00 to 16:00 (on-peak) and again 19:00–20:00 (off-peak: not counted).
+    values = [20 * KW] * 96
+    for b in (*range(8, 16), *range(28, 32)):
+        values[b] = 120 * KW
+    got = reserve_until_cheap_pct(values, [True] * 96, MONDAY_NOON, 100 * KW, p)
+    assert got == pytest.approx(5.0 + 20 * 2 / 0.96 / 200 * 100 + 5.0)
+    # Without a cheap block ahead (a cap below every price) the whole forecast counts.
+    never = p.model_copy(update={"recharge_max_price_per_kwh": 0.01})
+    got = reserve_until_cheap_pct(values, [True] * 96, MONDAY_NOON, 100 * KW, never)
+    assert got == pytest.approx(5.0 + 20 * 3 / 0.96 / 200 * 100 + 5.0)

@@ -10,6 +10,17 @@ and the battery discharges max(0, P_net − P_allow), where P_net = grid + batte
 site's import without the battery (the meter already sees the battery's present output).
 Spikes that never lift the block average cost no battery energy, unlike a threshold rule.
 
+**Target margin.** The battery holds P_allow for the *aim* A = L − margin (``target_margin_w``
++ ``target_margin_pct`` of L; default 1 % of L), not for L itself: what the controller cannot
+correct before a block closes (the load's change since the last reading, a meter that lags
+or integrates a little differently) then lands between A and L instead of above L. Aiming at
+L exactly, every such deviation became the month's new billed peak, and with it the floor of
+L, so the bill crept up a few hundred watts a day (the closed-loop benchmark at 1-minute
+steps: blocks closed up to ~0.5 kW, 0.6 %, above L; with 1 % none did, the worst 0.2 kW above
+A). A block closing between A and L is billed like any other, but L is unchanged (it is
+only raised by a bill *above* it), so the next block aims at A again. Shedding and
+restoring loads work against L: the margin is the battery's alone.
+
 Per cycle, in this order:
 
 1. **Energy accounting.** Every new grid-meter sample is integrated (trapezoid between
@@ -36,17 +47,27 @@ Per cycle, in this order:
    blocks' Σ max(0, D̂_b − L)·T / η_discharge must fit the usable energy and the largest
    excess the inverter. The controller uses the form with the state of charge in it
    (:func:`plan_limit_w`): the stored energy followed block by block from the present SoC,
-   discharging above L (``auto_forecast_margin_pct`` more than the forecast says) and
-   recharging below L − margin, never below soc_min. It is re-planned at every block start
-   and whenever the forecast changes, so a day running hotter than forecast raises L early
-   and a little, rather than holding a low L until the battery is empty and then losing
-   the block outright. ``forecasts["load_p90_w"]`` (a high quantile) is preferred to
-   ``forecasts["load_w"]``; ``forecasts["pv_w"]`` is subtracted when present.
-5. **Battery.** Discharge to hold P_allow, within the SoC window and power limits, never
-   exporting (some meters register import only, and exported energy earns little).
-   Otherwise recharge towards the recharge target while the import stays below
-   min(L, P_allow) − margin; never in demand hours if ``recharge_in_demand_hours`` is off and
-   the tariff has demand hours. When this controller neither discharges nor charges it sends
+   discharging above the aim A (``auto_forecast_margin_pct`` more than the forecast says)
+   and recharging below A − recharge margin, never below soc_min. It is re-planned at every
+   block start and whenever the forecast changes, so a day running hotter than forecast
+   raises L early and a little, rather than holding a low L until the battery is empty and
+   then losing the block outright. ``forecasts["load_p90_w"]`` (a high quantile) is
+   preferred to ``forecasts["load_w"]``; ``forecasts["pv_w"]`` is subtracted when present.
+5. **Battery.** Discharge to hold P_allow (for the aim A), within the SoC window and power
+   limits, never exporting (some meters register import only, and exported energy earns
+   little). Otherwise recharge towards the recharge target while the import stays below
+   min(A, P_allow) − ``recharge_margin_w``; never in demand hours if
+   ``recharge_in_demand_hours`` is off and the tariff has demand hours.
+   *Price-aware recharging*: with a tariff, in a period priced above
+   ``recharge_max_price_per_kwh`` (default: the tariff's base price, so on-peak periods)
+   the battery recharges only up to the reserve the forecast blocks need until the next
+   block priced at or below it (:func:`reserve_until_cheap_pct`: soc_min + their energy
+   above A + ``reserve_margin_pct``; ``reserve_pct`` without a forecast); the rest waits for
+   the cheap hours. *Short of the reserve*: while the SoC is below the forecast-sized reserve
+   (that one above the price cap, the whole horizon's otherwise) the battery is short of
+   what the forecast asks of it, and recharges up to A itself, without the recharge
+   margin: a midday trough between two peaks is worth every watt of it (the target margin
+   still keeps the block under L). When this controller neither discharges nor charges it sends
    no battery request, leaving the battery to lower priorities, and instead publishes a
    :class:`Constraint`: lower priorities may not charge beyond the import headroom, nor
    discharge below the SoC reserve.
@@ -198,8 +219,18 @@ class PeakShavingParams(_Frozen):
     """Block-average import limit L, W, or ``auto`` (from the load forecast)."""
     fallback_limit_w: float | None = Field(default=None, ge=0.0)
     """``auto`` without a usable forecast: this L, W (None: the billed peak, if any)."""
+    target_margin_w: float = Field(default=0.0, ge=0.0)
+    """The battery aims each block's average at L − margin, margin = this + ``target_margin_pct``
+    of L, W: what the controller cannot see before a block closes (the minute's load change,
+    a meter that lags or integrates differently) then lands under L instead of on the bill."""
+    target_margin_pct: float = Field(default=1.0, ge=0.0, le=50.0)
+    """Part of the target margin proportional to L, %."""
     recharge_margin_w: float = Field(default=5_000.0, ge=0.0)
     """Recharge only while import stays this far below the allowed import, W."""
+    recharge_max_price_per_kwh: float | None = None
+    """With a tariff: above this import price (None: the tariff's base price) the battery
+    recharges only while its SoC is below the reserve needed until the next block priced at
+    or below it. None without a tariff: recharging is never priced."""
     recharge_target: Literal["reserve", "full"] = "full"
     """Recharge to soc_max, or only up to the SoC reserve (when a lower-priority controller,
     e.g. economics, uses the battery above it)."""
@@ -279,6 +310,20 @@ class PeakShavingParams(_Frozen):
     def zone(self) -> ZoneInfo:
         """The time zone of blocks, demand hours and months (the tariff's, else UTC)."""
         return self.tariff.zone if self.tariff is not None else _UTC_ZONE
+
+    def aim_w(self, limit_w: float) -> float:
+        """What the battery holds each block's average at: L − the target margin, W."""
+        margin = self.target_margin_w + self.target_margin_pct / 100.0 * limit_w
+        return max(0.0, limit_w - margin)
+
+    @property
+    def recharge_price_cap(self) -> float | None:
+        """Import price above which recharging waits for cheaper blocks (None: never)."""
+        if self.tariff is None:
+            return None
+        if self.recharge_max_price_per_kwh is not None:
+            return self.recharge_max_price_per_kwh
+        return self.tariff.base_price_per_kwh
 
     @property
     def usable_energy_wh(self) -> float:
@@ -523,6 +568,14 @@ class SocBudget:
     """Whether recharging is allowed in blocks that count for demand."""
     forecast_margin: float = 0.0
     """Discharges are planned (1 + this) × the forecast excess: room for forecast error."""
+    target_margin_w: float = 0.0
+    target_margin_pct: float = 0.0
+    """The controller holds L − (target_margin_w + target_margin_pct % of L): the plan
+    discharges down to that aim, and recharges below it."""
+
+    def aim_w(self, limit_w: float) -> float:
+        """The block average the controller holds under L, W."""
+        return max(0.0, limit_w - self.target_margin_w - self.target_margin_pct / 100.0 * limit_w)
 
 
 def plan_limit_w(
@@ -537,9 +590,10 @@ def plan_limit_w(
     """The smallest limit L ≥ ``floor_w``, W, the battery can hold over the forecast blocks,
     following its stored energy block by block from now.
 
-    The energy form of :func:`choose_limit_w` with the state of charge in it: a counted
-    block above L discharges (D̂ − L)·T/η_discharge (at most the inverter's power); a block
-    below L − margin recharges min(max charge, L − margin − D̂)·T·η_charge up to soc_max (a
+    The energy form of :func:`choose_limit_w` with the state of charge in it, against the
+    aim A = L − target margin the controller holds: a counted block above A discharges
+    (D̂ − A)·T/η_discharge (at most the inverter's power); a block below A − recharge
+    margin recharges min(max charge, A − margin − D̂)·T·η_charge up to soc_max (a
     block that does not count recharges at full power). L is feasible when no discharge
     takes the stored energy below soc_min, with every discharge planned
     ``1 + forecast_margin`` times larger than forecast. A higher L discharges less and recharges
@@ -554,8 +608,9 @@ def plan_limit_w(
 
     def feasible(limit: float) -> bool:
         energy = b.stored_wh
+        aim = b.aim_w(limit)
         for demand, counted in zip(block_demand_w, counts, strict=True):
-            excess = demand - limit if counted else -math.inf
+            excess = demand - aim if counted else -math.inf
             if excess > 0.0:
                 if excess > b.max_discharge_w:
                     return False
@@ -565,7 +620,7 @@ def plan_limit_w(
                 continue
             if counted and not b.charge_in_counted_blocks:
                 continue
-            headroom = limit - b.recharge_margin_w - demand if counted else math.inf
+            headroom = aim - b.recharge_margin_w - demand if counted else math.inf
             charge = min(b.max_charge_w, headroom)
             if charge > 0.0:
                 energy = min(b.room_wh, energy + charge * block_h * b.charge_efficiency)
@@ -603,6 +658,30 @@ def reserve_pct(blocks_w: Sequence[float], limit_w: float, params: PeakShavingPa
     at most soc_max."""
     block_h = params.block / _HOUR
     need_wh = sum(max(0.0, d - limit_w) for d in blocks_w) * block_h / params.discharge_efficiency
+    pct = params.soc_min_pct + need_wh / params.capacity_wh * 100.0 + params.reserve_margin_pct
+    return min(params.soc_max_pct, pct)
+
+
+def reserve_until_cheap_pct(
+    blocks_w: Sequence[float],
+    counts: Sequence[bool],
+    start: datetime,
+    aim_w: float,
+    params: PeakShavingParams,
+) -> float:
+    """SoC reserve, %, for the forecast blocks from ``start`` (the current block) up to the
+    next one priced at or below :attr:`PeakShavingParams.recharge_price_cap`: soc_min + the
+    energy to shave their counted blocks to the aim + ``reserve_margin_pct``, at most
+    soc_max. No cheap block within the forecast: the whole forecast counts."""
+    tariff, cap = params.tariff, params.recharge_price_cap
+    block_h = params.block / _HOUR
+    need_wh = 0.0
+    for b, (demand, counted) in enumerate(zip(blocks_w, counts, strict=True)):
+        when = start + b * params.block
+        if b > 0 and tariff is not None and cap is not None and tariff.price_per_kwh(when) <= cap:
+            break
+        if counted:
+            need_wh += max(0.0, demand - aim_w) * block_h / params.discharge_efficiency
     pct = params.soc_min_pct + need_wh / params.capacity_wh * 100.0 + params.reserve_margin_pct
     return min(params.soc_max_pct, pct)
 
@@ -779,13 +858,14 @@ class PeakShavingController:
         tau_slot = t_ref - view.slot_start
         tau_window = (p.slots_per_block - 1) * p.slot + tau_slot
         window_wh = view.window_energy_wh
-        p_allow = math.inf
-        if limit_w is not None and in_demand:
-            p_allow = allowed_import_w(limit_w, p.block, tau_window, window_wh)
-            if p.slots_per_block > 1:
-                p_allow = min(
-                    p_allow, allowed_import_w(limit_w, p.slot, tau_slot, view.slot_energy_wh)
-                )
+        aim_w = p.aim_w(limit_w) if limit_w is not None else None
+
+        # The battery holds the aim (L − the target margin); shedding and restoring hold L.
+        p_allow = p_allow_limit = math.inf
+        if limit_w is not None and aim_w is not None and in_demand:
+            p_allow, p_allow_limit = (
+                self._allowed(target, view, tau_window) for target in (aim_w, limit_w)
+            )
             if (
                 window_wh > limit_w * (p.block / _HOUR)
                 and state.lost_window_slot != view.slot_start
@@ -798,18 +878,36 @@ class PeakShavingController:
                 state = replace(state, lost_window_slot=view.slot_start)
 
         reserve = (
-            reserve_pct(counted, limit_w, p)
-            if limit_w is not None and key is not None and counted
+            reserve_pct(counted, aim_w, p)
+            if aim_w is not None and key is not None and counted
             else p.reserve_pct
         )
         need_w = max(0.0, net_w - p_allow) if math.isfinite(p_allow) else 0.0
         # Never export: discharging beyond the net load only pushes energy out of the site.
         discharge_w = min(need_w, battery.can_discharge_w, max(0.0, net_w))
-        headroom_w = self._charge_headroom_w(limit_w, p_allow, net_w, in_demand=in_demand)
-        charge_w = 0.0
-        target_soc = reserve if p.recharge_target == "reserve" else p.soc_max_pct
-        if need_w <= 0.0 and battery.soc_pct < target_soc and headroom_w > 0.0:
-            charge_w = min(headroom_w, battery.can_charge_w)
+        headroom_w = self._charge_headroom_w(
+            aim_w, p_allow, net_w, p.recharge_margin_w, in_demand=in_demand
+        )
+        charge_w, target_soc = self._recharge(
+            battery=battery,
+            need_w=need_w,
+            headroom_w=headroom_w,
+            # Short of what the forecast asks: recharge up to the aim (no forecast: no
+            # measure of what is needed, the recharge margin stays).
+            short_headroom_w=(
+                self._charge_headroom_w(aim_w, p_allow, net_w, 0.0, in_demand=in_demand)
+                if key is not None
+                else headroom_w
+            ),
+            reserve=reserve,
+            until_cheap=(
+                (lambda: reserve_until_cheap_pct(blocks, counts, block_start, aim_w, p))
+                if aim_w is not None and key is not None
+                else (lambda: p.reserve_pct)
+            ),
+            now=t_ref,
+            metrics=metrics,
+        )
 
         requests: list[SetpointRequest] = []
         constraints: list[Constraint] = []
@@ -826,15 +924,17 @@ class PeakShavingController:
             if constraint is not None:
                 constraints.append(constraint)
 
-        # What the battery leaves above P_allow; an import of zero is as low as it gets, so
-        # a lost block with the battery covering the whole net load sheds nothing.
-        shortfall_w = min(need_w, max(0.0, net_w)) - discharge_w
+        # What the battery leaves above P_allow for L (the target margin is the battery's
+        # alone: no load is shed for it); an import of zero is as low as it gets, so a lost
+        # block with the battery covering the whole net load sheds nothing.
+        need_limit_w = max(0.0, net_w - p_allow_limit) if math.isfinite(p_allow_limit) else 0.0
+        shortfall_w = min(need_limit_w, max(0.0, net_w)) - discharge_w
         loads, load_requests = self._shed_or_restore(
             loads=state.loads,
             savings_w=savings_w,
             shortfall_w=shortfall_w,
             net_w=net_w,
-            allow_w=min(p_allow, limit_w if limit_w is not None else math.inf),
+            allow_w=min(p_allow_limit, limit_w if limit_w is not None else math.inf),
             now=now,
             events=events,
         )
@@ -864,6 +964,8 @@ class PeakShavingController:
             metrics["demand_w"] = window_wh / (tau_window / _HOUR)
         if limit_w is not None:
             metrics["limit_w"] = limit_w
+        if aim_w is not None:
+            metrics["aim_w"] = aim_w
         if math.isfinite(p_allow):
             metrics["allowed_import_w"] = p_allow
         return Decision(
@@ -983,6 +1085,8 @@ class PeakShavingController:
                     recharge_margin_w=p.recharge_margin_w,
                     charge_in_counted_blocks=p.recharge_in_demand_hours or not has_windows,
                     forecast_margin=p.auto_forecast_margin_pct / 100.0,
+                    target_margin_w=p.target_margin_w,
+                    target_margin_pct=p.target_margin_pct,
                 )
                 chosen = plan_limit_w(blocks, counts, p.block, budget, floor_w=state.billed_peak_w)
                 # A forecast rebuilt every block nudges L a little: report real moves only.
@@ -995,17 +1099,64 @@ class PeakShavingController:
             return state, (state.billed_peak_w if state.billed_peak_w > 0.0 else None)
         return state, max(base, state.billed_peak_w)
 
+    def _allowed(self, target_w: float, view: BlockLedger, tau_window: timedelta) -> float:
+        """P_allow against ``target_w``, W; rolling: the smaller of the window's and the
+        current sub-interval's bound (see the module docstring)."""
+        p = self._params
+        bound = allowed_import_w(target_w, p.block, tau_window, view.window_energy_wh)
+        if p.slots_per_block > 1:
+            tau_slot = tau_window - (p.slots_per_block - 1) * p.slot
+            bound = min(bound, allowed_import_w(target_w, p.slot, tau_slot, view.slot_energy_wh))
+        return bound
+
+    def _recharge(
+        self,
+        *,
+        battery: _Battery,
+        need_w: float,
+        headroom_w: float,
+        short_headroom_w: float,
+        reserve: float,
+        until_cheap: Callable[[], float],
+        now: datetime,
+        metrics: dict[str, float],
+    ) -> tuple[float, float]:
+        """Charging power, W, and the SoC it recharges towards, %.
+
+        Above the recharge price cap only up to ``until_cheap()``: the reserve the blocks
+        before the next cheap one need; the rest waits for the cheap hours. Below the
+        reserve needed (``reserve``, or ``until_cheap()`` above the cap) the battery is short
+        of what the forecast asks of it: it recharges up to the aim itself
+        (``short_headroom_w``, no recharge margin; the target margin still keeps it under L).
+        """
+        p = self._params
+        target_soc = reserve if p.recharge_target == "reserve" else p.soc_max_pct
+        needed = reserve
+        cap = p.recharge_price_cap
+        if p.tariff is not None and cap is not None:
+            capped = p.tariff.price_per_kwh(now) > cap
+            metrics["recharge_price_capped_state"] = 1.0 if capped else 0.0
+            if capped:
+                needed = until_cheap()
+                metrics["reserve_until_cheap_pct"] = needed
+                target_soc = min(target_soc, needed)
+        if battery.soc_pct < needed:
+            headroom_w = max(headroom_w, short_headroom_w)
+        if need_w <= 0.0 and battery.soc_pct < target_soc and headroom_w > 0.0:
+            return min(headroom_w, battery.can_charge_w), target_soc
+        return 0.0, target_soc
+
     def _charge_headroom_w(
-        self, limit_w: float | None, p_allow: float, net_w: float, *, in_demand: bool
+        self, aim_w: float | None, p_allow: float, net_w: float, margin_w: float, *, in_demand: bool
     ) -> float:
         """How much charging the import can take, W (inf outside demand hours)."""
         p = self._params
         has_windows = p.tariff is not None and bool(p.tariff.demand_hours)
         if not in_demand:
             return math.inf
-        if (has_windows and not p.recharge_in_demand_hours) or limit_w is None:
+        if (has_windows and not p.recharge_in_demand_hours) or aim_w is None:
             return 0.0
-        return min(limit_w, p_allow) - p.recharge_margin_w - net_w
+        return min(aim_w, p_allow) - margin_w - net_w
 
     def _battery_request(self, value_w: float, reason: str) -> SetpointRequest:
         return SetpointRequest(

@@ -33,6 +33,7 @@ from gridpilot.control.peak_shaving import (
     choose_limit_w,
     integrate,
     plan_limit_w,
+    refill_price_cutoff,
     reserve_until_cheap_pct,
     slot_start,
     start_ledger,
@@ -1294,3 +1295,71 @@ def test_the_reserve_until_cheap_stops_at_the_first_cheap_block() -> None:
     never = p.model_copy(update={"recharge_max_price_per_kwh": 0.01})
     got = reserve_until_cheap_pct(values, [True] * 96, MONDAY_NOON, 100 * KW, never)
     assert got == pytest.approx(5.0 + 20 * 3 / 0.96 / 200 * 100 + 5.0)
+
+
+THREE_RATE_TARIFF = Tariff(
+    base_price_per_kwh=0.14,
+    periods=(
+        PricePeriod(name="night", start_hour=0.0, end_hour=7.0, price_per_kwh=0.09,
+                    weekdays=(0, 1, 2, 3, 4, 5, 6)),
+        PricePeriod(name="peak", start_hour=16.0, end_hour=19.0, price_per_kwh=0.34),
+    ),
+)  # fmt: skip
+"""UTC: night 0.09, peak 16–19 on weekdays 0.34, 0.14 otherwise (the simulator's shape)."""
+
+
+@pytest.mark.parametrize(
+    ("hour", "peak_at", "cheapest", "expected_request_kw"),
+    [
+        # 19:00 (0.14), nothing forecast above L: the night (7 h · 50 kW at 0.09) refills
+        # the 72.9 kWh, so the battery waits for it.
+        (19, None, True, None),
+        # A peak forecast at 21:00: only 19:00–21:00 (0.14) is before the need, recharge now.
+        (19, 21, True, -50.0),
+        # The night itself is the cheapest: recharge.
+        (1, None, True, -50.0),
+        # Switched off: the first block with headroom recharges, as before.
+        (19, None, False, -50.0),
+    ],
+)
+def test_recharge_waits_for_the_cheapest_blocks_that_still_refill_in_time(
+    hour: int, peak_at: int | None, cheapest: bool, expected_request_kw: float | None
+) -> None:
+    start = datetime(2026, 3, 2, hour, 0, tzinfo=UTC)  # a Monday
+    values = [20 * KW] * 96
+    if peak_at is not None:
+        first = (peak_at - hour) * 4
+        values[first : first + 4] = [120 * KW] * 4
+    # The 2 h at 120 kW ahead need 20.8 % (+ 10 %): SoC 60 % is not short of them.
+    forecasts = {"load_w": Forecast(start=start, step=15 * MIN, values=tuple(values))}
+    p = params(
+        tariff=THREE_RATE_TARIFF,
+        recharge_in_cheapest_blocks=cheapest,
+        recharge_target="full",
+        soc_min_pct=5.0,
+    )
+    decision = Driver(p, forecasts=forecasts).run(start, start + 2 * MIN, 20 * KW, soc_pct=60.0)
+    request = battery_request(decision)
+    if expected_request_kw is None:
+        assert request is None
+        assert decision.metrics["recharge_deferred_state"] == 1.0
+    else:
+        assert request == pytest.approx(expected_request_kw * KW)
+
+
+@pytest.mark.parametrize(
+    ("refill_kwh", "expected"),
+    [
+        (0.0, math.inf),  # nothing to refill
+        (300.0, 0.09),  # the night (7 h · 50 kW = 350 kWh) suffices
+        (400.0, 0.14),  # and 50 kWh more at the base price
+        (5_000.0, math.inf),  # more than the day can take
+    ],
+)
+def test_refill_price_cutoff(refill_kwh: float, expected: float) -> None:
+    start = datetime(2026, 3, 2, 19, 0, tzinfo=UTC)
+    p = params(tariff=THREE_RATE_TARIFF)
+    got = refill_price_cutoff(
+        [20 * KW] * 96, [True] * 96, start, 100 * KW, refill_wh=refill_kwh * KW, params=p
+    )
+    assert got == expected

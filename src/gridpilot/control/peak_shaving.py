@@ -63,11 +63,15 @@ Per cycle, in this order:
    the battery recharges only up to the reserve the forecast blocks need until the next
    block priced at or below it (:func:`reserve_until_cheap_pct`: soc_min + their energy
    above A + ``reserve_margin_pct``; ``reserve_pct`` without a forecast); the rest waits for
-   the cheap hours. *Short of the reserve*: while the SoC is below the forecast-sized reserve
-   (that one above the price cap, the whole horizon's otherwise) the battery is short of
-   what the forecast asks of it, and recharges up to A itself, without the recharge
-   margin: a midday trough between two peaks is worth every watt of it (the target margin
-   still keeps the block under L). When this controller neither discharges nor charges it sends
+   the cheap hours. With ``recharge_in_cheapest_blocks`` and a forecast, recharging also
+   waits while the price is above :func:`refill_price_cutoff`: the cheapest forecast blocks
+   before the battery is next needed (the first counted block above A) that can still take
+   the refill (a night rate rather than the evening's base price). *Short of the
+   reserve*: while the SoC is below the forecast-sized reserve (that one above the price
+   cap, the whole horizon's otherwise) the battery is short of what the forecast asks of
+   it: it recharges whatever the price, and up to A itself, without the recharge margin (a
+   midday trough between two peaks is worth every watt of it; the target margin still
+   keeps the block under L). When this controller neither discharges nor charges it sends
    no battery request, leaving the battery to lower priorities, and instead publishes a
    :class:`Constraint`: lower priorities may not charge beyond the import headroom, nor
    discharge below the SoC reserve.
@@ -231,6 +235,9 @@ class PeakShavingParams(_Frozen):
     """With a tariff: above this import price (None: the tariff's base price) the battery
     recharges only while its SoC is below the reserve needed until the next block priced at
     or below it. None without a tariff: recharging is never priced."""
+    recharge_in_cheapest_blocks: bool = True
+    """With a tariff and a forecast: recharge in the cheapest blocks that still refill the
+    battery before it is next needed, not simply in the first ones with headroom."""
     recharge_target: Literal["reserve", "full"] = "full"
     """Recharge to soc_max, or only up to the SoC reserve (when a lower-priority controller,
     e.g. economics, uses the battery above it)."""
@@ -686,6 +693,49 @@ def reserve_until_cheap_pct(
     return min(params.soc_max_pct, pct)
 
 
+def refill_price_cutoff(
+    blocks_w: Sequence[float],
+    counts: Sequence[bool],
+    start: datetime,
+    aim_w: float,
+    *,
+    refill_wh: float,
+    params: PeakShavingParams,
+) -> float:
+    """The highest import price, per kWh, the battery needs to recharge at to take in
+    ``refill_wh`` (AC) before it is next needed; inf when it cannot (or without a tariff).
+
+    The candidates are the forecast blocks from ``start`` (the current block) up to the
+    first counted block above the aim: each can take min(max charge, aim − recharge margin
+    − D̂)·T (a block that does not count: max charge·T; none where recharging is not allowed).
+    The cheapest are filled first; recharging now waits while the current price is above
+    the cutoff. No need within the forecast: every forecast block is a candidate.
+    """
+    tariff = params.tariff
+    if tariff is None or refill_wh <= 0.0:
+        return math.inf
+    has_windows = bool(tariff.demand_hours)
+    block_h = params.block / _HOUR
+    offers: list[tuple[float, float]] = []
+    for b, (demand, counted) in enumerate(zip(blocks_w, counts, strict=True)):
+        if counted and demand > aim_w:
+            break
+        if not counted:
+            power = params.max_charge_w
+        elif has_windows and not params.recharge_in_demand_hours:
+            power = 0.0
+        else:
+            power = min(params.max_charge_w, aim_w - params.recharge_margin_w - demand)
+        if power > 0.0:
+            offers.append((tariff.price_per_kwh(start + b * params.block), power * block_h))
+    taken = 0.0
+    for price, energy_wh in sorted(offers, key=lambda offer: offer[0]):
+        taken += energy_wh
+        if taken >= refill_wh:
+            return price
+    return math.inf
+
+
 # --- State and the controller ---------------------------------------------------------
 
 
@@ -905,6 +955,15 @@ class PeakShavingController:
                 if aim_w is not None and key is not None
                 else (lambda: p.reserve_pct)
             ),
+            cutoff=(
+                (
+                    lambda refill_wh: refill_price_cutoff(
+                        blocks, counts, block_start, aim_w, refill_wh=refill_wh, params=p
+                    )
+                )
+                if aim_w is not None and key is not None
+                else (lambda _: math.inf)
+            ),
             now=t_ref,
             metrics=metrics,
         )
@@ -1118,6 +1177,7 @@ class PeakShavingController:
         short_headroom_w: float,
         reserve: float,
         until_cheap: Callable[[], float],
+        cutoff: Callable[[float], float],
         now: datetime,
         metrics: dict[str, float],
     ) -> tuple[float, float]:
@@ -1128,6 +1188,8 @@ class PeakShavingController:
         reserve needed (``reserve``, or ``until_cheap()`` above the cap) the battery is short
         of what the forecast asks of it: it recharges up to the aim itself
         (``short_headroom_w``, no recharge margin; the target margin still keeps it under L).
+        Otherwise, with ``recharge_in_cheapest_blocks``, it waits while the price is above
+        ``cutoff(refill_wh)``: the cheapest blocks before the next need refill it.
         """
         p = self._params
         target_soc = reserve if p.recharge_target == "reserve" else p.soc_max_pct
@@ -1142,6 +1204,13 @@ class PeakShavingController:
                 target_soc = min(target_soc, needed)
         if battery.soc_pct < needed:
             headroom_w = max(headroom_w, short_headroom_w)
+        elif p.tariff is not None and p.recharge_in_cheapest_blocks and need_w <= 0.0:
+            refill_wh = (
+                max(0.0, target_soc - battery.soc_pct) / 100.0 * p.capacity_wh
+            ) / p.charge_efficiency
+            if p.tariff.price_per_kwh(now) > cutoff(refill_wh):
+                metrics["recharge_deferred_state"] = 1.0
+                return 0.0, target_soc
         if need_w <= 0.0 and battery.soc_pct < target_soc and headroom_w > 0.0:
             return min(headroom_w, battery.can_charge_w), target_soc
         return 0.0, target_soc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -24,13 +25,16 @@ from gridpilot.control.base import (
 from gridpilot.control.hvac import (
     ComfortBand,
     CopModel,
+    DemandLedger,
+    DemandTerm,
     HvacController,
     HvacParams,
     HvacState,
     Plan,
     plan_cooling,
+    track_demand,
 )
-from gridpilot.control.tariff import PricePeriod, Tariff
+from gridpilot.control.tariff import HourWindow, PricePeriod, Tariff
 from gridpilot.control.thermal import RcModel, ThermalFit, ZoneHistory, identify_zone
 from gridpilot.model.units import unit_of
 from gridpilot.sim.physics import (
@@ -638,3 +642,245 @@ def test_every_plan_obeys_its_model_and_limits(
     )
     assert plan.cost == pytest.approx(cost, rel=1e-9, abs=1e-9)
     assert plan.comfort_violation_kh >= 0.0
+
+
+# ------------------------------------------------------------------------ demand charge
+
+
+def demand_term(
+    p: HvacParams,
+    start: datetime,
+    *,
+    threshold_w: float = 0.0,
+    charge_per_kw: float = 18.0,
+    busy_w: float = 100_000.0,
+    quiet_w: float = 60_000.0,
+) -> DemandTerm:
+    """The site's other load: ``busy_w`` 09:00-11:00 (the morning peak), else ``quiet_w``;
+    one 15-min block per step, all counting."""
+    times = [start + k * p.step for k in range(p.steps)]
+    return DemandTerm(
+        other_load_w=[busy_w if 9 <= t.hour < 11 else quiet_w for t in times],
+        blocks=list(range(p.steps)),
+        counts=[True] * p.steps,
+        threshold_w=threshold_w,
+        charge_per_kw=charge_per_kw,
+    )
+
+
+def plan_with(p: HvacParams, start: datetime, t0: float, demand: DemandTerm | None) -> Plan:
+    outdoor, irradiance, occupied = weather(start, p)
+    return plan_cooling(
+        TRUE_MODEL,
+        t0,
+        outdoor_degc=outdoor,
+        irradiance_wm2=irradiance,
+        occupied=occupied,
+        prices_per_kwh=p.tariff.prices_per_kwh(start, p.step, p.steps),
+        params=p,
+        demand=demand,
+    )
+
+
+def block_peak_w(demand: DemandTerm, plan: Plan) -> float:
+    return max(
+        o + c
+        for o, c, n in zip(demand.other_load_w, plan.chiller_power_w, demand.counts, strict=True)
+        if n
+    )
+
+
+@pytest.mark.parametrize(
+    ("charge_per_kw", "lowers"),
+    [(0.0, False), (18.0, True), (5.0, True)],
+    ids=["no-charge", "charge", "small-charge"],
+)
+def test_a_demand_charge_moves_cooling_out_of_the_peak(charge_per_kw: float, lowers: bool) -> None:
+    p = params()
+    energy_only = plan_with(p, MONDAY_6, 24.0, None)
+    demand = demand_term(p, MONDAY_6, charge_per_kw=charge_per_kw)
+    plan = plan_with(p, MONDAY_6, 24.0, demand)
+    assert plan.ok
+    assert plan.comfort_violation_kh == pytest.approx(0.0, abs=1e-6)
+    before, after = block_peak_w(demand, energy_only), block_peak_w(demand, plan)
+    assert plan.peak_w == pytest.approx(after)
+    if lowers:
+        # The zone is pre-cooled before the busy hours and floats through them.
+        assert after < before - 2_000.0
+        busy = [k for k in range(p.steps) if 9 <= (MONDAY_6 + k * p.step).hour < 11]
+        assert sum(plan.chiller_power_w[k] for k in busy) < sum(
+            energy_only.chiller_power_w[k] for k in busy
+        )
+        assert plan.demand_charge == pytest.approx(charge_per_kw * after / 1000.0, rel=1e-6)
+    else:
+        assert after == pytest.approx(before, abs=1.0)
+        assert plan.cost == pytest.approx(energy_only.cost, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("threshold_w", "penalised"),
+    [
+        (200_000.0, False),  # billed far above anything the site can draw: free
+        (120_000.0, False),  # above the busy hours plus the whole chiller: free
+        (0.0, True),
+    ],
+)
+def test_no_demand_penalty_below_the_billed_peak(threshold_w: float, penalised: bool) -> None:
+    p = params()
+    energy_only = plan_with(p, MONDAY_6, 24.0, None)
+    plan = plan_with(p, MONDAY_6, 24.0, demand_term(p, MONDAY_6, threshold_w=threshold_w))
+    assert plan.ok
+    if penalised:
+        assert plan.demand_charge > 0.0
+        assert plan.cooling_w != pytest.approx(energy_only.cooling_w, abs=1.0)
+    else:
+        assert plan.demand_charge == 0.0
+        # The same cheapest plan as without the term (it never binds).
+        assert plan.cost == pytest.approx(energy_only.cost, rel=1e-6, abs=1e-6)
+
+
+def test_uncertain_other_load_keeps_a_margin_below_the_billed_peak() -> None:
+    """With the other load's spread, blocks just below the billed peak carry an expected
+    charge: the plan keeps the chiller out of them too."""
+    p = params(tariff=FLAT)  # no pre-cooling for prices: the chiller holds the zone
+    sure = demand_term(p, MONDAY_6, threshold_w=110_000.0)
+    unsure = replace(sure, spread_w=[5_000.0] * p.steps, scenarios=5)
+    certain, cautious = plan_with(p, MONDAY_6, 24.0, sure), plan_with(p, MONDAY_6, 24.0, unsure)
+    assert certain.ok
+    assert cautious.ok
+    assert certain.demand_charge == 0.0  # the forecast stays below the billed peak ...
+    assert block_peak_w(sure, cautious) < block_peak_w(sure, certain) - 500.0  # ... not sure
+
+
+@pytest.mark.parametrize("ramp_w_per_s", [200.0, 50.0, 20.0])
+def test_the_plan_respects_the_chiller_ramp(ramp_w_per_s: float) -> None:
+    p = params(chiller_ramp_w_per_s=ramp_w_per_s)
+    free = plan_for(params(chiller_ramp_w_per_s=None), MONDAY_6, 24.0)
+    plan = plan_for(p, MONDAY_6, 24.0)
+    assert plan.ok
+    capacity, dt = p.chiller_capacity_w, p.step_s
+    ramp_s = capacity / ramp_w_per_s
+    bound = capacity * (1 - ramp_s / (2 * dt)) if ramp_s <= dt else ramp_w_per_s * dt / 2
+    jumps = [abs(b - a) for a, b in itertools.pairwise(plan.cooling_w)]
+    assert max(jumps) <= bound + 1e-3
+    # Without the ramp, pre-cooling stops from full capacity at once: the bound binds.
+    assert max(abs(b - a) for a, b in itertools.pairwise(free.cooling_w)) > bound
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.15, 0.4])
+def test_the_plan_stays_the_comfort_margin_inside_the_band(margin: float) -> None:
+    p = params(comfort_margin_k=margin)
+    plan = plan_for(p, MONDAY_6, 24.0)
+    _, _, occupied = weather(MONDAY_6, p)
+    assert plan.ok
+    occupied_temperatures = [
+        t for t, occ in zip(plan.temperatures_degc[1:], occupied, strict=True) if occ
+    ]
+    assert min(occupied_temperatures) >= 21.0 + margin - 1e-6
+    assert max(occupied_temperatures) <= 24.0 - margin + 1e-6
+    # Pre-cooling still goes down to the plan's edge.
+    assert min(occupied_temperatures) == pytest.approx(21.0 + margin, abs=0.05)
+
+
+def test_demand_term_of_another_length_is_a_programming_error() -> None:
+    p = params()
+    short = replace(demand_term(p, MONDAY_6), other_load_w=[0.0])
+    with pytest.raises(ValueError, match="demand term"):
+        plan_with(p, MONDAY_6, 24.0, short)
+
+
+# ------------------------------------------------------------------------ billed demand
+
+
+def _ledger_after(samples: list[tuple[float, float]], tariff: Tariff = FLAT) -> DemandLedger:
+    """Feed (minutes after MONDAY_6, W) samples."""
+    ledger = None
+    for minutes, value in samples:
+        ledger = track_demand(
+            ledger, value, MONDAY_6 + timedelta(minutes=minutes), tariff, max_gap_s=120.0
+        )
+    assert ledger is not None
+    return ledger
+
+
+@pytest.mark.parametrize(
+    ("samples", "billed_w"),
+    [
+        # A block of 50 kW then one of 80 kW, sampled every minute (trapezoids: the first
+        # block's last minute ramps to 80 kW): billed 80 kW once the second is complete.
+        ([(m, 50_000.0) for m in range(15)] + [(m, 80_000.0) for m in range(15, 31)], 80_000.0),
+        # The second block not complete yet: only the first one counts.
+        ([(m, 50_000.0) for m in range(15)] + [(m, 80_000.0) for m in range(15, 25)], 51_000.0),
+        # A 5-minute spike of 120 kW in a 60 kW block: the block mean, 80 kW.
+        ([(m, 120_000.0 if 5 <= m < 10 else 60_000.0) for m in range(31)], 80_000.0),
+        # Export counts as zero import.
+        ([(m, -40_000.0) for m in range(31)], 0.0),
+        # A gap of 10 minutes: that block is not a measurement and never billed.
+        ([(m, 50_000.0) for m in range(16)] + [(27, 200_000.0), (31, 200_000.0)], 50_000.0),
+    ],
+    ids=["two-blocks", "open-block", "spike", "export", "gap"],
+)
+def test_tracks_the_billed_peak_from_the_meter(
+    samples: list[tuple[float, float]], billed_w: float
+) -> None:
+    ledger = _ledger_after(samples)
+    assert ledger.billed_peak_w == pytest.approx(billed_w, rel=1e-3)
+
+
+def test_billed_peak_resets_with_the_month_and_skips_off_hours() -> None:
+    end_of_june = datetime(2026, 6, 30, 23, 0, tzinfo=UTC)
+    ledger = None
+    for m in range(61):  # 23:00 .. 00:00 at 90 kW
+        ledger = track_demand(
+            ledger, 90_000.0, end_of_june + timedelta(minutes=m), FLAT, max_gap_s=120.0
+        )
+    assert ledger is not None
+    assert ledger.month == (2026, 7)
+    assert ledger.billed_peak_w == 0.0
+    evening_only = FLAT.model_copy(
+        update={"demand_hours": (HourWindow(start_hour=12.0, end_hour=18.0),)}
+    )
+    morning = _ledger_after([(m, 90_000.0) for m in range(31)], evening_only)
+    assert morning.billed_peak_w == 0.0
+
+
+def _demand_forecasts(start: datetime) -> dict[str, Forecast]:
+    step = timedelta(minutes=15)
+    times = [start + k * step for k in range(120)]
+    out = forecasts_at(start)
+    out["load_w"] = Forecast(
+        start, step, tuple(100_000.0 if 9 <= t.hour < 11 else 60_000.0 for t in times)
+    )
+    out["pv_w"] = Forecast(start, step, (5_000.0,) * len(times))
+    return out
+
+
+def test_the_controller_plans_against_the_billed_peak_it_tracks() -> None:
+    p = params(load_forecast_error=0.0, pv_forecast_error=0.0)
+    controller = HvacController(p, fit=GOOD_FIT)
+    state = controller.initial_state()
+    grid = PointRef("grid_meter", "active_power_w")
+    start = MONDAY_6
+    decision = None
+    for m in range(31):
+        now = start + timedelta(minutes=m)
+        snap = snapshot(now, 24.0)
+        readings = dict(snap.readings)
+        readings[grid] = Reading(70_000.0, now)
+        decision = controller.decide(Snapshot(now, readings), state, now, _demand_forecasts(start))
+        state = decision.state
+    assert decision is not None
+    assert decision.metrics["billed_peak_w"] == pytest.approx(70_000.0)
+    assert "plan_peak_w" in decision.metrics
+    assert state.demand is not None
+    # An import limit published by the peak shaver lifts the threshold.
+    limit = PointRef("peak_shaver", "limit_w")
+    limited = HvacController(params(import_limit_point=limit), fit=GOOD_FIT)
+    now = start + timedelta(minutes=31)
+    readings = dict(snapshot(now, 24.0).readings)
+    readings[limit] = Reading(150_000.0, now)
+    free = limited.decide(
+        Snapshot(now, readings), limited.initial_state(), now, _demand_forecasts(now)
+    )
+    assert free.state.plan is not None
+    assert free.state.plan.demand_charge == 0.0

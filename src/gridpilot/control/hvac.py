@@ -5,15 +5,44 @@ Each cycle the controller either reuses its plan or solves a new one (the plan i
 none). The plan is a linear programme over the horizon (``plan_cooling``)::
 
     min  Σ_k price_k · Φ_k/COP(T_o,k) · Δt  +  penalty · Σ_k (s⁺_k + s⁻_k) · Δt
+         + c_d · (1/J) · Σ_j E_j                                   (demand charge, optional)
     s.t. T_{k+1} = a·T_k + (1 − a)·(T_o,k + R·(G_k − Φ_k))      (identified 1R1C zone)
-         lo_k − s⁻_k ≤ T_{k+1} ≤ hi_k + s⁺_k                     (soft comfort band)
-         0 ≤ Φ_k ≤ chiller capacity,  s⁺, s⁻ ≥ 0,  T_{k+1} ≤ ceiling (optional, hard)
+         lo_k + m − s⁻_k ≤ T_{k+1} ≤ hi_k − m + s⁺_k             (soft comfort band)
+         |Φ_k − Φ_{k−1}| ≤ ΔΦ_ramp                               (chiller ramp, optional)
+         mean_{k∈b}(O_k + z_j·σ_k + Φ_k/COP_k) − E_j ≤ D_billed  (each counted block b, j)
+         0 ≤ Φ_k ≤ chiller capacity,  s⁺, s⁻, E ≥ 0,  T_{k+1} ≤ ceiling (optional, hard)
 
 with Φ the thermal cooling power, G the modelled gains (occupancy + aperture × irradiance)
 and price_k the tariff's energy price. The comfort band is soft, so a zone that starts
 outside it gets a plan that brings it back at a price, never an infeasible problem; only
-the optional hard ceiling can make it infeasible. No demand-charge term: the peak-shaving
-controller owns the billed peak, and pricing it here too would count it twice.
+the optional hard ceiling can make it infeasible. The plan aims ``comfort_margin_k`` (m)
+inside the band: the thermostat overshoots a setpoint by what its chiller's ramp delivers
+after it gets there (≈ 0.1 K), and a plan at the edge itself ends pre-cooling minutes
+below the band. ΔΦ_ramp is the change of a step's mean cooling that a ramp from
+standstill at ``chiller_ramp_w_per_s`` allows.
+
+**Demand charge** (the tariff's ``demand_charge_per_kw`` c_d, per kW of the month's highest
+``demand_interval`` mean import): min Σ price·P·Δt + c_d·max(0, D − D_billed), with D the
+highest block of the site's net import. The charge is monthly, so inside a day's horizon
+the whole of it applies to any rise of the month's peak, and nothing below the peak
+already billed costs anything. D_billed is tracked in the controller's state from the site
+meter (``grid_point``: the month's highest block mean of import, as
+:class:`DemandLedger`), raised to a published billed peak (``billed_peak_point``) or to the
+peak shaver's import limit (``import_limit_point``: with a battery holding L, load up to L
+is the battery's concern). The other load O_k is the consumption forecast
+(``forecasts["load_w"]``: base load and every chiller) minus this zone's chiller as that
+forecast holds it (the zone's last plan; before one, a thermostat's holding power) minus
+``forecasts["pv_w"]``. With several zones, each planner counts the others as forecast in
+O_k: zones that pre-cool into the same hour each believe they have the room (one pass of
+a coordinate descent, not a joint plan). Forecasts of net import miss by many kW (a
+cloud deck the PV profile did not see, a morning ramp the persistence blend is late on),
+so the term is an expectation over J equally likely levels of the other load: the
+forecast shifted by normal quantiles z_j of its spread σ_k (``load_forecast_error`` ×
+load ⊕ ``pv_forecast_error`` × PV, widened to reach ``forecasts["net_load_p90_w"]`` at
+90 % where that quantile forecast exists) in every block at once. Only blocks of the
+current local day count: tomorrow's blocks are planned tomorrow on a better forecast,
+and a high forecast for them would let any block today go unpriced below it. Without a
+consumption forecast (or without a demand charge) the plan prices energy only.
 
 The controller does not drive the chiller: it writes the zone's **setpoint**, the planned
 temperature at the end of the current step, and the zone's own thermostat tracks it (the
@@ -40,9 +69,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from statistics import NormalDist
 from typing import Any, Literal, Self
+from zoneinfo import ZoneInfo
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy import sparse
 from scipy.optimize import linprog
@@ -143,10 +175,12 @@ class HvacParams(_Frozen):
     replan_interval: timedelta = timedelta(minutes=15)
     replan_deviation_k: float = Field(default=1.0, gt=0.0)
     """Re-plan early when the zone is this far from the plan's temperature."""
-    comfort_penalty_per_kh: float = Field(default=10.0, ge=0.0)
+    comfort_penalty_per_kh: float = Field(default=1000.0, ge=0.0)
     """Price of one kelvin outside the band for one hour, in the tariff's currency. The
-    default outweighs what pre-cooling below the band could save at usual TOU spreads
-    (about 1 currency unit per K of an 18 MJ/K zone), so the band holds when it can."""
+    default outweighs what leaving the band could save: pre-cooling below it at usual TOU
+    spreads (about 1 currency unit per K of an 18 MJ/K zone), and above all a demand charge
+    (a zone floating 1 K warm for 15 minutes spares ~1 kW of a block's demand, worth
+    15-20 per kW-month), so the band holds when it can."""
     chiller_capacity_w: float = Field(default=60_000.0, gt=0.0)
     cop: CopModel = CopModel()
     tariff: Tariff = Tariff()
@@ -157,13 +191,56 @@ class HvacParams(_Frozen):
     temperature_ceiling_degc: float | None = None
     """A hard limit the zone must never exceed (server rooms); None = the band is all soft.
     A chiller too small to hold it makes the plan infeasible and the controller fall back."""
+    comfort_margin_k: float = Field(default=0.15, ge=0.0, le=2.0)
+    """The plan keeps the zone this far inside both edges of the band (half the band at
+    most). The thermostat chases a new setpoint as fast as its chiller ramps and overshoots
+    it while the chiller ramps back: up to ≈ (cooling − holding cooling)² / (2·ramp rate·C),
+    0.1-0.15 K for a 60 kW chiller with a 5-minute ramp on an 18 MJ/K zone. A plan aimed at
+    the edge itself ends pre-cooling minutes below the band, and a zone floated up to the
+    upper edge overshoots it while the chiller starts."""
+    chiller_ramp_w_per_s: float | None = Field(default=200.0, gt=0.0)
+    """Thermal capacity change rate of the chiller (200 W/s: a 60 kW chiller's 5-minute
+    ramp). The plan's cooling changes from one step to the next by no more than a ramp from
+    standstill can deliver in a step's mean; None = no ramp limit in the plan."""
+    grid_point: PointRef | None = PointRef("grid_meter", "active_power_w")
+    """The site meter (import +): the controller tracks the month's billed demand from it,
+    as the tariff bills it (the highest ``demand_interval`` mean import in demand hours)."""
+    billed_peak_point: PointRef | None = None
+    """A published billed demand, W (e.g. the peak shaver's ``billed_peak_w`` metric where the
+    service exposes controller metrics as points): the larger of it and the tracked one."""
+    import_limit_point: PointRef | None = None
+    """A published import limit, W (the peak shaver's ``limit_w``): when fresh, demand up to
+    it is the battery's to hold, so the plan only pays for consumption above it."""
+    load_forecast_key: str | None = "load_w"
+    """The site's consumption forecast (this zone's chiller included); None or missing =
+    plan on energy prices only, as without a demand charge."""
+    pv_forecast_key: str | None = "pv_w"
+    """Subtracted from the consumption when present: the billed quantity is net import."""
+    net_load_high_key: str | None = "net_load_p90_w"
+    """A high quantile (90 %) of the net import, when forecast: where it lies above the
+    consumption − PV forecast, it widens the demand scenarios' spread so that their 90 %
+    level reaches it (a morning ramp the blended forecast is late on)."""
+    load_forecast_error: float = Field(default=0.03, ge=0.0, le=1.0)
+    """Relative standard error of the consumption forecast, for the demand scenarios."""
+    pv_forecast_error: float = Field(default=0.4, ge=0.0, le=2.0)
+    """Relative standard error of the PV forecast (a cloud deck the profile did not see)."""
+    demand_scenarios: int = Field(default=5, ge=1, le=50)
+    """The demand charge is the expected one over this many equally likely levels of the
+    other load (normal quantiles of the errors above); 1 = the forecast taken as certain."""
     fallback_band_position: float = Field(default=0.75, ge=0.0, le=1.0)
     """Fallback setpoint: this far up the current comfort band (0 = lower, 1 = upper)."""
     solver_time_limit_s: float = Field(default=5.0, ge=0.0)
     identification: IdentificationParams = IdentificationParams()
     """Used when the controller identifies its model from a history in its state."""
 
-    @field_validator("outdoor_temperature", "irradiance", mode="before")
+    @field_validator(
+        "outdoor_temperature",
+        "irradiance",
+        "grid_point",
+        "billed_peak_point",
+        "import_limit_point",
+        mode="before",
+    )
     @classmethod
     def _parse_ref(cls, value: object) -> object:
         return _point_ref(value)
@@ -244,10 +321,47 @@ class Plan:
     """Electric energy over the horizon."""
     comfort_violation_kh: float = math.nan
     """Σ kelvin outside the band × hours (BOPTEST's thermal discomfort)."""
+    peak_w: float = math.nan
+    """The highest counted demand block of the plan: the other load's forecast plus this
+    zone's chiller (NaN without a demand term)."""
+    demand_charge: float = math.nan
+    """What the plan adds to the demand charge: charge × max(0, peak − threshold)."""
 
     @property
     def ok(self) -> bool:
         return self.status == "optimal"
+
+
+@dataclass(frozen=True, slots=True)
+class DemandTerm:
+    """The demand charge as the plan sees it, per step of the horizon.
+
+    The plan pays ``charge_per_kw`` per kW by which a counted demand block — the mean over
+    its steps of ``other_load_w`` plus this zone's chiller power — exceeds ``threshold_w``
+    (the month's billed demand so far: anything below it is already paid for).
+    """
+
+    other_load_w: Sequence[float]
+    """The site's net import without this zone's chiller, per step (W): the forecast."""
+    blocks: Sequence[int]
+    """The demand block of each step; steps of one block are averaged (equal weights)."""
+    counts: Sequence[bool]
+    """Whether the step's block counts towards billed demand (the tariff's demand hours)."""
+    threshold_w: float
+    charge_per_kw: float
+    spread_w: Sequence[float] | None = None
+    """Standard error of ``other_load_w`` per step (W); None = the forecast is certain."""
+    scenarios: int = 1
+    """With a spread: the expected charge over this many equally likely scenarios, the
+    forecast shifted by normal quantiles of the spread in every step at once (a cloudy
+    day lifts every block, not one)."""
+
+    def shifts(self) -> list[float]:
+        """The normal quantiles (z) of the scenarios: 0 alone without a spread."""
+        if self.spread_w is None or self.scenarios <= 1:
+            return [0.0]
+        normal = NormalDist()
+        return [normal.inv_cdf((j + 0.5) / self.scenarios) for j in range(self.scenarios)]
 
 
 def plan_cooling(
@@ -259,14 +373,17 @@ def plan_cooling(
     occupied: Sequence[bool],
     prices_per_kwh: Sequence[float],
     params: HvacParams,
+    demand: DemandTerm | None = None,
 ) -> Plan:
     """Cheapest cooling over the horizon the inputs span, comfort priced per K·h.
 
     Per-step inputs (all the same length n, step ``params.step``): outdoor temperature °C,
     irradiance W/m², occupancy (selects the comfort band the temperature at the *end* of the
     step is held to), import price per kWh. From ``params``: ``step``, the comfort bands,
-    ``comfort_penalty_per_kh``, ``chiller_capacity_w``, ``cop``, ``temperature_ceiling_degc``
-    and ``solver_time_limit_s`` (the horizon is the inputs' length, not ``params.horizon``).
+    ``comfort_penalty_per_kh``, ``comfort_margin_k``, ``chiller_capacity_w``,
+    ``chiller_ramp_w_per_s``, ``cop``, ``temperature_ceiling_degc`` and
+    ``solver_time_limit_s`` (the horizon is the inputs' length, not ``params.horizon``).
+    ``demand``, when given (its series of the same length), adds the demand charge.
 
     Returns a :class:`Plan`; a non-finite input or a solver without an optimum gives a plan
     with ``status`` ≠ ``"optimal"`` and the reason in ``message`` (never raises for data;
@@ -284,11 +401,7 @@ def plan_cooling(
     irradiance = np.asarray(irradiance_wm2, dtype=np.float64)
     prices = np.asarray(prices_per_kwh, dtype=np.float64)
     occ = np.asarray(occupied, dtype=bool)
-    finite = [
-        np.isfinite(t0_degc),
-        *(np.all(np.isfinite(v)) for v in (outdoor, irradiance, prices)),
-    ]
-    if not all(finite):
+    if not _all_finite(t0_degc, (outdoor, irradiance, prices), demand, n):
         return Plan("failed", "non-finite start temperature, forecast or price", dt_s)
 
     a = model.coefficient(dt_s)
@@ -300,10 +413,16 @@ def plan_cooling(
     cop = np.array([params.cop.cop(float(t)) for t in outdoor])
     lower = np.array([params.band(bool(o)).lower_degc for o in occ])
     upper = np.array([params.band(bool(o)).upper_degc for o in occ])
+    # The plan's band: inside the comfort band by the margin, half its width at most.
+    margin = np.minimum(params.comfort_margin_k, (upper - lower) / 2.0)
+    floor, top = lower + margin, upper - margin
 
     # Variables, n each: cooling Φ_k in kW (kW keeps the matrix well scaled next to kelvin),
-    # T_{k+1}, slack above the band s⁺_k, slack below s⁻_k.
-    q_at, t_at, hi_at, lo_at = 0, n, 2 * n, 3 * n  # where each block starts
+    # T_{k+1}, slack above the band s⁺_k, slack below s⁻_k; then one demand excess E_j (kW)
+    # per demand scenario.
+    q_at, t_at, hi_at, lo_at, e_at = 0, n, 2 * n, 3 * n, 4 * n  # where each block starts
+    shifts = demand.shifts() if demand is not None else []
+    size = 4 * n + len(shifts)
     k = np.arange(n)
     cost = np.concatenate(
         [
@@ -311,26 +430,32 @@ def plan_cooling(
             np.zeros(n),
             np.full(n, params.comfort_penalty_per_kh * hours),
             np.full(n, params.comfort_penalty_per_kh * hours),
+            np.full(len(shifts), demand.charge_per_kw / len(shifts) if demand else 0.0),
         ]
     )
     # Dynamics: T_{k+1} − a·T_k + (1 − a)·R·1000·Φ_k = (1 − a)·(T_o,k + R·G_k)
     rows = np.concatenate([k, k, k[1:]])
     cols = np.concatenate([t_at + k, q_at + k, t_at + k[1:] - 1])
     data = np.concatenate([np.ones(n), np.full(n, (1.0 - a) * r * 1000.0), np.full(n - 1, -a)])
-    a_eq = sparse.csr_array(sparse.coo_array((data, (rows, cols)), shape=(n, 4 * n)))
+    a_eq = sparse.csr_array(sparse.coo_array((data, (rows, cols)), shape=(n, size)))
     b_eq = (1.0 - a) * (outdoor + r * gains)
     b_eq[0] += a * t0_degc
-    # Band: T_{k+1} − s⁺_k ≤ hi_k and −T_{k+1} − s⁻_k ≤ −lo_k
-    rows = np.concatenate([k, k, n + k, n + k])
-    cols = np.concatenate([t_at + k, hi_at + k, t_at + k, lo_at + k])
-    data = np.concatenate([np.ones(n), -np.ones(n), -np.ones(n), -np.ones(n)])
-    a_ub = sparse.csr_array(sparse.coo_array((data, (rows, cols)), shape=(2 * n, 4 * n)))
-    b_ub = np.concatenate([upper, -lower])
+    # Band: T_{k+1} − s⁺_k ≤ hi_k − margin and −T_{k+1} − s⁻_k ≤ −(lo_k + margin)
+    ub = _Rows()
+    for sign, slack_at, rhs in ((1.0, hi_at, top), (-1.0, lo_at, -floor)):
+        ub.add(ub.count + k, t_at + k, sign, rhs)
+        ub.add(ub.count + k, slack_at + k, -1.0)
+        ub.count += n
+    _ramp_rows(ub, _ramp_step_w(params) / 1000.0, n, q_at=q_at)
+    if demand is not None:
+        _demand_rows(ub, demand, shifts, cop, q_at=q_at, e_at=e_at)
+    a_ub = ub.matrix(size)
+    b_ub = ub.rhs()
     ceiling = params.temperature_ceiling_degc
     bounds = (
         [(0.0, params.chiller_capacity_w / 1000.0)] * n
         + [(None, ceiling)] * n
-        + [(0.0, None)] * (2 * n)
+        + [(0.0, None)] * (2 * n + len(shifts))
     )
     result: Any = linprog(
         cost,
@@ -350,6 +475,7 @@ def plan_cooling(
     temperatures = np.concatenate([[t0_degc], x[t_at : t_at + n]])
     electric_w = cooling_w / cop
     violation = np.maximum(0.0, np.maximum(lower - temperatures[1:], temperatures[1:] - upper))
+    peak_w, demand_charge = _demand_figures(demand, electric_w)
     return Plan(
         status="optimal",
         message=str(result.message),
@@ -360,7 +486,149 @@ def plan_cooling(
         cost=float(np.sum(prices * electric_w / 1000.0 * hours)),
         energy_wh=float(np.sum(electric_w) * hours),
         comfort_violation_kh=float(np.sum(violation) * hours),
+        peak_w=peak_w,
+        demand_charge=demand_charge,
     )
+
+
+def _all_finite(
+    t0_degc: float,
+    series: Sequence[npt.NDArray[np.float64]],
+    demand: DemandTerm | None,
+    n: int,
+) -> bool:
+    """Whether every input is finite; raises ``ValueError`` for a demand term of another
+    length than the inputs (a programming error)."""
+    finite = [bool(np.isfinite(t0_degc)), *(bool(np.all(np.isfinite(v))) for v in series)]
+    if demand is not None:
+        lengths = {len(demand.other_load_w), len(demand.blocks), len(demand.counts)}
+        if demand.spread_w is not None:
+            lengths.add(len(demand.spread_w))
+        if lengths != {n}:
+            raise ValueError("the demand term's series must have the inputs' length")
+        finite.append(bool(np.all(np.isfinite(np.asarray(demand.other_load_w, dtype=float)))))
+        if demand.spread_w is not None:
+            finite.append(bool(np.all(np.isfinite(np.asarray(demand.spread_w, dtype=float)))))
+        finite.append(math.isfinite(demand.threshold_w))
+    return all(finite)
+
+
+def _demand_figures(
+    demand: DemandTerm | None, chiller_w: npt.NDArray[np.float64]
+) -> tuple[float, float]:
+    """(the plan's highest counted block W, what it adds to the demand charge); NaN
+    without a demand term."""
+    if demand is None:
+        return math.nan, math.nan
+    peak_w = _peak_block_w(demand, chiller_w)
+    return peak_w, demand.charge_per_kw * max(0.0, peak_w - demand.threshold_w) / 1000.0
+
+
+class _Rows:
+    """A sparse constraint matrix built block by block (COO triplets, right-hand sides)."""
+
+    def __init__(self) -> None:
+        self.rows: list[npt.NDArray[np.int64]] = []
+        self.cols: list[npt.NDArray[np.int64]] = []
+        self.data: list[npt.NDArray[np.float64]] = []
+        self.rhs_parts: list[npt.NDArray[np.float64]] = []
+        self.count = 0
+        """Rows so far (the caller advances it after adding a block)."""
+
+    def add(
+        self,
+        rows: npt.NDArray[np.int64],
+        cols: npt.NDArray[np.int64],
+        values: float | npt.NDArray[np.float64],
+        rhs: npt.NDArray[np.float64] | None = None,
+    ) -> None:
+        """Entries at (rows, cols); ``rhs`` once per block of rows, in row order."""
+        self.rows.append(np.asarray(rows, dtype=np.int64))
+        self.cols.append(np.asarray(cols, dtype=np.int64))
+        self.data.append(np.broadcast_to(np.asarray(values, dtype=np.float64), rows.shape))
+        if rhs is not None:
+            self.rhs_parts.append(np.asarray(rhs, dtype=np.float64))
+
+    def matrix(self, columns: int) -> sparse.csr_array:
+        triplets = (
+            np.concatenate(self.data),
+            (np.concatenate(self.rows), np.concatenate(self.cols)),
+        )
+        return sparse.csr_array(sparse.coo_array(triplets, shape=(self.count, columns)))
+
+    def rhs(self) -> npt.NDArray[np.float64]:
+        return np.concatenate(self.rhs_parts)
+
+
+def _ramp_rows(ub: _Rows, ramp_kw: float, n: int, *, q_at: int) -> None:
+    """±(Φ_k − Φ_{k−1}) ≤ what a ramp from standstill delivers in a step's mean (kW)."""
+    if not math.isfinite(ramp_kw) or n < 2:
+        return
+    k = np.arange(1, n)
+    for sign in (1.0, -1.0):
+        at = ub.count + k - 1
+        ub.add(at, q_at + k, sign, np.full(n - 1, ramp_kw))
+        ub.add(at, q_at + k - 1, -sign)
+        ub.count += n - 1
+
+
+def _demand_rows(
+    ub: _Rows,
+    demand: DemandTerm,
+    shifts: Sequence[float],
+    cop: npt.NDArray[np.float64],
+    *,
+    q_at: int,
+    e_at: int,
+) -> None:
+    """Per scenario j and counted block b: mean over b of (other_k + z_j·spread_k + Φ_k/COP_k)
+    − E_j ≤ threshold, in kW."""
+    n = len(cop)
+    k = np.arange(n)
+    other_kw = np.asarray(demand.other_load_w, dtype=np.float64) / 1000.0
+    spread_kw = (
+        np.asarray(demand.spread_w, dtype=np.float64) / 1000.0
+        if demand.spread_w is not None
+        else np.zeros(n)
+    )
+    block_of = np.asarray(demand.blocks)
+    counted = np.asarray(demand.counts, dtype=bool)
+    groups = [k[(block_of == b) & counted] for b in dict.fromkeys(block_of[counted].tolist())]
+    for j, z in enumerate(shifts):
+        for members in groups:
+            weight = 1.0 / len(members)
+            load = weight * float(np.sum(other_kw[members] + z * spread_kw[members]))
+            ub.add(np.full(len(members), ub.count), q_at + members, weight / cop[members])
+            ub.add(
+                np.array([ub.count]),
+                np.array([e_at + j]),
+                -1.0,
+                np.array([demand.threshold_w / 1000.0 - load]),
+            )
+            ub.count += 1
+
+
+def _ramp_step_w(params: HvacParams) -> float:
+    """The largest change of the mean cooling from one step to the next (W): a chiller from
+    standstill ramping at ``chiller_ramp_w_per_s`` to capacity (``inf`` without a ramp)."""
+    rate = params.chiller_ramp_w_per_s
+    if rate is None:
+        return math.inf
+    capacity, dt_s = params.chiller_capacity_w, params.step_s
+    ramp_s = capacity / rate
+    if ramp_s <= dt_s:
+        return capacity * (1.0 - ramp_s / (2.0 * dt_s))
+    return rate * dt_s / 2.0
+
+
+def _peak_block_w(demand: DemandTerm, chiller_w: npt.NDArray[np.float64]) -> float:
+    """The highest counted block mean of other load + chiller (−inf when none counts)."""
+    total = np.asarray(demand.other_load_w, dtype=np.float64) + chiller_w
+    means: dict[int, list[float]] = {}
+    for value, block, counts in zip(total, demand.blocks, demand.counts, strict=True):
+        if counts:
+            means.setdefault(int(block), []).append(float(value))
+    return max((sum(v) / len(v) for v in means.values()), default=-math.inf)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,6 +638,98 @@ def plan_cooling(
 FallbackKind = Literal[
     "stale_temperature", "no_model", "model_refused", "model_bad", "no_outdoor", "planner"
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class DemandLedger:
+    """The month's billed demand so far, followed from the site meter's import.
+
+    Fixed blocks of the tariff's ``demand_interval`` on the local wall clock; the import
+    (negative readings count as zero) is integrated by trapezoid between samples no further
+    apart than ``max_input_age_s``. A completed block covered for at least 90 % of its length
+    sets the billed peak when it counts for demand; a new local month resets it.
+    """
+
+    month: tuple[int, int]
+    """Local (year, month) of ``billed_peak_w``."""
+    billed_peak_w: float
+    block_start: datetime
+    energy_wh: float
+    """Imported in the current block up to ``sample``, over ``covered_s`` seconds."""
+    covered_s: float
+    sample: tuple[float, datetime]
+    """The last integrated import sample: (W, ts)."""
+
+
+def track_demand(
+    ledger: DemandLedger | None,
+    import_w: float,
+    ts: datetime,
+    tariff: Tariff,
+    max_gap_s: float,
+) -> DemandLedger:
+    """``ledger`` with the meter sample (``import_w`` at ``ts``) added (see
+    :class:`DemandLedger`); a sample not newer than the last one changes nothing."""
+    interval, zone = tariff.demand_interval, tariff.zone
+    value = max(0.0, import_w)
+    if ledger is None:
+        return DemandLedger(
+            _month(ts, zone), 0.0, _block_start(ts, interval, zone), 0.0, 0.0, (value, ts)
+        )
+    v0, t0 = ledger.sample
+    if ts <= t0:
+        return ledger
+    month, billed = ledger.month, ledger.billed_peak_w
+    start, energy, covered = ledger.block_start, ledger.energy_wh, ledger.covered_s
+    fresh = (ts - t0).total_seconds() <= max_gap_s
+    span_s = (ts - t0).total_seconds()
+
+    def power(at: datetime) -> float:
+        return v0 + (value - v0) * ((at - t0).total_seconds() / span_s)
+
+    cursor = t0
+    while True:
+        end = start + interval
+        segment_end = min(ts, end)
+        if fresh:
+            seconds = (segment_end - cursor).total_seconds()
+            energy += (power(cursor) + power(segment_end)) / 2.0 * seconds / 3600.0
+            covered += seconds
+        if ts < end:
+            break
+        block_month = _month(start, zone)
+        if block_month > month:
+            month, billed = block_month, 0.0
+        if (
+            block_month == month
+            and covered >= 0.9 * interval.total_seconds()
+            and tariff.counts_for_demand(start)
+        ):
+            billed = max(billed, energy / (covered / 3600.0))
+        if not fresh:  # a gap: restart at the sample's block, its past uncovered
+            start, energy, covered = _block_start(ts, interval, zone), 0.0, 0.0
+            break
+        start, energy, covered, cursor = end, 0.0, 0.0, end
+        if ts == end:
+            break
+    now_month = _month(ts, zone)
+    if now_month > month:
+        month, billed = now_month, 0.0
+    return DemandLedger(month, billed, start, energy, covered, (value, ts))
+
+
+def _month(when: datetime, zone: ZoneInfo) -> tuple[int, int]:
+    local = when.astimezone(zone)
+    return local.year, local.month
+
+
+def _block_start(when: datetime, interval: timedelta, zone: ZoneInfo) -> datetime:
+    """Start of the demand block containing ``when`` (blocks on the local wall clock)."""
+    local = when.astimezone(zone)
+    into_hour = timedelta(
+        minutes=local.minute, seconds=local.second, microseconds=local.microsecond
+    )
+    return when - into_hour % interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +747,8 @@ class HvacState:
     """``plan`` or the :data:`FallbackKind` in force; events are sent when it changes."""
     persisted: tuple[str, ...] = ()
     """Forecasts replaced by persistence at the last announcement."""
+    demand: DemandLedger | None = None
+    """The month's billed demand, followed from ``grid_point``."""
 
 
 class HvacController:
@@ -435,6 +797,14 @@ class HvacController:
             state = replace(state, fit=fit, history=None)
 
         metrics: dict[str, float] = {}
+        if p.grid_point is not None:
+            reading = snapshot.reading(p.grid_point)
+            if reading is not None and math.isfinite(reading.value):
+                ledger = track_demand(
+                    state.demand, reading.value, reading.ts, p.tariff, p.max_input_age_s
+                )
+                state = replace(state, demand=ledger)
+                metrics["billed_peak_w"] = ledger.billed_peak_w
         temperature = snapshot.value(p.ref(p.temperature_point), p.max_input_age_s)
         if temperature is not None:
             band = p.band(p.occupied_at(now))
@@ -491,14 +861,26 @@ class HvacController:
             if persisted != state.persisted:
                 events.append(self._persistence_event(persisted))
             times = [now + i * p.step for i in range(p.steps)]
+            occupied = [p.occupied_at(t) for t in times]
+            demand = self._demand_term(
+                snapshot,
+                state,
+                now=now,
+                forecasts=forecasts,
+                model=model,
+                outdoor=outdoor,
+                irradiance=irradiance,
+                occupied=occupied,
+            )
             plan = plan_cooling(
                 model,
                 temperature,
                 outdoor_degc=outdoor,
                 irradiance_wm2=irradiance,
-                occupied=[p.occupied_at(t) for t in times],
+                occupied=occupied,
                 prices_per_kwh=p.tariff.prices_per_kwh(now, p.step, p.steps),
                 params=p,
+                demand=demand,
             )
             start = now
             if not plan.ok:
@@ -526,6 +908,8 @@ class HvacController:
                 "persisted_forecasts_count": float(len(persisted)),
             }
         )
+        if math.isfinite(plan.peak_w):
+            metrics["plan_peak_w"] = plan.peak_w
         request = SetpointRequest(
             target=p.ref(p.setpoint_point),
             value=setpoint,
@@ -556,6 +940,112 @@ class HvacController:
         ends = plan.temperatures_degc[index], plan.temperatures_degc[index + 1]
         off = max(min(ends) - temperature, temperature - max(ends))
         return off > p.replan_deviation_k
+
+    def _demand_term(
+        self,
+        snapshot: Snapshot,
+        state: HvacState,
+        *,
+        now: datetime,
+        forecasts: Forecasts,
+        model: RcModel,
+        outdoor: Sequence[float],
+        irradiance: Sequence[float],
+        occupied: Sequence[bool],
+    ) -> DemandTerm | None:
+        """The demand charge for the plan, or None (no charge, no consumption forecast).
+
+        Other load = the consumption forecast − this zone's chiller as the forecast holds
+        it − the PV forecast. The zone's share of the forecast is taken to be what its last
+        plan expected at each instant (the forecast is made from days it ran under the same
+        planner), or without a plan what a thermostat holding the fallback setpoint draws.
+        Another zone's chiller stays in the other load, as forecast: each planner takes the
+        others' consumption as given (one pass of a coordinate descent, not a joint plan).
+        """
+        p = self._params
+        tariff = p.tariff
+        if tariff.demand_charge_per_kw <= 0.0 or p.load_forecast_key is None:
+            return None
+        load = _forecast_series(forecasts.get(p.load_forecast_key), now, p.step, p.steps)
+        if load is None:
+            return None
+        pv: list[float] | None = None
+        if p.pv_forecast_key is not None:
+            pv = _forecast_series(forecasts.get(p.pv_forecast_key), now, p.step, p.steps)
+        own = self._own_chiller_w(
+            state, now=now, model=model, outdoor=outdoor, irradiance=irradiance, occupied=occupied
+        )
+        other = [load[k] - own[k] - (pv[k] if pv is not None else 0.0) for k in range(p.steps)]
+        starts = [
+            _block_start(now + k * p.step, tariff.demand_interval, tariff.zone)
+            for k in range(p.steps)
+        ]
+        index = {start: i for i, start in enumerate(dict.fromkeys(starts))}
+        today = now.astimezone(tariff.zone).date()
+        threshold = state.demand.billed_peak_w if state.demand is not None else 0.0
+        for ref in (p.billed_peak_point, p.import_limit_point):
+            value = snapshot.value(ref, p.max_input_age_s) if ref is not None else None
+            if value is not None and math.isfinite(value):
+                threshold = max(threshold, value)
+        spread = [
+            math.hypot(
+                p.load_forecast_error * load[k],
+                p.pv_forecast_error * (pv[k] if pv is not None else 0.0),
+            )
+            for k in range(p.steps)
+        ]
+        high = None
+        if p.net_load_high_key is not None:
+            high = _forecast_series(forecasts.get(p.net_load_high_key), now, p.step, p.steps)
+        if high is not None:
+            z90 = NormalDist().inv_cdf(0.9)
+            for k in range(p.steps):
+                expected = load[k] - (pv[k] if pv is not None else 0.0)
+                spread[k] = max(spread[k], (high[k] - expected) / z90)
+        return DemandTerm(
+            spread_w=spread,
+            scenarios=p.demand_scenarios,
+            other_load_w=other,
+            blocks=[index[start] for start in starts],
+            counts=[
+                tariff.counts_for_demand(start) and start.astimezone(tariff.zone).date() == today
+                for start in starts
+            ],
+            threshold_w=threshold,
+            charge_per_kw=tariff.demand_charge_per_kw,
+        )
+
+    def _own_chiller_w(
+        self,
+        state: HvacState,
+        *,
+        now: datetime,
+        model: RcModel,
+        outdoor: Sequence[float],
+        irradiance: Sequence[float],
+        occupied: Sequence[bool],
+    ) -> list[float]:
+        """This zone's expected chiller power per step (W): the last plan where it covers
+        the step, else the thermostat holding the fallback setpoint."""
+        p = self._params
+        plan, start = state.plan, state.plan_start
+        out: list[float] = []
+        for k in range(p.steps):
+            when = now + k * p.step
+            if plan is not None and start is not None and plan.ok:
+                i = math.floor((when - start) / p.step)
+                if 0 <= i < len(plan.chiller_power_w):
+                    out.append(plan.chiller_power_w[i])
+                    continue
+            occ = bool(occupied[k])
+            setpoint = p.fallback_setpoint_degc(occ)
+            holding = (
+                model.gains_w(occ, irradiance[k])
+                + (outdoor[k] - setpoint) / model.resistance_k_per_w
+            )
+            cooling = min(max(holding, 0.0), p.chiller_capacity_w)
+            out.append(cooling / p.cop.cop(outdoor[k]))
+        return out
 
     def _inputs(
         self, snapshot: Snapshot, now: datetime, forecasts: Forecasts

@@ -170,9 +170,9 @@ async def test_load_step_held_under_the_limit_then_loads_shed_and_restored(loop:
     ) / hours
     # Without the battery the block would have been well over the limit...
     assert demand_w + battery_w > limit_w + 5_000.0, (demand_w, battery_w, limit_w)
-    # ...with it, the 15-minute average stays at or under L (0.5 % for the lag between a
-    # step and the first reading that shows it: the controller aims at L itself).
-    assert demand_w <= limit_w * 1.005, (demand_w, limit_w)
+    # ...with it, the 15-minute average stays under L: the controller aims 1 % below it, room
+    # for the lag between the step and the first reading that shows it.
+    assert demand_w <= limit_w, (demand_w, limit_w)
     # and no circuit had to be shed while the battery could hold it
     assert all(all(state) for when, state in zip(trace.times, trace.circuits, strict=True)
                if BLOCK_START <= when < BLOCK_END)  # fmt: skip

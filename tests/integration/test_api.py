@@ -393,6 +393,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
         "/api/v1/latest",
         "/api/v1/devices/{device}/latest",
         "/api/v1/devices/{device}/points/{point}/history",
+        "/api/v1/control",
     }
     history = doc["paths"]["/api/v1/devices/{device}/points/{point}/history"]["get"]
     assert {p["name"] for p in history["parameters"]} == {

@@ -72,11 +72,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from statistics import NormalDist
 from typing import Any, Literal, Self
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import sparse
 from scipy.optimize import linprog
 
@@ -84,12 +83,13 @@ from gridpilot.control.base import (
     Decision,
     Forecast,
     Forecasts,
+    PointField,
     PointRef,
     Priority,
     SetpointRequest,
     Snapshot,
 )
-from gridpilot.control.tariff import HourWindow, Tariff
+from gridpilot.control.tariff import HourWindow, Tariff, local_month, slot_start
 from gridpilot.control.thermal import (
     IdentificationParams,
     IdentificationRefused,
@@ -146,10 +146,6 @@ class CopModel(_Frozen):
         return min(max(self.carnot_fraction * t_cold / lift, self.cop_min), self.cop_max)
 
 
-def _point_ref(value: object) -> object:
-    return PointRef.parse(value) if isinstance(value, str) else value
-
-
 class HvacParams(_Frozen):
     """One zone's cooling planner. Temperatures °C, powers W (thermal unless named)."""
 
@@ -163,9 +159,9 @@ class HvacParams(_Frozen):
     cooling_point: str = "cooling_power_w"
     """Thermal cooling power: with the temperature, what identification learns from."""
     occupied_point: str = "occupied_state"
-    outdoor_temperature: PointRef | None = PointRef("weather_io", "outdoor_temperature_degc")
+    outdoor_temperature: PointField | None = PointRef("weather_io", "outdoor_temperature_degc")
     """Read for persistence when the ``outdoor_degc`` forecast is missing."""
-    irradiance: PointRef | None = PointRef("weather_io", "irradiance_wm2")
+    irradiance: PointField | None = PointRef("weather_io", "irradiance_wm2")
     """Read for persistence when the ``irradiance_wm2`` forecast is missing."""
     occupied_band: ComfortBand = ComfortBand(lower_degc=21.0, upper_degc=24.0)
     unoccupied_band: ComfortBand = ComfortBand(lower_degc=18.0, upper_degc=28.0)
@@ -203,13 +199,13 @@ class HvacParams(_Frozen):
     """Thermal capacity change rate of the chiller (200 W/s: a 60 kW chiller's 5-minute
     ramp). The plan's cooling changes from one step to the next by no more than a ramp from
     standstill can deliver in a step's mean; None = no ramp limit in the plan."""
-    grid_point: PointRef | None = PointRef("grid_meter", "active_power_w")
+    grid_point: PointField | None = PointRef("grid_meter", "active_power_w")
     """The site meter (import +): the controller tracks the month's billed demand from it,
     as the tariff bills it (the highest ``demand_interval`` mean import in demand hours)."""
-    billed_peak_point: PointRef | None = None
+    billed_peak_point: PointField | None = None
     """A published billed demand, W (e.g. the peak shaver's ``billed_peak_w`` metric where the
     service exposes controller metrics as points): the larger of it and the tracked one."""
-    import_limit_point: PointRef | None = None
+    import_limit_point: PointField | None = None
     """A published import limit, W (the peak shaver's ``limit_w``): when fresh, demand up to
     it is the battery's to hold, so the plan only pays for consumption above it."""
     load_forecast_key: str | None = "load_w"
@@ -235,18 +231,6 @@ class HvacParams(_Frozen):
     solver_time_limit_s: float = Field(default=5.0, ge=0.0)
     identification: IdentificationParams = IdentificationParams()
     """Used when the controller identifies its model from a history in its state."""
-
-    @field_validator(
-        "outdoor_temperature",
-        "irradiance",
-        "grid_point",
-        "billed_peak_point",
-        "import_limit_point",
-        mode="before",
-    )
-    @classmethod
-    def _parse_ref(cls, value: object) -> object:
-        return _point_ref(value)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -682,7 +666,7 @@ def track_demand(
     value = max(0.0, import_w)
     if ledger is None:
         return DemandLedger(
-            _month(ts, zone), 0.0, _block_start(ts, interval, zone), 0.0, 0.0, (value, ts)
+            local_month(ts, zone), 0.0, slot_start(ts, interval, zone), 0.0, 0.0, (value, ts)
         )
     v0, t0 = ledger.sample
     if ts <= t0:
@@ -705,7 +689,7 @@ def track_demand(
             covered += seconds
         if ts < end:
             break
-        block_month = _month(start, zone)
+        block_month = local_month(start, zone)
         if block_month > month:
             month, billed = block_month, 0.0
         if (
@@ -715,29 +699,15 @@ def track_demand(
         ):
             billed = max(billed, energy / (covered / 3600.0))
         if not fresh:  # a gap: restart at the sample's block, its past uncovered
-            start, energy, covered = _block_start(ts, interval, zone), 0.0, 0.0
+            start, energy, covered = slot_start(ts, interval, zone), 0.0, 0.0
             break
         start, energy, covered, cursor = end, 0.0, 0.0, end
         if ts == end:
             break
-    now_month = _month(ts, zone)
+    now_month = local_month(ts, zone)
     if now_month > month:
         month, billed = now_month, 0.0
     return DemandLedger(month, billed, start, energy, covered, (value, ts))
-
-
-def _month(when: datetime, zone: ZoneInfo) -> tuple[int, int]:
-    local = when.astimezone(zone)
-    return local.year, local.month
-
-
-def _block_start(when: datetime, interval: timedelta, zone: ZoneInfo) -> datetime:
-    """Start of the demand block containing ``when`` (blocks on the local wall clock)."""
-    local = when.astimezone(zone)
-    into_hour = timedelta(
-        minutes=local.minute, seconds=local.second, microseconds=local.microsecond
-    )
-    return when - into_hour % interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -985,7 +955,7 @@ class HvacController:
         )
         other = [load[k] - own[k] - (pv[k] if pv is not None else 0.0) for k in range(p.steps)]
         starts = [
-            _block_start(now + k * p.step, tariff.demand_interval, tariff.zone)
+            slot_start(now + k * p.step, tariff.demand_interval, tariff.zone)
             for k in range(p.steps)
         ]
         index = {start: i for i, start in enumerate(dict.fromkeys(starts))}

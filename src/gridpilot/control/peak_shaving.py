@@ -109,7 +109,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal, Self
 from zoneinfo import ZoneInfo
 
@@ -125,10 +125,9 @@ from gridpilot.control.base import (
     SetpointRequest,
     Snapshot,
 )
-from gridpilot.control.tariff import Tariff
+from gridpilot.control.tariff import Tariff, local_month, slot_start
 
 _HOUR = timedelta(hours=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _UTC_ZONE = ZoneInfo("UTC")
 _EXCEED_TOLERANCE_W = 1.0
@@ -374,15 +373,6 @@ class ClosedWindow:
     """Start of its last slot: decides its month and whether it counts for demand."""
     demand_w: float
     has_gap: bool
-
-
-def slot_start(when: datetime, slot: timedelta, zone: ZoneInfo) -> datetime:
-    """Start of the slot containing ``when``: slots are aligned to local wall-clock time."""
-    offset = when.astimezone(zone).utcoffset() or timedelta(0)
-    local_us = (when + offset - _EPOCH) // _US
-    slot_us = slot // _US
-    start_us = (local_us // slot_us) * slot_us
-    return _EPOCH + timedelta(microseconds=start_us) - offset
 
 
 def start_ledger(value_w: float, ts: datetime, params: PeakShavingParams) -> BlockLedger:
@@ -769,11 +759,6 @@ class PeakShavingState:
     loads: tuple[LoadState, ...] = ()
 
 
-def _month(when: datetime, zone: ZoneInfo) -> tuple[int, int]:
-    local = when.astimezone(zone)
-    return (local.year, local.month)
-
-
 @dataclass(frozen=True, slots=True)
 class _Battery:
     soc_pct: float
@@ -1052,7 +1037,7 @@ class PeakShavingController:
                 ledger, closed = integrate(ledger, reading.value, reading.ts, p)
         month, billed = state.month, state.billed_peak_w
         for window in closed:
-            window_month = _month(window.slot_start, p.zone)
+            window_month = local_month(window.slot_start, p.zone)
             if month is None or window_month > month:
                 if month is not None:
                     events.append(
@@ -1070,7 +1055,7 @@ class PeakShavingController:
                 )
             if not window.has_gap:
                 billed = max(billed, window.demand_w)
-        now_month = _month(now, p.zone)
+        now_month = local_month(now, p.zone)
         if month is None or now_month > month:
             if month is not None:
                 events.append(f"new month {now_month}: billed peak reset from {billed:.0f} W")

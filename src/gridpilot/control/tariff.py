@@ -8,7 +8,7 @@ by default), optionally counted only inside on-peak hours (``demand_hours``).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -17,6 +17,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 WEEKDAYS = (0, 1, 2, 3, 4)
 ALL_DAYS = (0, 1, 2, 3, 4, 5, 6)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def slot_start(when: datetime, slot: timedelta, zone: ZoneInfo) -> datetime:
+    """Start of the slot containing ``when``: slots are aligned to local wall-clock time
+    (a utility's 15-minute demand blocks start at :00, :15... of the local clock)."""
+    offset = when.astimezone(zone).utcoffset() or timedelta(0)
+    local_us = (when + offset - _EPOCH) // _US
+    slot_us = slot // _US
+    start_us = (local_us // slot_us) * slot_us
+    return _EPOCH + timedelta(microseconds=start_us) - offset
+
+
+def local_month(when: datetime, zone: ZoneInfo) -> tuple[int, int]:
+    """(year, month) of ``when`` on the local clock: the billing month."""
+    local = when.astimezone(zone)
+    return (local.year, local.month)
 
 
 class _Frozen(BaseModel):

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gridpilot.bus.client import BrokerAddress
+from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.config import GridPilotConfig, validate_config_text
 from gridpilot.control.base import (
     Decision,
@@ -341,3 +341,31 @@ async def test_refused_commands_are_counted_and_journaled(
     assert refused
     assert "no_such_setpoint_degc" in refused[0]["message"]
     assert "rejected" in refused[0]["message"]
+
+
+async def test_malformed_messages_are_ignored_and_control_goes_on(
+    running: Running, mosquitto: BrokerAddress
+) -> None:
+    site_id = running.config.site.id
+    async with BusClient(mosquitto, f"garbage-{uuid.uuid4().hex[:8]}") as bus:
+        await bus.wait_connected(timeout=5)
+        telemetry = f"gridpilot/v1/{site_id}/grid_meter/telemetry"
+        for payload in (
+            b"not json",
+            b"[]",
+            b'{"ts": "yesterday", "values": {}}',
+            b'{"ts": 1, "values": {"active_power_w": "lots"}}',
+            b"\xff" * 70_000,
+        ):
+            await bus.publish(telemetry, payload)
+        request = f"gridpilot/v1/{site_id}/controller/request"
+        for payload in (b"{", b'{"id": "x", "action": "reboot", "by": "eve"}'):
+            await bus.publish(request, payload)
+        await bus.flush(timeout=5)
+    cycles = running.service.stats.cycles
+    await until(lambda: running.service.stats.cycles > cycles + 5)
+    # the gateway's valid meter readings kept arriving: no fail-safe tripped
+    await asyncio.sleep(STALE_AFTER_S + 0.5)
+    assert running.service.status()["fail_safes_active"] == []
+    journal = Journal(running.path.parent / "journal.jsonl").read(200)
+    assert any("'action' must be one of" in e["message"] for e in journal)

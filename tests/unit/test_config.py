@@ -196,3 +196,59 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_examples_are_valid(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.devices
+
+
+CONTROL_SITE = """\
+site: {id: hq}
+devices:
+  - id: meter
+    protocol: mqtt
+    points: [{point: active_power_w}]
+  - id: battery
+    protocol: mqtt
+    points: [{point: soc_pct},
+             {point: active_power_setpoint_w, valid_range: [-5, 5], writable: true}]
+control:
+"""
+
+
+@pytest.mark.parametrize(
+    ("control", "field", "line", "needle"),
+    [
+        # a typo in a device name: the controller would be blind at run time
+        ("  fail_safes:\n    - name: f\n      inputs: [meterr.active_power_w]\n"
+         "      set: {battery.active_power_setpoint_w: 0}\n",
+         "control.fail_safes[0].inputs[0]", 13, "no device 'meterr'"),
+        # a point the device does not have
+        ("  limits:\n    - {point: battery.setpoint_w, idle: 0}\n",
+         "control.limits[0].point", 12, "has no point 'setpoint_w'"),
+        # not DEVICE.POINT at all
+        ("  batteries:\n    - {setpoint: battery, soc: battery.soc_pct}\n",
+         "control.batteries[0].setpoint", 12, "DEVICE.POINT"),
+        ("  limits:\n    - {point: battery.active_power_setpoint_w, min: 5, max: -5}\n",
+         "control.limits[0]", 12, "above max"),
+        ("  cycle: 0\n", "control.cycle", 11, "greater than zero"),
+        ("  peak_shaving: {limit_w: -3}\n", "control.peak_shaving.limit_w", 11, "limit_w"),
+        ("  tariff: {timezone: Mars/Olympus}\n", "control.tariff.timezone", 11,
+         "unknown time zone"),
+        ("  hvac:\n    - {zone: z, occupied_band: {lower_degc: 25, upper_degc: 21}}\n",
+         "control.hvac[0].occupied_band", 12, ""),
+    ],
+)  # fmt: skip
+def test_control_section_problems_name_their_line(
+    control: str, field: str, line: int, needle: str
+) -> None:
+    found = issues_of(CONTROL_SITE + control)
+    assert field in found, found
+    assert found[field][0] == line
+    assert needle in found[field][1]
+
+
+def test_control_section_refers_to_configured_points() -> None:
+    cfg = validate_config_text(
+        CONTROL_SITE + "  fail_safes:\n    - name: f\n      inputs: [meter.active_power_w]\n"
+        "      set: {battery.active_power_setpoint_w: 0}\n  journal: data/j.jsonl\n",
+        "site.yaml",
+    )
+    assert cfg.control is not None
+    assert cfg.control.fail_safes[0].inputs == ("meter.active_power_w",)

@@ -132,7 +132,7 @@ async def run_services(
         api_url: str | None = None
         if Service.API in services and storage is not None:
             api = await stack.enter_async_context(
-                ApiService(config, address, storage, port=http_port)
+                ApiService(config, address, storage, base_dir=base_dir, port=http_port)
             )
             api_url = api.url
         if on_ready is not None:

@@ -31,6 +31,7 @@ from gridpilot.storage.base import Storage, StorageUnavailable
 from tests.integration.test_api_support import (
     ENERGY_SAMPLES,
     NOW,
+    Auth,
     H,
     client_for,
     eventually,
@@ -70,10 +71,23 @@ def states(config: GridPilotConfig) -> DeviceStateCache:
 
 
 @pytest.fixture
+def auth(tmp_path: Path) -> Auth:
+    return Auth.in_dir(tmp_path)
+
+
+def make_app(
+    config: GridPilotConfig, storage: Storage, states: DeviceStateCache, auth: Auth, **kw: Any
+) -> Any:
+    return create_app(
+        config, storage, states, tokens=auth.tokens, audit=auth.audit, clock=lambda: NOW, **kw
+    )
+
+
+@pytest.fixture
 async def client(
-    config: GridPilotConfig, storage: Storage, states: DeviceStateCache
+    config: GridPilotConfig, storage: Storage, states: DeviceStateCache, auth: Auth
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(create_app(config, storage, states, clock=lambda: NOW)) as http:
+    async with client_for(make_app(config, storage, states, auth), auth.viewer) as http:
         yield http
 
 
@@ -318,10 +332,9 @@ async def test_unconfigured_stored_points_follow_accept_unknown_points(
         )
         async with open_storage(config.storage, tmp_path) as storage:
             await storage.write([Sample(site_id, "meter", "frequency_hz", NOW - 1000, 50.01)])
-            app = create_app(
-                config, storage, DeviceStateCache.for_config(config), clock=lambda: NOW
-            )
-            async with client_for(app) as client:
+            auth = Auth.in_dir(tmp_path / f"auth-{accept}")
+            app = make_app(config, storage, DeviceStateCache.for_config(config), auth)
+            async with client_for(app, auth.viewer) as client:
                 url = HISTORY.format(device="meter", point="frequency_hz")
                 body = await get_json(client, url, status)
                 if accept:
@@ -359,7 +372,7 @@ async def test_unknown_route_and_method_are_json(client: httpx.AsyncClient) -> N
     response = await client.post("/api/v1/site")
     assert response.status_code == 405
     assert response.headers["allow"] == "GET"
-    assert_error(response.json(), "POST is not allowed here", "read-only")
+    assert_error(response.json(), "POST is not allowed on /api/v1/site (allowed: GET)")
 
 
 @pytest.mark.parametrize(
@@ -394,6 +407,16 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
         "/api/v1/devices/{device}/latest",
         "/api/v1/devices/{device}/points/{point}/history",
         "/api/v1/control",
+        "/api/v1/me",
+        "/api/v1/devices/{device}/points/{point}/command",
+        "/api/v1/control/overrides",
+        "/api/v1/control/overrides/{point}",
+        "/api/v1/control/dry-run",
+        "/api/v1/control/controllers/{name}",
+        "/api/v1/events",
+        "/api/v1/audit",
+        "/api/v1/tokens",
+        "/api/v1/tokens/{token_id}",
     }
     history = doc["paths"]["/api/v1/devices/{device}/points/{point}/history"]["get"]
     assert {p["name"] for p in history["parameters"]} == {
@@ -404,7 +427,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
         "every",
         "agg",
     }
-    for status in ("404", "422"):
+    for status in ("401", "404", "422", "429"):
         schema = history["responses"][status]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/ErrorOut"}
     docs = await client.get("/api/v1/docs")
@@ -412,28 +435,30 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     assert "/api/v1/openapi.json" in docs.text
 
 
-async def test_status_page_is_self_contained(client: httpx.AsyncClient) -> None:
+async def test_dashboard_is_served_from_this_origin_only(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     html = response.text
-    # No external assets: nothing loaded from another origin, no separate files.
+    # Nothing is loaded from another origin (the site may be offline): every asset the page
+    # names is a file of the package, served here without a token.
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
-    assert "<script src" not in html
-    assert '<link rel="stylesheet"' not in html
-    # It reads the JSON API every 2 s and never parses data as HTML.
-    for path in ("/api/v1/site", "/api/v1/devices", "/api/v1/latest"):
-        assert f'"{path}"' in html
-    assert "REFRESH_MS = 2000" in html
-    assert "innerHTML" not in html
-    # The CSP allows exactly the inline script and style that the page holds.
+    assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"'#]+)["']""", html)
+    assert assets, "the dashboard names its scripts and styles"
+    anonymous = httpx.AsyncClient(transport=client._transport, base_url="http://127.0.0.1")
+    async with anonymous:
+        for asset in assets:
+            served = await anonymous.get("/" + asset.removeprefix("./").lstrip("/"))
+            assert served.status_code == 200, asset
     csp = response.headers["content-security-policy"]
     assert "default-src 'none'" in csp
     assert "connect-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
     for kind in ("script", "style"):
-        (body,) = re.findall(rf"<{kind}>(.*?)</{kind}>", html, re.DOTALL)
-        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
-        assert f"{kind}-src 'sha256-{digest}'" in csp
+        for body in re.findall(rf"<{kind}>(.*?)</{kind}>", html, re.DOTALL):
+            digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+            assert f"'sha256-{digest}'" in csp
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
@@ -496,13 +521,17 @@ async def _stat(states: DeviceStateCache) -> int:
 
 
 async def test_a_failing_storage_is_a_json_500_without_internals(
-    config: GridPilotConfig, site_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    config: GridPilotConfig,
+    site_id: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    auth: Auth,
 ) -> None:
     async with open_storage(config.storage, tmp_path) as storage:
         await fill(storage, site_id)
     # Closed now: every read raises StorageError.
-    app = create_app(config, storage, DeviceStateCache.for_config(config), clock=lambda: NOW)
-    async with client_for(app) as client:
+    app = make_app(config, storage, DeviceStateCache.for_config(config), auth)
+    async with client_for(app, auth.viewer) as client:
         for url in ("/api/v1/latest", POWER):
             body = await get_json(client, url, 500)
             assert_error(body, "storage failed; the server log has the details")
@@ -530,14 +559,15 @@ async def test_control_is_404_without_a_control_section(client: httpx.AsyncClien
 
 
 async def test_control_shows_the_controllers_retained_state(
-    config: GridPilotConfig, storage: Storage, site_id: str
+    config: GridPilotConfig, storage: Storage, site_id: str, auth: Auth
 ) -> None:
     with_control = config.model_copy(
         update={"control": GridPilotConfig.model_validate(
             {"site": {"id": site_id}, "control": {}}).control}
     )  # fmt: skip
     states = DeviceStateCache.for_config(with_control)
-    async with client_for(create_app(with_control, storage, states, clock=lambda: NOW)) as http:
+    app = make_app(with_control, storage, states, auth)
+    async with client_for(app, auth.viewer) as http:
         unseen = await get_json(http, "/api/v1/control")
         assert unseen == {"id": "controller", "status": "unknown", "state": None}
         state = {

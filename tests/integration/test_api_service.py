@@ -16,6 +16,7 @@ import pytest
 
 from gridpilot.api.errors import InsecureBindError
 from gridpilot.api.service import ApiService
+from gridpilot.api.tokens import Role
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.config import GridPilotConfig
 from gridpilot.model import Topic
@@ -33,6 +34,10 @@ from tests.integration.test_api_support import (
 )
 
 pytestmark = pytest.mark.integration
+
+
+def viewer_token(api: ApiService) -> str:
+    return api.tokens.create(Role.VIEWER, "test-viewer", created_by="test")[1]
 
 
 @pytest.fixture
@@ -55,10 +60,10 @@ async def test_serves_healthz_api_and_page_over_tcp(
     state = {"status": "online", "since": "2026-11-26T12:00:00.000Z", "counters": {"polls": 3}}
     await publish_retained(mosquitto, str(Topic.state(site_id, "battery")), orjson.dumps(state))
 
-    async with ApiService(config, mosquitto, storage, clock=lambda: NOW) as api:
+    async with ApiService(config, mosquitto, storage, base_dir=tmp_path, clock=lambda: NOW) as api:
         assert api.port == free_port
         assert api.url == f"http://127.0.0.1:{free_port}"
-        async with tcp_client(api.url) as http:
+        async with tcp_client(api.url, viewer_token(api)) as http:
             healthz = await http.get("/healthz")
             assert healthz.status_code == 200
             assert healthz.json() == {"status": "ok"}
@@ -105,10 +110,10 @@ async def test_falls_back_to_a_free_port_when_the_configured_one_is_taken(
         taken = squatter.getsockname()[1]
         config = site_config(site_id, tmp_path, port=taken)
         with caplog.at_level(logging.WARNING, logger="gridpilot.api"):
-            async with ApiService(config, mosquitto, storage) as api:
+            async with ApiService(config, mosquitto, storage, base_dir=tmp_path) as api:
                 assert api.port != taken
                 assert api.url == f"http://127.0.0.1:{api.port}"
-                async with tcp_client(api.url) as http:
+                async with tcp_client(api.url, viewer_token(api)) as http:
                     assert (await http.get("/healthz")).json() == {"status": "ok"}
         assert f"port {taken} on 127.0.0.1 is taken" in caplog.text
 
@@ -117,9 +122,9 @@ async def test_port_argument_overrides_the_configuration(
     site_id: str, tmp_path: Path, storage: Storage, mosquitto: BrokerAddress
 ) -> None:
     config = site_config(site_id, tmp_path, port=find_free_port())
-    async with ApiService(config, mosquitto, storage, port=0) as api:
+    async with ApiService(config, mosquitto, storage, base_dir=tmp_path, port=0) as api:
         assert api.port != config.api.port
-        async with tcp_client(api.url) as http:
+        async with tcp_client(api.url, viewer_token(api)) as http:
             assert (await http.get("/api/v1/site")).json()["id"] == site_id
 
 
@@ -129,8 +134,8 @@ async def test_serves_values_while_the_broker_is_unreachable(
     nowhere = BrokerAddress("127.0.0.1", find_free_port())
     config = site_config(site_id, tmp_path, port=0)
     async with (
-        ApiService(config, nowhere, storage, clock=lambda: NOW) as api,
-        tcp_client(api.url) as http,
+        ApiService(config, nowhere, storage, base_dir=tmp_path, clock=lambda: NOW) as api,
+        tcp_client(api.url, viewer_token(api)) as http,
     ):
         devices = (await http.get("/api/v1/devices")).json()["devices"]
         assert {d["status"] for d in devices} == {"unknown"}
@@ -143,24 +148,24 @@ async def test_leaves_signal_handling_to_the_application(
 ) -> None:
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     config = site_config(site_id, tmp_path, port=0)
-    async with ApiService(config, mosquitto, storage) as api:
-        async with tcp_client(api.url) as http:
+    async with ApiService(config, mosquitto, storage, base_dir=tmp_path) as api:
+        async with tcp_client(api.url, viewer_token(api)) as http:
             assert (await http.get("/healthz")).status_code == 200
         assert {sig: signal.getsignal(sig) for sig in before} == before
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "gridpilot.example.com"])
-async def test_refuses_to_listen_beyond_loopback(
+async def test_refuses_to_listen_beyond_loopback_without_tls(
     host: str, site_id: str, tmp_path: Path, storage: Storage, mosquitto: BrokerAddress
 ) -> None:
     config = site_config(site_id, tmp_path, host=host, port=0)
     with pytest.raises(InsecureBindError) as refused:
-        async with ApiService(config, mosquitto, storage):
+        async with ApiService(config, mosquitto, storage, base_dir=tmp_path):
             pytest.fail("the service started")
     message = str(refused.value)
-    assert "this release's API has no authentication yet" in message
-    assert "bind 127.0.0.1 or wait for token support" in message
+    assert "api.tls is not set: tokens would cross the network in clear text" in message
+    assert "Set api.tls.cert_file and api.tls.key_file, or bind 127.0.0.1" in message
     assert repr(host) in message
 
 
@@ -173,7 +178,10 @@ async def test_other_loopback_names_are_fine(
     config = GridPilotConfig.model_validate(
         site_config(site_id, tmp_path).model_dump() | {"api": {"host": host, "port": 0}}
     )
-    async with ApiService(config, mosquitto, storage) as api, tcp_client(api.url) as http:
+    async with (
+        ApiService(config, mosquitto, storage, base_dir=tmp_path) as api,
+        tcp_client(api.url, viewer_token(api)) as http,
+    ):
         assert (await http.get("/healthz")).json() == {"status": "ok"}
 
 
@@ -192,7 +200,7 @@ async def test_stops_promptly_even_with_an_idle_keep_alive_connection(
     config = site_config(site_id, tmp_path, port=0)
     loop = asyncio.get_running_loop()
     async with tcp_client("http://127.0.0.1") as http:
-        service = ApiService(config, mosquitto, storage)
+        service = ApiService(config, mosquitto, storage, base_dir=tmp_path)
         async with service as api:
             # A keep-alive connection stays open after this, like a browser's would.
             assert (await http.get(f"{api.url}/healthz")).status_code == 200

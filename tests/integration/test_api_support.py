@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from gridpilot.api.audit import AuditLog
+from gridpilot.api.tokens import Role, TokenStore
 from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.config import GridPilotConfig
 from gridpilot.model import Sample, now_ms
@@ -105,16 +108,54 @@ async def fill(storage: Storage, site_id: str) -> None:
     assert result.written == POWER_SAMPLES + 1 + ENERGY_SAMPLES + 120
 
 
-def client_for(app: Any) -> httpx.AsyncClient:
-    """An httpx client calling the ASGI app in-process, addressed as loopback."""
+@dataclass(frozen=True)
+class Auth:
+    """A token store with one token per role, and an audit log, in a test's directory."""
+
+    tokens: TokenStore
+    audit: AuditLog
+    viewer: str
+    operator: str
+    admin: str
+
+    @classmethod
+    def in_dir(cls, directory: Path) -> Auth:
+        store = TokenStore(directory / "tokens.json")
+        made = {role: store.create(role, f"test-{role}", created_by="test")[1] for role in Role}
+        return cls(
+            store,
+            AuditLog(directory / "audit.jsonl"),
+            made[Role.VIEWER],
+            made[Role.OPERATOR],
+            made[Role.ADMIN],
+        )
+
+    @classmethod
+    def of_service(cls, store: TokenStore, audit: AuditLog) -> Auth:
+        made = {role: store.create(role, f"test-{role}", created_by="test")[1] for role in Role}
+        return cls(store, audit, made[Role.VIEWER], made[Role.OPERATOR], made[Role.ADMIN])
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def client_for(app: Any, token: str | None = None) -> httpx.AsyncClient:
+    """An httpx client calling the ASGI app in-process, addressed as loopback, sending
+    ``token`` as its bearer token."""
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", trust_env=False
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://127.0.0.1",
+        trust_env=False,
+        headers=bearer(token),
     )
 
 
-def tcp_client(base_url: str) -> httpx.AsyncClient:
+def tcp_client(base_url: str, token: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
     """An httpx client over real TCP; ignores proxy settings so traffic stays on loopback."""
-    return httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=10)
+    return httpx.AsyncClient(
+        base_url=base_url, trust_env=False, timeout=10, headers=bearer(token), **kwargs
+    )
 
 
 async def publish_retained(broker: BrokerAddress, topic: str, payload: bytes) -> None:

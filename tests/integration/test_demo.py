@@ -42,8 +42,10 @@ async def test_demo_end_to_end(tmp_path: Path) -> None:
                 banner += line.decode()
         mqtt = re.search(r"MQTT broker\s+mqtt://127\.0\.0\.1:(\d+)", banner)
         api = re.search(r"dashboard\s+(http://127\.0\.0\.1:\d+)/", banner)
+        token = re.search(r"sign in with\s+(gpt_\S+)", banner)
         assert mqtt is not None, banner
         assert api is not None, banner
+        assert token is not None, banner
         port = int(mqtt.group(1))
         assert port != taken_port
 
@@ -54,7 +56,10 @@ async def test_demo_end_to_end(tmp_path: Path) -> None:
         output, _ = await sub.communicate()
         async with httpx.AsyncClient(base_url=api.group(1), timeout=5) as client:
             health = (await client.get("/healthz")).json()
-            devices = (await client.get("/api/v1/devices")).json()["devices"]
+            anonymous = await client.get("/api/v1/devices")
+            signed_in = {"Authorization": f"Bearer {token.group(1)}"}
+            devices = (await client.get("/api/v1/devices", headers=signed_in)).json()["devices"]
+            me = (await client.get("/api/v1/me", headers=signed_in)).json()
             page = await client.get("/")
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=40)
 
@@ -68,6 +73,8 @@ async def test_demo_end_to_end(tmp_path: Path) -> None:
     # every simulated device, and the control engine's own figures
     assert telemetry_from == {*DEVICE_IDS, "controller"}
     assert health == {"status": "ok"}
+    assert anonymous.status_code == 401
+    assert me["role"] == "admin"
     assert {d["id"] for d in devices} == set(DEVICE_IDS)
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]

@@ -55,7 +55,7 @@ def test_run_refuses_an_api_beyond_loopback_in_one_line(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(cli, ["run", "all", str(path)])
     assert result.exit_code == 1
-    assert "no authentication yet; bind 127.0.0.1" in result.stderr
+    assert "api.tls is not set: tokens would cross the network in clear text" in result.stderr
     assert "Traceback" not in result.output + result.stderr
 
 

@@ -1,18 +1,21 @@
-"""The HTTP application: read-only REST under ``/api/v1`` and the status page at ``/``.
+"""The HTTP application: REST under ``/api/v1``, the dashboard at ``/``.
 
-    GET /healthz                                        liveness
+    GET /healthz                                        liveness (no token)
     GET /api/v1/site                                    id, name, timezone, device count, gateway
     GET /api/v1/devices                                 devices, points, health
     GET /api/v1/devices/{device}                        one device
+    GET /api/v1/control                                 the control engine's retained state
     GET /api/v1/latest                                  latest value of every stored point
     GET /api/v1/devices/{device}/latest                 ... of one device
     GET /api/v1/devices/{device}/points/{point}/history ?start=&end=&every=&agg=
     GET /api/v1/openapi.json, /api/v1/docs              the OpenAPI document and its viewer
-    GET /                                               status page (HTML, refreshes itself)
+    GET /, /static/...                                  the dashboard (signs in with a token)
+    ... and the writes, events, audit and tokens of ``gridpilot.api.actions``.
 
-Every error is JSON ``{"error": "...", "detail": ...}``. This release has no authentication,
-so the app answers only requests addressed to a loopback name (``Host: 127.0.0.1``,
-``localhost``, ``[::1]``): a web page elsewhere cannot read it through DNS rebinding.
+Every error is JSON ``{"error": "...", "detail": ...}``. Every route but the public ones
+(``PUBLIC_PATHS``) needs a bearer token (``gridpilot.api.auth``); reads need ``viewer``.
+A loopback-bound API also answers only requests addressed to a loopback name (or one in
+``api.allowed_hosts``): a web page elsewhere cannot reach it through DNS rebinding.
 ``create_app`` builds everything from its arguments; there is no module state.
 """
 
@@ -25,17 +28,22 @@ import re
 from collections.abc import Callable, Collection
 from datetime import timedelta
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gridpilot import __version__
+from gridpilot.api.actions import actions_router
+from gridpilot.api.audit import AuditLog
+from gridpilot.api.auth import Authenticator, AuthMiddleware, require
 from gridpilot.api.errors import NotFoundError, RequestError
 from gridpilot.api.history import (
     COUNT_BUCKET_MS,
@@ -47,6 +55,7 @@ from gridpilot.api.history import (
     suggest_every,
     too_many_raw_rows,
 )
+from gridpilot.api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from gridpilot.api.schemas import (
     ControlOut,
     DeviceOut,
@@ -61,7 +70,9 @@ from gridpilot.api.schemas import (
     PointOut,
     SiteOut,
 )
+from gridpilot.api.site_bus import EventBuffer, SiteBus
 from gridpilot.api.state_cache import DeviceStateCache
+from gridpilot.api.tokens import Role, TokenStore
 from gridpilot.config.models import DeviceConfig, GridPilotConfig
 from gridpilot.model import SeriesKey, now_ms, to_rfc3339, unit_of
 from gridpilot.net import is_loopback_host
@@ -75,6 +86,8 @@ API_PREFIX = "/api/v1"
 _MS = timedelta(milliseconds=1)
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No token, or an unknown, expired or revoked one."},
+    429: {"model": ErrorOut, "description": "Too many requests for this token; see Retry-After."},
     404: {"model": ErrorOut, "description": "Unknown device or point."},
     422: {"model": ErrorOut, "description": "A parameter is malformed or asks too much."},
     503: {"model": ErrorOut, "description": "Storage is unavailable; retry later."},
@@ -86,42 +99,107 @@ def create_app(
     storage: Storage,
     device_states: DeviceStateCache,
     *,
+    tokens: TokenStore,
+    audit: AuditLog,
+    events: EventBuffer | None = None,
+    site_bus: SiteBus | None = None,
     clock: Callable[[], int] = now_ms,
     allowed_hosts: Collection[str] | None = None,
+    check_host: bool = True,
+    tls: bool = False,
 ) -> FastAPI:
     """The API of one site over ``storage`` and the device states in ``device_states``.
 
-    ``clock`` gives "now" in epoch ms (ages, default history window). ``allowed_hosts``:
-    names the ``Host`` header may carry besides the loopback ones.
+    ``tokens`` says who may ask what; ``audit`` records what they did. ``site_bus`` sends
+    commands and controller requests (without it those answer 503); ``events`` holds the
+    recent events it follows. ``clock`` gives "now" in epoch ms. ``check_host`` refuses a
+    ``Host`` that is neither loopback nor in ``allowed_hosts`` (DNS rebinding); ``tls`` adds
+    HSTS.
     """
+    api_config = config.api
     app = FastAPI(
         title="GridPilot API",
         version=__version__,
-        summary="Read-only access to a GridPilot site: devices, health, latest values, history.",
+        summary="A GridPilot site: devices, health, values, history, commands, control.",
+        description="Every route but /healthz needs `Authorization: Bearer <token>`; "
+        "`gridpilot token create --role viewer|operator|admin` makes one.",
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
     )
-    app.add_middleware(_LoopbackHostOnly, allowed=frozenset(allowed_hosts or ()))
+    authenticator = Authenticator(
+        tokens,
+        rate_per_minute=api_config.rate_limit_per_minute,
+        burst=api_config.rate_limit_burst,
+    )
+    # Starlette runs the last added middleware first: headers, host, CORS, body, auth.
+    app.add_middleware(
+        AuthMiddleware,
+        authenticator=authenticator,
+        public_paths=PUBLIC_PATHS,
+        public_prefixes=("/static/",),
+        self_authenticating=SELF_AUTHENTICATING_WS,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=api_config.max_body_bytes)
+    if api_config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(api_config.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    if check_host:
+        allowed = {*(allowed_hosts or ()), *api_config.allowed_hosts}
+        app.add_middleware(_LoopbackHostOnly, allowed=frozenset(allowed))
+    app.add_middleware(SecurityHeadersMiddleware, hsts=tls)
     _install_error_handlers(app)
     page = _StatusPage.load()
 
     @app.get("/healthz", response_model=HealthzOut, tags=["service"])
     async def healthz() -> HealthzOut:
-        """Liveness: the process answers HTTP."""
+        """Liveness: the process answers HTTP. The only route without a token."""
         return HealthzOut()
 
     @app.get("/", include_in_schema=False)
     async def status_page() -> Response:
         return page.response()
 
-    app.include_router(_router(_SiteView(config, storage, device_states, clock)))
+    static_dir = resources.files("gridpilot.api").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
+
+    view = _SiteView(config, storage, device_states, clock)
+    app.include_router(_router(view))
+    app.include_router(
+        actions_router(
+            config=config,
+            device_states=device_states,
+            events=events or EventBuffer(),
+            site_bus=site_bus,
+            audit=audit,
+            tokens=tokens,
+            api_prefix=API_PREFIX,
+        )
+    )
     return app
+
+
+PUBLIC_PATHS: Final = frozenset(
+    {"/healthz", "/", "/favicon.ico", f"{API_PREFIX}/openapi.json", f"{API_PREFIX}/docs"}
+)
+"""No token needed: liveness, the dashboard's page (it signs in from there) and the route
+description (no site data in either)."""
+SELF_AUTHENTICATING_WS: Final = frozenset({"/graphql"})
+"""WebSockets that take the token inside their protocol (browsers cannot set headers there)."""
 
 
 def _router(view: _SiteView) -> APIRouter:
     """The ``/api/v1`` routes: thin adapters from HTTP to ``view``."""
-    api = APIRouter(prefix=API_PREFIX, responses=_ERROR_RESPONSES)
+    api = APIRouter(
+        prefix=API_PREFIX,
+        responses=_ERROR_RESPONSES,
+        dependencies=[Depends(require(Role.VIEWER))],
+    )
 
     @api.get("/site", response_model=SiteOut, tags=["site"])
     async def get_site() -> SiteOut:
@@ -365,7 +443,8 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
         )
     error = str(exc.detail)
     if exc.status_code == 405:
-        error = f"{request.method} is not allowed here; this release's API is read-only (GET)"
+        allow = exc.headers.get("Allow", "") if exc.headers else ""
+        error = f"{request.method} is not allowed on {request.url.path} (allowed: {allow})"
     response = _error(exc.status_code, error, {"path": request.url.path})
     if exc.headers:  # e.g. Allow on 405
         response.headers.update(exc.headers)
@@ -448,8 +527,9 @@ _INLINE_RE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
 class _StatusPage:
-    """``static/index.html``, served with a Content-Security-Policy that allows exactly its
-    own inline script and style (by hash) and fetches to this origin, nothing else."""
+    """``static/index.html`` (the dashboard), served with a Content-Security-Policy that
+    allows scripts and styles from this origin (plus any inline one the page holds, by hash)
+    and fetches to this origin, nothing else."""
 
     def __init__(self, html: str) -> None:
         self.html = html
@@ -457,8 +537,8 @@ class _StatusPage:
         for kind, body in _INLINE_RE.findall(html):
             digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
             sources[kind].append(f"'sha256-{digest}'")
-        script_src = " ".join(sources["script"]) or "'none'"
-        style_src = " ".join(sources["style"]) or "'none'"
+        script_src = " ".join(["'self'", *sources["script"]])
+        style_src = " ".join(["'self'", *sources["style"]])
         self.csp = (
             "default-src 'none'; connect-src 'self'; img-src 'self' data:; "
             f"script-src {script_src}; style-src {style_src}; "

@@ -5,8 +5,14 @@
     ├── ApiStartError              the HTTP server could not start (no port, server failed)
     └── RequestError               a request cannot be answered; rendered as JSON
         │                          ``{"error": "...", "detail": ...}`` with ``status``
+        ├── ForbiddenError         403: the token's role may not do this
         ├── NotFoundError          404: unknown device or point
-        └── InvalidParameterError  422: a query parameter is malformed or asks too much
+        ├── ConflictError          409: the point is driven by someone else
+        ├── UnprocessableError     422: the request is well-formed but cannot be done
+        │   └── InvalidParameterError  a query parameter is malformed or asks too much
+        ├── UpstreamFailedError    502: the device or the controller could not do it
+        ├── UnavailableError       503: a part it needs (broker, token file) is unavailable
+        └── UpstreamTimeoutError   504: no answer from the gateway or controller in time
 
 ``RequestError`` never leaves the HTTP app: its handler turns it into the response.
 """
@@ -43,7 +49,31 @@ class NotFoundError(RequestError):
     status = 404
 
 
-class InvalidParameterError(RequestError, ValueError):
+class ForbiddenError(RequestError):
+    status = 403
+
+
+class ConflictError(RequestError):
+    status = 409
+
+
+class UnprocessableError(RequestError):
+    status = 422
+
+
+class UpstreamFailedError(RequestError):
+    status = 502
+
+
+class UnavailableError(RequestError):
+    status = 503
+
+
+class UpstreamTimeoutError(RequestError):
+    status = 504
+
+
+class InvalidParameterError(UnprocessableError, ValueError):
     """A query parameter the API cannot use; ``parameter`` names it."""
 
     status = 422

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gridpilot.api.state_cache import EffectiveStatus
+from gridpilot.api.tokens import Role
 from gridpilot.storage.base import Agg
 
 
@@ -108,3 +109,115 @@ class HistoryOut(_Out):
     every_ms: int | None = Field(description="Bucket length; null for raw samples.")
     agg: Agg | None
     values: list[HistoryValueOut]
+
+
+# ---------------------------------------------------------------------------- who, writes
+
+
+class _In(BaseModel):
+    """A request body: unknown fields are refused, so a misspelt field is not ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Reason = Annotated[str, Field(max_length=500, description="Why, for the audit log.")]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class MeOut(_Out):
+    name: str
+    role: Role
+    token_id: str
+
+
+class CommandIn(_In):
+    value: FiniteFloat = Field(description="Absolute target in the point's unit.")
+    ttl_s: float = Field(
+        default=10.0, gt=0, le=3600, description="The gateway does not apply it after this."
+    )
+    reason: Reason = ""
+
+
+class CommandOut(_Out):
+    """The gateway's result of the command."""
+
+    id: str
+    status: str = Field(description="applied, rejected or failed.")
+    code: str | None
+    reason: str | None
+    point: str | None
+    value: float | None
+    readback: float | None = Field(description="Read from the device after writing.")
+    ts: str
+
+
+class OverrideIn(_In):
+    point: str = Field(description="DEVICE.POINT, e.g. battery.active_power_setpoint_w")
+    value: FiniteFloat
+    duration_s: float = Field(gt=0, le=7 * 86_400, description="How long to hold the value.")
+    reason: Reason = ""
+
+
+class DryRunIn(_In):
+    enabled: bool
+    reason: Reason = ""
+
+
+class ControllerIn(_In):
+    enabled: bool
+    reason: Reason = ""
+
+
+class ControlReplyOut(_Out):
+    ok: bool
+    message: str = Field(description="The controller's answer.")
+
+
+class EventOut(_Out):
+    ts: str
+    level: str = Field(description="info, warning or alarm.")
+    source: str
+    message: str
+
+
+class EventsOut(_Out):
+    events: list[EventOut] = Field(description="Newest first.")
+
+
+class AuditEntryOut(_Out):
+    ts: str
+    who: dict[str, Any] = Field(description="token id, name and role of who acted.")
+    action: str
+    target: str
+    params: dict[str, Any]
+    ok: bool
+    result: Any
+
+
+class AuditOut(_Out):
+    entries: list[AuditEntryOut] = Field(description="Newest first.")
+
+
+class TokenIn(_In):
+    name: str = Field(min_length=1, max_length=100)
+    role: Role
+    expires_in_s: float | None = Field(default=None, gt=0, le=10 * 366 * 86_400)
+
+
+class TokenOut(_Out):
+    id: str
+    name: str
+    role: Role
+    created: str
+    created_by: str
+    expires: str | None
+    revoked: str | None
+
+
+class TokenCreatedOut(_Out):
+    token: str = Field(description="Shown once: the server keeps only its hash.")
+    record: TokenOut
+
+
+class TokensOut(_Out):
+    tokens: list[TokenOut]

@@ -1,12 +1,14 @@
-"""The API service: uvicorn in-process, serving ``create_app`` over storage and device states.
+"""The API service: uvicorn in-process, serving ``create_app`` over storage and the bus.
 
 ``ApiService`` is an async context manager. Entering it
 
-1. refuses a non-loopback ``api.host`` (this release has no authentication);
+1. refuses an ``api.host`` beyond loopback unless ``api.tls`` is set (tokens must not cross
+   a network in clear text), and checks the TLS files (key mode 0600, cert and key match);
 2. binds ``api.host``:``api.port`` itself -- or, when that port is taken, a free port
    (logged; ``.url`` tells which) -- so there is no race between probing and binding;
-3. starts a ``BusClient`` whose subscription to ``gridpilot/v1/{site}/+/state`` feeds the
-   ``DeviceStateCache`` (the API serves without the broker too: health is then unknown);
+3. starts a ``BusClient`` and a ``SiteBus`` over it: device and controller states, events,
+   command and request results, live telemetry (the API serves without the broker too:
+   health is then unknown and commands answer 503/504);
 4. runs ``uvicorn.Server.serve`` as a task, without uvicorn's signal handlers: the
    composition root owns SIGINT/SIGTERM and leaves through ``__aexit__``.
 
@@ -23,14 +25,19 @@ import secrets
 import socket
 from collections.abc import Callable, Generator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
 import uvicorn
 
 from gridpilot.api.app import create_app
+from gridpilot.api.audit import AuditLog
 from gridpilot.api.errors import ApiStartError, InsecureBindError
+from gridpilot.api.site_bus import EventBuffer, SiteBus
 from gridpilot.api.state_cache import DeviceStateCache
+from gridpilot.api.tls import resolve, server_ssl_context
+from gridpilot.api.tokens import TokenStore
 from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.bus.errors import BusError
 from gridpilot.config.models import GridPilotConfig
@@ -43,7 +50,8 @@ __all__ = ["ApiService"]
 log = logging.getLogger("gridpilot.api")
 
 _START_TIMEOUT_S: Final = 10.0
-_STATE_MESSAGES_BUFFERED: Final = 1_000
+_INCOMING_BUFFERED: Final = 10_000
+"""States, events, results and (while someone streams) telemetry waiting for the feed."""
 
 
 class _Server(uvicorn.Server):
@@ -69,6 +77,7 @@ class ApiService:
         broker: BrokerAddress,
         storage: Storage,
         *,
+        base_dir: Path,
         port: int | None = None,
         client_id: str | None = None,
         clock: Callable[[], int] = now_ms,
@@ -79,6 +88,7 @@ class ApiService:
             config: the site; ``api.host``/``api.port`` say where to listen.
             broker: where the device states are published.
             storage: read for latest values and history (the caller owns it).
+            base_dir: where relative paths of ``api`` (tokens, audit log, TLS files) start.
             port: overrides ``api.port`` (0: any free port).
             client_id: MQTT client id; default ``{prefix}-{site}-api-{random}``, unique per
                 process so that several API replicas do not take over each other's session.
@@ -93,7 +103,12 @@ class ApiService:
         self.client_id = client_id or (
             f"{config.broker.client_id_prefix}-{config.site.id}-api-{secrets.token_hex(3)}"
         )
+        self.base_dir = base_dir
         self.device_states = DeviceStateCache.for_config(config)
+        self.events = EventBuffer()
+        self.tokens = TokenStore(resolve(base_dir, config.api.tokens_file))
+        self.audit = AuditLog(resolve(base_dir, config.api.audit_file), config.api.audit_max_bytes)
+        self.site_bus: SiteBus | None = None
         self._clock = clock
         self._shutdown_timeout_s = shutdown_timeout_s
         self._stack: AsyncExitStack | None = None
@@ -109,11 +124,14 @@ class ApiService:
         if self._entered:
             raise RuntimeError("an ApiService is entered once")
         self._entered = True
-        if not is_loopback_host(self.host):
+        tls = self.config.api.tls
+        if not is_loopback_host(self.host) and tls is None:
             raise InsecureBindError(
-                f"api.host is {self.host!r}: this release's API has no authentication yet; "
-                "bind 127.0.0.1 or wait for token support"
+                f"api.host is {self.host!r} but api.tls is not set: tokens would cross the "
+                "network in clear text. Set api.tls.cert_file and api.tls.key_file, or bind "
+                "127.0.0.1 (behind a TLS-terminating proxy)"
             )
+        ssl_context = None if tls is None else server_ssl_context(tls, self.base_dir)
         sock = _bind(self.host, self.requested_port)
         self._port = sock.getsockname()[1]
         self._stack = stack = AsyncExitStack()
@@ -122,28 +140,52 @@ class ApiService:
                 BusClient(
                     self.broker,
                     self.client_id,
-                    max_outgoing=16,  # the API publishes nothing yet
-                    max_incoming=_STATE_MESSAGES_BUFFERED,
+                    max_outgoing=64,  # commands and controller requests
+                    max_incoming=_INCOMING_BUFFERED,
                     keepalive_s=self.config.broker.keepalive.total_seconds(),
                     connect_timeout_s=self.config.broker.connect_timeout.total_seconds(),
                 )
             )
-            self._feed_task = asyncio.create_task(self._feed(bus), name="api:device-states")
-            stack.push_async_callback(self._stop_feed, bus)
-            app = create_app(self.config, self.storage, self.device_states, clock=self._clock)
-            self._server = _Server(
-                uvicorn.Config(
-                    app,
-                    lifespan="off",  # the app has no startup/shutdown work
-                    http="h11",
-                    ws="none",  # no WebSocket routes in this release
-                    log_config=None,  # the application configures logging
-                    access_log=False,  # the status page alone makes 1.5 requests/s
-                    proxy_headers=False,  # no proxy in front of a loopback-only API
-                    server_header=False,
-                    timeout_graceful_shutdown=self._shutdown_timeout_s,
-                )
+            api_config = self.config.api
+            self.site_bus = SiteBus(
+                bus,
+                self.config.site.id,
+                self.device_states,
+                self.events,
+                timeout_s=api_config.command_timeout.total_seconds(),
+                clock=self._clock,
             )
+            self._feed_task = asyncio.create_task(self._feed(self.site_bus), name="api:bus")
+            stack.push_async_callback(self._stop_feed, bus)
+            app = create_app(
+                self.config,
+                self.storage,
+                self.device_states,
+                tokens=self.tokens,
+                audit=self.audit,
+                events=self.events,
+                site_bus=self.site_bus,
+                clock=self._clock,
+                check_host=is_loopback_host(self.host),
+                tls=ssl_context is not None,
+            )
+            config = uvicorn.Config(
+                app,
+                lifespan="off",  # the app has no startup/shutdown work
+                http="h11",
+                ws="websockets-sansio",
+                ws_max_size=api_config.max_body_bytes,
+                log_config=None,  # the application configures logging
+                access_log=False,  # the dashboard alone makes several requests a second
+                proxy_headers=False,
+                server_header=False,
+                timeout_graceful_shutdown=self._shutdown_timeout_s,
+                limit_concurrency=1000,  # beyond this, 503 rather than unbounded memory
+            )
+            config.load()
+            if ssl_context is not None:
+                config.ssl = ssl_context
+            self._server = _Server(config)
             stack.push_async_callback(self._stop_server)
             self._serve_task = asyncio.create_task(
                 self._server.serve(sockets=[sock]), name="api:http"
@@ -206,20 +248,20 @@ class ApiService:
         if not task.cancelled() and task.exception() is not None:
             log.error("the HTTP server failed", exc_info=task.exception())
 
-    async def _feed(self, bus: BusClient) -> None:
+    async def _feed(self, site_bus: SiteBus) -> None:
         try:
-            await self.device_states.follow(bus)
+            await site_bus.run()
         except BusError as exc:
             # E.g. an ACL refuses the subscription: the API still serves values and history,
             # but device health stays unknown. Say so once, loudly.
             log.error(  # noqa: TRY400 -- the message says it all; no traceback needed
-                "device states are unavailable (health will show unknown): %s; allow this "
-                "client to subscribe to %s",
+                "the API's bus feed is unavailable (health will show unknown, commands "
+                "will time out): %s; allow this client to subscribe to gridpilot/v1/%s/#",
                 exc,
-                self.device_states.topic_filter,
+                self.config.site.id,
             )
         except Exception:  # a bug here must not take the HTTP API down; it is logged
-            log.exception("device states stopped updating (health will go stale)")
+            log.exception("the API's bus feed stopped (health will go stale)")
 
     async def _stop_feed(self, bus: BusClient) -> None:
         # Closing the client ends its messages(), so the feed finishes by itself; it is
@@ -241,11 +283,12 @@ class ApiService:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:8080``."""
+        """Base URL, e.g. ``http://127.0.0.1:8080`` (``https://`` with TLS)."""
         host = "127.0.0.1" if self.host == "localhost" else self.host
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "http" if self.config.api.tls is None else "https"
+        return f"{scheme}://{host}:{self.port}"
 
 
 def _bind(host: str, port: int) -> socket.socket:

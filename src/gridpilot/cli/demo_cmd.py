@@ -33,6 +33,7 @@ def demo(
 ) -> None:
     """Run a simulated building with the gateway, an embedded MQTT broker, ingest, SQLite, the
     control engine and the API."""
+    from gridpilot.api.tokens import TokenError, TokenStoreError
     from gridpilot.app import (
         ALL_SERVICES,
         Running,
@@ -46,7 +47,8 @@ def demo(
     from gridpilot.storage import open_storage
 
     directory = data_dir or default_demo_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    # 0700: the directory holds the token store and the database.
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     site_file = directory / "site.yaml"
 
     async def main() -> None:
@@ -79,14 +81,23 @@ def demo(
             except ConfigError as exc:  # the simulator's own map is wrong: a bug, say so
                 fail(f"the simulator produced an invalid site file: {exc}")
 
+            try:
+                token = demo_sign_in_token(directory / cfg.api.tokens_file)
+            except (TokenError, TokenStoreError) as exc:
+                fail(f"the demo cannot make its sign-in token: {exc}")
+
             def banner(running: Running) -> None:
                 port = running.broker.port
                 lines = [
                     f"GridPilot demo: simulated building with {len(cfg.devices)} devices "
                     f"({', '.join(d.id for d in cfg.devices)})",
                     f"  dashboard     {running.api_url}/",
+                    f"  sign in with  {token}",
+                    "                (an admin token of this demo run; make others with "
+                    "'gridpilot token create --role viewer|operator')",
                     f"  REST API      {running.api_url}/api/v1/devices "
-                    f"(OpenAPI: {running.api_url}/api/v1/openapi.json)",
+                    "(header 'Authorization: Bearer <token>'; "
+                    f"docs {running.api_url}/api/v1/docs)",
                     f"  MQTT broker   mqtt://127.0.0.1:{port}",
                     f"  site file     {site_file}",
                     f"  storage       {running.storage_path}",
@@ -115,3 +126,18 @@ def demo(
         run_async(main())
     except startup_errors() as exc:
         fail(f"the demo cannot start: {exc}")
+
+
+DEMO_TOKEN_NAME = "demo-sign-in"  # noqa: S105 -- a name, not a secret
+
+
+def demo_sign_in_token(path: Path) -> str:
+    """A fresh admin token for this demo run; the previous run's is revoked, so a token
+    printed to an old terminal stops working."""
+    from gridpilot.api.tokens import Role, TokenStore
+
+    store = TokenStore(path)
+    for record in store.records():
+        if record.name == DEMO_TOKEN_NAME and record.revoked is None:
+            store.revoke(record.id)
+    return store.create(Role.ADMIN, DEMO_TOKEN_NAME, created_by="gridpilot demo")[1]

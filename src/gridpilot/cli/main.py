@@ -12,6 +12,7 @@ from gridpilot.cli.demo_cmd import demo
 from gridpilot.cli.query_cmd import query
 from gridpilot.cli.run_cmd import run, sim
 from gridpilot.cli.tail_cmd import tail
+from gridpilot.cli.token_cmd import token_group
 
 
 @click.group()
@@ -22,7 +23,7 @@ def cli(verbose: int) -> None:
     setup_logging(verbose)
 
 
-for command in (config_group, control_group, demo, query, run, sim, tail):
+for command in (config_group, control_group, demo, query, run, sim, tail, token_group):
     cli.add_command(command)
 
 

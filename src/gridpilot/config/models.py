@@ -256,11 +256,57 @@ class DeviceConfig(_Frozen):
         return None
 
 
+class ApiTlsConfig(_Frozen):
+    """HTTPS: PEM certificate (chain) and private key. The key file must be mode 0600."""
+
+    cert_file: Path
+    key_file: Path
+
+
 class ApiConfig(_Frozen):
-    """The HTTP API (issue 5)."""
+    """The HTTP API: REST, GraphQL, live stream, dashboard (issue 5).
+
+    Relative paths are relative to the site file's directory (the data directory in the demo).
+    """
 
     host: str = "127.0.0.1"
+    """Beyond loopback only with ``tls``: tokens must not cross a network in clear text."""
     port: int = Field(default=8080, ge=0, le=65535)
+    tls: ApiTlsConfig | None = None
+    """When set, the API serves HTTPS only (TLS 1.3) and refuses plain HTTP."""
+    tokens_file: Path = Path("api-tokens.json")
+    """Token hashes and roles (``gridpilot token create``); mode 0600."""
+    audit_file: Path = Path("api-audit.jsonl")
+    """Every command and change made through the API; mode 0600, rotated."""
+    audit_max_bytes: int = Field(default=10_000_000, ge=10_000)
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` names accepted besides the loopback ones (e.g. ``ems.plant.example``)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the API from a browser page of theirs; none by default."""
+    rate_limit_per_minute: float = Field(default=600.0, gt=0)
+    """Requests per minute per token, after a burst of ``rate_limit_burst``."""
+    rate_limit_burst: int = Field(default=120, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Larger request bodies are refused with 413."""
+    command_timeout: timedelta = timedelta(seconds=5)
+    """How long a command or controller request waits for its result."""
+    stream_clients: int = Field(default=100, ge=1)
+    """At most this many live-stream clients (SSE, GraphQL subscriptions) at once."""
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            parts = urlsplit(origin)
+            if origin == "*" or parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"{origin!r} is not an origin: list each one as scheme://host[:port], "
+                    "e.g. 'https://grafana.plant.example' ('*' is not allowed: tokens "
+                    "would be usable from any page)"
+                )
+            if parts.path not in ("", "/") or parts.query:
+                raise ValueError(f"{origin!r}: an origin has no path or query")
+        return tuple(o.rstrip("/") for o in origins)
 
 
 def _point_ref(value: str) -> str:

@@ -1,0 +1,443 @@
+"""Routes that act or that show who acted: commands, controller requests, events, audit, tokens.
+
+    GET    /api/v1/me                                      viewer    who the token belongs to
+    POST   /api/v1/devices/{d}/points/{p}/command          operator  a setpoint, via the gateway
+    POST   /api/v1/control/overrides                       operator  hold a point for a time
+    DELETE /api/v1/control/overrides/{point}               operator  release it
+    PUT    /api/v1/control/dry-run                         operator  decide but do not act
+    PUT    /api/v1/control/controllers/{name}              operator  enable / disable one
+    GET    /api/v1/events                                  viewer    alarms and control events
+    GET    /api/v1/audit                                   operator  who did what through the API
+    GET    /api/v1/tokens, POST, DELETE /api/v1/tokens/{id} admin    token management
+
+Every write, refused ones included, is written to the audit log with its result. A command
+waits for the gateway's result, a controller request for the controller's reply, at most
+``api.command_timeout``: no answer is a 504 that says which service to check.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from gridpilot.api.audit import AuditLog
+from gridpilot.api.auth import Principal, current_principal, require
+from gridpilot.api.errors import (
+    ConflictError,
+    NotFoundError,
+    RequestError,
+    UnavailableError,
+    UnprocessableError,
+    UpstreamFailedError,
+    UpstreamTimeoutError,
+)
+from gridpilot.api.schemas import (
+    AuditEntryOut,
+    AuditOut,
+    CommandIn,
+    CommandOut,
+    ControllerIn,
+    ControlReplyOut,
+    DryRunIn,
+    ErrorOut,
+    EventOut,
+    EventsOut,
+    MeOut,
+    OverrideIn,
+    TokenCreatedOut,
+    TokenIn,
+    TokenOut,
+    TokensOut,
+)
+from gridpilot.api.site_bus import BusBusyError, EventBuffer, SiteBus
+from gridpilot.api.state_cache import EffectiveStatus
+from gridpilot.api.tokens import Role, TokenError, TokenRecord, TokenStore, TokenStoreError
+from gridpilot.bus.codec import CommandStatus
+from gridpilot.bus.errors import BusError
+from gridpilot.config.models import GridPilotConfig
+from gridpilot.control.base import PointRef
+from gridpilot.model import to_rfc3339
+
+__all__ = ["actions_router"]
+
+log = logging.getLogger("gridpilot.api")
+
+
+_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorOut, "description": "The token's role may not do this."},
+    409: {"model": ErrorOut, "description": "The point is driven by the controller."},
+    502: {"model": ErrorOut, "description": "The device or controller could not apply it."},
+    503: {"model": ErrorOut, "description": "The broker is unreachable, or too busy."},
+    504: {"model": ErrorOut, "description": "No answer within api.command_timeout."},
+}
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat(timespec="seconds")
+
+
+def _token_out(record: TokenRecord) -> TokenOut:
+    return TokenOut(
+        id=record.id,
+        name=record.name,
+        role=record.role,
+        created=_iso(record.created) or "",
+        created_by=record.created_by,
+        expires=_iso(record.expires),
+        revoked=_iso(record.revoked),
+    )
+
+
+class _Actions:
+    def __init__(
+        self,
+        config: GridPilotConfig,
+        site_bus: SiteBus | None,
+        audit: AuditLog,
+        tokens: TokenStore,
+    ) -> None:
+        self.config = config
+        self.site_bus = site_bus
+        self.audit = audit
+        self.tokens = tokens
+
+    def bus(self) -> SiteBus:
+        if self.site_bus is None:
+            raise UnavailableError("this API runs without a broker connection; commands need one")
+        return self.site_bus
+
+    async def audited(  # noqa: PLR0917 -- the audit entry's fields, in its order
+        self,
+        principal: Principal,
+        action: str,
+        target: str,
+        params: dict[str, Any],
+        act: Callable[[], Awaitable[Any]],
+        summary: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """Run ``act`` and write the outcome (result or error) to the audit log."""
+        try:
+            result = await act()
+        except RequestError as exc:
+            await self.audit.record(
+                principal, action, target, params, ok=False, result={"error": exc.error}
+            )
+            raise
+        summarized = _plain(result) if summary is None else summary(result)
+        await self.audit.record(principal, action, target, params, ok=True, result=summarized)
+        return result
+
+    async def ask_controller(
+        self, principal: Principal, action: str, target: str, request: dict[str, Any]
+    ) -> ControlReplyOut:
+        control = self.config.control
+        if control is None:
+            raise NotFoundError(
+                f"site {self.config.site.id!r} has no control section: there is no controller"
+            )
+
+        async def act() -> ControlReplyOut:
+            try:
+                reply = await self.bus().control_request(
+                    control.id, {**request, "by": principal.who}
+                )
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    f"the controller {control.id!r} did not answer within "
+                    f"{self.config.api.command_timeout.total_seconds():g} s: is "
+                    "'gridpilot run controller' (or 'run all') running for this site?"
+                ) from None
+            except (BusError, BusBusyError) as exc:
+                raise UnavailableError(f"cannot reach the controller: {exc}") from None
+            except ValueError as exc:
+                raise UpstreamFailedError(str(exc)) from None
+            if not reply.ok:
+                raise UpstreamFailedError(f"the controller refused: {reply.message}")
+            return ControlReplyOut(ok=True, message=reply.message)
+
+        params = {k: v for k, v in request.items() if k != "action"}
+        result: ControlReplyOut = await self.audited(principal, action, target, params, act)
+        return result
+
+
+def _plain(result: Any) -> Any:
+    if hasattr(result, "model_dump"):
+        return result.model_dump(mode="json")
+    return result
+
+
+Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
+Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
+
+
+def actions_router(  # noqa: PLR0915 -- one adapter per route
+    *,
+    config: GridPilotConfig,
+    device_states: Any,
+    events: EventBuffer,
+    site_bus: SiteBus | None,
+    audit: AuditLog,
+    tokens: TokenStore,
+    api_prefix: str,
+) -> APIRouter:
+    actions = _Actions(config, site_bus, audit, tokens)
+    api = APIRouter(prefix=api_prefix)
+    viewer = Depends(require(Role.VIEWER))
+
+    @api.get("/me", response_model=MeOut, tags=["security"], dependencies=[viewer])
+    async def me(request: Request) -> MeOut:
+        """Who the token belongs to, and its role."""
+        principal = current_principal(request)
+        return MeOut(name=principal.name, role=principal.role, token_id=principal.token_id)
+
+    @api.post(
+        "/devices/{device}/points/{point}/command",
+        response_model=CommandOut,
+        tags=["commands"],
+        responses=_WRITE_RESPONSES,
+    )
+    async def command(
+        device: str, point: str, body: CommandIn, principal: Operator, request: Request
+    ) -> CommandOut:
+        """Send a setpoint to a writable point and wait for the gateway's result.
+
+        The controller re-sends its own targets every cycle, so a point it drives is refused
+        with 409: hold it with an override (`POST /control/overrides`) instead.
+        """
+        params = {"value": body.value, "ttl_s": body.ttl_s, "reason": body.reason}
+
+        async def act() -> CommandOut:
+            _writable_point(config, device, point)
+            _not_driven_by_controller(config, device_states, device, point)
+            try:
+                result = await actions.bus().send_command(
+                    device,
+                    point,
+                    body.value,
+                    ttl_ms=int(body.ttl_s * 1000),
+                    source=f"api:{principal.name}",
+                )
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    f"the gateway did not answer within "
+                    f"{config.api.command_timeout.total_seconds():g} s: is "
+                    "'gridpilot run gateway' (or 'run all') running and connected?"
+                ) from None
+            except (BusError, BusBusyError) as exc:
+                raise UnavailableError(f"cannot send the command: {exc}") from None
+            except ValueError as exc:
+                raise UpstreamFailedError(str(exc)) from None
+            out = CommandOut(
+                id=result.id or "",
+                status=result.status.value,
+                code=result.code,
+                reason=result.reason,
+                point=result.point,
+                value=result.value,
+                readback=result.readback,
+                ts=to_rfc3339(result.ts_ms),
+            )
+            if result.status is CommandStatus.REJECTED:
+                raise UnprocessableError(
+                    f"the gateway rejected the command: {result.reason}", out.model_dump()
+                )
+            if result.status is CommandStatus.FAILED:
+                raise UpstreamFailedError(f"the command failed: {result.reason}", out.model_dump())
+            return out
+
+        out: CommandOut = await actions.audited(
+            principal, "command", f"{device}.{point}", params, act
+        )
+        return out
+
+    @api.post(
+        "/control/overrides",
+        response_model=ControlReplyOut,
+        tags=["control"],
+        responses=_WRITE_RESPONSES,
+    )
+    async def override(body: OverrideIn, principal: Operator) -> ControlReplyOut:
+        """Hold a point at a value for a time; beats every controller but safety."""
+        try:
+            PointRef.parse(body.point)
+        except ValueError as exc:
+            raise UnprocessableError(str(exc), {"point": body.point}) from None
+        return await actions.ask_controller(
+            principal,
+            "override",
+            body.point,
+            {
+                "action": "override",
+                "point": body.point,
+                "value": body.value,
+                "duration_s": body.duration_s,
+                "reason": body.reason,
+            },
+        )
+
+    @api.delete(
+        "/control/overrides/{point}",
+        response_model=ControlReplyOut,
+        tags=["control"],
+        responses=_WRITE_RESPONSES,
+    )
+    async def release(point: str, principal: Operator) -> ControlReplyOut:
+        """End an override: the controllers decide the point again."""
+        try:
+            PointRef.parse(point)
+        except ValueError as exc:
+            raise UnprocessableError(str(exc), {"point": point}) from None
+        return await actions.ask_controller(
+            principal, "release", point, {"action": "release", "point": point}
+        )
+
+    @api.put(
+        "/control/dry-run",
+        response_model=ControlReplyOut,
+        tags=["control"],
+        responses=_WRITE_RESPONSES,
+    )
+    async def dry_run(body: DryRunIn, principal: Operator) -> ControlReplyOut:
+        """Dry-run on: the controller decides and records but sends no command."""
+        return await actions.ask_controller(
+            principal,
+            "dry_run",
+            "controller",
+            {"action": "dry_run", "enabled": body.enabled, "reason": body.reason},
+        )
+
+    @api.put(
+        "/control/controllers/{name}",
+        response_model=ControlReplyOut,
+        tags=["control"],
+        responses=_WRITE_RESPONSES,
+    )
+    async def set_controller(name: str, body: ControllerIn, principal: Operator) -> ControlReplyOut:
+        """Enable or disable one controller (its points go back to idle when disabled)."""
+        action = "enable" if body.enabled else "disable"
+        return await actions.ask_controller(
+            principal,
+            action,
+            name,
+            {"action": action, "controller": name, "reason": body.reason},
+        )
+
+    @api.get("/events", response_model=EventsOut, tags=["events"], dependencies=[viewer])
+    async def list_events(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        level: Annotated[Literal["info", "warning", "alarm"] | None, Query()] = None,
+    ) -> EventsOut:
+        """The site's recent alarms and control events, newest first (since the API
+        started; the controller's journal keeps the full record)."""
+        return EventsOut(events=[EventOut(**e) for e in events.newest(limit, level)])
+
+    @api.get("/audit", response_model=AuditOut, tags=["security"], responses=_WRITE_RESPONSES)
+    async def read_audit(
+        principal: Operator, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> AuditOut:
+        """Commands and changes made through the API (who, what, when, result), newest first."""
+        entries = await audit.read(limit)
+        out = []
+        for entry in entries:
+            try:
+                out.append(AuditEntryOut(**entry))
+            except (TypeError, ValueError):
+                continue  # a line from another version or cut by a crash
+        return AuditOut(entries=out)
+
+    @api.get("/tokens", response_model=TokensOut, tags=["security"], responses=_WRITE_RESPONSES)
+    async def list_tokens(principal: Admin) -> TokensOut:
+        """Every token (never the secret): name, role, creator, expiry, revocation."""
+        return TokensOut(tokens=[_token_out(r) for r in _records(tokens)])
+
+    @api.post(
+        "/tokens", response_model=TokenCreatedOut, tags=["security"], responses=_WRITE_RESPONSES
+    )
+    async def create_token(body: TokenIn, principal: Admin) -> TokenCreatedOut:
+        """Create a token; the answer is the only time the token is shown."""
+        params = {"name": body.name, "role": body.role, "expires_in_s": body.expires_in_s}
+
+        async def act() -> TokenCreatedOut:
+            now = datetime.now(UTC)
+            expires = None
+            if body.expires_in_s is not None:
+                expires = now + timedelta(seconds=body.expires_in_s)
+            try:
+                record, secret = tokens.create(
+                    body.role, body.name, created_by=principal.who, expires=expires, now=now
+                )
+            except TokenError as exc:
+                raise UnprocessableError(str(exc)) from None
+            except TokenStoreError as exc:
+                raise UnavailableError(str(exc)) from None
+            return TokenCreatedOut(token=secret, record=_token_out(record))
+
+        created: TokenCreatedOut = await actions.audited(
+            principal,
+            "token_create",
+            body.name,
+            params,
+            act,
+            # The audit log must never hold the token itself: only its record.
+            summary=lambda out: out.record.model_dump(mode="json"),
+        )
+        return created
+
+    @api.delete(
+        "/tokens/{token_id}", response_model=TokenOut, tags=["security"], responses=_WRITE_RESPONSES
+    )
+    async def revoke_token(token_id: str, principal: Admin) -> TokenOut:
+        """Revoke a token at once (kept in the list, marked revoked)."""
+
+        async def act() -> TokenOut:
+            try:
+                return _token_out(tokens.revoke(token_id))
+            except TokenError as exc:
+                raise NotFoundError(str(exc)) from None
+            except TokenStoreError as exc:
+                raise UnavailableError(str(exc)) from None
+
+        out: TokenOut = await actions.audited(principal, "token_revoke", token_id, {}, act)
+        return out
+
+    return api
+
+
+def _records(tokens: TokenStore) -> list[TokenRecord]:
+    try:
+        return tokens.records()
+    except TokenStoreError as exc:
+        raise UnavailableError(str(exc)) from None
+
+
+def _writable_point(config: GridPilotConfig, device: str, point: str) -> None:
+    config_device = config.device(device)
+    if config_device is None:
+        raise NotFoundError(f"no device {device!r}; GET /api/v1/devices lists them")
+    config_point = config_device.point(point)
+    if config_point is None:
+        raise NotFoundError(f"device {device!r} has no point {point!r}")
+    if not config_point.writable:
+        raise UnprocessableError(
+            f"{device}.{point} is not writable (the site file does not mark it 'writable')"
+        )
+
+
+def _not_driven_by_controller(
+    config: GridPilotConfig, device_states: Any, device: str, point: str
+) -> None:
+    control = config.control
+    if control is None or device_states.status(control.id) is not EffectiveStatus.ONLINE:
+        return
+    state = device_states.get(control.id) or {}
+    targets = state.get("targets") or {}
+    if f"{device}.{point}" in targets:
+        raise ConflictError(
+            f"the controller drives {device}.{point} every cycle and would undo this command; "
+            "hold it with POST /api/v1/control/overrides (or disable that controller) instead",
+            {"point": f"{device}.{point}", "controller": control.id},
+        )

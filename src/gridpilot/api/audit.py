@@ -1,0 +1,66 @@
+"""The API's audit log: who did what, when, and with what result.
+
+Every command and every change made through the API (setpoints, controller enable/disable,
+dry-run, overrides, tokens) is one JSON line: ``ts``, ``who`` (token id, name, role),
+``action``, ``target``, ``params`` and ``result`` (``ok`` plus the answer or the error).
+A refused attempt (role too low) is recorded too: it is what an investigator looks for.
+The file is 0600 and rotated like the control journal (the same ``Journal``); writes happen
+in a worker thread so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gridpilot.api.auth import Principal
+from gridpilot.control.journal import Journal
+
+__all__ = ["AuditLog"]
+
+
+class AuditLog:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = 10_000_000,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._journal = Journal(path, max_bytes)
+        self._clock = clock
+        self._lock = asyncio.Lock()  # appends stay in order
+
+    @property
+    def path(self) -> Path:
+        return self._journal.path
+
+    async def record(
+        self,
+        principal: Principal,
+        action: str,
+        target: str,
+        params: Mapping[str, Any],
+        *,
+        ok: bool,
+        result: Any = None,
+    ) -> None:
+        entry = {
+            "ts": self._clock().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "who": {"token": principal.token_id, "name": principal.name, "role": principal.role},
+            "action": action,
+            "target": target,
+            "params": dict(params),
+            "ok": ok,
+            "result": result,
+        }
+        async with self._lock:
+            await asyncio.to_thread(self._journal.append, [entry])
+
+    async def read(self, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` entries, newest first."""
+        entries = await asyncio.to_thread(self._journal.read, limit)
+        return entries[::-1]

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from gridpilot.api.audit import AuditLog
 from gridpilot.api.auth import Principal, current_principal, require
@@ -36,6 +36,7 @@ from gridpilot.api.errors import (
     UpstreamTimeoutError,
 )
 from gridpilot.api.schemas import (
+    POINT_REF_PATTERN,
     AuditEntryOut,
     AuditOut,
     CommandIn,
@@ -67,10 +68,20 @@ __all__ = ["actions_router"]
 log = logging.getLogger("gridpilot.api")
 
 
+_COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No token, or an unknown, expired or revoked one."},
+    422: {"model": ErrorOut, "description": "A parameter or the body is malformed."},
+    429: {"model": ErrorOut, "description": "Too many requests for this token; see Retry-After."},
+}
 _WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "Unknown device, point, controller or token."},
     403: {"model": ErrorOut, "description": "The token's role may not do this."},
     409: {"model": ErrorOut, "description": "The point is driven by the controller."},
-    502: {"model": ErrorOut, "description": "The device or controller could not apply it."},
+    422: {"model": ErrorOut, "description": "Refused: the gateway or controller says why."},
+    502: {
+        "model": ErrorOut,
+        "description": "The device could not apply it, or a malformed answer.",
+    },
     503: {"model": ErrorOut, "description": "The broker is unreachable, or too busy."},
     504: {"model": ErrorOut, "description": "No answer within api.command_timeout."},
 }
@@ -156,7 +167,9 @@ class _Actions:
             except ValueError as exc:
                 raise UpstreamFailedError(str(exc)) from None
             if not reply.ok:
-                raise UpstreamFailedError(f"the controller refused: {reply.message}")
+                # The controller checks the request (point known and writable, value in
+                # range, controller exists): its refusal is the asker's to fix.
+                raise UnprocessableError(f"the controller refused: {reply.message}")
             return ControlReplyOut(ok=True, message=reply.message)
 
         params = {k: v for k, v in request.items() if k != "action"}
@@ -185,7 +198,7 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
     api_prefix: str,
 ) -> APIRouter:
     actions = _Actions(config, site_bus, audit, tokens)
-    api = APIRouter(prefix=api_prefix)
+    api = APIRouter(prefix=api_prefix, responses=_COMMON_RESPONSES)
     viewer = Depends(require(Role.VIEWER))
 
     @api.get("/me", response_model=MeOut, tags=["security"], dependencies=[viewer])
@@ -262,10 +275,7 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
     )
     async def override(body: OverrideIn, principal: Operator) -> ControlReplyOut:
         """Hold a point at a value for a time; beats every controller but safety."""
-        try:
-            PointRef.parse(body.point)
-        except ValueError as exc:
-            raise UnprocessableError(str(exc), {"point": body.point}) from None
+        _configured_point(config, body.point)
         return await actions.ask_controller(
             principal,
             "override",
@@ -285,12 +295,11 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
         tags=["control"],
         responses=_WRITE_RESPONSES,
     )
-    async def release(point: str, principal: Operator) -> ControlReplyOut:
+    async def release(
+        point: Annotated[str, Path(pattern=POINT_REF_PATTERN)], principal: Operator
+    ) -> ControlReplyOut:
         """End an override: the controllers decide the point again."""
-        try:
-            PointRef.parse(point)
-        except ValueError as exc:
-            raise UnprocessableError(str(exc), {"point": point}) from None
+        _configured_point(config, point)
         return await actions.ask_controller(
             principal, "release", point, {"action": "release", "point": point}
         )
@@ -319,6 +328,7 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
     async def set_controller(name: str, body: ControllerIn, principal: Operator) -> ControlReplyOut:
         """Enable or disable one controller (its points go back to idle when disabled)."""
         action = "enable" if body.enabled else "disable"
+        _known_controller(config, device_states, name)
         return await actions.ask_controller(
             principal,
             action,
@@ -440,4 +450,31 @@ def _not_driven_by_controller(
             f"the controller drives {device}.{point} every cycle and would undo this command; "
             "hold it with POST /api/v1/control/overrides (or disable that controller) instead",
             {"point": f"{device}.{point}", "controller": control.id},
+        )
+
+
+def _known_controller(config: GridPilotConfig, device_states: Any, name: str) -> None:
+    """404 for a controller the running engine does not have (known from its retained
+    state; without one the controller itself answers)."""
+    control = config.control
+    if control is None:
+        return
+    state = device_states.get(control.id) or {}
+    known = state.get("controllers")
+    if isinstance(known, dict) and name not in known:
+        raise NotFoundError(
+            f"the controller has no controller named {name!r}; known: "
+            f"{', '.join(sorted(known)) or 'none configured'}",
+            {"controller": name, "known": sorted(known)},
+        )
+
+
+def _configured_point(config: GridPilotConfig, text: str) -> None:
+    """404 for a point the site does not have (the controller checks the rest)."""
+    ref = PointRef.parse(text)  # the route's pattern guarantees the form
+    device = config.device(ref.device)
+    if device is None or device.point(ref.point) is None:
+        raise NotFoundError(
+            f"the site has no point {text!r}; GET /api/v1/devices lists devices and points",
+            {"point": text},
         )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gridpilot.api.state_cache import EffectiveStatus
 from gridpilot.api.tokens import Role
+from gridpilot.model.identity import IDENTIFIER_PATTERN
 from gridpilot.storage.base import Agg
+from gridpilot.text import printable
 
 
 class _Out(BaseModel):
@@ -115,13 +117,28 @@ class HistoryOut(_Out):
 
 
 class _In(BaseModel):
-    """A request body: unknown fields are refused, so a misspelt field is not ignored."""
+    """A request body: unknown fields are refused, so a misspelt field is not ignored.
+    Numbers and flags are strict (``0`` is not ``false``, ``"5"`` is not 5)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-Reason = Annotated[str, Field(max_length=500, description="Why, for the audit log.")]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Reason = Annotated[
+    str, Field(max_length=500, description="Why, for the audit log."), AfterValidator(printable)
+]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+StrictBool = Annotated[bool, Field(strict=True)]
+POINT_REF_PATTERN = (
+    IDENTIFIER_PATTERN.removesuffix("$") + r"\." + IDENTIFIER_PATTERN.removeprefix("^")
+)
+PointRefText = Annotated[
+    str,
+    Field(
+        pattern=POINT_REF_PATTERN,
+        description="DEVICE.POINT, e.g. battery.active_power_setpoint_w",
+        examples=["battery.active_power_setpoint_w"],
+    ),
+]
 
 
 class MeOut(_Out):
@@ -133,7 +150,11 @@ class MeOut(_Out):
 class CommandIn(_In):
     value: FiniteFloat = Field(description="Absolute target in the point's unit.")
     ttl_s: float = Field(
-        default=10.0, gt=0, le=3600, description="The gateway does not apply it after this."
+        default=10.0,
+        strict=True,
+        gt=0,
+        le=3600,
+        description="The gateway does not apply it after this.",
     )
     reason: Reason = ""
 
@@ -152,19 +173,21 @@ class CommandOut(_Out):
 
 
 class OverrideIn(_In):
-    point: str = Field(description="DEVICE.POINT, e.g. battery.active_power_setpoint_w")
+    point: PointRefText
     value: FiniteFloat
-    duration_s: float = Field(gt=0, le=7 * 86_400, description="How long to hold the value.")
+    duration_s: float = Field(
+        gt=0, le=7 * 86_400, strict=True, description="How long to hold the value."
+    )
     reason: Reason = ""
 
 
 class DryRunIn(_In):
-    enabled: bool
+    enabled: StrictBool
     reason: Reason = ""
 
 
 class ControllerIn(_In):
-    enabled: bool
+    enabled: StrictBool
     reason: Reason = ""
 
 
@@ -199,9 +222,14 @@ class AuditOut(_Out):
 
 
 class TokenIn(_In):
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"[^ ]",
+        description="Who or what holds it; control characters are replaced by '?'.",
+    )
     role: Role
-    expires_in_s: float | None = Field(default=None, gt=0, le=10 * 366 * 86_400)
+    expires_in_s: float | None = Field(default=None, gt=0, le=10 * 366 * 86_400, strict=True)
 
 
 class TokenOut(_Out):

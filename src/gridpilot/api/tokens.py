@@ -36,6 +36,8 @@ from typing import Any, Final
 
 import orjson
 
+from gridpilot.text import printable
+
 __all__ = [
     "Role",
     "TokenError",
@@ -205,11 +207,11 @@ class TokenStore:
         now: datetime | None = None,
     ) -> tuple[TokenRecord, str]:
         """Add a token; returns its record and the token (the only time it is known)."""
-        name = name.strip()
-        if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
-            raise TokenError(
-                f"a token name is 1-{MAX_NAME_CHARS} printable characters, e.g. 'scada-reader'"
-            )
+        # A label, shown in lists and the audit log: unprintable characters (and lone
+        # surrogates, which cannot be stored as UTF-8) become '?' rather than an error.
+        name = printable(name).strip()
+        if not name or len(name) > MAX_NAME_CHARS:
+            raise TokenError(f"a token name is 1-{MAX_NAME_CHARS} characters, e.g. 'scada-reader'")
         now = now or datetime.now(UTC)
         if expires is not None and expires <= now:
             raise TokenError(f"the expiry {expires.isoformat()} is not in the future")

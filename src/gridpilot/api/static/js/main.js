@@ -123,7 +123,7 @@ async function signIn(token) {
   $("tabs").hidden = false;
   const who = $("whoami");
   who.replaceChildren(me
-    ? el("span", {}, "signed in as ", el("strong", { text: me.name }), " ",
+    ? el("span", { title: "signed in as" }, el("strong", { text: me.name }), " ",
       el("span", { class: `role role-${me.role}`, "data-testid": "whoami-role", text: me.role }))
     : el("span", { class: "muted", text: "signed in (this server does not say who)" }));
   who.dataset.role = me ? me.role : "";

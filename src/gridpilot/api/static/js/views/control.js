@@ -110,14 +110,23 @@ export function createControlView(app) {
     return spec && spec.valid_range ? spec.valid_range : null;
   }
 
+  /** The points an override may hold: every writable point of the site (the controller
+   * refuses others), those it drives now first, the battery's setpoint at the top. */
   function fillPoints(state) {
-    const points = Object.keys(state.targets || {});
-    for (const o of state.overrides || []) if (!points.includes(o.point)) points.push(o.point);
-    points.sort((a, b) => (a.startsWith("battery.") ? -1 : 0) - (b.startsWith("battery.") ? -1 : 0) || a.localeCompare(b));
-    const current = [...pointSelect.options].map((o) => o.value);
-    if (current.join("\n") === points.join("\n")) return;
+    const driven = new Set(Object.keys(state.targets || {}));
+    for (const o of state.overrides || []) driven.add(o.point);
+    const writable = [];
+    for (const device of app.devices || []) {
+      for (const p of device.points) if (p.writable) writable.push(`${device.id}.${p.name}`);
+    }
+    const rank = (p) => (p.startsWith("battery.") ? 0 : driven.has(p) ? 1 : 2);
+    const points = [...new Set([...driven, ...writable])];
+    points.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+    const labels = points.map((p) => (driven.has(p) ? `${p} (controlled)` : p));
+    const current = [...pointSelect.options].map((o) => o.textContent);
+    if (current.join("\n") === labels.join("\n")) return;
     const selected = pointSelect.value;
-    pointSelect.replaceChildren(...points.map((p) => el("option", { value: p, text: p })));
+    pointSelect.replaceChildren(...points.map((p, i) => el("option", { value: p, text: labels[i] })));
     if (points.includes(selected)) pointSelect.value = selected;
     describePoint();
   }

@@ -145,7 +145,7 @@ export function createHistoryView(app) {
       series,
       bands: withBand ? [{ series: [2, 3], fill: "rgba(9,105,218,0.12)" }] : [],
       scales: { x: { time: true, range: () => [state.loaded.startMs / 1000, state.loaded.endMs / 1000] } },
-      axes: [{}, { label: unit, size: 80,
+      axes: [{}, { label: unit === "W" ? "" : unit, size: 80,
         values: (u, ticks) => ticks.map((v) => (unit === "W" ? formatPower(v) : formatNumber(v, 2))) }],
       cursor: { drag: { x: true, y: false, setScale: false } },
       hooks: { setSelect: [onSelect] },

@@ -409,3 +409,23 @@ async def test_a_controller_that_is_not_running_is_a_504_that_says_so(
 
 def test_roles_cover_viewer_operator_admin() -> None:
     assert [r.value for r in Role] == ["viewer", "operator", "admin"]
+
+
+async def test_the_audit_log_pages_newest_first_without_gaps(app: Any, auth: Auth) -> None:
+    async with client_for(app, auth.admin) as admin:
+        for i in range(7):  # quick succession: several entries share a millisecond
+            created = await admin.post("/api/v1/tokens", json={"name": f"t{i}", "role": "viewer"})
+            assert created.status_code == 200
+        names: list[str] = []
+        before: int | None = None
+        pages = 0
+        while True:
+            params: dict[str, Any] = {"limit": 3} | ({} if before is None else {"before": before})
+            page = (await admin.get("/api/v1/audit", params=params)).json()
+            names += [e["target"] for e in page["entries"]]
+            pages += 1
+            before = page["next_before"]
+            if before is None:
+                break
+    assert names == [f"t{i}" for i in reversed(range(7))]
+    assert pages == 3

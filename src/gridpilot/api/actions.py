@@ -347,17 +347,28 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
 
     @api.get("/audit", response_model=AuditOut, tags=["security"], responses=_WRITE_RESPONSES)
     async def read_audit(
-        principal: Operator, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+        principal: Operator,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        before: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                description="Only entries older than this `seq` (the `next_before` of the "
+                "previous page).",
+            ),
+        ] = None,
     ) -> AuditOut:
-        """Commands and changes made through the API (who, what, when, result), newest first."""
-        entries = await audit.read(limit)
+        """Commands and changes made through the API (who, what, when, result), newest
+        first, `limit` per page; `next_before` continues."""
+        entries = await audit.read(limit, before)
         out = []
         for entry in entries:
             try:
                 out.append(AuditEntryOut(**entry))
             except (TypeError, ValueError):
                 continue  # a line from another version or cut by a crash
-        return AuditOut(entries=out)
+        next_before = out[-1].seq if len(entries) == limit and out else None
+        return AuditOut(entries=out, next_before=next_before)
 
     @api.get("/tokens", response_model=TokensOut, tags=["security"], responses=_WRITE_RESPONSES)
     async def list_tokens(principal: Admin) -> TokensOut:

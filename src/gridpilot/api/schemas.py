@@ -208,6 +208,7 @@ class EventsOut(_Out):
 
 
 class AuditEntryOut(_Out):
+    seq: int = Field(default=0, description="Increasing; the page cursor.")
     ts: str
     who: dict[str, Any] = Field(description="token id, name and role of who acted.")
     action: str
@@ -219,6 +220,9 @@ class AuditEntryOut(_Out):
 
 class AuditOut(_Out):
     entries: list[AuditEntryOut] = Field(description="Newest first.")
+    next_before: int | None = Field(
+        description="Pass as `before` for the next (older) page; null on the last page."
+    )
 
 
 class TokenIn(_In):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gridpilot.api.errors import ApiError
+from gridpilot.api.metrics import LocalServices
 from gridpilot.api.service import ApiService
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.bus.embedded import EmbeddedBroker
@@ -110,17 +111,18 @@ async def run_services(
         if {Service.INGEST, Service.API, Service.CONTROLLER} & set(services):
             db_path = storage_path(config, base_dir)
             storage = await stack.enter_async_context(open_storage(config.storage, base_dir))
+        ingest = gateway = controller = None
         if Service.INGEST in services and storage is not None:
             # The writer owns housekeeping: one retention timer per database, not per reader.
             await stack.enter_async_context(RetentionService(storage))
-            await stack.enter_async_context(
+            ingest = await stack.enter_async_context(
                 IngestService(config, address, storage, embedded_broker=embedded)
             )
         if Service.GATEWAY in services:
-            await stack.enter_async_context(GatewayService(config, address))
+            gateway = await stack.enter_async_context(GatewayService(config, address))
         if Service.CONTROLLER in services and storage is not None:
             inputs = StoredInputs(storage, config)
-            await stack.enter_async_context(
+            controller = await stack.enter_async_context(
                 ControllerService(
                     config,
                     address,
@@ -132,7 +134,15 @@ async def run_services(
         api_url: str | None = None
         if Service.API in services and storage is not None:
             api = await stack.enter_async_context(
-                ApiService(config, address, storage, base_dir=base_dir, port=http_port)
+                ApiService(
+                    config,
+                    address,
+                    storage,
+                    base_dir=base_dir,
+                    port=http_port,
+                    # /metrics reads the live figures of the services next to it.
+                    local=LocalServices(ingest, gateway, controller),
+                )
             )
             api_url = api.url
         if on_ready is not None:

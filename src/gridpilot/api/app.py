@@ -1,6 +1,7 @@
 """The HTTP application: REST under ``/api/v1``, the dashboard at ``/``.
 
     GET /healthz                                        liveness (no token)
+    GET /metrics                                        Prometheus text format (``api.metrics``)
     GET /api/v1/site                                    id, name, timezone, device count, gateway
     GET /api/v1/devices                                 devices, points, health
     GET /api/v1/devices/{device}                        one device
@@ -37,14 +38,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gridpilot import __version__
 from gridpilot.api.actions import actions_router
 from gridpilot.api.audit import AuditLog
-from gridpilot.api.auth import Authenticator, AuthMiddleware, require
+from gridpilot.api.auth import Authenticator, AuthMiddleware, principal_of_scope, require
 from gridpilot.api.errors import NotFoundError, RequestError
+from gridpilot.api.graphql import graphql_router
 from gridpilot.api.history import (
     COUNT_BUCKET_MS,
     MAX_ROWS,
@@ -55,6 +58,8 @@ from gridpilot.api.history import (
     suggest_every,
     too_many_raw_rows,
 )
+from gridpilot.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gridpilot.api.metrics import ApiMetrics, LocalServices, RequestMetricsMiddleware
 from gridpilot.api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from gridpilot.api.schemas import (
     ControlOut,
@@ -72,6 +77,7 @@ from gridpilot.api.schemas import (
 )
 from gridpilot.api.site_bus import EventBuffer, SiteBus
 from gridpilot.api.state_cache import DeviceStateCache
+from gridpilot.api.stream import StreamHub, stream_router
 from gridpilot.api.tokens import Role, TokenStore
 from gridpilot.config.models import DeviceConfig, GridPilotConfig
 from gridpilot.model import SeriesKey, now_ms, to_rfc3339, unit_of
@@ -107,6 +113,7 @@ def create_app(
     allowed_hosts: Collection[str] | None = None,
     check_host: bool = True,
     tls: bool = False,
+    local: LocalServices | None = None,
 ) -> FastAPI:
     """The API of one site over ``storage`` and the device states in ``device_states``.
 
@@ -114,7 +121,8 @@ def create_app(
     commands and controller requests (without it those answer 503); ``events`` holds the
     recent events it follows. ``clock`` gives "now" in epoch ms. ``check_host`` refuses a
     ``Host`` that is neither loopback nor in ``allowed_hosts`` (DNS rebinding); ``tls`` adds
-    HSTS.
+    HSTS. ``local`` names the services running in this process, whose live figures
+    ``/metrics`` reads (the others' come from their states on the bus).
     """
     api_config = config.api
     app = FastAPI(
@@ -153,6 +161,15 @@ def create_app(
         allowed = {*(allowed_hosts or ()), *api_config.allowed_hosts}
         app.add_middleware(_LoopbackHostOnly, allowed=frozenset(allowed))
     app.add_middleware(SecurityHeadersMiddleware, hsts=tls)
+    # Outermost, so that answers given before routing (401, 429, 413) are timed too.
+    metrics = ApiMetrics(
+        config,
+        device_states,
+        local=local,
+        api_bus=lambda: None if site_bus is None else site_bus.bus,
+    )
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.state.audit = audit
     _install_error_handlers(app)
     page = _StatusPage.load()
 
@@ -160,6 +177,21 @@ def create_app(
     async def healthz() -> HealthzOut:
         """Liveness: the process answers HTTP. The only route without a token."""
         return HealthzOut()
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        dependencies=[Depends(require(Role.VIEWER))],
+        include_in_schema=False,  # for Prometheus, not an API client; documented below
+    )
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format 0.0.4: ingest, devices, control, bus queues, API latency.
+
+        Needs a token like every route; Prometheus sends one with
+        `authorization: {credentials_file: ...}` in its scrape config (see
+        `gridpilot.api.metrics`)."""
+        # Collected on the event loop: the stats objects are only touched from there.
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)
     async def status_page() -> Response:
@@ -169,12 +201,21 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
 
     view = _SiteView(config, storage, device_states, clock)
+    events = events or EventBuffer()
+    # Live telemetry (SSE and GraphQL subscriptions); app.state.streams.close() ends them all.
+    app.state.streams = streams = StreamHub(site_bus, max_clients=api_config.stream_clients)
     app.include_router(_router(view))
+    app.include_router(stream_router(view, streams, api_prefix=API_PREFIX))
+    app.include_router(
+        graphql_router(
+            view, events, streams, authenticator, allowed_origins=api_config.cors_origins
+        )
+    )
     app.include_router(
         actions_router(
             config=config,
             device_states=device_states,
-            events=events or EventBuffer(),
+            events=events,
             site_bus=site_bus,
             audit=audit,
             tokens=tokens,
@@ -430,6 +471,20 @@ def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
 
 async def _on_request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)  # noqa: S101 -- registered for RequestError only
+    if exc.status == 403 and request.method not in ("GET", "HEAD"):
+        # A write refused for the role never reaches its route (which audits what it
+        # does): record the attempt here, it is what an investigator looks for.
+        principal = principal_of_scope(request.scope)
+        audit = getattr(request.app.state, "audit", None)
+        if principal is not None and isinstance(audit, AuditLog):
+            await audit.record(
+                principal,
+                f"{request.method} {request.url.path}",
+                request.url.path,
+                {},
+                ok=False,
+                result={"error": exc.error},
+            )
     return _error(exc.status, exc.error, exc.detail)
 
 
@@ -441,14 +496,37 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
             f"no such resource: {request.url.path}; see {API_PREFIX}/docs for the routes",
             {"path": request.url.path},
         )
+    if exc.status_code == 400:
+        # FastAPI's answer to a body that is not UTF-8 JSON; every other body problem is a
+        # 422, and so is this one.
+        return _error(
+            422,
+            "the request body is not JSON (or not UTF-8); send Content-Type: application/json",
+            {"path": request.url.path},
+        )
     error = str(exc.detail)
+    headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        allow = exc.headers.get("Allow", "") if exc.headers else ""
-        error = f"{request.method} is not allowed on {request.url.path} (allowed: {allow})"
+        # Starlette names the methods of the first route matching the path only; FastAPI
+        # makes one route per method, so collect them all.
+        allowed = _methods_for(request)
+        headers["Allow"] = ", ".join(allowed)
+        error = (
+            f"{request.method} is not allowed on {request.url.path} (allowed: {headers['Allow']})"
+        )
     response = _error(exc.status_code, error, {"path": request.url.path})
-    if exc.headers:  # e.g. Allow on 405
-        response.headers.update(exc.headers)
+    response.headers.update(headers)
     return response
+
+
+def _methods_for(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)  # PARTIAL: the path matches, the method not
+        route_methods = getattr(route, "methods", None)
+        if match is not Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:

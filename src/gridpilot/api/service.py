@@ -34,6 +34,7 @@ import uvicorn
 from gridpilot.api.app import create_app
 from gridpilot.api.audit import AuditLog
 from gridpilot.api.errors import ApiStartError, InsecureBindError
+from gridpilot.api.metrics import LocalServices
 from gridpilot.api.site_bus import EventBuffer, SiteBus
 from gridpilot.api.state_cache import DeviceStateCache
 from gridpilot.api.tls import resolve, server_ssl_context
@@ -82,6 +83,7 @@ class ApiService:
         client_id: str | None = None,
         clock: Callable[[], int] = now_ms,
         shutdown_timeout_s: int = 5,
+        local: LocalServices | None = None,
     ) -> None:
         """
         Args:
@@ -94,6 +96,8 @@ class ApiService:
                 process so that several API replicas do not take over each other's session.
             clock: epoch ms for ages and default history windows.
             shutdown_timeout_s: how long running requests may take to finish on exit.
+            local: services running in this process; ``/metrics`` reads their live figures
+                (without them it shows what their states on the bus say).
         """
         self.config = config
         self.broker = broker
@@ -111,6 +115,7 @@ class ApiService:
         self.site_bus: SiteBus | None = None
         self._clock = clock
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._local = local
         self._stack: AsyncExitStack | None = None
         self._server: _Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
@@ -168,6 +173,7 @@ class ApiService:
                 clock=self._clock,
                 check_host=is_loopback_host(self.host),
                 tls=ssl_context is not None,
+                local=self._local,
             )
             config = uvicorn.Config(
                 app,
@@ -297,7 +303,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock = bind_or_free_port(host, port, reuse_address=True)
     except OSError as exc:
         raise ApiStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    if sock.getsockname()[1] != port:
+    if port and sock.getsockname()[1] != port:
         log.warning(
             "port %d on %s is taken (another GridPilot or web server?); the API uses port %d "
             "instead. Set api.port to choose another one.",

@@ -427,6 +427,11 @@ class BusClient:
         return self._outstanding
 
     @property
+    def incoming_buffered(self) -> int:
+        """Messages received and not yet taken by ``messages()`` (at most ``max_incoming``)."""
+        return len(self._incoming)
+
+    @property
     def mqtt_version(self) -> MqttVersion | None:
         """The version in use (None until a connection settled it)."""
         return self._version

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -569,6 +569,11 @@ class GatewayService:
     def health(self, device_id: str) -> DeviceHealth:
         """The live health of a polled device (for status pages and tests)."""
         return self._workers[device_id].health
+
+    @property
+    def device_health(self) -> Mapping[str, DeviceHealth]:
+        """The live health of every polled device by id (read by ``/metrics``)."""
+        return {device_id: worker.health for device_id, worker in self._workers.items()}
 
     async def _announce(self) -> None:
         """After every (re)connection: retained gateway and device states.

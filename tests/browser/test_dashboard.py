@@ -336,3 +336,55 @@ def test_a_revoked_token_signs_the_page_out(
     expect(message).to_contain_text("token unknown or revoked", ignore_case=True, timeout=15_000)
     screenshot(browser_page, tmp_path, "09-revoked")
     no_page_errors(problems)
+
+
+def test_failing_routes_show_as_problems_and_the_page_goes_on(
+    demo: Demo, page: tuple[Page, PageProblems], tmp_path: Path
+) -> None:
+    """What the server says is shown as text; a failing route is a line in the problem
+    banner until it answers again; a site without a controller or events hides them."""
+    browser_page, problems = page
+    # The browser's view of the server is changed, the server is the real one.
+    markup = '<img src="x" id="injected"><script>window.pwned = 1</script>'
+    browser_page.route(
+        "**/api/v1/events?*",
+        lambda route: route.fulfill(
+            json={"events": [{"ts": "2026-11-26T12:00:00Z", "level": "alarm",
+                              "source": "gateway", "message": markup}]},
+        ),
+    )  # fmt: skip
+    browser_page.route(
+        "**/api/v1/control",
+        lambda route: route.fulfill(status=404, json={"error": "no control section"}),
+    )
+    browser_page.route(
+        "**/api/v1/latest",
+        lambda route: route.fulfill(
+            status=503, json={"error": "storage is unavailable; retry later"}
+        ),
+    )
+    sign_in(browser_page, demo, demo.viewer)
+    banner = browser_page.get_by_test_id("problems")
+    expect(banner).to_contain_text("power flow: storage is unavailable; retry later")
+    expect(browser_page.locator("#tabs a[data-view='control']")).to_be_hidden()
+    expect(browser_page.get_by_test_id("alarm-count")).to_have_text("1")
+    # The other views still work.
+    browser_page.get_by_role("link", name="Devices").click()
+    expect(browser_page.get_by_test_id("device-status-battery")).to_have_text("online")
+    browser_page.get_by_role("link", name="Events").click()
+    rows = browser_page.get_by_test_id("event-rows")
+    expect(rows).to_contain_text(markup)
+    assert browser_page.locator("#injected").count() == 0
+    assert browser_page.evaluate("window.pwned") is None
+    browser_page.goto(f"{demo.url}/#control")
+    expect(browser_page.get_by_test_id("control-absent")).to_be_visible()
+    screenshot(browser_page, tmp_path, "10-problems", full_page=False)
+
+    # Storage is back: the line goes, the values come.
+    browser_page.unroute("**/api/v1/latest")
+    browser_page.get_by_role("link", name="Power flow").click()
+    expect(browser_page.get_by_test_id("flow-grid-w")).to_have_attribute(
+        "data-value", re.compile(r"\d")
+    )
+    expect(banner).to_be_hidden()
+    no_page_errors(problems)

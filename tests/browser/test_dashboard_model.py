@@ -215,6 +215,38 @@ def test_controller_panel_reads_demand_and_zones(model: Any) -> None:
     ]
 
 
+def test_zones_of_a_group_planner_and_an_overridden_zone(model: Any) -> None:
+    # One planner for both zones names its metrics <planner>_<zone>_<metric>; zone 2's
+    # setpoint is held by an operator, so its target's source is "manual".
+    state = {
+        "controllers": {"hvac_group_planner": {"enabled": True, "error": None}},
+        "targets": {
+            "hvac_zone_1.setpoint_degc": {"value": 22.0, "source": "hvac_group_planner"},
+            "hvac_zone_2.setpoint_degc": {"value": 26.0, "source": "manual"},
+        },
+    }
+    body = latest(
+        ("controller", "hvac_group_planner_hvac_zone_1_comfort_deviation_degc", 0.0),
+        ("controller", "hvac_group_planner_hvac_zone_1_comfort_lower_degc", 21.0),
+        ("controller", "hvac_group_planner_hvac_zone_1_comfort_upper_degc", 24.0),
+        ("controller", "hvac_group_planner_hvac_zone_2_comfort_deviation_degc", 1.5),
+        ("hvac_zone_1", "temperature_degc", 22.5),
+        ("hvac_zone_2", "temperature_degc", 25.5),
+        ("hvac_zone_3", "temperature_degc", 20.0),
+        ("hvac_zone_3", "setpoint_degc", 21.0),
+    )
+    _, zones = model(CONTROL, state, body, "controller")
+    assert [
+        (z["zone"], z.get("name"), z["setpointDegc"], z.get("deviationDegc"), z.get("lowerDegc"))
+        for z in zones
+    ] == [
+        ("hvac_zone_1", "hvac_group_planner", 22.0, 0.0, 21.0),
+        ("hvac_zone_2", "hvac_group_planner", 26.0, 1.5, None),
+        # no controller: its own setpoint and temperature, nothing planned
+        ("hvac_zone_3", None, 21.0, None, None),
+    ]
+
+
 @pytest.mark.parametrize(
     ("value", "reached"), [(-5000.0, True), (-5000.000001, True), (-4000.0, False)]
 )

@@ -191,39 +191,49 @@ export function demandCards(state, metrics) {
 }
 
 /**
- * Zones of the HVAC planners: every controller that publishes `<name>_comfort_deviation_degc`
- * or `<name>_setpoint_degc`. The zone is the device of the target the controller sets (or the
- * name without `_planner`). Band edges are shown when the controller publishes
- * `<name>_comfort_lower_degc` / `<name>_comfort_upper_degc`; otherwise the deviation says
- * whether the zone is inside its band (0) or how far outside.
+ * HVAC zones: every device with a `*setpoint_degc` target, or with both `temperature_degc`
+ * and `setpoint_degc` values. A zone planner's metrics are found under
+ * `<controller>_<zone>_<metric>` (one planner for a group of zones) or `<controller>_<metric>`
+ * (a planner of that zone alone: the target's source, or `<zone>_planner`). Band edges are
+ * shown when published as `comfort_lower_degc` / `comfort_upper_degc`; otherwise
+ * `comfort_deviation_degc` says whether the zone is inside its band (0) or how far outside.
  */
 export function zoneCards(state, metrics, byDevice) {
-  const zones = [];
   const targets = (state && state.targets) || {};
-  for (const name of Object.keys((state && state.controllers) || {})) {
-    const m = (suffix) => metrics.get(`${name}_${suffix}`);
-    if (m("comfort_deviation_degc") === undefined && m("setpoint_degc") === undefined) continue;
-    let zone = null;
-    let targetPoint = null;
-    for (const [point, target] of Object.entries(targets)) {
-      if (target.source === name) {
-        zone = point.slice(0, point.indexOf("."));
-        targetPoint = point;
-        break;
-      }
+  const controllers = Object.keys((state && state.controllers) || {});
+  const zones = new Map(); // zone -> its setpoint target point
+  for (const point of Object.keys(targets)) {
+    if (point.endsWith("setpoint_degc")) {
+      const zone = point.slice(0, point.indexOf("."));
+      if (!zones.has(zone)) zones.set(zone, point);
     }
-    if (zone === null && name.endsWith("_planner")) zone = name.slice(0, -"_planner".length);
-    if (zone === null) continue;
-    if (targetPoint === null) targetPoint = `${zone}.setpoint_degc`;
+  }
+  for (const [device, points] of byDevice) {
+    if (!zones.has(device) && points.has("temperature_degc") && points.has("setpoint_degc")) {
+      zones.set(device, `${device}.setpoint_degc`);
+    }
+  }
+  const SUFFIXES = ["comfort_deviation_degc", "setpoint_degc", "planned_temperature_degc",
+    "fallback_state"];
+  const cards = [];
+  for (const [zone, targetPoint] of [...zones].sort((a, b) => a[0].localeCompare(b[0]))) {
+    const target = targets[targetPoint];
+    const source = target ? target.source : undefined;
+    const prefixes = [];
+    for (const name of controllers) prefixes.push({ name, prefix: `${name}_${zone}_` });
+    for (const name of controllers) {
+      if (name === source || name === `${zone}_planner`) prefixes.push({ name, prefix: `${name}_` });
+    }
+    const found = prefixes.find(({ prefix }) => SUFFIXES.some((s) => metrics.has(prefix + s)));
+    const m = (suffix) => (found ? metrics.get(found.prefix + suffix) : undefined);
     const points = byDevice.get(zone) || new Map();
     const value = (point) => (points.has(point) ? points.get(point).value : undefined);
-    const target = targets[targetPoint];
-    zones.push({
-      name,
+    cards.push({
+      name: found ? found.name : source,
       zone,
       temperatureDegc: value("temperature_degc"),
-      setpointDegc: target ? target.value : value("setpoint_degc"),
-      setpointSource: target ? target.source : undefined,
+      setpointDegc: target ? target.value : value(targetPoint.slice(targetPoint.indexOf(".") + 1)),
+      setpointSource: source,
       plannedDegc: m("planned_temperature_degc"),
       deviationDegc: m("comfort_deviation_degc"),
       lowerDegc: m("comfort_lower_degc"),
@@ -232,7 +242,7 @@ export function zoneCards(state, metrics, byDevice) {
       fallback: m("fallback_state"),
     });
   }
-  return zones;
+  return cards;
 }
 
 /** Whether the controller's target for `point` is `value` (to the controller's rounding). */

@@ -175,7 +175,7 @@ export function createControlView(app) {
     const zones = zoneCards(state, metrics, byDevice);
     $("control-zones").replaceChildren(...zones.map(zoneCard));
     if (zones.length === 0) {
-      $("control-zones").append(el("p", { class: "muted", text: "No zone planner runs here." }));
+      $("control-zones").append(el("p", { class: "muted", text: "No HVAC zone reports here." }));
     }
 
     const targets = Object.entries(state.targets || {});

@@ -39,15 +39,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gridpilot import __version__
 from gridpilot.api.actions import actions_router
 from gridpilot.api.audit import AuditLog
-from gridpilot.api.auth import Authenticator, AuthMiddleware, principal_of_scope, require
+from gridpilot.api.auth import Authenticator, AuthMiddleware, require
 from gridpilot.api.errors import NotFoundError, RequestError
-from gridpilot.api.graphql import graphql_router
 from gridpilot.api.history import (
     COUNT_BUCKET_MS,
     MAX_ROWS,
@@ -77,7 +75,6 @@ from gridpilot.api.schemas import (
 )
 from gridpilot.api.site_bus import EventBuffer, SiteBus
 from gridpilot.api.state_cache import DeviceStateCache
-from gridpilot.api.stream import StreamHub, stream_router
 from gridpilot.api.tokens import Role, TokenStore
 from gridpilot.config.models import DeviceConfig, GridPilotConfig
 from gridpilot.model import SeriesKey, now_ms, to_rfc3339, unit_of
@@ -169,7 +166,6 @@ def create_app(
         api_bus=lambda: None if site_bus is None else site_bus.bus,
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    app.state.audit = audit
     _install_error_handlers(app)
     page = _StatusPage.load()
 
@@ -201,21 +197,12 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
 
     view = _SiteView(config, storage, device_states, clock)
-    events = events or EventBuffer()
-    # Live telemetry (SSE and GraphQL subscriptions); app.state.streams.close() ends them all.
-    app.state.streams = streams = StreamHub(site_bus, max_clients=api_config.stream_clients)
     app.include_router(_router(view))
-    app.include_router(stream_router(view, streams, api_prefix=API_PREFIX))
-    app.include_router(
-        graphql_router(
-            view, events, streams, authenticator, allowed_origins=api_config.cors_origins
-        )
-    )
     app.include_router(
         actions_router(
             config=config,
             device_states=device_states,
-            events=events,
+            events=events or EventBuffer(),
             site_bus=site_bus,
             audit=audit,
             tokens=tokens,
@@ -471,20 +458,6 @@ def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
 
 async def _on_request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)  # noqa: S101 -- registered for RequestError only
-    if exc.status == 403 and request.method not in ("GET", "HEAD"):
-        # A write refused for the role never reaches its route (which audits what it
-        # does): record the attempt here, it is what an investigator looks for.
-        principal = principal_of_scope(request.scope)
-        audit = getattr(request.app.state, "audit", None)
-        if principal is not None and isinstance(audit, AuditLog):
-            await audit.record(
-                principal,
-                f"{request.method} {request.url.path}",
-                request.url.path,
-                {},
-                ok=False,
-                result={"error": exc.error},
-            )
     return _error(exc.status, exc.error, exc.detail)
 
 
@@ -496,37 +469,14 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
             f"no such resource: {request.url.path}; see {API_PREFIX}/docs for the routes",
             {"path": request.url.path},
         )
-    if exc.status_code == 400:
-        # FastAPI's answer to a body that is not UTF-8 JSON; every other body problem is a
-        # 422, and so is this one.
-        return _error(
-            422,
-            "the request body is not JSON (or not UTF-8); send Content-Type: application/json",
-            {"path": request.url.path},
-        )
     error = str(exc.detail)
-    headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        # Starlette names the methods of the first route matching the path only; FastAPI
-        # makes one route per method, so collect them all.
-        allowed = _methods_for(request)
-        headers["Allow"] = ", ".join(allowed)
-        error = (
-            f"{request.method} is not allowed on {request.url.path} (allowed: {headers['Allow']})"
-        )
+        allow = exc.headers.get("Allow", "") if exc.headers else ""
+        error = f"{request.method} is not allowed on {request.url.path} (allowed: {allow})"
     response = _error(exc.status_code, error, {"path": request.url.path})
-    response.headers.update(headers)
+    if exc.headers:  # e.g. Allow on 405
+        response.headers.update(exc.headers)
     return response
-
-
-def _methods_for(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)  # PARTIAL: the path matches, the method not
-        route_methods = getattr(route, "methods", None)
-        if match is not Match.NONE and route_methods:
-            methods |= set(route_methods)
-    return sorted(methods)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:

@@ -303,7 +303,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock = bind_or_free_port(host, port, reuse_address=True)
     except OSError as exc:
         raise ApiStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    if port and sock.getsockname()[1] != port:
+    if sock.getsockname()[1] != port:
         log.warning(
             "port %d on %s is taken (another GridPilot or web server?); the API uses port %d "
             "instead. Set api.port to choose another one.",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gridpilot.api.app import create_app
 from gridpilot.api.service import ApiService
@@ -20,8 +21,10 @@ from gridpilot.api.state_cache import DeviceStateCache
 from gridpilot.api.tokens import Role
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.config import GridPilotConfig, validate_config_text
+from gridpilot.control.factory import build_controllers
 from gridpilot.control.service import ControllerService
 from gridpilot.gateway.service import GatewayService
+from gridpilot.sim.control import control_section
 from gridpilot.sim.site import SimulatedSite
 from gridpilot.storage import open_storage
 from gridpilot.storage.base import Storage
@@ -36,7 +39,7 @@ from tests.integration.test_api_support import (
     tcp_client,
     unique_site,
 )
-from tests.integration.test_control_service import WEDNESDAY_NOON, site_file, until
+from tests.integration.test_control_service import WEDNESDAY_NOON, cli, site_file, until
 
 pytestmark = pytest.mark.integration
 
@@ -429,3 +432,66 @@ async def test_the_audit_log_pages_newest_first_without_gaps(app: Any, auth: Aut
                 break
     assert names == [f"t{i}" for i in reversed(range(7))]
     assert pages == 3
+
+
+async def test_an_operator_changes_the_peak_shaving_limit_while_it_runs(
+    mosquitto: BrokerAddress, tmp_path: Path
+) -> None:
+    site_id = f"params-{uuid.uuid4().hex[:10]}"
+    async with SimulatedSite(speed=1.0, start=WEDNESDAY_NOON, tick_s=0.05) as site:
+        doc = {
+            "site": {"id": site_id},
+            "broker": {"url": f"mqtt://{mosquitto.host}:{mosquitto.port}"},
+            "control": control_section(limit_w=110_000.0, cycle_s=0.2, hvac=False),
+            "devices": site.site_config(site_id),
+        }
+        path = tmp_path / "site.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        config = validate_config_text(path.read_text())
+        async with (
+            open_storage(config.storage, tmp_path) as storage,
+            GatewayService(config, mosquitto),
+            ControllerService(config, mosquitto, build_controllers(config), base_dir=tmp_path),
+            ApiService(config, mosquitto, storage, base_dir=tmp_path, port=0) as api,
+        ):
+            tokens = Auth.of_service(api.tokens, api.audit)
+            url = "/api/v1/control/controllers/peak_shaving/params"
+            async with (
+                tcp_client(api.url, tokens.operator) as operator,
+                tcp_client(api.url, tokens.viewer) as viewer,
+            ):
+
+                async def limit() -> Any:
+                    state = (await operator.get("/api/v1/control")).json()["state"] or {}
+                    ps = state.get("controllers", {}).get("peak_shaving") or {}
+                    return (ps.get("params") or {}).get("limit_w")
+
+                assert await eventually(limit, lambda v: v is not None) == 110_000.0
+                changed = await operator.put(url, json={"params": {"limit_w": 95_000}})
+                assert changed.status_code == 200, changed.text
+                assert "limit_w=95000" in changed.json()["message"]
+                await eventually(limit, lambda v: v == 95_000)
+
+                wrong = await operator.put(url, json={"params": {"limit_w": "lots"}})
+                assert wrong.status_code == 422
+                assert "control.peak_shaving.limit_w" in wrong.json()["error"]
+                unknown = await operator.put(url, json={"params": {"limit_kw": 95}})
+                assert unknown.status_code == 422
+                assert "no parameter 'limit_kw'" in unknown.json()["error"]
+                nobody = await operator.put(
+                    "/api/v1/control/controllers/nobody/params", json={"params": {"x": 1}}
+                )
+                assert nobody.status_code == 404
+                assert (await viewer.put(url, json={"params": {"limit_w": 1}})).status_code == 403
+                entries = (await operator.get("/api/v1/audit")).json()["entries"]
+
+                # the same from the shell
+                code, out, err = await cli(path, "set", "peak_shaving", "limit_w=90000")
+                assert code == 0, err
+                assert "limit_w=90000" in out
+                await eventually(limit, lambda v: v == 90_000)
+                code, _, err = await cli(path, "set", "peak_shaving", "limit_w")
+                assert code != 0
+                assert "is not FIELD=VALUE" in err
+    ok = [e for e in entries if e["action"] == "set_params" and e["ok"]]
+    assert ok[0]["params"]["params"] == {"limit_w": 95_000}

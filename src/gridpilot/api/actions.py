@@ -49,6 +49,7 @@ from gridpilot.api.schemas import (
     EventsOut,
     MeOut,
     OverrideIn,
+    ParamsIn,
     TokenCreatedOut,
     TokenIn,
     TokenOut,
@@ -334,6 +335,31 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
             action,
             name,
             {"action": action, "controller": name, "reason": body.reason},
+        )
+
+    @api.put(
+        "/control/controllers/{name}/params",
+        response_model=ControlReplyOut,
+        tags=["control"],
+        responses=_WRITE_RESPONSES,
+    )
+    async def set_params(name: str, body: ParamsIn, principal: Operator) -> ControlReplyOut:
+        """Change a controller's parameters (e.g. the peak-shaving limit) while it runs.
+
+        Checked like the same edit in the site file; the controller keeps its state. The
+        change lasts until the controller restarts (edit the site file to keep it). The
+        current parameters are in `GET /control` under `state.controllers.{name}.params`."""
+        _known_controller(config, device_states, name)
+        return await actions.ask_controller(
+            principal,
+            "set_params",
+            name,
+            {
+                "action": "set_params",
+                "controller": name,
+                "params": body.params,
+                "reason": body.reason,
+            },
         )
 
     @api.get("/events", response_model=EventsOut, tags=["events"], dependencies=[viewer])

@@ -191,6 +191,16 @@ class ControllerIn(_In):
     reason: Reason = ""
 
 
+class ParamsIn(_In):
+    params: dict[str, Any] = Field(
+        min_length=1,
+        max_length=50,
+        description="Fields of the controller's section of the site file to change, e.g. "
+        '{"limit_w": 95000}; validated like the file. Lasts until the controller restarts.',
+    )
+    reason: Reason = ""
+
+
 class ControlReplyOut(_Out):
     ok: bool
     message: str = Field(description="The controller's answer.")

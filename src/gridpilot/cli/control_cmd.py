@@ -246,6 +246,50 @@ def disable(controller: str, config: str | None, by: str | None, as_json: bool) 
     _report(reply, as_json)
 
 
+@control_group.command("set")
+@click.argument("controller")
+@click.argument("assignments", nargs=-1, required=True)
+@config_option
+@by_option
+@reason_option
+@json_option
+def set_params(
+    controller: str,
+    assignments: tuple[str, ...],
+    config: str | None,
+    by: str | None,
+    reason: str,
+    as_json: bool,
+) -> None:
+    """Change CONTROLLER's parameters while it runs: FIELD=VALUE ... (YAML values).
+
+    E.g. 'gridpilot control set peak_shaving limit_w=95000'. Checked like the same edit in
+    the site file; lasts until the controller restarts (edit the file to keep it).
+    """
+    import yaml
+
+    params: dict[str, Any] = {}
+    for assignment in assignments:
+        field, sep, text = assignment.partition("=")
+        if not sep or not field:
+            fail(f"{assignment!r} is not FIELD=VALUE (e.g. limit_w=95000)", EXIT_CONFIG)
+        try:
+            params[field] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            fail(f"{field}: {text!r} is not a value: {exc}", EXIT_CONFIG)
+    reply = _send(
+        config,
+        {
+            "action": "set_params",
+            "controller": controller,
+            "params": params,
+            "by": _who(by),
+            "reason": reason,
+        },
+    )
+    _report(reply, as_json)
+
+
 @control_group.command("journal")
 @config_option
 @click.option("--limit", default=50, show_default=True, help="Entries to show.")

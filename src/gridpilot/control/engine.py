@@ -204,6 +204,12 @@ class Engine:
     def controllers(self) -> tuple[Controller[Any], ...]:
         return tuple(slot.controller for slot in self._slots.values())
 
+    def replace_controller(self, controller: Controller[Any]) -> None:
+        """Put ``controller`` in the place of the one with its name (new parameters), keeping
+        that one's state and enabled flag: a new limit must not forget the month's billed
+        peak or the zone's identified model."""
+        self._slot(controller.name).controller = controller
+
     def set_override(self, override: Override) -> None:
         """Hold a point at a value until ``override.until`` (replaces an earlier override)."""
         self._state.overrides[override.target] = override

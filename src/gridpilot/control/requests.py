@@ -11,12 +11,15 @@ The CLI (``gridpilot control ...``) and the API publish a request on
 ```
 
 Actions: ``override`` (point, value, duration_s), ``release`` (point), ``dry_run``
-(``enabled``: true/false), ``enable`` / ``disable`` (controller), ``status``.
+(``enabled``: true/false), ``enable`` / ``disable`` (controller), ``set_params``
+(controller, ``params``: the fields of its section of the site file to change, e.g.
+``{"limit_w": 95000}``), ``status``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -26,6 +29,7 @@ import orjson
 from gridpilot.control.base import PointRef
 
 MAX_REQUEST_BYTES = 4096
+MAX_PARAMS = 50
 MAX_OVERRIDE_S = 7 * 86_400.0
 """An override longer than a week is a forgotten one; ask again instead."""
 
@@ -36,6 +40,7 @@ class Action(StrEnum):
     DRY_RUN = "dry_run"
     ENABLE = "enable"
     DISABLE = "disable"
+    SET_PARAMS = "set_params"
     STATUS = "status"
 
 
@@ -58,6 +63,7 @@ class Request:
     duration_s: float | None = None
     enabled: bool | None = None
     controller: str | None = None
+    params: Mapping[str, Any] | None = None
 
 
 def parse_request(payload: bytes) -> Request:
@@ -108,12 +114,25 @@ def _parse(doc: dict[str, Any], request_id: str) -> Request:
                 raise RequestError("'enabled' must be true or false")
             return replace(base, enabled=enabled)
         case Action.ENABLE | Action.DISABLE:
-            controller = doc.get("controller")
-            if not isinstance(controller, str) or not controller:
-                raise RequestError("'controller' must name a controller")
-            return replace(base, controller=controller)
+            return replace(base, controller=_controller(doc))
+        case Action.SET_PARAMS:
+            params = doc.get("params")
+            if not isinstance(params, dict) or not params:
+                raise RequestError(
+                    "'params' must be an object of the fields to change, e.g. {\"limit_w\": 95000}"
+                )
+            if len(params) > MAX_PARAMS:
+                raise RequestError(f"'params' changes at most {MAX_PARAMS} fields at once")
+            return replace(base, controller=_controller(doc), params=params)
         case Action.STATUS:
             return base
+
+
+def _controller(doc: dict[str, Any]) -> str:
+    controller = doc.get("controller")
+    if not isinstance(controller, str) or not controller:
+        raise RequestError("'controller' must name a controller")
+    return controller
 
 
 def _number(doc: dict[str, Any], name: str) -> float:
@@ -147,6 +166,8 @@ def encode_request(request: Request) -> bytes:
         doc["enabled"] = request.enabled
     if request.controller is not None:
         doc["controller"] = request.controller
+    if request.params is not None:
+        doc["params"] = dict(request.params)
     return orjson.dumps(doc)
 
 

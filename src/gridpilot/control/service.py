@@ -56,6 +56,7 @@ from gridpilot.control.engine import (
 )
 from gridpilot.control.hvac import HvacController, HvacParams
 from gridpilot.control.journal import Journal
+from gridpilot.control.params import ParamsError, controller_params, with_params
 from gridpilot.control.requests import (
     Action,
     Reply,
@@ -177,6 +178,7 @@ class ControllerService:
         if config.control is None:
             raise ValueError("the site file has no 'control' section: nothing to run")
         self.config = config
+        self._params_cache: tuple[GridPilotConfig, dict[str, dict[str, Any]]] | None = None
         self.control: ControlConfig = config.control
         self.site = config.site.id
         self.id = self.control.id
@@ -261,6 +263,14 @@ class ControllerService:
                 )
             await self._flush_journal()
             await bus.close()
+
+    @property
+    def _params_json(self) -> dict[str, dict[str, Any]]:
+        """Each controller's parameters for the status; recomputed only after a change."""
+        cached = self._params_cache
+        if cached is None or cached[0] is not self.config:
+            cached = self._params_cache = (self.config, controller_params(self.config))
+        return cached[1]
 
     @property
     def bus(self) -> BusClient | None:
@@ -379,6 +389,22 @@ class ControllerService:
                 except KeyError as exc:
                     raise RequestError(str(exc.args[0]), request.id) from None
                 return f"controller {request.controller} {'enabled' if enabled else 'disabled'}"
+            case Action.SET_PARAMS:
+                assert request.controller is not None  # noqa: S101
+                assert request.params is not None  # noqa: S101
+                try:
+                    controller, changed = with_params(
+                        self.config, request.controller, request.params
+                    )
+                except ParamsError as exc:
+                    raise RequestError(str(exc), request.id) from None
+                self.engine.replace_controller(controller)
+                self.config = changed
+                fields = ", ".join(f"{k}={v!r}" for k, v in request.params.items())
+                return (
+                    f"controller {request.controller}: {fields} (by {request.by}; until the "
+                    "controller restarts: edit the site file to keep it)"
+                )
             case Action.STATUS:
                 return "status published on the controller's state topic"
 
@@ -549,6 +575,7 @@ class ControllerService:
         result = self._last_result
         names = self.engine.controller_names
         errors: Mapping[str, str] = result.errors if result is not None else {}
+        params = self._params_json
         return {
             "status": "online",
             "ts": to_rfc3339(int(self._clock().timestamp() * 1000)),
@@ -563,7 +590,11 @@ class ControllerService:
             "dry_run": self.dry_run,
             "cycle_s": {"last": round(self.stats.last_s, 4), "max": round(self.stats.max_s, 4)},
             "controllers": {
-                name: {"enabled": self.engine.is_enabled(name), "error": errors.get(name)}
+                name: {
+                    "enabled": self.engine.is_enabled(name),
+                    "error": errors.get(name),
+                    "params": params.get(name),
+                }
                 for name in names
             },
             "overrides": [

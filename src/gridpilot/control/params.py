@@ -1,0 +1,99 @@
+"""Changing a controller's parameters while it runs.
+
+An operator changes fields of one controller's section of the site file (the peak-shaving
+``limit_w``, a zone's comfort band...). The whole site configuration is validated again with
+the change -- the same checks ``gridpilot config check`` makes -- and the controller is
+rebuilt by the same factory that built it at start, so a change is exactly as valid as the
+same edit in the file would be. The engine then swaps the controller and keeps its state.
+
+A change lasts until the controller restarts; the journal and the API's audit log record
+it. To keep it, edit the site file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from gridpilot.config import semantic
+from gridpilot.config.models import ControlConfig, GridPilotConfig
+from gridpilot.control.base import Controller
+from gridpilot.control.factory import build_controllers
+
+__all__ = ["ParamsError", "controller_params", "with_params"]
+
+
+class ParamsError(ValueError):
+    """The change cannot be made; the message says which field and why."""
+
+
+def _sections(control: ControlConfig) -> dict[str, tuple[str, int | None]]:
+    """Controller name -> where its parameters are in the ``control`` section (the names
+    ``build_controllers`` gives)."""
+    out: dict[str, tuple[str, int | None]] = {}
+    if control.peak_shaving is not None:
+        out[control.peak_shaving.name] = ("peak_shaving", None)
+    if control.pv_export is not None:
+        out["pv_export"] = ("pv_export", None)
+    for index in range(len(control.vfd)):
+        name = "vfd_curtailment" if len(control.vfd) == 1 else f"vfd_curtailment_{index + 1}"
+        out[name] = ("vfd", index)
+    for index, zone in enumerate(control.hvac):
+        out[zone.name or f"{zone.zone}_planner"] = ("hvac", index)
+    return out
+
+
+def controller_params(config: GridPilotConfig) -> dict[str, dict[str, Any]]:
+    """Each controller's current parameters as JSON-ready objects (for status and the API)."""
+    control = config.control
+    if control is None:
+        return {}
+    dumped = control.model_dump(mode="json", exclude_none=True)
+    out: dict[str, dict[str, Any]] = {}
+    for name, (key, index) in _sections(control).items():
+        section = dumped[key]
+        out[name] = section if index is None else section[index]
+    return out
+
+
+def with_params(
+    config: GridPilotConfig, name: str, update: Mapping[str, Any]
+) -> tuple[Controller[Any], GridPilotConfig]:
+    """The controller ``name`` rebuilt with ``update`` applied to its section, and the
+    configuration that holds the change. Raises ``ParamsError``."""
+    control = config.control
+    if control is None:
+        raise ParamsError("the site has no control section")
+    sections = _sections(control)
+    if name not in sections:
+        known = ", ".join(sorted(sections)) or "none"
+        raise ParamsError(f"no controller named {name!r} has parameters to change (known: {known})")
+    key, index = sections[name]
+    doc = config.model_dump(mode="json", exclude_none=True)
+    section = doc["control"][key] if index is None else doc["control"][key][index]
+    unknown = sorted(set(update) - set(type(_section_model(control, key, index)).model_fields))
+    if unknown:
+        raise ParamsError(f"{name} has no parameter {', '.join(map(repr, unknown))}")
+    section.update(update)
+    for finding in semantic.check(doc):
+        raise ParamsError(f"{_where(finding.loc)}: {finding.message}")
+    try:
+        changed = GridPilotConfig.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ParamsError(f"{_where(first['loc'])}: {first['msg']}") from None
+    for controller in build_controllers(changed):
+        if controller.name == name:
+            return controller, changed
+    raise ParamsError(f"the change renames or removes {name!r}; change the site file instead")
+
+
+def _section_model(control: ControlConfig, key: str, index: int | None) -> Any:
+    section = getattr(control, key)
+    return section if index is None else section[index]
+
+
+def _where(loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in loc)

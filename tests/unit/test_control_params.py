@@ -1,0 +1,73 @@
+"""Changing a controller's parameters at run time: validated like the site file, rebuilt by
+the factory, swapped into the engine with its state kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gridpilot.config import GridPilotConfig
+from gridpilot.control.engine import Engine, EngineParams
+from gridpilot.control.params import ParamsError, controller_params, with_params
+from gridpilot.control.peak_shaving import PeakShavingController
+from gridpilot.sim.control import control_section
+from gridpilot.sim.site import SimulatedSite
+
+
+@pytest.fixture
+def config() -> GridPilotConfig:
+    devices = SimulatedSite(base_port=0).site_config("p")
+    for index, device in enumerate(devices):
+        device["port"] = 15_020 + index  # not started: any port will do
+    return GridPilotConfig.model_validate(
+        {"site": {"id": "p"}, "control": control_section(limit_w=110_000.0), "devices": devices}
+    )
+
+
+def test_current_parameters_of_every_controller(config: GridPilotConfig) -> None:
+    params = controller_params(config)
+    assert params["peak_shaving"]["limit_w"] == 110_000.0
+    assert set(params) >= {"peak_shaving"}
+    assert all(isinstance(p, dict) for p in params.values())
+
+
+def test_a_change_rebuilds_the_controller_and_keeps_the_rest(config: GridPilotConfig) -> None:
+    controller, changed = with_params(config, "peak_shaving", {"limit_w": 95_000})
+    assert isinstance(controller, PeakShavingController)
+    assert changed.control is not None
+    assert changed.control.peak_shaving is not None
+    assert changed.control.peak_shaving.limit_w == 95_000
+    assert config.control is not None
+    assert config.control.peak_shaving is not None
+    assert config.control.peak_shaving.limit_w == 110_000  # the original is untouched
+    assert changed.devices == config.devices
+
+
+@pytest.mark.parametrize(
+    ("name", "update", "message"),
+    [
+        ("nobody", {"limit_w": 1}, "no controller named 'nobody'"),
+        ("peak_shaving", {"limit_kw": 1}, "has no parameter 'limit_kw'"),
+        ("peak_shaving", {"limit_w": "lots"}, "control.peak_shaving.limit_w"),
+        ("peak_shaving", {"grid_power_point": "nowhere.active_power_w"}, "nowhere"),
+        ("peak_shaving", {"name": "renamed"}, "renames or removes"),
+    ],
+)
+def test_refusals_say_which_field_and_why(
+    config: GridPilotConfig, name: str, update: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ParamsError, match=message):
+        with_params(config, name, update)
+
+
+def test_the_engine_swaps_the_controller_and_keeps_its_state(config: GridPilotConfig) -> None:
+    original = PeakShavingController(config.control.peak_shaving)  # type: ignore[union-attr,arg-type]
+    engine = Engine([original], EngineParams())
+    marker: Any = engine.controller_state("peak_shaving")
+    engine.set_enabled("peak_shaving", False)
+    replacement, _ = with_params(config, "peak_shaving", {"limit_w": 90_000})
+    engine.replace_controller(replacement)
+    assert engine.controllers() == (replacement,)
+    assert engine.controller_state("peak_shaving") is marker
+    assert engine.is_enabled("peak_shaving") is False

@@ -56,7 +56,9 @@ export async function request(path, options = {}) {
   if (token) headers.Authorization = "Bearer " + token;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const url = API + path;
+  // The timeout covers the whole exchange: the answer's head and its body.
   let response;
+  let text = "";
   try {
     response = await fetch(url, {
       method,
@@ -67,6 +69,7 @@ export async function request(path, options = {}) {
       credentials: "omit",
       redirect: "error",
     });
+    text = await response.text();
   } catch (err) {
     if (controller.signal.aborted && !(signal && signal.aborted)) {
       throw new ApiError(0, `no answer within ${timeoutMs / 1000} s`, path);
@@ -77,7 +80,6 @@ export async function request(path, options = {}) {
     clearTimeout(timer);
     if (signal) signal.removeEventListener("abort", cancel);
   }
-  const text = await response.text().catch(() => "");
   let parsed = null;
   try {
     parsed = text ? JSON.parse(text) : null;

@@ -55,8 +55,13 @@ class Samples:
             for s in family.samples
         }
 
-    def get(self, name: str, **labels: str) -> float | None:
-        return self.values.get((name, frozenset(labels.items())))
+    def get(self, name: str, default: float | None = None, **labels: str) -> float | None:
+        return self.values.get((name, frozenset(labels.items())), default)
+
+    def count(self, name: str, **labels: str) -> float:
+        """The sample's value, 0 when there is none (yet)."""
+        value = self.get(name, **labels)
+        return 0.0 if value is None else value
 
     def __getitem__(self, key: str) -> float:
         value = self.get(key)

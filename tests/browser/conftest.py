@@ -40,8 +40,11 @@ TABLET = {"width": 1024, "height": 1366}
 """A 12.9-inch tablet held upright, the plant-room case; the layout must work at this size."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium for one test module. Not for the session: Playwright's sync API runs an
+    event loop in this thread while it is open, and the async tests after these would find
+    it running."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"chromium not found at {CHROMIUM}: apt-get install chromium "

@@ -242,6 +242,16 @@ def test_a_year_long_chart_and_zooming_into_it(
     browser_page.locator("#history-chart .u-over").dblclick()
     expect(chart).to_have_attribute("data-range", "1y")
     expect(chart).to_have_attribute("data-state", "loaded")
+
+    # On a tablet: a one-finger sideways drag across a tenth of the year zooms in too.
+    cdp = browser_page.context.new_cdp_session(browser_page)
+    left, right = box["x"] + box["width"] * 0.5, box["x"] + box["width"] * 0.6
+    for kind, x in (("touchStart", left), ("touchMove", left + 20), ("touchMove", right)):
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    expect(chart).to_have_attribute("data-range", "zoomed")
+    expect(chart).to_have_attribute("data-state", "loaded")
+    assert chart.get_attribute("data-every") in ("15m", "30m", "1h")
     no_page_errors(problems)
 
 

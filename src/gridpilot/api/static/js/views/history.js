@@ -163,6 +163,46 @@ export function createHistoryView(app) {
     container.replaceChildren();
     chart = new uPlot(opts, data, container);
     chart.over.addEventListener("dblclick", reset);
+    bindTouch(chart);
+  }
+
+  /** uPlot selects with a mouse only: on a tablet a one-finger sideways drag selects the
+   * window to zoom into (an up-down drag still scrolls the page). */
+  function bindTouch(u) {
+    const over = u.over;
+    let start = null; // {x, y} in the plot's pixels, while a drag may be a selection
+    let selecting = false;
+    const at = (touch) => {
+      const box = over.getBoundingClientRect();
+      return { x: touch.clientX - box.left, y: touch.clientY - box.top };
+    };
+    over.addEventListener("touchstart", (event) => {
+      start = event.touches.length === 1 ? at(event.touches[0]) : null;
+      selecting = false;
+    }, { passive: true });
+    over.addEventListener("touchmove", (event) => {
+      if (!start || event.touches.length !== 1) return;
+      const now = at(event.touches[0]);
+      if (!selecting) {
+        const dx = Math.abs(now.x - start.x);
+        const dy = Math.abs(now.y - start.y);
+        if (dx < 10 && dy < 10) return;
+        if (dy > dx) {
+          start = null; // a scroll
+          return;
+        }
+        selecting = true;
+      }
+      event.preventDefault();
+      const x = Math.max(0, Math.min(over.clientWidth, now.x));
+      const left = Math.min(start.x, x);
+      u.setSelect({ left, width: Math.abs(x - start.x), top: 0, height: over.clientHeight }, false);
+    }, { passive: false });
+    over.addEventListener("touchend", () => {
+      if (selecting) onSelect(u);
+      start = null;
+      selecting = false;
+    });
   }
 
   function onSelect(u) {

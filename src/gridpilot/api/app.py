@@ -46,6 +46,7 @@ from gridpilot.api.actions import actions_router
 from gridpilot.api.audit import AuditLog
 from gridpilot.api.auth import Authenticator, AuthMiddleware, require
 from gridpilot.api.errors import NotFoundError, RequestError
+from gridpilot.api.graphql import graphql_router
 from gridpilot.api.history import (
     COUNT_BUCKET_MS,
     MAX_ROWS,
@@ -75,6 +76,7 @@ from gridpilot.api.schemas import (
 )
 from gridpilot.api.site_bus import EventBuffer, SiteBus
 from gridpilot.api.state_cache import DeviceStateCache
+from gridpilot.api.stream import StreamHub, stream_router
 from gridpilot.api.tokens import Role, TokenStore
 from gridpilot.config.models import DeviceConfig, GridPilotConfig
 from gridpilot.model import SeriesKey, now_ms, to_rfc3339, unit_of
@@ -197,12 +199,21 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
 
     view = _SiteView(config, storage, device_states, clock)
+    events = events or EventBuffer()
+    # Live telemetry (SSE and GraphQL subscriptions); app.state.streams.close() ends them all.
+    app.state.streams = streams = StreamHub(site_bus, max_clients=api_config.stream_clients)
     app.include_router(_router(view))
+    app.include_router(stream_router(view, streams, api_prefix=API_PREFIX))
+    app.include_router(
+        graphql_router(
+            view, events, streams, authenticator, allowed_origins=api_config.cors_origins
+        )
+    )
     app.include_router(
         actions_router(
             config=config,
             device_states=device_states,
-            events=events or EventBuffer(),
+            events=events,
             site_bus=site_bus,
             audit=audit,
             tokens=tokens,

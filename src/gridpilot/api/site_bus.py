@@ -186,6 +186,11 @@ class SiteBus:
         if first:
             await self.bus.subscribe(self._telemetry_filter, qos=0)
 
+    @property
+    def listener_count(self) -> int:
+        """Live-stream listeners now; telemetry is subscribed to while there are any."""
+        return len(self._listeners)
+
     async def remove_listener(self, listener: TelemetryListener) -> None:
         self._listeners.discard(listener)
         if not self._listeners:

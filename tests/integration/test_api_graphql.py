@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import time
 import uuid
@@ -22,8 +23,8 @@ import orjson
 import pytest
 from graphql import get_introspection_query
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
-from websockets.typing import Subprotocol
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin, Subprotocol
 
 from gridpilot.api.app import create_app
 from gridpilot.api.graphql import MAX_ALIASES, MAX_COST, MAX_DEPTH, MAX_TOKENS
@@ -248,6 +249,28 @@ async def test_errors_carry_the_rest_message(http: httpx.AsyncClient) -> None:
         )
     )
     assert message == "agg must be one of mean, min, max, last, sum, count"
+
+
+async def test_a_failure_is_masked_and_logged(
+    config: GridPilotConfig,
+    states: DeviceStateCache,
+    auth: Auth,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_storage(config.storage, tmp_path) as closed:
+        pass  # closed now: every read fails with the database's path in its message
+    app = create_app(config, closed, states, tokens=auth.tokens, audit=auth.audit)
+    async with client_for(app, auth.viewer) as http:
+        with caplog.at_level(logging.ERROR, logger="gridpilot.api"):
+            body = await graphql(http, "{ site { id } latest { now } }")
+    assert body["data"] is None  # latest is non-null, so its error nulls the whole answer
+    assert [e["message"] for e in body["errors"]] == [
+        "internal error; the server log has the details"
+    ]
+    assert str(tmp_path) not in json.dumps(body)
+    assert "GraphQL: ['latest'] failed" in caplog.text
+    assert "is not open" in caplog.text
 
 
 async def test_graphql_needs_a_token(app: Any, auth: Auth) -> None:
@@ -523,6 +546,31 @@ async def test_subscriptions_beyond_stream_clients_are_refused(
         while refused["id"] == "1":  # a frame of the first subscription still in flight
             refused = await receive(ws)
         assert refused["id"] == "2"
-        errors = refused["payload"]["errors"] if refused["type"] == "next" else refused["payload"]
-        assert errors[0]["message"].startswith("too many live streams: 2 are open")
-        assert "api.stream_clients" in errors[0]["message"]
+        assert refused == {
+            "id": "2",
+            "type": "next",
+            "payload": {
+                "data": None,
+                "errors": [
+                    {
+                        "message": "too many live streams: 2 are open (api.stream_clients); "
+                        "close one, or raise the limit in the site file"
+                    }
+                ],
+            },
+        }
+        assert await receive(ws) == {"id": "2", "type": "complete"}
+
+
+async def test_a_page_of_another_origin_cannot_open_a_socket(api: ApiService) -> None:
+    # Browsers do not apply CORS to WebSockets; the origin is checked (api.cors_origins).
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(
+            ws_url(api), subprotocols=PROTOCOLS, origin=Origin("http://evil.example")
+        ):
+            pass
+    assert refused.value.response.status_code == 403
+    async with connect(
+        ws_url(api), subprotocols=PROTOCOLS, origin=Origin(api.url)
+    ) as ws:  # the dashboard's own origin
+        await initialised(ws, {"token": token(api)})

@@ -4,7 +4,7 @@ request-timing middleware on a small ASGI app (no broker, no sockets)."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from gridpilot.api.metrics import (
     RequestMetricsMiddleware,
 )
 from gridpilot.api.state_cache import DeviceStateCache
+from gridpilot.api.stream import StreamHub, TooManyStreamsError
 from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.config import GridPilotConfig
 from gridpilot.control.service import CycleStats
@@ -520,3 +521,48 @@ async def test_requests_are_counted_by_route_template_method_and_status_class(
         status="2xx",
     )
     assert 0 < total < 5
+
+
+# ---------------------------------------------------------------------------- live streams
+
+
+class Telemetry:
+    """An in-memory telemetry source for a StreamHub: hands payloads to its listeners."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Callable[[str, bytes], None]] = []
+
+    async def add_listener(self, listener: Callable[[str, bytes], None]) -> None:
+        self.listeners.append(listener)
+
+    async def remove_listener(self, listener: Callable[[str, bytes], None]) -> None:
+        self.listeners.remove(listener)
+
+    def publish(self, device: str, value: float) -> None:
+        payload = orjson.dumps({"ts": T0, "values": {"power_w": value}})
+        for listener in self.listeners:
+            listener(device, payload)
+
+
+async def test_live_streams_open_refused_and_dropped_frames() -> None:
+    telemetry = Telemetry()
+    hub = StreamHub(telemetry, max_clients=1, queue_size=2)
+    metrics = ApiMetrics(config(), DeviceStateCache.for_config(config()), process=False)
+    assert "gridpilot_api_streams_open" not in scrape(metrics).names()
+    metrics.watch_streams(hub)
+    assert scrape(metrics)["gridpilot_api_streams_open"] == 0
+
+    async with hub.subscribe("meter"):
+        with pytest.raises(TooManyStreamsError):
+            hub.open(None)
+        for value in range(5):  # nobody reads: 2 kept, 3 dropped
+            telemetry.publish("meter", value)
+        samples = scrape(metrics)
+        assert samples["gridpilot_api_streams_open"] == 1
+        assert samples["gridpilot_api_streams_max"] == 1
+        assert samples["gridpilot_api_streams_refused_total"] == 1
+        assert samples["gridpilot_api_stream_frames_dropped_total"] == 3
+
+    samples = scrape(metrics)
+    assert samples["gridpilot_api_streams_open"] == 0
+    assert samples["gridpilot_api_stream_frames_dropped_total"] == 3  # kept after it closed

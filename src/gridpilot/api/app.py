@@ -202,6 +202,7 @@ def create_app(
     events = events or EventBuffer()
     # Live telemetry (SSE and GraphQL subscriptions); app.state.streams.close() ends them all.
     app.state.streams = streams = StreamHub(site_bus, max_clients=api_config.stream_clients)
+    metrics.watch_streams(streams)
     app.include_router(_router(view))
     app.include_router(stream_router(view, streams, api_prefix=API_PREFIX))
     app.include_router(

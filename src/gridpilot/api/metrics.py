@@ -47,6 +47,8 @@ Metrics (``_total`` = counter, the rest gauges unless noted)::
     gridpilot_bus_incoming_messages{client}               queue depth: received, not yet consumed
     gridpilot_bus_published_total{client}, gridpilot_bus_received_total{client},
     gridpilot_bus_connection_losses_total{client}, gridpilot_bus_publish_refused_total{client}
+    gridpilot_api_streams_open, gridpilot_api_streams_max  live telemetry streams (SSE, GraphQL)
+    gridpilot_api_streams_refused_total, gridpilot_api_stream_frames_dropped_total
     gridpilot_api_request_duration_seconds{method,route,status}  histogram; route is the
                                                           template (/api/v1/devices/{device}),
                                                           status the class (2xx, 4xx, ...)
@@ -155,6 +157,22 @@ class ControllerSource(Protocol):
 
     @property
     def bus(self) -> BusClient | None: ...
+
+
+class StreamSource(Protocol):
+    """... of the API's live streams (``gridpilot.api.stream.StreamHub``)."""
+
+    @property
+    def clients(self) -> int: ...
+
+    @property
+    def max_clients(self) -> int: ...
+
+    @property
+    def refused(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +347,7 @@ class SiteCollector:
         self._states = device_states
         self._local = local
         self._api_bus = api_bus
+        self.streams: StreamSource | None = None
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(
@@ -344,6 +363,8 @@ class SiteCollector:
         if control is not None:
             yield from control_metrics(control, self._period_s)
         yield from bus_metrics(self.buses())
+        if self.streams is not None:
+            yield from stream_metrics(self.streams)
 
     def devices(self) -> list[DeviceFigures]:
         gateway = self._local.gateway
@@ -554,6 +575,28 @@ def bus_metrics(clients: Mapping[str, BusClient]) -> Iterator[Metric]:
     yield from counters.values()
 
 
+def stream_metrics(streams: StreamSource) -> Iterator[Metric]:
+    """Live telemetry streams: how many are open against their bound, refusals, drops."""
+    yield GaugeMetricFamily(
+        "gridpilot_api_streams_open", "Live telemetry streams open.", value=streams.clients
+    )
+    yield GaugeMetricFamily(
+        "gridpilot_api_streams_max",
+        "Live telemetry streams allowed at once (api.stream_clients).",
+        value=streams.max_clients,
+    )
+    yield CounterMetricFamily(
+        "gridpilot_api_streams_refused",
+        "Streams refused because the maximum was open.",
+        value=streams.refused,
+    )
+    yield CounterMetricFamily(
+        "gridpilot_api_stream_frames_dropped",
+        "Telemetry frames dropped for clients too slow to take them (oldest first).",
+        value=streams.dropped,
+    )
+
+
 # ---------------------------------------------------------------------------- the registry
 
 
@@ -593,6 +636,10 @@ class ApiMetrics:
             registry=self.registry,
             buckets=_LATENCY_BUCKETS,
         )
+
+    def watch_streams(self, streams: StreamSource) -> None:
+        """Export the figures of the app's live streams too (made after the registry)."""
+        self.site.streams = streams
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in _METHODS else "other"

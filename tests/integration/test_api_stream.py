@@ -34,6 +34,7 @@ from gridpilot.api.stream import (
 from gridpilot.api.tokens import Role
 from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.bus.codec import encode_telemetry
+from gridpilot.bus.errors import BusRefusedError
 from gridpilot.model import Topic, now_ms, to_rfc3339
 from gridpilot.storage import open_storage
 from tests.integration.test_api_support import eventually, site_config, tcp_client, unique_site
@@ -152,6 +153,38 @@ async def test_closing_the_hub_ends_every_stream_and_refuses_new_ones() -> None:
     assert hub.clients == 0
     with pytest.raises(UnavailableError, match="shutting down"):
         hub.open(None)
+
+
+class RefusingSource(MemorySource):
+    """A broker that refuses the subscription (an ACL), or never answers (``hang``)."""
+
+    def __init__(self, *, hang: bool = False) -> None:
+        super().__init__()
+        self.hang = hang
+
+    async def add_listener(self, listener: Listener) -> None:
+        await super().add_listener(listener)
+        if self.hang:
+            await asyncio.Event().wait()
+        raise BusRefusedError("refused the subscription 'gridpilot/v1/s/+/telemetry'", 135)
+
+
+async def test_a_stream_that_cannot_start_gives_its_slot_back() -> None:
+    source = RefusingSource()
+    hub = StreamHub(source, max_clients=1)
+    subscription = hub.open(None)
+    with pytest.raises(UnavailableError, match="cannot follow the site's telemetry: refused"):
+        await hub.start(subscription)
+    assert (hub.clients, source.listeners) == (0, [])
+
+    hanging = StreamHub(RefusingSource(hang=True), max_clients=1)
+    starting = asyncio.create_task(hanging.start(hanging.open(None)))
+    await asyncio.sleep(0.01)
+    starting.cancel()  # the client left while the broker was being asked
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert hanging.clients == 0
+    hanging.open(None)  # the slot is free
 
 
 async def test_without_a_broker_streams_are_unavailable() -> None:

@@ -98,6 +98,7 @@ __all__ = [
     "MAX_TOKENS",
     "GraphQLContext",
     "SiteReads",
+    "build_schema",
     "graphql_router",
     "query_cost",
 ]
@@ -112,7 +113,7 @@ MAX_COST: Final = 1000
 LIST_FACTOR: Final = 10
 """How many items a list is assumed to hold when its selection is costed."""
 FIELD_COST: Final[Mapping[str, int]] = {"history": 100, "latest": 20}
-"""Fields that read storage cost more than the rest (1)."""
+"""Query fields that read storage cost more than the rest (1)."""
 _MAX_EVENTS: Final = 1000
 
 
@@ -552,7 +553,7 @@ class _Coster:
         if name.startswith("__"):
             return 0  # introspection: see the module docstring
         definition = _field_def(parent, name)
-        cost = FIELD_COST.get(name, 1)
+        cost = FIELD_COST.get(name, 1) if parent is self.schema.query_type else 1
         if definition is None or node.selection_set is None:
             return cost  # an unknown field is another rule's error
         field_type = definition.type
@@ -587,6 +588,9 @@ def query_cost(
     return _Coster(schema, fragments).selections(operation.selection_set, root)
 
 
+_EXPENSIVE: Final = ", ".join(f"{name} {cost}" for name, cost in sorted(FIELD_COST.items()))
+
+
 class _CostLimit(ValidationRule):
     def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
         context: ValidationContext = self.context
@@ -601,7 +605,7 @@ class _CostLimit(ValidationRule):
             context.report_error(
                 GraphQLError(
                     f"operation '{name}' costs {cost}, over the limit of {MAX_COST} (each "
-                    f"field 1, latest 20, history 100, a list's fields x{LIST_FACTOR}); "
+                    f"field 1, {_EXPENSIVE}, a list's fields x{LIST_FACTOR}); "
                     "ask for fewer fields or split it into several requests",
                     node,
                 )

@@ -226,6 +226,9 @@ class StreamHub:
         except BusError as exc:
             await self.release(subscription)
             raise UnavailableError(f"cannot follow the site's telemetry: {exc}") from exc
+        except BaseException:  # cancelled (the client left while subscribing): free the slot
+            await self.release(subscription)
+            raise
 
     async def release(self, subscription: Subscription) -> None:
         """Close ``subscription`` and free its slot (unsubscribing after the last one)."""

@@ -156,6 +156,7 @@ export function createControlView(app) {
     if (!state) {
       $("control-dry-run").hidden = true;
       setText("control-cycle", "The controller has not reported its state yet.");
+      fillPoints({});
       return;
     }
     $("control-dry-run").hidden = !state.dry_run;
@@ -219,7 +220,8 @@ export function createControlView(app) {
   function checkPending() {
     if (!pending) return;
     if (lastState && targetReached(lastState, pending.point, pending.value)) {
-      say(`Applied: ${pending.point} = ${formatValue(pending.value, unitOf(pending.point))}.`, "ok", "applied");
+      const dry = lastState.dry_run ? " Dry-run is on: the controller decides but sends nothing to the device." : "";
+      say(`Applied: ${pending.point} = ${formatValue(pending.value, unitOf(pending.point))}.${dry}`, "ok", "applied");
       pending = null;
     } else if (Date.now() > pending.deadline) {
       const target = lastState && lastState.targets && lastState.targets[pending.point];

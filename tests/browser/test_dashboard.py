@@ -143,10 +143,17 @@ def no_page_errors(problems: PageProblems) -> None:
     assert [m for m in problems.console if "Content Security Policy" in m] == []
 
 
-def flow_value(page: Page, name: str) -> float:
-    value = page.get_by_test_id(f"flow-{name}").get_attribute("data-value")
-    assert value is not None, f"flow-{name} shows no value"
-    return float(value)
+def flow_numbers(page: Page) -> dict[str, float]:
+    """The power-flow numbers in W as the page holds them, read at one instant (the page
+    re-renders every 2 s). Grid: import +, battery: discharge +."""
+    numbers: dict[str, float] = page.evaluate(
+        """() => {
+            const value = (id, key) => Number(document.getElementById(id).dataset[key]);
+            return {grid: value("flow-grid-w", "signed"), pv: value("flow-pv-w", "value"),
+                    battery: value("flow-battery-w", "value"), load: value("flow-load-w", "value")};
+        }"""
+    )
+    return numbers
 
 
 # ------------------------------------------------------------------------------ tests
@@ -183,13 +190,8 @@ def test_operator_sees_who_they_are_and_live_power_flow(
     # The simulated meter moves every second; the page refreshes every 2 s.
     expect(grid).not_to_have_attribute("data-value", first or "", timeout=20_000)
     # The building's load is what the grid, PV and battery deliver together.
-    load = flow_value(browser_page, "load-w")
-    balance = (
-        float(grid.get_attribute("data-signed") or "nan")
-        + flow_value(browser_page, "pv-w")
-        + flow_value(browser_page, "battery-w")
-    )
-    assert load == pytest.approx(balance)
+    flow = flow_numbers(browser_page)
+    assert flow["load"] == pytest.approx(flow["grid"] + flow["pv"] + flow["battery"])
     # Every latest value of every device is listed.
     for device in ("grid_meter", "pv_inverter", "battery", "controller"):
         expect(

@@ -417,6 +417,8 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
         "/api/v1/audit",
         "/api/v1/tokens",
         "/api/v1/tokens/{token_id}",
+        "/api/v1/control/controllers/{name}/params",
+        "/api/v1/stream",
     }
     history = doc["paths"]["/api/v1/devices/{device}/points/{point}/history"]["get"]
     assert {p["name"] for p in history["parameters"]} == {

@@ -355,9 +355,9 @@ async def test_sse_beyond_stream_clients_is_refused_until_one_leaves(
 async def test_open_streams_end_when_the_server_stops(
     tmp_path: Path, mosquitto: BrokerAddress
 ) -> None:
-    """uvicorn closes a WebSocket at once (1012) on shutdown, which ends its subscription;
-    an SSE response it waits for up to shutdown_timeout_s, then cancels it. Either way the
-    stream's slot and the bus listener are released and the stop does not hang."""
+    """Stopping, the service ends every live stream first: the SSE response finishes, the
+    subscription completes and uvicorn closes the WebSocket (1012); the slots and the bus
+    listener are released and the stop does not wait out the graceful period."""
     async with tcp_client("http://127.0.0.1") as http:
         async with serving(tmp_path, mosquitto) as (api, site_id):
             token = viewer(api)
@@ -395,10 +395,11 @@ async def test_open_streams_end_when_the_server_stops(
             site_bus = api.site_bus
             assert site_bus is not None
             started = time.monotonic()
-        assert time.monotonic() - started < 2 + 2  # shutdown_timeout_s + a margin
+        assert time.monotonic() - started < 2  # well under shutdown_timeout_s + its margin
         assert site_bus.listener_count == 0
         with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
+            while True:  # the hub ends the subscription ("complete"), then uvicorn closes
+                assert orjson.loads(await ws.recv())["type"] in ("next", "complete")
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 1012  # service restart
         with contextlib.suppress(httpx.RemoteProtocolError):  # cut mid-stream

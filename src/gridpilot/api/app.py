@@ -10,6 +10,8 @@
     GET /api/v1/devices/{device}/latest                 ... of one device
     GET /api/v1/devices/{device}/points/{point}/history ?start=&end=&every=&agg=
     GET /api/v1/openapi.json, /api/v1/docs              the OpenAPI document and its viewer
+    GET /api/v1/stream                                  live telemetry (Server-Sent Events)
+    POST/GET /graphql, WebSocket /graphql               GraphQL: queries, live subscriptions
     GET /, /static/...                                  the dashboard (signs in with a token)
     ... and the writes, events, audit and tokens of ``gridpilot.api.actions``.
 
@@ -44,7 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gridpilot import __version__
 from gridpilot.api.actions import actions_router
 from gridpilot.api.audit import AuditLog
-from gridpilot.api.auth import Authenticator, AuthMiddleware, require
+from gridpilot.api.auth import Authenticator, AuthMiddleware, principal_of_scope, require
 from gridpilot.api.errors import NotFoundError, RequestError
 from gridpilot.api.graphql import graphql_router
 from gridpilot.api.history import (
@@ -168,6 +170,7 @@ def create_app(
         api_bus=lambda: None if site_bus is None else site_bus.bus,
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.state.audit = audit
     _install_error_handlers(app)
     page = _StatusPage.load()
 
@@ -470,6 +473,20 @@ def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
 
 async def _on_request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)  # noqa: S101 -- registered for RequestError only
+    if exc.status == 403 and request.method not in ("GET", "HEAD"):
+        # A write refused for the role never reaches its route (which audits what it
+        # does): record the attempt here, it is what an investigator looks for.
+        principal = principal_of_scope(request.scope)
+        audit = getattr(request.app.state, "audit", None)
+        if principal is not None and isinstance(audit, AuditLog):
+            await audit.record(
+                principal,
+                f"{request.method} {request.url.path}",
+                request.url.path,
+                {},
+                ok=False,
+                result={"error": exc.error},
+            )
     return _error(exc.status, exc.error, exc.detail)
 
 
@@ -481,14 +498,39 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
             f"no such resource: {request.url.path}; see {API_PREFIX}/docs for the routes",
             {"path": request.url.path},
         )
+    if exc.status_code == 400:
+        # FastAPI's answer to a body that is not UTF-8 JSON; every other body problem is a
+        # 422, and so is this one.
+        return _error(
+            422,
+            "the request body is not JSON (or not UTF-8); send Content-Type: application/json",
+            {"path": request.url.path},
+        )
     error = str(exc.detail)
+    headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        allow = exc.headers.get("Allow", "") if exc.headers else ""
-        error = f"{request.method} is not allowed on {request.url.path} (allowed: {allow})"
+        # FastAPI makes one route per method and nests included routers: the Allow it
+        # would send is empty or partial, so take the methods from the OpenAPI document.
+        allowed = _methods_for(request)
+        headers["Allow"] = ", ".join(allowed)
+        error = (
+            f"{request.method} is not allowed on {request.url.path} (allowed: {headers['Allow']})"
+        )
     response = _error(exc.status_code, error, {"path": request.url.path})
-    if exc.headers:  # e.g. Allow on 405
-        response.headers.update(exc.headers)
+    response.headers.update(headers)
     return response
+
+
+def _methods_for(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for the request's path (FastAPI nests
+    included routers, so the routes themselves do not say it simply)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        parts = re.split(r"\{[^}/]+\}", template)
+        pattern = "[^/]+".join(re.escape(part) for part in parts)
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:

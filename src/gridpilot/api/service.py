@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Final, Self
 
 import uvicorn
+from fastapi import FastAPI
 
 from gridpilot.api.app import create_app
 from gridpilot.api.audit import AuditLog
@@ -118,6 +119,7 @@ class ApiService:
         self._local = local
         self._stack: AsyncExitStack | None = None
         self._server: _Server | None = None
+        self._app: FastAPI | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._feed_task: asyncio.Task[None] | None = None
         self._port: int | None = None
@@ -162,7 +164,7 @@ class ApiService:
             )
             self._feed_task = asyncio.create_task(self._feed(self.site_bus), name="api:bus")
             stack.push_async_callback(self._stop_feed, bus)
-            app = create_app(
+            self._app = app = create_app(
                 self.config,
                 self.storage,
                 self.device_states,
@@ -242,6 +244,10 @@ class ApiService:
         server, task = self._server, self._serve_task
         if server is None or task is None:
             return
+        if self._app is not None:
+            # Live streams never end by themselves: end them first, or uvicorn waits the
+            # whole graceful period for them and then cancels them mid-write.
+            self._app.state.streams.close()
         server.should_exit = True
         try:
             # uvicorn waits up to timeout_graceful_shutdown for requests, then cancels them.
@@ -303,7 +309,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock = bind_or_free_port(host, port, reuse_address=True)
     except OSError as exc:
         raise ApiStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    if sock.getsockname()[1] != port:
+    if port and sock.getsockname()[1] != port:
         log.warning(
             "port %d on %s is taken (another GridPilot or web server?); the API uses port %d "
             "instead. Set api.port to choose another one.",

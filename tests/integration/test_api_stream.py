@@ -398,11 +398,17 @@ async def test_open_streams_end_when_the_server_stops(
         assert time.monotonic() - started < 2  # well under shutdown_timeout_s + its margin
         assert site_bus.listener_count == 0
         with pytest.raises(ConnectionClosed) as closed:
-            while True:  # the hub ends the subscription ("complete"), then uvicorn closes
-                assert orjson.loads(await ws.recv())["type"] in ("next", "complete")
+            await _drain(ws)
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 1012  # service restart
         with contextlib.suppress(httpx.RemoteProtocolError):  # cut mid-stream
             async for _ in lines:
                 pass
         await response.aclose()
+
+
+async def _drain(ws: Any) -> None:
+    """Read until the socket closes: the hub ends the subscription ("complete"), then
+    uvicorn closes the connection."""
+    while True:
+        assert orjson.loads(await ws.recv())["type"] in ("next", "complete")

@@ -356,6 +356,11 @@ async def test_dead_device_backs_off_and_recovers(
         )
         assert offline.json["status"] == "offline"
         assert offline.json["last_error"]["kind"] == "refused"
+        # Dead from start-up (never online): still one alarm on the events topic.
+        alarm = await observer.wait_for(lambda r: r.topic.endswith("/events"))
+        assert alarm.json["level"] == "alarm"
+        assert alarm.json["source"] == "gateway/dead"
+        assert "refused" in alarm.json["message"]
         start = loop.time()
         polls_before = gateway.health("dead").counters.polls
         await asyncio.sleep(2.0)

@@ -150,6 +150,13 @@ async def test_stopped_device_goes_offline_others_keep_their_rate_then_back_onli
     assert error["message"]
     assert error["hint"]
     assert offline.retain is False  # a live update; the broker keeps the retained copy
+    # ... and an alarm on the site's events topic says so, with the hint
+    alarm = await observer.wait_for(
+        lambda r: r.topic.endswith("/events") and r.json["source"] == "gateway/battery"
+    )
+    assert alarm.json["level"] == "alarm"
+    assert alarm.json["message"].startswith("battery offline after")
+    assert error["hint"] in alarm.json["message"]
     # Stay down long enough for the backoff to kick in.
     await asyncio.sleep(8 * INTERVAL_S)
     restarted_at = loop.time()
@@ -159,6 +166,12 @@ async def test_stopped_device_goes_offline_others_keep_their_rate_then_back_onli
     )
     # Backoff is capped at 4 intervals early in an outage, plus one grid step.
     assert online.at - restarted_at <= 6 * INTERVAL_S, online.at - restarted_at
+    back = await observer.wait_for(
+        lambda r: r.topic.endswith("/events") and r.json["source"] == "gateway/battery",
+        after=alarm.index,
+    )
+    assert back.json["level"] == "info"
+    assert back.json["message"] == "battery is online again"
     await observer.wait_for(
         lambda r: r.device == "battery" and r.kind == "telemetry", after=online.index
     )

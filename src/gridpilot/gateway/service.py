@@ -30,6 +30,8 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+import orjson
+
 from gridpilot.bus.client import BrokerAddress, BusClient, Will
 from gridpilot.config.models import DeviceConfig, DeviceProtocol, GatewayConfig, GridPilotConfig
 from gridpilot.fieldbus.codec import RegisterSpec, decode, encode
@@ -156,6 +158,8 @@ class _DeviceWorker:
         self.idle.set()
         self.stopping = False
         self.seq = 0
+        self._alarmed = False
+        """An offline alarm was published and the device has not answered since."""
         self._last_state_at = -math.inf
 
     @property
@@ -229,25 +233,52 @@ class _DeviceWorker:
                 telemetry_payload(ts, self.seq, readings.values),
                 qos=1,
             )
-        self._log_transition(was)
+        await self._announce_transition(was, now)
         loop_now = asyncio.get_running_loop().time()
         if changed or loop_now - self._last_state_at >= self.state_interval_s:
             await self.publish_state()
 
-    def _log_transition(self, was: DeviceStatus) -> None:
+    async def _announce_transition(self, was: DeviceStatus, now: int) -> None:
+        """Log a change of online state, and publish an alarm on the site's events topic when
+        the device is declared dead (also one that never answered since start-up) and a
+        notice when it answers again: an operator watching the dashboard's alarms sees a
+        device drop out, and why."""
         health = self.health
-        if health.status is was:
-            return
-        if health.status is DeviceStatus.ONLINE:
+        if health.status is not was and health.status is DeviceStatus.ONLINE:
             log.info("%s: online", self.id)
-        else:
+        if health.is_dead and not self._alarmed:
+            self._alarmed = True
             error = health.last_error
+            what = error.message if error is not None else "?"
             log.warning(
                 "%s: offline after %d failed poll(s): %s",
                 self.id,
                 health.consecutive_failures,
-                error.message if error is not None else "?",
+                what,
             )
+            message = (
+                f"{self.id} offline after {health.consecutive_failures} failed poll(s): {what}"
+            )
+            if error is not None and error.hint:
+                message += f" -- {error.hint}"
+            await self._event("alarm", message, now)
+        elif self._alarmed and health.status is DeviceStatus.ONLINE:
+            self._alarmed = False
+            await self._event("info", f"{self.id} is online again", now)
+
+    async def _event(self, level: str, message: str, now: int) -> None:
+        await self.bus.publish(
+            str(Topic.events(self.site)),
+            orjson.dumps(
+                {
+                    "ts": to_rfc3339(now),
+                    "level": level,
+                    "source": f"gateway/{self.id}",
+                    "message": message,
+                }
+            ),
+            qos=1,
+        )
 
     async def publish_state(self, reason: str | None = None) -> None:
         self._last_state_at = asyncio.get_running_loop().time()

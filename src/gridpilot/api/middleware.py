@@ -51,6 +51,10 @@ class SecurityHeadersMiddleware:
                 if api_data:
                     # Data behind a token must not linger in shared or browser caches.
                     headers.setdefault("cache-control", "no-store")
+                else:
+                    # The dashboard's files keep their names across upgrades: revalidate
+                    # (ETag) every time so a browser never runs an old script.
+                    headers.setdefault("cache-control", "no-cache")
                 if self.hsts:
                     headers.setdefault("strict-transport-security", "max-age=31536000")
             await send(message)

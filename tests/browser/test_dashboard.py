@@ -404,3 +404,29 @@ def test_failing_routes_show_as_problems_and_the_page_goes_on(
     )
     expect(banner).not_to_contain_text("power flow")
     no_page_errors(problems)
+
+
+def test_the_api_view_lists_the_routes_of_the_openapi_document(
+    demo: Demo, page: tuple[Page, PageProblems], tmp_path: Path
+) -> None:
+    browser_page, problems = page
+    sign_in(browser_page, demo, demo.viewer, view="api")
+    rows = browser_page.get_by_test_id("api-rows")
+    expect(rows.locator("tr[data-route='GET /api/v1/latest']")).to_be_visible()
+    expect(
+        rows.locator("tr[data-route='POST /api/v1/devices/{device}/points/{point}/command']")
+    ).to_contain_text("401")
+    document = httpx.get(
+        f"{demo.url}/api/v1/openapi.json",
+        headers={"Authorization": f"Bearer {demo.viewer}"},
+        timeout=10,
+    ).json()
+    expected = sum(
+        1
+        for ops in document["paths"].values()
+        for m in ops
+        if m in ("get", "post", "put", "delete")
+    )
+    expect(rows.locator("tr")).to_have_count(expected)
+    screenshot(browser_page, tmp_path, "09-api-reference", full_page=False)
+    no_page_errors(problems)

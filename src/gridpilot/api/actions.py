@@ -74,6 +74,10 @@ _COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorOut, "description": "A parameter or the body is malformed."},
     429: {"model": ErrorOut, "description": "Too many requests for this token; see Retry-After."},
 }
+_READ_403: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorOut, "description": "The token's role may not read this."},
+    503: {"model": ErrorOut, "description": "The token file or audit log cannot be read."},
+}
 _WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Unknown device, point, controller or token."},
     403: {"model": ErrorOut, "description": "The token's role may not do this."},
@@ -371,7 +375,7 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
         started; the controller's journal keeps the full record)."""
         return EventsOut(events=[EventOut(**e) for e in events.newest(limit, level)])
 
-    @api.get("/audit", response_model=AuditOut, tags=["security"], responses=_WRITE_RESPONSES)
+    @api.get("/audit", response_model=AuditOut, tags=["security"], responses=_READ_403)
     async def read_audit(
         principal: Operator,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -396,7 +400,7 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
         next_before = out[-1].seq if len(entries) == limit and out else None
         return AuditOut(entries=out, next_before=next_before)
 
-    @api.get("/tokens", response_model=TokensOut, tags=["security"], responses=_WRITE_RESPONSES)
+    @api.get("/tokens", response_model=TokensOut, tags=["security"], responses=_READ_403)
     async def list_tokens(principal: Admin) -> TokensOut:
         """Every token (never the secret): name, role, creator, expiry, revocation."""
         return TokensOut(tokens=[_token_out(r) for r in _records(tokens)])

@@ -97,7 +97,7 @@ def demo(
                     "'gridpilot token create --role viewer|operator')",
                     f"  REST API      {running.api_url}/api/v1/devices "
                     "(header 'Authorization: Bearer <token>'; "
-                    f"docs {running.api_url}/api/v1/docs)",
+                    f"route list in the dashboard: {running.api_url}/#api)",
                     f"  MQTT broker   mqtt://127.0.0.1:{port}",
                     f"  site file     {site_file}",
                     f"  storage       {running.storage_path}",

@@ -4,6 +4,7 @@
 import { clearToken, getToken, onUnauthorized, request, setToken } from "./api.js";
 import { $, badge, el, setText } from "./dom.js";
 import { clearAllProblems, Poller, setProblem } from "./ui.js";
+import { createApiView } from "./views/api.js";
 import { createControlView } from "./views/control.js";
 import { createDevicesView } from "./views/devices.js";
 import { createEventsView } from "./views/events.js";
@@ -26,7 +27,7 @@ const app = {
 
 const views = new Map();
 for (const view of [createFlowView(app), createDevicesView(app), createHistoryView(app),
-  createControlView(app), createEventsView(app)]) {
+  createControlView(app), createEventsView(app), createApiView(app)]) {
   views.set(view.name, view);
 }
 let current = null;

@@ -11,6 +11,7 @@ from gridpilot.config.models import (
     IngestConfig,
     PointConfig,
     RetentionConfig,
+    SerialBusConfig,
     SiteConfig,
     StorageConfig,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "IngestConfig",
     "PointConfig",
     "RetentionConfig",
+    "SerialBusConfig",
     "SiteConfig",
     "StorageConfig",
     "load_config",

@@ -212,7 +212,38 @@ class PointConfig(_Frozen):
 
 class DeviceProtocol(StrEnum):
     MODBUS_TCP = "modbus_tcp"
+    MODBUS_RTU = "modbus_rtu"  # a unit on a serial bus (``bus:`` names a ``serial_buses`` entry)
+    MODBUS_RTU_TCP = "modbus_rtu_tcp"  # RTU frames over TCP, via a serial-to-Ethernet converter
     MQTT = "mqtt"  # MQTT-native device: publishes telemetry itself, no polling
+
+    @property
+    def is_modbus(self) -> bool:
+        """The gateway polls devices of this protocol."""
+        return self is not DeviceProtocol.MQTT
+
+
+class SerialBusConfig(_Frozen):
+    """A serial line (RS-485 multi-drop, or RS-232) shared by the ``modbus_rtu`` devices
+    that name it in ``bus``. The gateway sends one request at a time on it."""
+
+    id: Identifier
+    port: str = Field(min_length=1)
+    """Device path, e.g. ``/dev/ttyUSB0``; prefer the stable ``/dev/serial/by-id/...``."""
+    baudrate: int = Field(default=19_200, ge=300, le=4_000_000)
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "E"
+    """``N`` none, ``E`` even (the Modbus default), ``O`` odd."""
+    stopbits: Literal[1, 2] = 1
+    frame_gap: timedelta | None = None
+    """Silence kept between frames; default 3.5 character times (1.75 ms above 19200 baud).
+    Raise it for slow units or adapters that need time to turn the line around."""
+
+    @field_validator("frame_gap")
+    @classmethod
+    def _gap(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and not timedelta(0) <= value <= timedelta(seconds=1):
+            raise ValueError("must be between 0 and 1 s")
+        return value
 
 
 class DeviceConfig(_Frozen):
@@ -222,8 +253,12 @@ class DeviceConfig(_Frozen):
     name: str = ""
     protocol: DeviceProtocol = DeviceProtocol.MODBUS_TCP
     host: str | None = None
+    """``modbus_tcp``/``modbus_rtu_tcp``: the device's or the converter's address."""
     port: int = Field(default=502, ge=1, le=65535)
+    bus: Identifier | None = None
+    """``modbus_rtu``: id of the ``serial_buses`` entry the unit is wired to."""
     unit_id: int = Field(default=1, ge=0, le=255)
+    """Modbus unit (slave) address; on RTU lines 1..247."""
     poll_interval: timedelta = timedelta(seconds=1)
     timeout: timedelta = timedelta(milliseconds=500)
     """Per request attempt. Keep timeout × (retries + 1) within the poll interval, so a
@@ -245,8 +280,23 @@ class DeviceConfig(_Frozen):
     def _check_host(self) -> Self:
         # Cross-point checks (duplicates, overlaps, missing addresses) live in
         # gridpilot.config.semantic so that each error can name its own line.
-        if self.protocol is DeviceProtocol.MODBUS_TCP and self.host is None:
-            raise ValueError("a modbus_tcp device needs host")
+        protocol = self.protocol
+        tcp = protocol in (DeviceProtocol.MODBUS_TCP, DeviceProtocol.MODBUS_RTU_TCP)
+        if tcp and self.host is None:
+            raise ValueError(f"a {protocol} device needs host")
+        if protocol is DeviceProtocol.MODBUS_RTU:
+            if self.bus is None:
+                raise ValueError("a modbus_rtu device needs bus (the id of a serial_buses entry)")
+            if self.host is not None:
+                raise ValueError("a modbus_rtu device is on a serial bus: give bus, not host")
+        elif self.bus is not None:
+            raise ValueError(f"bus is for modbus_rtu devices, not {protocol}")
+        rtu = protocol in (DeviceProtocol.MODBUS_RTU, DeviceProtocol.MODBUS_RTU_TCP)
+        if rtu and not 1 <= self.unit_id <= 247:
+            raise ValueError(
+                f"unit_id {self.unit_id}: RTU units are 1..247 (0 is broadcast, which no "
+                "unit answers)"
+            )
         return self
 
     def point(self, name: str) -> PointConfig | None:
@@ -415,7 +465,15 @@ class GridPilotConfig(_Frozen):
     gateway: GatewayConfig = GatewayConfig()
     api: ApiConfig = ApiConfig()
     control: ControlConfig | None = None
+    serial_buses: tuple[SerialBusConfig, ...] = ()
+    """Serial lines of ``modbus_rtu`` devices."""
     devices: tuple[DeviceConfig, ...] = ()
+
+    def serial_bus(self, bus_id: str) -> SerialBusConfig | None:
+        for b in self.serial_buses:
+            if b.id == bus_id:
+                return b
+        return None
 
     def device(self, device_id: str) -> DeviceConfig | None:
         for d in self.devices:

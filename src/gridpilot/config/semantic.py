@@ -1,5 +1,7 @@
 """Checks that span several entries of a site file: duplicate ids, overlapping registers,
-Modbus points without an address, control settings that name points no device has.
+Modbus points without an address, control settings that name points no device has, RTU
+devices on a serial bus that is not configured or on a unit id another device on the same
+line already answers to.
 
 They run on the raw YAML data, not on validated models, so that they are reported together
 with type errors in the same run of ``gridpilot config check`` — a user fixes a file in one
@@ -65,9 +67,77 @@ def check(data: object) -> Iterator[Finding]:
                     f"device id {device_id!r} is the gateway's own id (gateway.id); rename one",
                 )
         yield from _check_points(i, device)
+    yield from _check_serial_buses(data.get("serial_buses"), devices)
     control = data.get("control")
     if isinstance(control, dict):
         yield from _check_control_refs(control, devices)
+
+
+_MODBUS_PROTOCOLS = frozenset({"modbus_tcp", "modbus_rtu", "modbus_rtu_tcp"})
+
+
+def _check_serial_buses(buses: object, devices: list[Any]) -> Iterator[Finding]:
+    """Bus ids and ports are unique; every ``modbus_rtu`` device names a configured bus;
+    no two devices on one line (a serial bus, or one converter's host:port for
+    ``modbus_rtu_tcp``) share a unit id: both would answer, and garble each other."""
+    known: dict[str, int] = {}
+    ports: dict[str, int] = {}
+    for i, bus in enumerate(buses if isinstance(buses, list) else []):
+        if not isinstance(bus, dict):
+            continue
+        bus_id, port = bus.get("id"), bus.get("port")
+        if isinstance(bus_id, str):
+            if bus_id in known:
+                yield Finding(
+                    ("serial_buses", i, "id"),
+                    f"serial bus id {bus_id!r} is already used by serial_buses[{known[bus_id]}]",
+                )
+            else:
+                known[bus_id] = i
+        if isinstance(port, str):
+            if port in ports:
+                yield Finding(
+                    ("serial_buses", i, "port"),
+                    f"port {port!r} is already the port of serial_buses[{ports[port]}]; "
+                    "units on one line belong to one bus",
+                )
+            else:
+                ports[port] = i
+    units: dict[tuple[str, str], dict[int, tuple[int, str]]] = {}
+    for i, device in enumerate(devices):
+        if not isinstance(device, dict):
+            continue
+        protocol = device.get("protocol")
+        if protocol == "modbus_rtu":
+            bus_id = device.get("bus")
+            if not isinstance(bus_id, str):
+                continue  # missing: reported by model validation
+            if bus_id not in known:
+                names = ", ".join(sorted(known)) or "none configured under serial_buses"
+                yield Finding(
+                    ("devices", i, "bus"), f"no serial bus {bus_id!r} (serial buses: {names})"
+                )
+                continue
+            line = ("bus", bus_id)
+        elif protocol == "modbus_rtu_tcp":
+            line = ("converter", f"{device.get('host')}:{device.get('port', 502)}")
+        else:
+            continue
+        unit = device.get("unit_id", 1)
+        if not isinstance(unit, int) or isinstance(unit, bool):
+            continue
+        name = str(device.get("id", f"devices[{i}]"))
+        taken = units.setdefault(line, {})
+        if unit in taken:
+            first, first_name = taken[unit]
+            where = f"bus {line[1]!r}" if line[0] == "bus" else f"converter {line[1]}"
+            yield Finding(
+                ("devices", i, "unit_id"),
+                f"unit_id {unit} on {where} is already device {first_name!r} "
+                f"(devices[{first}]); each unit on a line needs its own id",
+            )
+        else:
+            taken[unit] = (i, name)
 
 
 _POINT_REF = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\.[a-z0-9_]+$")
@@ -120,7 +190,7 @@ def _check_points(i: int, device: dict[str, Any]) -> Iterator[Finding]:
     points = device.get("points")
     if not isinstance(points, list):
         return
-    modbus = device.get("protocol", "modbus_tcp") == "modbus_tcp"
+    modbus = device.get("protocol", "modbus_tcp") in _MODBUS_PROTOCOLS
     seen_names: dict[str, int] = {}
     # (table) -> list of (start, end_exclusive, bit, index, name)
     occupied: dict[str, list[tuple[int, int, int | None, int, str]]] = {}
@@ -143,7 +213,7 @@ def _check_points(i: int, device: dict[str, Any]) -> Iterator[Finding]:
         if address is None:
             yield Finding(
                 ("devices", i, "points", j),
-                f"point {label} has no address; a modbus_tcp point needs its register address",
+                f"point {label} has no address; a Modbus point needs its register address",
             )
             continue
         span = _register_span(point)

@@ -7,9 +7,16 @@
     │   │                              reopened on the next request: retry on the next poll
     │   ├── DeviceTimeout       timeout      no reply within the timeout
     │   ├── ConnectionRefused   refused      the TCP connection could not be opened
-    │   └── Disconnected        disconnected the peer closed the connection
-    ├── ProtocolError           protocol     the peer's reply breaks Modbus (short reply,
-    │                                        wrong echo); the connection is dropped
+    │   ├── Disconnected        disconnected the peer closed the connection
+    │   └── PortUnavailable     port         the serial port cannot be opened (missing,
+    │       │                                no permission)
+    │       └── PortBusy        busy         another process holds the serial port; the
+    │                                        message names it (like ``fuser -v``)
+    ├── ProtocolError           protocol     the peer's reply breaks Modbus (wrong echo,
+    │   │                                    another unit's reply); the connection is dropped
+    │   ├── CrcError            crc          an RTU frame arrived garbled (CRC mismatch):
+    │   │                                    line noise or wrong line settings
+    │   └── ShortReply          short_reply  a reply stopped short of a whole frame
     ├── DeviceRejected          exception_N  the device answered with Modbus exception N;
     │                                        .transient for busy/acknowledge/gateway codes,
     │                                        otherwise the register map or value is wrong
@@ -87,6 +94,30 @@ class ProtocolError(FieldbusError):
     # A garbled reply is often a one-off (a stale answer, a half-reset gateway); a fresh
     # connection usually cures it.
     transient = True
+
+
+class PortUnavailable(TransportError):  # noqa: N818  # named like its siblings
+    """A serial port cannot be opened: it does not exist or we may not open it."""
+
+    kind = "port"
+
+
+class PortBusy(PortUnavailable):
+    """Another process holds the serial port (an exclusive lock, or ``EBUSY``)."""
+
+    kind = "busy"
+
+
+class CrcError(ProtocolError):
+    """An RTU frame arrived with a CRC that does not match its bytes."""
+
+    kind = "crc"
+
+
+class ShortReply(ProtocolError):  # noqa: N818  # names what arrived, like DeviceTimeout
+    """Bytes of a reply arrived, then silence before the frame was whole."""
+
+    kind = "short_reply"
 
 
 class DeviceRejected(FieldbusError):  # noqa: N818  # name fixed in docs/dev/INTERFACES.md

@@ -45,7 +45,7 @@ from gridpilot.bus.codec import (
     encode_command_result,
 )
 from gridpilot.bus.errors import PayloadError
-from gridpilot.config.models import DeviceConfig, DeviceProtocol, PointConfig
+from gridpilot.config.models import DeviceConfig, PointConfig
 from gridpilot.model import DataType, to_rfc3339
 
 MAX_COMMAND_BYTES = 16 * 1024
@@ -209,7 +209,7 @@ def _undecodable(payload: bytes, device_id: str, error: PayloadError) -> Rejecte
 
 
 def _why_not_writable(device: DeviceConfig, point: PointConfig) -> str | None:
-    if device.protocol is not DeviceProtocol.MODBUS_TCP or point.address is None:
+    if not device.protocol.is_modbus or point.address is None:
         return f"device {device.id!r} is not polled by the gateway ({device.protocol})"
     if not point.writable:
         return f"point {point.point!r} is not writable (set writable: true in the site file)"

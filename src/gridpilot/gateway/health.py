@@ -25,7 +25,8 @@ from enum import StrEnum
 _HINTS: dict[str, str] = {
     "timeout": (
         "no answer within the timeout: check that the device is powered and reachable "
-        "(network path, host, port, unit_id), and keep timeout below poll_interval; "
+        "(network path, host, port, unit_id; on a serial bus the unit_id, wiring, baud "
+        "rate and parity), and keep timeout below poll_interval; "
         "`gridpilot doctor` probes reachability"
     ),
     "refused": (
@@ -46,8 +47,17 @@ _HINTS: dict[str, str] = {
         "baud rate, parity and stop bits, cable shielding and bus termination"
     ),
     "busy": (
-        "device or resource busy: another process holds the serial port; find it with "
-        "`fuser -v /dev/ttyXXX` and stop it"
+        "device or resource busy: another process holds the serial port (the error names "
+        "it; `fuser -v /dev/ttyXXX` shows it too); stop that process or give this bus "
+        "another port"
+    ),
+    "port": (
+        "the serial port cannot be opened: check the path (ls -l /dev/serial/by-id/), that "
+        "the adapter is plugged in, and that the gateway's user may open it (group dialout)"
+    ),
+    "short_reply": (
+        "the reply stopped short of a whole frame: on serial lines, interference or a "
+        "wrong baud rate/parity; raise the bus's frame_gap if the adapter pauses mid-frame"
     ),
     "exception_1": (
         "Modbus exception 1 (illegal function): the device does not support this table or "

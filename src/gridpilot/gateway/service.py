@@ -42,6 +42,7 @@ from gridpilot.fieldbus.errors import (
     FieldbusError,
     ProtocolError,
 )
+from gridpilot.fieldbus.modbus_rtu import ModbusRtuDevice, RtuBus, SerialLine
 from gridpilot.fieldbus.modbus_tcp import ModbusTcpDevice
 from gridpilot.fieldbus.planner import ReadBlock, extract, plan_reads
 from gridpilot.gateway.commands import (
@@ -96,8 +97,64 @@ Connector = Callable[[DeviceConfig], DeviceConnection]
 
 
 def modbus_connector(device: DeviceConfig) -> DeviceConnection:
-    """The production driver: Modbus TCP with the device's timeout and retries."""
+    """The Modbus TCP driver with the device's timeout and retries (TCP devices only)."""
     return ModbusTcpDevice.from_config(device)
+
+
+class ModbusConnector:
+    """The production drivers: Modbus TCP per device; Modbus RTU per unit, the units of one
+    serial bus (or of one RTU-over-TCP converter, by host:port) sharing one ``RtuBus`` so
+    that the line carries one request at a time."""
+
+    def __init__(self, config: GridPilotConfig) -> None:
+        self._config = config
+        self._buses: dict[str, RtuBus] = {}
+
+    def __call__(self, device: DeviceConfig) -> DeviceConnection:
+        timeout_s = device.timeout.total_seconds()
+        match device.protocol:
+            case DeviceProtocol.MODBUS_RTU:
+                if device.bus is None:
+                    raise ValueError(f"device {device.id!r} has no bus")
+                bus = self._serial_bus(device.bus)
+            case DeviceProtocol.MODBUS_RTU_TCP:
+                if device.host is None:
+                    raise ValueError(f"device {device.id!r} has no host")
+                key = f"{device.host}:{device.port}"
+                bus = self._buses.get(key) or self._buses.setdefault(
+                    key, RtuBus(key, host=device.host, port=device.port)
+                )
+            case _:
+                return ModbusTcpDevice.from_config(device)
+        return ModbusRtuDevice(bus, device.unit_id, timeout_s, device.retries)
+
+    def _serial_bus(self, bus_id: str) -> RtuBus:
+        bus = self._buses.get(f"serial:{bus_id}")
+        if bus is not None:
+            return bus
+        settings = self._config.serial_bus(bus_id)
+        if settings is None:  # config check rejects this
+            raise ValueError(f"no serial bus {bus_id!r}")
+        line = SerialLine(
+            settings.port,
+            baudrate=settings.baudrate,
+            bytesize=settings.bytesize,
+            parity=settings.parity,
+            stopbits=settings.stopbits,
+            frame_gap_s=None if settings.frame_gap is None else settings.frame_gap.total_seconds(),
+        )
+        bus = RtuBus(bus_id, line=line)
+        self._buses[f"serial:{bus_id}"] = bus
+        return bus
+
+
+def _bus_key(device: DeviceConfig) -> str | None:
+    """Devices with the same key share one line and wait for each other."""
+    if device.protocol is DeviceProtocol.MODBUS_RTU:
+        return f"serial:{device.bus}"
+    if device.protocol is DeviceProtocol.MODBUS_RTU_TCP:
+        return f"{device.host}:{device.port}"
+    return None
 
 
 class _Bus(Protocol):
@@ -119,6 +176,7 @@ class _DeviceWorker:
         bus: _Bus,
         clock: Callable[[], int],
         state_interval_s: float,
+        bus_wait_s: float = 0.0,
     ) -> None:
         self.site = site
         self.device = device
@@ -131,7 +189,10 @@ class _DeviceWorker:
         self.blocks = plan_reads(self.specs, max_gap=device.max_gap)
         # A request may take timeout x (retries + 1) (ModbusTcpDevice's budget).
         self.request_budget_s = device.timeout.total_seconds() * (device.retries + 1)
-        self.poll_budget_s = self.request_budget_s * max(len(self.blocks), 1) + _SLACK_S
+        # On a shared serial line each request may first wait for the others' (bus_wait_s).
+        self.poll_budget_s = (self.request_budget_s + bus_wait_s) * max(
+            len(self.blocks), 1
+        ) + _SLACK_S
         if self.request_budget_s > self.interval_s:
             # A silent device costs timeout x (retries + 1) per poll: detection of an
             # outage then takes that long per failed poll, not one interval.
@@ -420,7 +481,8 @@ class GatewayService:
     background and queues what is published meanwhile; device connections open on the first
     poll. Leaving publishes every device and the gateway ``offline`` (retained) and closes.
 
-    ``connector`` builds the driver of a device (default: Modbus TCP); ``clock`` gives wall
+    ``connector`` builds the driver of a device (default: ``ModbusConnector``: Modbus TCP,
+    and RTU units sharing their bus); ``clock`` gives wall
     time in epoch ms (timestamps, expiry); ``state_interval`` is how often a device's state
     is re-published when nothing changed.
     """
@@ -430,7 +492,7 @@ class GatewayService:
         config: GridPilotConfig,
         broker: BrokerAddress,
         *,
-        connector: Connector = modbus_connector,
+        connector: Connector | None = None,
         clock: Callable[[], int] = now_ms,
         state_interval: timedelta = timedelta(seconds=10),
         client_id: str | None = None,
@@ -439,14 +501,14 @@ class GatewayService:
         self.broker = broker
         self.site = config.site.id
         self.gateway_id = config.gateway.id
-        self._connector = connector
+        self._connector = connector if connector is not None else ModbusConnector(config)
         self._clock = clock
         self._state_interval_s = state_interval.total_seconds()
         self._client_id = client_id or (
             f"{config.broker.client_id_prefix}-{self.site}-{self.gateway_id}"
         )
         self._devices = {d.id: d for d in config.devices}
-        self._polled = [d for d in config.devices if d.protocol is DeviceProtocol.MODBUS_TCP]
+        self._polled = [d for d in config.devices if d.protocol.is_modbus]
         self._workers: dict[str, _DeviceWorker] = {}
         self._poll_tasks: list[asyncio.Task[None]] = []
         self._command_tasks: list[asyncio.Task[None]] = []
@@ -478,7 +540,14 @@ class GatewayService:
         )
         # Workers first: a register map that cannot be planned fails before any I/O.
         for device in self._polled:
+            key = _bus_key(device)
+            bus_wait_s = sum(
+                other.timeout.total_seconds() * (other.retries + 1)
+                for other in self._polled
+                if key is not None and other is not device and _bus_key(other) == key
+            )
             self._workers[device.id] = _DeviceWorker(
+                bus_wait_s=bus_wait_s,
                 site=self.site,
                 device=device,
                 gateway=self.config.gateway,
@@ -672,5 +741,6 @@ __all__ = [
     "Connector",
     "DeviceConnection",
     "GatewayService",
+    "ModbusConnector",
     "modbus_connector",
 ]

@@ -43,7 +43,10 @@ def bind_or_free_port(host: str, port: int, *, reuse_address: bool) -> socket.so
 def _bound(
     family: socket.AddressFamily, address: str, port: int, reuse_address: bool
 ) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when
+    # the socket says it is TCP. Without it every HTTP response (head and body in two
+    # writes) waits ~40 ms for the client's delayed ACK (benchmarks/api).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         if reuse_address:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

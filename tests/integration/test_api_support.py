@@ -45,7 +45,8 @@ def site_config(site_id: str, data_dir: Path, **api: Any) -> GridPilotConfig:
         {
             "site": {"id": site_id, "name": "Test plant", "timezone": "Europe/Berlin"},
             "storage": {"path": str(data_dir / "api.db")},
-            "api": api,
+            # 10,000 rows: the samples below exceed it without writing 100,000 of them.
+            "api": {"history_max_rows": 10_000, **api},
             "devices": [
                 {
                     "id": "meter",

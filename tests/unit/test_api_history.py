@@ -66,7 +66,7 @@ Query = tuple[str | None, str | None, str | None, Agg | None]  # start, end, eve
         ((None, None, "15 minutes", None), "every", "every: '15 minutes' is not a duration"),
         ((None, None, "0s", None), "every", "greater than zero"),
         ((None, None, None, Agg.MAX), "agg", "agg=max needs every"),
-        (("-30d", None, "1m", None), "every", "use a longer every or a shorter span"),
+        (("-100d", None, "1m", None), "every", "use a longer every or a shorter span"),
     ],
 )
 def test_bad_parameters_name_the_parameter_and_the_fix(
@@ -87,7 +87,7 @@ def test_every_defaults_to_mean() -> None:
 def test_exactly_max_rows_buckets_are_allowed() -> None:
     window = parse_history_params(str(NOW - MAX_ROWS * 1000), None, "1s", None, NOW)
     assert aggregated_bucket_count(window) == MAX_ROWS
-    with pytest.raises(InvalidParameterError, match="10001 buckets"):
+    with pytest.raises(InvalidParameterError, match=f"{MAX_ROWS + 1} buckets"):
         parse_history_params(str(NOW - MAX_ROWS * 1000 - 1), None, "1s", None, NOW)
 
 
@@ -165,7 +165,17 @@ def test_suggested_every_always_fits_the_limit(start: int, span: int) -> None:
     [(H, "1s"), (12 * H, "10s"), (6 * 24 * H, "1m"), (7 * 24 * H, "5m"), (365 * 24 * H, "1h")],
 )
 def test_suggested_every_is_the_finest_that_fits(span: int, every: str) -> None:
-    assert suggest_every(NOW - span, NOW) == every
+    assert suggest_every(NOW - span, NOW, 10_000) == every
+
+
+def test_the_limit_is_a_parameter() -> None:
+    """``api.history_max_rows``: the default takes a day of seconds and a year of 15 min."""
+    assert aggregated_bucket_count(parse_history_params("-1d", None, "1s", None, NOW)) <= MAX_ROWS
+    assert (
+        aggregated_bucket_count(parse_history_params("-366d", None, "15m", None, NOW)) <= MAX_ROWS
+    )
+    with pytest.raises(InvalidParameterError, match="more than 1000"):
+        parse_history_params("-1d", None, "1m", None, NOW, max_rows=1000)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -79,3 +81,10 @@ def test_rfc3339_round_trip(ts_ms: int) -> None:
 def test_bad_timestamps(bad: object) -> None:
     with pytest.raises(ValueError, match="ts"):
         parse_timestamp_ms(bad)
+
+
+@given(st.integers(min_value=-62_135_596_800_000, max_value=253_402_300_799_999))
+def test_rfc3339_formatting_matches_datetime(ts_ms: int) -> None:
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ts_ms)
+    # isoformat pads the year to four digits, as RFC 3339 wants (strftime's %Y does not)
+    assert to_rfc3339(ts_ms) == dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")

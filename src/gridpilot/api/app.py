@@ -51,7 +51,7 @@ from gridpilot.api.errors import NotFoundError, RequestError
 from gridpilot.api.graphql import graphql_router
 from gridpilot.api.history import (
     COUNT_BUCKET_MS,
-    MAX_ROWS,
+    HistoryResult,
     HistoryWindow,
     count_window,
     parse_history_params,
@@ -70,7 +70,6 @@ from gridpilot.api.schemas import (
     GatewayOut,
     HealthzOut,
     HistoryOut,
-    HistoryValueOut,
     LatestOut,
     LatestValueOut,
     PointOut,
@@ -275,7 +274,12 @@ def _router(view: _SiteView) -> APIRouter:
         """The most recent stored value of every point of one device, with its age."""
         return await view.latest(view.device(device).id)
 
-    @api.get("/devices/{device}/points/{point}/history", response_model=HistoryOut, tags=["values"])
+    @api.get(
+        "/devices/{device}/points/{point}/history",
+        response_model=HistoryOut,
+        response_class=Response,
+        tags=["values"],
+    )
     async def history(
         device: str,
         point: str,
@@ -292,12 +296,14 @@ def _router(view: _SiteView) -> APIRouter:
         agg: Annotated[
             Agg | None, Query(description="Aggregate of each bucket (needs every). Default: mean.")
         ] = None,
-    ) -> HistoryOut:
+    ) -> Response:
         """Raw samples in [start, end), or aggregates per bucket when `every` is given.
 
-        At most 10,000 rows: a longer raw span is refused (422) with the advice to add `every`.
+        At most `api.history_max_rows` rows (default 100,000: a day of 1-second samples, a
+        year of 15-minute buckets): more is refused (422) with the `every` to use instead.
         """
-        return await view.history(device, point, start=start, end=end, every=every, agg=agg)
+        result = await view.history(device, point, start=start, end=end, every=every, agg=agg)
+        return Response(result.to_json(), media_type="application/json")
 
     return api
 
@@ -318,6 +324,7 @@ class _SiteView:
         self.clock = clock
         self.site_id = config.site.id
         self.devices = {d.id: d for d in config.devices}
+        self.max_rows = config.api.history_max_rows
         raw_kept = config.storage.retention.raw
         self.raw_retention_ms = None if raw_kept is None else raw_kept // _MS
 
@@ -409,7 +416,7 @@ class _SiteView:
         end: str | None,
         every: str | None,
         agg: Agg | None,
-    ) -> HistoryOut:
+    ) -> HistoryResult:
         config_device = self.device(device)
         series = SeriesKey(self.site_id, device, point)
         if config_device.point(point) is None and not (
@@ -426,40 +433,34 @@ class _SiteView:
                 },
             )
         now = self.clock()
-        window = parse_history_params(start, end, every, agg, now)
+        window = parse_history_params(start, end, every, agg, now, max_rows=self.max_rows)
         if window.every_ms is None or window.agg is None:
             rows = await self._raw_history(series, window, now)
         else:
             rows = await self.storage.history(
                 series, window.start_ms, window.end_ms, window.every_ms, window.agg
             )
-        return HistoryOut(
-            device=device,
-            point=point,
-            unit=unit_of(point),
-            start=to_rfc3339(window.start_ms),
-            end=to_rfc3339(window.end_ms),
-            every_ms=window.every_ms,
-            agg=window.agg,
-            values=[HistoryValueOut(ts=to_rfc3339(r.ts_ms), value=r.value) for r in rows],
-        )
+        return HistoryResult(device, point, unit_of(point), window, rows)
 
     async def _raw_history(
         self, series: SeriesKey, window: HistoryWindow, now: int
     ) -> list[HistoryPoint]:
-        """Raw samples, refused (422) when there are more than ``MAX_ROWS``: see
+        """Raw samples, refused (422) when there are more than ``max_rows``: see
         ``gridpilot.api.history`` for how that is known before reading them."""
         start, end = window.start_ms, window.end_ms
+        limit = self.max_rows
         counts = await self.storage.history(
             series, *count_window(start, end), COUNT_BUCKET_MS, Agg.COUNT
         )
         kept_since = None if self.raw_retention_ms is None else now - self.raw_retention_ms
         at_least = raw_rows_at_least(counts, start, end, kept_since_ms=kept_since)
-        if at_least > MAX_ROWS:
-            raise too_many_raw_rows(at_least, suggest_every(start, end), exact=False)
+        if at_least > limit:
+            hint = suggest_every(start, end, limit)
+            raise too_many_raw_rows(at_least, hint, exact=False, max_rows=limit)
         rows = await self.storage.history(series, start, end)
-        if len(rows) > MAX_ROWS:
-            raise too_many_raw_rows(len(rows), suggest_every(start, end), exact=True)
+        if len(rows) > limit:
+            hint = suggest_every(start, end, limit)
+            raise too_many_raw_rows(len(rows), hint, exact=True, max_rows=limit)
         return rows
 
 

@@ -73,12 +73,12 @@ from gridpilot.api.errors import (
     RequestError,
     UnavailableError,
 )
+from gridpilot.api.history import HistoryResult
 from gridpilot.api.schemas import (
     ControlOut,
     DeviceOut,
     EventOut,
     GatewayOut,
-    HistoryOut,
     LatestOut,
     SiteOut,
 )
@@ -141,7 +141,7 @@ class SiteReads(Protocol):
         end: str | None,
         every: str | None,
         agg: Agg | None,
-    ) -> HistoryOut: ...
+    ) -> HistoryResult: ...
 
 
 # ---------------------------------------------------------------------------- context
@@ -309,16 +309,17 @@ class History:
     values: list[HistoryValue]
 
     @classmethod
-    def of(cls, out: HistoryOut) -> History:
+    def of(cls, out: HistoryResult) -> History:
+        window = out.window
         return cls(
             device=out.device,
             point=out.point,
             unit=out.unit,
-            start=out.start,
-            end=out.end,
-            every_ms=None if out.every_ms is None else float(out.every_ms),
-            agg=None if out.agg is None else out.agg.value,
-            values=[HistoryValue(ts=v.ts, value=v.value) for v in out.values],
+            start=to_rfc3339(window.start_ms),
+            end=to_rfc3339(window.end_ms),
+            every_ms=None if window.every_ms is None else float(window.every_ms),
+            agg=None if window.agg is None else window.agg.value,
+            values=[HistoryValue(ts=to_rfc3339(r.ts_ms), value=r.value) for r in out.rows],
         )
 
 

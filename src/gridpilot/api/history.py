@@ -1,7 +1,9 @@
 """History queries: parsing their parameters and bounding what they return. Pure.
 
 A history request names a window ``[start, end)``, optionally ``every`` (bucket length,
-aggregated server-side) and ``agg``. It may return at most ``MAX_ROWS`` rows:
+aggregated server-side) and ``agg``. It may return at most ``max_rows`` rows
+(``api.history_max_rows``, default ``MAX_ROWS``: a day of 1-second samples, a leap year of
+15-minute buckets):
 
 * aggregated: the number of epoch-aligned buckets the window touches is known up front;
 * raw: the number of samples is not, and reading them all to count them is what the limit
@@ -20,14 +22,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import orjson
+
 from gridpilot.api.errors import InvalidParameterError
 from gridpilot.cli.timeparse import parse_duration_ms, parse_instant_ms
+from gridpilot.model import to_rfc3339
 from gridpilot.storage.base import Agg, HistoryPoint
 
 __all__ = [
     "COUNT_BUCKET_MS",
     "DEFAULT_SPAN_MS",
     "MAX_ROWS",
+    "HistoryResult",
     "HistoryWindow",
     "aggregated_bucket_count",
     "count_window",
@@ -37,13 +43,41 @@ __all__ = [
     "too_many_raw_rows",
 ]
 
-MAX_ROWS: Final = 10_000
+MAX_ROWS: Final = 100_000
 DEFAULT_SPAN_MS: Final = 3_600_000
 COUNT_BUCKET_MS: Final = 3_600_000
 
 # In a query string '+' means a space, so an unencoded "...T12:00:00+01:00" arrives as
 # "...T12:00:00 01:00". Put the '+' back rather than make people percent-encode by hand.
 _SPACE_OFFSET_RE = re.compile(r"^(.*\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:\d{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """What a history request returns. Serialised straight to JSON (``to_json``): with up to
+    ``max_rows`` rows a model object per row would cost more than reading them."""
+
+    device: str
+    point: str
+    unit: str | None
+    window: HistoryWindow
+    rows: Sequence[HistoryPoint]
+
+    def to_json(self) -> bytes:
+        """The ``HistoryOut`` document of the OpenAPI schema."""
+        window = self.window
+        return orjson.dumps(
+            {
+                "device": self.device,
+                "point": self.point,
+                "unit": self.unit,
+                "start": to_rfc3339(window.start_ms),
+                "end": to_rfc3339(window.end_ms),
+                "every_ms": window.every_ms,
+                "agg": window.agg,
+                "values": [{"ts": to_rfc3339(r.ts_ms), "value": r.value} for r in self.rows],
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +104,8 @@ def parse_history_params(
     every: str | None,
     agg: Agg | None,
     now_ms: int,
+    *,
+    max_rows: int = MAX_ROWS,
 ) -> HistoryWindow:
     """Validate the query parameters of a history request.
 
@@ -95,12 +131,12 @@ def parse_history_params(
         raise InvalidParameterError("every", every, f"every: {exc}") from None
     window = HistoryWindow(start_ms, end_ms, every_ms, Agg.MEAN if agg is None else agg)
     buckets = aggregated_bucket_count(window)
-    if buckets > MAX_ROWS:
+    if buckets > max_rows:
         raise InvalidParameterError(
             "every",
             every,
             f"every={every} makes {buckets} buckets between start and end, more than "
-            f"{MAX_ROWS}; use a longer every or a shorter span",
+            f"{max_rows}; use a longer every or a shorter span",
         )
     return window
 
@@ -140,23 +176,25 @@ def raw_rows_at_least(
     return total
 
 
-def too_many_raw_rows(rows: int, every_hint: str, *, exact: bool) -> InvalidParameterError:
-    """The error for a raw request over ``MAX_ROWS`` samples (``rows``: the count, or a lower
+def too_many_raw_rows(
+    rows: int, every_hint: str, *, exact: bool, max_rows: int = MAX_ROWS
+) -> InvalidParameterError:
+    """The error for a raw request over ``max_rows`` samples (``rows``: the count, or a lower
     bound of it when not ``exact``); ``every_hint`` is a bucket length to suggest."""
     count = str(rows) if exact else f"at least {rows}"
     return InvalidParameterError(
         "every",
         None,
-        f"this span holds {count} raw samples, more than {MAX_ROWS}; add every "
+        f"this span holds {count} raw samples, more than {max_rows}; add every "
         f"(e.g. every={every_hint}) to aggregate server-side, or shorten the span",
     )
 
 
-def suggest_every(start_ms: int, end_ms: int) -> str:
-    """The shortest common bucket that keeps the window under ``MAX_ROWS`` buckets."""
+def suggest_every(start_ms: int, end_ms: int, max_rows: int = MAX_ROWS) -> str:
+    """The shortest common bucket that keeps the window under ``max_rows`` buckets."""
     span = end_ms - start_ms
     for text, ms in _SUGGESTIONS:
-        if span // ms + 2 <= MAX_ROWS:  # +2: partial buckets at both ends
+        if span // ms + 2 <= max_rows:  # +2: partial buckets at both ends
             return text
     return _SUGGESTIONS[-1][0]
 

@@ -338,6 +338,9 @@ class ApiConfig(_Frozen):
     rate_limit_burst: int = Field(default=120, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     """Larger request bodies are refused with 413."""
+    history_max_rows: int = Field(default=100_000, ge=100, le=1_000_000)
+    """Most rows one history request returns (a day of 1-second samples is 86,400; a leap
+    year of 15-minute buckets 35,136); beyond it the API says which ``every`` to use."""
     command_timeout: timedelta = timedelta(seconds=5)
     """How long a command or controller request waits for its result."""
     stream_clients: int = Field(default=100, ge=1)

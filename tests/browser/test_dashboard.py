@@ -430,3 +430,50 @@ def test_the_api_view_lists_the_routes_of_the_openapi_document(
     expect(rows.locator("tr")).to_have_count(expected)
     screenshot(browser_page, tmp_path, "09-api-reference", full_page=False)
     no_page_errors(problems)
+
+
+def test_operator_changes_the_peak_shaving_limit_and_a_viewer_cannot(
+    demo: Demo, page: tuple[Page, PageProblems], tmp_path: Path
+) -> None:
+    browser_page, problems = page
+    sign_in(browser_page, demo, demo.operator, view="control")
+    current = browser_page.get_by_test_id("limit-current")
+    expect(current).to_have_text("110 kW")
+    browser_page.get_by_test_id("limit-value").fill("95")
+    browser_page.get_by_test_id("limit-submit").click()
+    message = browser_page.get_by_test_id("limit-message")
+    expect(message).to_have_attribute("data-state", "set")
+    expect(message).to_contain_text("limit_w=95000")
+    expect(current).to_have_text("95 kW", timeout=20_000)
+    # the controller works to the new limit (its own figure, published as telemetry)
+    expect(browser_page.get_by_test_id("control-limit-w")).to_have_attribute(
+        "data-value", "95000", timeout=20_000
+    )
+    # disable and enable a controller from its row
+    row = browser_page.get_by_test_id("control-controllers").locator(
+        "tr[data-controller='peak_shaving']"
+    )
+    browser_page.get_by_test_id("toggle-peak_shaving").click()
+    expect(row.locator("td").nth(1)).to_have_text("no", timeout=20_000)
+    browser_page.get_by_test_id("toggle-peak_shaving").click()
+    expect(row.locator("td").nth(1)).to_have_text("yes", timeout=20_000)
+    screenshot(browser_page, tmp_path, "11-limit-changed")
+
+    # a viewer: refused, and the limit stays
+    browser_page.get_by_test_id("sign-out").click()
+    sign_in(browser_page, demo, demo.viewer, view="control")
+    browser_page.get_by_test_id("limit-value").fill("50")
+    browser_page.get_by_test_id("limit-submit").click()
+    expect(message).to_have_attribute("data-state", "forbidden")
+    expect(message).to_contain_text("your role (viewer) may not do this")
+    expect(current).to_have_text("95 kW")
+
+    # put the demo back as the other tests expect it
+    with httpx.Client(base_url=demo.url, trust_env=False, timeout=10) as client:
+        answer = client.put(
+            "/api/v1/control/controllers/peak_shaving/params",
+            json={"params": {"limit_w": 110_000}},
+            headers={"Authorization": f"Bearer {demo.operator}"},
+        )
+    assert answer.status_code == 200, answer.text
+    no_page_errors(problems)

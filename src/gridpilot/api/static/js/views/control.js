@@ -212,8 +212,11 @@ export function createControlView(app) {
       ? el("span", {}, badge("alarm", "fail-safe"), ` active: ${failSafes.join(", ")}`)
       : el("span", { class: "muted", text: "No fail-safe is active." }));
     $("control-controllers").replaceChildren(...Object.entries(state.controllers || {}).map(([name, c]) =>
-      el("tr", {}, el("td", { text: name }), el("td", { text: c.enabled ? "yes" : "no" }),
-        el("td", { class: c.error ? "bad" : "muted", text: c.error || "" }))));
+      el("tr", { "data-controller": name }, el("td", { text: name }),
+        el("td", { text: c.enabled ? "yes" : "no" }),
+        el("td", { class: c.error ? "bad" : "muted", text: c.error || "" }),
+        el("td", {}, toggleButton(name, c.enabled)))));
+    renderLimit(state);
     fillPoints(state);
   }
 
@@ -312,6 +315,69 @@ export function createControlView(app) {
     }
   }
 
+  // ---------------------------------------------------------- controllers and the limit
+
+  function toggleButton(name, enabled) {
+    const button = el("button", { type: "button", class: "secondary",
+      "data-testid": `toggle-${name}`, text: enabled ? "Disable" : "Enable" });
+    button.addEventListener("click", () => setEnabled(name, !enabled));
+    return button;
+  }
+
+  async function setEnabled(name, enabled) {
+    say(`${enabled ? "Enabling" : "Disabling"} ${name}\u2026`, "", "sending");
+    try {
+      const answer = await request(`/control/controllers/${encodeURIComponent(name)}`,
+        { method: "PUT", body: { enabled, reason: "dashboard" } });
+      say(answer.message || `${name} ${enabled ? "enabled" : "disabled"}.`, "ok", "done");
+      poller.kick();
+    } catch (err) {
+      if (err.status !== 401) say(refused(err), "bad", err.status === 403 ? "forbidden" : "failed");
+    }
+  }
+
+  const limitForm = $("limit-form");
+  const limitMessage = $("limit-message");
+
+  function sayLimit(text, kind, stateName) {
+    limitMessage.textContent = text;
+    limitMessage.className = "message " + (kind || "");
+    limitMessage.dataset.state = stateName || kind || "";
+    limitMessage.hidden = !text;
+  }
+
+  function renderLimit(state) {
+    const peak = (state.controllers || {}).peak_shaving;
+    const params = peak && peak.params;
+    limitForm.hidden = !params;
+    if (!params) return;
+    const limit = params.limit_w;
+    $("limit-current").textContent = typeof limit === "number" ? formatValue(limit, "W")
+      : `${limit} (found from the forecast)`;
+  }
+
+  async function submitLimit(event) {
+    event.preventDefault();
+    const kw = Number($("limit-value").value);
+    if ($("limit-value").value === "" || !Number.isFinite(kw) || kw <= 0) {
+      sayLimit("Enter the limit in kW, e.g. 95.", "bad", "invalid");
+      return;
+    }
+    sayLimit("Sending\u2026", "", "sending");
+    $("limit-submit").disabled = true;
+    try {
+      const answer = await request("/control/controllers/peak_shaving/params", { method: "PUT",
+        body: { params: { limit_w: Math.round(kw * 1000) }, reason: "dashboard" } });
+      sayLimit(answer.message || "Set.", "ok", "set");
+      poller.kick();
+    } catch (err) {
+      if (err.status !== 401) sayLimit(refused(err), "bad", err.status === 403 ? "forbidden" : "failed");
+    } finally {
+      $("limit-submit").disabled = false;
+    }
+  }
+
+  limitForm.addEventListener("submit", submitLimit);
   form.addEventListener("submit", submitOverride);
   $("override-release").addEventListener("click", () => releaseOverride(pointSelect.value));
   pointSelect.addEventListener("change", describePoint);
@@ -332,12 +398,14 @@ export function createControlView(app) {
       // The server enforces roles; the form is shown to everyone but greyed for viewers.
       const viewer = role === "viewer";
       form.classList.toggle("restricted", viewer);
+      limitForm.classList.toggle("restricted", viewer);
       $("override-role-note").hidden = !viewer;
     },
     stop() {
       pending = null;
       present = null;
       say("", "");
+      sayLimit("", "");
     },
     get present() {
       return present;

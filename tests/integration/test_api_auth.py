@@ -371,6 +371,15 @@ async def test_overrides_go_through_the_controller_and_direct_commands_are_refus
         assert "held at 8000" in response.json()["message"]
         await until(lambda: site.building.state.battery.setpoint_w == 8000)
 
+        # ... and it is an event of the site, naming who did it
+        async def events() -> Any:
+            return (await operator.get("/api/v1/events")).json()["events"]
+
+        found = await eventually(events, lambda es: any("held at 8000" in e["message"] for e in es))
+        held = next(e for e in found if "held at 8000" in e["message"])
+        assert held["source"] == "controller/request"
+        assert "test-operator" in held["message"]
+
         # the controller now drives the point: a direct command would be undone next cycle
         async def control() -> Any:
             return (await operator.get("/api/v1/control")).json()

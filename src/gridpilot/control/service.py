@@ -299,6 +299,10 @@ class ControllerService:
         elif topic.kind is TopicKind.REQUEST and topic.device == self.id:
             reply = self._handle_request(message.payload)
             await bus.publish(str(Topic.request_result(self.site, self.id)), encode_reply(reply))
+            if reply.ok and not reply.message.startswith("status"):
+                # An operator's change is an event of the site, not only a journal line:
+                # whoever watches the events (the dashboard) sees who overrode what.
+                await self._publish_event(bus, "info", "request", reply.message)
             await self._publish_status(bus, force=True)
 
     def _take_telemetry(self, device: str, payload: bytes) -> None:
@@ -475,17 +479,7 @@ class ControllerService:
         self._last_result = result
         for event in result.events:
             self._record(event.kind, event.source, event.message)
-            await bus.publish(
-                str(Topic.events(self.site)),
-                orjson.dumps(
-                    {
-                        "ts": to_rfc3339(int(now.timestamp() * 1000)),
-                        "source": f"{self.id}/{event.source}",
-                        "kind": event.kind,
-                        "message": event.message,
-                    }
-                ),
-            )
+            await self._publish_event(bus, event.kind, event.source, event.message)
         await self._act(bus, result, mono)
         await self._publish_metrics(bus, result)
         await self._publish_status(bus)
@@ -613,6 +607,19 @@ class ControllerService:
                 for t, a in (result.arbitrations.items() if result else ())
             },
         }
+
+    async def _publish_event(self, bus: BusClient, kind: str, source: str, message: str) -> None:
+        await bus.publish(
+            str(Topic.events(self.site)),
+            orjson.dumps(
+                {
+                    "ts": to_rfc3339(int(self._clock().timestamp() * 1000)),
+                    "source": f"{self.id}/{source}",
+                    "kind": kind,
+                    "message": message,
+                }
+            ),
+        )
 
     async def _publish_status(self, bus: BusClient, *, force: bool = False) -> None:
         mono = time.monotonic()

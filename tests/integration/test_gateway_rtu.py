@@ -9,13 +9,15 @@ import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.config import GridPilotConfig
 from gridpilot.gateway.service import GatewayService
+from gridpilot.model import now_ms, to_rfc3339
+from gridpilot.sim.site import SimulatedSite
 from tests.integration.test_gateway_support import Observer, Record, observing
 from tests.integration.test_modbus_rtu_support import Line, rtu_line, unit_image, unit_map
 
@@ -26,6 +28,7 @@ INTERVAL_S = 0.25
 TIMEOUT_S = 0.1
 HEALTHY = {"meter_a": 1, "meter_b": 2}
 FAULTY = {"meter_crc": 3, "meter_busy": 4, "meter_silent": 5}
+WEDNESDAY_NOON = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
 
 
 def device_entry(device_id: str, unit: int, **extra: object) -> dict[str, object]:
@@ -160,3 +163,61 @@ async def test_faulty_units_are_named_and_counted_while_healthy_ones_keep_their_
     silent_polls = health["meter_silent"].counters.polls
     healthy_polls = health["meter_b"].counters.polls
     assert silent_polls <= healthy_polls / 2 + 2, (silent_polls, healthy_polls)
+
+
+async def test_the_simulated_building_over_one_rtu_line(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer
+) -> None:
+    """Every simulated device answers as an RTU unit behind one port; the gateway reads them
+    all through the other end of the line and a command is written and read back."""
+    line = Line()
+    line.start()
+    try:
+        async with SimulatedSite(
+            speed=1.0, start=WEDNESDAY_NOON, tick_s=0.05, rtu_port=line.device_port
+        ) as site:
+            data = site.rtu_site_config(line.gateway_port, site_id)
+            devices = data["devices"]
+            assert isinstance(devices, list)
+            for device in devices:
+                device["poll_interval"] = 0.5
+                device["timeout"] = 0.2
+            units = {d["unit_id"] for d in devices}
+            assert units == set(range(1, len(site.devices) + 1))
+            config = GridPilotConfig.model_validate(
+                {"site": {"id": site_id}, "gateway": {"id": GATEWAY}, **data}
+            )
+            async with GatewayService(config, mosquitto) as gateway:
+                for device_id in site.devices:
+                    record = await observer.wait_for(
+                        lambda r, d=device_id: r.device == d and r.kind == "telemetry",
+                        within=5,
+                    )
+                    assert record.json["values"], device_id
+                meter = observer.of("grid_meter", "telemetry")[-1].json["values"]
+                assert meter["voltage_l1_v"] == pytest.approx(230, abs=15)
+                command = {
+                    "id": uuid.uuid4().hex,
+                    "point": "active_power_setpoint_w",
+                    "value": -15000.0,
+                    "expires": to_rfc3339(now_ms() + 10_000),
+                    "source": "test",
+                }
+                await observer.command(site_id, "battery", command)
+                result = await observer.wait_for(
+                    lambda r: (
+                        r.device == "battery"
+                        and r.kind == "command/result"
+                        and r.json["id"] == command["id"]
+                    ),
+                    within=5,
+                )
+                assert result.json["status"] == "applied", result.json
+                assert result.json["readback"] == -15000.0
+                assert site.building.device_values("battery")["active_power_setpoint_w"] == (
+                    -15000.0
+                )
+                assert all(h.counters.polls_failed == 0 for h in gateway.device_health.values())
+                assert site.rtu.bad_frames == 0
+    finally:
+        line.close()

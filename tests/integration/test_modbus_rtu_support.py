@@ -163,7 +163,8 @@ async def rtu_line(
     if tcp:
         await line.serve_tcp()
     try:
-        async with RtuSlaveBus(line.device_port, list(images), parity="N") as units:
+        by_unit = {image.device.unit_id: image for image in images}
+        async with RtuSlaveBus(line.device_port, by_unit) as units:
             yield line, units
     finally:
         line.close()

@@ -62,22 +62,53 @@ def run(service: str, config: Path) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write a site file whose devices point at the simulator.",
 )
-def sim(base_port: int, speed: float, site_id: str, write_config: Path | None) -> None:
+@click.option(
+    "--rtu",
+    "rtu_port",
+    help="Also serve every device as a Modbus RTU unit (1, 2, ...) on this serial port, e.g. "
+    "one end of `socat -d -d pty,raw,echo=0,link=/tmp/sim-rtu pty,raw,echo=0,link=/tmp/gw-rtu`.",
+)
+@click.option(
+    "--rtu-gateway-port",
+    help="With --rtu and --write-config: the port the gateway opens (the line's other end); "
+    "the site file then polls the devices over RTU.",
+)
+def sim(
+    base_port: int,
+    speed: float,
+    site_id: str,
+    write_config: Path | None,
+    rtu_port: str | None,
+    rtu_gateway_port: str | None,
+) -> None:
     """Serve the simulated building's Modbus TCP devices on 127.0.0.1 until SIGTERM."""
     from gridpilot.app import install_stop_signals
     from gridpilot.sim.site import SimulatedSite
 
+    if rtu_gateway_port is not None and rtu_port is None:
+        fail("--rtu-gateway-port needs --rtu (the simulator's end of the line)")
+
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        async with SimulatedSite(base_port=base_port, speed=speed) as site:
+        async with SimulatedSite(base_port=base_port, speed=speed, rtu_port=rtu_port) as site:
             for device_id in site.devices:
-                click.echo(f"{device_id}: modbus tcp://127.0.0.1:{site.port_of(device_id)}")
+                where = f"modbus tcp://127.0.0.1:{site.port_of(device_id)}"
+                if rtu_port is not None:
+                    where += f", rtu unit {site.rtu_unit_of(device_id)} on {rtu_port}"
+                click.echo(f"{device_id}: {where}")
             if write_config is not None:
-                data = {"site": {"id": site_id}, "devices": site.site_config(site_id)}
+                data: dict[str, object] = {"site": {"id": site_id}}
+                if rtu_gateway_port is not None:
+                    data.update(site.rtu_site_config(rtu_gateway_port, site_id))
+                else:
+                    data["devices"] = site.site_config(site_id)
                 text = yaml.safe_dump(data, sort_keys=False)
                 await asyncio.to_thread(write_config.write_text, text, encoding="utf-8")
                 click.echo(f"site file written to {write_config}")
             await stop.wait()
 
-    run_async(main())
+    try:
+        run_async(main())
+    except OSError as exc:  # a serial port that cannot be opened (serial.SerialException)
+        fail(f"cannot serve the simulator: {exc}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 
 import serial
 
@@ -99,21 +99,21 @@ class RtuSlaveBus:
     def __init__(
         self,
         port: str,
-        images: Iterable[RegisterImage],
+        units: Mapping[int, RegisterImage],
         on_write: UnitWriteHandler | None = None,
         *,
         baudrate: int = 19_200,
         bytesize: int = 8,
-        parity: str = "E",
+        parity: str = "N",
         stopbits: int = 1,
     ) -> None:
+        """``units``: the image each unit id serves. Parity defaults to N: Linux
+        pseudo-terminals refuse E and O."""
+        for unit in units:
+            if not 1 <= unit <= 247:
+                raise ValueError(f"RTU unit ids are 1..247, not {unit}")
         self.port = port
-        self.units: dict[int, RegisterImage] = {}
-        for image in images:
-            unit = image.device.unit_id
-            if unit in self.units:
-                raise ValueError(f"unit {unit} is used by two simulated devices")
-            self.units[unit] = image
+        self.units: dict[int, RegisterImage] = dict(units)
         self.silent_units: set[int] = set()
         """Units that never answer."""
         self.busy_units: set[int] = set()

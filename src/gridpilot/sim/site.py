@@ -11,6 +11,10 @@ physical effect (battery power, ramps) appears from the next tick.
         config = {"site": {"id": "demo"}, "devices": site.site_config("demo")}
         await site.stop_device("battery")                # clients now see connection refused
         await site.start_device("battery")               # back on the same port
+
+With ``rtu_port`` the same devices also answer as Modbus RTU units 1, 2, ... (in device
+order) on that serial port, e.g. one end of a pseudo-terminal pair whose other end the
+gateway opens; ``rtu_site_config`` describes them as a site file's serial bus and devices.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from gridpilot.model import is_valid_identifier
 from gridpilot.sim.building import Building, BuildingParams
 from gridpilot.sim.devices import DEVICE_MAPS, DeviceMap
 from gridpilot.sim.image import AppliedWrite, RegisterImage
+from gridpilot.sim.rtu import RtuSlaveBus
 from gridpilot.sim.server import DeviceServer
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,7 @@ class SimulatedSite:
         seed: int = 0,
         params: BuildingParams | None = None,
         device_maps: tuple[DeviceMap, ...] = DEVICE_MAPS,
+        rtu_port: str | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be positive, not {speed}")
@@ -78,6 +84,9 @@ class SimulatedSite:
             )
             for i, m in enumerate(device_maps)
         }
+        self.rtu_port = rtu_port
+        self._rtu_units = {m.id: unit for unit, m in enumerate(device_maps, start=1)}
+        self._rtu: RtuSlaveBus | None = None
         self._building: Building | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._tick_count = 0
@@ -92,6 +101,13 @@ class SimulatedSite:
         try:
             for server in self._servers.values():
                 await server.start()
+            if self.rtu_port is not None:
+                self._rtu = RtuSlaveBus(
+                    self.rtu_port,
+                    {self._rtu_units[d]: image for d, image in self._images.items()},
+                    self._apply_write,
+                )
+                self._rtu.open()
         except BaseException:
             await self._stop_servers()
             raise
@@ -112,6 +128,9 @@ class SimulatedSite:
         await self._stop_servers()
 
     async def _stop_servers(self) -> None:
+        rtu, self._rtu = self._rtu, None
+        if rtu is not None:
+            rtu.close()
         for server in self._servers.values():
             await server.stop()
 
@@ -158,6 +177,44 @@ class SimulatedSite:
         if not is_valid_identifier(site_id):
             raise ValueError(f"{site_id!r} is not a valid site id")
         return [m.config(self.host, self._servers[m.id].port) for m in self._maps.values()]
+
+    @property
+    def rtu(self) -> RtuSlaveBus:
+        """The RTU units' serial bus (with its fault switches); only with ``rtu_port``."""
+        if self._rtu is None:
+            raise RuntimeError("the site serves RTU only with rtu_port, inside 'async with'")
+        return self._rtu
+
+    def rtu_unit_of(self, device_id: str) -> int:
+        """The RTU unit id of a device on ``rtu_port``."""
+        return self._rtu_units[self._known(device_id)]
+
+    def rtu_site_config(
+        self, gateway_port: str, site_id: str = "demo", bus_id: str = "sim-rs485"
+    ) -> dict[str, object]:
+        """``serial_buses`` and ``devices`` of a site file that polls every device as an RTU
+        unit through ``gateway_port`` (the other end of the line from ``rtu_port``)."""
+        devices: list[dict[str, object]] = []
+        for entry in self.site_config(site_id):
+            device_id = entry.pop("id")
+            assert isinstance(device_id, str)  # noqa: S101  # DeviceMap.config sets it
+            devices.append(
+                {
+                    "id": device_id,
+                    "name": entry.pop("name"),
+                    "protocol": "modbus_rtu",
+                    "bus": bus_id,
+                    "unit_id": self._rtu_units[device_id],
+                    **{
+                        k: v
+                        for k, v in entry.items()
+                        if k not in ("protocol", "host", "port", "unit_id")
+                    },
+                }
+            )
+        # Pseudo-terminals accept parity N only (see sim.rtu).
+        bus = {"id": bus_id, "port": gateway_port, "baudrate": 19200, "parity": "N"}
+        return {"serial_buses": [bus], "devices": devices}
 
     # ------------------------------------------------------------------ control
 

@@ -61,6 +61,8 @@ async def test_several_units_on_one_port_are_each_read(line: tuple[Line, RtuSlav
                 "active_power_w": -1000.0 * unit,
             }
         assert units.requests == {1: 1, 2: 1, 3: 1}
+        # One request on the line at a time: each reply came before the next request.
+        assert relay.turns() == ["request", "reply"] * 3
         assert units.bad_frames == 0
         assert all(not d.error_counts for d in devices)
     finally:

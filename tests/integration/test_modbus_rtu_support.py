@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import tty
 from collections.abc import AsyncIterator, Iterable
@@ -74,6 +75,8 @@ class Line:
         self.truncate_units: set[int] = set()
         self.corrupted = 0
         self.truncated = 0
+        self.wire: list[str] = []
+        """Direction of each chunk passed on: "request" (to the units) or "reply"."""
         self._device_master, self._device_slave, self.device_port = _raw_pty()
         self._gateway_master, self._gateway_slave, self.gateway_port = _raw_pty()
         self._replies = b""
@@ -113,12 +116,15 @@ class Line:
         self._tcp = writer
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(4096):
+                self.wire.append("request")
                 os.write(self._device_master, data)
         writer.close()
 
     def _from_gateway_pty(self) -> None:
         with contextlib.suppress(BlockingIOError):
-            os.write(self._device_master, os.read(self._gateway_master, 4096))
+            data = os.read(self._gateway_master, 4096)
+            self.wire.append("request")
+            os.write(self._device_master, data)
 
     def _from_units(self) -> None:
         try:
@@ -134,6 +140,10 @@ class Line:
             reply, self._replies = self._replies[:length], self._replies[length:]
             self._deliver(self._garble(reply))
 
+    def turns(self) -> list[str]:
+        """``wire`` with runs of one direction (a frame in several chunks) taken as one."""
+        return [direction for direction, _ in itertools.groupby(self.wire)]
+
     def _garble(self, reply: bytes) -> bytes:
         unit = reply[0]
         if unit in self.truncate_units:
@@ -147,6 +157,7 @@ class Line:
         return reply
 
     def _deliver(self, data: bytes) -> None:
+        self.wire.append("reply")
         if self._tcp is not None:
             self._tcp.write(data)
         else:

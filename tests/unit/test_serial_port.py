@@ -88,3 +88,10 @@ def test_other_open_failures(tmp_path: Path, port: Path, code: int, text: str) -
     assert type(error) is PortUnavailable
     assert error.kind == "port"
     assert text in str(error)
+
+
+def test_this_process_is_found_too(tmp_path: Path, port: Path) -> None:
+    # The real /proc: listing our own fds opens (and closes) a descriptor meanwhile.
+    with port.open("rb"):
+        holders = port_holders(str(port))
+    assert [h.pid for h in holders] == [os.getpid()]

@@ -42,13 +42,26 @@ def port_holders(port: str, proc: Path = Path("/proc")) -> list[PortHolder]:
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if target in links:
+        if target in _fd_targets(entry / "fd"):
             holders.append(PortHolder(int(entry.name), _command_of(entry)))
     return sorted(holders, key=lambda h: h.pid)
+
+
+def _fd_targets(fd_dir: Path) -> set[str]:
+    """What the descriptors in ``fd_dir`` point at; empty if the process is gone or not
+    ours to read. A descriptor closed while we look (the listing's own, in our process) is
+    skipped alone."""
+    try:
+        fds = list(fd_dir.iterdir())
+    except OSError:
+        return set()
+    targets: set[str] = set()
+    for fd in fds:
+        try:
+            targets.add(os.readlink(fd))
+        except OSError:
+            continue
+    return targets
 
 
 def _command_of(entry: Path) -> str:

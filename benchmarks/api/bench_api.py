@@ -62,6 +62,7 @@ from gridpilot.api.history import HistoryWindow, aggregated_bucket_count, parse_
 from gridpilot.api.service import ApiService
 from gridpilot.api.tokens import Role
 from gridpilot.bus.client import BrokerAddress
+from gridpilot.cli.common import freeze_startup_heap
 from gridpilot.config import GridPilotConfig
 from gridpilot.config.models import RetentionConfig, StorageConfig
 from gridpilot.model import Sample, SeriesKey
@@ -145,6 +146,16 @@ QUERIES: Final = (
         {"start": "-365d", "every": "1h", "agg": "max"},
     ),
     Query("raw_2h30m", "2 h 30 min of raw 1 s samples", {"start": "-150m"}),
+    Query(
+        "year_15m_max_columns",
+        "the issue's year at 15 min as columns (format=columns: ts_ms and value arrays)",
+        {"start": "-365d", "every": "15m", "agg": "max", "format": "columns"},
+    ),
+    Query(
+        "day_raw_columns",
+        "the issue's day of raw samples as columns",
+        {"start": "-1d", "format": "columns"},
+    ),
 )
 
 
@@ -337,6 +348,7 @@ async def serving(db: Path, workdir: Path) -> AsyncIterator[tuple[str, str, Stor
         async with open_storage(config.storage, workdir) as storage:
             api = ApiService(config, broker, storage, base_dir=workdir, clock=lambda: NOW_MS)
             await api.__aenter__()
+            freeze_startup_heap()  # as 'gridpilot run api' does once its services are up
             try:
                 token = api.tokens.create(Role.VIEWER, "bench-api", created_by="bench_api.py")[1]
                 yield api.url, token, storage
@@ -390,7 +402,7 @@ async def probe(url: str, token: str) -> dict[str, Any]:
         "one_request_ms": round(took_ms, 1),
     }
     if status == 200:
-        out["rows"] = len(doc["values"])
+        out["rows"] = len(doc["values"] if "values" in doc else doc["ts_ms"])
     else:
         out["error"] = doc.get("error")
     return out

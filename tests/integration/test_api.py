@@ -428,6 +428,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
         "end",
         "every",
         "agg",
+        "format",
     }
     for status in ("401", "404", "422", "429"):
         schema = history["responses"][status]["content"]["application/json"]["schema"]
@@ -587,3 +588,19 @@ async def test_control_shows_the_controllers_retained_state(
         assert seen["status"] == "online"
         assert seen["state"]["dry_run"] is True
         assert seen["state"]["fail_safes_active"] == ["battery-without-meter"]
+
+
+async def test_history_as_columns_holds_the_same_values(client: httpx.AsyncClient) -> None:
+    for query in ("?start=-2h&end=now", "?start=-2h&every=15m&agg=max"):
+        rows = await get_json(client, POWER + query)
+        columns = await get_json(client, POWER + query + "&format=columns")
+        assert {k: v for k, v in rows.items() if k != "values"} == {
+            k: v for k, v in columns.items() if k not in ("ts_ms", "value")
+        }
+        assert [to_rfc3339(ts) for ts in columns["ts_ms"]] == [v["ts"] for v in rows["values"]]
+        assert columns["value"] == [v["value"] for v in rows["values"]]
+    empty = await get_json(
+        client, HISTORY.format(device="weather", point="air_temperature_degc") + "?format=columns"
+    )
+    assert (empty["ts_ms"], empty["value"]) == ([], [])
+    await get_json(client, POWER + "?format=csv", 422)

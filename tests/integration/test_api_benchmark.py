@@ -18,7 +18,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "api" / "bench_api.py"
-QUERIES = ("latest", "year_15m_max", "day_raw", "year_1h_max", "raw_2h30m")
+QUERIES = (
+    "latest",
+    "year_15m_max",
+    "day_raw",
+    "year_1h_max",
+    "raw_2h30m",
+    "year_15m_max_columns",
+    "day_raw_columns",
+)
 CONNECTIONS = (1, 4)
 FIGURES = (
     "requests",
@@ -94,6 +102,8 @@ def test_every_query_answers_including_the_issues_two(result: dict[str, Any]) ->
     assert probes["year_15m_max"]["buckets"] == 35_041
     assert probes["year_15m_max"]["rows"] == 2 * 96 + 1
     assert probes["day_raw"]["rows"] == 86_400
+    assert probes["day_raw_columns"]["rows"] == 86_400
+    assert probes["year_15m_max_columns"]["rows"] == probes["year_15m_max"]["rows"]
     assert probes["year_1h_max"]["buckets"] == 8_761
     assert probes["raw_2h30m"]["rows"] == 9_000
 

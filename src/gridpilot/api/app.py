@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Collection
 from datetime import timedelta
 from importlib import resources
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -69,6 +69,7 @@ from gridpilot.api.schemas import (
     ErrorOut,
     GatewayOut,
     HealthzOut,
+    HistoryColumnsOut,
     HistoryOut,
     LatestOut,
     LatestValueOut,
@@ -276,7 +277,7 @@ def _router(view: _SiteView) -> APIRouter:
 
     @api.get(
         "/devices/{device}/points/{point}/history",
-        response_model=HistoryOut,
+        response_model=HistoryOut | HistoryColumnsOut,
         response_class=Response,
         tags=["values"],
     )
@@ -296,6 +297,10 @@ def _router(view: _SiteView) -> APIRouter:
         agg: Annotated[
             Agg | None, Query(description="Aggregate of each bucket (needs every). Default: mean.")
         ] = None,
+        format: Annotated[
+            Literal["rows", "columns"],
+            Query(description="`rows`: a list of {ts, value}; `columns`: ts_ms and value arrays."),
+        ] = "rows",
     ) -> Response:
         """Raw samples in [start, end), or aggregates per bucket when `every` is given.
 
@@ -303,7 +308,7 @@ def _router(view: _SiteView) -> APIRouter:
         year of 15-minute buckets): more is refused (422) with the `every` to use instead.
         """
         result = await view.history(device, point, start=start, end=end, every=every, agg=agg)
-        return Response(result.to_json(), media_type="application/json")
+        return Response(result.to_json(columns=format == "columns"), media_type="application/json")
 
     return api
 

@@ -63,21 +63,25 @@ class HistoryResult:
     window: HistoryWindow
     rows: Sequence[HistoryPoint]
 
-    def to_json(self) -> bytes:
-        """The ``HistoryOut`` document of the OpenAPI schema."""
+    def to_json(self, columns: bool = False) -> bytes:
+        """The ``HistoryOut`` document of the OpenAPI schema; with ``columns`` the
+        ``HistoryColumnsOut`` one (epoch-ms and value arrays: what a chart takes, and no
+        per-row objects or time formatting, the larger part of a long answer's cost)."""
         window = self.window
-        return orjson.dumps(
-            {
-                "device": self.device,
-                "point": self.point,
-                "unit": self.unit,
-                "start": to_rfc3339(window.start_ms),
-                "end": to_rfc3339(window.end_ms),
-                "every_ms": window.every_ms,
-                "agg": window.agg,
-                "values": [{"ts": to_rfc3339(r.ts_ms), "value": r.value} for r in self.rows],
-            }
-        )
+        head = {
+            "device": self.device,
+            "point": self.point,
+            "unit": self.unit,
+            "start": to_rfc3339(window.start_ms),
+            "end": to_rfc3339(window.end_ms),
+            "every_ms": window.every_ms,
+            "agg": window.agg,
+        }
+        if columns:
+            ts_ms, values = zip(*self.rows, strict=True) if self.rows else ((), ())
+            return orjson.dumps({**head, "ts_ms": ts_ms, "value": values})
+        rows = [{"ts": to_rfc3339(r.ts_ms), "value": r.value} for r in self.rows]
+        return orjson.dumps({**head, "values": rows})
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,6 +113,20 @@ class HistoryOut(_Out):
     values: list[HistoryValueOut]
 
 
+class HistoryColumnsOut(_Out):
+    """The same answer as columns (``format=columns``): what a chart library takes."""
+
+    device: str
+    point: str
+    unit: str | None
+    start: str
+    end: str
+    every_ms: int | None = Field(description="Bucket length; null for raw samples.")
+    agg: Agg | None
+    ts_ms: list[int] = Field(description="Epoch ms of each sample or bucket start.")
+    value: list[float] = Field(description="The value at the same index of ts_ms.")
+
+
 # ---------------------------------------------------------------------------- who, writes
 
 

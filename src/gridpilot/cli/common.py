@@ -72,3 +72,13 @@ def setup_logging(verbose: int) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     logging.getLogger("amqtt").setLevel(logging.WARNING if verbose > 1 else logging.ERROR)
     logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
+def freeze_startup_heap() -> None:
+    """Move everything allocated while starting (modules, configuration, services) out of
+    the garbage collector's full passes: it lives as long as the process, and a long history
+    answer (up to 100,000 rows of new objects) otherwise triggers passes over all of it.
+    Called once by the long-running commands when their services are up."""
+    import gc
+
+    gc.freeze()

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import yaml
 
-from gridpilot.cli.common import default_demo_dir, fail, run_async
+from gridpilot.cli.common import default_demo_dir, fail, freeze_startup_heap, run_async
 from gridpilot.config import ConfigError, validate_config_text
 
 DEMO_SITE = "demo"
@@ -87,6 +87,7 @@ def demo(
                 fail(f"the demo cannot make its sign-in token: {exc}")
 
             def banner(running: Running) -> None:
+                freeze_startup_heap()
                 port = running.broker.port
                 lines = [
                     f"GridPilot demo: simulated building with {len(cfg.devices)} devices "

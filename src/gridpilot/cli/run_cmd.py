@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import yaml
 
-from gridpilot.cli.common import fail, load_or_exit, run_async
+from gridpilot.cli.common import fail, freeze_startup_heap, load_or_exit, run_async
 
 # Kept in step with gridpilot.app.Service; spelled out so --help needs no service imports.
 SERVICE_CHOICES = ["all", "gateway", "ingest", "controller", "api"]
@@ -34,6 +34,7 @@ def run(service: str, config: Path) -> None:
         services.remove(Service.CONTROLLER)  # nothing to control: the site has no control section
 
     def ready(running: Running) -> None:
+        freeze_startup_heap()
         where = "embedded" if running.embedded_broker else "external"
         api = f"; API {running.api_url}" if running.api_url else ""
         click.echo(

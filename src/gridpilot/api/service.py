@@ -204,7 +204,7 @@ class ApiService:
             self._stack = None
             await stack.aclose()
             raise
-        log.info("API on %s (docs %s/api/v1/docs)", self.url, self.url)
+        log.info("API on %s", self.url)
         return self
 
     async def __aexit__(

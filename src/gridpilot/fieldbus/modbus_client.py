@@ -4,7 +4,9 @@ A :class:`ModbusClientDevice` turns ``read_block``/``write`` into pymodbus reque
 each attempt under ``asyncio.timeout`` with the device timeout, retries (``retries`` extra
 attempts, exponential backoff from ``backoff_s``) only errors that are ``transient``, and
 never past the call's budget of ``timeout_s * (retries + 1)`` of attempt time, so a call to
-a dead device takes a bounded, known time.
+a dead device takes a bounded, known time. On a serial line each attempt also gets the time
+its request and reply take on the wire at the line's baud rate (a 125-register reply takes
+0.3 s at 9600 baud 8E1), so ``timeout`` stays the time the device may take to answer.
 
 Subclasses say where the connection comes from and who else uses it:
 
@@ -36,6 +38,7 @@ from pymodbus.pdu import ModbusPDU
 
 from gridpilot.fieldbus.codec import RegisterSpec
 from gridpilot.fieldbus.errors import (
+    ConnectionRefused,
     DeviceRejected,
     DeviceTimeout,
     Disconnected,
@@ -138,13 +141,18 @@ class ModbusClientDevice(ABC):
     def _after_call(self, error: FieldbusError | None) -> None:  # noqa: B027  # optional hook
         """Called once per call with its final error (None: it succeeded)."""
 
+    def _wire_time_s(self, request_bytes: int, reply_bytes: int) -> float:
+        """Time a request and its reply take on the wire (0 on TCP: negligible)."""
+        return 0.0
+
     def _timeout_error(self, what: str, timeout: float) -> FieldbusError:
         if not self.connected:
             return DeviceTimeout(f"{self}: connection not opened within {timeout:.3g} s ({what})")
         return DeviceTimeout(f"{self}: no answer to {what} within {timeout:.3g} s")
 
     def _connect_error(self, what: str) -> FieldbusError:
-        raise NotImplementedError
+        """The error for a connect that pymodbus reported as failed without saying why."""
+        return ConnectionRefused(f"{self}: cannot connect ({what})")
 
     async def _send(self, link: ClientLink, send: Send) -> ModbusPDU:
         """One exchange on the wire (a bus adds its inter-frame delay and frame check)."""
@@ -211,7 +219,9 @@ class ModbusClientDevice(ABC):
                 )
             return list(reply.registers)
 
-        return await self._request(what, send, check)
+        reply_data = (count + 7) // 8 if block.table.is_bit else 2 * count
+        wire_s = self._wire_time_s(8, 5 + reply_data)  # request: unit, fc, addr, count, crc
+        return await self._request(what, send, check, wire_s)
 
     async def write(self, spec: RegisterSpec, words: Sequence[int]) -> None:
         """Write ``words`` (from ``codec.encode``) to the point of ``spec``.
@@ -242,7 +252,8 @@ class ModbusClientDevice(ABC):
             if reply.address != address or not echoed:
                 raise ProtocolError(f"{self}: {what} {values} was echoed as {reply}")
 
-        await self._request(what, send, check)
+        wire_s = self._wire_time_s(9 + 2 * len(values), 8)
+        await self._request(what, send, check, wire_s)
 
     # ------------------------------------------------------------------ internals
 
@@ -261,24 +272,31 @@ class ModbusClientDevice(ABC):
             if isinstance(word, bool) or not isinstance(word, int) or not 0 <= word <= top:
                 raise RequestError(f"{self}: {word!r} is not a valid {spec.table} value")
 
-    async def _request(self, what: str, send: Send, check: Callable[[ModbusPDU], T]) -> T:
+    async def _request(
+        self, what: str, send: Send, check: Callable[[ModbusPDU], T], wire_s: float = 0.0
+    ) -> T:
         async def attempt() -> T:
             link = await self._open()
             return check(await self._send(link, send))
 
-        return await self._retrying(what, attempt)
+        return await self._retrying(what, attempt, wire_s)
 
-    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self, what: str, attempt: Callable[[], Awaitable[T]], wire_s: float = 0.0
+    ) -> T:
+        """Run ``attempt`` with retries; each attempt may take the device timeout plus
+        ``wire_s``, the time the request and its reply take on a serial line."""
         loop = asyncio.get_running_loop()
         retries = self._attempt_retries()
-        budget = self.timeout_s * (retries + 1)
+        attempt_s = self.timeout_s + wire_s
+        budget = attempt_s * (retries + 1)
         spent = 0.0  # attempt and backoff time; waiting for the bus is not charged
         tries = 0
         while True:
             failure: FieldbusError
             async with self._exclusive():
                 started = loop.time()
-                timeout = min(self.timeout_s, budget - spent)
+                timeout = min(attempt_s, budget - spent)
                 try:
                     with self._translated(what, timeout):
                         # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a

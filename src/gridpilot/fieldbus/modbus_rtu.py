@@ -57,7 +57,7 @@ from gridpilot.fieldbus.modbus_client import (
     Send,
     exchange,
 )
-from gridpilot.fieldbus.rtu_frame import ReplyStatus, check_reply, frame_gap_s
+from gridpilot.fieldbus.rtu_frame import ReplyStatus, char_bits, check_reply, frame_gap_s
 from gridpilot.fieldbus.serial_port import open_failure
 
 __all__ = ["ModbusRtuDevice", "RtuBus", "SerialLine"]
@@ -129,6 +129,15 @@ class RtuBus:
     @property
     def connected(self) -> bool:
         return self._link is not None and bool(self._link.client.connected)
+
+    def wire_time_s(self, byte_count: int) -> float:
+        """Time ``byte_count`` bytes take on the serial line, plus a frame gap each way
+        (0 for RTU over TCP: the converter's line speed is not known here)."""
+        line = self.line
+        if line is None:
+            return 0.0
+        bits = char_bits(line.bytesize, line.parity, line.stopbits)
+        return byte_count * bits / line.baudrate + 2 * self.gap_s
 
     @property
     def received(self) -> bytes:
@@ -302,6 +311,9 @@ class ModbusRtuDevice(ModbusClientDevice):
 
     def _after_call(self, error: FieldbusError | None) -> None:
         self._silent = isinstance(error, DeviceTimeout)
+
+    def _wire_time_s(self, request_bytes: int, reply_bytes: int) -> float:
+        return self.bus.wire_time_s(request_bytes + reply_bytes)
 
     def _timeout_error(self, what: str, timeout: float) -> FieldbusError:
         received = self.bus.received

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from gridpilot.fieldbus.errors import ConnectionRefused, FieldbusError
 from gridpilot.fieldbus.modbus_client import (
     LIBRARY_TIMEOUT_MARGIN_S,
     ClientLink,
@@ -91,9 +90,6 @@ class ModbusTcpDevice(ModbusClientDevice):
 
     def _exclusive(self) -> asyncio.Lock:
         return self._lock
-
-    def _connect_error(self, what: str) -> FieldbusError:
-        return ConnectionRefused(f"{self}: cannot connect ({what})")
 
     async def _open(self) -> ClientLink:
         if self._link is not None and self._link.client.connected:

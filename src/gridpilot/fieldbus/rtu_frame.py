@@ -39,6 +39,8 @@ ECHO_FUNCTIONS = frozenset({5, 6, 15, 16})
 EXCEPTION_FLAG = 0x80
 MAX_FRAME = 256
 """An RTU frame is at most 256 bytes (unit + 253-byte PDU + CRC)."""
+MAX_WRITE_FRAME = 9 + 2 * 123
+"""The longest request the gateway sends: write multiple registers (123 of them)."""
 
 
 def crc16(data: bytes) -> int:

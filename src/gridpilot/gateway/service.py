@@ -45,6 +45,7 @@ from gridpilot.fieldbus.errors import (
 from gridpilot.fieldbus.modbus_rtu import ModbusRtuDevice, RtuBus, SerialLine
 from gridpilot.fieldbus.modbus_tcp import ModbusTcpDevice
 from gridpilot.fieldbus.planner import ReadBlock, extract, plan_reads
+from gridpilot.fieldbus.rtu_frame import MAX_FRAME, MAX_WRITE_FRAME, char_bits, frame_gap_s
 from gridpilot.gateway.commands import (
     Applied,
     Command,
@@ -148,6 +149,22 @@ class ModbusConnector:
         return bus
 
 
+def _wire_s(config: GridPilotConfig, device: DeviceConfig) -> float:
+    """Longest time one request and its reply of ``device`` take on its serial line."""
+    if device.protocol is not DeviceProtocol.MODBUS_RTU or device.bus is None:
+        return 0.0
+    bus = config.serial_bus(device.bus)
+    if bus is None:
+        return 0.0
+    gap_s = (
+        bus.frame_gap.total_seconds()
+        if bus.frame_gap is not None
+        else frame_gap_s(bus.baudrate, bus.bytesize, bus.parity, bus.stopbits)
+    )
+    bits = char_bits(bus.bytesize, bus.parity, bus.stopbits)
+    return (MAX_WRITE_FRAME + MAX_FRAME) * bits / bus.baudrate + 2 * gap_s
+
+
 def _bus_key(device: DeviceConfig) -> str | None:
     """Devices with the same key share one line and wait for each other."""
     if device.protocol is DeviceProtocol.MODBUS_RTU:
@@ -177,6 +194,7 @@ class _DeviceWorker:
         clock: Callable[[], int],
         state_interval_s: float,
         bus_wait_s: float = 0.0,
+        wire_s: float = 0.0,
     ) -> None:
         self.site = site
         self.device = device
@@ -187,8 +205,9 @@ class _DeviceWorker:
         self.interval_s = device.poll_interval.total_seconds()
         self.specs = polled_specs(device)
         self.blocks = plan_reads(self.specs, max_gap=device.max_gap)
-        # A request may take timeout x (retries + 1) (ModbusTcpDevice's budget).
-        self.request_budget_s = device.timeout.total_seconds() * (device.retries + 1)
+        # A request may take (timeout + its time on a serial wire) x (retries + 1)
+        # (ModbusClientDevice's budget).
+        self.request_budget_s = (device.timeout.total_seconds() + wire_s) * (device.retries + 1)
         # On a shared serial line each request may first wait for the others' (bus_wait_s).
         self.poll_budget_s = (self.request_budget_s + bus_wait_s) * max(
             len(self.blocks), 1
@@ -542,12 +561,13 @@ class GatewayService:
         for device in self._polled:
             key = _bus_key(device)
             bus_wait_s = sum(
-                other.timeout.total_seconds() * (other.retries + 1)
+                (other.timeout.total_seconds() + _wire_s(self.config, other)) * (other.retries + 1)
                 for other in self._polled
                 if key is not None and other is not device and _bus_key(other) == key
             )
             self._workers[device.id] = _DeviceWorker(
                 bus_wait_s=bus_wait_s,
+                wire_s=_wire_s(self.config, device),
                 site=self.site,
                 device=device,
                 gateway=self.config.gateway,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gridpilot.config import validate_config_text
 from gridpilot.fieldbus.modbus_rtu import ModbusRtuDevice
 from gridpilot.fieldbus.modbus_tcp import ModbusTcpDevice
@@ -48,3 +50,14 @@ def test_units_of_one_line_share_one_bus() -> None:
     assert (vfd1.bus.host, vfd1.bus.port) == ("192.0.2.10", 4001)
     assert isinstance(tcp, ModbusTcpDevice)
     assert (tcp.host, tcp.port, tcp.timeout_s) == ("192.0.2.20", 502, 0.3)
+
+
+def test_serial_attempts_get_their_time_on_the_wire() -> None:
+    config = validate_config_text(RTU_SITE)
+    connect = ModbusConnector(config)
+    meter, _, vfd = (connect(d) for d in config.devices)
+    assert isinstance(meter, ModbusRtuDevice)
+    assert isinstance(vfd, ModbusRtuDevice)
+    # 9600 baud, 8N2 = 11 bits a character; a 5 ms gap after each frame.
+    assert meter.bus.wire_time_s(8 + 255) == pytest.approx(263 * 11 / 9600 + 0.010)
+    assert vfd.bus.wire_time_s(8 + 255) == 0.0  # behind a converter: unknown, not counted

@@ -27,6 +27,7 @@ GATEWAY = "gw-rtu"
 INTERVAL_S = 0.25
 TIMEOUT_S = 0.1
 HEALTHY = {"meter_a": 1, "meter_b": 2}
+NOISY = {"meter_noisy": 6}  # every 2nd reply garbled: each poll's retry cures it
 FAULTY = {"meter_crc": 3, "meter_busy": 4, "meter_silent": 5}
 WEDNESDAY_NOON = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
 
@@ -48,7 +49,7 @@ def device_entry(device_id: str, unit: int, **extra: object) -> dict[str, object
 
 
 def site_config(site_id: str, port: str) -> GridPilotConfig:
-    devices = [device_entry(d, u) for d, u in {**HEALTHY, **FAULTY}.items()]
+    devices = [device_entry(d, u) for d, u in {**HEALTHY, **FAULTY, **NOISY}.items()]
     # meter_a also maps a register the unit lacks: that block is refused (exception 2)
     # while the rest of the unit reads.
     points = devices[0]["points"]
@@ -85,12 +86,15 @@ async def test_faulty_units_are_named_and_counted_while_healthy_ones_keep_their_
     observer: Observer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="gridpilot.gateway")
-    images = [unit_image(d, u) for d, u in {**HEALTHY, **FAULTY}.items() if d != "meter_silent"]
+    caplog.set_level(logging.INFO, logger="gridpilot.gateway")
+    images = [
+        unit_image(d, u) for d, u in {**HEALTHY, **FAULTY, **NOISY}.items() if d != "meter_silent"
+    ]
     loop = asyncio.get_running_loop()
     line: Line
     async with rtu_line(images) as (line, units):
         line.corrupt_units = {FAULTY["meter_crc"]}
+        line.corrupt_every = {NOISY["meter_noisy"]: 2}
         units.busy_units = {FAULTY["meter_busy"]}
         config = site_config(site_id, line.gateway_port)
         async with GatewayService(
@@ -119,7 +123,15 @@ async def test_faulty_units_are_named_and_counted_while_healthy_ones_keep_their_
             # Let the dead units' backoff run a while next to the healthy polls.
             await asyncio.sleep(12 * INTERVAL_S)
             window_end = loop.time()
-            health = {d: gateway.health(d) for d in {**HEALTHY, **FAULTY}}
+            health = {d: gateway.health(d) for d in {**HEALTHY, **FAULTY, **NOISY}}
+            noisy_state = await observer.wait_for(
+                lambda r: (
+                    r.device == "meter_noisy"
+                    and r.kind == "state"
+                    and r.json["counters"]["attempt_errors"].get("crc", 0) >= 3
+                ),
+                within=3,
+            )
 
     expected = {
         "meter_crc": ("crc", "CRC mismatch", "serial interference"),
@@ -159,6 +171,15 @@ async def test_faulty_units_are_named_and_counted_while_healthy_ones_keep_their_
         assert health[device].counters.ticks_skipped == 0
         values = observer.of(device, "telemetry")[-1].json["values"]
         assert values["active_power_w"] == -1000.0 * unit
+    # The intermittently garbled unit stays online: each poll's retry cures its CRC error,
+    # which its state counts as failed attempts, and the log names.
+    noisy = health["meter_noisy"]
+    assert noisy.counters.polls_failed == 0
+    assert noisy.counters.attempt_errors["crc"] >= 3
+    assert noisy_state.json["status"] == "online"
+    assert any(m.startswith("meter_noisy: 1 request attempt(s) failed with crc") for m in logged), (
+        logged
+    )
     # The silent unit was probed with backoff (1, 2, 4 intervals apart), not every interval.
     silent_polls = health["meter_silent"].counters.polls
     healthy_polls = health["meter_b"].counters.polls

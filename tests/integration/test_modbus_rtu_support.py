@@ -10,7 +10,8 @@ Topology (real bytes, real CRCs)::
 
 The relay cuts the units' replies into frames (``rtu_frame.reply_length``) and, for the
 units listed in ``corrupt_units``/``truncate_units``, flips a bit of the frame's last data
-byte (a CRC error) or drops its last bytes (a short reply) before passing it on.
+byte (a CRC error) or drops its last bytes (a short reply) before passing it on;
+``corrupt_every`` garbles only every Nth reply of a unit.
 """
 
 from __future__ import annotations
@@ -72,7 +73,11 @@ class Line:
 
     def __init__(self) -> None:
         self.corrupt_units: set[int] = set()
+        """Every reply of these units arrives garbled."""
+        self.corrupt_every: dict[int, int] = {}
+        """Unit -> N: every Nth reply of the unit arrives garbled (an intermittent fault)."""
         self.truncate_units: set[int] = set()
+        self._replies_of: dict[int, int] = {}
         self.corrupted = 0
         self.truncated = 0
         self.wire: list[str] = []
@@ -146,10 +151,13 @@ class Line:
 
     def _garble(self, reply: bytes) -> bytes:
         unit = reply[0]
+        self._replies_of[unit] = seen = self._replies_of.get(unit, 0) + 1
+        every = self.corrupt_every.get(unit)
+        garbled = unit in self.corrupt_units or (every is not None and seen % every == 0)
         if unit in self.truncate_units:
             self.truncated += 1
             return reply[:-3]
-        if unit in self.corrupt_units:
+        if garbled:
             self.corrupted += 1
             damaged = bytearray(reply)
             damaged[-3] ^= 0x10  # the last data byte: same length, wrong CRC

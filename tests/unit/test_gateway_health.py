@@ -143,7 +143,17 @@ def test_counters_snapshot() -> None:
         "values_invalid": 1,
         "errors": {},
         "commands": {"applied": 1, "rejected": 2},
+        "attempt_errors": {},
     }
+
+
+def test_attempt_errors_follow_the_drivers_running_count() -> None:
+    health = make_health()
+    assert health.attempts_counted({"crc": 2}) == ["crc"]
+    assert health.attempts_counted({"crc": 2}) == []
+    assert health.attempts_counted({"crc": 3, "timeout": 1}) == ["crc", "timeout"]
+    assert health.snapshot().counters["attempt_errors"] == {"crc": 3, "timeout": 1}
+    assert health.counters.errors == {}  # a cured attempt failed no poll
 
 
 def test_no_backoff_while_online_or_below_threshold() -> None:

@@ -19,6 +19,7 @@ Invariants of :class:`DeviceHealth`:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -148,6 +149,10 @@ class HealthCounters:
     errors: Counter[str] = field(default_factory=Counter)
     commands: Counter[str] = field(default_factory=Counter)
     """By outcome: applied, rejected, failed (and duplicate, ignored)."""
+    attempt_errors: Counter[str] = field(default_factory=Counter)
+    """Failed request attempts by kind, retries included, as the driver counts them: a CRC
+    error that a retry cured shows here (and not in ``errors``, which counts what failed
+    a poll, a write or a read-back)."""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -158,6 +163,7 @@ class HealthCounters:
             "values_invalid": self.values_invalid,
             "errors": dict(sorted(self.errors.items())),
             "commands": dict(sorted(self.commands.items())),
+            "attempt_errors": dict(sorted(self.attempt_errors.items())),
         }
 
 
@@ -248,6 +254,13 @@ class DeviceHealth:
     def values_dropped(self, out_of_range: int = 0, invalid: int = 0) -> None:
         self.counters.values_out_of_range += out_of_range
         self.counters.values_invalid += invalid
+
+    def attempts_counted(self, by_kind: Mapping[str, int]) -> list[str]:
+        """Take the driver's running count of failed attempts; the kinds that grew."""
+        grown = [kind for kind, n in by_kind.items() if n > self.counters.attempt_errors[kind]]
+        for kind in grown:
+            self.counters.attempt_errors[kind] = by_kind[kind]
+        return grown
 
     def ticks_skipped(self, count: int) -> None:
         self.counters.ticks_skipped += count

@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import orjson
 
@@ -62,7 +62,7 @@ from gridpilot.gateway.commands import (
     rejected_as,
     status_of,
 )
-from gridpilot.gateway.health import BackoffPolicy, DeviceHealth, DeviceStatus
+from gridpilot.gateway.health import BackoffPolicy, DeviceHealth, DeviceStatus, hint_for
 from gridpilot.gateway.payloads import (
     device_state_payload,
     gateway_state_payload,
@@ -92,6 +92,14 @@ class DeviceConnection(Protocol):
     async def write(self, spec: RegisterSpec, words: Sequence[int]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class CountsAttempts(Protocol):
+    """A driver that counts its failed attempts by kind, retries included (ours do)."""
+
+    @property
+    def error_counts(self) -> Mapping[str, int]: ...
 
 
 Connector = Callable[[DeviceConfig], DeviceConnection]
@@ -240,6 +248,8 @@ class _DeviceWorker:
         self.seq = 0
         self._alarmed = False
         """An offline alarm was published and the device has not answered since."""
+        self._attempts_logged: dict[str, int] = {}
+        """Failed attempts of each kind when it was last logged."""
         self._last_state_at = -math.inf
 
     @property
@@ -300,6 +310,7 @@ class _DeviceWorker:
             changed = self.health.poll_succeeded(now)
         for rejection in refused:
             changed = self.health.error(rejection.kind, str(rejection), now) or changed
+        self._count_attempts()
         readings = evaluate(self.device, words_by_spec)
         self.health.values_dropped(len(readings.out_of_range), len(readings.invalid))
         for _, reason in readings.invalid:
@@ -317,6 +328,25 @@ class _DeviceWorker:
         loop_now = asyncio.get_running_loop().time()
         if changed or loop_now - self._last_state_at >= self.state_interval_s:
             await self.publish_state()
+
+    def _count_attempts(self) -> None:
+        """Fold the driver's failed attempts into the health counters; log each kind at its
+        1st, 10th, 100th... occurrence (a noisy line cured by retries is worth knowing of,
+        not worth a line per poll)."""
+        if not isinstance(self.connection, CountsAttempts):
+            return
+        for kind in self.health.attempts_counted(self.connection.error_counts):
+            count = self.health.counters.attempt_errors[kind]
+            if count >= self._attempts_logged.get(kind, 0) * 10:
+                self._attempts_logged[kind] = max(count, 1)
+                log.info(
+                    "%s: %d request attempt(s) failed with %s so far (retried within each "
+                    "poll) -- %s",
+                    self.id,
+                    count,
+                    kind,
+                    hint_for(kind),
+                )
 
     async def _announce_transition(self, was: DeviceStatus, now: int) -> None:
         """Log a change of online state, and publish an alarm on the site's events topic when

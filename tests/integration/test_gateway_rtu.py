@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -242,3 +243,53 @@ async def test_the_simulated_building_over_one_rtu_line(
                 assert site.rtu.bad_frames == 0
     finally:
         line.close()
+
+
+async def test_a_bus_held_by_another_process_is_named_in_every_units_state(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer
+) -> None:
+    holder_code = (
+        "import sys, time, serial\n"
+        "port = serial.Serial(sys.argv[1], exclusive=True)\n"
+        "print('holding', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    images = [unit_image(d, u) for d, u in HEALTHY.items()]
+    async with rtu_line(images) as (line, _):
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", holder_code, line.gateway_port, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert holder.stdout is not None
+            async with asyncio.timeout(10):
+                assert (await holder.stdout.readline()).strip() == b"holding"
+            data = site_config(site_id, line.gateway_port).model_dump(mode="json")
+            data["devices"] = [d for d in data["devices"] if d["id"] in HEALTHY]
+            config = GridPilotConfig.model_validate(data)
+            async with GatewayService(config, mosquitto):
+                for device in HEALTHY:
+                    alarm = await observer.wait_for(
+                        lambda r, d=device: (
+                            r.topic.endswith("/events") and r.json["source"] == f"gateway/{d}"
+                        ),
+                        within=5,
+                    )
+                    message = alarm.json["message"]
+                    # Every process with the port open is named, as fuser -v names them
+                    # (this test's relay holds the other end's descriptor too).
+                    assert f"{line.gateway_port} is held by process " in message
+                    assert f"process {holder.pid} ({sys.executable} -c" in message
+                    assert "another process holds the serial port" in message  # the hint
+                    state = await observer.wait_for(
+                        lambda r, d=device: is_state(r, d, "offline") and r.json["last_error"]
+                    )
+                    assert state.json["last_error"]["kind"] == "busy"
+                holder.kill()
+                await holder.wait()
+                # Once the holder is gone, the next probe opens the port.
+                for device in HEALTHY:
+                    await observer.wait_for(lambda r, d=device: is_state(r, d, "online"), within=5)
+        finally:
+            if holder.returncode is None:
+                holder.kill()
+                await holder.wait()

@@ -9,11 +9,12 @@
     │   ├── ConnectionRefused   refused      the TCP connection could not be opened
     │   ├── Disconnected        disconnected the peer closed the connection
     │   └── PortUnavailable     port         the serial port cannot be opened (missing,
-    │       │                                no permission)
+    │       │                                no permission); not retried within a call
     │       └── PortBusy        busy         another process holds the serial port; the
     │                                        message names it (like ``fuser -v``)
     ├── ProtocolError           protocol     the peer's reply breaks Modbus (wrong echo,
-    │   │                                    another unit's reply); the connection is dropped
+    │   │                                    another unit's reply); a TCP connection is
+    │   │                                    dropped, an RTU line is kept
     │   ├── CrcError            crc          an RTU frame arrived garbled (CRC mismatch):
     │   │                                    line noise or wrong line settings
     │   └── ShortReply          short_reply  a reply stopped short of a whole frame
@@ -100,6 +101,9 @@ class PortUnavailable(TransportError):  # noqa: N818  # named like its siblings
     """A serial port cannot be opened: it does not exist or we may not open it."""
 
     kind = "port"
+    # Not within one call: a missing adapter or another process' lock does not go away in
+    # milliseconds. The gateway tries again on its next poll.
+    transient = False
 
 
 class PortBusy(PortUnavailable):

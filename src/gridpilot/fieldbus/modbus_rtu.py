@@ -104,7 +104,7 @@ class RtuBus:
         timeout_s: float = 10.0,
     ) -> None:
         if (line is None) == (host is None):
-            raise ValueError("an RTU bus has either a serial line or a host, not both")
+            raise ValueError("an RTU bus has a serial line or a host: give exactly one")
         self.name = name
         self.line = line
         self.host = host
@@ -183,7 +183,7 @@ class RtuBus:
             self.drop()
             raise PortUnavailable(
                 f"{self}: the port refuses the line settings {self._settings()} ({exc}); "
-                "pseudo-terminals accept parity N only"
+                "note that Linux pseudo-terminals accept parity N only"
             ) from exc
         if not opened:
             self.drop()

@@ -17,8 +17,9 @@ waits for the gateway's result, a controller request for the controller's reply,
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -157,20 +158,14 @@ class _Actions:
             )
 
         async def act() -> ControlReplyOut:
-            try:
+            with _asking(
+                self.config,
+                f"the controller {control.id!r}",
+                "'gridpilot run controller' (or 'run all') running for this site",
+            ):
                 reply = await self.bus().control_request(
                     control.id, {**request, "by": principal.who}
                 )
-            except TimeoutError:
-                raise UpstreamTimeoutError(
-                    f"the controller {control.id!r} did not answer within "
-                    f"{self.config.api.command_timeout.total_seconds():g} s: is "
-                    "'gridpilot run controller' (or 'run all') running for this site?"
-                ) from None
-            except (BusError, BusBusyError) as exc:
-                raise UnavailableError(f"cannot reach the controller: {exc}") from None
-            except ValueError as exc:
-                raise UpstreamFailedError(str(exc)) from None
             if not reply.ok:
                 # The controller checks the request (point known and writable, value in
                 # range, controller exists): its refusal is the asker's to fix.
@@ -180,6 +175,24 @@ class _Actions:
         params = {k: v for k, v in request.items() if k != "action"}
         result: ControlReplyOut = await self.audited(principal, action, target, params, act)
         return result
+
+
+@contextlib.contextmanager
+def _asking(config: GridPilotConfig, who: str, running: str) -> Iterator[None]:
+    """Turn what can go wrong asking a service over the bus into the API's answers: no
+    answer in time (504, naming what should be running), no broker (503), a malformed
+    answer (502)."""
+    try:
+        yield
+    except TimeoutError:
+        raise UpstreamTimeoutError(
+            f"{who} did not answer within {config.api.command_timeout.total_seconds():g} s: "
+            f"is {running}?"
+        ) from None
+    except (BusError, BusBusyError) as exc:
+        raise UnavailableError(f"cannot reach {who}: {exc}") from None
+    except ValueError as exc:
+        raise UpstreamFailedError(str(exc)) from None
 
 
 def _plain(result: Any) -> Any:
@@ -231,7 +244,11 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
         async def act() -> CommandOut:
             _writable_point(config, device, point)
             _not_driven_by_controller(config, device_states, device, point)
-            try:
+            with _asking(
+                config,
+                "the gateway",
+                "'gridpilot run gateway' (or 'run all') running and connected",
+            ):
                 result = await actions.bus().send_command(
                     device,
                     point,
@@ -239,16 +256,6 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
                     ttl_ms=int(body.ttl_s * 1000),
                     source=f"api:{principal.name}",
                 )
-            except TimeoutError:
-                raise UpstreamTimeoutError(
-                    f"the gateway did not answer within "
-                    f"{config.api.command_timeout.total_seconds():g} s: is "
-                    "'gridpilot run gateway' (or 'run all') running and connected?"
-                ) from None
-            except (BusError, BusBusyError) as exc:
-                raise UnavailableError(f"cannot send the command: {exc}") from None
-            except ValueError as exc:
-                raise UpstreamFailedError(str(exc)) from None
             out = CommandOut(
                 id=result.id or "",
                 status=result.status.value,

@@ -82,3 +82,15 @@ def freeze_startup_heap() -> None:
     import gc
 
     gc.freeze()
+
+
+def user_at_host() -> str:
+    """``user@host`` of whoever runs the command, for journals and token records."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"

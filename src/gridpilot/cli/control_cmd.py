@@ -9,16 +9,21 @@ with who asked (``--by``, default ``user@host``).
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
-import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
 import click
 
-from gridpilot.cli.common import EXIT_CONFIG, fail, load_or_exit, resolve_config_path, run_async
+from gridpilot.cli.common import (
+    EXIT_CONFIG,
+    fail,
+    load_or_exit,
+    resolve_config_path,
+    run_async,
+    user_at_host,
+)
 from gridpilot.cli.timeparse import parse_duration_ms
 
 REPLY_TIMEOUT_S = 5.0
@@ -32,13 +37,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 
 
 def _who(by: str | None) -> str:
-    if by:
-        return by
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+    return by or user_at_host()
 
 
 def _no_controller(config: Path) -> str:

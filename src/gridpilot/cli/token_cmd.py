@@ -6,15 +6,13 @@ Tokens live in ``api.tokens_file`` (relative to the site file), mode 0600, as ha
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import click
 
-from gridpilot.cli.common import EXIT_CONFIG, fail, load_or_exit, resolve_config_path
+from gridpilot.cli.common import EXIT_CONFIG, fail, load_or_exit, resolve_config_path, user_at_host
 from gridpilot.cli.timeparse import parse_duration_ms
 
 if TYPE_CHECKING:  # imported lazily below: the CLI starts fast without the API's imports
@@ -36,11 +34,7 @@ def _store(config: str | None) -> TokenStore:
 
 
 def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"cli:{user}@{socket.gethostname()}"
+    return f"cli:{user_at_host()}"
 
 
 @click.group("token")

@@ -142,6 +142,8 @@ class GridPilotConfig(_Frozen):
     """What the peak shaver sizes its limit on (see gridpilot_strategy.py)."""
     peak_shaving: dict[str, Any] = Field(default_factory=dict)
     hvac: dict[str, Any] = Field(default_factory=dict)
+    hvac_planning: Literal["joint", "per_zone"] = "joint"
+    """One HvacGroupController for the zones, or one HvacController per zone."""
 
 
 class BenchConfig(_Frozen):

@@ -11,6 +11,8 @@ by GridPilot's own forecasters (``gridpilot.control.forecast``) on 15-minute mea
 last 14 days, called as the controller service calls them (``gridpilot.control.inputs``):
 ``load_w`` (day-type profile blended with persistence) of the site's consumption — base load
 + chillers, i.e. meter + battery + PV, since the peak shaver subtracts ``pv_w`` itself —,
+``uncontrolled_load_w`` the same without the zones' chillers (what the HVAC planners add
+their own plans to; a site meters its chillers per zone),
 ``pv_w`` and ``irradiance_wm2`` (daily profile scaled by today's ratio), ``outdoor_degc``
 (daily profile blended with persistence). With ``gridpilot.limit_forecast: net_load_p90``
 the harness adds ``net_load_p90_w``: the 90th percentile of consumption − PV at the same
@@ -22,7 +24,8 @@ The days before the month come from the benchmark's history run (no control).
 
 The HVAC controllers identify their zone model from that history (15-minute means of the
 zone's temperature, cooling, occupancy and weather), as they would from the site's stored
-telemetry.
+telemetry. With ``gridpilot.hvac_planning: joint`` (the default, as GridPilot's factory
+builds it for two or more zones) one ``HvacGroupController`` plans the zones together.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from bench_control import (
 from gridpilot.control.base import Forecast, PointRef, Reading, Snapshot
 from gridpilot.control.engine import BatteryWindow, Engine, EngineParams, PointLimits
 from gridpilot.control.forecast import load_forecast, pv_forecast
+from gridpilot.control.hvac import HvacGroupController
 from gridpilot.sim.physics import battery_available_power_w
 
 BATTERY_SETPOINT = PointRef("battery", "active_power_setpoint_w")
@@ -63,6 +67,8 @@ class _Series:
     step_s: float
     origin: datetime
     consumption_w: np.ndarray
+    uncontrolled_w: np.ndarray
+    """Consumption without the zones' chillers (the site meters them)."""
     pv_w: np.ndarray
     outdoor_degc: np.ndarray
     ghi_wm2: np.ndarray
@@ -108,8 +114,13 @@ class GridPilotStrategy:
             controllers.append(_peak_shaving(cfg, inp, cfg.gridpilot.limit_forecast))
             parts.append("PeakShavingController")
         if hvac:
-            controllers.extend(_hvac(cfg, site, hist_inp, hist))
-            parts.append(f"{len(site.zones)} HvacController")
+            zones = _hvac(cfg, site, hist_inp, hist)
+            if cfg.gridpilot.hvac_planning == "joint":
+                controllers.append(HvacGroupController(zones))
+                parts.append(f"HvacGroupController ({len(zones)} zones)")
+            else:
+                controllers.extend(zones)
+                parts.append(f"{len(zones)} HvacController")
         b = cfg.battery
         limits = [
             PointLimits(
@@ -140,11 +151,13 @@ class GridPilotStrategy:
             step_s=inp.step_s,
             origin=hist_inp.start,
             consumption_w=np.zeros(n_hist + n_run),
+            uncontrolled_w=np.zeros(n_hist + n_run),
             pv_w=np.zeros(n_hist + n_run),
             outdoor_degc=np.zeros(n_hist + n_run),
             ghi_wm2=np.zeros(n_hist + n_run),
         )
         series.consumption_w[:n_hist] = hist_inp.base_w + hist.chillers_w
+        series.uncontrolled_w[:n_hist] = hist_inp.base_w
         series.pv_w[:n_hist] = hist_inp.pv_w
         series.outdoor_degc[:n_hist] = hist_inp.outdoor_degc
         series.ghi_wm2[:n_hist] = hist_inp.ghi_wm2
@@ -194,6 +207,7 @@ class GridPilotStrategy:
         s = self.series
         i = s.filled
         s.consumption_w[i] = obs.base_w + obs.chillers_w
+        s.uncontrolled_w[i] = obs.base_w
         s.pv_w[i] = obs.pv_w
         # Weather observed during step m - 1: the snapshot carries the current reading, which
         # the harness also records as the value of the step it starts.
@@ -262,6 +276,10 @@ class GridPilotStrategy:
         out: dict[str, Forecast] = {
             # Consumption (base + chillers): the peak shaver subtracts pv_w itself.
             "load_w": load_forecast(times, consumption, start, steps, kind="daytype", timezone=tz),
+            # The same without the zones' chillers, for the HVAC planners' demand term.
+            "uncontrolled_load_w": load_forecast(
+                times, means(s.uncontrolled_w), start, steps, kind="daytype", timezone=tz
+            ),
             "pv_w": pv_forecast(times, pv, start, steps, timezone=tz),
             "outdoor_degc": load_forecast(
                 times,

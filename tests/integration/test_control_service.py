@@ -273,17 +273,29 @@ async def test_a_raising_controller_is_reported_and_the_others_act(running: Runn
     assert "model matrix is singular" in raised[0]["message"]
 
 
+@pytest.mark.parametrize("planning", ["joint", "per_zone"])
 async def test_zone_planners_reidentify_from_stored_history(
-    mosquitto: BrokerAddress, tmp_path: Path
+    mosquitto: BrokerAddress, tmp_path: Path, planning: str
 ) -> None:
     """A planner that started without history gets one from storage on the next
-    re-identification and plans with the model it identifies."""
-    cfg = inputs_config()
+    re-identification and plans with the model it identifies: each zone's own planner, or
+    the zone inside the group planner that plans both zones together."""
+    base = inputs_config()
+    assert base.control is not None
+    cfg = base.model_copy(
+        update={"control": base.control.model_copy(update={"hvac_planning": planning})}
+    )
     async with open_storage(cfg.storage, tmp_path) as storage:
         await storage.write(history_samples())
         stored = StoredInputs(storage, cfg)
         controllers = build_controllers(cfg)  # no histories: planners start without a model
-        planner = next(c for c in controllers if c.name == "hvac_zone_1_planner")
+        name = "hvac_group_planner" if planning == "joint" else "hvac_zone_1_planner"
+        planner = next(c for c in controllers if c.name == name)
+
+        def zone_1_fit(service: ControllerService) -> Any:
+            state = service.engine.controller_state(planner.name)
+            return state.zones[0].fit if planning == "joint" else state.fit
+
         async with ControllerService(
             cfg,
             mosquitto,
@@ -293,13 +305,8 @@ async def test_zone_planners_reidentify_from_stored_history(
             reidentify_every=timedelta(seconds=0.5),
             clock=lambda: INPUTS_NOW,
         ) as service:
-            await until(
-                lambda: (
-                    getattr(service.engine.controller_state(planner.name).fit, "rc", None)
-                    is not None
-                )
-            )
-            fit = service.engine.controller_state(planner.name).fit
+            await until(lambda: getattr(zone_1_fit(service), "rc", None) is not None)
+            fit = zone_1_fit(service)
             assert fit.good_enough, fit.verdict
 
 

@@ -225,6 +225,35 @@ def test_persistence_weight_decays_with_lead(
     assert forecast.values[k] == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("offset_w", "k"),
+    [
+        (0.0, 0),  # an ordinary morning: the profile itself, not dragged to the last level
+        (0.0, 3),
+        (10_000.0, 0),  # a busier morning: its surplus persists ...
+        (10_000.0, 7),  # ... and fades with the lead
+        (-10_000.0, 3),
+    ],
+)
+def test_the_departure_from_the_profile_persists_not_the_level(offset_w: float, k: int) -> None:
+    """At 07:45 an office is at its night level; at 08:00 it jumps by 60 kW. A forecast
+    made at the foot of the ramp expects the ramp, plus today's departure from the
+    profile fading over τ."""
+    ts, values = history(days=29)
+    start = datetime(2026, 3, 30, 7, 45, tzinfo=UTC)  # a Monday, on the 15-min grid
+    cut = ts.index(start)
+    observed = list(values[:cut])
+    observed[-1] += offset_w  # 07:30: the last observation
+    tau = timedelta(hours=1)
+    forecast = load_forecast(
+        ts[:cut], observed, start, 8, kind="daytype", persistence_time_constant=tau
+    )
+    when = start + k * STEP
+    lead = when - ts[cut - 1]
+    expected = office_load_w(when) + math.exp(-(lead / tau)) * offset_w
+    assert forecast.values[k] == pytest.approx(expected)
+
+
 def test_lead_is_counted_from_the_last_valid_observation() -> None:
     ts = stamps(HISTORY_START, 14 * PER_DAY)
     values = np.full(len(ts), 50_000.0)

@@ -123,6 +123,8 @@ class RetentionConfig(_Frozen):
     rollup_1m: timedelta | None = timedelta(days=180)
     rollup_15m: timedelta | None = timedelta(days=3 * 365)
     rollup_1h: timedelta | None = None
+    events: timedelta | None = timedelta(days=365)
+    """Alarms and notable changes (the API's ``/events``)."""
 
 
 class StorageConfig(_Frozen):
@@ -446,7 +448,11 @@ class ControlConfig(_Frozen):
     """The site's tariff; given to every controller whose own ``tariff`` is not set."""
     peak_shaving: PeakShavingParams | None = None
     hvac: tuple[HvacParams, ...] = ()
-    """One cooling planner per zone."""
+    """The zones whose cooling is planned."""
+    hvac_planning: Literal["joint", "per_zone"] = "joint"
+    """``joint``: two or more zones are planned in one LP (one ``hvac_group_planner``
+    controller), so that their chillers share the room under the billed demand;
+    ``per_zone``: one planner per zone, each taking the others' load as forecast."""
     pv_export: PvExportParams | None = None
     vfd: tuple[VfdParams, ...] = ()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from gridpilot.config.models import GridPilotConfig
 from gridpilot.control.base import Controller
-from gridpilot.control.hvac import HvacController
+from gridpilot.control.hvac import HvacController, HvacGroupController
 from gridpilot.control.peak_shaving import PeakShavingController
 from gridpilot.control.pv_export import PvExportController
 from gridpilot.control.thermal import ZoneHistory
@@ -20,8 +20,9 @@ def build_controllers(
     """The controllers the ``control`` section enables.
 
     Order matters only between requests of equal priority (the first listed wins): peak
-    shaving, PV export, the VFDs, then the zone planners. The site ``tariff`` is handed to
-    each controller that has a tariff of its own unset. ``zone_histories`` (zone id ->
+    shaving, PV export, the VFDs, then the zone planners (one group planner for two or more
+    zones with ``hvac_planning: joint``). The site ``tariff`` is handed to each controller
+    that has a tariff of its own unset. ``zone_histories`` (zone id ->
     stored history) lets each zone planner identify its thermal model before its first plan.
     """
     histories = zone_histories or {}
@@ -40,9 +41,14 @@ def build_controllers(
     for index, vfd in enumerate(control.vfd):
         name = "vfd_curtailment" if len(control.vfd) == 1 else f"vfd_curtailment_{index + 1}"
         controllers.append(VfdCurtailmentController(vfd, name=name))
+    zones: list[HvacController] = []
     for zone in control.hvac:
         zone_params = zone
         if "tariff" not in zone.model_fields_set and tariff is not None:
             zone_params = zone.model_copy(update={"tariff": tariff})
-        controllers.append(HvacController(zone_params, history=histories.get(zone.zone)))
+        zones.append(HvacController(zone_params, history=histories.get(zone.zone)))
+    if control.hvac_planning == "joint" and len(zones) > 1:
+        controllers.append(HvacGroupController(zones))
+    else:
+        controllers.extend(zones)
     return controllers

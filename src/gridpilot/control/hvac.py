@@ -5,7 +5,7 @@ Each cycle the controller either reuses its plan or solves a new one (the plan i
 none). The plan is a linear programme over the horizon (``plan_cooling``)::
 
     min  Σ_k price_k · Φ_k/COP(T_o,k) · Δt  +  penalty · Σ_k (s⁺_k + s⁻_k) · Δt
-         + c_d · (1/J) · Σ_j E_j                                   (demand charge, optional)
+         + c_d · Σ_j w_j · E_j                                     (demand charge, optional)
     s.t. T_{k+1} = a·T_k + (1 − a)·(T_o,k + R·(G_k − Φ_k))      (identified 1R1C zone)
          lo_k + m − s⁻_k ≤ T_{k+1} ≤ hi_k − m + s⁺_k             (soft comfort band)
          |Φ_k − Φ_{k−1}| ≤ ΔΦ_ramp                               (chiller ramp, optional)
@@ -32,16 +32,23 @@ peak shaver's import limit (``import_limit_point``: with a battery holding L, lo
 is the battery's concern). The other load O_k is the consumption forecast
 (``forecasts["load_w"]``: base load and every chiller) minus this zone's chiller as that
 forecast holds it (the zone's last plan; before one, a thermostat's holding power) minus
-``forecasts["pv_w"]``. With several zones, each planner counts the others as forecast in
-O_k: zones that pre-cool into the same hour each believe they have the room (one pass of
-a coordinate descent, not a joint plan). Forecasts of net import miss by many kW (a
-cloud deck the PV profile did not see, a morning ramp the persistence blend is late on),
-so the term can be an expectation over J equally likely levels of the other load: the
+``forecasts["pv_w"]``. With several zones, each :class:`HvacController` counts the others
+as forecast in O_k: zones that pre-cool into the same hour each believe they have the room,
+and a pre-cooling burst of this zone's plan is subtracted from a forecast that held only a
+typical day's chiller. :class:`HvacGroupController` plans the zones in one LP
+(:func:`plan_zones`: the demand rows hold the sum of their chillers) against the forecast
+of the consumption without them (``forecasts["uncontrolled_load_w"]``) less PV. Forecasts
+of net import miss by many kW (a cloud deck the PV profile did not see), so the term is an
+expectation over scenarios j of the other load with probabilities w_j: J equally likely
+levels, the
 forecast shifted by normal quantiles z_j of its spread σ_k (``load_forecast_error`` ×
 load ⊕ ``pv_forecast_error`` × PV, widened to reach ``forecasts["net_load_p90_w"]`` at
 90 % where that quantile forecast exists) in every block at once (``demand_scenarios``;
-J = 1, the forecast alone, by default). Only blocks of the
-current local day count: tomorrow's blocks are planned tomorrow on a better forecast,
+J = 1, the forecast alone, by default), and optionally an overcast day with probability
+``overcast_weight``, PV at ``overcast_pv_fraction`` of its forecast: a dawn forecast cannot
+tell a cloud deck at 10:00, and a plan hedged against it keeps pre-cooling in reserve for
+the hours such a day would peak in. Only blocks of the current local day count:
+tomorrow's blocks are planned tomorrow on a better forecast,
 and a high forecast for them would let any block today go unpriced below it. Without a
 consumption forecast (or without a demand charge) the plan prices energy only.
 
@@ -61,13 +68,16 @@ Priority ECONOMICS: the plan is a cost optimisation with comfort as a priced con
 Peak shaving and the grid operator (demand response raising setpoints) must outrank it, and
 it should outrank a plain comfort schedule at COMFORT. One instance per zone, each from its
 own ``HvacParams``: zones have their own model, band and chiller, and one failing zone then
-falls back alone.
+falls back alone. Several zones of one site are better planned together, by one
+:class:`HvacGroupController` over their ``HvacController`` s (the factory builds one for two
+or more zones unless ``control.hvac_planning`` is ``per_zone``); a zone still falls back
+alone.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from statistics import NormalDist
@@ -217,6 +227,13 @@ class HvacParams(_Frozen):
     """A high quantile (90 %) of the net import, when forecast: where it lies above the
     consumption − PV forecast, it widens the demand scenarios' spread so that their 90 %
     level reaches it (a morning ramp the blended forecast is late on)."""
+    uncontrolled_load_key: str | None = "uncontrolled_load_w"
+    """Joint planning (:class:`HvacGroupController`): the site's consumption *without* the
+    planned zones' chillers, when forecast (the site meters them: ``chiller_power_point``).
+    Without it the group takes ``load_forecast_key`` less what thermostats holding the
+    zones would draw."""
+    chiller_power_point: str = "chiller_power_w"
+    """The zone chiller's electric power, W (the uncontrolled load is measured without it)."""
     load_forecast_error: float = Field(default=0.03, ge=0.0, le=1.0)
     """Relative standard error of the consumption forecast, for the demand scenarios."""
     pv_forecast_error: float = Field(default=0.4, ge=0.0, le=2.0)
@@ -226,6 +243,17 @@ class HvacParams(_Frozen):
     other load (normal quantiles of the errors above); 1 = the forecast taken as certain.
     In the control benchmark (July) 5 levels kept the early, cloudy days' peaks near the
     optimum's but cost energy, and did not help on the day that set the month's peak."""
+    overcast_weight: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """The probability the demand charge gives to an overcast day the PV forecast does not
+    see: a scenario where PV delivers only ``overcast_pv_fraction`` of its forecast (the
+    forecast and its demand scenarios share the rest). A profile-and-persistence PV
+    forecast made at dawn cannot tell a cloud deck at 10:00; with this the plan keeps some
+    pre-cooling for the hours such a day would peak in. 0 = no such scenario."""
+    overcast_pv_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    """PV output in the overcast scenario, as a fraction of the forecast. (On the control
+    benchmark's first 17 July days, with ``overcast_weight`` 0.3, 0.5 and 0.25 both cut the
+    cloudy day's peak from 120.5 to 118.8 and 118.7 kW; 0.25 also held back more of the
+    pre-cooling before the on-peak price, at +6 $ of energy.)"""
     fallback_band_position: float = Field(default=0.75, ge=0.0, le=1.0)
     """Fallback setpoint: this far up the current comfort band (0 = lower, 1 = upper)."""
     solver_time_limit_s: float = Field(default=5.0, ge=0.0)
@@ -324,12 +352,12 @@ class DemandTerm:
     """The demand charge as the plan sees it, per step of the horizon.
 
     The plan pays ``charge_per_kw`` per kW by which a counted demand block — the mean over
-    its steps of ``other_load_w`` plus this zone's chiller power — exceeds ``threshold_w``
+    its steps of ``other_load_w`` plus the planned zones' chiller power — exceeds ``threshold_w``
     (the month's billed demand so far: anything below it is already paid for).
     """
 
     other_load_w: Sequence[float]
-    """The site's net import without this zone's chiller, per step (W): the forecast."""
+    """The site's net import without the planned zones' chillers, per step (W): the forecast."""
     blocks: Sequence[int]
     """The demand block of each step; steps of one block are averaged (equal weights)."""
     counts: Sequence[bool]
@@ -343,12 +371,31 @@ class DemandTerm:
     forecast shifted by normal quantiles of the spread in every step at once (a cloudy
     day lifts every block, not one)."""
 
+    extra: Sequence[tuple[float, Sequence[float]]] = ()
+    """Further scenarios, each (probability, what it adds to ``other_load_w`` per step, W):
+    an overcast day the PV forecast cannot see. The scenarios above share the rest of the
+    probability."""
+
     def shifts(self) -> list[float]:
         """The normal quantiles (z) of the scenarios: 0 alone without a spread."""
         if self.spread_w is None or self.scenarios <= 1:
             return [0.0]
         normal = NormalDist()
         return [normal.inv_cdf((j + 0.5) / self.scenarios) for j in range(self.scenarios)]
+
+    def levels(self) -> list[tuple[float, npt.NDArray[np.float64]]]:
+        """Every scenario as (probability, other load per step W)."""
+        other = np.asarray(self.other_load_w, dtype=np.float64)
+        spread = (
+            np.asarray(self.spread_w, dtype=np.float64)
+            if self.spread_w is not None
+            else np.zeros(len(other))
+        )
+        shifts = self.shifts()
+        rest = max(0.0, 1.0 - sum(weight for weight, _ in self.extra))
+        out = [(rest / len(shifts), other + z * spread) for z in shifts]
+        out += [(weight, other + np.asarray(add, dtype=np.float64)) for weight, add in self.extra]
+        return out
 
 
 def plan_cooling(
@@ -374,129 +421,208 @@ def plan_cooling(
 
     Returns a :class:`Plan`; a non-finite input or a solver without an optimum gives a plan
     with ``status`` ≠ ``"optimal"`` and the reason in ``message`` (never raises for data;
-    raises ``ValueError`` for mismatched lengths).
+    raises ``ValueError`` for mismatched lengths). One zone of :func:`plan_zones`.
+    """
+    return plan_zones(
+        [ZoneProblem(model, t0_degc, params, occupied)],
+        outdoor_degc=outdoor_degc,
+        irradiance_wm2=irradiance_wm2,
+        prices_per_kwh=prices_per_kwh,
+        demand=demand,
+    )[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneProblem:
+    """One zone of a joint plan (:func:`plan_zones`)."""
+
+    model: RcModel
+    t0_degc: float
+    """The measured zone temperature at the plan's start."""
+    params: HvacParams
+    occupied: Sequence[bool]
+    """Per step: whether the zone is occupied (selects its comfort band)."""
+
+
+def plan_zones(  # noqa: PLR0915 - one LP, its blocks built in order
+    zones: Sequence[ZoneProblem],
+    *,
+    outdoor_degc: Sequence[float],
+    irradiance_wm2: Sequence[float],
+    prices_per_kwh: Sequence[float],
+    demand: DemandTerm | None = None,
+) -> tuple[Plan, ...]:
+    """The cheapest cooling of several zones in one LP, one :class:`Plan` per zone.
+
+    Each zone has its own model, band, chiller and occupancy (its variables and rows are
+    those of :func:`plan_cooling`); they share the weather, the prices and the demand
+    charge: a block's demand is the other load plus every zone's chiller, so the zones
+    take turns in a busy block instead of each believing it has the room. Every plan
+    carries the joint ``peak_w`` and ``demand_charge``. The zones must share one step;
+    the solver's time limit is the largest of theirs.
     """
     n = len(outdoor_degc)
-    if not (len(irradiance_wm2) == len(occupied) == len(prices_per_kwh) == n) or n == 0:
+    if not zones:
+        raise ValueError("plan_zones needs at least one zone")
+    lengths = [len(irradiance_wm2), len(prices_per_kwh), *(len(z.occupied) for z in zones)]
+    if any(length != n for length in lengths) or n == 0:
         raise ValueError(
             "outdoor, irradiance, occupied and prices must have one equal, non-zero length; "
-            f"got {len(outdoor_degc)}, {len(irradiance_wm2)}, {len(occupied)}, "
+            f"got {n}, {len(irradiance_wm2)}, {[len(z.occupied) for z in zones]}, "
             f"{len(prices_per_kwh)}"
         )
-    dt_s = params.step_s
+    if len({z.params.step for z in zones}) != 1:
+        raise ValueError("the zones of a joint plan must share one step")
+    dt_s = zones[0].params.step_s
     outdoor = np.asarray(outdoor_degc, dtype=np.float64)
     irradiance = np.asarray(irradiance_wm2, dtype=np.float64)
     prices = np.asarray(prices_per_kwh, dtype=np.float64)
-    occ = np.asarray(occupied, dtype=bool)
-    if not _all_finite(t0_degc, (outdoor, irradiance, prices), demand, n):
-        return Plan("failed", "non-finite start temperature, forecast or price", dt_s)
+    starts = [z.t0_degc for z in zones]
+    if not _all_finite(starts, (outdoor, irradiance, prices), demand, n):
+        failed = Plan("failed", "non-finite start temperature, forecast or price", dt_s)
+        return (failed,) * len(zones)
 
-    a = model.coefficient(dt_s)
-    r = model.resistance_k_per_w
     hours = dt_s / 3600.0
-    gains = np.array(
-        [model.gains_w(float(o), float(i)) for o, i in zip(occ, irradiance, strict=True)]
-    )
-    cop = np.array([params.cop.cop(float(t)) for t in outdoor])
-    lower = np.array([params.band(bool(o)).lower_degc for o in occ])
-    upper = np.array([params.band(bool(o)).upper_degc for o in occ])
-    # The plan's band: inside the comfort band by the margin, half its width at most.
-    margin = np.minimum(params.comfort_margin_k, (upper - lower) / 2.0)
-    floor, top = lower + margin, upper - margin
-
-    # Variables, n each: cooling Φ_k in kW (kW keeps the matrix well scaled next to kelvin),
-    # T_{k+1}, slack above the band s⁺_k, slack below s⁻_k; then one demand excess E_j (kW)
-    # per demand scenario.
-    q_at, t_at, hi_at, lo_at, e_at = 0, n, 2 * n, 3 * n, 4 * n  # where each block starts
-    shifts = demand.shifts() if demand is not None else []
-    size = 4 * n + len(shifts)
+    # Variables, n each per zone z (at z·4n): cooling Φ_k in kW (kW keeps the matrix well
+    # scaled next to kelvin), T_{k+1}, slack above the band s⁺_k, slack below s⁻_k; then
+    # one demand excess E_j (kW) per demand scenario.
+    levels = demand.levels() if demand is not None else []
+    e_at = 4 * n * len(zones)
+    size = e_at + len(levels)
     k = np.arange(n)
+    cost_parts: list[npt.NDArray[np.float64]] = []
+    eq = _Rows()
+    ub = _Rows()
+    bounds: list[tuple[float | None, float | None]] = []
+    zone_data: list[_ZoneLp] = []
+    for z, zone in enumerate(zones):
+        params, model = zone.params, zone.model
+        q_at, t_at, hi_at, lo_at = (4 * z * n + i * n for i in range(4))
+        occ = np.asarray(zone.occupied, dtype=bool)
+        a = model.coefficient(dt_s)
+        r = model.resistance_k_per_w
+        gains = np.array(
+            [model.gains_w(bool(o), float(i)) for o, i in zip(occ, irradiance, strict=True)]
+        )
+        cop = np.array([params.cop.cop(float(t)) for t in outdoor])
+        lower = np.array([params.band(bool(o)).lower_degc for o in occ])
+        upper = np.array([params.band(bool(o)).upper_degc for o in occ])
+        # The plan's band: inside the comfort band by the margin, half its width at most.
+        margin = np.minimum(params.comfort_margin_k, (upper - lower) / 2.0)
+        floor, top = lower + margin, upper - margin
+        penalty = np.full(n, params.comfort_penalty_per_kh * hours)
+        cost_parts += [prices * hours / cop, np.zeros(n), penalty, penalty]
+        # Dynamics: T_{k+1} − a·T_k + (1 − a)·R·1000·Φ_k = (1 − a)·(T_o,k + R·G_k)
+        rhs = (1.0 - a) * (outdoor + r * gains)
+        rhs[0] += a * zone.t0_degc
+        eq.add(eq.count + k, t_at + k, 1.0, rhs)
+        eq.add(eq.count + k, q_at + k, (1.0 - a) * r * 1000.0)
+        eq.add(eq.count + k[1:], t_at + k[1:] - 1, -a)
+        eq.count += n
+        # Band: T_{k+1} − s⁺_k ≤ hi_k − margin and −T_{k+1} − s⁻_k ≤ −(lo_k + margin)
+        for sign, slack_at, bound in ((1.0, hi_at, top), (-1.0, lo_at, -floor)):
+            ub.add(ub.count + k, t_at + k, sign, bound)
+            ub.add(ub.count + k, slack_at + k, -1.0)
+            ub.count += n
+        _ramp_rows(ub, _ramp_step_w(params) / 1000.0, n, q_at=q_at)
+        ceiling = params.temperature_ceiling_degc
+        bounds += (
+            [(0.0, params.chiller_capacity_w / 1000.0)] * n
+            + [(None, ceiling)] * n
+            + [(0.0, None)] * (2 * n)
+        )
+        zone_data.append(_ZoneLp(q_at, t_at, cop, lower, upper))
     cost = np.concatenate(
         [
-            prices * hours / cop,  # per kW of cooling held for one step
-            np.zeros(n),
-            np.full(n, params.comfort_penalty_per_kh * hours),
-            np.full(n, params.comfort_penalty_per_kh * hours),
-            np.full(len(shifts), demand.charge_per_kw / len(shifts) if demand else 0.0),
+            *cost_parts,
+            np.array([weight * demand.charge_per_kw for weight, _ in levels] if demand else []),
         ]
     )
-    # Dynamics: T_{k+1} − a·T_k + (1 − a)·R·1000·Φ_k = (1 − a)·(T_o,k + R·G_k)
-    rows = np.concatenate([k, k, k[1:]])
-    cols = np.concatenate([t_at + k, q_at + k, t_at + k[1:] - 1])
-    data = np.concatenate([np.ones(n), np.full(n, (1.0 - a) * r * 1000.0), np.full(n - 1, -a)])
-    a_eq = sparse.csr_array(sparse.coo_array((data, (rows, cols)), shape=(n, size)))
-    b_eq = (1.0 - a) * (outdoor + r * gains)
-    b_eq[0] += a * t0_degc
-    # Band: T_{k+1} − s⁺_k ≤ hi_k − margin and −T_{k+1} − s⁻_k ≤ −(lo_k + margin)
-    ub = _Rows()
-    for sign, slack_at, rhs in ((1.0, hi_at, top), (-1.0, lo_at, -floor)):
-        ub.add(ub.count + k, t_at + k, sign, rhs)
-        ub.add(ub.count + k, slack_at + k, -1.0)
-        ub.count += n
-    _ramp_rows(ub, _ramp_step_w(params) / 1000.0, n, q_at=q_at)
+    bounds += [(0.0, None)] * len(levels)
     if demand is not None:
-        _demand_rows(ub, demand, shifts, cop, q_at=q_at, e_at=e_at)
-    a_ub = ub.matrix(size)
-    b_ub = ub.rhs()
-    ceiling = params.temperature_ceiling_degc
-    bounds = (
-        [(0.0, params.chiller_capacity_w / 1000.0)] * n
-        + [(None, ceiling)] * n
-        + [(0.0, None)] * (2 * n + len(shifts))
-    )
+        _demand_rows(
+            ub,
+            demand,
+            levels,
+            [(lp.q_at, lp.cop) for lp in zone_data],
+            e_at=e_at,
+        )
     result: Any = linprog(
         cost,
-        A_ub=a_ub,
-        b_ub=b_ub,
-        A_eq=a_eq,
-        b_eq=b_eq,
+        A_ub=ub.matrix(size),
+        b_ub=ub.rhs(),
+        A_eq=eq.matrix(size),
+        b_eq=eq.rhs(),
         bounds=bounds,
         method="highs",
-        options={"time_limit": params.solver_time_limit_s},
+        options={"time_limit": max(z.params.solver_time_limit_s for z in zones)},
     )
     if result.status != 0 or result.x is None:
         status: PlanStatus = "infeasible" if result.status == 2 else "failed"
-        return Plan(status, f"HiGHS status {result.status}: {result.message}", dt_s)
+        failed = Plan(status, f"HiGHS status {result.status}: {result.message}", dt_s)
+        return (failed,) * len(zones)
     x = np.asarray(result.x, dtype=np.float64)
-    cooling_w = np.maximum(x[q_at : q_at + n], 0.0) * 1000.0
-    temperatures = np.concatenate([[t0_degc], x[t_at : t_at + n]])
-    electric_w = cooling_w / cop
-    violation = np.maximum(0.0, np.maximum(lower - temperatures[1:], temperatures[1:] - upper))
-    peak_w, demand_charge = _demand_figures(demand, electric_w)
-    return Plan(
-        status="optimal",
-        message=str(result.message),
-        step_s=dt_s,
-        temperatures_degc=tuple(float(v) for v in temperatures),
-        cooling_w=tuple(float(v) for v in cooling_w),
-        chiller_power_w=tuple(float(v) for v in electric_w),
-        cost=float(np.sum(prices * electric_w / 1000.0 * hours)),
-        energy_wh=float(np.sum(electric_w) * hours),
-        comfort_violation_kh=float(np.sum(violation) * hours),
-        peak_w=peak_w,
-        demand_charge=demand_charge,
-    )
+    electric = [np.maximum(x[lp.q_at : lp.q_at + n], 0.0) * 1000.0 / lp.cop for lp in zone_data]
+    peak_w, demand_charge = _demand_figures(demand, np.sum(electric, axis=0))
+    plans: list[Plan] = []
+    for zone, lp, electric_w in zip(zones, zone_data, electric, strict=True):
+        cooling_w = electric_w * lp.cop
+        temperatures = np.concatenate([[zone.t0_degc], x[lp.t_at : lp.t_at + n]])
+        violation = np.maximum(
+            0.0, np.maximum(lp.lower - temperatures[1:], temperatures[1:] - lp.upper)
+        )
+        plans.append(
+            Plan(
+                status="optimal",
+                message=str(result.message),
+                step_s=dt_s,
+                temperatures_degc=tuple(float(v) for v in temperatures),
+                cooling_w=tuple(float(v) for v in cooling_w),
+                chiller_power_w=tuple(float(v) for v in electric_w),
+                cost=float(np.sum(prices * electric_w / 1000.0 * hours)),
+                energy_wh=float(np.sum(electric_w) * hours),
+                comfort_violation_kh=float(np.sum(violation) * hours),
+                peak_w=peak_w,
+                demand_charge=demand_charge,
+            )
+        )
+    return tuple(plans)
+
+
+@dataclass(frozen=True, slots=True)
+class _ZoneLp:
+    """Where a zone's variables sit in the joint LP, and its per-step figures."""
+
+    q_at: int
+    t_at: int
+    cop: npt.NDArray[np.float64]
+    lower: npt.NDArray[np.float64]
+    upper: npt.NDArray[np.float64]
 
 
 def _all_finite(
-    t0_degc: float,
+    starts: Sequence[float],
     series: Sequence[npt.NDArray[np.float64]],
     demand: DemandTerm | None,
     n: int,
 ) -> bool:
     """Whether every input is finite; raises ``ValueError`` for a demand term of another
     length than the inputs (a programming error)."""
-    finite = [bool(np.isfinite(t0_degc)), *(bool(np.all(np.isfinite(v))) for v in series)]
+    finite = [bool(np.all(np.isfinite(starts))), *(bool(np.all(np.isfinite(v))) for v in series)]
     if demand is not None:
         lengths = {len(demand.other_load_w), len(demand.blocks), len(demand.counts)}
         if demand.spread_w is not None:
             lengths.add(len(demand.spread_w))
+        lengths.update(len(add) for _, add in demand.extra)
         if lengths != {n}:
             raise ValueError("the demand term's series must have the inputs' length")
         finite.append(bool(np.all(np.isfinite(np.asarray(demand.other_load_w, dtype=float)))))
         if demand.spread_w is not None:
             finite.append(bool(np.all(np.isfinite(np.asarray(demand.spread_w, dtype=float)))))
         finite.append(math.isfinite(demand.threshold_w))
+        finite += [
+            bool(np.all(np.isfinite(np.asarray(add, dtype=float)))) for _, add in demand.extra
+        ]
     return all(finite)
 
 
@@ -570,27 +696,22 @@ def _ramp_rows(ub: _Rows, ramp_kw: float, n: int, *, q_at: int) -> None:
 def _demand_rows(
     ub: _Rows,
     demand: DemandTerm,
-    shifts: Sequence[float],
-    cop: npt.NDArray[np.float64],
+    levels: Sequence[tuple[float, npt.NDArray[np.float64]]],
+    zones: Sequence[tuple[int, npt.NDArray[np.float64]]],
     *,
-    q_at: int,
     e_at: int,
 ) -> None:
-    """Per scenario j and counted block b: mean over b of (other_k + z_j·spread_k + Φ_k/COP_k)
-    − E_j ≤ threshold, in kW."""
-    n = len(cop)
-    other_kw = np.asarray(demand.other_load_w, dtype=np.float64) / 1000.0
-    spread_kw = (
-        np.asarray(demand.spread_w, dtype=np.float64) / 1000.0
-        if demand.spread_w is not None
-        else np.zeros(n)
-    )
+    """Per scenario j (its other load O_j) and counted block b: mean over b of
+    (O_j,k + Σ_zones Φ_k/COP_k) − E_j ≤ threshold, in kW. ``zones``: (where the zone's Φ
+    starts, its COP per step)."""
     groups = _groups(demand)
-    for j, z in enumerate(shifts):
+    for j, (_, other_w) in enumerate(levels):
+        other_kw = other_w / 1000.0
         for members in groups:
             weight = 1.0 / len(members)
-            load = weight * float(np.sum(other_kw[members] + z * spread_kw[members]))
-            ub.add(np.full(len(members), ub.count), q_at + members, weight / cop[members])
+            load = weight * float(np.sum(other_kw[members]))
+            for q_at, cop in zones:
+                ub.add(np.full(len(members), ub.count), q_at + members, weight / cop[members])
             ub.add(
                 np.array([ub.count]),
                 np.array([e_at + j]),
@@ -764,43 +885,17 @@ class HvacController:
         """One cycle: re-plan when due, then request the setpoint of the current step."""
         p = self._params
         events: list[str] = []
+        state = self._identified(state, events)
         fit = state.fit
-        if fit is None and state.history is not None:
-            fit = identify_zone(state.history, p.identification)
-            if isinstance(fit, ThermalFit):
-                events.append(
-                    f"{self.name}: identified {fit.chosen} zone model from history, "
-                    f"R·C {fit.rc.time_constant_s / 3600.0:.1f} h, {fit.verdict}"
-                )
-            state = replace(state, fit=fit, history=None)
-
         metrics: dict[str, float] = {}
         if p.grid_point is not None:
-            reading = snapshot.reading(p.grid_point)
-            if reading is not None and math.isfinite(reading.value):
-                ledger = track_demand(
-                    state.demand, reading.value, reading.ts, p.tariff, p.max_input_age_s
-                )
+            ledger = _tracked(state.demand, snapshot, p)
+            if ledger is not None:
                 state = replace(state, demand=ledger)
                 metrics["billed_peak_w"] = ledger.billed_peak_w
-        temperature = snapshot.value(p.ref(p.temperature_point), p.max_input_age_s)
-        if temperature is not None:
-            band = p.band(p.occupied_at(now))
-            metrics["comfort_deviation_degc"] = band.deviation_degc(temperature)
-        if isinstance(fit, ThermalFit):
-            metrics["model_rmse_degc"] = fit.multi_step_rmse_k
-            metrics["model_one_step_rmse_degc"] = fit.one_step_rmse_k
-            metrics["model_time_constant_s"] = fit.rc.time_constant_s
-
-        if temperature is None:
-            problem: tuple[FallbackKind, str] = (
-                "stale_temperature",
-                f"zone temperature {p.ref(p.temperature_point)} missing or older than "
-                f"{p.max_input_age_s:.0f} s",
-            )
-            return self._fallback(state, now=now, problem=problem, metrics=metrics, events=events)
-        if not isinstance(fit, ThermalFit) or not fit.good_enough:
-            problem = _model_problem(fit)
+        temperature, problem = self._readiness(snapshot, state, now, metrics)
+        if problem is not None or temperature is None or not isinstance(fit, ThermalFit):
+            assert problem is not None  # noqa: S101 - _readiness names one when not ready
             return self._fallback(state, now=now, problem=problem, metrics=metrics, events=events)
         return self._follow_plan(
             snapshot,
@@ -812,6 +907,44 @@ class HvacController:
             metrics=metrics,
             events=events,
         )
+
+    def _identified(self, state: HvacState, events: list[str]) -> HvacState:
+        """``state`` with its model identified from the history it carries, when due."""
+        fit = state.fit
+        if fit is None and state.history is not None:
+            fit = identify_zone(state.history, self._params.identification)
+            if isinstance(fit, ThermalFit):
+                events.append(
+                    f"{self.name}: identified {fit.chosen} zone model from history, "
+                    f"R·C {fit.rc.time_constant_s / 3600.0:.1f} h, {fit.verdict}"
+                )
+            state = replace(state, fit=fit, history=None)
+        return state
+
+    def _readiness(
+        self, snapshot: Snapshot, state: HvacState, now: datetime, metrics: dict[str, float]
+    ) -> tuple[float | None, tuple[FallbackKind, str] | None]:
+        """(the zone temperature, why the zone cannot be planned or None); adds the zone's
+        comfort and model metrics."""
+        p = self._params
+        fit = state.fit
+        temperature = snapshot.value(p.ref(p.temperature_point), p.max_input_age_s)
+        if temperature is not None:
+            band = p.band(p.occupied_at(now))
+            metrics["comfort_deviation_degc"] = band.deviation_degc(temperature)
+        if isinstance(fit, ThermalFit):
+            metrics["model_rmse_degc"] = fit.multi_step_rmse_k
+            metrics["model_one_step_rmse_degc"] = fit.one_step_rmse_k
+            metrics["model_time_constant_s"] = fit.rc.time_constant_s
+        if temperature is None:
+            return None, (
+                "stale_temperature",
+                f"zone temperature {p.ref(p.temperature_point)} missing or older than "
+                f"{p.max_input_age_s:.0f} s",
+            )
+        if not isinstance(fit, ThermalFit) or not fit.good_enough:
+            return temperature, _model_problem(fit)
+        return temperature, None
 
     # ---------------------------------------------------------------------------------
 
@@ -869,6 +1002,28 @@ class HvacController:
                     metrics=metrics,
                     events=events,
                 )
+        return self._follow(
+            replace(state, persisted=persisted),
+            plan,
+            start,
+            now=now,
+            metrics=metrics,
+            events=events,
+        )
+
+    def _follow(
+        self,
+        state: HvacState,
+        plan: Plan,
+        start: datetime,
+        *,
+        now: datetime,
+        metrics: dict[str, float],
+        events: list[str],
+    ) -> Decision[HvacState]:
+        """Request the planned temperature at the end of the current step of ``plan``."""
+        p = self._params
+        persisted = state.persisted
         index = min(math.floor((now - start) / p.step), len(plan.cooling_w) - 1)
         planned = plan.temperatures_degc[index + 1]
         setpoint = p.clip_setpoint(planned)
@@ -954,43 +1109,8 @@ class HvacController:
             state, now=now, model=model, outdoor=outdoor, irradiance=irradiance, occupied=occupied
         )
         other = [load[k] - own[k] - (pv[k] if pv is not None else 0.0) for k in range(p.steps)]
-        starts = [
-            slot_start(now + k * p.step, tariff.demand_interval, tariff.zone)
-            for k in range(p.steps)
-        ]
-        index = {start: i for i, start in enumerate(dict.fromkeys(starts))}
-        today = now.astimezone(tariff.zone).date()
-        threshold = state.demand.billed_peak_w if state.demand is not None else 0.0
-        for ref in (p.billed_peak_point, p.import_limit_point):
-            value = snapshot.value(ref, p.max_input_age_s) if ref is not None else None
-            if value is not None and math.isfinite(value):
-                threshold = max(threshold, value)
-        spread = [
-            math.hypot(
-                p.load_forecast_error * load[k],
-                p.pv_forecast_error * (pv[k] if pv is not None else 0.0),
-            )
-            for k in range(p.steps)
-        ]
-        high = None
-        if p.net_load_high_key is not None:
-            high = _forecast_series(forecasts.get(p.net_load_high_key), now, p.step, p.steps)
-        if high is not None:
-            z90 = NormalDist().inv_cdf(0.9)
-            for k in range(p.steps):
-                expected = load[k] - (pv[k] if pv is not None else 0.0)
-                spread[k] = max(spread[k], (high[k] - expected) / z90)
-        return DemandTerm(
-            spread_w=spread,
-            scenarios=p.demand_scenarios,
-            other_load_w=other,
-            blocks=[index[start] for start in starts],
-            counts=[
-                tariff.counts_for_demand(start) and start.astimezone(tariff.zone).date() == today
-                for start in starts
-            ],
-            threshold_w=threshold,
-            charge_per_kw=tariff.demand_charge_per_kw,
+        return _demand_over(
+            p, snapshot, state.demand, now=now, forecasts=forecasts, other=other, load=load, pv=pv
         )
 
     def _own_chiller_w(
@@ -1087,6 +1207,76 @@ class HvacController:
         )
 
 
+def _demand_over(
+    p: HvacParams,
+    snapshot: Snapshot,
+    ledger: DemandLedger | None,
+    *,
+    now: datetime,
+    forecasts: Forecasts,
+    other: Sequence[float],
+    load: Sequence[float],
+    pv: Sequence[float] | None,
+) -> DemandTerm:
+    """The demand term over ``p``'s horizon for the other load ``other`` (W per step): the
+    blocks of the current local day that count, the threshold (the billed peak tracked in
+    ``ledger``, raised to a fresh published billed peak or import limit) and the spread of
+    the other load from ``load`` and ``pv``'s relative errors (widened to the net-import
+    quantile forecast, when there is one)."""
+    tariff = p.tariff
+    starts = [
+        slot_start(now + k * p.step, tariff.demand_interval, tariff.zone) for k in range(p.steps)
+    ]
+    index = {start: i for i, start in enumerate(dict.fromkeys(starts))}
+    today = now.astimezone(tariff.zone).date()
+    threshold = ledger.billed_peak_w if ledger is not None else 0.0
+    for ref in (p.billed_peak_point, p.import_limit_point):
+        value = snapshot.value(ref, p.max_input_age_s) if ref is not None else None
+        if value is not None and math.isfinite(value):
+            threshold = max(threshold, value)
+    spread = [
+        math.hypot(
+            p.load_forecast_error * load[k],
+            p.pv_forecast_error * (pv[k] if pv is not None else 0.0),
+        )
+        for k in range(p.steps)
+    ]
+    high = None
+    if p.net_load_high_key is not None:
+        high = _forecast_series(forecasts.get(p.net_load_high_key), now, p.step, p.steps)
+    if high is not None:
+        z90 = NormalDist().inv_cdf(0.9)
+        for k in range(p.steps):
+            expected = load[k] - (pv[k] if pv is not None else 0.0)
+            spread[k] = max(spread[k], (high[k] - expected) / z90)
+    extra: list[tuple[float, list[float]]] = []
+    if p.overcast_weight > 0.0 and pv is not None:
+        extra.append((p.overcast_weight, [(1.0 - p.overcast_pv_fraction) * v for v in pv]))
+    return DemandTerm(
+        spread_w=spread,
+        scenarios=p.demand_scenarios,
+        extra=extra,
+        other_load_w=list(other),
+        blocks=[index[start] for start in starts],
+        counts=[
+            tariff.counts_for_demand(start) and start.astimezone(tariff.zone).date() == today
+            for start in starts
+        ],
+        threshold_w=threshold,
+        charge_per_kw=tariff.demand_charge_per_kw,
+    )
+
+
+def _tracked(ledger: DemandLedger | None, snapshot: Snapshot, p: HvacParams) -> DemandLedger | None:
+    """``ledger`` with the site meter's reading in ``snapshot`` added; None without one."""
+    if p.grid_point is None:
+        return None
+    reading = snapshot.reading(p.grid_point)
+    if reading is None or not math.isfinite(reading.value):
+        return None
+    return track_demand(ledger, reading.value, reading.ts, p.tariff, p.max_input_age_s)
+
+
 def _model_problem(fit: ThermalFit | IdentificationRefused | None) -> tuple[FallbackKind, str]:
     """Why ``fit`` cannot be planned with (called only when it cannot)."""
     if fit is None:
@@ -1114,3 +1304,280 @@ def _forecast_series(
             return None
         values.append(value)
     return values
+
+
+# --------------------------------------------------------------------------------------------
+# Several zones planned together
+
+
+@dataclass(frozen=True, slots=True)
+class HvacGroupState:
+    """What the group planner carries between cycles."""
+
+    zones: tuple[HvacState, ...]
+    """Each zone's model, plan (its part of the joint plan) and mode, in the group's order."""
+    demand: DemandLedger | None = None
+    """The month's billed demand, followed from the first zone's ``grid_point``."""
+    planned: tuple[int, ...] = ()
+    """The zones in the current joint plan (the others run their thermostat fallback)."""
+
+
+class HvacGroupController:
+    """The zones of one site planned in one LP (:func:`plan_zones`), each zone's setpoint
+    requested from its part of the plan.
+
+    Zones planned apart each take the others' chillers as forecast, so two of them pre-cool
+    into the same block, each believing it has the room: planned together the demand rows
+    hold the sum of the chillers. The other load is the forecast of the site's consumption
+    without the planned chillers (``uncontrolled_load_key``) less PV, plus what zones on
+    their thermostat fallback draw; the weather, tariff, meter, demand-charge settings and
+    forecast keys are those of the first zone. Each zone falls back to its thermostat alone
+    (stale temperature, no or a bad model) and the others go on planning together; the
+    weather missing or the solver failing sends every planned zone to its fallback.
+    """
+
+    def __init__(self, zones: Sequence[HvacController], *, name: str = "hvac_group_planner"):
+        if not zones:
+            raise ValueError("a zone group needs at least one zone")
+        steps = {z.params.step for z in zones}
+        horizons = {z.params.horizon for z in zones}
+        if len(steps) != 1 or len(horizons) != 1:
+            raise ValueError("the zones of a group must share one plan step and horizon")
+        if len({z.params.zone for z in zones}) != len(zones):
+            raise ValueError("a zone appears twice in the group")
+        self._zones = tuple(zones)
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def priority(self) -> Priority:
+        return Priority.ECONOMICS
+
+    @property
+    def zones(self) -> tuple[HvacController, ...]:
+        return self._zones
+
+    def initial_state(self) -> HvacGroupState:
+        return HvacGroupState(zones=tuple(z.initial_state() for z in self._zones))
+
+    def decide(
+        self, snapshot: Snapshot, state: HvacGroupState, now: datetime, forecasts: Forecasts
+    ) -> Decision[HvacGroupState]:
+        """One cycle: re-plan the ready zones together when due, request every setpoint."""
+        lead = self._zones[0].params
+        events: list[str] = []
+        metrics: dict[str, float] = {}
+        ledger = _tracked(state.demand, snapshot, lead) or state.demand
+        if ledger is not None:
+            metrics["billed_peak_w"] = ledger.billed_peak_w
+        zone_states = [
+            z._identified(s, events) for z, s in zip(self._zones, state.zones, strict=True)
+        ]
+        zone_metrics: list[dict[str, float]] = [{} for _ in self._zones]
+        decisions: dict[int, Decision[HvacState]] = {}
+        ready: list[tuple[int, float, RcModel]] = []
+        for i, zone in enumerate(self._zones):
+            temperature, problem = zone._readiness(snapshot, zone_states[i], now, zone_metrics[i])
+            fit = zone_states[i].fit
+            if problem is None and temperature is not None and isinstance(fit, ThermalFit):
+                ready.append((i, temperature, fit.rc))
+            else:
+                assert problem is not None  # noqa: S101 - _readiness names one when not ready
+                decisions[i] = zone._fallback(
+                    zone_states[i], now=now, problem=problem, metrics=zone_metrics[i], events=[]
+                )
+        planned = tuple(i for i, _, _ in ready)
+        if ready and self._replan_due(zone_states, ready, planned, state.planned, now):
+            outcome = self._plan(
+                snapshot, zone_states, ready, decisions, ledger, now=now, forecasts=forecasts
+            )
+            if isinstance(outcome, tuple):
+                kind, detail = outcome
+                for i, _, _ in ready:
+                    decisions[i] = self._zones[i]._fallback(
+                        zone_states[i],
+                        now=now,
+                        problem=(kind, detail),
+                        metrics=zone_metrics[i],
+                        events=[],
+                    )
+                planned = ()
+            else:
+                for i, _, _ in ready:
+                    zone_states[i] = outcome[i]
+        for i, _, _ in ready:
+            if i in decisions:
+                continue
+            zs = zone_states[i]
+            assert zs.plan is not None  # noqa: S101 - planned above
+            assert zs.plan_start is not None  # noqa: S101
+            decisions[i] = self._zones[i]._follow(
+                zs, zs.plan, zs.plan_start, now=now, metrics=zone_metrics[i], events=[]
+            )
+        requests: list[SetpointRequest] = []
+        new_states: list[HvacState] = []
+        for i, zone in enumerate(self._zones):
+            decision = decisions[i]
+            new_states.append(decision.state)
+            events.extend(decision.events)
+            requests.extend(replace(r, source=self._name) for r in decision.requests)
+            for key, value in decision.metrics.items():
+                if key == "plan_peak_w":
+                    metrics[key] = value
+                else:
+                    metrics[f"{zone.params.zone}_{key}"] = value
+        return Decision(
+            state=HvacGroupState(zones=tuple(new_states), demand=ledger, planned=planned),
+            requests=tuple(requests),
+            metrics=metrics,
+            events=tuple(events),
+        )
+
+    def _replan_due(
+        self,
+        zone_states: Sequence[HvacState],
+        ready: Sequence[tuple[int, float, RcModel]],
+        planned: tuple[int, ...],
+        was_planned: tuple[int, ...],
+        now: datetime,
+    ) -> bool:
+        if planned != was_planned:
+            return True
+        for i, temperature, _ in ready:
+            zs = zone_states[i]
+            if zs.plan is None or zs.plan_start is None or zs.mode != "plan":
+                return True
+            if self._zones[i]._replan_due(zs.plan, zs.plan_start, now, temperature):
+                return True
+        return False
+
+    def _plan(
+        self,
+        snapshot: Snapshot,
+        zone_states: Sequence[HvacState],
+        ready: Sequence[tuple[int, float, RcModel]],
+        fallbacks: Mapping[int, Decision[HvacState]],
+        ledger: DemandLedger | None,
+        *,
+        now: datetime,
+        forecasts: Forecasts,
+    ) -> dict[int, HvacState] | tuple[FallbackKind, str]:
+        """Each ready zone's state with its part of a new joint plan, or why there is none."""
+        lead = self._zones[0]
+        p = lead.params
+        first = self._zones[ready[0][0]]
+        inputs = first._inputs(snapshot, now, forecasts)
+        if isinstance(inputs, str):
+            return "no_outdoor", inputs
+        outdoor, irradiance, persisted = inputs
+        times = [now + k * p.step for k in range(p.steps)]
+        problems = [
+            ZoneProblem(
+                model,
+                temperature,
+                self._zones[i].params,
+                [self._zones[i].params.occupied_at(t) for t in times],
+            )
+            for i, temperature, model in ready
+        ]
+        demand = self._demand_term(
+            snapshot,
+            zone_states,
+            ready,
+            fallbacks,
+            ledger,
+            now=now,
+            forecasts=forecasts,
+            outdoor=outdoor,
+            irradiance=irradiance,
+        )
+        plans = plan_zones(
+            problems,
+            outdoor_degc=outdoor,
+            irradiance_wm2=irradiance,
+            prices_per_kwh=p.tariff.prices_per_kwh(now, p.step, p.steps),
+            demand=demand,
+        )
+        if not plans[0].ok:
+            return "planner", f"joint planner {plans[0].status}: {plans[0].message}"
+        return {
+            i: replace(zone_states[i], plan=plan, plan_start=now, persisted=persisted)
+            for (i, _, _), plan in zip(ready, plans, strict=True)
+        }
+
+    def _demand_term(
+        self,
+        snapshot: Snapshot,
+        zone_states: Sequence[HvacState],
+        ready: Sequence[tuple[int, float, RcModel]],
+        fallbacks: Mapping[int, Decision[HvacState]],
+        ledger: DemandLedger | None,
+        *,
+        now: datetime,
+        forecasts: Forecasts,
+        outdoor: Sequence[float],
+        irradiance: Sequence[float],
+    ) -> DemandTerm | None:
+        """The demand charge of the joint plan: the uncontrolled load (forecast, or the
+        consumption less thermostats holding the planned zones) less PV, plus the zones on
+        their fallback at what their chillers draw now. Today's departure from the usual
+        (a busier morning, a cloud deck) is the forecasters' to persist: they are rebuilt
+        from the latest quarter hours."""
+        p = self._zones[0].params
+        if p.tariff.demand_charge_per_kw <= 0.0:
+            return None
+        n = p.steps
+        load = None
+        if p.uncontrolled_load_key is not None:
+            load = _forecast_series(forecasts.get(p.uncontrolled_load_key), now, p.step, n)
+        uncontrolled = load is not None
+        if load is None and p.load_forecast_key is not None:
+            load = _forecast_series(forecasts.get(p.load_forecast_key), now, p.step, n)
+        if load is None:
+            return None
+        pv = None
+        if p.pv_forecast_key is not None:
+            pv = _forecast_series(forecasts.get(p.pv_forecast_key), now, p.step, n)
+        other = np.asarray(load, dtype=np.float64)
+        if pv is not None:
+            other = other - np.asarray(pv)
+        times = [now + k * p.step for k in range(n)]
+        if uncontrolled:
+            for i in fallbacks:
+                fallback = self._zones[i].params
+                drawn = snapshot.value(
+                    fallback.ref(fallback.chiller_power_point), fallback.max_input_age_s
+                )
+                other = other + (drawn if drawn is not None else 0.0)
+        else:
+            for i, _, model in ready:
+                zone = self._zones[i]
+                occupied = [zone.params.occupied_at(t) for t in times]
+                other = other - np.asarray(
+                    zone._own_chiller_w(
+                        replace(zone_states[i], plan=None),
+                        now=now,
+                        model=model,
+                        outdoor=outdoor,
+                        irradiance=irradiance,
+                        occupied=occupied,
+                    )
+                )
+        # The spread is of the consumption (chillers included), as the net-import quantile
+        # forecast that can widen it is.
+        consumption = None
+        if p.load_forecast_key is not None:
+            consumption = _forecast_series(forecasts.get(p.load_forecast_key), now, p.step, n)
+        return _demand_over(
+            p,
+            snapshot,
+            ledger,
+            now=now,
+            forecasts=forecasts,
+            other=[float(v) for v in other],
+            load=consumption if consumption is not None else load,
+            pv=pv,
+        )

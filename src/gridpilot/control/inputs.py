@@ -7,6 +7,8 @@ pure functions.
 * ``load_w`` — the site's consumption (grid + battery + PV power: what the loads drew,
   whoever supplied it), the day-type profile blended with persistence
   (:func:`~gridpilot.control.forecast.load_forecast`); the peak shaver subtracts ``pv_w``;
+* ``uncontrolled_load_w`` — the same without the planned zones' chillers (their
+  ``chiller_power_point``), when every zone has stored it: the zone planners' other load;
 * ``pv_w`` — PV output, the daily profile scaled by today's ratio
   (:func:`~gridpilot.control.forecast.pv_forecast`);
 * ``outdoor_degc`` and ``irradiance_wm2`` — daily profile blended with persistence, for the
@@ -178,6 +180,18 @@ class StoredInputs:
                 if pv is not None and pv_point is not None:
                     sources += (pv_point,)
                 self._issue("load_forecast", out["load_w"], sources)
+                chillers = [
+                    await self.series(
+                        PointRef(z.zone, z.chiller_power_point), now, self.forecast_days
+                    )
+                    for z in control.hvac
+                ]
+                if control.hvac and all(c is not None for c in chillers):
+                    # Without the planned chillers: the zone planners add their own plans.
+                    uncontrolled = net - sum(np.nan_to_num(c) for c in chillers if c is not None)
+                    out["uncontrolled_load_w"] = load_forecast(
+                        times, uncontrolled, start, steps, kind="daytype", timezone=self.timezone
+                    )
         pv_ref = self._pv_point()
         if pv_ref is not None:
             pv = await self.series(pv_ref, now, self.forecast_days)

@@ -54,7 +54,7 @@ from gridpilot.control.engine import (
     Override,
     PointLimits,
 )
-from gridpilot.control.hvac import HvacController, HvacParams
+from gridpilot.control.hvac import HvacController, HvacGroupController, HvacParams, HvacState
 from gridpilot.control.journal import Journal
 from gridpilot.control.params import ParamsError, controller_params, with_params
 from gridpilot.control.requests import (
@@ -489,20 +489,39 @@ class ControllerService:
         """Hand each zone planner its latest history: a building changes (a new tenant, a
         retrofit), and a planner that started without history gets one once there is."""
         for controller in self.engine.controllers():
-            if not isinstance(controller, HvacController):
-                continue
-            try:
-                history = await source.zone_history(controller.params, now)
-            except Exception as exc:  # noqa: BLE001 - keep the current model and say so
-                self._record("warning", controller.name, f"no history to re-identify from: {exc}")
-                continue
-            if history is None:
-                continue
-            state = self.engine.controller_state(controller.name)
-            # fit=None makes the planner identify from the new history in its next cycle
-            self.engine.set_controller_state(
-                controller.name, replace(state, fit=None, history=history)
-            )
+            if isinstance(controller, HvacController):
+                state = self.engine.controller_state(controller.name)
+                fresh = await self._fresh_zone(source, controller, state, now)
+                if fresh is not None:
+                    self.engine.set_controller_state(controller.name, fresh)
+            elif isinstance(controller, HvacGroupController):
+                group = self.engine.controller_state(controller.name)
+                zones = list(group.zones)
+                for i, zone in enumerate(controller.zones):
+                    fresh = await self._fresh_zone(source, zone, zones[i], now, controller.name)
+                    zones[i] = fresh if fresh is not None else zones[i]
+                self.engine.set_controller_state(
+                    controller.name, replace(group, zones=tuple(zones))
+                )
+
+    async def _fresh_zone(
+        self,
+        source: ForecastSource,
+        zone: HvacController,
+        state: HvacState,
+        now: datetime,
+        reporter: str | None = None,
+    ) -> HvacState | None:
+        """``state`` set to identify from the zone's latest history (fit=None makes the
+        planner identify from it in its next cycle); None without a history."""
+        try:
+            history = await source.zone_history(zone.params, now)
+        except Exception as exc:  # noqa: BLE001 - keep the current model and say so
+            self._record("warning", reporter or zone.name, f"no history to re-identify from: {exc}")
+            return None
+        if history is None:
+            return None
+        return replace(state, fit=None, history=history)
 
     async def _act(self, bus: BusClient, result: CycleResult, mono: float) -> None:
         resend_s = self.control.resend_after.total_seconds()

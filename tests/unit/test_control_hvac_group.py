@@ -1,0 +1,430 @@
+"""Several zones planned in one LP: the shared demand charge, per-zone fallback, the
+uncontrolled load — pure, synchronous."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import pytest
+
+from gridpilot.control.base import Forecast, PointRef, Reading, Snapshot
+from gridpilot.control.hvac import (
+    DemandTerm,
+    HvacController,
+    HvacGroupController,
+    HvacParams,
+    ZoneProblem,
+    plan_cooling,
+    plan_zones,
+)
+from gridpilot.model.units import unit_of
+from tests.unit.test_control_hvac import (
+    CLIMATE,
+    GOOD_FIT,
+    IRRADIANCE,
+    MONDAY_6,
+    MONDAY_10,
+    OUTDOOR,
+    SITE,
+    TRUE_MODEL,
+    demand_term,
+    forecasts_at,
+    params,
+    weather,
+)
+
+ZONES = ("hvac_zone_1", "hvac_zone_2")
+GRID = PointRef("grid_meter", "active_power_w")
+STEP = timedelta(minutes=15)
+
+
+def zone_params(zone: str, **overrides: object) -> HvacParams:
+    return params(zone=zone, **overrides)
+
+
+def group(**overrides: object) -> HvacGroupController:
+    return HvacGroupController(
+        [HvacController(zone_params(z, **overrides), fit=GOOD_FIT) for z in ZONES]
+    )
+
+
+def site_forecasts(start: datetime, *, busy_w: float = 100_000.0) -> dict[str, Forecast]:
+    """Weather, and the site's consumption without the zones' chillers: ``busy_w`` from
+    09:00 to 11:00, 60 kW otherwise; no PV."""
+    out = forecasts_at(start)
+    times = [start + k * STEP for k in range(120)]
+    out["uncontrolled_load_w"] = Forecast(
+        start, STEP, tuple(busy_w if 9 <= t.hour < 11 else 60_000.0 for t in times)
+    )
+    return out
+
+
+def site_snapshot(
+    now: datetime,
+    temperatures: tuple[float | None, ...] = (24.0, 24.0),
+    *,
+    grid_w: float | None = None,
+    chillers_w: tuple[float, ...] = (5_000.0, 5_000.0),
+) -> Snapshot:
+    readings = {
+        OUTDOOR: Reading(CLIMATE.temperature_degc(now), now),
+        IRRADIANCE: Reading(SITE.irradiance_wm2(now), now),
+    }
+    for zone, temperature, chiller in zip(ZONES, temperatures, chillers_w, strict=True):
+        if temperature is not None:
+            readings[PointRef(zone, "temperature_degc")] = Reading(temperature, now)
+        readings[PointRef(zone, "chiller_power_w")] = Reading(chiller, now)
+    if grid_w is not None:
+        readings[GRID] = Reading(grid_w, now)
+    return Snapshot(now, readings)
+
+
+def joint_peak_w(demand: DemandTerm, chillers: list[tuple[float, ...]]) -> float:
+    return max(
+        o + sum(c[k] for c in chillers)
+        for k, (o, n) in enumerate(zip(demand.other_load_w, demand.counts, strict=True))
+        if n
+    )
+
+
+# ------------------------------------------------------------------------ the joint LP
+
+
+@pytest.mark.parametrize(
+    ("threshold_w", "charge_per_kw"),
+    [(110_000.0, 18.0), (115_000.0, 18.0), (120_000.0, 18.0), (115_000.0, 5.0)],
+)
+def test_zones_planned_together_do_not_crowd_one_block(
+    threshold_w: float, charge_per_kw: float
+) -> None:
+    """The other load is 100 kW from 09:00 to 12:00, when the on-peak price starts: each
+    zone planned apart pre-cools into the room under the billed peak as if it were its
+    own; planned together their chillers share it, and the joint peak is lower."""
+    p = params()
+    times = [MONDAY_6 + k * p.step for k in range(p.steps)]
+    demand = DemandTerm(
+        other_load_w=[100_000.0 if 9 <= t.hour < 12 else 60_000.0 for t in times],
+        blocks=list(range(p.steps)),
+        counts=[True] * p.steps,
+        threshold_w=threshold_w,
+        charge_per_kw=charge_per_kw,
+    )
+    outdoor, irradiance, occupied = weather(MONDAY_6, p)
+    prices = p.tariff.prices_per_kwh(MONDAY_6, p.step, p.steps)
+    apart = [
+        plan_cooling(
+            TRUE_MODEL,
+            t0,
+            outdoor_degc=outdoor,
+            irradiance_wm2=irradiance,
+            occupied=occupied,
+            prices_per_kwh=prices,
+            params=p,
+            demand=demand,
+        )
+        for t0 in (24.0, 23.0)
+    ]
+    together = plan_zones(
+        [ZoneProblem(TRUE_MODEL, t0, p, occupied) for t0 in (24.0, 23.0)],
+        outdoor_degc=outdoor,
+        irradiance_wm2=irradiance,
+        prices_per_kwh=prices,
+        demand=demand,
+    )
+    assert all(plan.ok for plan in (*apart, *together))
+    assert all(plan.comfort_violation_kh == pytest.approx(0.0, abs=1e-6) for plan in together)
+    peak_apart = joint_peak_w(demand, [plan.chiller_power_w for plan in apart])
+    peak_together = joint_peak_w(demand, [plan.chiller_power_w for plan in together])
+    assert peak_together < peak_apart - 1_000.0
+    # Every zone's plan carries the joint figures.
+    for plan in together:
+        assert plan.peak_w == pytest.approx(peak_together)
+        assert plan.demand_charge == pytest.approx(
+            charge_per_kw * max(0.0, peak_together - threshold_w) / 1000.0, rel=1e-6
+        )
+
+
+def test_one_zone_of_a_joint_plan_is_the_single_zone_plan() -> None:
+    p = params()
+    demand = demand_term(p, MONDAY_6, threshold_w=104_000.0)
+    outdoor, irradiance, occupied = weather(MONDAY_6, p)
+    prices = p.tariff.prices_per_kwh(MONDAY_6, p.step, p.steps)
+    (joint,) = plan_zones(
+        [ZoneProblem(TRUE_MODEL, 24.0, p, occupied)],
+        outdoor_degc=outdoor,
+        irradiance_wm2=irradiance,
+        prices_per_kwh=prices,
+        demand=demand,
+    )
+    single = plan_cooling(
+        TRUE_MODEL,
+        24.0,
+        outdoor_degc=outdoor,
+        irradiance_wm2=irradiance,
+        occupied=occupied,
+        prices_per_kwh=prices,
+        params=p,
+        demand=demand,
+    )
+    assert joint.cooling_w == pytest.approx(single.cooling_w, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("zones", "message"),
+    [
+        ([], "at least one zone"),
+        (
+            [
+                ZoneProblem(TRUE_MODEL, 24.0, params(), [True] * 96),
+                ZoneProblem(TRUE_MODEL, 24.0, params(step=timedelta(minutes=30)), [True] * 96),
+            ],
+            "one step",
+        ),
+        ([ZoneProblem(TRUE_MODEL, 24.0, params(), [True] * 95)], "equal, non-zero length"),
+    ],
+    ids=["no-zone", "two-steps", "short-occupancy"],
+)
+def test_joint_plan_inputs_are_checked(zones: list[ZoneProblem], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        plan_zones(
+            zones, outdoor_degc=[30.0] * 96, irradiance_wm2=[0.0] * 96, prices_per_kwh=[0.1] * 96
+        )
+
+
+def test_a_non_finite_start_fails_every_zone_without_raising() -> None:
+    p = params()
+    plans = plan_zones(
+        [ZoneProblem(TRUE_MODEL, t0, p, [True] * 4) for t0 in (24.0, float("nan"))],
+        outdoor_degc=[30.0] * 4,
+        irradiance_wm2=[0.0] * 4,
+        prices_per_kwh=[0.1] * 4,
+    )
+    assert [plan.status for plan in plans] == ["failed", "failed"]
+
+
+# ------------------------------------------------------------------------ the controller
+
+
+def test_requests_every_zone_from_one_plan() -> None:
+    controller = group()
+    decision = controller.decide(
+        site_snapshot(MONDAY_6, grid_w=70_000.0),
+        controller.initial_state(),
+        MONDAY_6,
+        site_forecasts(MONDAY_6),
+    )
+    targets = {r.target: r for r in decision.requests}
+    assert set(targets) == {PointRef(z, "setpoint_degc") for z in ZONES}
+    assert {r.source for r in decision.requests} == {"hvac_group_planner"}
+    for zone, state in zip(ZONES, decision.state.zones, strict=True):
+        assert state.plan is not None
+        assert state.mode == "plan"
+        assert decision.metrics[f"{zone}_fallback_state"] == 0.0
+        assert targets[PointRef(zone, "setpoint_degc")].value == pytest.approx(
+            decision.metrics[f"{zone}_setpoint_degc"]
+        )
+    assert decision.state.planned == (0, 1)
+    assert "plan_peak_w" in decision.metrics
+    for name in decision.metrics:
+        assert unit_of(name) is not None, name
+
+
+def test_a_zone_without_temperature_falls_back_alone() -> None:
+    controller = group()
+    decision = controller.decide(
+        site_snapshot(MONDAY_10, (24.0, None), grid_w=110_000.0),
+        controller.initial_state(),
+        MONDAY_10,
+        site_forecasts(MONDAY_10),
+    )
+    first, second = decision.state.zones
+    assert first.mode == "plan"
+    assert second.mode == "stale_temperature"
+    assert decision.metrics["hvac_zone_2_fallback_state"] == 1.0
+    assert decision.state.planned == (0,)
+    fallback = zone_params("hvac_zone_2").fallback_setpoint_degc(occupied=True)
+    setpoints = {r.target.device: r.value for r in decision.requests}
+    assert setpoints["hvac_zone_2"] == pytest.approx(fallback)
+    assert any("hvac_zone_2_planner: thermostat fallback" in e for e in decision.events)
+    # The temperature returns: both zones are planned together again at once.
+    again = controller.decide(
+        site_snapshot(MONDAY_10 + timedelta(minutes=1), grid_w=110_000.0),
+        decision.state,
+        MONDAY_10 + timedelta(minutes=1),
+        site_forecasts(MONDAY_10),
+    )
+    assert again.state.planned == (0, 1)
+    assert any("optimised plan resumed" in e for e in again.events)
+
+
+def test_without_an_uncontrolled_forecast_the_consumption_less_thermostats_is_used() -> None:
+    controller = group()
+    forecasts = forecasts_at(MONDAY_6)
+    times = [MONDAY_6 + k * STEP for k in range(120)]
+    forecasts["load_w"] = Forecast(
+        MONDAY_6, STEP, tuple(120_000.0 if 9 <= t.hour < 11 else 70_000.0 for t in times)
+    )
+    decision = controller.decide(
+        site_snapshot(MONDAY_6), controller.initial_state(), MONDAY_6, forecasts
+    )
+    assert all(state.mode == "plan" for state in decision.state.zones)
+    # The consumption holds both zones' chillers: the peak is far below 120 kW + both.
+    assert 100_000.0 < decision.metrics["plan_peak_w"] < 125_000.0
+    without = controller.decide(
+        site_snapshot(MONDAY_6), controller.initial_state(), MONDAY_6, forecasts_at(MONDAY_6)
+    )
+    assert "plan_peak_w" not in without.metrics  # no consumption forecast: energy only
+
+
+@pytest.mark.parametrize(
+    ("zones", "message"),
+    [
+        ((), "at least one zone"),
+        (
+            (
+                HvacController(zone_params("hvac_zone_1")),
+                HvacController(zone_params("hvac_zone_1")),
+            ),
+            "twice",
+        ),
+        (
+            (
+                HvacController(zone_params("hvac_zone_1")),
+                HvacController(zone_params("hvac_zone_2", step=timedelta(minutes=30))),
+            ),
+            "one plan step",
+        ),
+    ],
+    ids=["empty", "duplicate", "two-steps"],
+)
+def test_a_group_is_validated(zones: tuple[HvacController, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HvacGroupController(zones)
+
+
+def test_state_is_carried_and_plans_are_reused() -> None:
+    controller = group()
+    state = controller.initial_state()
+    forecasts = site_forecasts(MONDAY_6)
+    first = controller.decide(site_snapshot(MONDAY_6), state, MONDAY_6, forecasts)
+    later = MONDAY_6 + timedelta(minutes=5)
+    temps = tuple(s.plan.temperatures_degc[1] for s in first.state.zones if s.plan is not None)
+    second = controller.decide(site_snapshot(later, temps), first.state, later, forecasts)
+    for a, b in zip(first.state.zones, second.state.zones, strict=True):
+        assert b.plan is a.plan  # within the replan interval and on the plan: reused
+    assert replace(second.state, zones=first.state.zones).planned == (0, 1)
+
+
+# ------------------------------------------------------------------------ overcast scenario
+
+
+@pytest.mark.parametrize(
+    ("scenarios", "spread", "extra", "weights"),
+    [
+        (1, None, (), [1.0]),
+        (5, 1_000.0, (), [0.2] * 5),
+        (1, None, ((0.25, 30_000.0),), [0.75, 0.25]),
+        (3, 1_000.0, ((0.1, 30_000.0),), [0.3, 0.3, 0.3, 0.1]),
+    ],
+)
+def test_scenario_probabilities_sum_to_one(
+    scenarios: int,
+    spread: float | None,
+    extra: tuple[tuple[float, float], ...],
+    weights: list[float],
+) -> None:
+    n = 4
+    term = DemandTerm(
+        other_load_w=[50_000.0] * n,
+        blocks=[0] * n,
+        counts=[True] * n,
+        threshold_w=0.0,
+        charge_per_kw=18.0,
+        spread_w=[spread] * n if spread is not None else None,
+        scenarios=scenarios,
+        extra=tuple((w, [add] * n) for w, add in extra),
+    )
+    levels = term.levels()
+    assert [w for w, _ in levels] == pytest.approx(weights)
+    for (_, add), (_, level) in zip(extra, levels[len(levels) - len(extra) :], strict=True):
+        assert list(level) == pytest.approx([50_000.0 + add] * n)
+
+
+@pytest.mark.parametrize(("weight", "floats"), [(0.0, False), (0.1, True), (0.3, True)])
+def test_an_overcast_scenario_keeps_pre_cooling_for_its_peak(weight: float, floats: bool) -> None:
+    """The forecast stays under the billed peak all day; an overcast day would add 30 kW
+    from 10:00 to 12:00 (the PV the forecast counts on). Given a probability, the plan
+    pre-cools and floats through those hours; without, it holds the zone as cheaply as
+    it can."""
+    p = params()
+    times = [MONDAY_6 + k * p.step for k in range(p.steps)]
+    term = DemandTerm(
+        other_load_w=[80_000.0 if 8 <= t.hour < 12 else 40_000.0 for t in times],
+        blocks=list(range(p.steps)),
+        counts=[True] * p.steps,
+        threshold_w=100_000.0,
+        charge_per_kw=18.0,
+        extra=((weight, [30_000.0 if 10 <= t.hour < 12 else 0.0 for t in times]),)
+        if weight
+        else (),
+    )
+    plan = plan_cooling(
+        TRUE_MODEL,
+        24.0,
+        outdoor_degc=weather(MONDAY_6, p)[0],
+        irradiance_wm2=weather(MONDAY_6, p)[1],
+        occupied=weather(MONDAY_6, p)[2],
+        prices_per_kwh=p.tariff.prices_per_kwh(MONDAY_6, p.step, p.steps),
+        params=p,
+        demand=term,
+    )
+    assert plan.ok
+    assert plan.comfort_violation_kh == pytest.approx(0.0, abs=1e-6)
+    overcast = [k for k, t in enumerate(times) if 10 <= t.hour < 12]
+    in_overcast = max(plan.chiller_power_w[k] for k in overcast)
+    energy_only = plan_cooling(
+        TRUE_MODEL,
+        24.0,
+        outdoor_degc=weather(MONDAY_6, p)[0],
+        irradiance_wm2=weather(MONDAY_6, p)[1],
+        occupied=weather(MONDAY_6, p)[2],
+        prices_per_kwh=p.tariff.prices_per_kwh(MONDAY_6, p.step, p.steps),
+        params=p,
+    )
+    held = max(energy_only.chiller_power_w[k] for k in overcast)
+    if floats:
+        assert in_overcast < held - 1_000.0
+        # ... because it was pre-cooled: colder than the energy-only plan at 10:00.
+        at_ten = overcast[0]
+        assert plan.temperatures_degc[at_ten] < energy_only.temperatures_degc[at_ten] - 0.5
+    else:
+        assert in_overcast == pytest.approx(held, abs=1.0)
+
+
+def test_the_group_gives_the_overcast_scenario_the_pv_forecast_it_could_lose() -> None:
+    """A sunny forecast keeps the site under the billed peak; the overcast scenario takes
+    three quarters of the PV away in the busy hours: with a probability, the zones are
+    cooler when the busy hours begin."""
+    forecasts = site_forecasts(MONDAY_6, busy_w=130_000.0)
+    times = [MONDAY_6 + k * STEP for k in range(120)]
+    forecasts["pv_w"] = Forecast(
+        MONDAY_6, STEP, tuple(40_000.0 if 9 <= t.hour < 11 else 0.0 for t in times)
+    )
+    billed = PointRef("peak_shaver", "billed_peak_w")
+    snap = site_snapshot(MONDAY_6)
+    snap = Snapshot(MONDAY_6, {**snap.readings, billed: Reading(110_000.0, MONDAY_6)})
+    at_nine = round((MONDAY_6.replace(hour=9) - MONDAY_6) / STEP)
+    temperatures = {}
+    for weight in (0.0, 0.2):
+        controller = group(
+            overcast_weight=weight, overcast_pv_fraction=0.25, billed_peak_point=billed
+        )
+        decision = controller.decide(snap, controller.initial_state(), MONDAY_6, forecasts)
+        plans = [s.plan for s in decision.state.zones]
+        assert all(plan is not None and plan.ok for plan in plans)
+        temperatures[weight] = [
+            plan.temperatures_degc[at_nine] for plan in plans if plan is not None
+        ]
+    for calm, wary in zip(temperatures[0.0], temperatures[0.2], strict=True):
+        assert wary < calm - 0.5

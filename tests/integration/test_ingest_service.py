@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gridpilot.bus.client import BrokerAddress, BusClient
@@ -21,7 +22,7 @@ from gridpilot.bus.errors import BusRefusedError
 from gridpilot.config.models import GridPilotConfig, StorageConfig
 from gridpilot.ingest.service import SHARED_GROUP, IngestService
 from gridpilot.ingest.validation import RejectReason
-from gridpilot.model import Sample, SeriesKey, Topic
+from gridpilot.model import Sample, SeriesKey, Topic, parse_timestamp_ms
 from gridpilot.storage import open_storage
 from gridpilot.storage.base import Storage, StorageUnavailable, WriteResult
 from tests.conftest import MosquittoServer
@@ -298,6 +299,34 @@ async def test_the_same_message_twice_is_stored_once(
     assert ingest.stats.samples_written == 2
     assert ingest.stats.duplicates == 2
     assert await stored(storage, site, "active_power_w") == [5.0]
+
+
+async def test_site_events_are_stored_once_and_non_events_counted(
+    mosquitto: BrokerAddress, storage: Storage
+) -> None:
+    site = new_site()
+    alarm = orjson.dumps(
+        {"ts": "2026-11-26T12:00:00.000Z", "level": "alarm", "source": "gateway/meter1",
+         "message": "meter1 offline after 2 failed poll(s): refused"}
+    )  # fmt: skip
+    controller = orjson.dumps(  # the controller says "kind" and has no level
+        {"ts": "2026-11-26T12:00:01.000Z", "kind": "warning", "source": "controller/peak",
+         "message": "battery empty"}
+    )  # fmt: skip
+    async with (
+        IngestService(site_config(site), mosquitto, storage, clock=clock) as ingest,
+        publisher(mosquitto) as pub,
+    ):
+        for payload in (alarm, alarm, controller, b"not json", b'{"no": "message"}'):
+            await pub.publish(str(Topic.events(site)), payload)
+        await eventually(lambda: ingest.stats.events_rejected == 2)
+        await eventually(lambda: ingest.stats.events_stored == 2)
+    events = await storage.events(site, limit=10)
+    assert [(e.level, e.source, e.message) for e in events] == [
+        ("warning", "controller/peak", "battery empty"),
+        ("alarm", "gateway/meter1", "meter1 offline after 2 failed poll(s): refused"),
+    ]
+    assert events[1].ts_ms == parse_timestamp_ms("2026-11-26T12:00:00.000Z")
 
 
 class GatedStorage:

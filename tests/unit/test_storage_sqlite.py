@@ -28,7 +28,7 @@ from gridpilot.storage import (
     WriteResult,
     open_storage,
 )
-from gridpilot.storage.base import Level
+from gridpilot.storage.base import Event, Level
 from gridpilot.storage.levels import floor_to
 from tests.contract.storage_reference import (
     HOUR,
@@ -281,6 +281,20 @@ async def test_foreign_database_is_refused(db_path: Path) -> None:
     with pytest.raises(StorageError, match="did not create"):
         async with SqliteStorage(db_path):
             pass
+
+
+async def test_a_version_1_file_gains_the_events_table_and_keeps_its_data(
+    db_path: Path,
+) -> None:
+    async with SqliteStorage(db_path) as storage:
+        await storage.write([at(T0, 1.0)])
+    # What version 1 looked like: no events table.
+    inspect(db_path, "DROP TABLE events")
+    inspect(db_path, "PRAGMA user_version = 1")
+    async with SqliteStorage(db_path) as storage:
+        assert await storage.write_events([Event("s", T0, "info", "x", "after upgrade")]) == 1
+        assert [p.value for p in await storage.history(KEY, T0, T0 + 1)] == [1.0]
+    assert inspect(db_path, "PRAGMA user_version") == [(2,)]
 
 
 async def test_newer_schema_is_refused(db_path: Path) -> None:

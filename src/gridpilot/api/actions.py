@@ -56,7 +56,7 @@ from gridpilot.api.schemas import (
     TokenOut,
     TokensOut,
 )
-from gridpilot.api.site_bus import BusBusyError, EventBuffer, SiteBus
+from gridpilot.api.site_bus import BusBusyError, SiteBus, SiteEvents
 from gridpilot.api.state_cache import EffectiveStatus
 from gridpilot.api.tokens import Role, TokenError, TokenRecord, TokenStore, TokenStoreError
 from gridpilot.bus.codec import CommandStatus
@@ -209,7 +209,7 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
     *,
     config: GridPilotConfig,
     device_states: Any,
-    events: EventBuffer,
+    events: SiteEvents,
     site_bus: SiteBus | None,
     audit: AuditLog,
     tokens: TokenStore,
@@ -377,10 +377,16 @@ def actions_router(  # noqa: PLR0915 -- one adapter per route
     async def list_events(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         level: Annotated[Literal["info", "warning", "alarm"] | None, Query()] = None,
+        before: Annotated[
+            int | None,
+            Query(ge=0, description="Epoch ms: only older events (`next_before` of a page)."),
+        ] = None,
     ) -> EventsOut:
-        """The site's recent alarms and control events, newest first (since the API
-        started; the controller's journal keeps the full record)."""
-        return EventsOut(events=[EventOut(**e) for e in events.newest(limit, level)])
+        """The site's alarms and notable changes (devices dropping out and back, operators'
+        overrides and changes, controller warnings), newest first, as stored by ingest
+        (kept `storage.retention.events`, a year by default)."""
+        rows, next_before = await events.page(limit, level, before)
+        return EventsOut(events=[EventOut(**e) for e in rows], next_before=next_before)
 
     @api.get("/audit", response_model=AuditOut, tags=["security"], responses=_READ_403)
     async def read_audit(

@@ -77,7 +77,7 @@ from gridpilot.api.schemas import (
     PointOut,
     SiteOut,
 )
-from gridpilot.api.site_bus import EventBuffer, SiteBus
+from gridpilot.api.site_bus import EventBuffer, SiteBus, SiteEvents
 from gridpilot.api.state_cache import DeviceStateCache
 from gridpilot.api.stream import StreamHub, stream_router
 from gridpilot.api.tokens import Role, TokenStore
@@ -121,10 +121,11 @@ def create_app(
 
     ``tokens`` says who may ask what; ``audit`` records what they did. ``site_bus`` sends
     commands and controller requests (without it those answer 503); ``events`` holds the
-    recent events it follows. ``clock`` gives "now" in epoch ms. ``check_host`` refuses a
-    ``Host`` that is neither loopback nor in ``allowed_hosts`` (DNS rebinding); ``tls`` adds
-    HSTS. ``local`` names the services running in this process, whose live figures
-    ``/metrics`` reads (the others' come from their states on the bus).
+    events it follows on the bus (shown while storage holds none). ``clock`` gives "now"
+    in epoch ms. ``check_host`` refuses a ``Host`` that is neither loopback nor in
+    ``allowed_hosts`` (DNS rebinding); ``tls`` adds HSTS. ``local`` names the services
+    running in this process, whose live figures ``/metrics`` reads (the others' come from
+    their states on the bus).
     """
     api_config = config.api
     app = FastAPI(
@@ -205,7 +206,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
 
     view = _SiteView(config, storage, device_states, clock)
-    events = events or EventBuffer()
+    site_events = SiteEvents(config.site.id, storage, events or EventBuffer())
     # Live telemetry (SSE and GraphQL subscriptions); app.state.streams.close() ends them all.
     app.state.streams = streams = StreamHub(site_bus, max_clients=api_config.stream_clients)
     metrics.watch_streams(streams)
@@ -213,14 +214,14 @@ def create_app(
     app.include_router(stream_router(view, streams, api_prefix=API_PREFIX))
     app.include_router(
         graphql_router(
-            view, events, streams, authenticator, allowed_origins=api_config.cors_origins
+            view, site_events, streams, authenticator, allowed_origins=api_config.cors_origins
         )
     )
     app.include_router(
         actions_router(
             config=config,
             device_states=device_states,
-            events=events,
+            events=site_events,
             site_bus=site_bus,
             audit=audit,
             tokens=tokens,

@@ -82,7 +82,7 @@ from gridpilot.api.schemas import (
     LatestOut,
     SiteOut,
 )
-from gridpilot.api.site_bus import EventBuffer
+from gridpilot.api.site_bus import SiteEvents
 from gridpilot.api.stream import StreamHub, TelemetryFrame
 from gridpilot.api.tokens import Role, TokenStoreError
 from gridpilot.config.models import DeviceConfig, GridPilotConfig
@@ -153,7 +153,7 @@ class GraphQLContext(BaseContext):
     def __init__(
         self,
         view: SiteReads,
-        events: EventBuffer,
+        events: SiteEvents,
         streams: StreamHub,
         principal: Principal | None,
     ) -> None:
@@ -443,13 +443,15 @@ async def _history(  # noqa: PLR0917 -- the REST route's parameters
     return History.of(out)
 
 
-def _events(info: Info, limit: int = 100, level: str | None = None) -> list[Event]:
+async def _events(info: Info, limit: int = 100, level: str | None = None) -> list[Event]:
     info.context.reader()
     if not 1 <= limit <= _MAX_EVENTS:
         raise InvalidParameterError("limit", limit, f"limit must be 1 to {_MAX_EVENTS}")
     if level not in (None, "info", "warning", "alarm"):
         raise InvalidParameterError("level", level, "level must be info, warning or alarm")
-    return [Event.of(EventOut(**e)) for e in info.context.events.newest(limit, level)]
+    with _storage_errors():
+        rows, _ = await info.context.events.page(limit, level)
+    return [Event.of(EventOut(**e)) for e in rows]
 
 
 def _me(info: Info) -> Me:
@@ -713,7 +715,7 @@ class _Router(GraphQLRouter[GraphQLContext, None]):
 
 def graphql_router(
     view: SiteReads,
-    events: EventBuffer,
+    events: SiteEvents,
     streams: StreamHub,
     authenticator: Authenticator,
     *,

@@ -229,6 +229,9 @@ class EventOut(_Out):
 
 class EventsOut(_Out):
     events: list[EventOut] = Field(description="Newest first.")
+    next_before: int | None = Field(
+        default=None, description="Pass as `before` for the next (older) page; null at the end."
+    )
 
 
 class AuditEntryOut(_Out):

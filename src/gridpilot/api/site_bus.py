@@ -19,25 +19,33 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
 from gridpilot.api.state_cache import DeviceStateCache
 from gridpilot.bus.client import BusClient, Message
-from gridpilot.bus.codec import Command, CommandResult, decode_command_result, encode_command
+from gridpilot.bus.codec import (
+    Command,
+    CommandResult,
+    SiteEvent,
+    decode_command_result,
+    decode_event,
+    encode_command,
+)
 from gridpilot.bus.errors import PayloadError
 from gridpilot.control.requests import Reply, decode_reply
-from gridpilot.model import Topic, TopicKind, now_ms, parse_topic
+from gridpilot.model import Topic, TopicKind, now_ms, parse_topic, to_rfc3339
+from gridpilot.storage.base import Storage
 
-__all__ = ["BusBusyError", "EventBuffer", "SiteBus", "TelemetryListener"]
+__all__ = ["BusBusyError", "EventBuffer", "SiteBus", "SiteEvents", "TelemetryListener"]
 
 log = logging.getLogger("gridpilot.api")
 
+_SAME_MS_MAX: Final = 10_000
+"""Events sharing one millisecond that a page takes in whole (far more than ever occur)."""
 MAX_PENDING: Final = 256
 """Commands and controller requests waiting for an answer at once."""
-MAX_EVENT_BYTES: Final = 8 * 1024
 
 TelemetryListener = Callable[[str, bytes], None]
 """Called with (device id, payload) for each telemetry message; must not block."""
@@ -47,52 +55,19 @@ class BusBusyError(Exception):
     """Too many requests are waiting for an answer; retry shortly."""
 
 
-_LEVELS: Final = {"info": "info", "warning": "warning", "alarm": "alarm", "error": "alarm"}
-
-
-@dataclass(frozen=True, slots=True)
-class _Event:
-    ts: str
-    level: str
-    source: str
-    message: str
-    received_ms: int
-
-
-def _event_object(payload: bytes) -> dict[str, Any] | None:
-    if len(payload) > MAX_EVENT_BYTES:
-        return None
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 class EventBuffer:
-    """The site's most recent events (``capacity`` kept), newest last."""
+    """The site's most recent events (``capacity`` kept), newest last: what the API shows
+    when it has no stored events to read (ingest stores them; see ``Storage.events``)."""
 
     def __init__(self, capacity: int = 1000) -> None:
-        self._events: deque[_Event] = deque(maxlen=capacity)
+        self._events: deque[SiteEvent] = deque(maxlen=capacity)
         self.rejected = 0
 
     def add(self, payload: bytes, received_ms: int) -> None:
-        doc = _event_object(payload)
-        message = None if doc is None else doc.get("message")
-        if doc is None or not isinstance(message, str) or not message:
+        try:
+            self._events.append(decode_event(payload, received_ms))
+        except PayloadError:
             self.rejected += 1
-            return
-        level = _LEVELS.get(str(doc.get("level", doc.get("kind", "info"))), "info")
-        ts = doc.get("ts")
-        self._events.append(
-            _Event(
-                ts=ts if isinstance(ts, str) else "",
-                level=level,
-                source=str(doc.get("source", ""))[:200],
-                message=message[:2000],
-                received_ms=received_ms,
-            )
-        )
 
     def newest(self, limit: int, level: str | None = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -101,7 +76,7 @@ class EventBuffer:
                 continue
             out.append(
                 {
-                    "ts": event.ts,
+                    "ts": to_rfc3339(event.ts_ms),
                     "level": event.level,
                     "source": event.source,
                     "message": event.message,
@@ -236,3 +211,41 @@ class SiteBus:
             return decode_reply(answer)
         except (orjson.JSONDecodeError, TypeError) as exc:
             raise ValueError(f"the controller's reply is malformed: {exc}") from exc
+
+
+class SiteEvents:
+    """The site's events as the API shows them: the stored ones (ingest stores what is
+    published on ``.../events``), or -- while storage holds none, e.g. an API running
+    without ingest -- those this process saw on the bus since it started."""
+
+    def __init__(self, site: str, storage: Storage, live: EventBuffer) -> None:
+        self.site = site
+        self.storage = storage
+        self.live = live
+
+    async def page(
+        self, limit: int, level: str | None = None, before_ms: int | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Up to ``limit`` events newest first (more when several share the last one's
+        millisecond: a page never cuts a millisecond in two), and the ``before_ms`` of the
+        next page (None on the last)."""
+        stored = await self.storage.events(self.site, limit=limit, before_ms=before_ms, level=level)
+        if not stored:
+            if before_ms is not None:
+                return [], None
+            return self.live.newest(limit, level), None
+        more = len(stored) == limit
+        if more:
+            last = stored[-1].ts_ms
+            same_ms = await self.storage.events(
+                self.site, limit=_SAME_MS_MAX, before_ms=last + 1, level=level
+            )
+            seen = {(e.ts_ms, e.source, e.message) for e in stored}
+            stored += [
+                e for e in same_ms if e.ts_ms == last and (e.ts_ms, e.source, e.message) not in seen
+            ]
+        rows = [
+            {"ts": to_rfc3339(e.ts_ms), "level": e.level, "source": e.source, "message": e.message}
+            for e in stored
+        ]
+        return rows, stored[-1].ts_ms if more else None

@@ -11,6 +11,9 @@
                     {"id": "6f1d...", "status": "rejected", "code": "out_of_range",
                      "reason": "60000 is outside the valid range [-50000, 50000] of ...",
                      "point": ..., "value": 60000.0, "readback": null, "ts": ...}
+    events          {"ts": "2026-11-26T12:00:00.000Z", "level": "alarm",
+                     "source": "gateway/battery", "message": "battery offline after 2 ..."}
+                    (``kind`` is read where ``level`` is missing: the controller's events)
     deadletter      {"reasons": ["out_of_range"], "topic": ..., "received_at": ..., "payload": ...,
                      "payload_encoding": "utf-8", "payload_bytes": 97, "payload_truncated": false,
                      "rejections": [{"point": "voltage_l1_v", "reason": "out_of_range",
@@ -427,6 +430,40 @@ def decode_dead_letter(payload: bytes) -> DeadLetter:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+MAX_EVENT_BYTES = 8 * 1024
+EVENT_LEVELS = ("info", "warning", "alarm")
+_LEVEL_OF = {"info": "info", "warning": "warning", "alarm": "alarm", "error": "alarm"}
+
+
+@dataclass(frozen=True, slots=True)
+class SiteEvent:
+    """A message of ``.../{site}/events``, as stored and shown."""
+
+    ts_ms: int
+    level: str
+    source: str
+    message: str
+
+
+def decode_event(payload: bytes, received_ms: int) -> SiteEvent:
+    """Decode an event; ``received_ms`` stands in for a missing or unreadable ``ts``. An
+    unknown level is ``info``; text is cut to what a person reads (source 200, message 2000
+    characters). Raises ``PayloadError`` for anything that is not an event."""
+    if len(payload) > MAX_EVENT_BYTES:
+        raise PayloadError(f"event of {len(payload)} bytes is over {MAX_EVENT_BYTES}")
+    doc = _object(payload, "event")
+    message = _text(doc.get("message"), "message")
+    try:
+        ts_ms = parse_timestamp_ms(doc.get("ts"))
+    except ValueError:
+        ts_ms = received_ms
+    level = _LEVEL_OF.get(str(doc.get("level", doc.get("kind", "info"))), "info")
+    source = doc.get("source")
+    return SiteEvent(
+        ts_ms, level, (source if isinstance(source, str) else "")[:200], message[:2000]
+    )
 
 
 def _object(payload: bytes, what: str) -> dict[str, Any]:

@@ -33,12 +33,12 @@ from types import TracebackType
 from typing import Final, Self
 
 from gridpilot.bus.client import BrokerAddress, BusClient, Message, backoff_delay
-from gridpilot.bus.codec import DeadLetter, DeadLetterItem, encode_dead_letter
-from gridpilot.bus.errors import BusTimeoutError
+from gridpilot.bus.codec import DeadLetter, DeadLetterItem, decode_event, encode_dead_letter
+from gridpilot.bus.errors import BusTimeoutError, PayloadError
 from gridpilot.config.models import GridPilotConfig
 from gridpilot.ingest.validation import Outcome, RejectReason, ValidationRules, validate
 from gridpilot.model import Sample, Topic, TopicKind, now_ms, parse_topic
-from gridpilot.storage.base import Storage, WriteResult
+from gridpilot.storage.base import Event, Storage, StorageError, WriteResult
 
 __all__ = ["SHARED_GROUP", "IngestService", "IngestStats"]
 
@@ -48,6 +48,8 @@ SHARED_GROUP: Final = "gridpilot-ingest"
 _STORAGE_BACKOFF_INITIAL_S: Final = 0.1
 _STORAGE_BACKOFF_MAX_S: Final = 10.0
 _MAX_WARNED_KEYS: Final = 1_000
+_EVENT_ATTEMPTS: Final = 4
+"""Tries to store an event (backing off 0.1, 0.2, 0.4 s) before it is logged and dropped."""
 
 
 @dataclass(slots=True)
@@ -76,6 +78,10 @@ class IngestStats:
     """Samples storage refused as invalid (never expected: validation comes first)."""
     buffered_samples: int = 0
     """Gauge: samples waiting for, or being written to, storage."""
+    events_stored: int = 0
+    """Site events (alarms, operators' changes) stored as new."""
+    events_rejected: int = 0
+    """Messages on the events topic that are not events (logged at debug level)."""
 
     def as_dict(self) -> dict[str, int]:
         """Flat counters, e.g. for ``/metrics``: ``rejected_<reason>`` per reason."""
@@ -173,6 +179,8 @@ class IngestService:
         self.shared = mode == "on" or (mode == "auto" and not embedded_broker)
         telemetry = Topic.filter(TopicKind.TELEMETRY, site=self._site)
         self.topic_filter = f"$share/{SHARED_GROUP}/{telemetry}" if self.shared else telemetry
+        events = str(Topic.events(self._site))
+        self.events_filter = f"$share/{SHARED_GROUP}/{events}" if self.shared else events
         self.stats = IngestStats()
         bus = config.broker
         self._bus = BusClient(
@@ -216,6 +224,7 @@ class IngestService:
         ]
         try:
             await self._bus.subscribe(self.topic_filter, qos=1)
+            await self._bus.subscribe(self.events_filter, qos=1)
         except BaseException:
             await self.stop()
             raise
@@ -274,6 +283,9 @@ class IngestService:
 
     async def _handle(self, message: Message) -> list[Sample]:
         topic = parse_topic(message.topic)
+        if topic is not None and topic.kind is TopicKind.EVENTS and topic.site == self._site:
+            await self._store_event(message)
+            return []
         if topic is None or topic.kind is not TopicKind.TELEMETRY or topic.device is None:
             log.debug("ignoring a message on %s", message.topic)
             return []
@@ -285,6 +297,28 @@ class IngestService:
         if outcome.rejections:
             await self._reject(message, topic.device, outcome, now)
         return outcome.samples
+
+    async def _store_event(self, message: Message) -> None:
+        """Store a site event at once (they are few; each is one short transaction). Its
+        acknowledgement then follows the samples before it, in order, like any message."""
+        try:
+            event = decode_event(message.payload, self._clock())
+        except PayloadError as exc:
+            self.stats.events_rejected += 1
+            log.debug("not an event on %s: %s", message.topic, exc)
+            return
+        stored = Event(self._site, event.ts_ms, event.level, event.source, event.message)
+        for attempt in range(_EVENT_ATTEMPTS):
+            try:
+                self.stats.events_stored += await self._storage.write_events([stored])
+            except StorageError as exc:
+                self.stats.storage_errors += 1
+                if attempt + 1 == _EVENT_ATTEMPTS:
+                    log.warning("an event could not be stored (%s): %s", exc, event.message)
+                    return
+                await asyncio.sleep(0.1 * 2**attempt)
+            else:
+                return
 
     async def _reject(self, message: Message, device: str, outcome: Outcome, now: int) -> None:
         stats = self.stats

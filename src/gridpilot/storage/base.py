@@ -79,6 +79,21 @@ class HistoryPoint(NamedTuple):
     value: float
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An alarm or notable change of a site (a device dropped out, an operator's override).
+
+    Its identity is (site, ts_ms, source, message): storing it twice stores it once.
+    """
+
+    site: str
+    ts_ms: int
+    level: str
+    """``info``, ``warning`` or ``alarm``."""
+    source: str
+    message: str
+
+
 @runtime_checkable
 class Storage(Protocol):
     """A time-series store. Implementations are async context managers."""
@@ -101,6 +116,16 @@ class Storage(Protocol):
     ) -> list[HistoryPoint]:
         """Values in [start_ms, end_ms): raw when ``every_ms`` is None, else aggregated
         into buckets of ``every_ms`` aligned to the epoch, oldest first."""
+        ...
+
+    async def write_events(self, events: Sequence[Event]) -> int:
+        """Store events (each once); returns how many were new."""
+        ...
+
+    async def events(
+        self, site: str, *, limit: int, before_ms: int | None = None, level: str | None = None
+    ) -> list[Event]:
+        """The site's newest events first, at most ``limit``, older than ``before_ms``."""
         ...
 
     async def series(self, site: str | None = None) -> list[SeriesKey]:

@@ -1,6 +1,6 @@
 """SQLite storage backend: the default, a single file, nothing to install.
 
-Layout (schema version 1, ``PRAGMA user_version``)::
+Layout (schema version 2, ``PRAGMA user_version``; version 1 files gain ``events``)::
 
     series(id INTEGER PRIMARY KEY, site, device, point, UNIQUE(site, device, point))
     samples(series_id, ts_ms, value, PRIMARY KEY(series_id, ts_ms)) WITHOUT ROWID
@@ -8,6 +8,7 @@ Layout (schema version 1, ``PRAGMA user_version``)::
         last_ts, last_value, PRIMARY KEY(series_id, bucket_ms)) WITHOUT ROWID
     latest(series_id PRIMARY KEY, ts_ms, value)       -- newest sample of each series
     retention_horizon(level PRIMARY KEY, horizon_ms)  -- where retention has cut each level
+    events(site, ts_ms, source, message, level, PRIMARY KEY(site, ts_ms, source, message))
 
 Threads: one writer thread owns the only writing connection; reads go to reader threads
 with their own connections. WAL mode lets readers see the last commit while the writer
@@ -63,6 +64,7 @@ from gridpilot.model import Sample, SeriesKey
 from gridpilot.storage._threads import ConnectionThread, GroupHandler, least_busy
 from gridpilot.storage.base import (
     Agg,
+    Event,
     HistoryPoint,
     LatestValue,
     Level,
@@ -74,7 +76,7 @@ from gridpilot.storage.levels import ROLLUP_LEVELS, choose_level, horizon_after,
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 ROLLUP_TABLES: Final[dict[Level, str]] = {
     Level.M1: "rollup_1m",
@@ -144,6 +146,18 @@ _SCHEMA: Final = (
     """CREATE TABLE retention_horizon (
         level      TEXT PRIMARY KEY,
         horizon_ms INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID""",
+)
+# Added by schema version 2: alarms and notable changes of each site (ingest stores what is
+# published on .../events), newest first by the key's order read backwards.
+_EVENTS_SCHEMA: Final = (
+    """CREATE TABLE events (
+        site    TEXT    NOT NULL,
+        ts_ms   INTEGER NOT NULL,
+        source  TEXT    NOT NULL,
+        message TEXT    NOT NULL,
+        level   TEXT    NOT NULL,
+        PRIMARY KEY (site, ts_ms, source, message)
     ) STRICT, WITHOUT ROWID""",
 )
 
@@ -427,6 +441,32 @@ class SqliteStorage:
         )
         return await self._read(read)
 
+    async def write_events(self, events: Sequence[Event]) -> int:
+        """Store events, each once (same site, time, source and message); returns how many
+        were new. One short transaction on the writer thread."""
+        if not events:
+            return 0
+        rows = [(e.site, e.ts_ms, e.source, e.message, e.level) for e in events]
+        return await self._writer_thread().call(
+            partial(_write_events, rows=rows, path=self._path)
+        )
+
+    async def events(
+        self, site: str, *, limit: int, before_ms: int | None = None, level: str | None = None
+    ) -> list[Event]:
+        """The site's events newest first, at most ``limit``; with ``before_ms`` only older
+        ones (the next page); with ``level`` only that level."""
+        return await self._read(
+            partial(
+                _read_events,
+                site=site,
+                limit=limit,
+                before_ms=before_ms,
+                level=level,
+                path=self._path,
+            )
+        )
+
     async def series(self, site: str | None = None) -> list[SeriesKey]:
         """Every series ever written (of a site), sorted. Retention keeps the list."""
         return await self._read(partial(_read_series, site=site, path=self._path))
@@ -438,17 +478,22 @@ class SqliteStorage:
         of it is older than its level's cutoff. Levels with retention None are kept. Works
         in short transactions, so writes are delayed by at most one of them.
         """
+        writer = self._writer_thread()
+        deleted = 0
+        if self._retention.events is not None:
+            before_ms = now_ms - self._retention.events // timedelta(milliseconds=1)
+            deleted += await writer.call(
+                partial(_delete_old_events, before_ms=before_ms, path=self._path)
+            )
         cutoffs = _cutoffs(self._retention, now_ms)
         if not cutoffs:
-            return 0
-        writer = self._writer_thread()
+            return deleted
         horizons = {level: horizon_after(level, cutoff) for level, cutoff in cutoffs.items()}
         # Horizons first, in their own commit: from then on no reader picks a level for a
         # range that the deletes below are about to thin out.
         series_ids = await writer.call(
             partial(_advance_horizons, horizons=horizons, path=self._path)
         )
-        deleted = 0
         for level, horizon in horizons.items():
             for first in range(0, len(series_ids), _RETENTION_SERIES_PER_PASS):
                 chunk = series_ids[first : first + _RETENTION_SERIES_PER_PASS]
@@ -696,6 +741,64 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 # --- retention (writer thread) ------------------------------------------------------------
+
+
+def _write_events(
+    conn: sqlite3.Connection, *, rows: Sequence[tuple[str, int, str, str, str]], path: Path
+) -> int:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", rows)
+            added = conn.total_changes - before
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise _translate(exc, path, f"writing {len(rows)} event(s)") from exc
+    return added
+
+
+def _delete_old_events(conn: sqlite3.Connection, *, before_ms: int, path: Path) -> int:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            count = conn.execute("DELETE FROM events WHERE ts_ms < ?", (before_ms,)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise _translate(exc, path, "deleting old events") from exc
+    return count
+
+
+def _read_events(
+    conn: sqlite3.Connection,
+    *,
+    site: str,
+    limit: int,
+    before_ms: int | None,
+    level: str | None,
+    path: Path,
+) -> list[Event]:
+    sql = "SELECT ts_ms, level, source, message FROM events WHERE site = ?"
+    params: list[object] = [site]
+    if before_ms is not None:
+        sql += " AND ts_ms < ?"
+        params.append(before_ms)
+    if level is not None:
+        sql += " AND level = ?"
+        params.append(level)
+    sql += " ORDER BY ts_ms DESC, source, message LIMIT ?"
+    params.append(limit)
+    try:
+        rows = conn.execute(sql, params).fetchall()
+    except sqlite3.Error as exc:
+        raise _translate(exc, path, f"reading events of {site}") from exc
+    return [Event(site, ts, lvl, source, message) for ts, lvl, source, message in rows]
 
 
 def _cutoffs(retention: RetentionConfig, now_ms: int) -> dict[Level, int]:
@@ -983,8 +1086,12 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         objects = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
         _check_schema(version, objects, path)
         if version == 0:
-            for statement in _SCHEMA:
+            for statement in (*_SCHEMA, *_EVENTS_SCHEMA):
                 conn.execute(statement)
+        elif version == 1:
+            for statement in _EVENTS_SCHEMA:
+                conn.execute(statement)
+        if version != SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -998,7 +1105,7 @@ def _check_schema(version: int, objects: int, path: Path) -> None:
             f"{path} is a SQLite database that GridPilot did not create; point "
             "storage.path at a new file"
         )
-    if version not in (0, SCHEMA_VERSION):
+    if version not in (0, 1, SCHEMA_VERSION):
         raise StorageError(
             f"{path} has schema version {version}, this GridPilot knows "
             f"{SCHEMA_VERSION}; upgrade GridPilot or restore a matching backup"

@@ -25,8 +25,8 @@ from tests.integration.test_modbus_rtu_support import Line, rtu_line, unit_image
 pytestmark = pytest.mark.integration
 
 GATEWAY = "gw-rtu"
-INTERVAL_S = 0.25
-TIMEOUT_S = 0.1
+INTERVAL_S = 0.4
+TIMEOUT_S = 0.2  # generous for a loaded 2-core machine: the whole chain runs in one loop
 HEALTHY = {"meter_a": 1, "meter_b": 2}
 NOISY = {"meter_noisy": 6}  # every 2nd reply garbled: each poll's retry cures it
 FAULTY = {"meter_crc": 3, "meter_busy": 4, "meter_silent": 5}
@@ -122,7 +122,7 @@ async def test_faulty_units_are_named_and_counted_while_healthy_ones_keep_their_
             for device in HEALTHY:
                 await observer.wait_for(lambda r, d=device: is_state(r, d, "online"))
             # Let the dead units' backoff run a while next to the healthy polls.
-            await asyncio.sleep(12 * INTERVAL_S)
+            await asyncio.sleep(10 * INTERVAL_S)
             window_end = loop.time()
             health = {d: gateway.health(d) for d in {**HEALTHY, **FAULTY, **NOISY}}
             noisy_state = await observer.wait_for(
@@ -168,7 +168,7 @@ async def test_faulty_units_are_named_and_counted_while_healthy_ones_keep_their_
         # (meter_a reads two); the schedule is fixed-rate, so the next one is on time.
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert max(gaps) < INTERVAL_S + 2 * TIMEOUT_S + 0.15, (device, max(gaps))
-        assert health[device].counters.polls_failed == 0
+        assert health[device].counters.polls_failed == 0, health[device].last_error
         assert health[device].counters.ticks_skipped == 0
         values = observer.of(device, "telemetry")[-1].json["values"]
         assert values["active_power_w"] == -1000.0 * unit

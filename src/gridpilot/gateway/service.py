@@ -340,8 +340,7 @@ class _DeviceWorker:
             if count >= self._attempts_logged.get(kind, 0) * 10:
                 self._attempts_logged[kind] = max(count, 1)
                 log.info(
-                    "%s: %d request attempt(s) failed with %s so far (retried within each "
-                    "poll) -- %s",
+                    "%s: %d request attempt(s) failed with %s so far (retries included) -- %s",
                     self.id,
                     count,
                     kind,

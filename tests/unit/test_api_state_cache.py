@@ -190,16 +190,20 @@ def test_for_config_reserves_the_configured_devices_and_the_gateway() -> None:
             "devices": [
                 {"id": "meter", "host": "127.0.0.1", "points": [{"point": "p_w", "address": 0}]},
                 {"id": "sensor", "protocol": "mqtt", "points": [{"point": "t_degc"}]},
+                {"id": "vfd", "protocol": "modbus_rtu", "bus": "rs485", "unit_id": 3,
+                 "points": [{"point": "speed_rpm", "address": 0}]},
             ],
+            "serial_buses": [{"id": "rs485", "port": "/dev/ttyUSB0"}],
         }
-    )
+    )  # fmt: skip
     cache = DeviceStateCache.for_config(config)
     assert cache.topic_filter == "gridpilot/v1/plant/+/state"
-    assert cache.capacity == 3 + 8
-    cache.apply(topic("meter"), state("online"))
-    cache.apply(topic("sensor"), state("online"))
+    assert cache.capacity == 4 + 8
+    for device in ("meter", "sensor", "vfd"):
+        cache.apply(topic(device), state("online"))
     cache.apply(topic("gw-1"), state("offline"))  # no device list: the polled ones
     assert cache.status("meter") is EffectiveStatus.UNKNOWN
+    assert cache.status("vfd") is EffectiveStatus.UNKNOWN  # polled by the gateway too
     assert cache.status("sensor") is EffectiveStatus.ONLINE
 
 

@@ -89,7 +89,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gridpilot import __version__
 from gridpilot.api.state_cache import DeviceStateCache, EffectiveStatus
-from gridpilot.config.models import DeviceProtocol, GridPilotConfig
+from gridpilot.config.models import GridPilotConfig
 from gridpilot.gateway.health import DeviceStatus
 
 if TYPE_CHECKING:
@@ -340,7 +340,7 @@ class SiteCollector:
         self._site = config.site.id
         self._buffer_capacity = config.storage.max_buffered
         self._polled = tuple(
-            d.id for d in config.devices if d.protocol is DeviceProtocol.MODBUS_TCP
+            d.id for d in config.devices if d.protocol.is_modbus
         )
         self._control_id = None if config.control is None else config.control.id
         self._period_s = None if config.control is None else config.control.cycle.total_seconds()

@@ -31,7 +31,7 @@ from typing import Any, Final
 import orjson
 
 from gridpilot.bus.client import BusClient
-from gridpilot.config.models import DeviceProtocol, GridPilotConfig
+from gridpilot.config.models import GridPilotConfig
 from gridpilot.model import Topic, TopicKind, parse_topic
 
 __all__ = [
@@ -118,7 +118,7 @@ class DeviceStateCache:
             config.site.id,
             (d.id for d in config.devices),
             config.gateway.id,
-            polled=(d.id for d in config.devices if d.protocol is DeviceProtocol.MODBUS_TCP),
+            polled=(d.id for d in config.devices if d.protocol.is_modbus),
         )
 
     @property

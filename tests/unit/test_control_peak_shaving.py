@@ -37,6 +37,7 @@ from gridpilot.control.peak_shaving import (
     reserve_until_cheap_pct,
     slot_start,
     start_ledger,
+    with_measured_excess,
 )
 from gridpilot.control.tariff import HourWindow, PricePeriod, Tariff
 from gridpilot.model.units import unit_of
@@ -551,8 +552,53 @@ def test_auto_limit_prefers_a_high_quantile_and_nets_out_pv(
         else:
             forecasts[key] = day_forecast(MONDAY_NOON, 40.0, peak_kw, 16)
     driver = Driver(params(limit_w="auto"), forecasts=forecasts)
-    decision = driver.step(MONDAY_NOON, 40 * KW)
+    # The meter reads the base load less the PV, as forecast: no excess to persist.
+    decision = driver.step(MONDAY_NOON, (40.0 - forecasts_kw.get("pv_w", 0.0)) * KW)
     assert decision.metrics["limit_w"] == pytest.approx(expected_limit_kw * KW, abs=1.0)
+
+
+@pytest.mark.parametrize(
+    ("net_kw", "persistence", "deadband_pct", "expected_kw"),
+    [
+        # 10 kW above the current block's forecast: +10 now, fading with τ = 1 h per block.
+        (
+            60.0,
+            timedelta(hours=1),
+            0.0,
+            [60.0, 50.0 + 10.0 * math.exp(-0.25), 80.0 + 10.0 * math.exp(-0.5)],
+        ),
+        # With a 5 % deadband only the 7.5 kW beyond 52.5 kW counts.
+        (
+            60.0,
+            timedelta(hours=1),
+            5.0,
+            [57.5, 50.0 + 7.5 * math.exp(-0.25), 80.0 + 7.5 * math.exp(-0.5)],
+        ),
+        (52.0, timedelta(hours=1), 5.0, [50.0, 50.0, 80.0]),  # inside the deadband
+        (50.0, timedelta(hours=1), 0.0, [50.0, 50.0, 80.0]),  # as forecast: unchanged
+        (30.0, timedelta(hours=1), 0.0, [50.0, 50.0, 80.0]),  # quieter: unchanged
+        (60.0, None, 0.0, [50.0, 50.0, 80.0]),  # switched off
+    ],
+)
+def test_a_measured_excess_raises_the_forecast_ahead(
+    net_kw: float, persistence: timedelta | None, deadband_pct: float, expected_kw: list[float]
+) -> None:
+    p = params(excess_persistence=persistence, excess_deadband_pct=deadband_pct)
+    raised = with_measured_excess([50 * KW, 50 * KW, 80 * KW], net_kw * KW, p)
+    assert raised == pytest.approx([v * KW for v in expected_kw])
+
+
+def test_a_day_busier_than_forecast_raises_the_auto_limit_at_once() -> None:
+    """The forecast says 40 kW now; the meter reads 55 kW: the limit is planned for a day
+    that runs 15 kW hot (fading), higher than for the day as forecast."""
+    limits = {}
+    for net_kw in (40.0, 55.0):
+        driver = Driver(
+            params(limit_w="auto"), forecasts={"load_w": day_forecast(MONDAY_NOON, 40, 120, 16)}
+        )
+        limits[net_kw] = driver.step(MONDAY_NOON, net_kw * KW).metrics["limit_w"]
+    assert limits[40.0] == pytest.approx(morning_plan_kw(40.0, 120.0) * KW, abs=1.0)
+    assert limits[55.0] > limits[40.0] + 1 * KW
 
 
 def test_auto_limit_is_rechosen_when_the_forecast_changes_and_never_below_billed() -> None:

@@ -71,3 +71,12 @@ def test_the_engine_swaps_the_controller_and_keeps_its_state(config: GridPilotCo
     assert engine.controllers() == (replacement,)
     assert engine.controller_state("peak_shaving") is marker
     assert engine.is_enabled("peak_shaving") is False
+
+
+def test_jointly_planned_zones_say_where_their_settings_are(config: GridPilotConfig) -> None:
+    assert config.control is not None
+    assert config.control.hvac_planning == "joint"
+    assert len(config.control.hvac) > 1
+    assert not any(name.endswith("_planner") for name in controller_params(config))
+    with pytest.raises(ParamsError, match="one group planner"):
+        with_params(config, "hvac_zone_1_planner", {"comfort_margin_k": 0.2})

@@ -40,6 +40,8 @@ def _sections(control: ControlConfig) -> dict[str, tuple[str, int | None]]:
     for index in range(len(control.vfd)):
         name = "vfd_curtailment" if len(control.vfd) == 1 else f"vfd_curtailment_{index + 1}"
         out[name] = ("vfd", index)
+    if control.hvac_planning == "joint" and len(control.hvac) > 1:
+        return out  # one group planner plans the zones together: see with_params
     for index, zone in enumerate(control.hvac):
         out[zone.name or f"{zone.zone}_planner"] = ("hvac", index)
     return out
@@ -69,7 +71,15 @@ def with_params(
     sections = _sections(control)
     if name not in sections:
         known = ", ".join(sorted(sections)) or "none"
-        raise ParamsError(f"no controller named {name!r} has parameters to change (known: {known})")
+        grouped = (
+            "; the zones' planners run as one group planner (control.hvac_planning: joint): "
+            "change their settings in the site file"
+            if control.hvac_planning == "joint" and len(control.hvac) > 1
+            else ""
+        )
+        raise ParamsError(
+            f"no controller named {name!r} has parameters to change (known: {known}){grouped}"
+        )
     key, index = sections[name]
     doc = config.model_dump(mode="json", exclude_none=True)
     section = doc["control"][key] if index is None else doc["control"][key][index]

@@ -339,9 +339,7 @@ class SiteCollector:
     ) -> None:
         self._site = config.site.id
         self._buffer_capacity = config.storage.max_buffered
-        self._polled = tuple(
-            d.id for d in config.devices if d.protocol.is_modbus
-        )
+        self._polled = tuple(d.id for d in config.devices if d.protocol.is_modbus)
         self._control_id = None if config.control is None else config.control.id
         self._period_s = None if config.control is None else config.control.cycle.total_seconds()
         self._states = device_states

@@ -447,9 +447,7 @@ class SqliteStorage:
         if not events:
             return 0
         rows = [(e.site, e.ts_ms, e.source, e.message, e.level) for e in events]
-        return await self._writer_thread().call(
-            partial(_write_events, rows=rows, path=self._path)
-        )
+        return await self._writer_thread().call(partial(_write_events, rows=rows, path=self._path))
 
     async def events(
         self, site: str, *, limit: int, before_ms: int | None = None, level: str | None = None

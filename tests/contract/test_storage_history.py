@@ -66,8 +66,15 @@ async def test_aggregates_match_brute_force_for_every_agg_and_level(
                         reference.history(key, lo, hi, every, agg),
                         f"{key} [{lo},{hi}) every {every} {agg}",
                     )
+                    # the same answer as columns
+                    columns = await storage.history_columns(key, lo, hi, every, agg)
+                    assert list(columns.ts_ms) == [p.ts_ms for p in got]
+                    assert list(columns.values) == [p.value for p in got]
+                    assert all(type(v) is float for v in columns.values)
             raw = await storage.history(key, lo, hi)
             assert [(p.ts_ms, p.value) for p in raw] == reference.raw(key, lo, hi)
+            raw_columns = await storage.history_columns(key, lo, hi)
+            assert list(zip(*raw_columns, strict=True)) == reference.raw(key, lo, hi)
 
 
 async def test_fifteen_minute_buckets_are_the_utc_quarter_hours(storage: ManagedStorage) -> None:

@@ -29,6 +29,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from datetime import timedelta
 from importlib import resources
 from typing import Annotated, Any, Final, Literal
@@ -84,7 +85,7 @@ from gridpilot.api.tokens import Role, TokenStore
 from gridpilot.config.models import DeviceConfig, GridPilotConfig
 from gridpilot.model import SeriesKey, now_ms, to_rfc3339, unit_of
 from gridpilot.net import is_loopback_host
-from gridpilot.storage.base import Agg, HistoryPoint, Storage, StorageError, StorageUnavailable
+from gridpilot.storage.base import Agg, Storage, StorageError, StorageUnavailable
 
 __all__ = ["API_PREFIX", "create_app"]
 
@@ -316,8 +317,10 @@ def _router(view: _SiteView) -> APIRouter:
         At most `api.history_max_rows` rows (default 100,000: a day of 1-second samples, a
         year of 15-minute buckets): more is refused (422) with the `every` to use instead.
         """
-        result = await view.history(device, point, start=start, end=end, every=every, agg=agg)
-        return Response(result.to_json(columns=format == "columns"), media_type="application/json")
+        result = await view.history(
+            device, point, start=start, end=end, every=every, agg=agg, columns=format == "columns"
+        )
+        return Response(result.to_json(), media_type="application/json")
 
     return api
 
@@ -434,6 +437,7 @@ class _SiteView:
         end: str | None,
         every: str | None,
         agg: Agg | None,
+        columns: bool = False,
     ) -> HistoryResult:
         config_device = self.device(device)
         series = SeriesKey(self.site_id, device, point)
@@ -452,34 +456,31 @@ class _SiteView:
             )
         now = self.clock()
         window = parse_history_params(start, end, every, agg, now, max_rows=self.max_rows)
+        result = HistoryResult(device, point, unit_of(point), window)
         if window.every_ms is None or window.agg is None:
-            rows = await self._raw_history(series, window, now)
+            await self._check_raw_rows(series, window, now)
+        span = (series, window.start_ms, window.end_ms, window.every_ms, window.agg or Agg.MEAN)
+        if columns:
+            result = replace(result, columns=await self.storage.history_columns(*span))
         else:
-            rows = await self.storage.history(
-                series, window.start_ms, window.end_ms, window.every_ms, window.agg
-            )
-        return HistoryResult(device, point, unit_of(point), window, rows)
+            result = replace(result, rows=await self.storage.history(*span))
+        if window.every_ms is None and len(result) > self.max_rows:
+            hint = suggest_every(window.start_ms, window.end_ms, self.max_rows)
+            raise too_many_raw_rows(len(result), hint, exact=True, max_rows=self.max_rows)
+        return result
 
-    async def _raw_history(
-        self, series: SeriesKey, window: HistoryWindow, now: int
-    ) -> list[HistoryPoint]:
-        """Raw samples, refused (422) when there are more than ``max_rows``: see
-        ``gridpilot.api.history`` for how that is known before reading them."""
+    async def _check_raw_rows(self, series: SeriesKey, window: HistoryWindow, now: int) -> None:
+        """Refuse (422) a raw request of more than ``max_rows`` samples before reading them:
+        see ``gridpilot.api.history`` for how that is known from the hourly counts."""
         start, end = window.start_ms, window.end_ms
-        limit = self.max_rows
         counts = await self.storage.history(
             series, *count_window(start, end), COUNT_BUCKET_MS, Agg.COUNT
         )
         kept_since = None if self.raw_retention_ms is None else now - self.raw_retention_ms
         at_least = raw_rows_at_least(counts, start, end, kept_since_ms=kept_since)
-        if at_least > limit:
-            hint = suggest_every(start, end, limit)
-            raise too_many_raw_rows(at_least, hint, exact=False, max_rows=limit)
-        rows = await self.storage.history(series, start, end)
-        if len(rows) > limit:
-            hint = suggest_every(start, end, limit)
-            raise too_many_raw_rows(len(rows), hint, exact=True, max_rows=limit)
-        return rows
+        if at_least > self.max_rows:
+            hint = suggest_every(start, end, self.max_rows)
+            raise too_many_raw_rows(at_least, hint, exact=False, max_rows=self.max_rows)
 
 
 # ---------------------------------------------------------------------------- errors

@@ -27,7 +27,7 @@ import orjson
 from gridpilot.api.errors import InvalidParameterError
 from gridpilot.cli.timeparse import parse_duration_ms, parse_instant_ms
 from gridpilot.model import to_rfc3339
-from gridpilot.storage.base import Agg, HistoryPoint
+from gridpilot.storage.base import Agg, HistoryColumns, HistoryPoint
 
 __all__ = [
     "COUNT_BUCKET_MS",
@@ -54,19 +54,23 @@ _SPACE_OFFSET_RE = re.compile(r"^(.*\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:\d{
 
 @dataclass(frozen=True, slots=True)
 class HistoryResult:
-    """What a history request returns. Serialised straight to JSON (``to_json``): with up to
-    ``max_rows`` rows a model object per row would cost more than reading them."""
+    """What a history request returns, as rows or as columns (``format=columns``: read
+    from storage as columns too, no object per value). Serialised straight to JSON
+    (``to_json``): with up to ``max_rows`` rows a model object per row would cost more than
+    reading them."""
 
     device: str
     point: str
     unit: str | None
     window: HistoryWindow
-    rows: Sequence[HistoryPoint]
+    rows: Sequence[HistoryPoint] = ()
+    columns: HistoryColumns | None = None
 
-    def to_json(self, columns: bool = False) -> bytes:
-        """The ``HistoryOut`` document of the OpenAPI schema; with ``columns`` the
-        ``HistoryColumnsOut`` one (epoch-ms and value arrays: what a chart takes, and no
-        per-row objects or time formatting, the larger part of a long answer's cost)."""
+    def __len__(self) -> int:
+        return len(self.rows) if self.columns is None else len(self.columns.ts_ms)
+
+    def to_json(self) -> bytes:
+        """The ``HistoryColumnsOut`` document when read as columns, else ``HistoryOut``."""
         window = self.window
         head = {
             "device": self.device,
@@ -77,9 +81,8 @@ class HistoryResult:
             "every_ms": window.every_ms,
             "agg": window.agg,
         }
-        if columns:
-            ts_ms, values = zip(*self.rows, strict=True) if self.rows else ((), ())
-            return orjson.dumps({**head, "ts_ms": ts_ms, "value": values})
+        if self.columns is not None:
+            return orjson.dumps({**head, "ts_ms": self.columns.ts_ms, "value": self.columns.values})
         rows = [{"ts": to_rfc3339(r.ts_ms), "value": r.value} for r in self.rows]
         return orjson.dumps({**head, "values": rows})
 

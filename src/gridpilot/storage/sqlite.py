@@ -57,7 +57,7 @@ from math import isfinite
 from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self, TypeVar, cast
+from typing import Any, Final, Self, TypeVar, cast
 
 from gridpilot.config.models import RetentionConfig
 from gridpilot.model import Sample, SeriesKey
@@ -65,6 +65,7 @@ from gridpilot.storage._threads import ConnectionThread, GroupHandler, least_bus
 from gridpilot.storage.base import (
     Agg,
     Event,
+    HistoryColumns,
     HistoryPoint,
     LatestValue,
     Level,
@@ -426,6 +427,42 @@ class SqliteStorage:
         ``ts_ms`` = bucket start). Buckets at unaligned ends hold only the samples inside
         the range. Aggregates come from the coarsest rollup that answers (see
         ``levels.choose_level``); buckets without samples are absent."""
+        if every_ms is not None and every_ms <= 0:
+            raise ValueError(f"every_ms must be positive, got {every_ms}")
+        if start_ms >= end_ms:
+            return []
+        rows = await self._history_rows(series, start_ms, end_ms, every_ms, agg)
+        if every_ms is None:
+            # (ts_ms, value) rows of a STRICT REAL column: already what a HistoryPoint holds.
+            return list(map(HistoryPoint._make, rows))
+        # Aggregates: COUNT is an integer, LAST carries its timestamp as a third column.
+        return [HistoryPoint(r[0], float(r[1])) for r in rows]
+
+    async def history_columns(
+        self,
+        series: SeriesKey,
+        start_ms: int,
+        end_ms: int,
+        every_ms: int | None = None,
+        agg: Agg = Agg.MEAN,
+    ) -> HistoryColumns:
+        """What ``history`` answers, as two columns (no object per value)."""
+        rows = await self._history_rows(series, start_ms, end_ms, every_ms, agg)
+        if not rows:
+            return HistoryColumns((), ())
+        ts_ms, values, *_ = zip(*rows, strict=True)
+        if every_ms is not None:
+            values = tuple(map(float, values))  # COUNT is an integer
+        return HistoryColumns(ts_ms, values)
+
+    async def _history_rows(
+        self,
+        series: SeriesKey,
+        start_ms: int,
+        end_ms: int,
+        every_ms: int | None,
+        agg: Agg,
+    ) -> list[tuple[Any, ...]]:
         if every_ms is not None and every_ms <= 0:
             raise ValueError(f"every_ms must be positive, got {every_ms}")
         if start_ms >= end_ms:
@@ -911,7 +948,7 @@ def _read_history(
     every_ms: int | None,
     agg: Agg,
     path: Path,
-) -> list[HistoryPoint]:
+) -> list[tuple[Any, ...]]:
     try:
         # One snapshot for the horizons and the data, so a retention pass that commits in
         # between cannot pair an old horizon with already-thinned data.
@@ -946,11 +983,7 @@ def _read_history(
             conn.execute("COMMIT")
     except sqlite3.Error as exc:
         raise _translate(exc, path, f"reading history of {series}") from exc
-    if every_ms is None:
-        # (ts_ms, value) rows of a STRICT REAL column: already what a HistoryPoint holds.
-        return list(map(HistoryPoint._make, rows))
-    # Aggregates: COUNT is an integer, LAST carries its timestamp as a third column.
-    return [HistoryPoint(r[0], float(r[1])) for r in rows]
+    return rows
 
 
 def _history_sql(

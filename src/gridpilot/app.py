@@ -23,7 +23,7 @@ from gridpilot.api.service import ApiService
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.bus.embedded import EmbeddedBroker
 from gridpilot.bus.errors import BusError
-from gridpilot.config import GridPilotConfig
+from gridpilot.config import GridPilotConfig, site_path
 from gridpilot.control.base import Controller
 from gridpilot.control.factory import build_controllers
 from gridpilot.control.inputs import StoredInputs
@@ -71,8 +71,7 @@ class ControlNotConfiguredError(Exception):
 
 
 def storage_path(config: GridPilotConfig, base_dir: Path) -> Path:
-    path = config.storage.path
-    return path if path.is_absolute() else base_dir / path
+    return site_path(base_dir, config.storage.path)
 
 
 async def run_services(

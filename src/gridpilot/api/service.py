@@ -38,11 +38,11 @@ from gridpilot.api.errors import ApiStartError, InsecureBindError
 from gridpilot.api.metrics import LocalServices
 from gridpilot.api.site_bus import EventBuffer, SiteBus
 from gridpilot.api.state_cache import DeviceStateCache
-from gridpilot.api.tls import resolve, server_ssl_context
+from gridpilot.api.tls import server_ssl_context
 from gridpilot.api.tokens import TokenStore
 from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.bus.errors import BusError
-from gridpilot.config.models import GridPilotConfig
+from gridpilot.config.models import GridPilotConfig, site_path
 from gridpilot.model import now_ms
 from gridpilot.net import bind_or_free_port, is_loopback_host
 from gridpilot.storage.base import Storage
@@ -111,8 +111,10 @@ class ApiService:
         self.base_dir = base_dir
         self.device_states = DeviceStateCache.for_config(config)
         self.events = EventBuffer()
-        self.tokens = TokenStore(resolve(base_dir, config.api.tokens_file))
-        self.audit = AuditLog(resolve(base_dir, config.api.audit_file), config.api.audit_max_bytes)
+        self.tokens = TokenStore(site_path(base_dir, config.api.tokens_file))
+        self.audit = AuditLog(
+            site_path(base_dir, config.api.audit_file), config.api.audit_max_bytes
+        )
         self.site_bus: SiteBus | None = None
         self._clock = clock
         self._shutdown_timeout_s = shutdown_timeout_s

@@ -7,21 +7,16 @@ import stat
 from pathlib import Path
 
 from gridpilot.api.errors import ApiStartError
-from gridpilot.config.models import ApiTlsConfig
+from gridpilot.config.models import ApiTlsConfig, site_path
 
-__all__ = ["resolve", "server_ssl_context"]
-
-
-def resolve(base_dir: Path, path: Path) -> Path:
-    """``path`` as given when absolute, else relative to ``base_dir`` (the site file's)."""
-    return path if path.is_absolute() else base_dir / path
+__all__ = ["server_ssl_context"]
 
 
 def server_ssl_context(tls: ApiTlsConfig, base_dir: Path) -> ssl.SSLContext:
     """TLS 1.3 only (no older protocol to downgrade to); raises ``ApiStartError`` saying
     which file is wrong and how to fix it."""
-    cert = resolve(base_dir, tls.cert_file)
-    key = resolve(base_dir, tls.key_file)
+    cert = site_path(base_dir, tls.cert_file)
+    key = site_path(base_dir, tls.key_file)
     for name, path in (("cert_file", cert), ("key_file", key)):
         if not path.is_file():
             raise ApiStartError(f"api.tls.{name} {path} does not exist or is not a file")

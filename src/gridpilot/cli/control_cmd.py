@@ -295,15 +295,14 @@ def set_params(
 @json_option
 def journal(config: str | None, limit: int, as_json: bool) -> None:
     """Show the last entries of the controller's journal (on this machine)."""
+    from gridpilot.config import site_path
     from gridpilot.control.journal import Journal
 
     path = resolve_config_path(config)
     cfg = load_or_exit(path)
     if cfg.control is None or cfg.control.journal is None:
         fail(f"{path} configures no control journal", EXIT_CONFIG)
-    file = cfg.control.journal
-    if not file.is_absolute():
-        file = path.parent / file
+    file = site_path(path.parent, cfg.control.journal)
     entries = Journal(file).read(limit)
     if not entries and not file.exists():
         fail(f"no journal at {file} yet: has the controller run on this machine?")

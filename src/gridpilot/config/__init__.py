@@ -14,6 +14,7 @@ from gridpilot.config.models import (
     SerialBusConfig,
     SiteConfig,
     StorageConfig,
+    site_path,
 )
 
 __all__ = [
@@ -32,5 +33,6 @@ __all__ = [
     "SiteConfig",
     "StorageConfig",
     "load_config",
+    "site_path",
     "validate_config_text",
 ]

@@ -34,6 +34,12 @@ from gridpilot.model.registers import ByteOrder
 from gridpilot.model.units import UNIT_SUFFIXES
 
 
+def site_path(base_dir: Path, path: Path) -> Path:
+    """A path of the site file: as given when absolute, else relative to ``base_dir`` (the
+    site file's directory; the data directory in the demo)."""
+    return path if path.is_absolute() else base_dir / path
+
+
 def _identifier(value: str) -> str:
     if not is_valid_identifier(value):
         raise ValueError(

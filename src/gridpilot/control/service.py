@@ -43,7 +43,7 @@ from gridpilot.bus.codec import (
     encode_telemetry,
 )
 from gridpilot.bus.errors import BusError, PayloadError
-from gridpilot.config.models import ControlConfig, GridPilotConfig
+from gridpilot.config.models import ControlConfig, GridPilotConfig, site_path
 from gridpilot.control.base import Controller, Forecasts, PointRef, Reading, Snapshot
 from gridpilot.control.engine import (
     BatteryWindow,
@@ -200,10 +200,10 @@ class ControllerService:
         """Dry-run: the last value that would have been sent, to journal changes only."""
         self._deadbands = {PointRef.parse(x.point): x.deadband for x in self.control.limits}
         journal_path = self.control.journal
-        if journal_path is not None and not journal_path.is_absolute():
-            journal_path = base_dir / journal_path
         self.journal = (
-            Journal(journal_path, self.control.journal_max_bytes) if journal_path else None
+            Journal(site_path(base_dir, journal_path), self.control.journal_max_bytes)
+            if journal_path
+            else None
         )
         self._pending: list[dict[str, Any]] = []
         self._last_result: CycleResult | None = None

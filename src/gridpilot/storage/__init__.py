@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gridpilot.config.models import StorageConfig
+from gridpilot.config.models import StorageConfig, site_path
 from gridpilot.storage.base import (
     Agg,
     HistoryPoint,
@@ -46,9 +46,7 @@ def open_storage(config: StorageConfig, base_dir: Path) -> ManagedStorage:
     configuration file); missing parent directories are created. The database file itself
     is created on open with mode 0600.
     """
-    path = config.path.expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
+    path = site_path(base_dir, config.path.expanduser())
     path.parent.mkdir(parents=True, exist_ok=True)
     # StorageConfig.backend only admits "sqlite" today; other backends branch here.
     return SqliteStorage(path, config.retention)

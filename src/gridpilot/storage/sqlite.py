@@ -427,10 +427,6 @@ class SqliteStorage:
         ``ts_ms`` = bucket start). Buckets at unaligned ends hold only the samples inside
         the range. Aggregates come from the coarsest rollup that answers (see
         ``levels.choose_level``); buckets without samples are absent."""
-        if every_ms is not None and every_ms <= 0:
-            raise ValueError(f"every_ms must be positive, got {every_ms}")
-        if start_ms >= end_ms:
-            return []
         rows = await self._history_rows(series, start_ms, end_ms, every_ms, agg)
         if every_ms is None:
             # (ts_ms, value) rows of a STRICT REAL column: already what a HistoryPoint holds.

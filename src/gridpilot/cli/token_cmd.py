@@ -17,7 +17,6 @@ from gridpilot.cli.timeparse import parse_duration_ms
 
 if TYPE_CHECKING:  # imported lazily below: the CLI starts fast without the API's imports
     from gridpilot.api.tokens import TokenStore
-    from gridpilot.config import site_path
 
 config_option = click.option(
     "-c", "--config", help="Site file (default: $GRIDPILOT_CONFIG or the last demo's)."
@@ -27,6 +26,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 
 def _store(config: str | None) -> TokenStore:
     from gridpilot.api.tokens import TokenStore
+    from gridpilot.config import site_path
 
     path = resolve_config_path(config)
     cfg = load_or_exit(path)

@@ -77,3 +77,25 @@ def test_control_commands_without_a_control_section(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli, ["control", *args, "-c", str(path)])
         assert result.exit_code == 2, args
         assert "control" in result.stderr
+
+
+def test_token_create_list_and_revoke(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("site: {id: x}\napi: {tokens_file: etc/tokens.json}\n")
+    runner = CliRunner()
+    created = runner.invoke(
+        cli, ["token", "create", "--role", "operator", "--name", "ops", "-c", str(site)]
+    )
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip()
+    assert token.startswith("gpt_")
+    stored = (tmp_path / "etc" / "tokens.json").read_text()  # relative to the site file
+    assert token not in stored
+    token_id = token.split("_")[1]
+    listed = runner.invoke(cli, ["token", "list", "-c", str(site)])
+    assert f"{token_id}  operator  active" in listed.stdout
+    assert runner.invoke(cli, ["token", "revoke", token_id, "-c", str(site)]).exit_code == 0
+    assert "revoked" in runner.invoke(cli, ["token", "list", "-c", str(site)]).stdout
+    unknown = runner.invoke(cli, ["token", "revoke", "deadbeef", "-c", str(site)])
+    assert unknown.exit_code != 0
+    assert "gridpilot token list" in unknown.stderr

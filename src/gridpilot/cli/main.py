@@ -9,6 +9,7 @@ from gridpilot.cli.common import setup_logging
 from gridpilot.cli.config_cmd import config_group
 from gridpilot.cli.control_cmd import control_group
 from gridpilot.cli.demo_cmd import demo
+from gridpilot.cli.devices_cmd import devices_group
 from gridpilot.cli.query_cmd import query
 from gridpilot.cli.run_cmd import run, sim
 from gridpilot.cli.tail_cmd import tail
@@ -23,7 +24,17 @@ def cli(verbose: int) -> None:
     setup_logging(verbose)
 
 
-for command in (config_group, control_group, demo, query, run, sim, tail, token_group):
+for command in (
+    config_group,
+    control_group,
+    demo,
+    devices_group,
+    query,
+    run,
+    sim,
+    tail,
+    token_group,
+):
     cli.add_command(command)
 
 

@@ -527,6 +527,31 @@ async def test_a_revoked_token_cannot_open_a_socket(api: ApiService) -> None:
         assert closed.value.rcvd.code == 4403
 
 
+async def test_a_subscription_ends_when_its_token_is_revoked(
+    api: ApiService, site_id: str, mosquitto: BrokerAddress
+) -> None:
+    api.streams.recheck_s = 0.2
+    secret = token(api)
+    record = next(r for r in api.tokens.records() if secret.startswith(f"gpt_{r.id}_"))
+    async with connect(ws_url(api), subprotocols=PROTOCOLS) as ws:
+        await initialised(ws, {"token": secret})
+        await subscribe(ws, "1", "meter")
+        async with publisher(mosquitto) as bus:
+            await publish_until(bus, site_id, ws, "1", device="meter", value=1.0)
+            api.tokens.revoke(record.id)
+            deadline = time.monotonic() + 10
+            message = await receive(ws)
+            while message.get("payload", {}).get("data") and time.monotonic() < deadline:
+                message = await receive(ws)  # frames that were on their way
+        assert message["id"] == "1"
+        assert message["type"] == "next", message
+        assert [e["message"] for e in message["payload"]["errors"]] == [
+            f"the stream ended: token {record.id} was revoked"
+        ]
+        assert await receive(ws) == {"id": "1", "type": "complete"}
+    await eventually(_listener_count(api), lambda n: n == 0)
+
+
 async def test_subscriptions_beyond_stream_clients_are_refused(
     api: ApiService, site_id: str, mosquitto: BrokerAddress
 ) -> None:

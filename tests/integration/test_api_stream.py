@@ -412,3 +412,43 @@ async def _drain(ws: Any) -> None:
     uvicorn closes the connection."""
     while True:
         assert orjson.loads(await ws.recv())["type"] in ("next", "complete")
+
+
+async def test_a_stream_ends_when_its_token_is_revoked(
+    tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
+    async with serving(tmp_path, mosquitto) as (api, site_id):
+        api.streams.recheck_s = 0.2
+        secret = viewer(api)
+        other = viewer(api)
+        record = next(r for r in api.tokens.records() if secret.startswith(f"gpt_{r.id}_"))
+        async with (
+            tcp_client(api.url, secret) as http,
+            tcp_client(api.url, other) as http_other,
+            http.stream("GET", "/api/v1/stream") as response,
+            http_other.stream(
+                "GET", "/api/v1/stream", params={"device": "meter"}
+            ) as response_other,
+        ):
+            events = events_of(response.aiter_lines())
+            await first_event(events, mosquitto, site_id, "meter")
+            api.tokens.revoke(record.id)
+            ending: str | None = None
+            async with asyncio.timeout(10):
+                async for event, data in events:
+                    if event == "end":
+                        ending = data
+                        break
+            assert ending is not None
+            assert orjson.loads(ending) == {"reason": f"token {record.id} was revoked"}
+            with pytest.raises(StopAsyncIteration):  # and the body ended
+                async with asyncio.timeout(5):
+                    await anext(events)
+
+            # another token's stream goes on
+            other_events = events_of(response_other.aiter_lines())
+            doc = await first_event(other_events, mosquitto, site_id, "meter")
+            assert doc["device"] == "meter"
+            assert api.streams.clients == 1
+        async with tcp_client(api.url, secret) as http:
+            assert (await http.get("/api/v1/stream")).status_code == 401

@@ -136,3 +136,19 @@ def test_rate_limit_is_a_token_bucket_per_token(store: TokenStore) -> None:
     assert auth.retry_after_s(alice) == 0.0
     assert auth.authenticate(f"Basic {a}") is None
     assert auth.authenticate(None) is None
+
+
+def test_refusal_says_why_a_token_may_no_longer_stream(store: TokenStore) -> None:
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    live, _ = store.create(Role.VIEWER, "live", created_by="t", now=now)
+    brief, _ = store.create(
+        Role.VIEWER, "brief", created_by="t", expires=now + timedelta(hours=1), now=now
+    )
+    assert store.refusal(live.id, now) is None
+    assert store.refusal(brief.id, now) is None
+    assert store.refusal(brief.id, now + timedelta(hours=1)) == f"token {brief.id} expired"
+    store.revoke(live.id, now)
+    assert store.refusal(live.id, now) == f"token {live.id} was revoked"
+    assert store.refusal("nosuchid", now) == "token nosuchid no longer exists"
+    store.path.chmod(0o644)  # a store that cannot be trusted ends streams too
+    assert (store.refusal(brief.id, now) or "").startswith("tokens cannot be checked")

@@ -208,8 +208,11 @@ def create_app(
 
     view = _SiteView(config, storage, device_states, clock)
     site_events = SiteEvents(config.site.id, storage, events or EventBuffer())
-    # Live telemetry (SSE and GraphQL subscriptions); app.state.streams.close() ends them all.
-    app.state.streams = streams = StreamHub(site_bus, max_clients=api_config.stream_clients)
+    # Live telemetry (SSE and GraphQL subscriptions); app.state.streams.close() ends them all,
+    # and it ends a stream whose token is revoked while it runs.
+    app.state.streams = streams = StreamHub(
+        site_bus, max_clients=api_config.stream_clients, token_check=tokens.refusal
+    )
     metrics.watch_streams(streams)
     app.include_router(_router(view))
     app.include_router(stream_router(view, streams, api_prefix=API_PREFIX))

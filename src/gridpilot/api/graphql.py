@@ -463,12 +463,14 @@ async def _telemetry(
     info: Info, device: str | None = None
 ) -> AsyncGenerator[TelemetryFrameType, None]:
     context = info.context
-    context.reader()
+    principal = context.reader()
     if device is not None:
         context.view.device(device)
-    async with context.streams.subscribe(device) as subscription:
+    async with context.streams.subscribe(device, principal.token_id) as subscription:
         async for frame in subscription:
             yield TelemetryFrameType.of(frame, subscription.dropped)
+    if subscription.end_reason is not None:
+        raise ForbiddenError(f"the stream ended: {subscription.end_reason}")
 
 
 @strawberry.type

@@ -38,6 +38,7 @@ from gridpilot.api.errors import ApiStartError, InsecureBindError
 from gridpilot.api.metrics import LocalServices
 from gridpilot.api.site_bus import EventBuffer, SiteBus
 from gridpilot.api.state_cache import DeviceStateCache
+from gridpilot.api.stream import StreamHub
 from gridpilot.api.tls import server_ssl_context
 from gridpilot.api.tokens import TokenStore
 from gridpilot.bus.client import BrokerAddress, BusClient
@@ -294,6 +295,12 @@ class ApiService:
         if self._port is None:
             raise RuntimeError("use 'async with ApiService(...)'")
         return self._port
+
+    @property
+    def streams(self) -> StreamHub:
+        """The live streams (SSE and GraphQL subscriptions) this API serves."""
+        hub: StreamHub = self._app.state.streams
+        return hub
 
     @property
     def url(self) -> str:

@@ -13,6 +13,10 @@ beyond that a new one is refused (``TooManyStreamsError``, 503). Its frames wait
 queue (``QUEUE_SIZE``): a client that does not keep up loses the oldest frames, never the
 server its memory, and each frame says how many were dropped so far. ``StreamHub.close``
 ends every stream (for a shutdown that should not wait for clients to hang up).
+
+A token is checked when a stream opens, and -- because a stream can stay open for weeks --
+again every ``RECHECK_S`` while it runs: a stream whose token has been revoked or has
+expired since ends with the reason (an SSE ``end`` event, a GraphQL error).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gridpilot.api.auth import require
+from gridpilot.api.auth import Principal, require
 from gridpilot.api.errors import UnavailableError
 from gridpilot.api.schemas import ErrorOut
 from gridpilot.api.tokens import Role
@@ -43,11 +47,13 @@ from gridpilot.model import to_rfc3339
 __all__ = [
     "HEARTBEAT_S",
     "QUEUE_SIZE",
+    "RECHECK_S",
     "StreamHub",
     "Subscription",
     "TelemetryEventOut",
     "TelemetryFrame",
     "TelemetrySource",
+    "TokenCheck",
     "TooManyStreamsError",
     "event_stream",
     "frame_json",
@@ -60,6 +66,11 @@ QUEUE_SIZE: Final = 1000
 """Frames waiting for one slow client; beyond this its oldest are dropped (and counted)."""
 HEARTBEAT_S: Final = 15.0
 """An SSE comment after this long without an event keeps proxies and clients from timing out."""
+RECHECK_S: Final = 5.0
+"""How long an open stream may outlive the revocation or expiry of its token, at most."""
+
+TokenCheck = Callable[[str], str | None]
+"""Given a token id: None while it may still stream, else why it may not."""
 
 
 class TooManyStreamsError(UnavailableError):
@@ -94,14 +105,20 @@ class Subscription:
     """One stream client: frames of ``device`` (every device when None), oldest dropped
     beyond ``capacity``. Iterate it for the frames; the iteration ends when it is closed."""
 
-    def __init__(self, device: str | None, capacity: int = QUEUE_SIZE) -> None:
+    def __init__(
+        self, device: str | None, capacity: int = QUEUE_SIZE, holder: str | None = None
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
         self.device = device
         self.capacity = capacity
+        self.holder = holder
+        """The id of the token it was opened with (None: not tied to a token)."""
         self.dropped = 0
         """Frames lost because the client did not take them in time."""
         self.closed = False
+        self.end_reason: str | None = None
+        """Why the server ended it, when it did (the token was revoked...)."""
         self._frames: deque[TelemetryFrame] = deque()
         self._ready = asyncio.Event()
 
@@ -118,8 +135,11 @@ class Subscription:
         self._frames.append(frame)
         self._ready.set()
 
-    def close(self) -> None:
-        """End the iteration at once; frames still queued are discarded (not counted)."""
+    def close(self, reason: str | None = None) -> None:
+        """End the iteration at once; frames still queued are discarded (not counted).
+        ``reason``: why the server ends it, for the client to see."""
+        if reason is not None and not self.closed:
+            self.end_reason = reason
         self.closed = True
         self._frames.clear()
         self._ready.set()
@@ -159,10 +179,15 @@ class StreamHub:
         *,
         max_clients: int,
         queue_size: int = QUEUE_SIZE,
+        token_check: TokenCheck | None = None,
+        recheck_s: float = RECHECK_S,
     ) -> None:
         self.source = source
         self.max_clients = max_clients
         self.queue_size = queue_size
+        self.token_check = token_check
+        self.recheck_s = recheck_s
+        self._recheck: asyncio.Task[None] | None = None
         self.rejected = 0
         """Telemetry payloads that could not be decoded (the ingest service counts why)."""
         self.refused = 0
@@ -182,8 +207,9 @@ class StreamHub:
         """Frames dropped for slow clients, over all streams since the start."""
         return self._dropped_by_closed + sum(s.dropped for s in self._subscriptions)
 
-    def open(self, device: str | None) -> Subscription:
-        """A new subscription, holding one client slot until ``release``.
+    def open(self, device: str | None, holder: str | None = None) -> Subscription:
+        """A new subscription for the token ``holder`` (its id), holding one client slot
+        until ``release``.
 
         Raises ``TooManyStreamsError`` beyond ``max_clients``, ``UnavailableError`` without
         a broker connection or while shutting down.
@@ -201,9 +227,31 @@ class StreamHub:
                 "close one, or raise the limit in the site file",
                 {"limit": self.max_clients},
             )
-        subscription = Subscription(device, self.queue_size)
+        subscription = Subscription(device, self.queue_size, holder)
         self._subscriptions.add(subscription)
+        if self.token_check is not None and (self._recheck is None or self._recheck.done()):
+            self._recheck = asyncio.get_running_loop().create_task(
+                self._recheck_tokens(), name="stream-token-recheck"
+            )
         return subscription
+
+    async def _recheck_tokens(self) -> None:
+        """End the streams whose token may no longer stream; runs while any are open."""
+        check = self.token_check
+        assert check is not None  # noqa: S101 -- only started with one
+        while self._subscriptions and not self._closed:
+            await asyncio.sleep(self.recheck_s)
+            verdicts: dict[str, str | None] = {}
+            for subscription in tuple(self._subscriptions):
+                holder = subscription.holder
+                if holder is None:
+                    continue
+                if holder not in verdicts:
+                    verdicts[holder] = check(holder)
+                reason = verdicts[holder]
+                if reason is not None:
+                    log.info("ending a live stream of token %s: %s", holder, reason)
+                    subscription.close(reason)
 
     async def start(self, subscription: Subscription) -> None:
         """Make sure telemetry flows (subscribes on the broker for the first stream).
@@ -246,9 +294,11 @@ class StreamHub:
                     log.debug("could not unsubscribe from telemetry: %s", exc)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, device: str | None) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self, device: str | None, holder: str | None = None
+    ) -> AsyncIterator[Subscription]:
         """``open`` and ``start`` a subscription; ``release`` it on the way out."""
-        subscription = self.open(device)
+        subscription = self.open(device, holder)
         try:
             await self.start(subscription)
             yield subscription
@@ -258,6 +308,8 @@ class StreamHub:
     def close(self) -> None:
         """End every stream now and refuse new ones (the API is stopping)."""
         self._closed = True
+        if self._recheck is not None:
+            self._recheck.cancel()
         for subscription in tuple(self._subscriptions):
             subscription.close()
 
@@ -302,12 +354,16 @@ async def event_stream(
     subscription: Subscription, heartbeat_s: float = HEARTBEAT_S
 ) -> AsyncIterator[bytes]:
     """The SSE body of ``subscription``: a ``telemetry`` event per frame, a comment line
-    after ``heartbeat_s`` without one; it ends when the subscription is closed."""
+    after ``heartbeat_s`` without one; it ends when the subscription is closed, with an
+    ``end`` event when the server ended it for a reason."""
     yield b": GridPilot live telemetry\nretry: 5000\n\n"
     while True:
         try:
             frame = await subscription.next(heartbeat_s)
         except StopAsyncIteration:
+            if subscription.end_reason is not None:
+                reason = orjson.dumps({"reason": subscription.end_reason})
+                yield b"event: end\ndata: " + reason + b"\n\n"
             return
         if frame is None:
             yield b": heartbeat\n\n"
@@ -348,6 +404,9 @@ without GraphQL. Each telemetry message is one event:
 most 1000 per client). A comment line (`: heartbeat`) comes after 15 s without an event. The
 stream does not end by itself; it ends when the client disconnects or the server stops. At
 most `api.stream_clients` streams (SSE and GraphQL subscriptions together) are open at once.
+
+A stream whose token is revoked or expires while it is open ends within 5 s with an `end`
+event, `data: {"reason": "..."}`; reconnecting then needs a valid token.
 """
 
 
@@ -356,7 +415,7 @@ _SSE_EVENT_SCHEMA: Final = {
     "type": "object",
     "required": ["event", "data"],
     "properties": {
-        "event": {"type": "string", "enum": ["telemetry"]},
+        "event": {"type": "string", "enum": ["telemetry", "end"]},
         "data": {
             "type": "string",
             "contentMediaType": "application/json",
@@ -394,6 +453,7 @@ def stream_router(
         },
     )
     async def stream(
+        principal: Annotated[Principal, Depends(require(Role.VIEWER))],
         device: Annotated[
             str | None, Query(description="Only this device's telemetry. Default: all.")
         ] = None,
@@ -401,7 +461,7 @@ def stream_router(
         """Live telemetry as Server-Sent Events (see the 200 response)."""
         if device is not None:
             view.device(device)  # 404 for an unknown one
-        subscription = hub.open(device)
+        subscription = hub.open(device, principal.token_id)
         await hub.start(subscription)
         return _EventStreamResponse(hub, subscription, heartbeat_s)
 

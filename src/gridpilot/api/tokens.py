@@ -155,6 +155,21 @@ class TokenStore:
             return None
         return record if record.active(now or datetime.now(UTC)) else None
 
+    def refusal(self, token_id: str, now: datetime | None = None) -> str | None:
+        """None while the token ``token_id`` is active, else why it is not (for a stream
+        opened with it, which outlives the check made when it opened)."""
+        try:
+            record = self._load().get(token_id)
+        except TokenStoreError as exc:
+            return f"tokens cannot be checked: {exc}"
+        if record is None:
+            return f"token {token_id} no longer exists"
+        if record.revoked is not None:
+            return f"token {token_id} was revoked"
+        if not record.active(now or datetime.now(UTC)):
+            return f"token {token_id} expired"
+        return None
+
     def _load(self) -> dict[str, TokenRecord]:
         try:
             st = self.path.stat()
@@ -163,9 +178,9 @@ class TokenStore:
             return self._cache
         except OSError as exc:
             raise TokenStoreError(_unreadable(self.path, exc)) from exc
+        _check_private(self.path, st)  # every time: a chmod does not change the mtime
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
         if key != self._cache_key:
-            _check_private(self.path, st)
             self._cache = self._parse(self._read_bytes(st))
             self._cache_key = key
         return self._cache

@@ -21,6 +21,7 @@ UNIT_SUFFIXES: dict[str, str] = {
     "_hz": "Hz",
     "_pa": "Pa",
     "_ma": "mA",
+    "_ah": "Ah",  # battery capacity (SunSpec AHRtg)
     "_pf": "1",  # power factor, dimensionless -1..1
     "_s": "s",
     "_w": "W",

@@ -77,6 +77,9 @@ class Line:
         self.corrupt_every: dict[int, int] = {}
         """Unit -> N: every Nth reply of the unit arrives garbled (an intermittent fault)."""
         self.truncate_units: set[int] = set()
+        self.reply_delay_s = 0.0
+        """Replies are held this long on the wire (a slow line): a master that sent its next
+        request meanwhile would show two requests in one turn of ``wire``."""
         self._replies_of: dict[int, int] = {}
         self.corrupted = 0
         self.truncated = 0
@@ -165,6 +168,12 @@ class Line:
         return reply
 
     def _deliver(self, data: bytes) -> None:
+        if self.reply_delay_s > 0:
+            asyncio.get_running_loop().call_later(self.reply_delay_s, self._pass_on, data)
+        else:
+            self._pass_on(data)
+
+    def _pass_on(self, data: bytes) -> None:
         self.wire.append("reply")
         if self._tcp is not None:
             self._tcp.write(data)

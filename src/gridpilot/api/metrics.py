@@ -38,6 +38,9 @@ Metrics (``_total`` = counter, the rest gauges unless noted)::
     gridpilot_device_ticks_skipped_total{device}          poll ticks lost to overruns
     gridpilot_device_values_dropped_total{device,reason}  out_of_range, invalid
     gridpilot_device_commands_total{device,outcome}       applied, rejected, failed, ...
+    gridpilot_device_poll_jitter_seconds{device}          histogram: how late polls started
+                                                          against their tick (since start)
+    gridpilot_device_poll_jitter_quantile_seconds{device,quantile}  its p50 and p99 (0.5, 0.99)
     gridpilot_control_cycles_total, gridpilot_control_cycle_overruns_total
     gridpilot_control_cycle_last_seconds, gridpilot_control_cycle_max_seconds,
     gridpilot_control_cycle_period_seconds
@@ -68,6 +71,7 @@ Metrics (``_total`` = counter, the rest gauges unless noted)::
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -81,7 +85,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from starlette.routing import Match
@@ -90,7 +99,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gridpilot import __version__
 from gridpilot.api.state_cache import DeviceStateCache, EffectiveStatus
 from gridpilot.config.models import GridPilotConfig
-from gridpilot.gateway.health import DeviceStatus
+from gridpilot.gateway.health import JITTER_BUCKETS_S, DeviceStatus
 
 if TYPE_CHECKING:
     # Types only: the API reads these services' stats but does not depend on their code.
@@ -209,6 +218,39 @@ _DEVICE_SCALARS: Final = (
 
 
 @dataclass(frozen=True, slots=True)
+class JitterFigures:
+    """A device's poll-jitter histogram as its state publishes it (seconds)."""
+
+    p50: float | None
+    p99: float | None
+    buckets: tuple[float, ...] | None = None
+    """Cumulative counts at each bound of ``JITTER_BUCKETS_S``, then +Inf; None when the
+    published buckets are not those (another version) or not cumulative."""
+    sum_s: float | None = None
+
+    @classmethod
+    def from_state(cls, value: object) -> JitterFigures | None:
+        """From the ``poll_jitter`` object of a state (untrusted: never raises)."""
+        if not isinstance(value, Mapping):
+            return None
+        published = value.get("buckets")
+        buckets: tuple[float, ...] | None = None
+        if isinstance(published, Mapping):
+            keys = [f"{le:g}" for le in JITTER_BUCKETS_S] + ["+Inf"]
+            counts = [_count(published.get(k)) for k in keys]
+            if len(published) == len(keys) and all(
+                a is not None and b is not None and a <= b for a, b in itertools.pairwise(counts)
+            ):
+                buckets = tuple(c for c in counts if c is not None)
+        return cls(
+            _count(value.get("p50_s")),
+            _count(value.get("p99_s")),
+            buckets,
+            _count(value.get("sum_s")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceFigures:
     """One polled device's health as the metrics show it, from either source."""
 
@@ -223,6 +265,7 @@ class DeviceFigures:
     """By kind: timeout, refused, exception_2, ..."""
     commands: Mapping[str, float] | None = None
     """By outcome: applied, rejected, failed, duplicate."""
+    jitter: JitterFigures | None = None
 
     @classmethod
     def from_state(
@@ -245,6 +288,7 @@ class DeviceFigures:
             scalars,
             _labelled_counts(counters.get("errors")),
             _labelled_counts(counters.get("commands")),
+            JitterFigures.from_state(state.get("poll_jitter")),
         )
 
     @classmethod
@@ -254,6 +298,7 @@ class DeviceFigures:
         state = {
             "consecutive_failures": snapshot.consecutive_failures,
             "counters": snapshot.counters,
+            "poll_jitter": snapshot.poll_jitter,
         }
         return cls.from_state(device, state, snapshot.status is DeviceStatus.ONLINE)
 
@@ -473,6 +518,17 @@ def device_metrics(devices: Iterable[DeviceFigures]) -> Iterator[Metric]:
         "Commands by outcome: applied, rejected, failed, duplicate.",
         labels=["device", "outcome"],
     )
+    jitter = HistogramMetricFamily(
+        "gridpilot_device_poll_jitter_seconds",
+        "How late polls started against their scheduled tick.",
+        labels=["device"],
+    )
+    jitter_quantiles = GaugeMetricFamily(
+        "gridpilot_device_poll_jitter_quantile_seconds",
+        "Median (0.5) and 99th percentile (0.99) of the poll jitter since the gateway started.",
+        labels=["device", "quantile"],
+    )
+    bounds = [f"{le:g}" for le in JITTER_BUCKETS_S] + ["+Inf"]
     for figures in devices:
         device = figures.device
         online.add_metric([device], 1.0 if figures.online else 0.0)
@@ -489,12 +545,21 @@ def device_metrics(devices: Iterable[DeviceFigures]) -> Iterator[Metric]:
             errors.add_metric([device, kind], n)
         for outcome, n in (figures.commands or {}).items():
             commands.add_metric([device, outcome], n)
+        if figures.jitter is not None:
+            j = figures.jitter
+            if j.buckets is not None and j.sum_s is not None:
+                jitter.add_metric([device], list(zip(bounds, j.buckets, strict=True)), j.sum_s)
+            for quantile, value in (("0.5", j.p50), ("0.99", j.p99)):
+                if value is not None:
+                    jitter_quantiles.add_metric([device, quantile], value)
     yield online
     yield failures
     yield from plain.values()
     yield errors
     yield dropped
     yield commands
+    yield jitter
+    yield jitter_quantiles
 
 
 def control_metrics(figures: ControlFigures, period_s: float | None) -> Iterator[Metric]:

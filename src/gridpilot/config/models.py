@@ -162,6 +162,28 @@ class IngestConfig(_Frozen):
     """Store points that are not configured for a known device (they have no valid range)."""
 
 
+class PollClass(StrEnum):
+    """How often a point is polled, relative to its device's ``poll_interval``."""
+
+    FAST = "fast"
+    """``poll_interval / fast_divisor`` (setpoints a controller follows, fast power values)."""
+    NORMAL = "normal"
+    """``poll_interval``."""
+    SLOW = "slow"
+    """``poll_interval x slow_multiple`` (energy counters, temperatures, nameplate data)."""
+
+
+class PollClassesConfig(_Frozen):
+    """The intervals of the poll classes as whole fractions and multiples of
+    ``poll_interval``: every class then falls on one grid, so the points due at a tick are
+    read together in merged blocks, and a slow point never drifts against a normal one."""
+
+    fast_divisor: int = Field(default=5, ge=1, le=100)
+    """``fast`` points are polled every ``poll_interval / fast_divisor`` (1 s -> 200 ms)."""
+    slow_multiple: int = Field(default=10, ge=1, le=3600)
+    """``slow`` points are polled every ``poll_interval x slow_multiple`` (1 s -> 10 s)."""
+
+
 class GatewayConfig(_Frozen):
     """The Modbus gateway service."""
 
@@ -171,6 +193,9 @@ class GatewayConfig(_Frozen):
     """Consecutive failed polls after which a device is reported ``offline``."""
     max_backoff: timedelta = timedelta(seconds=60)
     """Longest wait between reconnect attempts to a dead device."""
+    poll_classes: PollClassesConfig = PollClassesConfig()
+    """How much more often ``fast`` points and how much less often ``slow`` points are
+    polled than a device's ``poll_interval`` (a device may set its own)."""
 
 
 class PointConfig(_Frozen):
@@ -194,6 +219,8 @@ class PointConfig(_Frozen):
     """[min, max] in the point's unit; readings outside are rejected, writes refused."""
     writable: bool = False
     """Commands may set this point (holding registers and coils only)."""
+    poll_class: PollClass = PollClass.NORMAL
+    """``fast``, ``normal`` or ``slow``: see ``poll_classes``."""
 
     @property
     def register_count(self) -> int:
@@ -275,6 +302,12 @@ class DeviceConfig(_Frozen):
     """Extra attempts of a failed request within one poll (with backoff)."""
     max_gap: int = Field(default=8, ge=0, le=100)
     """Unused registers a merged read may span to save a request."""
+    poll_classes: PollClassesConfig | None = None
+    """This device's poll-class intervals; unset: the gateway's ``poll_classes``."""
+    max_outstanding: int = Field(default=1, ge=1, le=8)
+    """``modbus_tcp`` only: requests of one poll in flight at once, each on its own TCP
+    connection. Raise it only for a device that accepts that many clients (many allow 1-4);
+    a serial bus always carries one request at a time."""
     points: tuple[PointConfig, ...] = Field(min_length=1)
 
     @field_validator("poll_interval", "timeout")
@@ -300,6 +333,11 @@ class DeviceConfig(_Frozen):
         elif self.bus is not None:
             raise ValueError(f"bus is for modbus_rtu devices, not {protocol}")
         rtu = protocol in (DeviceProtocol.MODBUS_RTU, DeviceProtocol.MODBUS_RTU_TCP)
+        if self.max_outstanding > 1 and protocol is not DeviceProtocol.MODBUS_TCP:
+            raise ValueError(
+                f"max_outstanding is for modbus_tcp devices; a {protocol} unit shares a line "
+                "that carries one request at a time: remove max_outstanding"
+            )
         if rtu and not 1 <= self.unit_id <= 247:
             raise ValueError(
                 f"unit_id {self.unit_id}: RTU units are 1..247 (0 is broadcast, which no "

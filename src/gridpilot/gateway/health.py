@@ -18,10 +18,12 @@ Invariants of :class:`DeviceHealth`:
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import accumulate
 
 _HINTS: dict[str, str] = {
     "timeout": (
@@ -167,6 +169,93 @@ class HealthCounters:
         }
 
 
+JITTER_BUCKETS_S: tuple[float, ...] = (
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+"""Upper bounds of the poll-jitter histogram's buckets (seconds; +Inf follows): fine around
+the 100 ms that a 1 s poll may be late by, coarse beyond."""
+
+
+class JitterHistogram:
+    """How late polls started: actual start minus the scheduled tick, in fixed buckets.
+
+    Bounded (one count per bucket, whatever the number of polls) and cumulative since the
+    gateway started, like a Prometheus histogram: a reader who wants a recent window takes
+    the difference of two snapshots. Quantiles are interpolated linearly inside the bucket
+    that holds them (as PromQL's ``histogram_quantile`` does), so they are as exact as the
+    buckets; beyond the last bound the largest jitter seen is given.
+    """
+
+    __slots__ = ("count", "counts", "max_s", "sum_s")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(JITTER_BUCKETS_S) + 1)
+        self.count = 0
+        self.sum_s = 0.0
+        self.max_s = 0.0
+
+    def observe(self, jitter_s: float) -> None:
+        late = max(jitter_s, 0.0)  # a wake-up a hair early is on time
+        self.counts[bisect_left(JITTER_BUCKETS_S, late)] += 1
+        self.count += 1
+        self.sum_s += late
+        self.max_s = max(self.max_s, late)
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile (0..1) in seconds; None before the first poll."""
+        return bucket_quantile(q, self.counts, self.max_s)
+
+    def as_dict(self) -> dict[str, object]:
+        """For the state message: cumulative bucket counts by upper bound, and the figures."""
+        cumulative = list(accumulate(self.counts))
+        buckets = {f"{le:g}": n for le, n in zip(JITTER_BUCKETS_S, cumulative, strict=False)}
+        buckets["+Inf"] = cumulative[-1]
+        p50, p99 = self.quantile(0.5), self.quantile(0.99)
+        return {
+            "count": self.count,
+            "sum_s": round(self.sum_s, 6),
+            "max_s": round(self.max_s, 6),
+            "p50_s": None if p50 is None else round(p50, 6),
+            "p99_s": None if p99 is None else round(p99, 6),
+            "buckets": buckets,
+        }
+
+
+def bucket_quantile(q: float, counts: Sequence[int], max_s: float) -> float | None:
+    """The ``q`` quantile of per-bucket (not cumulative) ``counts`` over
+    ``JITTER_BUCKETS_S`` (+Inf last). ``max_s``, the largest value counted, caps the
+    interpolation and answers for the +Inf bucket."""
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile {q} is outside 0..1")
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    below = 0
+    for i, n in enumerate(counts):
+        if n and below + n >= rank:
+            if i == len(JITTER_BUCKETS_S):
+                return max_s
+            low = JITTER_BUCKETS_S[i - 1] if i else 0.0
+            high = JITTER_BUCKETS_S[i]
+            return min(low + (high - low) * (rank - below) / n, max_s)
+        below += n
+    return max_s
+
+
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:
     """How long to wait before the next attempt to reach a dead device.
@@ -204,6 +293,8 @@ class HealthSnapshot:
     last_error: ErrorInfo | None
     consecutive_failures: int
     counters: dict[str, object]
+    poll_jitter: dict[str, object] | None = None
+    """``JitterHistogram.as_dict`` of the device's polls."""
 
 
 class DeviceHealth:
@@ -219,6 +310,7 @@ class DeviceHealth:
         self.last_error: ErrorInfo | None = None
         self.consecutive_failures = 0
         self.counters = HealthCounters()
+        self.jitter = JitterHistogram()
 
     def poll_succeeded(self, now_ms: int) -> bool:
         """Record an answered poll; True when the published state changed (went online)."""
@@ -289,6 +381,7 @@ class DeviceHealth:
             last_error=self.last_error,
             consecutive_failures=self.consecutive_failures,
             counters=self.counters.as_dict(),
+            poll_jitter=self.jitter.as_dict(),
         )
 
     def _set_status(self, status: DeviceStatus, now_ms: int) -> bool:

@@ -20,7 +20,8 @@ def telemetry_payload(ts_ms: int, seq: int, values: Mapping[str, float]) -> byte
 
 
 def device_state_payload(snapshot: HealthSnapshot, ts_ms: int, reason: str | None = None) -> bytes:
-    """Retained ``.../state`` of a device: status, since, last_error, counters.
+    """Retained ``.../state`` of a device: status, since, last_error, counters, and
+    ``poll_jitter`` (how late its polls started: a histogram with p50/p99, seconds).
 
     ``reason`` says why the status is what it is when the health alone does not (e.g.
     ``gateway stopped``).
@@ -41,6 +42,8 @@ def device_state_payload(snapshot: HealthSnapshot, ts_ms: int, reason: str | Non
         "counters": snapshot.counters,
         "ts": to_rfc3339(ts_ms),
     }
+    if snapshot.poll_jitter is not None:
+        body["poll_jitter"] = snapshot.poll_jitter
     if reason is not None:
         body["reason"] = reason
     return orjson.dumps(body)

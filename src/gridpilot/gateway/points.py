@@ -10,9 +10,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gridpilot.config.models import DeviceConfig, PointConfig
+from gridpilot.config.models import DeviceConfig, PointConfig, PollClass
 from gridpilot.fieldbus.codec import RegisterSpec, decode
 from gridpilot.fieldbus.errors import DecodeError
+from gridpilot.fieldbus.planner import ReadBlock, plan_reads
 from gridpilot.model import DataType
 
 
@@ -44,6 +45,35 @@ def polled_specs(device: DeviceConfig) -> tuple[RegisterSpec, ...]:
         for p in device.points
         if p.address is not None and p.type is not DataType.STRING
     )
+
+
+class ReadPlan:
+    """The merged reads of one device for each set of poll classes that fall due together.
+
+    Points due at the same tick are planned as one set, so a fast point next to normal ones
+    shares their block at the ticks where both are due and is read alone in between. Each
+    set is planned once (there are at most seven) and kept.
+    """
+
+    def __init__(self, device: DeviceConfig) -> None:
+        self.max_gap = device.max_gap
+        self.specs = polled_specs(device)
+        classes = {p.point: p.poll_class for p in device.points}
+        self.class_of: dict[RegisterSpec, PollClass] = {s: classes[s.point] for s in self.specs}
+        self.classes = frozenset(self.class_of.values())
+        """The classes that have polled points."""
+        self._plans: dict[frozenset[PollClass], list[ReadBlock]] = {}
+        self.all_blocks = self.blocks(self.classes)
+        """Every polled point's reads: the most one poll makes."""
+
+    def blocks(self, due: frozenset[PollClass]) -> list[ReadBlock]:
+        plan = self._plans.get(due)
+        if plan is None:
+            plan = plan_reads(
+                (s for s in self.specs if self.class_of[s] in due), max_gap=self.max_gap
+            )
+            self._plans[due] = plan
+        return plan
 
 
 @dataclass(frozen=True, slots=True)

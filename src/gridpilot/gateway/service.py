@@ -4,7 +4,13 @@ The I/O shell around the pure parts of this package (``schedule``, ``health``,
 ``commands``, ``points``). Tasks, all owned by :class:`GatewayService`:
 
 * one poll task per Modbus device: a fixed-rate schedule; a slow or dead device only
-  delays itself. A dead device is retried with backoff (``health.BackoffPolicy``).
+  delays itself. A dead device is retried with backoff (``health.BackoffPolicy``). Points
+  have poll classes (fast, normal, slow: ``schedule.PollCycle``); the points due at a tick
+  are read in merged blocks (``fieldbus.planner``). How late each poll starts against its
+  tick is counted in the device's ``poll_jitter`` histogram (state message, ``/metrics``).
+  A Modbus TCP device reads one block at a time unless ``max_outstanding`` allows more
+  (each on its own connection); the units of a serial bus wait for each other
+  (``modbus_rtu.RtuBus``: one request on the line at a time).
 * one command task per device: commands for a device run one at a time, each after the
   device's current poll (they share the device's lock), never waiting for other devices.
 * one dispatcher: reads ``gridpilot/v1/{site}/+/command``, validates, hands the command to
@@ -33,7 +39,12 @@ from typing import Any, Protocol, Self, runtime_checkable
 import orjson
 
 from gridpilot.bus.client import BrokerAddress, BusClient, Will
-from gridpilot.config.models import DeviceConfig, DeviceProtocol, GatewayConfig, GridPilotConfig
+from gridpilot.config.models import (
+    DeviceConfig,
+    DeviceProtocol,
+    GatewayConfig,
+    GridPilotConfig,
+)
 from gridpilot.fieldbus.codec import RegisterSpec, decode, encode
 from gridpilot.fieldbus.errors import (
     DeviceRejected,
@@ -46,6 +57,7 @@ from gridpilot.fieldbus.modbus_rtu import ModbusRtuDevice, RtuBus, SerialLine
 from gridpilot.fieldbus.modbus_tcp import ModbusTcpDevice
 from gridpilot.fieldbus.planner import ReadBlock, extract, plan_reads
 from gridpilot.fieldbus.rtu_frame import MAX_FRAME, MAX_WRITE_FRAME, char_bits, frame_gap_s
+from gridpilot.fieldbus.tcp_pool import ModbusTcpPool
 from gridpilot.gateway.commands import (
     Applied,
     Command,
@@ -69,8 +81,8 @@ from gridpilot.gateway.payloads import (
     gateway_will_payload,
     telemetry_payload,
 )
-from gridpilot.gateway.points import evaluate, polled_specs, register_spec
-from gridpilot.gateway.schedule import FixedRateSchedule
+from gridpilot.gateway.points import ReadPlan, evaluate, register_spec
+from gridpilot.gateway.schedule import FixedRateSchedule, PollCycle
 from gridpilot.model import Topic, TopicKind, now_ms, parse_topic, to_rfc3339
 from gridpilot.tasks import cancel_and_wait
 
@@ -106,7 +118,12 @@ Connector = Callable[[DeviceConfig], DeviceConnection]
 
 
 def modbus_connector(device: DeviceConfig) -> DeviceConnection:
-    """The Modbus TCP driver with the device's timeout and retries (TCP devices only)."""
+    """The Modbus TCP driver with the device's timeout and retries (TCP devices only): one
+    connection, or ``max_outstanding`` of them side by side."""
+    if device.max_outstanding > 1:
+        return ModbusTcpPool(
+            [ModbusTcpDevice.from_config(device) for _ in range(device.max_outstanding)]
+        )
     return ModbusTcpDevice.from_config(device)
 
 
@@ -134,7 +151,7 @@ class ModbusConnector:
                     key, RtuBus(key, host=device.host, port=device.port)
                 )
             case _:
-                return ModbusTcpDevice.from_config(device)
+                return modbus_connector(device)
         return ModbusRtuDevice(bus, device.unit_id, timeout_s, device.retries)
 
     def _serial_bus(self, bus_id: str) -> RtuBus:
@@ -211,14 +228,16 @@ class _DeviceWorker:
         self.clock = clock
         self.state_interval_s = state_interval_s
         self.interval_s = device.poll_interval.total_seconds()
-        self.specs = polled_specs(device)
-        self.blocks = plan_reads(self.specs, max_gap=device.max_gap)
+        self.plan = ReadPlan(device)
+        self.blocks = self.plan.all_blocks
+        self.poll_classes = device.poll_classes or gateway.poll_classes
+        self.concurrent_reads = device.max_outstanding > 1
         # A request may take (timeout + its time on a serial wire) x (retries + 1)
         # (ModbusClientDevice's budget).
         self.request_budget_s = (device.timeout.total_seconds() + wire_s) * (device.retries + 1)
         # On a shared serial line each request may first wait for the others' (bus_wait_s).
         self.poll_budget_s = (self.request_budget_s + bus_wait_s) * max(
-            len(self.blocks), 1
+            math.ceil(len(self.blocks) / device.max_outstanding), 1
         ) + _SLACK_S
         if self.request_budget_s > self.interval_s:
             # A silent device costs timeout x (retries + 1) per poll: detection of an
@@ -263,13 +282,22 @@ class _DeviceWorker:
             log.info("%s: no numeric points to poll", self.id)
             return
         loop = asyncio.get_running_loop()
-        schedule = FixedRateSchedule(self.interval_s, loop.time())
+        cycle = PollCycle(
+            self.interval_s,
+            self.plan.classes,
+            fast_divisor=self.poll_classes.fast_divisor,
+            slow_multiple=self.poll_classes.slow_multiple,
+        )
+        schedule = FixedRateSchedule(cycle.tick_s, loop.time())
         while True:
             await asyncio.sleep(max(0.0, schedule.deadline_s - loop.time()))
             if self.stopping:  # also ends a loop whose cancellation was swallowed (tasks.py)
                 return
             async with self.lock:
-                await self._poll()
+                # Jitter: how late this poll starts against its tick (a command holding the
+                # device counts: the poll is late all the same).
+                self.health.jitter.observe(loop.time() - schedule.deadline_s)
+                await self._poll(self.plan.blocks(cycle.due(schedule.index)))
             now_s = loop.time()
             delay = self.health.retry_delay_s(self.clock())
             tick = schedule.advance(now_s, None if delay is None else now_s + delay)
@@ -277,8 +305,8 @@ class _DeviceWorker:
                 self.health.ticks_skipped(tick.skipped)
                 log.debug("%s: poll overran, %d tick(s) skipped", self.id, tick.skipped)
 
-    async def _poll(self) -> None:
-        """One poll: read every block, publish telemetry, update health. Holds the lock."""
+    async def _poll(self, blocks: Sequence[ReadBlock]) -> None:
+        """One poll: read ``blocks``, publish telemetry, update health. Holds the lock."""
         ts = self.clock()
         was = self.health.status
         words_by_spec: list[tuple[RegisterSpec, list[int]]] = []
@@ -286,14 +314,17 @@ class _DeviceWorker:
         failure: FieldbusError | None = None
         try:
             async with asyncio.timeout(self.poll_budget_s):
-                for block in self.blocks:
-                    try:
-                        words = await self.connection.read_block(block)
-                    except DeviceRejected as exc:
-                        # The device answered: the rest of the map may still be readable.
-                        refused.append(exc)
-                        continue
-                    words_by_spec.extend(_split(block, words))
+                if self.concurrent_reads and len(blocks) > 1:
+                    failure = await self._read_side_by_side(blocks, words_by_spec, refused)
+                else:
+                    for block in blocks:
+                        try:
+                            words = await self.connection.read_block(block)
+                        except DeviceRejected as exc:
+                            # The device answered: the rest of the map may still be readable.
+                            refused.append(exc)
+                            continue
+                        words_by_spec.extend(_split(block, words))
         except FieldbusError as exc:
             failure = exc
         except TimeoutError:
@@ -328,6 +359,29 @@ class _DeviceWorker:
         loop_now = asyncio.get_running_loop().time()
         if changed or loop_now - self._last_state_at >= self.state_interval_s:
             await self.publish_state()
+
+    async def _read_side_by_side(
+        self,
+        blocks: Sequence[ReadBlock],
+        words_by_spec: list[tuple[RegisterSpec, list[int]]],
+        refused: list[DeviceRejected],
+    ) -> FieldbusError | None:
+        """Every block at once (the driver bounds how many are on the wire); the first
+        failure that is not a refusal, if any."""
+        results = await asyncio.gather(
+            *(self.connection.read_block(b) for b in blocks), return_exceptions=True
+        )
+        failure: FieldbusError | None = None
+        for block, result in zip(blocks, results, strict=True):
+            if isinstance(result, DeviceRejected):
+                refused.append(result)
+            elif isinstance(result, FieldbusError):
+                failure = failure or result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                words_by_spec.extend(_split(block, result))
+        return failure
 
     def _count_attempts(self) -> None:
         """Fold the driver's failed attempts into the health counters; log each kind at its

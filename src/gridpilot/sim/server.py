@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from pymodbus.constants import ExcCodes
@@ -96,6 +97,8 @@ class DeviceServer:
         self._port = port
         self._on_write = on_write
         self._server: ModbusTcpServer | None = None
+        self.reads: Counter[tuple[Table, int, int]] = Counter()
+        """Read requests served, by (table, first address, count): what a client polled."""
 
     @property
     def device_id(self) -> str:
@@ -155,7 +158,7 @@ class DeviceServer:
         function_code: int,
         _start_address: int,
         address: int,
-        _count: int,
+        count: int,
         registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
@@ -164,6 +167,8 @@ class DeviceServer:
             return ExcCodes.ILLEGAL_FUNCTION
         if table not in self.image.blocks:
             return ExcCodes.ILLEGAL_ADDRESS
+        if set_values is None:
+            self.reads[table, address, count] += 1
         if set_values is not None:
             words = [int(v) for v in set_values]
             try:
@@ -179,6 +184,20 @@ class DeviceServer:
                     return ExcCodes.DEVICE_FAILURE
         self._refresh(table, registers)
         return None
+
+    @property
+    def client_count(self) -> int:
+        """Client connections open now."""
+        server = self._server
+        return 0 if server is None else len(server.active_connections)
+
+    def reads_covering(self, table: Table, address: int) -> int:
+        """Read requests served that included ``address`` of ``table``."""
+        return sum(
+            n
+            for (t, start, count), n in self.reads.items()
+            if t is table and start <= address < start + count
+        )
 
     def _refresh(self, table: Table, registers: list[int]) -> None:
         """Copy the image into pymodbus' block (in place: pymodbus slices the reply from it)."""

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from gridpilot.config.models import RetentionConfig
 from gridpilot.storage import ManagedStorage, SqliteStorage
+from tests import postgres_server
 
 
 class Backend(Protocol):
@@ -25,8 +26,23 @@ class SqliteBackend:
         return SqliteStorage(self.directory / "contract.db", retention)
 
 
+@dataclass(frozen=True)
+class PostgresBackend:
+    """A schema of its own in the machine's PostgreSQL (see ``tests.postgres_server``)."""
+
+    schema: str
+
+    @classmethod
+    def create(cls, directory: Path) -> PostgresBackend:
+        return cls(postgres_server.fresh_schema())
+
+    def open(self, retention: RetentionConfig | None = None) -> ManagedStorage:
+        return postgres_server.storage(self.schema, retention)
+
+
 # name -> factory taking a fresh temporary directory. One line per backend, e.g.
 # "influxdb": InfluxBackend.from_environment, once that backend exists.
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "sqlite": SqliteBackend,
+    "postgresql": PostgresBackend.create,
 }

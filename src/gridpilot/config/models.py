@@ -8,6 +8,7 @@ docstring or its name.
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -133,12 +134,65 @@ class RetentionConfig(_Frozen):
     """Alarms and notable changes (the API's ``/events``)."""
 
 
+def _dsn_has_password(dsn: str) -> bool:
+    """Whether a libpq DSN (URL or ``key=value`` form) carries a password."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(dsn)
+        return bool(parts.password) or "password=" in parts.query
+    return re.search(r"(^|\s)password\s*=", dsn) is not None
+
+
+class PostgresConfig(_Frozen):
+    """Where the PostgreSQL backend stores its data (``storage.backend: postgresql``).
+
+    Either ``dsn`` (a libpq connection string or ``postgresql://`` URL, without a password)
+    or ``host``/``port``/``dbname``/``user``, which are ignored when ``dsn`` is set. The
+    password comes only from ``password_env`` or ``password_file`` (mode 0600), or from
+    libpq's own ``~/.pgpass`` / ``PGPASSWORD`` when neither is set.
+    """
+
+    dsn: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=5432, ge=1, le=65535)
+    dbname: str = "gridpilot"
+    user: str | None = None
+    """Absent: libpq's default (``PGUSER``, else the operating-system user)."""
+    password_env: str | None = None
+    """Name of the environment variable holding the password (never inline)."""
+    password_file: Path | None = None
+    """File holding the password; must be mode 0600 or stricter. Relative paths are
+    relative to the configuration file."""
+    schema_name: Identifier = "gridpilot"
+    """The PostgreSQL schema holding GridPilot's tables (created if missing), so several
+    sites or deployments can share one database."""
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    connect_timeout: timedelta = timedelta(seconds=10)
+    statement_timeout: timedelta = timedelta(seconds=60)
+    """Longest any one statement may run on the server before it is cancelled."""
+    retry_for: timedelta = timedelta(seconds=30)
+    """How long a call keeps reconnecting (with backoff) after the connection is lost
+    before it fails with ``StorageUnavailable``."""
+
+    @field_validator("dsn")
+    @classmethod
+    def _check_dsn(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if _dsn_has_password(value):
+            raise ValueError(
+                "put the PostgreSQL password in password_env or password_file, not in the dsn"
+            )
+        return value
+
+
 class StorageConfig(_Frozen):
     """Time-series storage."""
 
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
     path: Path = Path("gridpilot.db")
     """SQLite file; relative paths are relative to the configuration file."""
+    postgresql: PostgresConfig = PostgresConfig()
+    """Used when ``backend`` is ``postgresql``."""
     batch_size: int = Field(default=50_000, ge=1, le=1_000_000)
     """Samples per write transaction at most. Large by default: SQLite's cost per commit
     grows with the series it touches, not the samples, so big transactions are what reach

@@ -16,10 +16,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from gridpilot.bus.client import BrokerAddress
+
+if TYPE_CHECKING:
+    from tests.influxdb_server import InfluxServer
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_CONF = REPO / "deploy" / "mosquitto" / "test.conf"
@@ -189,3 +193,22 @@ def mosquitto_passwd(path: Path, username: str, password: str) -> None:
         pytest.fail("mosquitto_passwd not found: apt-get install mosquitto")
     subprocess.run([tool, "-c", "-b", str(path), username, password], check=True)
     path.chmod(0o644)  # mosquitto (possibly another user) must read it
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_influxdb_at_exit() -> Iterator[None]:
+    """Stops the session's InfluxDB if a test started it (``tests/influxdb_server.py``);
+    sessions that never touch InfluxDB never start one."""
+    yield
+    from tests.influxdb_server import stop_shared_influxdb  # noqa: PLC0415 - imports conftest
+
+    stop_shared_influxdb()
+
+
+@pytest.fixture(scope="session")
+def influxdb() -> InfluxServer:
+    """The session's InfluxDB (Debian's influxd on a free loopback port). Give each test
+    its own database: ``influxdb.new_database_name()``."""
+    from tests.influxdb_server import shared_influxdb  # noqa: PLC0415 - imports conftest
+
+    return shared_influxdb()

@@ -9,7 +9,8 @@ from typing import Protocol
 
 from gridpilot.config.models import RetentionConfig
 from gridpilot.storage import ManagedStorage, SqliteStorage
-from tests import postgres_server
+from gridpilot.storage.influx import InfluxStorage
+from tests.influxdb_server import shared_influxdb
 
 
 class Backend(Protocol):
@@ -27,22 +28,24 @@ class SqliteBackend:
 
 
 @dataclass(frozen=True)
-class PostgresBackend:
-    """A schema of its own in the machine's PostgreSQL (see ``tests.postgres_server``)."""
+class InfluxBackend:
+    """A database of its own on the session's InfluxDB (started on first use)."""
 
-    schema: str
+    url: str
+    database: str
 
     @classmethod
-    def create(cls, directory: Path) -> PostgresBackend:
-        return cls(postgres_server.fresh_schema())
+    def create(cls, directory: Path) -> InfluxBackend:
+        server = shared_influxdb()
+        return cls(server.url, server.new_database_name(directory.name))
 
     def open(self, retention: RetentionConfig | None = None) -> ManagedStorage:
-        return postgres_server.storage(self.schema, retention)
+        return InfluxStorage(self.url, self.database, retention)
 
 
 # name -> factory taking a fresh temporary directory. One line per backend, e.g.
 # "influxdb": InfluxBackend.from_environment, once that backend exists.
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "sqlite": SqliteBackend,
-    "postgresql": PostgresBackend.create,
+    "influxdb": InfluxBackend.create,
 }

@@ -8,7 +8,6 @@ docstring or its name.
 from __future__ import annotations
 
 import math
-import re
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -134,65 +133,80 @@ class RetentionConfig(_Frozen):
     """Alarms and notable changes (the API's ``/events``)."""
 
 
-def _dsn_has_password(dsn: str) -> bool:
-    """Whether a libpq DSN (URL or ``key=value`` form) carries a password."""
-    if dsn.startswith(("postgresql://", "postgres://")):
-        parts = urlsplit(dsn)
-        return bool(parts.password) or "password=" in parts.query
-    return re.search(r"(^|\s)password\s*=", dsn) is not None
+class InfluxDBConfig(_Frozen):
+    """Where the InfluxDB backend stores its data (``storage.backend: influxdb``).
 
-
-class PostgresConfig(_Frozen):
-    """Where the PostgreSQL backend stores its data (``storage.backend: postgresql``).
-
-    Either ``dsn`` (a libpq connection string or ``postgresql://`` URL, without a password)
-    or ``host``/``port``/``dbname``/``user``, which are ignored when ``dsn`` is set. The
-    password comes only from ``password_env`` or ``password_file`` (mode 0600), or from
-    libpq's own ``~/.pgpass`` / ``PGPASSWORD`` when neither is set.
+    GridPilot speaks the v1 HTTP API (``/write`` with line protocol, ``/query`` with
+    InfluxQL), which InfluxDB 1.x serves natively and 2.x/3.x serve for compatibility.
+    Credentials never sit in the file: InfluxDB 1.x takes ``username`` with a password from
+    ``password_env``/``password_file``; 2.x and 3.x take an API token from ``token_env``/
+    ``token_file``. Secret files must be mode 0600 or stricter.
     """
 
-    dsn: str | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(default=5432, ge=1, le=65535)
-    dbname: str = "gridpilot"
-    user: str | None = None
-    """Absent: libpq's default (``PGUSER``, else the operating-system user)."""
+    url: str = "http://127.0.0.1:8086"
+    """``http://host:port`` or ``https://host:port`` of the InfluxDB HTTP API."""
+    database: str = Field(default="gridpilot", min_length=1, max_length=255)
+    """The database (1.x), or the database name mapped to a bucket (2.x/3.x DBRP)."""
+    retention_policy: str | None = None
+    """Retention policy to write to and read from; absent: the database's default."""
+    create_database: bool = True
+    """Run ``CREATE DATABASE`` on start (InfluxDB 1.x; a no-op when it exists). Set false
+    for 2.x/3.x, where the bucket and its database mapping are created beforehand."""
+    username: str | None = None
     password_env: str | None = None
     """Name of the environment variable holding the password (never inline)."""
     password_file: Path | None = None
-    """File holding the password; must be mode 0600 or stricter. Relative paths are
-    relative to the configuration file."""
-    schema_name: Identifier = "gridpilot"
-    """The PostgreSQL schema holding GridPilot's tables (created if missing), so several
-    sites or deployments can share one database."""
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
-    connect_timeout: timedelta = timedelta(seconds=10)
-    statement_timeout: timedelta = timedelta(seconds=60)
-    """Longest any one statement may run on the server before it is cancelled."""
-    retry_for: timedelta = timedelta(seconds=30)
-    """How long a call keeps reconnecting (with backoff) after the connection is lost
-    before it fails with ``StorageUnavailable``."""
+    """File holding the password; relative paths are relative to the configuration file."""
+    token_env: str | None = None
+    """Name of the environment variable holding an API token (2.x/3.x)."""
+    token_file: Path | None = None
+    """File holding an API token; relative paths are relative to the configuration file."""
+    timeout: timedelta = timedelta(seconds=10)
+    """Longest any one HTTP request may take (connect, send and read)."""
+    max_retries: int = Field(default=4, ge=0, le=20)
+    """Retries (with exponential backoff from 0.1 s, capped at 5 s) of a request that
+    failed to connect, timed out or got a 429/5xx answer, before StorageUnavailable."""
+    write_batch_points: int = Field(default=5_000, ge=100, le=200_000)
+    """Line-protocol points per HTTP write request (InfluxData recommends 5,000)."""
 
-    @field_validator("dsn")
+    @field_validator("url")
     @classmethod
-    def _check_dsn(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if _dsn_has_password(value):
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"influxdb url {value!r} must look like http://host:8086")
+        if parts.password or parts.username:
             raise ValueError(
-                "put the PostgreSQL password in password_env or password_file, not in the dsn"
+                "put InfluxDB credentials in username + password_env/password_file or in "
+                "token_env/token_file, not in the url"
             )
-        return value
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Self:
+        password = self.password_env is not None or self.password_file is not None
+        token = self.token_env is not None or self.token_file is not None
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("set password_env or password_file, not both")
+        if self.token_env is not None and self.token_file is not None:
+            raise ValueError("set token_env or token_file, not both")
+        if token and (password or self.username is not None):
+            raise ValueError(
+                "set either a token (InfluxDB 2.x/3.x) or username + password (1.x), not both"
+            )
+        if password and self.username is None:
+            raise ValueError("a password needs a username: set influxdb.username")
+        return self
 
 
 class StorageConfig(_Frozen):
     """Time-series storage."""
 
-    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    backend: Literal["sqlite", "influxdb"] = "sqlite"
     path: Path = Path("gridpilot.db")
     """SQLite file; relative paths are relative to the configuration file."""
-    postgresql: PostgresConfig = PostgresConfig()
-    """Used when ``backend`` is ``postgresql``."""
+    influxdb: InfluxDBConfig = InfluxDBConfig()
+    """Used when ``backend`` is ``influxdb``."""
     batch_size: int = Field(default=50_000, ge=1, le=1_000_000)
     """Samples per write transaction at most. Large by default: SQLite's cost per commit
     grows with the series it touches, not the samples, so big transactions are what reach

@@ -1,7 +1,4 @@
-"""A thread that owns one database connection and runs jobs for the event loop.
-
-Written for SQLite (the reasons below); the PostgreSQL backend uses it too, with a
-``psycopg`` session whose blocking network calls then never run on the event loop.
+"""A thread that owns one SQLite connection and runs jobs for the event loop.
 
 Why a dedicated thread per connection rather than ``asyncio.to_thread`` plus a lock:
 
@@ -27,10 +24,11 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gridpilot.storage.base import StorageError
 
@@ -40,16 +38,12 @@ T = TypeVar("T")
 G = TypeVar("G")
 R = TypeVar("R")
 
-
-class Closable(Protocol):
-    def close(self) -> None: ...
-
-
-C = TypeVar("C", bound=Closable)
+Connector = Callable[[], sqlite3.Connection]
+"""Opens the thread's connection; runs on the thread itself."""
 
 
 @dataclass(frozen=True, slots=True)
-class GroupHandler(Generic[C, G, R]):
+class GroupHandler(Generic[G, R]):
     """How the thread runs grouped jobs (the writer's batches).
 
     ``run(conn, items)`` handles consecutive queued items at once and returns one outcome
@@ -57,7 +51,7 @@ class GroupHandler(Generic[C, G, R]):
     while their summed ``weight`` stays within ``max_weight`` (the first one always goes).
     """
 
-    run: Callable[[C, list[G]], list[R | BaseException]]
+    run: Callable[[sqlite3.Connection, list[G]], list[R | BaseException]]
     weight: Callable[[G], int]
     max_weight: int
 
@@ -66,7 +60,7 @@ class GroupHandler(Generic[C, G, R]):
 class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
-    call: Callable[[Any], Any] | None = None
+    call: Callable[[sqlite3.Connection], Any] | None = None
     item: Any = None  # for grouped jobs (call is None)
 
 
@@ -76,19 +70,16 @@ class _Stop:
     future: asyncio.Future[None] = field(repr=False)
 
 
-class ConnectionThread(Generic[C, G, R]):
-    """One thread, one connection, jobs run in the order they were submitted.
-
-    ``connect`` opens the thread's connection (of type ``C``) and runs on the thread itself.
-    """
+class ConnectionThread(Generic[G, R]):
+    """One thread, one connection, jobs run in the order they were submitted."""
 
     def __init__(
         self,
         name: str,
-        connect: Callable[[], C],
+        connect: Connector,
         *,
         max_pending: int,
-        group: GroupHandler[C, G, R] | None = None,
+        group: GroupHandler[G, R] | None = None,
     ) -> None:
         self._name = name
         self._connect = connect
@@ -121,7 +112,7 @@ class ConnectionThread(Generic[C, G, R]):
             await asyncio.to_thread(self._thread.join)
             raise
 
-    async def call(self, fn: Callable[[C], T]) -> T:
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on the thread and return its result."""
         result: T = await self._submit(call=fn)
         return result
@@ -133,7 +124,9 @@ class ConnectionThread(Generic[C, G, R]):
         result: R = await self._submit(item=item)
         return result
 
-    async def _submit(self, *, call: Callable[[C], Any] | None = None, item: Any = None) -> Any:
+    async def _submit(
+        self, *, call: Callable[[sqlite3.Connection], Any] | None = None, item: Any = None
+    ) -> Any:
         await self._slots.acquire()
         # Checked after the wait: close() may have run while this caller waited for a slot,
         # and a job queued behind the stop marker would never run.
@@ -189,7 +182,9 @@ class ConnectionThread(Generic[C, G, R]):
             conn.close()
             raise
 
-    def _run_call(self, conn: C, job: _Job, call: Callable[[C], Any]) -> None:
+    def _run_call(
+        self, conn: sqlite3.Connection, job: _Job, call: Callable[[sqlite3.Connection], Any]
+    ) -> None:
         try:
             result = call(conn)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the awaiting caller
@@ -198,7 +193,7 @@ class ConnectionThread(Generic[C, G, R]):
             self._finish(job, result, None)
 
     def _run_group(
-        self, conn: C, first: _Job, group: GroupHandler[C, G, R] | None
+        self, conn: sqlite3.Connection, first: _Job, group: GroupHandler[G, R] | None
     ) -> _Job | _Stop | None:
         if group is None:  # call_grouped() refuses this before queueing
             self._finish(first, None, TypeError(f"{self._name} has no group handler"))
@@ -275,9 +270,6 @@ def _settle(
         loop.call_soon_threadsafe(settle)
 
 
-_Thread = TypeVar("_Thread", bound=ConnectionThread[Any, Any, Any])
-
-
-def least_busy(threads: Sequence[_Thread]) -> _Thread:
+def least_busy(threads: Sequence[ConnectionThread[Any, Any]]) -> ConnectionThread[Any, Any]:
     """The reader with the fewest jobs queued or running."""
     return min(threads, key=lambda t: t.pending)

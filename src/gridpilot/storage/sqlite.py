@@ -300,8 +300,6 @@ _value_of = attrgetter("value")
 
 SeriesTuple = tuple[str, str, str]
 _T = TypeVar("_T")
-_Writer = ConnectionThread[sqlite3.Connection, Sequence[Sample], WriteResult]
-_Reader = ConnectionThread[sqlite3.Connection, None, None]
 
 
 class SqliteStorage:
@@ -339,8 +337,8 @@ class SqliteStorage:
         self._max_group_samples = max_group_samples
         self._busy_timeout_s = busy_timeout.total_seconds()
         self._max_size_bytes = max_size_bytes
-        self._writer: _Writer | None = None
-        self._readers: list[_Reader] = []
+        self._writer: ConnectionThread[Sequence[Sample], WriteResult] | None = None
+        self._readers: list[ConnectionThread[None, None]] = []
         # Writer-thread state: series ids known to be committed. Only the writer thread
         # touches it (ids of a transaction are added after its commit).
         self._series_ids: dict[SeriesTuple, int] = {}
@@ -355,17 +353,17 @@ class SqliteStorage:
         """Open (creating the file and schema if needed) and start the threads."""
         if self._writer is not None:
             return self
-        writer: _Writer = ConnectionThread(
+        writer: ConnectionThread[Sequence[Sample], WriteResult] = ConnectionThread(
             "gridpilot-sqlite-writer",
             self._open_writer,
             max_pending=self._max_pending_writes,
             group=GroupHandler(self._write_group, len, self._max_group_samples),
         )
         await writer.start()
-        readers: list[_Reader] = []
+        readers: list[ConnectionThread[None, None]] = []
         try:
             for n in range(self._readers_wanted):
-                reader: _Reader = ConnectionThread(
+                reader: ConnectionThread[None, None] = ConnectionThread(
                     f"gridpilot-sqlite-reader-{n}", self._open_reader, max_pending=64
                 )
                 await reader.start()
@@ -546,7 +544,7 @@ class SqliteStorage:
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def _writer_thread(self) -> _Writer:
+    def _writer_thread(self) -> ConnectionThread[Sequence[Sample], WriteResult]:
         if self._writer is None:
             raise StorageError(f"storage {self._path} is not open; use `async with` or open()")
         return self._writer

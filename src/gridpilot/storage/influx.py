@@ -1,0 +1,954 @@
+"""InfluxDB storage backend: line protocol and InfluxQL over the v1 HTTP API.
+
+The v1 ``/write`` and ``/query`` endpoints are served by InfluxDB 1.x natively and by 2.x
+and 3.x for compatibility, so one client covers them all (tested against Debian's 1.6.7).
+
+Layout (one database; see README "InfluxDB layout", which Grafana users read)::
+
+    samples            tags site, device, point   value=<float>            at the sample's time
+    rollup_1m          tags site, device, point   min, max, sum, mean, last=<float>,
+    rollup_15m                                    count=<int>, last_ts=<int, epoch ms>
+    rollup_1h                                     at the bucket start (epoch-aligned UTC)
+    latest             tags site, device, point   ts_ms=<int>, value=<float>  at time 0
+    events             tags site, source, key     level=<str>, message=<str>  at the event's time
+    retention_horizon  tag level                  horizon_ms=<int>            at time 0
+
+``latest`` holds one point per series (at time 0, so it is overwritten in place) and doubles
+as the catalog of series: InfluxDB drops a series from its index once retention deleted its
+last point, but GridPilot keeps listing it. ``key`` of an event is a hash of its message,
+so two events of one source in the same millisecond are two points, not one overwriting
+the other.
+
+Why GridPilot computes the rollups instead of continuous queries: the contract wants them
+current when ``write`` returns, exact for samples that arrive late or are back-filled (a
+continuous query only ever aggregates a window just behind the server's clock, once), and
+counted once per sample whatever is re-sent; continuous queries exist in 1.x only (2.x has
+tasks, 3.x neither). So ``write`` folds the new samples into the stored buckets and writes
+them back, as the SQLite backend does in SQL.
+
+Why retention is ``DELETE`` per level and not retention policies: a retention policy drops
+whole shard groups by the server's clock; the contract cuts each level at an instant given
+by the caller (bucket-exact for rollups) and keeps the newest value and the list of series.
+
+First value wins: InfluxDB overwrites a point written again with the same series and time
+(last value wins), so ``write`` first reads which of the batch's timestamps are stored and
+writes only the others. Writes of one ``InfluxStorage`` are serialised (a lock), which
+makes the read-then-write exact; *one writing process per database* keeps it exact (two
+ingest processes writing the same series at once could both count a re-sent sample).
+If a write fails half-way after its retries, samples already stored count as duplicates
+when the batch is re-sent and the rollups lack them: raw samples are written before the
+rollups so that a failure can leave rollups short but never counting a sample twice.
+
+Errors::
+
+    StorageError            rejected request (bad credentials, no such database, ...)
+     +-- StorageUnavailable server unreachable, timing out or overloaded after retries
+    ValueError              a sample that should never have reached storage
+"""
+
+# ruff: noqa: S608 - InfluxQL is assembled from this module's constants; every value from
+# outside goes through _literal (strings), _ident (names) or int formatting (times).
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import logging
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from math import isfinite
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+import httpx
+import orjson
+
+from gridpilot.config.models import InfluxDBConfig, RetentionConfig, site_path
+from gridpilot.config.secrets import SecretError, read_secret
+from gridpilot.model import Sample, SeriesKey
+from gridpilot.storage.base import (
+    Agg,
+    Event,
+    HistoryColumns,
+    HistoryPoint,
+    LatestValue,
+    Level,
+    StorageError,
+    StorageUnavailable,
+    WriteResult,
+)
+from gridpilot.storage.levels import (
+    ROLLUP_LEVELS,
+    choose_level,
+    floor_to,
+    horizon_after,
+    plan_pieces,
+)
+
+_log = logging.getLogger(__name__)
+
+SAMPLES: Final = "samples"
+LATEST: Final = "latest"
+EVENTS: Final = "events"
+HORIZONS: Final = "retention_horizon"
+ROLLUP_MEASUREMENTS: Final[dict[Level, str]] = {
+    Level.M1: "rollup_1m",
+    Level.M15: "rollup_15m",
+    Level.H1: "rollup_1h",
+}
+
+# InfluxDB keeps nanoseconds in an int64 and reserves both extremes.
+_MIN_NS: Final = -9_223_372_036_854_775_806
+_MAX_NS: Final = 9_223_372_036_854_775_806
+MIN_TS_MS: Final = -(-_MIN_NS // 1_000_000)
+MAX_TS_MS: Final = _MAX_NS // 1_000_000
+
+# Rows per chunk of a streamed (chunked) query answer: long raw reads arrive in pieces and
+# never hit a server's max-row-limit.
+_CHUNK_ROWS: Final = 10_000
+# Compress write bodies above this size in a worker thread (zlib releases the GIL), so a
+# 100k-sample batch never holds the event loop for the few ms compression takes.
+_THREAD_GZIP_BYTES: Final = 256 * 1024
+# Line protocol is built in slices of this many samples, yielding to the loop in between.
+_BUILD_SLICE: Final = 5_000
+_RETRY_STATUS: Final = frozenset({429, 500, 502, 503, 504})
+_BACKOFF_FIRST_S: Final = 0.1
+_BACKOFF_MAX_S: Final = 5.0
+
+SeriesTuple = tuple[str, str, str]
+# A rollup bucket's partial aggregate: min, max, sum, count, ts of the newest sample, its value.
+_Partial = tuple[float, float, float, int, int, float]
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """One series of a query answer: its tags (when grouped by tag) and rows."""
+
+    tags: dict[str, str]
+    columns: list[str]
+    values: list[list[Any]]
+
+
+class InfluxStorage:
+    """Time series in an InfluxDB database, through the v1 HTTP API.
+
+    Use as an async context manager::
+
+        async with InfluxStorage("http://127.0.0.1:8086", "gridpilot", retention) as s:
+            await s.write(samples)
+
+    ``token`` (InfluxDB 2.x/3.x) or ``username``/``password`` (1.x) authenticate; every
+    request has ``timeout``; failed connections, timeouts and 429/5xx answers are retried
+    ``max_retries`` times with exponential backoff.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        retention: RetentionConfig | None = None,
+        *,
+        retention_policy: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        create_database: bool = True,
+        timeout: timedelta = timedelta(seconds=10),
+        max_retries: int = 4,
+        write_batch_points: int = 5_000,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._url = url.rstrip("/")
+        self._database = database
+        self._retention = retention if retention is not None else RetentionConfig()
+        self._rp = retention_policy
+        self._create_database = create_database
+        self._timeout_s = timeout.total_seconds()
+        self._max_retries = max_retries
+        self._batch_points = write_batch_points
+        self._headers = {"Authorization": f"Token {token}"} if token else {}
+        self._auth = httpx.BasicAuth(username, password or "") if username else None
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: InfluxDBConfig,
+        retention: RetentionConfig,
+        base_dir: Path,
+        environ: Mapping[str, str] | None = None,
+    ) -> InfluxStorage:
+        """The storage a site file configures; reads the password or token it names."""
+        try:
+            password = read_secret(
+                what="storage.influxdb.password",
+                env_name=config.password_env,
+                file=_under(base_dir, config.password_file),
+                environ=environ,
+            )
+            token = read_secret(
+                what="storage.influxdb.token",
+                env_name=config.token_env,
+                file=_under(base_dir, config.token_file),
+                environ=environ,
+            )
+        except SecretError as exc:
+            raise StorageError(str(exc)) from exc
+        return cls(
+            config.url,
+            config.database,
+            retention,
+            retention_policy=config.retention_policy,
+            username=config.username,
+            password=password,
+            token=token,
+            create_database=config.create_database,
+            timeout=config.timeout,
+            max_retries=config.max_retries,
+            write_batch_points=config.write_batch_points,
+        )
+
+    def __str__(self) -> str:
+        return f"InfluxDB {self._url} database {self._database!r}"
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def database(self) -> str:
+        return self._database
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> Self:
+        """Connect, check the server answers and the credentials hold, create the database
+        when configured to."""
+        if self._client is not None:
+            return self
+        client = httpx.AsyncClient(
+            base_url=self._url,
+            timeout=httpx.Timeout(self._timeout_s),
+            headers=self._headers,
+            auth=self._auth,
+            transport=self._transport,
+            # Loopback or a configured server only; never a proxy from the environment.
+            trust_env=False,
+        )
+        self._client = client
+        try:
+            await self._request("GET", "/ping", what="checking the server (/ping)")
+            if self._create_database:
+                await self._query(
+                    [f"CREATE DATABASE {_ident(self._database)}"],
+                    what=f"creating database {self._database!r}",
+                    database=False,
+                )
+            # A read that fails with a clear message if the database is missing.
+            await self._query([f"SELECT {_ident('ts_ms')} FROM {self._m(LATEST)} LIMIT 1"])
+        except BaseException:
+            self._client = None
+            await client.aclose()
+            raise
+        return self
+
+    async def close(self) -> None:
+        """Close the HTTP connections. Idempotent; queued writes finish first."""
+        client, self._client = self._client, None
+        if client is not None:
+            async with self._write_lock:
+                await client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- writes ------------------------------------------------------------------------
+
+    async def write(self, samples: Sequence[Sample]) -> WriteResult:
+        """Store samples idempotently (the first value of a (series, ts) wins) and fold the
+        new ones into the 1 min / 15 min / 1 h rollups and ``latest``; stored on the server
+        when this returns.
+
+        Raises ValueError (naming the series) for a value that is not a finite number or a
+        time InfluxDB cannot hold; then nothing of the batch is stored. StorageUnavailable:
+        the server could not be reached after retries; re-send the batch later.
+        """
+        self._http()
+        if not samples:
+            return WriteResult(0, 0)
+        firsts = _first_values(samples)
+        async with self._write_lock:
+            self._http()  # closed while this call waited for the lock
+            existing, rollups, latest = await self._stored_state(firsts)
+            new: dict[SeriesTuple, dict[int, float]] = {}
+            for key, values in firsts.items():
+                known = existing.get(key)
+                fresh = values if not known else {t: v for t, v in values.items() if t not in known}
+                if fresh:
+                    new[key] = fresh
+            written = sum(map(len, new.values()))
+            if written:
+                lines = await self._sample_lines(new)
+                lines += _rollup_lines(new, rollups)
+                lines += _latest_lines(new, latest)
+                await self._write_lines(lines, what=f"writing {written} samples")
+        return WriteResult(written, len(samples) - written)
+
+    async def _stored_state(
+        self, batch: Mapping[SeriesTuple, Mapping[int, float]]
+    ) -> tuple[
+        dict[SeriesTuple, set[int]],
+        dict[Level, dict[tuple[SeriesTuple, int], _Partial]],
+        dict[SeriesTuple, int],
+    ]:
+        """What the server holds that the batch touches, read in one request: stored
+        timestamps in the batch's time range, the rollup buckets it falls in, the newest ts
+        of each series."""
+        lo = min(min(v) for v in batch.values())
+        hi = max(max(v) for v in batch.values())
+        where = _any_series(batch)
+        statements = [
+            f"SELECT {_ident('value')} FROM {self._m(SAMPLES)} WHERE ({where}) "
+            f"AND {_time_range(lo, hi + 1)} {_BY_SERIES}"
+        ]
+        fields = ", ".join(map(_ident, ("min", "max", "sum", "count", "last_ts", "last")))
+        for level in ROLLUP_LEVELS:
+            size = level.bucket_ms
+            statements.append(
+                f"SELECT {fields} FROM {self._m(ROLLUP_MEASUREMENTS[level])} WHERE ({where}) "
+                f"AND {_time_range(floor_to(lo, size), floor_to(hi, size) + 1)} {_BY_SERIES}"
+            )
+        statements.append(
+            f"SELECT {_ident('ts_ms')} FROM {self._m(LATEST)} WHERE ({where}) {_BY_SERIES}"
+        )
+        answers = await self._query(statements, what="reading what the batch touches")
+        existing = {_key(s.tags): {row[0] for row in s.values} for s in answers[0]}
+        rollups: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = {}
+        for level, answer in zip(ROLLUP_LEVELS, answers[1:4], strict=True):
+            rows: dict[tuple[SeriesTuple, int], _Partial] = {}
+            for s in answer:
+                key = _key(s.tags)
+                for t, mn, mx, sm, ct, lts, lv in s.values:
+                    rows[key, t] = (float(mn), float(mx), float(sm), int(ct), int(lts), float(lv))
+            rollups[level] = rows
+        latest = {_key(s.tags): int(s.values[0][1]) for s in answers[4] if s.values}
+        return existing, rollups, latest
+
+    async def _sample_lines(self, new: Mapping[SeriesTuple, Mapping[int, float]]) -> list[str]:
+        lines: list[str] = []
+        done = 0
+        for key, values in new.items():
+            head = f"{SAMPLES},{_tags(key)} value="
+            lines += [f"{head}{v!r} {t}" for t, v in values.items()]
+            if len(lines) - done >= _BUILD_SLICE:
+                done = len(lines)
+                await asyncio.sleep(0)  # let the loop run between slices of a big batch
+        return lines
+
+    async def write_events(self, events: Sequence[Event]) -> int:
+        """Store events, each once (same site, time, source and message); returns how many
+        were new."""
+        self._http()
+        if not events:
+            return 0
+        unique: dict[tuple[str, int, str, str], Event] = {}
+        for e in events:
+            unique.setdefault((e.site, e.ts_ms, e.source, e.message), e)
+            _check_ts(e.ts_ms, f"event of {e.site} from {e.source}")
+        async with self._write_lock:
+            self._http()
+            by_site: dict[str, list[int]] = {}
+            for site, ts, _, _ in unique:
+                by_site.setdefault(site, []).append(ts)
+            sites = sorted(by_site)
+            statements = [
+                f"SELECT {_ident('message')}, {_ident('source')} FROM {self._m(EVENTS)} "
+                f"WHERE {_ident('site')} = {_literal(site)} "
+                f"AND {_time_range(min(by_site[site]), max(by_site[site]) + 1)}"
+                for site in sites
+            ]
+            answers = await self._query(statements, what="reading stored events")
+            stored = {
+                (site, row[0], row[2], row[1])
+                for site, answer in zip(sites, answers, strict=True)
+                for s in answer
+                for row in s.values
+            }
+            fresh = [e for k, e in unique.items() if k not in stored]
+            if fresh:
+                await self._write_lines(
+                    [_event_line(e) for e in fresh], what=f"writing {len(fresh)} event(s)"
+                )
+        return len(fresh)
+
+    # --- reads -------------------------------------------------------------------------
+
+    async def latest(self, site: str, device: str | None = None) -> list[LatestValue]:
+        """Newest value of every series of a site (or of one device), sorted by series."""
+        where = f"{_ident('site')} = {_literal(site)}"
+        if device is not None:
+            where += f" AND {_ident('device')} = {_literal(device)}"
+        (answer,) = await self._query(
+            [
+                f"SELECT {_ident('ts_ms')}, {_ident('value')} FROM {self._m(LATEST)} "
+                f"WHERE {where} {_BY_SERIES}"
+            ],
+            what=f"reading latest values of {site}",
+        )
+        out = [
+            LatestValue(SeriesKey(*_key(s.tags)), int(s.values[0][1]), float(s.values[0][2]))
+            for s in answer
+            if s.values
+        ]
+        out.sort(key=lambda lv: (lv.series.device, lv.series.point))
+        return out
+
+    async def series(self, site: str | None = None) -> list[SeriesKey]:
+        """Every series ever written (of a site), sorted. Retention keeps the list."""
+        where = "" if site is None else f"WHERE {_ident('site')} = {_literal(site)} "
+        (answer,) = await self._query(
+            [f"SELECT {_ident('ts_ms')} FROM {self._m(LATEST)} {where}{_BY_SERIES}"],
+            what="listing series",
+        )
+        return sorted(SeriesKey(*_key(s.tags)) for s in answer if s.values)
+
+    async def history(
+        self,
+        series: SeriesKey,
+        start_ms: int,
+        end_ms: int,
+        every_ms: int | None = None,
+        agg: Agg = Agg.MEAN,
+    ) -> list[HistoryPoint]:
+        """Values in [start_ms, end_ms), oldest first: raw samples when ``every_ms`` is
+        None, else one aggregate per non-empty ``every_ms`` bucket (aligned to the epoch,
+        ``ts_ms`` = bucket start), from the coarsest rollup that answers."""
+        ts, values = await self._history_columns(series, start_ms, end_ms, every_ms, agg)
+        return list(map(HistoryPoint, ts, values))
+
+    async def history_columns(
+        self,
+        series: SeriesKey,
+        start_ms: int,
+        end_ms: int,
+        every_ms: int | None = None,
+        agg: Agg = Agg.MEAN,
+    ) -> HistoryColumns:
+        """What ``history`` answers, as two columns."""
+        return HistoryColumns(*await self._history_columns(series, start_ms, end_ms, every_ms, agg))
+
+    async def _history_columns(
+        self,
+        series: SeriesKey,
+        start_ms: int,
+        end_ms: int,
+        every_ms: int | None,
+        agg: Agg,
+    ) -> tuple[list[int], list[float]]:
+        self._http()
+        if every_ms is not None and every_ms <= 0:
+            raise ValueError(f"every_ms must be positive, got {every_ms}")
+        start_ms, end_ms = max(start_ms, MIN_TS_MS), min(end_ms, MAX_TS_MS)
+        if start_ms >= end_ms:
+            return [], []
+        where = _one_series(series)
+        what = f"reading history of {series}"
+        if every_ms is None:
+            (answer,) = await self._query(
+                [
+                    f"SELECT {_ident('value')} FROM {self._m(SAMPLES)} "
+                    f"WHERE {where} AND {_time_range(start_ms, end_ms)}"
+                ],
+                what=what,
+            )
+            rows = [row for s in answer for row in s.values]
+            return [r[0] for r in rows], [float(r[1]) for r in rows]
+        level = choose_level(every_ms, start_ms, await self._horizons())
+        statements = [
+            self._piece_sql(where, level=p.level, lo=p.start_ms, hi=p.end_ms, every_ms=every_ms)
+            for p in plan_pieces(level, start_ms, end_ms)
+        ]
+        answers = await self._query(statements, what=what)
+        # Pieces are oldest first and disjoint: a later piece's last value in a bucket is
+        # the bucket's last value.
+        buckets: dict[int, list[float]] = {}
+        for answer in answers:
+            for s in answer:
+                for t, mn, mx, sm, ct, lv in s.values:
+                    have = buckets.get(t)
+                    if have is None:
+                        buckets[t] = [mn, mx, sm, ct, lv]
+                    else:
+                        have[0] = min(have[0], mn)
+                        have[1] = max(have[1], mx)
+                        have[2] += sm
+                        have[3] += ct
+                        have[4] = lv
+        ts = sorted(buckets)
+        pick = _PICK[Agg(agg)]
+        return ts, [float(pick(buckets[t])) for t in ts]
+
+    def _piece_sql(self, where: str, *, level: Level, lo: int, hi: int, every_ms: int) -> str:
+        """One piece of a history plan as rows (bucket, min, max, sum, count, last)."""
+        span = _time_range(lo, hi)
+        group = f"GROUP BY time({every_ms}ms) fill(none)"
+        if level is Level.RAW:
+            v = _ident("value")
+            return (
+                f"SELECT min({v}), max({v}), sum({v}), count({v}), last({v}) "
+                f"FROM {self._m(SAMPLES)} WHERE {where} AND {span} {group}"
+            )
+        table = self._m(ROLLUP_MEASUREMENTS[level])
+        mn, mx, sm, ct, lv = map(_ident, ("min", "max", "sum", "count", "last"))
+        if level.bucket_ms == every_ms:  # one stored bucket per answer bucket: read as is
+            return f"SELECT {mn}, {mx}, {sm}, {ct}, {lv} FROM {table} WHERE {where} AND {span}"
+        return (
+            f"SELECT min({mn}), max({mx}), sum({sm}), sum({ct}), last({lv}) "
+            f"FROM {table} WHERE {where} AND {span} {group}"
+        )
+
+    async def events(
+        self, site: str, *, limit: int, before_ms: int | None = None, level: str | None = None
+    ) -> list[Event]:
+        """The site's events newest first (then by source and message), at most ``limit``;
+        with ``before_ms`` only older ones (the next page); with ``level`` only that level."""
+        self._http()
+        if limit <= 0:
+            return []
+        where = f"{_ident('site')} = {_literal(site)}"
+        if before_ms is not None:
+            where += f" AND time < {_ns(before_ms)}"
+        if level is not None:
+            where += f" AND {_ident('level')} = {_literal(level)}"
+        fields = ", ".join(map(_ident, ("level", "source", "message")))
+        head = f"SELECT {fields} FROM {self._m(EVENTS)} WHERE {where}"
+        what = f"reading events of {site}"
+        (answer,) = await self._query([f"{head} ORDER BY time DESC LIMIT {limit}"], what=what)
+        rows = [row for s in answer for row in s.values]
+        if len(rows) == limit:
+            # The page may cut the oldest millisecond in two, and InfluxDB orders within it
+            # by series, not by (source, message): read that millisecond whole.
+            edge = rows[-1][0]
+            (whole,) = await self._query([f"{head} AND time = {_ns(edge)}"], what=what)
+            rows = [r for r in rows if r[0] != edge] + [r for s in whole for r in s.values]
+        rows.sort(key=lambda r: (-r[0], r[2], r[3]))
+        return [Event(site, int(t), lvl, src, msg) for t, lvl, src, msg in rows[:limit]]
+
+    # --- retention ---------------------------------------------------------------------
+
+    async def apply_retention(self, now_ms: int) -> int:
+        """Delete what each level's retention no longer covers; returns points deleted.
+
+        Raw samples older than ``now_ms - retention.raw`` go; a rollup bucket goes once all
+        of it is older than its level's cutoff; events older than ``retention.events`` go.
+        The new horizons are stored first, so that from then on no query reads a level that
+        these deletes are thinning out.
+        """
+        self._http()
+        async with self._write_lock:
+            self._http()
+            deleted = 0
+            if self._retention.events is not None:
+                cutoff = now_ms - self._retention.events // timedelta(milliseconds=1)
+                deleted += await self._delete_before(EVENTS, "message", cutoff)
+            keep = {
+                Level.RAW: self._retention.raw,
+                Level.M1: self._retention.rollup_1m,
+                Level.M15: self._retention.rollup_15m,
+                Level.H1: self._retention.rollup_1h,
+            }
+            horizons = {
+                level: horizon_after(level, now_ms - period // timedelta(milliseconds=1))
+                for level, period in keep.items()
+                if period is not None
+            }
+            if not horizons:
+                return deleted
+            stored = await self._horizons()
+            advanced = {lv: max(h, stored.get(lv, h)) for lv, h in horizons.items()}
+            await self._write_lines(
+                [f"{HORIZONS},level={lv.value} horizon_ms={h}i 0" for lv, h in advanced.items()],
+                what="recording retention horizons",
+            )
+            for level, horizon in advanced.items():
+                if level is Level.RAW:
+                    deleted += await self._delete_before(SAMPLES, "value", horizon)
+                else:
+                    deleted += await self._delete_before(
+                        ROLLUP_MEASUREMENTS[level], "count", horizon
+                    )
+        return deleted
+
+    async def _delete_before(self, measurement: str, field: str, before_ms: int) -> int:
+        """Delete the measurement's points older than ``before_ms``; returns how many.
+
+        InfluxDB does not say how many points a DELETE removed: they are counted first
+        (under the write lock, so nothing is added meanwhile by this process).
+        """
+        table = self._m(measurement)
+        span = f"time < {_ns(before_ms)}"
+        what = f"applying retention to {measurement}"
+        (answer,) = await self._query(
+            [f"SELECT count({_ident(field)}) FROM {table} WHERE {span}"], what=what
+        )
+        count = sum(int(row[1]) for s in answer for row in s.values)
+        if count:
+            # DELETE takes no retention policy: it deletes from every policy of the database.
+            await self._query([f"DELETE FROM {_ident(measurement)} WHERE {span}"], what=what)
+        return count
+
+    async def _horizons(self) -> dict[Level, int]:
+        (answer,) = await self._query(
+            [f"SELECT {_ident('horizon_ms')} FROM {self._m(HORIZONS)} GROUP BY {_ident('level')}"],
+            what="reading retention horizons",
+        )
+        return {Level(s.tags["level"]): int(s.values[-1][1]) for s in answer if s.values}
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise StorageError(f"storage {self} is not open; use `async with` or open()")
+        return self._client
+
+    def _m(self, measurement: str) -> str:
+        """A measurement, qualified with the configured retention policy."""
+        if self._rp is None:
+            return _ident(measurement)
+        return f"{_ident(self._database)}.{_ident(self._rp)}.{_ident(measurement)}"
+
+    async def _write_lines(self, lines: list[str], *, what: str) -> None:
+        params = {"db": self._database, "precision": "ms"}
+        if self._rp is not None:
+            params["rp"] = self._rp
+        for first in range(0, len(lines), self._batch_points):
+            body = ("\n".join(lines[first : first + self._batch_points]) + "\n").encode()
+            if len(body) >= _THREAD_GZIP_BYTES:
+                body = await asyncio.to_thread(gzip.compress, body, 1)
+            else:
+                body = gzip.compress(body, 1)
+            await self._request(
+                "POST",
+                "/write",
+                what=what,
+                params=params,
+                content=body,
+                headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"},
+            )
+
+    async def _query(
+        self, statements: Sequence[str], *, what: str = "querying", database: bool = True
+    ) -> list[list[_Series]]:
+        """Run InfluxQL statements in one request; one list of series per statement.
+
+        The answer is streamed in chunks (``chunked=true``), which also lifts a server's
+        ``max-row-limit``; chunks of one series are joined here.
+        """
+        data = {"q": ";".join(statements), "epoch": "ms", "chunked": "true"}
+        data["chunk_size"] = str(_CHUNK_ROWS)
+        if database:
+            data["db"] = self._database
+        response = await self._request("POST", "/query", what=what, data=data)
+        out: list[dict[tuple[str, tuple[tuple[str, str], ...]], _Series]] = [{} for _ in statements]
+        for line in response.content.splitlines():
+            if not line.strip():
+                continue
+            try:
+                chunk = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise StorageError(
+                    f"{what}: {self} answered with something that is not InfluxDB JSON "
+                    f"({line[:80]!r}); check storage.influxdb.url points at InfluxDB"
+                ) from exc
+            if "error" in chunk:
+                raise StorageError(f"{what}: {self} refused the query: {chunk['error']}")
+            for result in chunk.get("results", ()):
+                if "error" in result:
+                    raise StorageError(_statement_error(self, what, str(result["error"])))
+                index = int(result.get("statement_id", 0))
+                for s in result.get("series", ()):
+                    tags = s.get("tags") or {}
+                    key = (s.get("name", ""), tuple(sorted(tags.items())))
+                    have = out[index].get(key)
+                    if have is None:
+                        out[index][key] = _Series(tags, s["columns"], s.get("values") or [])
+                    else:
+                        have.values.extend(s.get("values") or [])
+        return [list(series.values()) for series in out]
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        params: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """One request with retries: connection failures, timeouts and 429/5xx answers are
+        retried with exponential backoff (jittered); other refusals raise at once.
+
+        Every request here may be repeated safely: writing a point again stores the same
+        point, queries read, CREATE DATABASE and DELETE are idempotent.
+        """
+        client = self._http()
+        delay = _BACKOFF_FIRST_S
+        for attempt in range(self._max_retries + 1):
+            try:
+                response = await client.request(
+                    method, path, params=params, data=data, content=content, headers=headers
+                )
+            except httpx.TimeoutException:
+                problem = f"no answer within {self._timeout_s:g} s"
+            except httpx.TransportError as exc:
+                problem = f"cannot connect ({exc or type(exc).__name__})"
+            else:
+                if response.status_code < 300:
+                    return response
+                if response.status_code not in _RETRY_STATUS:
+                    raise StorageError(_refusal(self, what, response))
+                problem = f"HTTP {response.status_code}: {_body_error(response)}"
+            if attempt == self._max_retries:
+                raise StorageUnavailable(
+                    f"{what}: {self} failed {attempt + 1} time(s), last: {problem}; check "
+                    "that InfluxDB is running and reachable at storage.influxdb.url (try "
+                    f"`curl -i {self._url}/ping`), then retry"
+                )
+            _log.warning("%s: %s: %s; retrying in %.2f s", what, self, problem, delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+# --- line protocol and InfluxQL text -----------------------------------------------------
+
+_BY_SERIES: Final = 'GROUP BY "site", "device", "point"'
+
+_PICK: Final[dict[Agg, Callable[[list[Any]], float]]] = {
+    Agg.MIN: lambda b: b[0],
+    Agg.MAX: lambda b: b[1],
+    Agg.SUM: lambda b: b[2],
+    Agg.COUNT: lambda b: b[3],
+    Agg.MEAN: lambda b: b[2] / b[3],
+    Agg.LAST: lambda b: b[4],
+}
+
+_TAG_ESCAPES: Final = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+
+
+def _tag(value: str, what: str) -> str:
+    if not value or "\n" in value or value.endswith("\\"):
+        raise ValueError(
+            f"{what} {value!r} cannot be an InfluxDB tag (empty, a line break or a trailing "
+            "backslash); ingest validation must reject it before storage"
+        )
+    return value.translate(_TAG_ESCAPES)
+
+
+def _tags(key: SeriesTuple) -> str:
+    site, device, point = key
+    return f"site={_tag(site, 'site')},device={_tag(device, 'device')},point={_tag(point, 'point')}"
+
+
+def _string_field(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _event_line(e: Event) -> str:
+    # The key makes (site, source, message, time) the point's identity: events of one
+    # source in the same millisecond with different messages must not overwrite each other.
+    key = hashlib.sha256(e.message.encode()).hexdigest()[:16]
+    return (
+        f"{EVENTS},site={_tag(e.site, 'site')},source={_tag(e.source, 'source')},key={key} "
+        f"level={_string_field(e.level)},message={_string_field(e.message)} {e.ts_ms}"
+    )
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _ns(ts_ms: int) -> int:
+    """An instant in epoch ms as the nanoseconds InfluxQL compares, clamped to its range."""
+    return min(max(ts_ms * 1_000_000, _MIN_NS), _MAX_NS)
+
+
+def _time_range(start_ms: int, end_ms: int) -> str:
+    """[start_ms, end_ms) as an InfluxQL condition."""
+    return f"time >= {_ns(start_ms)} AND time < {_ns(end_ms)}"
+
+
+def _one_series(key: SeriesKey | SeriesTuple) -> str:
+    site, device, point = (key.site, key.device, key.point) if isinstance(key, SeriesKey) else key
+    return (
+        f"{_ident('site')} = {_literal(site)} AND {_ident('device')} = {_literal(device)} "
+        f"AND {_ident('point')} = {_literal(point)}"
+    )
+
+
+def _any_series(keys: Iterable[SeriesTuple]) -> str:
+    return " OR ".join(f"({_one_series(k)})" for k in keys)
+
+
+def _key(tags: Mapping[str, str]) -> SeriesTuple:
+    return (tags["site"], tags["device"], tags["point"])
+
+
+def _check_ts(ts_ms: int, what: str) -> None:
+    if not isinstance(ts_ms, int) or not MIN_TS_MS <= ts_ms <= MAX_TS_MS:
+        raise ValueError(
+            f"{what} at ts_ms={ts_ms!r} is outside what InfluxDB can store (epoch ms from "
+            f"{MIN_TS_MS} to {MAX_TS_MS}, years 1677-2262); nothing of the batch was stored"
+        )
+
+
+def _first_values(samples: Sequence[Sample]) -> dict[SeriesTuple, dict[int, float]]:
+    """The batch per series, the first value of each timestamp kept; checks every sample."""
+    out: dict[SeriesTuple, dict[int, float]] = {}
+    for s in samples:
+        value = s.value
+        if not isinstance(value, int | float) or not isfinite(value):
+            raise ValueError(
+                f"sample {s.site}/{s.device}/{s.point} at ts_ms={s.ts_ms} has value "
+                f"{value!r}, not a finite number; ingest validation must reject it before "
+                "storage - nothing of the batch was stored"
+            )
+        if not isinstance(s.ts_ms, int) or not MIN_TS_MS <= s.ts_ms <= MAX_TS_MS:
+            _check_ts(s.ts_ms, f"sample {s.site}/{s.device}/{s.point}")
+        key = (s.site, s.device, s.point)
+        values = out.get(key)
+        if values is None:
+            _tags(key)  # refuses names that cannot be tags, before anything is written
+            values = out[key] = {}
+        values.setdefault(s.ts_ms, float(value))
+    return out
+
+
+def _rollup_lines(
+    new: Mapping[SeriesTuple, Mapping[int, float]],
+    stored: Mapping[Level, Mapping[tuple[SeriesTuple, int], _Partial]],
+) -> list[str]:
+    """The rollup buckets the new samples touch, with the stored partials folded in.
+
+    The new samples are grouped once into 1-minute partials; the 15 min and 1 h buckets
+    fold those (as the SQLite backend does), then each is merged with what is stored.
+    """
+    partials: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = {}
+    finest = ROLLUP_LEVELS[-1]
+    minute: dict[tuple[SeriesTuple, int], _Partial] = {}
+    for key, values in new.items():
+        for t in sorted(values):
+            v = values[t]
+            b = floor_to(t, finest.bucket_ms)
+            have = minute.get((key, b))
+            if have is None:
+                minute[key, b] = (v, v, v, 1, t, v)
+            else:
+                minute[key, b] = _fold(have, (v, v, v, 1, t, v))
+    partials[finest] = minute
+    for level in ROLLUP_LEVELS[:-1]:
+        folded: dict[tuple[SeriesTuple, int], _Partial] = {}
+        for (key, b), part in minute.items():
+            at = (key, floor_to(b, level.bucket_ms))
+            have = folded.get(at)
+            folded[at] = part if have is None else _fold(have, part)
+        partials[level] = folded
+    lines: list[str] = []
+    for level, parts in partials.items():
+        measurement = ROLLUP_MEASUREMENTS[level]
+        old = stored.get(level, {})
+        for (key, b), part in parts.items():
+            have = old.get((key, b))
+            mn, mx, sm, ct, lts, lv = part if have is None else _fold(have, part)
+            lines.append(
+                f"{measurement},{_tags(key)} min={mn!r},max={mx!r},sum={sm!r},"
+                f"mean={sm / ct!r},count={ct}i,last={lv!r},last_ts={lts}i {b}"
+            )
+    return lines
+
+
+def _fold(a: _Partial, b: _Partial) -> _Partial:
+    last = (a[4], a[5]) if a[4] >= b[4] else (b[4], b[5])
+    return (min(a[0], b[0]), max(a[1], b[1]), a[2] + b[2], a[3] + b[3], *last)
+
+
+def _latest_lines(
+    new: Mapping[SeriesTuple, Mapping[int, float]], stored: Mapping[SeriesTuple, int]
+) -> list[str]:
+    lines = []
+    for key, values in new.items():
+        t = max(values)
+        known = stored.get(key)
+        if known is None or t > known:
+            lines.append(f"{LATEST},{_tags(key)} ts_ms={t}i,value={values[t]!r} 0")
+    return lines
+
+
+def _under(base_dir: Path, path: Path | None) -> Path | None:
+    return None if path is None else site_path(base_dir, path.expanduser())
+
+
+def _body_error(response: httpx.Response) -> str:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.text[:200].strip() or response.reason_phrase
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"])
+    return response.text[:200]
+
+
+def _refusal(storage: InfluxStorage, what: str, response: httpx.Response) -> str:
+    status, error = response.status_code, _body_error(response)
+    if status == 401:
+        return (
+            f"{what}: {storage} refused the credentials (HTTP 401: {error}); check "
+            "storage.influxdb.username and password_env/password_file (1.x) or "
+            "token_env/token_file (2.x/3.x)"
+        )
+    if status == 403:
+        return (
+            f"{what}: {storage} denied access (HTTP 403: {error}); grant the user or token "
+            f"read and write on database {storage.database!r}"
+        )
+    if status == 404 and "database not found" in error:
+        return _statement_error(storage, what, error)
+    if status == 404:
+        return (
+            f"{what}: {storage} has no {response.request.url.path} (HTTP 404); check that "
+            "storage.influxdb.url is the InfluxDB HTTP API (port 8086 by default)"
+        )
+    if status == 413:
+        return (
+            f"{what}: {storage} refused a write as too large (HTTP 413); lower "
+            "storage.influxdb.write_batch_points or raise the server's max-body-size"
+        )
+    return f"{what}: {storage} refused the request (HTTP {status}: {error})"
+
+
+def _statement_error(storage: InfluxStorage, what: str, error: str) -> str:
+    if "database not found" in error:
+        return (
+            f"{what}: {storage}: {error}; create it (CREATE DATABASE, or a bucket with a "
+            "DBRP mapping on 2.x/3.x) or set storage.influxdb.create_database: true"
+        )
+    return f"{what}: {storage} rejected the query: {error}"

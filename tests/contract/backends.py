@@ -10,6 +10,7 @@ from typing import Protocol
 from gridpilot.config.models import RetentionConfig
 from gridpilot.storage import ManagedStorage, SqliteStorage
 from gridpilot.storage.influx import InfluxStorage
+from tests import postgres_server
 from tests.influxdb_server import shared_influxdb
 
 
@@ -43,9 +44,24 @@ class InfluxBackend:
         return InfluxStorage(self.url, self.database, retention)
 
 
+@dataclass(frozen=True)
+class PostgresBackend:
+    """A schema of its own in the machine's PostgreSQL (see ``tests.postgres_server``)."""
+
+    schema: str
+
+    @classmethod
+    def create(cls, directory: Path) -> PostgresBackend:
+        return cls(postgres_server.fresh_schema())
+
+    def open(self, retention: RetentionConfig | None = None) -> ManagedStorage:
+        return postgres_server.storage(self.schema, retention)
+
+
 # name -> factory taking a fresh temporary directory. One line per backend, e.g.
 # "influxdb": InfluxBackend.from_environment, once that backend exists.
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "sqlite": SqliteBackend,
     "influxdb": InfluxBackend.create,
+    "postgresql": PostgresBackend.create,
 }

@@ -8,6 +8,7 @@ docstring or its name.
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -199,12 +200,65 @@ class InfluxDBConfig(_Frozen):
         return self
 
 
+def _dsn_has_password(dsn: str) -> bool:
+    """Whether a libpq DSN (URL or ``key=value`` form) carries a password."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(dsn)
+        return bool(parts.password) or "password=" in parts.query
+    return re.search(r"(^|\s)password\s*=", dsn) is not None
+
+
+class PostgresConfig(_Frozen):
+    """Where the PostgreSQL backend stores its data (``storage.backend: postgresql``).
+
+    Either ``dsn`` (a libpq connection string or ``postgresql://`` URL, without a password)
+    or ``host``/``port``/``dbname``/``user``, which are ignored when ``dsn`` is set. The
+    password comes only from ``password_env`` or ``password_file`` (mode 0600), or from
+    libpq's own ``~/.pgpass`` / ``PGPASSWORD`` when neither is set.
+    """
+
+    dsn: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=5432, ge=1, le=65535)
+    dbname: str = "gridpilot"
+    user: str | None = None
+    """Absent: libpq's default (``PGUSER``, else the operating-system user)."""
+    password_env: str | None = None
+    """Name of the environment variable holding the password (never inline)."""
+    password_file: Path | None = None
+    """File holding the password; must be mode 0600 or stricter. Relative paths are
+    relative to the configuration file."""
+    schema_name: Identifier = "gridpilot"
+    """The PostgreSQL schema holding GridPilot's tables (created if missing), so several
+    sites or deployments can share one database."""
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    connect_timeout: timedelta = timedelta(seconds=10)
+    statement_timeout: timedelta = timedelta(seconds=60)
+    """Longest any one statement may run on the server before it is cancelled."""
+    retry_for: timedelta = timedelta(seconds=30)
+    """How long a call keeps reconnecting (with backoff) after the connection is lost
+    before it fails with ``StorageUnavailable``."""
+
+    @field_validator("dsn")
+    @classmethod
+    def _check_dsn(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if _dsn_has_password(value):
+            raise ValueError(
+                "put the PostgreSQL password in password_env or password_file, not in the dsn"
+            )
+        return value
+
+
 class StorageConfig(_Frozen):
     """Time-series storage."""
 
-    backend: Literal["sqlite", "influxdb"] = "sqlite"
+    backend: Literal["sqlite", "postgresql", "influxdb"] = "sqlite"
     path: Path = Path("gridpilot.db")
     """SQLite file; relative paths are relative to the configuration file."""
+    postgresql: PostgresConfig = PostgresConfig()
+    """Used when ``backend`` is ``postgresql``."""
     influxdb: InfluxDBConfig = InfluxDBConfig()
     """Used when ``backend`` is ``influxdb``."""
     batch_size: int = Field(default=50_000, ge=1, le=1_000_000)
@@ -349,19 +403,6 @@ class SerialBusConfig(_Frozen):
         return value
 
 
-class SunSpecConfig(_Frozen):
-    """SunSpec auto-discovery: the gateway finds the device's models at connect and
-    publishes their points as ``m<model>_<point>_<unit>`` (``m103_w``, ``m704_wmaxlimpct_pct``;
-    see ``gridpilot devices scan``); writable points (704, 123 ...) take commands."""
-
-    base: Literal["auto", 0, 40000, 50000] = "auto"
-    """Address of the ``SunS`` marker; ``auto`` tries 40000, 50000, 0 (then 40001, 50001, 1)."""
-    models: tuple[int, ...] | None = None
-    """Publish only these model ids (default: every model found)."""
-    points: tuple[PointName, ...] | None = None
-    """Publish only these point names (default: every point the device implements)."""
-
-
 class DeviceConfig(_Frozen):
     """A field device."""
 
@@ -389,10 +430,7 @@ class DeviceConfig(_Frozen):
     """``modbus_tcp`` only: requests of one poll in flight at once, each on its own TCP
     connection. Raise it only for a device that accepts that many clients (many allow 1-4);
     a serial bus always carries one request at a time."""
-    sunspec: SunSpecConfig | None = None
-    """Discover the register map from the device's SunSpec models instead of ``points``."""
-    points: tuple[PointConfig, ...] = ()
-    """The register map; required unless ``sunspec`` is set."""
+    points: tuple[PointConfig, ...] = Field(min_length=1)
 
     @field_validator("poll_interval", "timeout")
     @classmethod
@@ -427,17 +465,6 @@ class DeviceConfig(_Frozen):
                 f"unit_id {self.unit_id}: RTU units are 1..247 (0 is broadcast, which no "
                 "unit answers)"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _points_or_sunspec(self) -> Self:
-        if self.sunspec is None and not self.points:
-            raise ValueError(
-                "a device needs points (its register map), a profile, or sunspec: {} to "
-                "discover a SunSpec device's models"
-            )
-        if self.sunspec is not None and not self.protocol.is_modbus:
-            raise ValueError("sunspec discovery is for Modbus devices, not mqtt")
         return self
 
     def point(self, name: str) -> PointConfig | None:

@@ -48,12 +48,28 @@ def open_storage(config: StorageConfig, base_dir: Path) -> ManagedStorage:
     token is read here (StorageError when its variable or file is missing or readable by
     others); nothing connects before the storage is opened.
     """
+    if config.backend == "postgresql":
+        return _open_postgres(config, base_dir)
     if config.backend == "influxdb":
         return _open_influxdb(config, base_dir)
     path = site_path(base_dir, config.path.expanduser())
     path.parent.mkdir(parents=True, exist_ok=True)
     # Other backends branch above.
     return SqliteStorage(path, config.retention)
+
+
+def _open_postgres(config: StorageConfig, base_dir: Path) -> ManagedStorage:
+    """The PostgreSQL backend; its password is read here (StorageError when its variable or
+    file is missing or readable by others). Nothing connects until it is opened."""
+    try:
+        # Imported here: psycopg is needed only by sites that store in PostgreSQL.
+        from gridpilot.storage.postgres import PostgresStorage  # noqa: PLC0415
+    except ImportError as exc:
+        raise StorageError(
+            "storage.backend is postgresql but psycopg is not installed; install it with: "
+            "pip install 'gridpilot[postgresql]'"
+        ) from exc
+    return PostgresStorage.from_config(config.postgresql, config.retention, base_dir)
 
 
 def _open_influxdb(config: StorageConfig, base_dir: Path) -> ManagedStorage:

@@ -1,4 +1,7 @@
-"""A thread that owns one SQLite connection and runs jobs for the event loop.
+"""A thread that owns one database connection and runs jobs for the event loop.
+
+Written for SQLite (the reasons below); the PostgreSQL backend uses it too, with a
+``psycopg`` session whose blocking network calls then never run on the event loop.
 
 Why a dedicated thread per connection rather than ``asyncio.to_thread`` plus a lock:
 
@@ -24,11 +27,10 @@ import asyncio
 import contextlib
 import logging
 import queue
-import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from gridpilot.storage.base import StorageError
 
@@ -38,12 +40,16 @@ T = TypeVar("T")
 G = TypeVar("G")
 R = TypeVar("R")
 
-Connector = Callable[[], sqlite3.Connection]
-"""Opens the thread's connection; runs on the thread itself."""
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
 
 
 @dataclass(frozen=True, slots=True)
-class GroupHandler(Generic[G, R]):
+class GroupHandler(Generic[C, G, R]):
     """How the thread runs grouped jobs (the writer's batches).
 
     ``run(conn, items)`` handles consecutive queued items at once and returns one outcome
@@ -51,7 +57,7 @@ class GroupHandler(Generic[G, R]):
     while their summed ``weight`` stays within ``max_weight`` (the first one always goes).
     """
 
-    run: Callable[[sqlite3.Connection, list[G]], list[R | BaseException]]
+    run: Callable[[C, list[G]], list[R | BaseException]]
     weight: Callable[[G], int]
     max_weight: int
 
@@ -60,7 +66,7 @@ class GroupHandler(Generic[G, R]):
 class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
-    call: Callable[[sqlite3.Connection], Any] | None = None
+    call: Callable[[Any], Any] | None = None
     item: Any = None  # for grouped jobs (call is None)
 
 
@@ -70,16 +76,19 @@ class _Stop:
     future: asyncio.Future[None] = field(repr=False)
 
 
-class ConnectionThread(Generic[G, R]):
-    """One thread, one connection, jobs run in the order they were submitted."""
+class ConnectionThread(Generic[C, G, R]):
+    """One thread, one connection, jobs run in the order they were submitted.
+
+    ``connect`` opens the thread's connection (of type ``C``) and runs on the thread itself.
+    """
 
     def __init__(
         self,
         name: str,
-        connect: Connector,
+        connect: Callable[[], C],
         *,
         max_pending: int,
-        group: GroupHandler[G, R] | None = None,
+        group: GroupHandler[C, G, R] | None = None,
     ) -> None:
         self._name = name
         self._connect = connect
@@ -112,7 +121,7 @@ class ConnectionThread(Generic[G, R]):
             await asyncio.to_thread(self._thread.join)
             raise
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def call(self, fn: Callable[[C], T]) -> T:
         """Run ``fn(connection)`` on the thread and return its result."""
         result: T = await self._submit(call=fn)
         return result
@@ -124,9 +133,7 @@ class ConnectionThread(Generic[G, R]):
         result: R = await self._submit(item=item)
         return result
 
-    async def _submit(
-        self, *, call: Callable[[sqlite3.Connection], Any] | None = None, item: Any = None
-    ) -> Any:
+    async def _submit(self, *, call: Callable[[C], Any] | None = None, item: Any = None) -> Any:
         await self._slots.acquire()
         # Checked after the wait: close() may have run while this caller waited for a slot,
         # and a job queued behind the stop marker would never run.
@@ -182,9 +189,7 @@ class ConnectionThread(Generic[G, R]):
             conn.close()
             raise
 
-    def _run_call(
-        self, conn: sqlite3.Connection, job: _Job, call: Callable[[sqlite3.Connection], Any]
-    ) -> None:
+    def _run_call(self, conn: C, job: _Job, call: Callable[[C], Any]) -> None:
         try:
             result = call(conn)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the awaiting caller
@@ -193,7 +198,7 @@ class ConnectionThread(Generic[G, R]):
             self._finish(job, result, None)
 
     def _run_group(
-        self, conn: sqlite3.Connection, first: _Job, group: GroupHandler[G, R] | None
+        self, conn: C, first: _Job, group: GroupHandler[C, G, R] | None
     ) -> _Job | _Stop | None:
         if group is None:  # call_grouped() refuses this before queueing
             self._finish(first, None, TypeError(f"{self._name} has no group handler"))
@@ -270,6 +275,9 @@ def _settle(
         loop.call_soon_threadsafe(settle)
 
 
-def least_busy(threads: Sequence[ConnectionThread[Any, Any]]) -> ConnectionThread[Any, Any]:
+_Thread = TypeVar("_Thread", bound=ConnectionThread[Any, Any, Any])
+
+
+def least_busy(threads: Sequence[_Thread]) -> _Thread:
     """The reader with the fewest jobs queued or running."""
     return min(threads, key=lambda t: t.pending)

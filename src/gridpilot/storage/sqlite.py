@@ -300,6 +300,8 @@ _value_of = attrgetter("value")
 
 SeriesTuple = tuple[str, str, str]
 _T = TypeVar("_T")
+_Writer = ConnectionThread[sqlite3.Connection, Sequence[Sample], WriteResult]
+_Reader = ConnectionThread[sqlite3.Connection, None, None]
 
 
 class SqliteStorage:
@@ -337,8 +339,8 @@ class SqliteStorage:
         self._max_group_samples = max_group_samples
         self._busy_timeout_s = busy_timeout.total_seconds()
         self._max_size_bytes = max_size_bytes
-        self._writer: ConnectionThread[Sequence[Sample], WriteResult] | None = None
-        self._readers: list[ConnectionThread[None, None]] = []
+        self._writer: _Writer | None = None
+        self._readers: list[_Reader] = []
         # Writer-thread state: series ids known to be committed. Only the writer thread
         # touches it (ids of a transaction are added after its commit).
         self._series_ids: dict[SeriesTuple, int] = {}
@@ -353,17 +355,17 @@ class SqliteStorage:
         """Open (creating the file and schema if needed) and start the threads."""
         if self._writer is not None:
             return self
-        writer: ConnectionThread[Sequence[Sample], WriteResult] = ConnectionThread(
+        writer: _Writer = ConnectionThread(
             "gridpilot-sqlite-writer",
             self._open_writer,
             max_pending=self._max_pending_writes,
             group=GroupHandler(self._write_group, len, self._max_group_samples),
         )
         await writer.start()
-        readers: list[ConnectionThread[None, None]] = []
+        readers: list[_Reader] = []
         try:
             for n in range(self._readers_wanted):
-                reader: ConnectionThread[None, None] = ConnectionThread(
+                reader: _Reader = ConnectionThread(
                     f"gridpilot-sqlite-reader-{n}", self._open_reader, max_pending=64
                 )
                 await reader.start()
@@ -544,7 +546,7 @@ class SqliteStorage:
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def _writer_thread(self) -> ConnectionThread[Sequence[Sample], WriteResult]:
+    def _writer_thread(self) -> _Writer:
         if self._writer is None:
             raise StorageError(f"storage {self._path} is not open; use `async with` or open()")
         return self._writer

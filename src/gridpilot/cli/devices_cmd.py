@@ -8,3 +8,9 @@ import click
 @click.group("devices")
 def devices_group() -> None:
     """Device profiles (the library) and discovery of devices on a bus."""
+
+
+# Imported after the group exists: the scan command registers itself on it.
+from gridpilot.cli.devices_scan import scan_command  # noqa: E402
+
+devices_group.add_command(scan_command)

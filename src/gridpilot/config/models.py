@@ -403,6 +403,19 @@ class SerialBusConfig(_Frozen):
         return value
 
 
+class SunSpecConfig(_Frozen):
+    """SunSpec auto-discovery: the gateway finds the device's models at connect and
+    publishes their points as ``m<model>_<point>_<unit>`` (``m103_w``, ``m704_wmaxlimpct_pct``;
+    see ``gridpilot devices scan``); writable points (704, 123 ...) take commands."""
+
+    base: Literal["auto", 0, 40000, 50000] = "auto"
+    """Address of the ``SunS`` marker; ``auto`` tries 40000, 50000, 0 (then 40001, 50001, 1)."""
+    models: tuple[int, ...] | None = None
+    """Publish only these model ids (default: every model found)."""
+    points: tuple[PointName, ...] | None = None
+    """Publish only these point names (default: every point the device implements)."""
+
+
 class DeviceConfig(_Frozen):
     """A field device."""
 
@@ -430,7 +443,10 @@ class DeviceConfig(_Frozen):
     """``modbus_tcp`` only: requests of one poll in flight at once, each on its own TCP
     connection. Raise it only for a device that accepts that many clients (many allow 1-4);
     a serial bus always carries one request at a time."""
-    points: tuple[PointConfig, ...] = Field(min_length=1)
+    sunspec: SunSpecConfig | None = None
+    """Discover the register map from the device's SunSpec models instead of ``points``."""
+    points: tuple[PointConfig, ...] = ()
+    """The register map; required unless ``sunspec`` is set."""
 
     @field_validator("poll_interval", "timeout")
     @classmethod
@@ -465,6 +481,17 @@ class DeviceConfig(_Frozen):
                 f"unit_id {self.unit_id}: RTU units are 1..247 (0 is broadcast, which no "
                 "unit answers)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _points_or_sunspec(self) -> Self:
+        if self.sunspec is None and not self.points:
+            raise ValueError(
+                "a device needs points (its register map), a profile, or sunspec: {} to "
+                "discover a SunSpec device's models"
+            )
+        if self.sunspec is not None and not self.protocol.is_modbus:
+            raise ValueError("sunspec discovery is for Modbus devices, not mqtt")
         return self
 
     def point(self, name: str) -> PointConfig | None:

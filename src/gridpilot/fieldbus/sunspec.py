@@ -45,7 +45,7 @@ from importlib import resources
 from typing import Any, Final
 
 from gridpilot.fieldbus.codec import RegisterSpec, decode_raw, encode_raw
-from gridpilot.fieldbus.errors import DecodeError, EncodeError
+from gridpilot.fieldbus.errors import DecodeError, EncodeError, ProtocolError
 from gridpilot.model import DataType, Table, is_valid_identifier
 from gridpilot.model.units import unit_of
 
@@ -121,8 +121,11 @@ _NOT_VALUES: Final = frozenset({"pad", "sunssf"})
 _COUNTERS: Final = frozenset({"count", "acc16", "acc32", "acc64", "uint16", "uint32", "uint64"})
 
 
-class SunSpecError(Exception):
-    """The registers do not hold what the SunSpec definitions describe."""
+class SunSpecError(ProtocolError):
+    """The registers do not hold what the SunSpec definitions describe (no marker, a model
+    chain that runs off, a model shorter than its definition)."""
+
+    kind = "sunspec"
 
 
 class SunSpecWriteError(EncodeError):

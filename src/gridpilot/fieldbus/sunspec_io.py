@@ -125,6 +125,8 @@ async def find_base(read: Read, bases: Sequence[int] | None = None) -> int:
         try:
             words = await read(base, 2)
         except DeviceRejected as exc:
+            if exc.exception_code in (10, 11):
+                raise  # a Modbus gateway with nothing behind this unit id
             tried.append(f"{base} (exception {exc.exception_code})")
             continue
         if is_marker(words):

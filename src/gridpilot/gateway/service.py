@@ -83,6 +83,7 @@ from gridpilot.gateway.payloads import (
 )
 from gridpilot.gateway.points import ReadPlan, evaluate, register_spec
 from gridpilot.gateway.schedule import FixedRateSchedule, PollCycle
+from gridpilot.gateway.sunspec_poll import DISCOVERY_REQUESTS, SunSpecSession
 from gridpilot.model import Topic, TopicKind, now_ms, parse_topic, to_rfc3339
 from gridpilot.tasks import cancel_and_wait
 
@@ -232,6 +233,7 @@ class _DeviceWorker:
         self.blocks = self.plan.all_blocks
         self.poll_classes = device.poll_classes or gateway.poll_classes
         self.concurrent_reads = device.max_outstanding > 1
+        self.sunspec = SunSpecSession(device) if device.sunspec is not None else None
         # A request may take (timeout + its time on a serial wire) x (retries + 1)
         # (ModbusClientDevice's budget).
         self.request_budget_s = (device.timeout.total_seconds() + wire_s) * (device.retries + 1)
@@ -278,6 +280,9 @@ class _DeviceWorker:
     # ------------------------------------------------------------------ polling
 
     async def run_polls(self) -> None:
+        if self.sunspec is not None:
+            await self._run_sunspec_polls(self.sunspec)
+            return
         if not self.blocks:
             log.info("%s: no numeric points to poll", self.id)
             return
@@ -382,6 +387,63 @@ class _DeviceWorker:
             else:
                 words_by_spec.extend(_split(block, result))
         return failure
+
+    async def _run_sunspec_polls(self, session: SunSpecSession) -> None:
+        """The poll loop of a SunSpec device: every selected model each interval (the
+        models are read whole, so poll classes do not apply)."""
+        loop = asyncio.get_running_loop()
+        schedule = FixedRateSchedule(self.interval_s, loop.time())
+        while True:
+            await asyncio.sleep(max(0.0, schedule.deadline_s - loop.time()))
+            if self.stopping:
+                return
+            async with self.lock:
+                self.health.jitter.observe(loop.time() - schedule.deadline_s)
+                await self._poll_sunspec(session)
+            now_s = loop.time()
+            delay = self.health.retry_delay_s(self.clock())
+            tick = schedule.advance(now_s, None if delay is None else now_s + delay)
+            if tick.skipped:
+                self.health.ticks_skipped(tick.skipped)
+
+    async def _poll_sunspec(self, session: SunSpecSession) -> None:
+        """One poll of a SunSpec device: discover if needed, read and decode its models,
+        publish the implemented points (missing ones are absent), update health and the
+        points commands may set. Holds the lock."""
+        ts = self.clock()
+        was = self.health.status
+        failure: FieldbusError | None = None
+        budget_s = self.request_budget_s * (len(session.blocks) + DISCOVERY_REQUESTS) + _SLACK_S
+        try:
+            async with asyncio.timeout(budget_s):
+                await session.poll(self.connection.read_block)
+        except FieldbusError as exc:  # SunSpecError included (a ProtocolError)
+            failure = exc
+        except TimeoutError:
+            failure = DeviceTimeout(f"{self.id}: SunSpec poll did not finish in {budget_s:.3g} s")
+            await self.connection.close()
+        now = self.clock()
+        if failure is not None:
+            changed = self.health.poll_failed(failure.kind, str(failure), now)
+        else:
+            changed = self.health.poll_succeeded(now)
+        self._count_attempts()
+        if failure is None:
+            values, _missing = session.values()
+            commanded = session.command_device()
+            if commanded is not None:
+                self.device = commanded  # the command path reads points from here
+            if values:
+                self.seq += 1
+                await self.bus.publish(
+                    str(Topic.telemetry(self.site, self.id)),
+                    telemetry_payload(ts, self.seq, values),
+                    qos=1,
+                )
+        await self._announce_transition(was, now)
+        loop_now = asyncio.get_running_loop().time()
+        if changed or loop_now - self._last_state_at >= self.state_interval_s:
+            await self.publish_state()
 
     def _count_attempts(self) -> None:
         """Fold the driver's failed attempts into the health counters; log each kind at its
@@ -816,8 +878,10 @@ class GatewayService:
                 log.exception("%s: handling a command failed", topic.device)
 
     async def _on_command(self, device_id: str, payload: bytes) -> None:
-        parsed = parse_command(payload, device_id, self._devices, self._clock())
         worker = self._workers.get(device_id)
+        # A worker's device carries the points it discovered (SunSpec): validate against it.
+        devices = {device_id: worker.device} if worker is not None else self._devices
+        parsed = parse_command(payload, device_id, devices, self._clock())
         cmd_id = parsed.id
         if worker is not None and cmd_id is not None and worker.recent.seen(cmd_id):
             # A redelivery (QoS 1 is at-least-once): it already has its result.

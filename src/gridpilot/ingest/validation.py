@@ -134,7 +134,12 @@ class ValidationRules:
             max_payload_bytes=ingest.max_payload_bytes,
             max_future_skew_ms=int(ingest.max_future_skew.total_seconds() * 1000),
             accept_unknown_points=ingest.accept_unknown_points,
-            open_devices=frozenset([config.control.id] if config.control is not None else []),
+            # The controller and SunSpec-discovered devices: their points are not listed in
+            # the site file (any well-named point is accepted).
+            open_devices=frozenset(
+                ([config.control.id] if config.control is not None else [])
+                + [d.id for d in config.devices if d.sunspec is not None]
+            ),
         )
 
 

@@ -33,6 +33,7 @@ from gridpilot.sim.devices import DEVICE_MAPS, DeviceMap
 from gridpilot.sim.image import AppliedWrite, RegisterImage
 from gridpilot.sim.rtu import RtuSlaveBus
 from gridpilot.sim.server import DeviceServer
+from gridpilot.sim.sunspec_devices import SUNSPEC_PLANS, SunSpecImage
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class SimulatedSite:
         params: BuildingParams | None = None,
         device_maps: tuple[DeviceMap, ...] = DEVICE_MAPS,
         rtu_port: str | None = None,
+        sunspec: bool = False,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be positive, not {speed}")
@@ -84,6 +86,16 @@ class SimulatedSite:
             )
             for i, m in enumerate(device_maps)
         }
+        # SunSpec devices (``sunspec_devices``): the same physics, discovered by clients.
+        self._sunspec = {p.id: SunSpecImage(p) for p in (SUNSPEC_PLANS if sunspec else ())}
+        for offset, image in enumerate(self._sunspec.values(), start=len(device_maps)):
+            plan = image.plan
+            self._servers[plan.id] = DeviceServer(
+                image,
+                partial(self._apply_sunspec_write, plan.id),
+                host=host,
+                port=base_port + offset if base_port else 0,
+            )
         self.rtu_port = rtu_port
         self._rtu_units = {m.id: unit for unit, m in enumerate(device_maps, start=1)}
         self._rtu: RtuSlaveBus | None = None
@@ -139,7 +151,7 @@ class SimulatedSite:
     @property
     def devices(self) -> tuple[str, ...]:
         """Ids of the simulated devices."""
-        return tuple(self._maps)
+        return (*self._maps, *self._sunspec)
 
     @property
     def building(self) -> Building:
@@ -176,7 +188,11 @@ class SimulatedSite:
         """
         if not is_valid_identifier(site_id):
             raise ValueError(f"{site_id!r} is not a valid site id")
-        return [m.config(self.host, self._servers[m.id].port) for m in self._maps.values()]
+        devices = [m.config(self.host, self._servers[m.id].port) for m in self._maps.values()]
+        devices += [
+            i.plan.config(self.host, self._servers[i.plan.id].port) for i in self._sunspec.values()
+        ]
+        return devices
 
     @property
     def rtu(self) -> RtuSlaveBus:
@@ -246,7 +262,7 @@ class SimulatedSite:
     # ------------------------------------------------------------------ internals
 
     def _known(self, device_id: str) -> str:
-        if device_id not in self._maps:
+        if device_id not in self._maps and device_id not in self._sunspec:
             raise KeyError(f"no simulated device {device_id!r}; devices: {', '.join(self._maps)}")
         return device_id
 
@@ -254,10 +270,17 @@ class SimulatedSite:
         log.info("%s.%s written: %g", device_id, write.point.name, write.value)
         self.building.write_point(device_id, write.point.name, write.value)
 
+    def _apply_sunspec_write(self, device_id: str, write: AppliedWrite) -> None:
+        log.info("%s.%s written: %g", device_id, write.point.name, write.value)
+        image = self._sunspec[device_id]
+        image.plan.on_write(image, self.building)
+
     def _refresh(self) -> None:
         building = self.building
         for device_id, image in self._images.items():
             image.update(building.device_values(device_id))
+        for sunspec_image in self._sunspec.values():
+            sunspec_image.update(sunspec_image.plan.values(building, sunspec_image))
 
     async def _run_ticker(self) -> None:
         loop = asyncio.get_running_loop()

@@ -74,6 +74,12 @@ def run(service: str, config: Path) -> None:
     help="With --rtu and --write-config: the port the gateway opens (the line's other end); "
     "the site file then polls the devices over RTU.",
 )
+@click.option(
+    "--sunspec",
+    is_flag=True,
+    help="Also serve a SunSpec inverter, meter and storage (models from pysunspec2's "
+    "definitions; try `gridpilot devices scan tcp://127.0.0.1:PORT`).",
+)
 def sim(
     base_port: int,
     speed: float,
@@ -81,6 +87,7 @@ def sim(
     write_config: Path | None,
     rtu_port: str | None,
     rtu_gateway_port: str | None,
+    sunspec: bool,
 ) -> None:
     """Serve the simulated building's Modbus TCP devices on 127.0.0.1 until SIGTERM."""
     from gridpilot.app import install_stop_signals
@@ -88,14 +95,18 @@ def sim(
 
     if rtu_gateway_port is not None and rtu_port is None:
         fail("--rtu-gateway-port needs --rtu (the simulator's end of the line)")
+    if sunspec and rtu_gateway_port is not None:
+        fail("--sunspec devices are served over TCP only; leave out --rtu-gateway-port")
 
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        async with SimulatedSite(base_port=base_port, speed=speed, rtu_port=rtu_port) as site:
+        async with SimulatedSite(
+            base_port=base_port, speed=speed, rtu_port=rtu_port, sunspec=sunspec
+        ) as site:
             for device_id in site.devices:
                 where = f"modbus tcp://127.0.0.1:{site.port_of(device_id)}"
-                if rtu_port is not None:
+                if rtu_port is not None and device_id in site.rtu_devices:
                     where += f", rtu unit {site.rtu_unit_of(device_id)} on {rtu_port}"
                 click.echo(f"{device_id}: {where}")
             if write_config is not None:

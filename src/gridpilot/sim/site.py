@@ -201,6 +201,11 @@ class SimulatedSite:
             raise RuntimeError("the site serves RTU only with rtu_port, inside 'async with'")
         return self._rtu
 
+    @property
+    def rtu_devices(self) -> tuple[str, ...]:
+        """Ids of the devices that also answer as RTU units (not the SunSpec ones)."""
+        return tuple(self._rtu_units)
+
     def rtu_unit_of(self, device_id: str) -> int:
         """The RTU unit id of a device on ``rtu_port``."""
         return self._rtu_units[self._known(device_id)]

@@ -31,6 +31,7 @@ from gridpilot.control.service import ControllerService
 from gridpilot.control.thermal import ZoneHistory
 from gridpilot.gateway.service import GatewayService
 from gridpilot.ingest.service import IngestService
+from gridpilot.ops.systemd import supervision
 from gridpilot.storage import open_storage
 from gridpilot.storage.base import StorageError
 from gridpilot.storage.retention import RetentionService
@@ -146,7 +147,11 @@ async def run_services(
             api_url = api.url
         if on_ready is not None:
             on_ready(Running(address, embedded, db_path, api_url))
-        await stop.wait()
+        # Under systemd: READY=1 now, then watchdog heartbeats while the loop runs and no
+        # task the services started has crashed (see gridpilot.ops.systemd).
+        started = asyncio.all_tasks() - {asyncio.current_task()}
+        async with supervision(f"{', '.join(services)} running", started):
+            await stop.wait()
         log.info("stopping")
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import click
 
 from gridpilot import __version__
+from gridpilot.cli.backup_cmd import backup, restore
 from gridpilot.cli.common import setup_logging
 from gridpilot.cli.config_cmd import config_group
 from gridpilot.cli.control_cmd import control_group
 from gridpilot.cli.demo_cmd import demo
+from gridpilot.cli.deploy_cmd import deploy_group
 from gridpilot.cli.devices_cmd import devices_group
 from gridpilot.cli.query_cmd import query
 from gridpilot.cli.run_cmd import run, sim
@@ -25,11 +27,14 @@ def cli(verbose: int) -> None:
 
 
 for command in (
+    backup,
     config_group,
     control_group,
     demo,
+    deploy_group,
     devices_group,
     query,
+    restore,
     run,
     sim,
     tail,

@@ -7,6 +7,7 @@ docstring or its name.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from datetime import timedelta
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -557,6 +559,44 @@ class ApiConfig(_Frozen):
         return tuple(o.rstrip("/") for o in origins)
 
 
+def _subnet(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    try:
+        # strict: "10.0.1.5/24" is refused, it almost always means a typo in the prefix.
+        return ipaddress.ip_network(str(value), strict=True)
+    except ValueError as exc:
+        raise ValueError(
+            f"{value!r} is not a subnet: write it as address/prefix with the host bits zero, "
+            "e.g. 10.20.0.0/24 or fd00:20::/64"
+        ) from exc
+
+
+Subnet = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_subnet)]
+
+
+class NetworkConfig(_Frozen):
+    """Who may reach this host, for ``gridpilot deploy firewall`` (an nftables ruleset that
+    drops everything else)."""
+
+    sensor_subnets: tuple[Subnet, ...] = ()
+    """Where devices and gateways publish from: only these reach the MQTT ports."""
+    management_subnets: tuple[Subnet, ...] = ()
+    """Operators' networks: only these reach the API and SSH."""
+    mqtt_ports: tuple[int, ...] = (1883, 8883)
+    """Ports of the broker on this host (plain and TLS listeners)."""
+    ssh_port: int | None = Field(default=22, ge=1, le=65535)
+    """``null``: no SSH rule (the host is managed by console only)."""
+
+    @field_validator("mqtt_ports")
+    @classmethod
+    def _ports(cls, ports: tuple[int, ...]) -> tuple[int, ...]:
+        for port in ports:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is not in 1..65535")
+        return ports
+
+
 def _point_ref(value: str) -> str:
     PointRef.parse(value)
     return value
@@ -666,6 +706,7 @@ class GridPilotConfig(_Frozen):
     ingest: IngestConfig = IngestConfig()
     gateway: GatewayConfig = GatewayConfig()
     api: ApiConfig = ApiConfig()
+    network: NetworkConfig = NetworkConfig()
     control: ControlConfig | None = None
     serial_buses: tuple[SerialBusConfig, ...] = ()
     """Serial lines of ``modbus_rtu`` devices."""

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from gridpilot.config import semantic
 from gridpilot.config.models import GridPilotConfig
+from gridpilot.config.profiles import expand_device
 
 Loc = tuple[str | int, ...]
 
@@ -91,10 +92,57 @@ class _LineIndex:
         return None
 
 
-def _pydantic_issues(file: str, error: ValidationError, index: _LineIndex) -> list[ConfigIssue]:
+@dataclass(slots=True)
+class _Profiles:
+    """The site data with every ``profile:`` device expanded, and how to find in the file
+    what was said about an expanded point."""
+
+    data: Any
+    issues: list[tuple[Loc, str]]
+    """Problems of the expansion (unknown profile or point), at their place in the file."""
+    origins: dict[Loc, Loc]
+    """``("devices", i, "points", j)`` of an expanded point -> where it is written."""
+    failed: set[int]
+    """Devices whose expansion failed (their issue is already in ``issues``)."""
+
+    def original(self, loc: Loc) -> Loc:
+        origin = self.origins.get(loc[:4])
+        return loc if origin is None else (*origin, *loc[4:])
+
+
+def _expand_profiles(data: Any) -> _Profiles:
+    expanded = _Profiles(data, [], {}, set())
+    devices = data.get("devices") if isinstance(data, dict) else None
+    if not isinstance(devices, list):
+        return expanded
+    out: list[Any] = []
+    for i, device in enumerate(devices):
+        if not isinstance(device, dict) or device.get("profile") is None:
+            out.append(device)
+            continue
+        expansion = expand_device(device)
+        if expansion.problems:
+            expanded.failed.add(i)
+            expanded.issues += [(("devices", i, *p.loc), p.message) for p in expansion.problems]
+            # Its points are references into a profile, not points: no checks of their own.
+            out.append({key: value for key, value in device.items() if key != "points"})
+            continue
+        for j, origin in enumerate(expansion.origins):
+            expanded.origins[("devices", i, "points", j)] = ("devices", i, *origin)
+        out.append(expansion.device)
+    expanded.data = {**data, "devices": out}
+    return expanded
+
+
+def _pydantic_issues(
+    file: str, error: ValidationError, index: _LineIndex, profiles: _Profiles
+) -> list[ConfigIssue]:
     issues = []
     for item in error.errors(include_url=False):
         loc: Loc = tuple(part for part in item["loc"] if not str(part).startswith("function-"))
+        if len(loc) == 2 and loc[0] == "devices" and loc[1] in profiles.failed:
+            continue  # the device's profile problem, already reported at its line
+        loc = profiles.original(loc)
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = f"unknown field {loc[-1]!r} (check its spelling and indentation)"
@@ -127,15 +175,19 @@ def validate_config_text(text: str, file: str = "<config>") -> GridPilotConfig:
         ConfigIssue(file, line, format_loc(loc), f"key {loc[-1]!r} appears twice in this mapping")
         for loc, line in index.duplicates
     ]
+    profiles = _expand_profiles(data)
     issues += [
-        ConfigIssue(file, index.line_of(f.loc), format_loc(f.loc), f.message)
-        for f in semantic.check(data)
+        ConfigIssue(file, index.line_of(loc), format_loc(loc), message)
+        for loc, message in profiles.issues
     ]
+    for finding in semantic.check(profiles.data):
+        loc = profiles.original(finding.loc)
+        issues.append(ConfigIssue(file, index.line_of(loc), format_loc(loc), finding.message))
     config: GridPilotConfig | None = None
     try:
-        config = GridPilotConfig.model_validate(data)
+        config = GridPilotConfig.model_validate(profiles.data)
     except ValidationError as exc:
-        issues += _pydantic_issues(file, exc, index)
+        issues += _pydantic_issues(file, exc, index, profiles)
     if issues:
         issues.sort(key=lambda issue: (issue.line or 0, issue.field))
         raise ConfigError(issues)

@@ -32,6 +32,7 @@ from gridpilot.control.peak_shaving import PeakShavingParams
 from gridpilot.control.pv_export import PvExportParams
 from gridpilot.control.tariff import Tariff
 from gridpilot.control.vfd import VfdParams
+from gridpilot.fieldbus.analog import VOLTAGE_TOLERANCE_V, AnalogRange, AnalogSignal
 from gridpilot.model import DataType, Table, WordOrder, is_valid_identifier, unit_of
 from gridpilot.model.registers import ByteOrder
 from gridpilot.model.units import UNIT_SUFFIXES
@@ -322,6 +323,33 @@ class GatewayConfig(_Frozen):
     polled than a device's ``poll_interval`` (a device may set its own)."""
 
 
+class AnalogConfig(_Frozen):
+    """A transmitter on an analog input: the register (after ``scale``/``offset``) holds the
+    loop signal in mA or V; the point's value is the engineering value it stands for.
+
+    4-20 mA loops are checked against NAMUR NE 43 (``gridpilot.fieldbus.analog``): at or
+    below 3.6 mA a wire break, under 3.8 or over 20.5 mA out of range, at or above 21 mA a
+    sensor fault. A faulted point publishes no value; the fault is in the device's state.
+    """
+
+    signal: AnalogSignal
+    """``4-20mA`` or ``0-10V``."""
+    low: float
+    """Engineering value at 4 mA / 0 V, in the point's unit."""
+    high: float
+    """Engineering value at 20 mA / 10 V, in the point's unit."""
+    tolerance_v: float = Field(default=VOLTAGE_TOLERANCE_V, ge=0, le=2)
+    """``0-10V`` only: signals down to -tolerance and up to 10 V + tolerance still count."""
+
+    @model_validator(mode="after")
+    def _span(self) -> Self:
+        self.range()  # low == high, or not finite, is refused with the reason
+        return self
+
+    def range(self) -> AnalogRange:
+        return AnalogRange(self.signal, self.low, self.high, self.tolerance_v)
+
+
 class PointConfig(_Frozen):
     """One point of a device and, for Modbus devices, where it lives in the registers."""
 
@@ -343,6 +371,9 @@ class PointConfig(_Frozen):
     """[min, max] in the point's unit; readings outside are rejected, writes refused."""
     writable: bool = False
     """Commands may set this point (holding registers and coils only)."""
+    analog: AnalogConfig | None = None
+    """The register holds a 4-20 mA or 0-10 V signal: scale it to the point's unit and report
+    loop faults (NAMUR NE 43) instead of values."""
     poll_class: PollClass = PollClass.NORMAL
     """``fast``, ``normal`` or ``slow``: see ``poll_classes``."""
 
@@ -366,6 +397,13 @@ class PointConfig(_Frozen):
             raise ValueError(f"a point in the {self.table} table is read-only; set writable: false")
         if self.scale == 0:
             raise ValueError("scale 0 would make every reading 0")
+        if self.analog is not None and self.writable:
+            raise ValueError(
+                "an analog point is an input: remove writable (analog outputs are written as "
+                "the register value, without analog:)"
+            )
+        if self.analog is not None and self.table.is_bit:
+            raise ValueError(f"a {self.table} holds one bit, not an analog signal")
         return self
 
 
@@ -423,6 +461,10 @@ class DeviceConfig(_Frozen):
 
     id: Identifier
     name: str = ""
+    profile: Identifier | None = None
+    """Name of a device-library profile (``gridpilot devices list``): its points, or those
+    listed under ``points`` (each a profile point's name, with fields to override and ``as``
+    to rename it, or a whole point of your own), and its defaults (e.g. ``max_gap``)."""
     protocol: DeviceProtocol = DeviceProtocol.MODBUS_TCP
     host: str | None = None
     """``modbus_tcp``/``modbus_rtu_tcp``: the device's or the converter's address."""
@@ -456,6 +498,21 @@ class DeviceConfig(_Frozen):
         if value <= timedelta(0):
             raise ValueError("must be greater than zero")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_profile(cls, data: object) -> object:
+        """A device with ``profile`` gets its points from the library. Expanding is
+        idempotent (the loader expands first, to report problems at their lines)."""
+        if not isinstance(data, dict) or data.get("profile") is None:
+            return data
+        # Imported here: the library validates its points with this module's PointConfig.
+        from gridpilot.config.profiles import expand_device  # noqa: PLC0415
+
+        expansion = expand_device(data)
+        if expansion.problems:
+            raise ValueError("; ".join(problem.message for problem in expansion.problems))
+        return expansion.device
 
     @model_validator(mode="after")
     def _check_host(self) -> Self:

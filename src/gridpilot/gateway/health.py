@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import accumulate
 
+from gridpilot.gateway.point_faults import PointFaults
+
 _HINTS: dict[str, str] = {
     "timeout": (
         "no answer within the timeout: check that the device is powered and reachable "
@@ -295,6 +297,8 @@ class HealthSnapshot:
     counters: dict[str, object]
     poll_jitter: dict[str, object] | None = None
     """``JitterHistogram.as_dict`` of the device's polls."""
+    point_faults: dict[str, dict[str, object]] = field(default_factory=dict)
+    """Active faults of single points (``point_faults.PointFaults.snapshot``)."""
 
 
 class DeviceHealth:
@@ -310,6 +314,8 @@ class DeviceHealth:
         self.last_error: ErrorInfo | None = None
         self.consecutive_failures = 0
         self.counters = HealthCounters()
+        self.point_faults = PointFaults()
+        """Readings of single points that are not values (analog loop faults)."""
         self.jitter = JitterHistogram()
 
     def poll_succeeded(self, now_ms: int) -> bool:
@@ -381,6 +387,7 @@ class DeviceHealth:
             last_error=self.last_error,
             consecutive_failures=self.consecutive_failures,
             counters=self.counters.as_dict(),
+            point_faults=self.point_faults.snapshot(),
             poll_jitter=self.jitter.as_dict(),
         )
 

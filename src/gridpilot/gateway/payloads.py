@@ -40,6 +40,8 @@ def device_state_payload(snapshot: HealthSnapshot, ts_ms: int, reason: str | Non
         },
         "consecutive_failures": snapshot.consecutive_failures,
         "counters": snapshot.counters,
+        # Points whose reading is a fault, not a value (an analog wire break...).
+        "point_faults": snapshot.point_faults,
         "ts": to_rfc3339(ts_ms),
     }
     if snapshot.poll_jitter is not None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gridpilot.config.models import DeviceConfig, PointConfig, PollClass
+from gridpilot.fieldbus.analog import LoopFault, describe_fault, scale_signal
 from gridpilot.fieldbus.codec import RegisterSpec, decode
 from gridpilot.fieldbus.errors import DecodeError
 from gridpilot.fieldbus.planner import ReadBlock, plan_reads
@@ -77,6 +78,19 @@ class ReadPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class PointFault:
+    """A point whose reading is not a value: the signal shows a fault (an analog loop's
+    wire break, out of range or sensor fault). Published in the device's state, never as a
+    number."""
+
+    point: str
+    kind: LoopFault
+    message: str
+    signal: float
+    """The signal as read (mA or V)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Readings:
     """The outcome of decoding one poll."""
 
@@ -86,15 +100,19 @@ class Readings:
     """Points whose value was outside their valid_range (dropped)."""
     invalid: tuple[tuple[str, str], ...] = ()
     """(point, reason) of values that could not be decoded (dropped)."""
+    faults: tuple[PointFault, ...] = ()
+    """Points whose signal shows a fault (no value)."""
 
 
 def evaluate(
     device: DeviceConfig, words_by_spec: Iterable[tuple[RegisterSpec, Sequence[int]]]
 ) -> Readings:
-    """Decode the words of each spec and keep the values inside their valid range."""
+    """Decode the words of each spec, scale analog signals (a faulted signal gives a
+    ``PointFault``, not a value), and keep the values inside their valid range."""
     values: dict[str, float] = {}
     out_of_range: list[str] = []
     invalid: list[tuple[str, str]] = []
+    faults: list[PointFault] = []
     for spec, words in words_by_spec:
         try:
             value = decode(spec, words)
@@ -107,10 +125,18 @@ def evaluate(
             invalid.append((spec.point, f"point {spec.point!r}: value {value} is not finite"))
             continue
         point = device.point(spec.point)
+        if point is not None and point.analog is not None:
+            analog = point.analog.range()
+            scaled = scale_signal(analog, value)
+            if isinstance(scaled, LoopFault):
+                message = describe_fault(spec.point, analog, value, scaled)
+                faults.append(PointFault(spec.point, scaled, message, value))
+                continue
+            value = scaled
         if point is not None and point.valid_range is not None:
             low, high = point.valid_range
             if not low <= value <= high:
                 out_of_range.append(spec.point)
                 continue
         values[spec.point] = value
-    return Readings(values, tuple(out_of_range), tuple(invalid))
+    return Readings(values, tuple(out_of_range), tuple(invalid), tuple(faults))

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -81,7 +81,8 @@ from gridpilot.gateway.payloads import (
     gateway_will_payload,
     telemetry_payload,
 )
-from gridpilot.gateway.points import ReadPlan, evaluate, register_spec
+from gridpilot.gateway.point_faults import FaultReport
+from gridpilot.gateway.points import PointFault, ReadPlan, evaluate, register_spec
 from gridpilot.gateway.schedule import FixedRateSchedule, PollCycle
 from gridpilot.gateway.sunspec_poll import DISCOVERY_REQUESTS, SunSpecSession
 from gridpilot.model import Topic, TopicKind, now_ms, parse_topic, to_rfc3339
@@ -348,6 +349,8 @@ class _DeviceWorker:
             changed = self.health.error(rejection.kind, str(rejection), now) or changed
         self._count_attempts()
         readings = evaluate(self.device, words_by_spec)
+        read = {spec.point for spec, _ in words_by_spec}
+        changed = await self._note_point_faults(read, readings.faults, now) or changed
         self.health.values_dropped(len(readings.out_of_range), len(readings.invalid))
         for _, reason in readings.invalid:
             changed = self.health.error("decode", reason, now) or changed
@@ -444,6 +447,23 @@ class _DeviceWorker:
         loop_now = asyncio.get_running_loop().time()
         if changed or loop_now - self._last_state_at >= self.state_interval_s:
             await self.publish_state()
+
+    async def _note_point_faults(
+        self, read: Collection[str], faults: Sequence[PointFault], now: int
+    ) -> bool:
+        """Keep the device's point faults (``read``: the points this poll read); each new
+        fault is an alarm on the site's events topic, each cleared one an info. True when
+        the published state changed."""
+        changes = self.health.point_faults.update(
+            read, (FaultReport(f.point, str(f.kind), f.message) for f in faults), now
+        )
+        for fault in changes.raised:
+            log.warning("%s: %s", self.id, fault.message)
+            await self._event("alarm", f"{self.id}: {fault.message}", now)
+        for point in changes.cleared:
+            log.info("%s.%s reads a value again", self.id, point)
+            await self._event("info", f"{self.id}.{point} reads a value again", now)
+        return bool(changes)
 
     def _count_attempts(self) -> None:
         """Fold the driver's failed attempts into the health counters; log each kind at its

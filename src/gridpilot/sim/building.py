@@ -60,9 +60,11 @@ HVAC_ZONE_2 = "hvac_zone_2"
 AHU_FAN = "ahu_fan"
 WEATHER_IO = "weather_io"
 LOAD_PANEL = "load_panel"
+ANALOG_IO = "analog_io"
 
 DEVICE_IDS = (
     GRID_METER, PV_INVERTER, BATTERY, HVAC_ZONE_1, HVAC_ZONE_2, AHU_FAN, WEATHER_IO, LOAD_PANEL,
+    ANALOG_IO,
 )  # fmt: skip
 
 # Transmitters wired to the analog input module, channel by channel.
@@ -126,6 +128,9 @@ class BuildingState:
     irradiance_wm2: float = 0.0
     broken_loops: set[int] = field(default_factory=set)
     """Analog input channels whose wire is cut (0 mA), for fault tests."""
+    forced_loops_ma: dict[int, float] = field(default_factory=dict)
+    """Analog input channels held at a fixed loop current (mA), for fault tests: a broken
+    wire's leakage (2 mA), a transmitter's failure signal (3.6 or 21 mA)."""
     circuits_on: list[bool] = field(default_factory=lambda: [True, True, True])
     """Contactor of each load-panel circuit (True = closed, the load runs)."""
     extra_load_w: float = 0.0
@@ -161,6 +166,7 @@ class Building:
             AHU_FAN: self._fan_values,
             WEATHER_IO: self._weather_values,
             LOAD_PANEL: self._load_panel_values,
+            ANALOG_IO: self._analog_io_values,
         }
         if len(self.state.circuits_on) != len(self.params.load_panel.circuits):
             raise ValueError("circuits_on needs one entry per load-panel circuit")
@@ -253,6 +259,14 @@ class Building:
             self.state.broken_loops.add(channel)
         else:
             self.state.broken_loops.discard(channel)
+
+    def force_loop(self, channel: int, current_ma: float | None) -> None:
+        """Hold analog input ``channel`` at ``current_ma`` whatever its transmitter says
+        (``None`` releases it)."""
+        if current_ma is None:
+            self.state.forced_loops_ma.pop(channel, None)
+        else:
+            self.state.forced_loops_ma[channel] = current_ma
 
     # ------------------------------------------------------------------------------- reads
 
@@ -383,11 +397,22 @@ class Building:
             OUTDOOR_HUMIDITY_LOOP.current_ma(s.outdoor_humidity_pct),
             IRRADIANCE_LOOP.current_ma(s.irradiance_wm2),
         )
-        return (
-            0.0 if 0 in s.broken_loops else currents[0],
-            0.0 if 1 in s.broken_loops else currents[1],
-            0.0 if 2 in s.broken_loops else currents[2],
+        measured = tuple(
+            s.forced_loops_ma.get(i, 0.0 if i in s.broken_loops else current)
+            for i, current in enumerate(currents)
         )
+        return measured[0], measured[1], measured[2]
+
+    def _analog_io_values(self) -> dict[str, float]:
+        """An Advantech ADAM-6017 (the device library's profile) on the same three outdoor
+        transmitters, its channels set to the 0~20 mA range (type code 0x0182) so that it
+        reports the loop current itself; channels 3-7 are unwired (0 mA)."""
+        # The 0~20 mA range ends at 20 mA: the module reads no more than that.
+        currents = [min(current, 20.0) for current in self.loop_currents_ma()]
+        currents += [0.0] * (8 - len(currents))
+        values = {f"ai{channel}_current_ma": i for channel, i in enumerate(currents)}
+        values.update({f"ai{channel}_range_state": float(0x0182) for channel in range(8)})
+        return values
 
     def _weather_values(self) -> dict[str, float]:
         i0, i1, i2 = self.loop_currents_ma()

@@ -23,7 +23,12 @@ device             modelled on                                  encodings exerci
 ``load_panel``     I/O coupler with relay outputs driving the   coils (contactors), uint16
                    contactors of sheddable circuits, plus a     x10 W, uint32 CDAB
                    power module per circuit
+``analog_io``      Advantech ADAM-6017 on the outdoor loops     uint16 0-65535 = 0-20 mA; the
+                   (the device library's profile)               site scales 4-20 mA (NE 43)
 =================  ===========================================  ==============================
+
+``grid_meter`` and ``analog_io`` are built from the device library's profiles
+(``gridpilot.config.profiles``), so a site file can poll them with ``profile: NAME``.
 
 Every point name ends with a unit suffix (``gridpilot.model.units``); every point has a
 valid range; writable points are holding registers or coils. ``DeviceMap.config`` renders a
@@ -33,11 +38,14 @@ device as the YAML-ready dict of a site file's ``devices:`` entry.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
+from gridpilot.config.profiles import profile
 from gridpilot.fieldbus.codec import RegisterSpec
 from gridpilot.model import ByteOrder, DataType, Table, WordOrder
 from gridpilot.sim.building import (
     AHU_FAN,
+    ANALOG_IO,
     BATTERY,
     GRID_METER,
     HVAC_ZONE_1,
@@ -163,30 +171,73 @@ F32 = DataType.FLOAT32
 POWER_W = (-1_000_000.0, 1_000_000.0)
 ENERGY_WH = (0.0, 1e13)
 
-# Eastron SDM630 input registers: float32, two registers each, 30001 = address 0.
-METER = DeviceMap(
-    id=GRID_METER,
-    name="Grid connection meter (SDM630-style)",
+
+def profile_map(
+    name: str,
+    device_id: str,
+    title: str,
+    *,
+    unit_id: int,
+    poll_interval_s: float,
+    points: tuple[str, ...] | None = None,
+) -> DeviceMap:
+    """A simulated device serving the registers of a library profile (``points``: a subset
+    of its points, default all). The profile's valid ranges bound the simulator's writes."""
+    source = profile(name)
+    chosen = (
+        source.points
+        if points is None
+        else tuple(source.point(p) or _missing(name, p) for p in points)
+    )
+    sim_points = []
+    for p in chosen:
+        if p.address is None or p.valid_range is None:
+            raise ValueError(f"profile {name}: point {p.point} needs an address and valid_range")
+        spec = RegisterSpec(
+            point=p.point,
+            table=p.table,
+            address=p.address,
+            dtype=p.type,
+            length=p.length,
+            bit=p.bit,
+            word_order=p.word_order,
+            byte_order=p.byte_order,
+            scale=p.scale,
+            offset=p.offset,
+        )
+        sim_points.append(SimPoint(spec, p.valid_range, p.writable))
+    return DeviceMap(device_id, title, unit_id, poll_interval_s, tuple(sim_points))
+
+
+def _missing(name: str, point: str) -> NoReturn:
+    raise KeyError(f"profile {name} has no point {point!r}")
+
+
+# The grid meter is an Eastron SDM630 (input registers, float32, 30001 = address 0): the
+# library's profile, with the points the building's meter model supplies.
+METER = profile_map(
+    "eastron_sdm630",
+    GRID_METER,
+    "Grid connection meter (Eastron SDM630)",
     unit_id=1,
     poll_interval_s=1.0,
     points=(
-        _point("voltage_l1_v", _IR, 0x00, F32, (150.0, 300.0)),
-        _point("voltage_l2_v", _IR, 0x02, F32, (150.0, 300.0)),
-        _point("voltage_l3_v", _IR, 0x04, F32, (150.0, 300.0)),
-        _point("current_l1_a", _IR, 0x06, F32, (0.0, 2000.0)),
-        _point("current_l2_a", _IR, 0x08, F32, (0.0, 2000.0)),
-        _point("current_l3_a", _IR, 0x0A, F32, (0.0, 2000.0)),
-        _point("active_power_l1_w", _IR, 0x0C, F32, POWER_W),
-        _point("active_power_l2_w", _IR, 0x0E, F32, POWER_W),
-        _point("active_power_l3_w", _IR, 0x10, F32, POWER_W),
-        _point("active_power_w", _IR, 0x34, F32, POWER_W),
-        _point("apparent_power_va", _IR, 0x38, F32, (0.0, 1_000_000.0)),
-        _point("reactive_power_var", _IR, 0x3C, F32, POWER_W),
-        _point("power_factor_pf", _IR, 0x3E, F32, (-1.0, 1.0)),
-        _point("frequency_hz", _IR, 0x46, F32, (45.0, 55.0)),
-        # The SDM630 counts kWh; the point is in Wh.
-        _point("energy_import_wh", _IR, 0x48, F32, ENERGY_WH, scale=1000.0),
-        _point("energy_export_wh", _IR, 0x4A, F32, ENERGY_WH, scale=1000.0),
+        "voltage_l1_v",
+        "voltage_l2_v",
+        "voltage_l3_v",
+        "current_l1_a",
+        "current_l2_a",
+        "current_l3_a",
+        "active_power_l1_w",
+        "active_power_l2_w",
+        "active_power_l3_w",
+        "active_power_w",
+        "apparent_power_va",
+        "reactive_power_var",
+        "power_factor_pf",
+        "frequency_hz",
+        "energy_import_wh",
+        "energy_export_wh",
     ),
 )
 
@@ -361,7 +412,21 @@ def _load_panel() -> DeviceMap:
 
 LOAD_PANEL_MAP = _load_panel()
 
+# An ADAM-6017 on the outdoor transmitters, as the library's profile describes it (its two
+# digital outputs are not simulated).
+ANALOG_IO_MAP = profile_map(
+    "advantech_adam6017",
+    ANALOG_IO,
+    "Analog input module Advantech ADAM-6017 (outdoor transmitters, 0~20 mA range)",
+    unit_id=1,
+    poll_interval_s=2.0,
+    points=(
+        *(f"ai{channel}_current_ma" for channel in range(8)),
+        *(f"ai{channel}_range_state" for channel in range(8)),
+    ),
+)
+
 DEVICE_MAPS: tuple[DeviceMap, ...] = (
-    METER, PV, BATTERY_MAP, ZONE_1, ZONE_2, FAN, WEATHER, LOAD_PANEL_MAP,
+    METER, PV, BATTERY_MAP, ZONE_1, ZONE_2, FAN, WEATHER, LOAD_PANEL_MAP, ANALOG_IO_MAP,
 )  # fmt: skip
 """Every simulated device, in the order the servers get their ports."""

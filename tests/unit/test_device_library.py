@@ -39,6 +39,7 @@ def _decode(device: DeviceConfig, registers: dict[str, dict[str, int]]) -> Any:
 def test_the_library_has_the_devices_it_promises() -> None:
     profiles = library()
     kinds = [p.kind for p in profiles.values()]
+    assert ProfileKind.INVERTER in kinds  # sunspec: any compliant inverter
     assert kinds.count(ProfileKind.METER) >= 2
     assert kinds.count(ProfileKind.VFD) >= 2
     assert ProfileKind.ANALOG_INPUT in kinds
@@ -48,11 +49,28 @@ def test_the_library_has_the_devices_it_promises() -> None:
         assert all(p.doc for p in profile.points), profile.name
 
 
+MAPPED = sorted(name for name, p in library().items() if not p.sunspec)
+"""Profiles with a register map (the sunspec entry's maps come from the devices themselves,
+decoded by gridpilot.fieldbus.sunspec and tested in test_sunspec)."""
+
+
 def test_every_profile_has_a_fixture() -> None:
-    assert {p.stem for p in FIXTURES.glob("*.json")} == set(library())
+    assert {p.stem for p in FIXTURES.glob("*.json")} == set(MAPPED)
 
 
-@pytest.mark.parametrize("name", sorted(library()))
+def test_sunspec_profile_turns_on_discovery() -> None:
+    device = DeviceConfig.model_validate({"id": "inverter", "host": "h", "profile": "sunspec"})
+    assert device.sunspec is not None
+    assert device.sunspec.base == "auto"
+    assert device.points == ()
+    narrowed = DeviceConfig.model_validate(
+        {"id": "inverter", "host": "h", "profile": "sunspec", "sunspec": {"models": [103]}}
+    )
+    assert narrowed.sunspec is not None
+    assert narrowed.sunspec.models == (103,)
+
+
+@pytest.mark.parametrize("name", MAPPED)
 def test_profile_decodes_its_fixture(name: str) -> None:
     fixture = _fixture(name)
     assert fixture["source"]

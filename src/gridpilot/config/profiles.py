@@ -95,6 +95,9 @@ class DeviceProfile(BaseModel):
     defaults: dict[str, int | float] = {}
     """Device fields used where the site file sets nothing (``max_gap``, ``unit_id``...)."""
     points: tuple[ProfilePoint, ...] = ()
+    sunspec: bool = False
+    """The device describes itself (SunSpec): no points here; a device using the profile
+    gets a ``sunspec:`` block and the gateway discovers its models."""
 
     @field_validator("defaults")
     @classmethod
@@ -195,6 +198,12 @@ def expand_device(
     device = dict(entry)
     for key, value in found.defaults.items():
         device.setdefault(key, value)
+    if found.sunspec:
+        # Discovered at run time (gridpilot.fieldbus.sunspec); points the site lists are
+        # its own, beside the discovered ones.
+        if device.get("sunspec") is None:
+            device["sunspec"] = {}
+        return Expansion(device)
     selection = entry.get("points")
     problems: list[ProfileProblem] = []
     points: list[dict[str, Any]] = []

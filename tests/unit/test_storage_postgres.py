@@ -67,6 +67,8 @@ def test_partition_ddl_and_its_bound_read_back() -> None:
         f"CREATE TABLE IF NOT EXISTS samples_p20260302 PARTITION OF samples "
         f"FOR VALUES FROM ({T}) TO ({T + DAY_MS})"
     )
+    # Rollup rows are updated in place: their pages keep room for HOT updates.
+    assert create_partition_sql(Level.M15, 0).endswith("TO (2419200000) WITH (fillfactor = 70)")
     # What pg_get_expr(relpartbound) prints for a bigint range partition.
     assert parse_partition_bound(f"FOR VALUES FROM ('{T}') TO ('{T + DAY_MS}')") == (
         T,

@@ -433,3 +433,31 @@ async def test_restore_check_replaces_nothing_and_force_overwrites_a_held_databa
     finally:
         holder.kill()
         await holder.wait()
+
+
+@pytest.mark.parametrize(
+    ("storage", "tool"),
+    [
+        ({"backend": "postgresql", "postgresql": {"host": "db.plant", "user": "ems"}},
+         "pg_dump -Fc --schema=gridpilot --host=db.plant --port=5432 --dbname=gridpilot "
+         "--username=ems -f gridpilot.pgdump"),
+        ({"backend": "influxdb", "influxdb": {"url": "http://tsdb.plant:8086"}},
+         "influxd backup -portable -db gridpilot DIR"),
+    ],
+)  # fmt: skip
+async def test_with_an_external_database_the_backup_names_its_tool(
+    tmp_path: Path, storage: dict[str, object], tool: str
+) -> None:
+    config = tmp_path / "site" / "site.yaml"
+    config.parent.mkdir()
+    config.write_text(yaml.safe_dump({"site": {"id": "ext"}, "storage": storage}))
+    code, out, err = await run_cli("backup", str(config), str(tmp_path / "ext.tar"))
+    assert code == 0, err
+    assert tool in err
+    assert "not in this archive" in err
+    assert "site.yaml" in out
+    assert "database.sqlite" not in out
+    result = restore_backup(tmp_path / "new" / "site.yaml", tmp_path / "ext.tar")
+    assert [name for name, _ in result.replaced] == ["site.yaml"]
+    assert result.advice is not None
+    assert tool in result.advice

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Final
+from urllib.parse import urlsplit
 
 from gridpilot import __version__
 from gridpilot.config import ConfigError, GridPilotConfig, load_config, site_path
@@ -201,29 +202,34 @@ def _rotated(path: Path) -> Path:
 
 
 def external_storage_advice(config: GridPilotConfig) -> str | None:
-    """For a backend that keeps its data outside GridPilot's files: the tool that backs it
-    up and restores it. ``None`` for SQLite (the archive holds the database)."""
-    backend = str(config.storage.backend)
-    if backend == "sqlite":
-        return None
-    if backend.startswith("influx"):
+    """For a backend that keeps its data outside GridPilot's files: the commands that back
+    it up and restore it, filled in from the site file. ``None`` for SQLite (the archive
+    holds the database)."""
+    storage = config.storage
+    if storage.backend == "influxdb":
+        influx = storage.influxdb
+        host = urlsplit(influx.url).hostname or "127.0.0.1"
         return (
-            "the time series live in InfluxDB, not in this archive: back them up on the "
-            "InfluxDB host with 'influxd backup -portable -db DATABASE DIR' (InfluxDB 1.x) or "
-            "'influx backup DIR' (2.x), and restore with 'influxd restore -portable -db "
-            "DATABASE DIR' or 'influx restore DIR'"
+            f"the time series live in InfluxDB ({influx.url}), not in this archive: on "
+            f"{host}, back them up with 'influxd backup -portable -db {influx.database} DIR' "
+            f"(InfluxDB 1.x; 'influx backup DIR' on 2.x) and restore with 'influxd restore "
+            f"-portable -db {influx.database} DIR' ('influx restore DIR')"
         )
-    if backend.startswith(("postgres", "timescale")):
+    if storage.backend == "postgresql":
+        pg = storage.postgresql
+        target = (
+            f"--dbname='{pg.dsn}'"
+            if pg.dsn is not None
+            else f"--host={pg.host} --port={pg.port} --dbname={pg.dbname}"
+            + (f" --username={pg.user}" if pg.user else "")
+        )
         return (
             "the time series live in PostgreSQL, not in this archive: back them up with "
-            "'pg_dump -Fc --dbname=URL -f gridpilot.pgdump' (a consistent snapshot while "
-            "ingest runs), and restore with 'pg_restore --clean --if-exists --dbname=URL "
-            "gridpilot.pgdump'"
+            f"'pg_dump -Fc --schema={pg.schema_name} {target} -f gridpilot.pgdump' (a "
+            "consistent snapshot while ingest runs) and restore with 'pg_restore --clean "
+            f"--if-exists {target} gridpilot.pgdump'"
         )
-    return (
-        f"the time series live in the {backend} backend, not in this archive: back them up "
-        "with that database's own tools"
-    )
+    return None
 
 
 # --- backup ------------------------------------------------------------------------------

@@ -321,6 +321,11 @@ class GatewayConfig(_Frozen):
     poll_classes: PollClassesConfig = PollClassesConfig()
     """How much more often ``fast`` points and how much less often ``slow`` points are
     polled than a device's ``poll_interval`` (a device may set its own)."""
+    state_interval: timedelta = Field(
+        default=timedelta(seconds=10), ge=timedelta(milliseconds=100), le=timedelta(hours=1)
+    )
+    """How often each device's retained state (health, counters, poll jitter) is published
+    when nothing changed; a change is published at once."""
 
 
 class AnalogConfig(_Frozen):

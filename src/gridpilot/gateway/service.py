@@ -222,8 +222,11 @@ class _DeviceWorker:
         state_interval_s: float,
         bus_wait_s: float = 0.0,
         wire_s: float = 0.0,
+        phase: float = 0.0,
     ) -> None:
         self.site = site
+        self.phase = phase
+        """Where in its tick this device is polled, as a fraction of the tick (0 <= x < 1)."""
         self.device = device
         self.connection = connection
         self.bus = bus
@@ -234,6 +237,8 @@ class _DeviceWorker:
         self.blocks = self.plan.all_blocks
         self.poll_classes = device.poll_classes or gateway.poll_classes
         self.concurrent_reads = device.max_outstanding > 1
+        # Checked once: isinstance against a runtime Protocol is slow for every poll.
+        self._attempt_counts = connection if isinstance(connection, CountsAttempts) else None
         self.sunspec = SunSpecSession(device) if device.sunspec is not None else None
         # A request may take (timeout + its time on a serial wire) x (retries + 1)
         # (ModbusClientDevice's budget).
@@ -294,7 +299,7 @@ class _DeviceWorker:
             fast_divisor=self.poll_classes.fast_divisor,
             slow_multiple=self.poll_classes.slow_multiple,
         )
-        schedule = FixedRateSchedule(cycle.tick_s, loop.time())
+        schedule = FixedRateSchedule(cycle.tick_s, loop.time() + self.phase * cycle.tick_s)
         while True:
             await asyncio.sleep(max(0.0, schedule.deadline_s - loop.time()))
             if self.stopping:  # also ends a loop whose cancellation was swallowed (tasks.py)
@@ -469,9 +474,10 @@ class _DeviceWorker:
         """Fold the driver's failed attempts into the health counters; log each kind at its
         1st, 10th, 100th... occurrence (a noisy line cured by retries is worth knowing of,
         not worth a line per poll)."""
-        if not isinstance(self.connection, CountsAttempts):
+        source = self._attempt_counts
+        if source is None:
             return
-        for kind in self.health.attempts_counted(self.connection.error_counts):
+        for kind in self.health.attempts_counted(source.error_counts):
             count = self.health.counters.attempt_errors[kind]
             if count >= self._attempts_logged.get(kind, 0) * 10:
                 self._attempts_logged[kind] = max(count, 1)
@@ -640,10 +646,14 @@ class _DeviceWorker:
 
 
 def _split(block: ReadBlock, words: list[int]) -> list[tuple[RegisterSpec, list[int]]]:
-    try:
-        return [(spec, extract(block, words, spec)) for spec in block.specs]
-    except ValueError as exc:  # the driver returned the wrong number of words
-        raise ProtocolError(str(exc)) from exc
+    """Each spec's words out of a block's (``planner.extract`` without its per-spec checks:
+    the planner put every spec inside its block; only the reply's length is unknown)."""
+    if len(words) != block.count:  # the driver returned the wrong number of words
+        raise ProtocolError(
+            f"a read of {block.table} {block.address}+{block.count} returned {len(words)} words"
+        )
+    base = block.address
+    return [(spec, words[spec.address - base : spec.end - base]) for spec in block.specs]
 
 
 def _describe(exc: BaseException, what: str) -> tuple[str, str]:
@@ -668,7 +678,7 @@ class GatewayService:
     ``connector`` builds the driver of a device (default: ``ModbusConnector``: Modbus TCP,
     and RTU units sharing their bus); ``clock`` gives wall
     time in epoch ms (timestamps, expiry); ``state_interval`` is how often a device's state
-    is re-published when nothing changed.
+    is re-published when nothing changed (default: the site's ``gateway.state_interval``).
     """
 
     def __init__(
@@ -678,7 +688,7 @@ class GatewayService:
         *,
         connector: Connector | None = None,
         clock: Callable[[], int] = now_ms,
-        state_interval: timedelta = timedelta(seconds=10),
+        state_interval: timedelta | None = None,
         client_id: str | None = None,
     ) -> None:
         self.config = config
@@ -687,7 +697,7 @@ class GatewayService:
         self.gateway_id = config.gateway.id
         self._connector = connector if connector is not None else ModbusConnector(config)
         self._clock = clock
-        self._state_interval_s = state_interval.total_seconds()
+        self._state_interval_s = (state_interval or config.gateway.state_interval).total_seconds()
         self._client_id = client_id or (
             f"{config.broker.client_id_prefix}-{self.site}-{self.gateway_id}"
         )
@@ -723,7 +733,10 @@ class GatewayService:
             connect_timeout_s=broker.connect_timeout.total_seconds(),
         )
         # Workers first: a register map that cannot be planned fails before any I/O.
-        for device in self._polled:
+        # Phases spread evenly over the tick: 500 devices at 1 s are polled one every 2 ms
+        # rather than all at once, so no poll waits behind the other 499 (jitter) and the
+        # devices' replies do not all arrive together.
+        for index, device in enumerate(self._polled):
             key = _bus_key(device)
             bus_wait_s = sum(
                 (other.timeout.total_seconds() + _wire_s(self.config, other)) * (other.retries + 1)
@@ -731,6 +744,7 @@ class GatewayService:
                 if key is not None and other is not device and _bus_key(other) == key
             )
             self._workers[device.id] = _DeviceWorker(
+                phase=index / len(self._polled),
                 bus_wait_s=bus_wait_s,
                 wire_s=_wire_s(self.config, device),
                 site=self.site,

@@ -15,7 +15,7 @@ class Table(StrEnum):
 
     @property
     def is_bit(self) -> bool:
-        return self in (Table.COIL, Table.DISCRETE)
+        return self is Table.COIL or self is Table.DISCRETE
 
     @property
     def is_writable(self) -> bool:

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from gridpilot.bus.codec import CommandStatus, decode_command_result
 from gridpilot.config import DeviceConfig, GridPilotConfig
+from gridpilot.fieldbus.sunspec import ModelHeader, decode_model, layout, model_def
+from gridpilot.fieldbus.sunspec import unimplemented_words as sunspec_unimplemented
 from gridpilot.gateway.commands import (
     MAX_COMMAND_BYTES,
     Applied,
@@ -21,6 +23,7 @@ from gridpilot.gateway.commands import (
     RejectCode,
     Rejected,
     encode_result,
+    holds_whole_numbers,
     judge_readback,
     not_representable,
     parse_command,
@@ -29,6 +32,7 @@ from gridpilot.gateway.commands import (
     result_of,
     status_of,
 )
+from gridpilot.gateway.sunspec_poll import command_points
 from gridpilot.model import parse_timestamp_ms
 
 NOW = parse_timestamp_ms("2026-11-26T12:00:00Z")
@@ -80,6 +84,14 @@ CONFIG = GridPilotConfig.model_validate(
                         "bit": 3,
                         "writable": True,
                     },
+                    {
+                        "point": "operating_mode_state",
+                        "address": 12,
+                        "writable": True,
+                        "valid_range": [0, 4],
+                    },
+                    {"point": "limit_enable_state", "address": 13, "writable": True},
+                    {"point": "cycles_count", "address": 14, "type": "uint32", "writable": True},
                 ],
             },
             {
@@ -268,6 +280,12 @@ def command(point_name: str, value: float) -> Command:
         ("limit_pct", 33.3, 33.3001, False),
         ("enable_state", 1.0, 1.0, True),
         ("enable_state", 1.0, 0.0, False),
+        # Enumerations and flags in registers: the very value, not "within one step".
+        ("limit_enable_state", 1.0, 1.0, True),
+        ("limit_enable_state", 1.0, 0.0, False),  # the device ignored "enable"
+        ("operating_mode_state", 3.0, 2.0, False),
+        ("operating_mode_state", 3.0, 4.0, False),
+        ("cycles_count", 70000.0, 69999.0, False),
     ],
 )
 def test_judge_readback(point_name: str, target: float, readback: float, applied: bool) -> None:
@@ -288,6 +306,101 @@ def test_readback_not_a_number_fails() -> None:
     outcome = judge_readback(command("limit_pct", 1.0), point("limit_pct"), "text")
     assert isinstance(outcome, Failed)
     assert outcome.code is FailCode.READBACK_FAILED
+
+
+@pytest.mark.parametrize(
+    ("point_name", "value"),
+    [
+        ("operating_mode_state", 0.5),
+        ("operating_mode_state", 2.999),
+        ("limit_enable_state", 0.5),
+        ("cycles_count", 1e6 + 0.25),
+    ],
+)
+def test_a_fraction_for_an_enumeration_flag_or_count_is_refused(
+    point_name: str, value: float
+) -> None:
+    outcome = parse(payload(point=point_name, value=value))
+    assert isinstance(outcome, Rejected)
+    assert outcome.code is RejectCode.NOT_AN_INTEGER
+    assert outcome.reason.startswith(f"{value:g} is not an integer: {point_name} is an ")
+    assert "holds whole numbers" in outcome.reason
+    assert (outcome.id, outcome.point, outcome.value) == ("c-1", point_name, value)
+    result = orjson.loads(encode_result(outcome, NOW))
+    assert (result["status"], result["code"]) == ("rejected", "not_an_integer")
+
+
+def test_the_integer_check_names_the_range_and_comes_before_range_and_expiry() -> None:
+    outcome = parse(
+        payload(point="operating_mode_state", value=7.5, expires="2020-01-01T00:00:00Z")
+    )
+    assert isinstance(outcome, Rejected)
+    assert outcome.code is RejectCode.NOT_AN_INTEGER
+    assert outcome.reason.endswith("send one of them within [0, 4]")
+    # Whole numbers pass on to the range check as before; 2.0 is a whole number.
+    out_of_range = parse(payload(point="operating_mode_state", value=7.0))
+    assert isinstance(out_of_range, Rejected)
+    assert out_of_range.code is RejectCode.OUT_OF_RANGE
+    assert isinstance(parse(payload(point="operating_mode_state", value=2.0)), Command)
+    assert isinstance(parse(payload(point="operating_mode_state", value=2)), Command)
+
+
+def test_quantities_in_integer_registers_are_still_rounded_to_their_step() -> None:
+    # A controller's fractional watts are not a mistake: the int32 W register holds the
+    # nearest step and the read-back is judged within that step.
+    assert not holds_whole_numbers(point("active_power_setpoint_w"))
+    assert not holds_whole_numbers(point("voltage_setpoint_v"))
+    assert not holds_whole_numbers(point("enable_state"))  # a coil: 0 or 1, checked apart
+    cmd = parse(payload(value=-12345.6))
+    assert isinstance(cmd, Command)
+    assert isinstance(judge_readback(cmd, point("active_power_setpoint_w"), -12346.0), Applied)
+
+
+def _sunspec_704_device() -> DeviceConfig:
+    """The battery's 704 as the gateway offers it for commands (``command_points``)."""
+    definition = model_def(704)
+    assert definition is not None
+    values = {"WMaxLimPctEna": [0], "WMaxLimPct": [1000], "WMaxLimPct_SF": [0xFFFF], "WSetEna": [0]}
+    values |= {"WSet": [0, 0], "WSet_SF": [1], "WSetMod": [0]}
+    words: list[int] = []
+    items = layout(definition)
+    for path, p, _ in items:
+        if path == "ID":
+            words.append(704)
+        elif path == "L":
+            words.append(sum(q.size for _, q, _ in items) - 2)
+        else:
+            words.extend(values.get(path, sunspec_unimplemented(p)))
+    model = decode_model(ModelHeader(704, 40002, len(words) - 2), words)
+    return DeviceConfig.model_validate(
+        {"id": "storage", "host": "127.0.0.1", "sunspec": {}, "points": command_points([model])}
+    )
+
+
+def test_sunspec_enumerations_refuse_a_fraction_and_are_read_back_exactly() -> None:
+    device = _sunspec_704_device()
+    enable = device.point("m704_wsetena_state")
+    assert enable is not None
+    assert enable.valid_range == (0.0, 1.0)
+    outcome = parse_command(
+        payload(point="m704_wsetena_state", value=0.5), "storage", {"storage": device}, NOW
+    )
+    assert isinstance(outcome, Rejected)
+    assert outcome.code is RejectCode.NOT_AN_INTEGER
+    ok = parse_command(
+        payload(point="m704_wsetena_state", value=1.0), "storage", {"storage": device}, NOW
+    )
+    assert isinstance(ok, Command)
+    assert isinstance(judge_readback(ok, enable, 0.0), Failed)
+    assert isinstance(judge_readback(ok, enable, 1.0), Applied)
+    # WSet (int32 W, scale factor 1: steps of 10 W) is a quantity: rounded to its step.
+    wset = parse_command(
+        payload(point="m704_wset_w", value=-20004.0), "storage", {"storage": device}, NOW
+    )
+    assert isinstance(wset, Command)
+    wset_point = device.point("m704_wset_w")
+    assert wset_point is not None
+    assert isinstance(judge_readback(wset, wset_point, -20000.0), Applied)
 
 
 def test_tolerance_is_the_register_resolution() -> None:

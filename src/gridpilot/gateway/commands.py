@@ -20,7 +20,8 @@ as a ``bus.codec.CommandResult`` (:func:`result_of`, :func:`encode_result`):
 * :class:`Applied` — written, and the read-back matches the target within the register's
   resolution.
 * :class:`Rejected` — not attempted: malformed, unknown device or point, not writable,
-  not a number, outside ``valid_range``, expired, not representable in the register type,
+  not a number, a fraction for a point that holds whole numbers (an enumeration, a mode,
+  a count), outside ``valid_range``, expired, not representable in the register type,
   or the gateway is busy/stopping. ``code`` is a :class:`RejectCode`.
 * :class:`Failed` — attempted, but the write or the read-back failed, or the read-back
   differs from the target. ``code`` is a :class:`FailCode`.
@@ -58,6 +59,7 @@ class RejectCode(StrEnum):
     UNKNOWN_POINT = "unknown_point"
     NOT_WRITABLE = "not_writable"
     NOT_A_NUMBER = "not_a_number"
+    NOT_AN_INTEGER = "not_an_integer"
     OUT_OF_RANGE = "out_of_range"
     EXPIRED = "expired"
     NOT_REPRESENTABLE = "not_representable"
@@ -139,8 +141,9 @@ def parse_command(
 
     Checks, in order: size, then the wire shape by ``bus.codec.decode_command`` (malformed;
     ``not_a_number`` when ``value`` is there but not a finite number), device, point,
-    writability, 0/1 for coils, expiry, ``valid_range``. The first failing check decides
-    the reason.
+    writability, 0/1 for coils, a whole number for points that hold whole numbers
+    (``not_an_integer``), expiry, ``valid_range``. The first failing check decides the
+    reason.
     """
 
     if len(payload) > MAX_COMMAND_BYTES:
@@ -168,6 +171,19 @@ def parse_command(
         return reject(RejectCode.NOT_WRITABLE, not_writable)
     if point.table.is_bit and wire.value not in (0.0, 1.0):
         return reject(RejectCode.OUT_OF_RANGE, f"{wire.point} is a coil: value must be 0 or 1")
+    if holds_whole_numbers(point) and not wire.value.is_integer():
+        # Rounding 0.5 to 0 or 1 would pick a mode or an enable state the sender did not
+        # ask for, and the read-back (within one step) would call it applied.
+        return reject(
+            RejectCode.NOT_AN_INTEGER,
+            f"{wire.value:g} is not an integer: {wire.point} is an enumeration, flag or "
+            f"count ({point.type} register) and holds whole numbers; send one of them"
+            + (
+                f" within [{point.valid_range[0]:g}, {point.valid_range[1]:g}]"
+                if point.valid_range is not None
+                else ""
+            ),
+        )
     if wire.expires_ms <= now_ms:
         return reject(
             RejectCode.EXPIRED,
@@ -181,6 +197,20 @@ def parse_command(
                 f"{wire.value:g} is outside the valid range [{low:g}, {high:g}] of {wire.point}",
             )
     return Command(wire.id, device_id, wire.point, wire.value, wire.expires_ms, wire.source or "")
+
+
+WHOLE_NUMBER_SUFFIXES = ("_state", "_count")
+"""Point-name suffixes that declare dimensionless integers (``model.units``): enumerations,
+modes, enable flags, status words, counters."""
+
+
+def holds_whole_numbers(point: PointConfig) -> bool:
+    """True when the point's name declares an integer (``_state``, ``_count``; every point
+    name ends in its unit): an enumeration, a mode, an enable flag, a status word, a
+    counter. A fraction sent to it is a mistake to refuse, not a value to round.
+    Quantities in integer registers (``..._w`` in whole watts) are not such points: a
+    controller's -12345.6 W is rounded to the register's step as always."""
+    return point.point.endswith(WHOLE_NUMBER_SUFFIXES) and not point.table.is_bit
 
 
 def _undecodable(payload: bytes, device_id: str, error: PayloadError) -> Rejected:
@@ -250,12 +280,18 @@ def readback_tolerance(point: PointConfig, target: float) -> float:
 
     Integer registers hold ``round((target - offset) / scale)``, so the read-back may
     differ by up to one step, ``|scale|`` (one step, not half, so that devices that
-    truncate instead of rounding pass too). Float registers differ only by their
-    precision. A tiny absolute slack absorbs binary rounding of the scale arithmetic.
+    truncate instead of rounding pass too). An enumeration, flag or count
+    (:func:`holds_whole_numbers`) given a whole number is stored without rounding: its
+    read-back must be that very value, or a device that ignored "enable = 1" and still
+    reads 0 would count as applied. Float registers differ
+    only by their precision. A tiny absolute slack absorbs binary rounding of the scale
+    arithmetic.
     """
     slack = 1e-9 * max(1.0, abs(target))
     magnitude = abs(target - point.offset)
     if point.table.is_bit or point.type is DataType.BOOL:
+        return slack
+    if holds_whole_numbers(point) and float(target).is_integer():
         return slack
     if point.type is DataType.FLOAT32:
         return magnitude * 2.0**-22 + slack

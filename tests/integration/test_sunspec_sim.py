@@ -213,3 +213,76 @@ async def test_gateway_publishes_sunspec_points_and_applies_a_704_power_limit(
             assert result.json["status"] == "rejected"
             assert result.json["code"] == code
         assert gateway.health("sunspec_inverter").counters.polls > 0
+
+
+async def send(observer: Observer, site_id: str, device: str, point: str, value: float) -> Any:
+    """Send one command through Mosquitto and return its command/result payload."""
+    sent = Command(uuid.uuid4().hex, point, value, now_ms() + 10_000, "test")
+    await observer.command(site_id, device, encode_command(sent))
+    result = await observer.wait_for(
+        lambda r, i=sent.id: r.kind == "command/result" and r.json["id"] == i, within=10.0
+    )
+    return result.json
+
+
+async def test_gateway_sets_the_sunspec_storage_power_through_704_wset_and_reads_it_back(
+    site: SimulatedSite, site_id: str, mosquitto: BrokerAddress, observer: Observer
+) -> None:
+    config = sunspec_config(site, site_id)
+    battery = site.building.state.battery
+    assert battery.active_power_w == 0.0  # idle until told otherwise
+    async with GatewayService(config, mosquitto):
+        first = await observer.wait_for(
+            lambda r: r.device == "sunspec_storage" and r.kind == "telemetry", within=10.0
+        )
+        values = first.json["values"]
+        assert values["m802_soc_pct"] == pytest.approx(battery.soc_pct, abs=0.1)
+        assert values["m704_wsetena_state"] == 0.0
+        assert values["m802_chast_state"] == 6.0  # HOLDING
+
+        # A fraction for the enable flag is refused over the wire, nothing written.
+        refused = await send(observer, site_id, "sunspec_storage", "m704_wsetena_state", 0.5)
+        assert (refused["status"], refused["code"]) == ("rejected", "not_an_integer")
+        assert "0.5 is not an integer: m704_wsetena_state" in refused["reason"]
+        assert refused["readback"] is None
+
+        # Charge at 20 kW: the setpoint (WSet, W_SF-scaled int32, negative = absorbing),
+        # then its enable. Each is written and read back from the device.
+        for point, value in (("m704_wset_w", -20_000.0), ("m704_wsetena_state", 1.0)):
+            result = await send(observer, site_id, "sunspec_storage", point, value)
+            assert result["status"] == "applied", result
+            assert result["readback"] == value
+        await site.wait_ticks(5)
+        assert site.building.state.battery.setpoint_w == -20_000.0
+        charging = await observer.wait_for(
+            lambda r: (
+                r.device == "sunspec_storage"
+                and r.kind == "telemetry"
+                and r.json["values"].get("m802_w") == -20_000.0
+            ),
+            within=10.0,
+        )
+        assert charging.json["values"]["m802_chast_state"] == 4.0  # CHARGING
+        assert charging.json["values"]["m704_wset_w"] == -20_000.0
+        assert charging.json["values"]["m704_wsetena_state"] == 1.0
+
+        # Beyond the register's range and a read-only 802 point: refused, nothing written.
+        for point, value, code in (
+            ("m704_wset_w", 1e12, "out_of_range"),
+            ("m802_w", 5_000.0, "unknown_point"),
+        ):
+            result = await send(observer, site_id, "sunspec_storage", point, value)
+            assert (result["status"], result["code"]) == ("rejected", code), result
+
+        # Disable: the battery goes back to idle.
+        result = await send(observer, site_id, "sunspec_storage", "m704_wsetena_state", 0.0)
+        assert result["status"] == "applied", result
+        await observer.wait_for(
+            lambda r: (
+                r.device == "sunspec_storage"
+                and r.kind == "telemetry"
+                and r.json["values"].get("m802_w") == 0.0
+            ),
+            within=10.0,
+        )
+        assert site.building.state.battery.setpoint_w == 0.0

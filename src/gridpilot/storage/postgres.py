@@ -226,16 +226,6 @@ _COPY_STAGE: Final = "COPY stage (series_id, ts_ms, value, batch) FROM STDIN (FO
 # The first arrival of each identity (smallest seq) goes on; RETURNING names the rows that
 # were really new. With several batches in the group, each new row is credited to the
 # batch that brought it first.
-_INSERT_NEW_ONE_BATCH: Final = """
-WITH first AS (
-    SELECT DISTINCT ON (series_id, ts_ms) series_id, ts_ms, value
-    FROM stage ORDER BY series_id, ts_ms, seq
-), ins AS (
-    INSERT INTO samples (series_id, ts_ms, value) SELECT series_id, ts_ms, value FROM first
-    ON CONFLICT DO NOTHING RETURNING series_id, ts_ms, value
-)
-INSERT INTO fresh (series_id, ts_ms, value, batch) SELECT series_id, ts_ms, value, 0 FROM ins"""
-
 _INSERT_NEW_GROUP: Final = """
 WITH first AS (
     SELECT DISTINCT ON (series_id, ts_ms) series_id, ts_ms, value, batch
@@ -263,6 +253,22 @@ SELECT series_id, {bucket_sql("ts_ms", _FINEST.bucket_ms)},
        min(value), max(value), sum(value), count(*), max(ts_ms),
        (array_agg(value ORDER BY ts_ms DESC))[1]
 FROM fresh GROUP BY 1, 2"""  # noqa: S608 - see _SQL_NOTE
+
+# One batch: the new rows go straight into the 1-minute partials (no per-row table between;
+# the partials' counts sum to the rows inserted).
+_INSERT_NEW_ONE_BATCH: Final = f"""
+WITH first AS (
+    SELECT DISTINCT ON (series_id, ts_ms) series_id, ts_ms, value
+    FROM stage ORDER BY series_id, ts_ms, seq
+), ins AS (
+    INSERT INTO samples (series_id, ts_ms, value) SELECT series_id, ts_ms, value FROM first
+    ON CONFLICT DO NOTHING RETURNING series_id, ts_ms, value
+)
+INSERT INTO agg (series_id, bucket_ms, mn, mx, sm, ct, lts, lv)
+SELECT series_id, {bucket_sql("ts_ms", Level.M1.bucket_ms)},
+       min(value), max(value), sum(value), count(*), max(ts_ms),
+       (array_agg(value ORDER BY ts_ms DESC))[1]
+FROM ins GROUP BY 1, 2"""  # noqa: S608 - see _SQL_NOTE
 
 _UPSERT_TAIL: Final = """
 ON CONFLICT (series_id, bucket_ms) DO UPDATE SET
@@ -1000,10 +1006,17 @@ class PostgresStorage:
                         ):
                             copy.write_row(row)
             single = len(batches) == 1
-            cur.execute(_INSERT_NEW_ONE_BATCH if single else _INSERT_NEW_GROUP)
-            inserted = cur.rowcount
+            if single:
+                cur.execute(_INSERT_NEW_ONE_BATCH)
+                cur.execute("SELECT coalesce(sum(ct), 0) FROM agg")
+                counted = cur.fetchone()
+                inserted = int(counted[0]) if counted else 0
+            else:
+                cur.execute(_INSERT_NEW_GROUP)
+                inserted = cur.rowcount
+                if inserted:
+                    cur.execute(_FILL_AGG)
             if inserted:
-                cur.execute(_FILL_AGG)
                 for upsert in _ROLLUP_UPSERTS:
                     cur.execute(upsert)
                 cur.execute(_LATEST_UPSERT)

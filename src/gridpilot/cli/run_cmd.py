@@ -66,7 +66,8 @@ def run(service: str, config: Path) -> None:
 @click.option(
     "--rtu",
     "rtu_port",
-    help="Also serve every device as a Modbus RTU unit (1, 2, ...) on this serial port, e.g. "
+    help="Also serve every device (with --sunspec the SunSpec ones too, numbered after the "
+    "building's) as a Modbus RTU unit (1, 2, ...) on this serial port, e.g. "
     "one end of `socat -d -d pty,raw,echo=0,link=/tmp/sim-rtu pty,raw,echo=0,link=/tmp/gw-rtu`.",
 )
 @click.option(
@@ -95,8 +96,6 @@ def sim(
 
     if rtu_gateway_port is not None and rtu_port is None:
         fail("--rtu-gateway-port needs --rtu (the simulator's end of the line)")
-    if sunspec and rtu_gateway_port is not None:
-        fail("--sunspec devices are served over TCP only; leave out --rtu-gateway-port")
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -13,8 +13,9 @@ physical effect (battery power, ramps) appears from the next tick.
         await site.start_device("battery")               # back on the same port
 
 With ``rtu_port`` the same devices also answer as Modbus RTU units 1, 2, ... (in device
-order) on that serial port, e.g. one end of a pseudo-terminal pair whose other end the
-gateway opens; ``rtu_site_config`` describes them as a site file's serial bus and devices.
+order, the SunSpec devices after the building's) on that serial port, e.g. one end of a
+pseudo-terminal pair whose other end the gateway opens; ``rtu_site_config`` describes them
+as a site file's serial bus and devices.
 """
 
 from __future__ import annotations
@@ -97,7 +98,11 @@ class SimulatedSite:
                 port=base_port + offset if base_port else 0,
             )
         self.rtu_port = rtu_port
-        self._rtu_units = {m.id: unit for unit, m in enumerate(device_maps, start=1)}
+        # One unit id per device on the line, the SunSpec devices (unit 1 each on their own
+        # TCP port) numbered on after the building's.
+        self._rtu_units = {
+            device_id: unit for unit, device_id in enumerate((*self._maps, *self._sunspec), start=1)
+        }
         self._rtu: RtuSlaveBus | None = None
         self._building: Building | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -114,11 +119,11 @@ class SimulatedSite:
             for server in self._servers.values():
                 await server.start()
             if self.rtu_port is not None:
-                self._rtu = RtuSlaveBus(
-                    self.rtu_port,
-                    {self._rtu_units[d]: image for d, image in self._images.items()},
-                    self._apply_write,
-                )
+                units: dict[int, RegisterImage] = {
+                    self._rtu_units[d]: image for d, image in self._images.items()
+                }
+                units |= {self._rtu_units[d]: image for d, image in self._sunspec.items()}
+                self._rtu = RtuSlaveBus(self.rtu_port, units, self._apply_any_write)
                 self._rtu.open()
         except BaseException:
             await self._stop_servers()
@@ -203,7 +208,7 @@ class SimulatedSite:
 
     @property
     def rtu_devices(self) -> tuple[str, ...]:
-        """Ids of the devices that also answer as RTU units (not the SunSpec ones)."""
+        """Ids of the devices that also answer as RTU units on ``rtu_port`` (all of them)."""
         return tuple(self._rtu_units)
 
     def rtu_unit_of(self, device_id: str) -> int:
@@ -274,6 +279,13 @@ class SimulatedSite:
     def _apply_write(self, device_id: str, write: AppliedWrite) -> None:
         log.info("%s.%s written: %g", device_id, write.point.name, write.value)
         self.building.write_point(device_id, write.point.name, write.value)
+
+    def _apply_any_write(self, device_id: str, write: AppliedWrite) -> None:
+        """A write through the RTU line, to a building device or a SunSpec one."""
+        if device_id in self._sunspec:
+            self._apply_sunspec_write(device_id, write)
+        else:
+            self._apply_write(device_id, write)
 
     def _apply_sunspec_write(self, device_id: str, write: AppliedWrite) -> None:
         log.info("%s.%s written: %g", device_id, write.point.name, write.value)

@@ -12,6 +12,7 @@ from gridpilot.cli.control_cmd import control_group
 from gridpilot.cli.demo_cmd import demo
 from gridpilot.cli.deploy_cmd import deploy_group
 from gridpilot.cli.devices_cmd import devices_group
+from gridpilot.cli.doctor_cmd import doctor
 from gridpilot.cli.query_cmd import query
 from gridpilot.cli.run_cmd import run, sim
 from gridpilot.cli.tail_cmd import tail
@@ -33,6 +34,7 @@ for command in (
     demo,
     deploy_group,
     devices_group,
+    doctor,
     query,
     restore,
     run,

@@ -1,0 +1,330 @@
+"""`gridpilot doctor` against real parts: the simulated building polled by the gateway into
+SQLite through a real Mosquitto passes; then each deliberately broken setup -- broker down,
+a wrong device port, a serial port held by another process, a world-readable secret, a tiny
+open-file limit -- is named with its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gridpilot.app import Service, run_services
+from gridpilot.bus.client import BrokerAddress
+from gridpilot.config import load_config
+from gridpilot.ops.doctor import SCHEMA, DoctorReport, run_doctor
+from gridpilot.ops.doctor_rules import CheckResult, Verdict
+from gridpilot.sim.site import SimulatedSite
+from gridpilot.storage.sqlite import SqliteStorage
+from tests.conftest import find_free_port
+
+pytestmark = pytest.mark.integration
+
+SITE = "doctor"
+POLL_S = 1.0
+
+
+@dataclass
+class RunningSite:
+    directory: Path
+    data: dict[str, Any]
+    """The healthy site file's content; broken variants are edited copies."""
+
+    def write(self, directory: Path, data: dict[str, Any]) -> Path:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        path = directory / "site.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def variant(self) -> dict[str, Any]:
+        """A deep copy of the healthy site whose storage is the running one's database."""
+        data: dict[str, Any] = yaml.safe_load(yaml.safe_dump(self.data))
+        data["storage"]["path"] = str(self.directory / "site.db")
+        return data
+
+
+async def _stored_devices(db: Path) -> set[str]:
+    if not db.exists():
+        return set()
+    async with SqliteStorage(db) as storage:
+        return {v.series.device for v in await storage.latest(SITE)}
+
+
+@pytest.fixture
+async def site(mosquitto: BrokerAddress, tmp_path: Path) -> AsyncIterator[RunningSite]:
+    """The simulated building, its gateway and ingest running in this process against the
+    session's Mosquitto, with a few seconds of data stored."""
+    async with SimulatedSite(base_port=0, speed=1.0) as sim:
+        devices = sim.site_config(SITE)
+        for device in devices:
+            device["poll_interval"] = POLL_S
+        data: dict[str, Any] = {
+            "site": {"id": SITE},
+            "broker": {"url": f"mqtt://127.0.0.1:{mosquitto.port}"},
+            "storage": {"path": "site.db", "flush_interval": 0.1},
+            "gateway": {"state_interval": 1.0},
+            "devices": devices,
+        }
+        running = RunningSite(tmp_path / "site", data)
+        site_file = running.write(running.directory, data)
+        config = load_config(site_file)
+        stop = asyncio.Event()
+        services = asyncio.create_task(
+            run_services(config, running.directory, [Service.GATEWAY, Service.INGEST], stop)
+        )
+        try:
+            expected = {d.id for d in config.devices}
+            async with asyncio.timeout(30):
+                while await _stored_devices(running.directory / "site.db") != expected:
+                    assert not services.done(), services
+                    await asyncio.sleep(0.5)
+            await asyncio.sleep(2 * POLL_S)
+            yield running
+        finally:
+            stop.set()
+            await asyncio.wait_for(services, timeout=20)
+
+
+def _by(report: DoctorReport, check: str, subject: str | None = None) -> list[CheckResult]:
+    found = [
+        r for r in report.results if r.check == check and (subject is None or r.subject == subject)
+    ]
+    assert found, f"no {check} {subject} in {report.render_text()}"
+    return found
+
+
+def _one(report: DoctorReport, check: str, subject: str | None = None) -> CheckResult:
+    found = _by(report, check, subject)
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def test_a_healthy_site_passes(site: RunningSite) -> None:
+    site_file = site.directory / "site.yaml"
+    report = await run_doctor(load_config(site_file), site_file, timeout_s=10)
+    text = report.render_text()
+
+    assert report.exit_code == 0, text
+    assert [r for r in report.results if r.verdict is Verdict.FAIL] == [], text
+    assert _one(report, "broker").verdict is Verdict.OK, text
+    assert "session in" in _one(report, "broker").finding
+    # The session's Mosquitto runs from a file this process can read (found through /proc):
+    # its raised queue limits cover the site.
+    queues = _one(report, "broker_queues")
+    assert queues.verdict is Verdict.OK, text
+    assert queues.details["max_queued_messages"] == 1_000_000
+    assert _one(report, "storage").verdict in (Verdict.OK, Verdict.WARN), text  # a busy disk
+    assert _one(report, "storage").details["median_latency_ms"] >= 0
+    device_ids = [d["id"] for d in site.data["devices"]]
+    # Reachability is exact; rates and gaps may show the load of a shared test machine (a
+    # timed-out poll) as a warning, never as a failure.
+    for device in device_ids:
+        assert _one(report, "device", device).verdict is Verdict.OK, text
+        assert _one(report, "device_errors", device).verdict in (Verdict.OK, Verdict.WARN), text
+        assert _one(report, "device_errors", device).details["polls"] >= 2
+        gaps = _one(report, "data_gaps", device)
+        assert gaps.verdict in (Verdict.OK, Verdict.WARN), text
+        assert gaps.details["samples"] >= 2
+    assert _one(report, "clock").verdict is Verdict.OK, text
+    assert _one(report, "permissions").verdict is Verdict.OK, text
+    # A developer's shell may have a low limit; it must never fail this site.
+    assert _one(report, "open_files").verdict in (Verdict.OK, Verdict.WARN), text
+    # The text report: one line per check, then a summary.
+    assert len(text.splitlines()) >= len(report.results) + 2
+    assert "0 failed" in text
+
+
+async def test_broker_down_is_named_with_its_fix(site: RunningSite, tmp_path: Path) -> None:
+    data = site.variant()
+    dead = find_free_port()
+    data["broker"]["url"] = f"mqtt://127.0.0.1:{dead}"
+    site_file = site.write(tmp_path / "no-broker", data)
+    report = await run_doctor(load_config(site_file), site_file, timeout_s=5)
+
+    assert report.exit_code == 1
+    broker = _one(report, "broker")
+    assert broker.verdict is Verdict.FAIL
+    assert f"nothing listens on 127.0.0.1:{dead}" in broker.finding
+    assert broker.fix is not None
+    assert "systemctl start mosquitto" in broker.fix
+    assert "broker.url" in broker.fix
+    # Without the broker the counters cannot be read: said, not failed a second time.
+    for result in _by(report, "device_errors"):
+        assert result.verdict is Verdict.SKIPPED
+    assert "What to do next:" in report.render_text()
+
+
+async def test_a_wrong_device_port_is_named_with_its_fix(site: RunningSite, tmp_path: Path) -> None:
+    data = site.variant()
+    wrong = find_free_port()
+    meter = next(d for d in data["devices"] if d["id"] == "grid_meter")
+    meter["port"] = wrong
+    site_file = site.write(tmp_path / "wrong-port", data)
+    report = await run_doctor(load_config(site_file), site_file, timeout_s=5)
+
+    assert report.exit_code == 1
+    device = _one(report, "device", "grid_meter")
+    assert device.verdict is Verdict.FAIL
+    assert device.finding.startswith("refused:")
+    assert f"127.0.0.1:{wrong}" in device.finding
+    assert device.fix is not None
+    assert "check the port" in device.fix
+    # The other devices are fine, and only this one is named.
+    failed = {(r.check, r.subject) for r in report.results if r.verdict is Verdict.FAIL}
+    assert failed == {("device", "grid_meter")}, report.render_text()
+
+
+async def test_a_serial_port_held_by_another_process_names_it(
+    site: RunningSite, tmp_path: Path
+) -> None:
+    master, slave = os.openpty()
+    port = os.ttyname(slave)
+    os.close(slave)  # only the holder keeps the line open
+    holder_code = (
+        "import sys, time, serial\n"
+        "port = serial.Serial(sys.argv[1], exclusive=True)\n"
+        "print('holding', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", holder_code, port, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        async with asyncio.timeout(20):
+            assert (await holder.stdout.readline()).strip() == b"holding"
+        data = site.variant()
+        data["serial_buses"] = [{"id": "rs485", "port": port, "baudrate": 9600, "parity": "N"}]
+        data["devices"].append(
+            {
+                "id": "sub_meter",
+                "protocol": "modbus_rtu",
+                "bus": "rs485",
+                "unit_id": 3,
+                "points": [{"point": "active_power_w", "address": 0, "type": "int32"}],
+            }
+        )
+        site_file = site.write(tmp_path / "serial", data)
+        report = await run_doctor(load_config(site_file), site_file, timeout_s=5)
+    finally:
+        holder.kill()
+        await holder.wait()
+        os.close(master)
+
+    assert report.exit_code == 1
+    bus = _one(report, "serial_bus", f"rs485 ({port})")
+    assert bus.verdict is Verdict.FAIL
+    assert bus.finding.startswith("busy:")
+    assert f"{port} is held by process {holder.pid} ({sys.executable} -c" in bus.finding
+    assert bus.fix is not None
+    assert f"kill {holder.pid}" in bus.fix
+    assert f"fuser -v {port}" in bus.fix
+    unit = _one(report, "device", "sub_meter")
+    assert unit.verdict is Verdict.SKIPPED
+    assert "held by another process" in unit.finding
+
+
+@pytest.mark.parametrize("exposed_file", ["broker_password", "token_store"])
+async def test_a_world_readable_secret_is_named_with_its_fix(
+    site: RunningSite, tmp_path: Path, exposed_file: str
+) -> None:
+    data = site.variant()
+    directory = tmp_path / "secret"
+    directory.mkdir(mode=0o700)
+    if exposed_file == "broker_password":
+        exposed = directory / "broker.password"
+        exposed.write_text("s3cret\n")
+        data["broker"]["username"] = "gateway"
+        data["broker"]["password_file"] = str(exposed)
+    else:
+        exposed = directory / "api-tokens.json"
+        exposed.write_text("{}\n")
+    exposed.chmod(0o644)
+    site_file = site.write(directory, data)
+    report = await run_doctor(load_config(site_file), site_file, timeout_s=5)
+
+    assert report.exit_code == 1
+    permissions = _one(report, "permissions")
+    assert permissions.verdict is Verdict.FAIL
+    assert f"{exposed} has mode 0644: others may read it" in permissions.finding
+    assert permissions.fix is not None
+    assert f"chmod 600 {exposed}" in permissions.fix
+    if exposed_file == "broker_password":
+        # The services refuse such a password file, and so does the broker check.
+        broker = _one(report, "broker")
+        assert broker.verdict is Verdict.FAIL
+        assert "readable by others" in broker.finding
+
+
+def _limit_open_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+async def _doctor_subprocess(
+    site_file: Path, *, tiny_limit: bool
+) -> tuple[int, dict[str, Any], str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridpilot", "doctor", str(site_file), "--json", "--timeout", "5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_limit_open_files if tiny_limit else None,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode is not None
+    return process.returncode, json.loads(stdout), stderr.decode()
+
+
+async def test_the_command_reports_json_and_a_tiny_open_file_limit(site: RunningSite) -> None:
+    site_file = site.directory / "site.yaml"
+    # One process runs under a limit of 64 descriptors, one under this shell's.
+    (code, report, stderr), (healthy_code, healthy, _) = await asyncio.gather(
+        _doctor_subprocess(site_file, tiny_limit=True),
+        _doctor_subprocess(site_file, tiny_limit=False),
+    )
+
+    assert healthy_code == 0, healthy
+    assert healthy["schema"] == SCHEMA
+    assert healthy["site"] == SITE
+    assert healthy["verdict"] in ("ok", "warn")
+    assert healthy["counts"]["fail"] == 0
+    assert {c["check"] for c in healthy["checks"]} >= {
+        "broker", "broker_tls", "broker_queues", "storage", "device", "device_errors",
+        "data_gaps", "clock", "permissions", "open_files",
+    }  # fmt: skip
+    for check in healthy["checks"]:
+        assert set(check) == {
+            "check", "subject", "verdict", "finding", "fix", "duration_s", "details",
+        }  # fmt: skip
+
+    assert code == 1, stderr
+    assert report["verdict"] == "fail"
+    limits = next(c for c in report["checks"] if c["check"] == "open_files")
+    assert limits["verdict"] == "fail"
+    assert limits["details"]["soft"] == 64
+    assert "open-file limit 64 is below the" in limits["finding"]
+    assert "Too many open files" in limits["finding"]
+    assert "LimitNOFILE=" in limits["fix"]
+    assert "ulimit -n" in limits["fix"]
+    # Only the limit is wrong here.
+    failed = [c["check"] for c in report["checks"] if c["verdict"] == "fail"]
+    assert failed == ["open_files"], report
+
+
+async def test_a_config_error_exits_with_2(tmp_path: Path) -> None:
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text("site: {id: x}\nbroker: {url: 'http://nope'}\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridpilot", "doctor", str(site_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 2
+    assert b"mqtt://" in stderr

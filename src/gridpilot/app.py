@@ -105,7 +105,7 @@ async def run_services(
             address = broker.address
             log.info("embedded MQTT broker on %s", broker.url)
         else:
-            address = BrokerAddress.from_config(config.broker)
+            address = BrokerAddress.from_config(config.broker, base_dir=base_dir)
         db_path: Path | None = None
         storage = None
         if {Service.INGEST, Service.API, Service.CONTROLLER} & set(services):
@@ -116,7 +116,7 @@ async def run_services(
             # The writer owns housekeeping: one retention timer per database, not per reader.
             await stack.enter_async_context(RetentionService(storage))
             ingest = await stack.enter_async_context(
-                IngestService(config, address, storage, embedded_broker=embedded)
+                IngestService(config, address, storage, embedded_broker=embedded, base_dir=base_dir)
             )
         if Service.GATEWAY in services:
             gateway = await stack.enter_async_context(GatewayService(config, address))

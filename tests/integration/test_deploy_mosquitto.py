@@ -1,80 +1,77 @@
-"""deploy/mosquitto/gridpilot.conf, the shipped production broker configuration, run as is
-(only paths and the port moved into the test's directory): it loads, refuses anonymous
-clients, admits users of its password file, and queues far more than Mosquitto's default
-1000 QoS 1 messages for a persistent subscriber that is away."""
+"""deploy/mosquitto/gridpilot.conf, the shipped production broker configuration: it is what
+``gridpilot deploy mosquitto`` renders, and run with only its paths and ports moved into the
+test's directory it loads, refuses anonymous clients, admits users of its password file, and
+queues far more than Mosquitto's default 1000 QoS 1 messages for a persistent subscriber
+that is away. (TLS, certificates and the ACL: test_mqtt_security.py.)"""
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from tests.conftest import MOSQUITTO, find_free_port
+from gridpilot.cli.main import cli
+from gridpilot.ops.mosquitto import BrokerLayout, render_acl, render_broker_config
+from tests.production_broker import ProductionBroker
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CONF = REPO / "deploy" / "mosquitto" / "gridpilot.conf"
+SHIPPED = REPO / "deploy" / "mosquitto"
 USER, PASSWORD = "ingest", "correct horse battery staple"
+PUBLISHER, PUBLISHER_PASSWORD = "gateway", "another long passphrase"  # the ACL's writer
 BACKLOG = 5_000  # five times Mosquitto's default max_queued_messages
 
 
-def localise(conf: str, workdir: Path, port: int, password_file: Path) -> str:
-    """Point the production file's paths at the test directory; keep every other line."""
-    out = []
-    for line in conf.splitlines():
-        key = line.split(" ", 1)[0]
-        if key == "listener":
-            line = f"listener {port} 127.0.0.1"  # noqa: PLW2901
-        elif key == "password_file":
-            line = f"password_file {password_file}"  # noqa: PLW2901
-        elif key == "persistence_location":
-            line = f"persistence_location {workdir}/"  # noqa: PLW2901
-        elif key == "pid_file":
-            line = f"pid_file {workdir}/mosquitto.pid"  # noqa: PLW2901
-        elif key == "log_dest":
-            line = f"log_dest file {workdir}/mosquitto.log"  # noqa: PLW2901
-        out.append(line)
-    if os.geteuid() == 0:
-        out.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
-    return "\n".join(out) + "\n"
+def test_shipped_files_are_what_deploy_mosquitto_renders() -> None:
+    assert (SHIPPED / "gridpilot.conf").read_text() == render_broker_config(BrokerLayout())
+    assert (SHIPPED / "gridpilot.acl").read_text() == render_acl()
+    conf = (SHIPPED / "gridpilot.conf").read_text().splitlines()
+    for line in (
+        "per_listener_settings true",
+        "persistence true",
+        "max_queued_messages 1000000",
+        "max_connections 5000",
+        "listener 8883",
+        "tls_version tlsv1.3",
+        "require_certificate true",
+        "use_identity_as_username true",
+    ):
+        assert line in conf
+    assert conf.count("allow_anonymous false") == 2  # each listener, per_listener_settings
+
+
+def test_deploy_mosquitto_writes_a_site_config_and_acl(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "site: {id: plant}\n"
+        "devices:\n"
+        "  - {id: meter, host: 10.0.0.5, points: [{point: active_power_w, address: 0}]}\n"
+        "  - {id: sensor-1, protocol: mqtt, points: [{point: temperature_degc}]}\n"
+    )
+    out = tmp_path / "etc"
+    result = CliRunner().invoke(cli, ["deploy", "mosquitto", str(site), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "still needed" in result.output  # no certificates issued yet
+    acl = (out / "acl").read_text().splitlines()
+    # The gateway may publish the Modbus meter's telemetry, not the MQTT sensor's.
+    assert "topic write gridpilot/v1/plant/meter/telemetry" in acl
+    assert "topic write gridpilot/v1/plant/sensor-1/telemetry" not in acl
+    assert "pattern write gridpilot/v1/plant/%u/telemetry" in acl
+    conf = (out / "mosquitto.conf").read_text()
+    assert f"acl_file {out.absolute() / 'acl'}" in conf
+    assert f"cafile {out.absolute() / 'ca.crt'}" in conf
 
 
 @pytest.fixture
 def production_broker(tmp_path: Path) -> Iterator[int]:
-    passwd = shutil.which("mosquitto_passwd")
-    assert passwd, "mosquitto_passwd missing: apt-get install mosquitto"
-    password_file = tmp_path / "gridpilot.passwd"
-    subprocess.run([passwd, "-b", "-c", str(password_file), USER, PASSWORD], check=True)
-    password_file.chmod(0o600)
-    port = find_free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(localise(CONF.read_text(), tmp_path, port, password_file))
-    process = subprocess.Popen([str(MOSQUITTO), "-c", str(conf)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                log = (
-                    (tmp_path / "mosquitto.log").read_text()
-                    if (tmp_path / "mosquitto.log").exists()
-                    else ""
-                )
-                pytest.fail(f"gridpilot.conf did not start mosquitto; its log:\n{log}")
-            time.sleep(0.05)
-    yield port
-    process.terminate()
-    process.wait(timeout=10)
+    broker = ProductionBroker(tmp_path, users={USER: PASSWORD, PUBLISHER: PUBLISHER_PASSWORD})
+    broker.start()
+    yield broker.local_port
+    broker.stop()
 
 
 def sub(port: int, *args: str, user: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -103,7 +100,8 @@ def test_persistent_subscriber_gets_a_backlog_beyond_the_default_limit(
     )
     for chunk in range(0, BACKLOG, 1000):  # mosquitto_pub -l stops at 65,535 lines; stay far below
         subprocess.run(
-            ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", USER, "-P", PASSWORD,
+            ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", PUBLISHER,
+             "-P", PUBLISHER_PASSWORD,
              "-q", "1", "-t", topic, "-l"],
             input="\n".join(lines.splitlines()[chunk : chunk + 1000]).encode(),
             check=True, timeout=60,

@@ -60,7 +60,10 @@ from gridpilot.bus.errors import (
     BusTimeoutError,
     BusUnavailableError,
 )
-from gridpilot.config.models import BrokerConfig
+from gridpilot.bus.signing import SIGNATURE_PROPERTY, decode_key, sign
+from gridpilot.bus.tls import client_ssl_context, describe_tls_failure
+from gridpilot.config.models import BrokerConfig, site_path
+from gridpilot.config.secrets import SecretError, read_secret
 
 __all__ = [
     "BrokerAddress",
@@ -103,6 +106,9 @@ class BrokerAddress:
     """Where the broker is and how to log in. ``password`` is never shown in repr/str/logs.
 
     ``mqtt_version`` None negotiates: MQTT 5 first, 3.1.1 if the broker refuses 5.
+    ``ssl_context`` (with ``tls``) carries the CA and our client certificate; None: the
+    system's CAs. ``signing_key``: every message published carries its signature
+    (``bus.signing``; MQTT 5 only).
     """
 
     host: str
@@ -111,6 +117,8 @@ class BrokerAddress:
     password: str | None = field(default=None, repr=False)
     tls: bool = False
     mqtt_version: MqttVersion | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    signing_key: bytes | None = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         scheme = "mqtts" if self.tls else "mqtt"
@@ -119,15 +127,25 @@ class BrokerAddress:
 
     @classmethod
     def from_config(
-        cls, config: BrokerConfig, environ: Mapping[str, str] | None = None
+        cls,
+        config: BrokerConfig,
+        environ: Mapping[str, str] | None = None,
+        base_dir: Path | None = None,
     ) -> BrokerAddress:
-        """The address of a configured broker; reads the password from its env var or file.
+        """The address of a configured broker; reads the password from its env var or file,
+        the TLS files and the signing key. Relative paths are relative to ``base_dir`` (the
+        site file's directory) when given.
 
         With no ``url`` the embedded broker is meant: prefer ``EmbeddedBroker.address``,
         which knows the port it really bound and that it speaks MQTT 3.1.1 only.
-        Raises ``BusRefusedError`` when the password source is missing or too widely readable.
+        Raises ``BusRefusedError`` when a secret's source is missing or too widely readable,
+        or a TLS file is missing or unusable.
         """
         env = os.environ if environ is None else environ
+
+        def resolve(path: Path | None) -> Path | None:
+            return site_path(base_dir, path) if path is not None and base_dir else path
+
         password: str | None = None
         if config.password_env is not None:
             if config.password_env not in env:
@@ -137,9 +155,30 @@ class BrokerAddress:
                 )
             password = env[config.password_env]
         elif config.password_file is not None:
-            password = _read_secret_file(config.password_file)
+            password = _read_secret_file(resolve(config.password_file) or config.password_file)
         tls = config.url is not None and urlsplit(config.url).scheme == "mqtts"
-        return cls(config.host, config.port, config.username, password, tls)
+        context = client_ssl_context(config.tls, base_dir) if tls else None
+        signing_key: bytes | None = None
+        try:
+            text = read_secret(
+                what="broker.signing_key",
+                env_name=config.signing_key_env,
+                file=resolve(config.signing_key_file),
+                environ=env,
+            )
+            if text is not None:
+                signing_key = decode_key(text, what="broker.signing_key")
+        except (SecretError, ValueError) as exc:
+            raise BusRefusedError(str(exc)) from exc
+        return cls(
+            config.host,
+            config.port,
+            config.username,
+            password,
+            tls,
+            ssl_context=context,
+            signing_key=signing_key,
+        )
 
 
 def _read_secret_file(path: Path) -> str:
@@ -175,6 +214,8 @@ class Message:
     retain: bool
     mid: int = field(default=0, repr=False, compare=False)
     connection: int = field(default=0, repr=False, compare=False)
+    signature: str | None = field(default=None, repr=False, compare=False)
+    """The publisher's signature (``bus.signing``), when it sent one (MQTT 5)."""
 
 
 @dataclass(slots=True)
@@ -239,6 +280,7 @@ class _Connection:
         self.tasks: set[asyncio.Task[None]] = set()
         self.after_connect_done = False
         self.started = loop.time()
+        self.logged_error: str | None = None  # paho's last error log line before CONNACK
 
 
 class BusClient:
@@ -553,13 +595,18 @@ class BusClient:
         queue = self._queue
         inflight = conn.inflight
         paho = conn.paho
+        signing_key = self._address.signing_key
         while queue and len(inflight) < conn.window:
             rec = queue.popleft()
             if conn.max_packet is not None and _publish_size(rec) > conn.max_packet:
                 self._drop(rec, f"larger than the broker's maximum packet ({conn.max_packet} B)")
                 continue
+            props: Properties | None = None
+            if signing_key is not None:
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.UserProperty = (SIGNATURE_PROPERTY, sign(signing_key, rec.topic, rec.payload))
             try:
-                info = paho.publish(rec.topic, rec.payload, rec.qos, rec.retain)
+                info = paho.publish(rec.topic, rec.payload, rec.qos, rec.retain, props)
             except ValueError as exc:  # paho: invalid topic or payload over 256 MiB
                 self._drop(rec, str(exc))
                 continue
@@ -755,12 +802,25 @@ class BusClient:
         except BaseException:
             self._abort(conn)
             raise
+        conn.paho.on_log = None
         if not conn.connack.done():
             self._abort(conn)
+            advice = describe_tls_failure(conn.logged_error or "") if conn.tls else None
+            if advice is not None:
+                raise BusRefusedError(
+                    f"{self._address} ended the TLS session before CONNACK "
+                    f"({conn.logged_error}): {advice}"
+                )
             raise BusUnavailableError(
                 f"{self._address} closed the connection before CONNACK: {conn.lost.result()}"
             )
         reason, session_present, props = conn.connack.result()
+        if reason.value == 0 and version is MqttVersion.V311 and self._address.signing_key:
+            self._abort(conn)
+            raise BusRefusedError(
+                f"{self._address} speaks MQTT 3.1.1, which cannot carry message signatures: "
+                "use an MQTT 5 broker (Mosquitto 2) or remove broker.signing_key_*"
+            )
         if reason.value == 0:
             if self._version is None:
                 self._version = version
@@ -804,7 +864,12 @@ class BusClient:
         if self._will is not None:
             paho.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
         if self._address.tls:
-            paho.tls_set_context(ssl.create_default_context())
+            paho.tls_set_context(self._address.ssl_context or client_ssl_context(None))
+            # paho swallows a TLS alert that ends the session before CONNACK (a broker that
+            # wants a client certificate says so only then, with TLS 1.3) and just logs it;
+            # listen to its log until CONNACK to tell the user why. Not after: paho formats
+            # a log line per packet once a logger is set.
+            paho.on_log = self._on_paho_log
         paho.on_connect = self._on_connack
         paho.on_disconnect = self._on_disconnect
         paho.on_message = self._on_message
@@ -849,6 +914,9 @@ class BusClient:
             raise
         except (OSError, ValueError) as exc:
             _close_paho_socket(paho)
+            advice = describe_tls_failure(exc) if self._address.tls else None
+            if advice is not None:
+                raise BusRefusedError(f"TLS with {self._address} failed: {advice}") from exc
             raise BusUnavailableError(f"cannot reach {self._address}: {exc}") from exc
         sock = paho.socket()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sock is None:
@@ -1082,7 +1150,15 @@ class BusClient:
         payload = msg.payload
         if type(payload) is not bytes:
             payload = bytes(payload)
-        incoming.append(Message(msg.topic, payload, msg.qos, msg.retain, msg.mid, conn.ident))
+        signature = None
+        props = msg.properties
+        if props is not None:
+            user = getattr(props, "UserProperty", None)
+            if user:
+                signature = _user_property(user, SIGNATURE_PROPERTY)
+        incoming.append(
+            Message(msg.topic, payload, msg.qos, msg.retain, msg.mid, conn.ident, signature)
+        )
         self._incoming_ready.set()
         if len(incoming) >= self._max_incoming and not conn.paused:
             self._pause_reading(conn)
@@ -1113,6 +1189,10 @@ class BusClient:
         conn.acked = True
         self._release()
 
+    def _on_paho_log(self, client: mqtt.Client, conn: _Connection, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            conn.logged_error = text
+
     def _on_suback(
         self,
         client: mqtt.Client,
@@ -1134,6 +1214,13 @@ class BusClient:
         if self._loop is None:
             raise RuntimeError("use BusClient as 'async with BusClient(...)'")
         return self._loop
+
+
+def _user_property(pairs: list[tuple[str, str]], name: str) -> str | None:
+    for key, value in pairs:
+        if key == name:
+            return value
+    return None
 
 
 def _publish_size(rec: _Outgoing) -> int:

@@ -1,4 +1,5 @@
-"""``gridpilot deploy ...``: files for installing GridPilot on a host (the firewall)."""
+"""``gridpilot deploy ...``: files for installing GridPilot on a host (the firewall, the
+MQTT broker's configuration and certificates)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ _NFT_TIMEOUT_S = 30.0
 
 @click.group("deploy")
 def deploy_group() -> None:
-    """Generate deployment files for this site (firewall rules)."""
+    """Generate deployment files for this site (firewall rules, broker config, certificates)."""
 
 
 @deploy_group.command("firewall")
@@ -77,3 +78,86 @@ def _nft_check(ruleset: str) -> None:
             + result.stderr.decode(errors="replace")
         )
     click.echo("nft -c: the ruleset is valid", err=True)
+
+
+@deploy_group.command("mosquitto")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for mosquitto.conf and acl (e.g. /etc/mosquitto/gridpilot).",
+)
+@click.option(
+    "--files-in",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the broker will find ca.crt, server.crt/.key, passwd and acl "
+    "(default: the output directory).",
+)
+def mosquitto(config: Path, output: Path, files_in: Path | None) -> None:
+    """A production Mosquitto config and ACL for the site in CONFIG: TLS 1.3 listener on
+    8883 with client certificates, password logins on loopback 1883, per-device ACL
+    (a device publishes only its own topics), persistence, raised queue limits."""
+    from gridpilot.ops.files import atomic_file
+    from gridpilot.ops.mosquitto import BrokerLayout, render_acl, render_broker_config
+
+    cfg = load_or_exit(config)
+    output.mkdir(parents=True, exist_ok=True)
+    layout = BrokerLayout(directory=(files_in or output).absolute())
+    # 0644: mosquitto (its own user) reads both; neither holds a secret.
+    for name, text in (
+        ("mosquitto.conf", render_broker_config(layout)),
+        ("acl", render_acl(cfg, source=str(config))),
+    ):
+        with atomic_file(output / name, mode=0o644) as out:
+            out.write(text.encode())
+        click.echo(f"wrote {output / name}", err=True)
+    missing = [
+        n for n in ("ca.crt", "server.crt", "server.key", "passwd") if not layout.path(n).exists()
+    ]
+    if missing:
+        click.echo(
+            f"still needed in {layout.directory}: {', '.join(missing)} "
+            "(gridpilot deploy certs; mosquitto_passwd -c passwd ingest)",
+            err=True,
+        )
+
+
+@deploy_group.command("certs")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--server",
+    "servers",
+    multiple=True,
+    help="DNS name or IP address of the broker (repeat for each); issues server.crt/.key.",
+)
+@click.option(
+    "--client",
+    "clients",
+    multiple=True,
+    help="Device or gateway id (repeat for each); issues ID.crt/.key with Common Name ID.",
+)
+@click.option("--days", default=825, show_default=True, help="Validity of each certificate.")
+@click.option("--site", default="gridpilot", show_default=True, help="Named in the CA's name.")
+def certs(
+    directory: Path, servers: tuple[str, ...], clients: tuple[str, ...], days: int, site: str
+) -> None:
+    """A certificate authority for the site's broker in DIRECTORY (reused when it is there),
+    the broker's server certificate and a client certificate per device. Keys are written
+    mode 0600; keep ca.key off the broker if you can."""
+    from gridpilot.ops.certs import CertError, issue_site_certificates
+
+    if not servers and not clients:
+        fail("nothing to issue: give --server NAME and/or --client ID", EXIT_CONFIG)
+    try:
+        issued = issue_site_certificates(
+            directory, server_names=servers, clients=clients, days=days, site=site
+        )
+    except CertError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except OSError as exc:
+        fail(f"cannot write certificates to {directory}: {exc}")
+    click.echo(f"{'created' if issued.ca_created else 'reused'} CA {issued.ca_cert}", err=True)
+    for path in issued.written:
+        click.echo(f"wrote {path}", err=True)

@@ -80,6 +80,30 @@ class SiteConfig(_Frozen):
     timezone: str = "UTC"
 
 
+class BrokerTlsConfig(_Frozen):
+    """MQTT over TLS (``url: mqtts://...``). Relative paths are relative to the site file.
+
+    ``deploy/mosquitto`` asks every client on its TLS listener for a certificate signed by the
+    site's CA (``gridpilot deploy certs``), whose Common Name is the client's user name.
+    """
+
+    ca_file: Path | None = None
+    """PEM certificate(s) of the CA that signed the broker's certificate; absent: the
+    system's trusted CAs."""
+    cert_file: Path | None = None
+    """This client's PEM certificate, for brokers that require one."""
+    key_file: Path | None = None
+    """The private key of ``cert_file``; must be mode 0600 or stricter."""
+    min_version: Literal["1.2", "1.3"] = "1.3"
+    """Oldest TLS version this client accepts (GridPilot's broker config speaks 1.3 only)."""
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give cert_file and key_file together (the certificate and its key)")
+        return self
+
+
 class BrokerConfig(_Frozen):
     """The MQTT broker. Without ``url``, services start an embedded broker on loopback."""
 
@@ -97,6 +121,22 @@ class BrokerConfig(_Frozen):
     """Bound of the outgoing message queue; publishers wait when it is full."""
     embedded_port: int = Field(default=1883, ge=0, le=65535)
     """Port of the embedded broker; if taken, a free one is picked and logged."""
+    tls: BrokerTlsConfig | None = None
+    """CA, client certificate and key for ``mqtts://`` (absent: system CAs, no client
+    certificate)."""
+    signing_key_env: str | None = None
+    """Environment variable holding the key the site's services sign their messages with
+    (HMAC-SHA256 in an MQTT 5 user property), checked by ingest when
+    ``ingest.require_signatures`` is on."""
+    signing_key_file: Path | None = None
+    """File holding that key (mode 0600 or stricter; e.g. ``head -c 32 /dev/urandom |
+    base64 > services.key``)."""
+
+    @model_validator(mode="after")
+    def _tls_needs_mqtts(self) -> Self:
+        if self.tls is not None and (self.url is None or urlsplit(self.url).scheme != "mqtts"):
+            raise ValueError("broker.tls is set but the url is not mqtts://HOST:8883")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -285,6 +325,12 @@ class IngestConfig(_Frozen):
     """``auto``: use ``$share/gridpilot-ingest/...`` unless the broker is the embedded one."""
     accept_unknown_points: bool = False
     """Store points that are not configured for a known device (they have no valid range)."""
+    require_signatures: bool = False
+    """Refuse telemetry not signed with the key of the device's publisher: the site's
+    services' key (``broker.signing_key_*``) for Modbus devices and the controller, the
+    device's own ``signing_key_*`` for ``mqtt`` devices. A device with valid broker
+    credentials then cannot inject data for another, even where the broker's ACL is missing
+    or wrong."""
 
 
 class PollClass(StrEnum):
@@ -496,6 +542,11 @@ class DeviceConfig(_Frozen):
     """Discover the register map from the device's SunSpec models instead of ``points``."""
     points: tuple[PointConfig, ...] = ()
     """The register map; required unless ``sunspec`` is set."""
+    signing_key_env: str | None = None
+    """``mqtt`` devices: environment variable holding the key the device signs its telemetry
+    with (see ``ingest.require_signatures``)."""
+    signing_key_file: Path | None = None
+    """``mqtt`` devices: file holding that key (mode 0600 or stricter)."""
 
     @field_validator("poll_interval", "timeout")
     @classmethod
@@ -556,6 +607,11 @@ class DeviceConfig(_Frozen):
             )
         if self.sunspec is not None and not self.protocol.is_modbus:
             raise ValueError("sunspec discovery is for Modbus devices, not mqtt")
+        if self.protocol.is_modbus and (self.signing_key_env or self.signing_key_file):
+            raise ValueError(
+                "signing_key_* is for mqtt devices; the gateway signs a Modbus device's "
+                "telemetry with broker.signing_key_*"
+            )
         return self
 
     def point(self, name: str) -> PointConfig | None:

@@ -14,6 +14,11 @@
   and the broker queues the rest -- memory stays bounded everywhere.
 - Bad input never stops the service: each rejected message is counted per reason and copied
   to the dead-letter topic; its valid values are stored.
+- With ``ingest.require_signatures`` a telemetry message counts only when it carries the
+  signature of the topic's device's publisher (``bus.signing``): the site's services' key
+  for Modbus devices and the controller, the device's own key for ``mqtt`` devices. A
+  device with valid broker credentials then cannot store data for another device even
+  where the broker's ACL would let it publish there.
 - Batches close at ``storage.batch_size`` samples, when the oldest buffered sample has waited
   ``storage.flush_interval``, or when half the broker's receive window is unacknowledged
   (the broker would stop sending otherwise).
@@ -29,14 +34,23 @@ import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
 from gridpilot.bus.client import BrokerAddress, BusClient, Message, backoff_delay
 from gridpilot.bus.codec import DeadLetter, DeadLetterItem, decode_event, encode_dead_letter
-from gridpilot.bus.errors import BusTimeoutError, PayloadError
-from gridpilot.config.models import GridPilotConfig
-from gridpilot.ingest.validation import Outcome, RejectReason, ValidationRules, validate
+from gridpilot.bus.errors import BusRefusedError, BusTimeoutError, PayloadError
+from gridpilot.bus.signing import SIGNATURE_PROPERTY, decode_key, verify
+from gridpilot.config.models import DeviceProtocol, GridPilotConfig, site_path
+from gridpilot.config.secrets import SecretError, read_secret
+from gridpilot.ingest.validation import (
+    Outcome,
+    Rejection,
+    RejectReason,
+    ValidationRules,
+    validate,
+)
 from gridpilot.model import Sample, Topic, TopicKind, now_ms, parse_topic
 from gridpilot.storage.base import Event, Storage, StorageError, WriteResult
 
@@ -152,7 +166,7 @@ class IngestService:
     ``embedded_broker`` says the broker is the embedded amqtt, which ignores shared
     subscriptions: with ``ingest.shared_subscription: auto`` the service then subscribes
     plainly. Run several instances against Mosquitto (each with its own ``instance``) to
-    split the load.
+    split the load. ``base_dir`` (the site file's directory) resolves relative key files.
     """
 
     def __init__(
@@ -165,8 +179,12 @@ class IngestService:
         instance: str = "0",
         clock: Callable[[], int] = now_ms,
         stop_timeout_s: float = 5.0,
+        base_dir: Path | None = None,
     ) -> None:
         self._config = config
+        self._keys = (
+            publisher_keys(config, broker, base_dir) if config.ingest.require_signatures else None
+        )
         self._storage = storage
         self._site = config.site.id
         self._rules = ValidationRules.from_config(config)
@@ -292,6 +310,11 @@ class IngestService:
         stats = self.stats
         stats.messages += 1
         now = self._clock()
+        if self._keys is not None:
+            rejection = _authenticate(self._keys, message, topic.device)
+            if rejection is not None:
+                await self._reject(message, topic.device, Outcome([], [rejection]), now)
+                return []
         outcome = validate(topic.site, topic.device, message.payload, now, self._rules)
         stats.samples_accepted += len(outcome.samples)
         if outcome.rejections:
@@ -440,6 +463,63 @@ class IngestService:
             if attempt:
                 log.info("storage write succeeded after %d failed attempt(s)", attempt)
             return result
+
+
+def _authenticate(keys: dict[str, bytes], message: Message, device: str) -> Rejection | None:
+    """Why the message is not the device's publisher's own, or None when it is. A device
+    without a key is not in the registry: validation rejects it as unknown."""
+    key = keys.get(device)
+    if key is None or verify(key, message.topic, message.payload, message.signature):
+        return None
+    if message.signature is None:
+        detail = (
+            f"not signed (MQTT 5 user property {SIGNATURE_PROPERTY!r}), and "
+            "ingest.require_signatures is on: configure the publisher's signing key"
+        )
+    else:
+        detail = (
+            f"the signature does not verify with the key of {device!r}'s publisher: "
+            "published by another device or gateway, or with a different key"
+        )
+    return Rejection(None, RejectReason.UNAUTHENTICATED, detail)
+
+
+def publisher_keys(
+    config: GridPilotConfig, broker: BrokerAddress, base_dir: Path | None = None
+) -> dict[str, bytes]:
+    """Device id -> the key its telemetry must be signed with: ``broker.signing_key_*`` (the
+    site's services, which publish for Modbus devices and the controller) or an ``mqtt``
+    device's own ``signing_key_*``. Raises ``BusRefusedError`` saying which key is missing."""
+    services_key = broker.signing_key
+    needs_services_key = [d.id for d in config.devices if d.protocol is not DeviceProtocol.MQTT]
+    if config.control is not None:
+        needs_services_key.append(config.control.id)
+    if needs_services_key and services_key is None:
+        raise BusRefusedError(
+            "ingest.require_signatures is on but broker.signing_key_env/_file is not set: "
+            f"the services sign the telemetry of {', '.join(needs_services_key[:5])} with it"
+        )
+    keys: dict[str, bytes] = {}
+    if services_key is not None:
+        keys.update(dict.fromkeys(needs_services_key, services_key))
+    for device in config.devices:
+        if device.protocol is not DeviceProtocol.MQTT:
+            continue
+        what = f"devices[{device.id}].signing_key"
+        file = device.signing_key_file
+        if file is not None and base_dir is not None:
+            file = site_path(base_dir, file)
+        try:
+            text = read_secret(what=what, env_name=device.signing_key_env, file=file)
+            if text is None:
+                raise BusRefusedError(
+                    f"ingest.require_signatures is on but mqtt device {device.id!r} has no "
+                    "signing_key_env or signing_key_file: give it the key it signs with"
+                )
+            keys[device.id] = decode_key(text, what=what)
+        except (SecretError, ValueError) as exc:
+            raise BusRefusedError(str(exc)) from exc
+    return keys
 
 
 def _storable(sample: Sample) -> bool:

@@ -72,6 +72,7 @@ class RejectReason(StrEnum):
     WRONG_TYPE = "wrong_type"  # not a number (booleans, text, null, lists...); bad seq
     NOT_FINITE = "not_finite"  # NaN, Infinity, or too large for a float
     OUT_OF_RANGE = "out_of_range"  # outside the point's valid_range
+    UNAUTHENTICATED = "unauthenticated"  # unsigned, or not signed by the device's publisher
 
 
 @dataclass(frozen=True, slots=True)

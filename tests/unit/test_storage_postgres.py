@@ -187,3 +187,12 @@ def test_dsn_names_the_server_in_messages(tmp_path: Path) -> None:
     config = PostgresConfig(dsn="host=db.example port=6432 dbname=ems", schema_name="plant-1")
     target = Target.from_config(config, tmp_path)
     assert target.describe == "PostgreSQL at db.example:6432 (database ems, schema plant-1)"
+
+
+def test_what_the_dsn_sets_is_kept(tmp_path: Path) -> None:
+    config = PostgresConfig(dsn="host=db.example sslmode=verify-full connect_timeout=3")
+    params = Target.from_config(config, tmp_path).params
+    assert "sslmode" not in params  # libpq takes verify-full from the DSN
+    assert "connect_timeout" not in params
+    assert params["keepalives"] == 1  # what the DSN leaves out is still bounded
+    assert Target.from_config(PostgresConfig(), tmp_path).params["sslmode"] == "prefer"

@@ -501,6 +501,7 @@ class Target:
         elif config.password_file is not None:
             password = _read_secret_file(site_path(base_dir, config.password_file.expanduser()))
         params: dict[str, Any] = {}
+        info: dict[str, Any] = {}
         if config.dsn is not None:
             params["conninfo"] = config.dsn
             info = conninfo_to_dict(config.dsn)
@@ -513,19 +514,22 @@ class Target:
             where, dbname = f"{config.host}:{config.port}", config.dbname
         # libpq wants whole seconds, at least 2.
         connect_s = max(2, round(config.connect_timeout.total_seconds()))
-        params.update(
-            sslmode=config.sslmode,
-            connect_timeout=connect_s,
+        # What the DSN says itself (sslmode=verify-full, say) is kept: keyword arguments
+        # would override it.
+        settings: dict[str, Any] = {
+            "sslmode": config.sslmode,
+            "connect_timeout": connect_s,
             # Names the deployment in pg_stat_activity (and lets tests find their sessions).
-            application_name=f"gridpilot:{config.schema_name}"[:63],
+            "application_name": f"gridpilot:{config.schema_name}"[:63],
             # A peer that vanishes (cable, crash) is noticed within ~30 s, not after the
             # kernel's two hours: keepalives while idle, tcp_user_timeout while sending.
-            keepalives=1,
-            keepalives_idle=10,
-            keepalives_interval=5,
-            keepalives_count=3,
-            tcp_user_timeout=30_000,
-        )
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
+        }
+        params.update({key: value for key, value in settings.items() if key not in info})
         return cls(
             params=params,
             schema=config.schema_name,

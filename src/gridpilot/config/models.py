@@ -815,6 +815,67 @@ class ControlConfig(_Frozen):
         return value
 
 
+_SPARKPLUG_ID = r"^[^/+#]{1,255}$"
+"""Sparkplug group, edge node and device ids: any text without MQTT separators/wildcards."""
+
+
+class SparkplugDeviceConfig(_Frozen):
+    """Which GridPilot device a Sparkplug B edge node (or a device behind it) is."""
+
+    edge_node: str = Field(pattern=_SPARKPLUG_ID)
+    """The Sparkplug edge node id (``spBv1.0/{group}/NBIRTH/{edge_node}``)."""
+    device: str | None = Field(default=None, pattern=_SPARKPLUG_ID)
+    """The Sparkplug device id (``.../DBIRTH/{edge_node}/{device}``); absent: the edge
+    node's own metrics (NBIRTH/NDATA)."""
+    id: Identifier
+    """The GridPilot device id its metrics are stored under."""
+    points: dict[str, PointName] = {}
+    """Metric name -> point name, where the derived name is not the one wanted (see the
+    README, "Sparkplug B devices")."""
+
+
+class SparkplugConfig(_Frozen):
+    """Sparkplug B ingest: ingest subscribes to ``spBv1.0/{group}/#`` as a host application."""
+
+    group: str = Field(pattern=_SPARKPLUG_ID)
+    """The Sparkplug group id whose edge nodes belong to this site."""
+    devices: tuple[SparkplugDeviceConfig, ...] = ()
+    auto_devices: bool = False
+    """Also store nodes/devices not listed in ``devices``, as ``<edge_node>`` and
+    ``<edge_node>-<device>`` (lower-cased, other characters as ``_``)."""
+    rebirth_interval: timedelta = timedelta(seconds=5)
+    """Least time between two rebirth requests (NCMD ``Node Control/Rebirth``) to one edge
+    node; data of the node is ignored until its new NBIRTH."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        seen: set[tuple[str, str | None]] = set()
+        for d in self.devices:
+            key = (d.edge_node, d.device)
+            if key in seen:
+                raise ValueError(
+                    f"edge node {d.edge_node!r}"
+                    + (f" device {d.device!r}" if d.device else "")
+                    + " is mapped twice"
+                )
+            seen.add(key)
+        return self
+
+    def mapping(self, edge_node: str, device: str | None) -> SparkplugDeviceConfig | None:
+        for d in self.devices:
+            if d.edge_node == edge_node and d.device == device:
+                return d
+        return None
+
+
+class HomeAssistantConfig(_Frozen):
+    """Home Assistant MQTT discovery of the site's points (published with the gateway)."""
+
+    enabled: bool = False
+    discovery_prefix: str = Field(default="homeassistant", pattern=r"^[^/+#]+(/[^/+#]+)*$")
+    """Home Assistant's ``discovery_prefix`` (its MQTT integration's setting)."""
+
+
 class GridPilotConfig(_Frozen):
     """A whole site file."""
 
@@ -826,6 +887,9 @@ class GridPilotConfig(_Frozen):
     api: ApiConfig = ApiConfig()
     network: NetworkConfig = NetworkConfig()
     control: ControlConfig | None = None
+    sparkplug: SparkplugConfig | None = None
+    """Sparkplug B edge nodes whose metrics ingest stores."""
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     serial_buses: tuple[SerialBusConfig, ...] = ()
     """Serial lines of ``modbus_rtu`` devices."""
     devices: tuple[DeviceConfig, ...] = ()

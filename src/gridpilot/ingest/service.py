@@ -44,6 +44,7 @@ from gridpilot.bus.errors import BusRefusedError, BusTimeoutError, PayloadError
 from gridpilot.bus.signing import SIGNATURE_PROPERTY, decode_key, verify
 from gridpilot.config.models import DeviceProtocol, GridPilotConfig, site_path
 from gridpilot.config.secrets import SecretError, read_secret
+from gridpilot.ingest.sparkplug import SparkplugIngest
 from gridpilot.ingest.validation import (
     Outcome,
     Rejection,
@@ -217,6 +218,13 @@ class IngestService:
         self._stopping = False
         self._rng = random.Random()  # noqa: S311 -- backoff jitter
         self._warned: set[tuple[str, RejectReason]] = set()
+        # Sparkplug B: sequence numbers and aliases are per edge node session, so one
+        # process must see all of a group's messages: instance "0" subscribes, plainly.
+        self.sparkplug = (
+            SparkplugIngest(config, self._rules, self._bus)
+            if config.sparkplug is not None and instance == "0"
+            else None
+        )
 
     @property
     def bus(self) -> BusClient:
@@ -243,6 +251,8 @@ class IngestService:
         try:
             await self._bus.subscribe(self.topic_filter, qos=1)
             await self._bus.subscribe(self.events_filter, qos=1)
+            if self.sparkplug is not None:
+                await self._bus.subscribe(self.sparkplug.topic_filter, qos=1)
         except BaseException:
             await self.stop()
             raise
@@ -300,6 +310,8 @@ class IngestService:
             self.stats.buffered_samples = buffer.weight
 
     async def _handle(self, message: Message) -> list[Sample]:
+        if self.sparkplug is not None and self.sparkplug.accepts(message.topic):
+            return await self._handle_sparkplug(message)
         topic = parse_topic(message.topic)
         if topic is not None and topic.kind is TopicKind.EVENTS and topic.site == self._site:
             await self._store_event(message)
@@ -319,6 +331,19 @@ class IngestService:
         stats.samples_accepted += len(outcome.samples)
         if outcome.rejections:
             await self._reject(message, topic.device, outcome, now)
+        return outcome.samples
+
+    async def _handle_sparkplug(self, message: Message) -> list[Sample]:
+        assert self.sparkplug is not None  # noqa: S101 -- checked by the caller
+        now = self._clock()
+        outcome = await self.sparkplug.handle(message.topic, message.payload, now)
+        if outcome is None:
+            return []
+        self.stats.messages += 1
+        self.stats.samples_accepted += len(outcome.samples)
+        if outcome.rejections:
+            where = outcome.device or message.topic
+            await self._reject(message, where, Outcome([], outcome.rejections), now)
         return outcome.samples
 
     async def _store_event(self, message: Message) -> None:

@@ -85,6 +85,45 @@ def test_profile_decodes_its_fixture(name: str) -> None:
         assert readings.values[point] == pytest.approx(expected, rel=1e-6, abs=5e-4), point
 
 
+def test_every_profile_names_the_drivers_it_was_checked_against() -> None:
+    for name in MAPPED:
+        profile = library()[name]
+        for driver in profile.confirmed_by:
+            repo, _, path = driver.partition(": ")
+            assert repo.count("/") == 1, (name, driver)
+            assert path, (name, driver)
+        # A profile checked against its manual alone says so where users read it.
+        assert profile.confirmed_by or "no open-source driver" in profile.notes, name
+
+
+def test_danfoss_fc102_maps_parameter_numbers_to_wire_addresses() -> None:
+    fc = library()["danfoss_fc102"]
+    # Register = parameter number x 10, sent as register - 1 (1-00 -> 999 in the guide).
+    for point, parameter in (("running_state", 1603), ("motor_current_a", 1614)):
+        assert fc.point(point).address == parameter * 10 - 1  # type: ignore[union-attr]
+    # Points whose conversion index was not verified are not in the profile.
+    assert not {"power_w", "energy_wh", "output_frequency_hz"} & set(fc.point_names)
+
+
+def test_janitza_umg604_reads_the_frequently_required_block_as_float32() -> None:
+    umg = library()["janitza_umg604"]
+    assert {p.table for p in umg.points} == {Table.HOLDING}
+    assert {p.type.value for p in umg.points} == {"float32"}
+    assert all(p.word_order.value == "big" for p in umg.points)
+    assert umg.point("voltage_l1_v").address == 19000  # type: ignore[union-attr]
+    assert umg.point("active_power_w").address == 19026  # type: ignore[union-attr]
+    assert umg.point("energy_import_wh").address == 19068  # type: ignore[union-attr]
+    assert umg.point("energy_export_wh").address == 19076  # type: ignore[union-attr]
+
+
+def test_em24_profile_is_the_ethernet_map() -> None:
+    em24 = library()["carlo_gavazzi_em24"]
+    assert "Ethernet" in em24.model
+    assert "RS-485" in em24.notes  # says the serial models' map differs
+    assert em24.point("frequency_hz").address == 0x0033  # type: ignore[union-attr]
+    assert em24.point("energy_export_wh").address == 0x004E  # type: ignore[union-attr]
+
+
 def test_sdm630_addresses_are_zero_based() -> None:
     sdm = library()["eastron_sdm630"]
     # The manual's 30001 is input register 0; 30073 (import kWh) is 72; 30343 is 342.
@@ -251,6 +290,7 @@ def test_devices_list_shows_the_library_and_a_profiles_points() -> None:
     assert detail.exit_code == 0, detail.output
     assert "energy_import_wh" in detail.output
     assert "30073 Import Wh since last reset" in detail.output
+    assert "confirmed by: nmakel/sdm_modbus: src/sdm_modbus/sdm.py" in detail.output
     as_json = json.loads(runner.invoke(cli, ["devices", "list", "--json"]).output)
     assert {p["name"] for p in as_json} == set(library())
     missing = runner.invoke(cli, ["devices", "list", "no_such"])

@@ -53,6 +53,7 @@ def _describe(profile: DeviceProfile) -> str:
     out = [
         f"{profile.name}: {profile.vendor} {profile.model} ({profile.kind})",
         *textwrap.wrap(f"manual: {profile.manual}", 100, subsequent_indent="  "),
+        *(f"confirmed by: {driver}" for driver in profile.confirmed_by),
     ]
     if profile.notes:
         out += textwrap.wrap(f"notes: {profile.notes}", 100, subsequent_indent="  ")

@@ -89,6 +89,10 @@ class DeviceProfile(BaseModel):
     kind: ProfileKind
     manual: str = Field(min_length=1)
     """The register manual the profile is written from: title, version, section."""
+    confirmed_by: tuple[str, ...] = ()
+    """Open-source drivers that read the same registers the same way, as ``owner/repo:
+    path`` (checked when the profile was written; a profile checked against the manual
+    only has none and says so in ``notes``)."""
     notes: str = ""
     """What a user must know or set on the device (e.g. an input range)."""
     protocol: Literal["modbus"] = "modbus"

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,18 +27,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from gridpilot.bus.client import BrokerAddress, BusClient, Message, MqttVersion
 from gridpilot.bus.codec import DeadLetter, decode_dead_letter, encode_telemetry
 from gridpilot.bus.errors import BusRefusedError
 from gridpilot.cli.main import cli
+from gridpilot.config import load_config
 from gridpilot.config.models import BrokerConfig, GridPilotConfig, StorageConfig
 from gridpilot.ingest.service import IngestService
 from gridpilot.ingest.validation import RejectReason
-from gridpilot.model import SeriesKey, Topic
+from gridpilot.model import DataType, SeriesKey, Topic
+from gridpilot.sim.site import SimulatedSite
 from gridpilot.storage import open_storage
 from gridpilot.storage.base import Storage
+from gridpilot.storage.sqlite import SqliteStorage
 from tests.production_broker import ProductionBroker
 
 pytestmark = pytest.mark.integration
@@ -414,3 +420,75 @@ def test_deploy_certs_issues_a_ca_server_and_client_certificates(tmp_path: Path)
     bad = runner.invoke(cli, ["deploy", "certs", str(out), "--client", "Meter/B"])
     assert bad.exit_code != 0
     assert "not a valid device id" in bad.output
+
+
+# ---------------------------------------------------------------------------- run all
+
+
+async def test_run_all_through_the_production_broker_with_signatures_required(
+    tmp_path: Path,
+) -> None:
+    """The deployment the README describes, on one host: the services log in on the
+    loopback listener as broker.username (the ACL's merged 'run all' user), the gateway
+    signs the Modbus devices' telemetry with the services' key (a file relative to the site
+    file), and ingest, requiring signatures, stores every point."""
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "services.key").write_text(base64.b64encode(os.urandom(32)).decode())
+    (site_dir / "services.key").chmod(0o600)
+    (site_dir / "broker.pw").write_text(SERVICE_PASSWORD)
+    (site_dir / "broker.pw").chmod(0o600)
+    async with SimulatedSite(base_port=0, speed=10.0) as sim:
+        devices = sim.site_config("e2e-secure")
+        for device in devices:
+            device["poll_interval"] = 0.5
+            device["timeout"] = 0.2
+        data: dict[str, Any] = {
+            "site": {"id": "e2e-secure"},
+            "broker": {
+                "username": "gridpilot",
+                "password_file": "broker.pw",
+                "signing_key_file": "services.key",
+            },
+            "ingest": {"require_signatures": True},
+            "storage": {"path": "site.db", "flush_interval": 0.1},
+            "devices": devices,
+        }
+        broker = ProductionBroker(
+            tmp_path / "broker",
+            site=GridPilotConfig.model_validate(data),
+            users={"gridpilot": SERVICE_PASSWORD},
+        )
+        broker.workdir.mkdir()
+        broker.start()
+        try:
+            data["broker"]["url"] = f"mqtt://127.0.0.1:{broker.local_port}"
+            site_file = site_dir / "site.yaml"
+            site_file.write_text(yaml.safe_dump(data))
+            config = load_config(site_file)
+            expected = {
+                SeriesKey("e2e-secure", d.id, p.point)
+                for d in config.devices
+                for p in d.points
+                if p.type is not DataType.STRING
+            }
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gridpilot", "run", "all", str(site_file),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                seen: set[SeriesKey] = set()
+                async with asyncio.timeout(40):
+                    while not expected <= seen:
+                        await asyncio.sleep(0.5)
+                        if (site_dir / "site.db").exists():
+                            async with SqliteStorage(site_dir / "site.db") as storage:
+                                seen = {v.series for v in await storage.latest("e2e-secure")}
+            finally:
+                process.send_signal(signal.SIGTERM)
+                _out, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
+            assert process.returncode == 0, stderr.decode()
+            assert b"unauthenticated" not in stderr, stderr.decode()
+            assert b"refused" not in stderr, stderr.decode()
+        finally:
+            broker.stop()

@@ -21,8 +21,10 @@ import pytest
 import yaml
 
 from gridpilot.bus.client import BrokerAddress
+from gridpilot.bus.codec import Command, encode_command
 from gridpilot.config import GridPilotConfig, load_config
 from gridpilot.gateway.service import GatewayService
+from gridpilot.model import now_ms
 from gridpilot.sim.site import SimulatedSite
 from tests.integration.test_gateway_support import observing
 from tests.integration.test_modbus_rtu_support import Line
@@ -199,7 +201,8 @@ async def test_gateway_polls_the_scanned_sunspec_units_over_the_serial_line(
     site: SimulatedSite, line: Line, mosquitto: BrokerAddress
 ) -> None:
     """What the scan found runs: the gateway discovers and decodes the SunSpec devices
-    through the same serial port, beside a plain Modbus unit of the building."""
+    through the same serial port, beside a plain Modbus unit of the building, and sets the
+    storage's 704 power setpoint over the line."""
     site_id = f"site-{uuid.uuid4().hex[:12]}"
     data: dict[str, Any] = site.rtu_site_config(line.gateway_port, site_id)
     keep = {"grid_meter", "sunspec_inverter", "sunspec_storage"}
@@ -228,4 +231,15 @@ async def test_gateway_polls_the_scanned_sunspec_units_over_the_serial_line(
             lambda r: r.device == "grid_meter" and r.kind == "telemetry", within=20.0
         )
         assert grid.json["values"]["voltage_l1_v"] == pytest.approx(230, abs=15)
+        # A 704 storage setpoint over the serial line: written, read back, obeyed.
+        for point, value in (("m704_wset_w", 15_000.0), ("m704_wsetena_state", 1.0)):
+            sent = Command(uuid.uuid4().hex, point, value, now_ms() + 10_000, "test")
+            await observer.command(site_id, "sunspec_storage", encode_command(sent))
+            result = await observer.wait_for(
+                lambda r, i=sent.id: r.kind == "command/result" and r.json["id"] == i,
+                within=20.0,
+            )
+            assert result.json["status"] == "applied", result.json
+            assert result.json["readback"] == value
+        assert site.building.state.battery.setpoint_w == 15_000.0
     assert site.rtu.bad_frames == 0

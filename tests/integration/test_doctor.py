@@ -10,7 +10,7 @@ import json
 import os
 import resource
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,13 @@ import yaml
 from gridpilot.app import Service, run_services
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.config import load_config
+from gridpilot.config.models import GridPilotConfig
 from gridpilot.ops.doctor import SCHEMA, DoctorReport, run_doctor
 from gridpilot.ops.doctor_rules import CheckResult, Verdict
 from gridpilot.sim.site import SimulatedSite
 from gridpilot.storage.sqlite import SqliteStorage
 from tests.conftest import find_free_port
+from tests.production_broker import ProductionBroker
 
 pytestmark = pytest.mark.integration
 
@@ -328,3 +330,65 @@ async def test_a_config_error_exits_with_2(tmp_path: Path) -> None:
     _stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
     assert process.returncode == 2
     assert b"mqtt://" in stderr
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[ProductionBroker]:
+    """The production Mosquitto config: a TLS 1.3 listener that wants client certificates
+    from the test's CA."""
+    broker = ProductionBroker(
+        tmp_path / "broker",
+        site=GridPilotConfig.model_validate({"site": {"id": SITE}}),
+        clients=["gateway"],
+    )
+    broker.workdir.mkdir()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("setup", ["verified", "unknown_ca", "no_client_certificate"])
+async def test_the_tls_handshake_is_checked_with_the_sites_tls_settings(
+    tls_broker: ProductionBroker, tmp_path: Path, setup: str
+) -> None:
+    cert, key = tls_broker.cert("gateway")
+    tls: dict[str, str] = {"cert_file": str(cert), "key_file": str(key)}
+    if setup != "unknown_ca":
+        tls["ca_file"] = str(tls_broker.ca)
+    if setup == "no_client_certificate":
+        tls = {"ca_file": str(tls_broker.ca)}
+    directory = tmp_path / "site"
+    directory.mkdir(mode=0o700)
+    site_file = directory / "site.yaml"
+    site_file.write_text(
+        yaml.safe_dump(
+            {
+                "site": {"id": SITE},
+                "broker": {"url": f"mqtts://127.0.0.1:{tls_broker.tls_port}", "tls": tls},
+            }
+        )
+    )
+    report = await run_doctor(load_config(site_file), site_file, timeout_s=5)
+    result = _one(report, "broker_tls")
+    # The broker's own file (found through /proc) lists the TLS listener: its queue
+    # settings are the production ones.
+    assert _one(report, "broker_queues").verdict is Verdict.OK, report.render_text()
+    if setup == "verified":
+        assert result.verdict is Verdict.OK, report.render_text()
+        assert result.finding.startswith("TLSv1.3 ")
+        assert "certificate verified" in result.finding
+        assert result.details["days_left"] > 300
+        assert _one(report, "broker").verdict is not Verdict.FAIL, report.render_text()
+        return
+    assert report.exit_code == 1
+    assert result.verdict is Verdict.FAIL, report.render_text()
+    assert result.fix is not None
+    if setup == "unknown_ca":
+        assert "not trusted" in result.finding
+        assert "broker.tls.ca_file" in result.fix
+    else:
+        assert "refused this client after the handshake" in result.finding
+        assert "broker.tls.cert_file" in result.fix
+    assert _one(report, "broker").verdict is Verdict.FAIL

@@ -64,6 +64,7 @@ from typing import Any, Final, TypeVar
 from gridpilot.api.state_cache import DeviceStateCache, EffectiveStatus
 from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.bus.errors import BusError, BusRefusedError, BusTimeoutError
+from gridpilot.bus.tls import client_ssl_context, describe_tls_failure
 from gridpilot.config.models import (
     DeviceConfig,
     DeviceProtocol,
@@ -222,7 +223,7 @@ async def run_doctor(
     if not config_path.is_absolute():
         raise ValueError(f"config_path must be absolute, not {config_path}")
     base_dir = config_path.parent
-    broker_task = asyncio.create_task(_broker_checks(config, timeout_s))
+    broker_task = asyncio.create_task(_broker_checks(config, base_dir, timeout_s))
     queues_task = asyncio.create_task(
         _guard("broker_queues", _broker_label(config), _queue_limits(config, proc), timeout_s)
     )
@@ -356,14 +357,16 @@ def _broker_label(config: GridPilotConfig) -> str:
     return broker.url or f"embedded broker on 127.0.0.1:{broker.embedded_port}"
 
 
-async def _broker_checks(config: GridPilotConfig, timeout_s: float) -> _BrokerOutcome:
+async def _broker_checks(
+    config: GridPilotConfig, base_dir: Path, timeout_s: float
+) -> _BrokerOutcome:
     label = _broker_label(config)
     states: DeviceStateCache | None = None
     clock: list[ClockEvidence] = []
     start = time.monotonic()
     try:
         async with asyncio.timeout(timeout_s + _STATE_WAIT_S):
-            broker, tls, states = await _probe_broker(config, timeout_s)
+            broker, tls, states = await _probe_broker(config, base_dir, timeout_s)
     except TimeoutError:
         broker = Finding(Verdict.FAIL, f"did not finish within {timeout_s:g} s", None)
         tls = Finding(Verdict.SKIPPED, "the broker check did not finish")
@@ -407,22 +410,26 @@ def _state_clock(states: DeviceStateCache, devices: Sequence[DeviceConfig]) -> l
 
 
 async def _probe_broker(
-    config: GridPilotConfig, timeout_s: float
+    config: GridPilotConfig, base_dir: Path, timeout_s: float
 ) -> tuple[Finding, Finding, DeviceStateCache | None]:
     broker = config.broker
     embedded = broker.url is None
     host, port = broker.host, broker.port
     try:
-        address = BrokerAddress(host, port) if embedded else BrokerAddress.from_config(broker)
+        address = (
+            BrokerAddress(host, port)
+            if embedded
+            else BrokerAddress.from_config(broker, base_dir=base_dir)
+        )
     except BusRefusedError as exc:
         return (
             Finding(
                 Verdict.FAIL,
-                f"cannot log in: {exc}",
-                "make the broker password readable by its owner only, or set "
-                "broker.password_env (see the permissions check)",
+                f"the broker settings cannot be used: {exc}",
+                "fix what the message names (the permissions check lists the modes of "
+                "secret files); the services refuse to start until then",
             ),
-            Finding(Verdict.SKIPPED, "no credentials to connect with"),
+            Finding(Verdict.SKIPPED, "no usable credentials or TLS files to connect with"),
             None,
         )
     tls_skipped = Finding(
@@ -464,7 +471,11 @@ async def _probe_broker(
             Finding(Verdict.SKIPPED, "the broker cannot be reached"),
             None,
         )
-    tls = await _tls_handshake(host, port, timeout_s) if address.tls else tls_skipped
+    tls = (
+        await _tls_handshake(host, port, address.ssl_context, timeout_s)
+        if address.tls
+        else tls_skipped
+    )
     if tls.verdict is Verdict.FAIL:
         return (
             Finding(
@@ -479,30 +490,31 @@ async def _probe_broker(
     return mqtt, tls, states
 
 
-async def _tls_handshake(host: str, port: int, timeout_s: float) -> Finding:
-    """The handshake the bus client makes (``ssl.create_default_context``: the system's CA
-    store, or ``SSL_CERT_FILE``), with what the certificate says."""
-    context = ssl.create_default_context()
+async def _tls_handshake(
+    host: str, port: int, context: ssl.SSLContext | None, timeout_s: float
+) -> Finding:
+    """The handshake the bus client makes, with its context (``broker.tls``: CA, client
+    certificate, oldest version), and what the broker's certificate says."""
+    context = context or client_ssl_context(None)
     try:
         async with asyncio.timeout(timeout_s):
-            _reader, writer = await asyncio.open_connection(
+            reader, writer = await asyncio.open_connection(
                 host, port, ssl=context, server_hostname=host
             )
     except ssl.SSLCertVerificationError as exc:
         return Finding(
             Verdict.FAIL,
             f"certificate of {host}:{port} not trusted: {exc.verify_message}",
-            f"give the broker a certificate for {host!r} from a CA this host trusts: install "
-            "the CA (cp ca.crt /usr/local/share/ca-certificates/ && update-ca-certificates) "
-            "or export SSL_CERT_FILE=/path/to/ca.pem for the services",
+            describe_tls_failure(exc),
             {"verify_code": exc.verify_code},
         )
     except ssl.SSLError as exc:
         return Finding(
             Verdict.FAIL,
             f"TLS handshake with {host}:{port} failed: {exc.reason or exc}",
-            f"check that port {port} is the broker's TLS listener (certfile/keyfile in "
-            "mosquitto.conf) and that it allows TLS 1.2 or 1.3",
+            describe_tls_failure(exc)
+            or f"check that port {port} is the broker's TLS listener (certfile/keyfile in "
+            "mosquitto.conf)",
         )
     except TimeoutError:
         return Finding(
@@ -512,6 +524,21 @@ async def _tls_handshake(host: str, port: int, timeout_s: float) -> Finding:
         )
     except OSError as exc:
         return Finding(Verdict.FAIL, f"TLS connection to {host}:{port} failed: {exc}", None)
+    # With TLS 1.3 the broker judges our certificate after the handshake: its alert (e.g.
+    # "certificate required") arrives on the first read. An MQTT broker sends nothing
+    # before CONNECT, so a quiet moment means it accepted us.
+    try:
+        async with asyncio.timeout(min(0.5, timeout_s)):
+            await reader.read(1)
+    except ssl.SSLError as exc:
+        writer.close()
+        return Finding(
+            Verdict.FAIL,
+            f"{host}:{port} refused this client after the handshake: {exc.reason or exc}",
+            describe_tls_failure(exc) or "check broker.tls.cert_file and key_file",
+        )
+    except (TimeoutError, OSError):
+        pass
     ssl_object = writer.get_extra_info("ssl_object")
     cert = writer.get_extra_info("peercert") or {}
     writer.close()
@@ -1214,9 +1241,16 @@ def _permissions(config: GridPilotConfig, config_path: Path) -> Finding:
     checks: list[tuple[Path, str, bool, bool]] = [(base_dir, "site directory", True, True)]
     # (path, what, directory, must exist)
     broker = config.broker
-    if broker.password_file is not None:
-        # The bus reads it as given (relative to the working directory), so does this.
-        checks.append((broker.password_file, "secret broker.password_file", False, True))
+    secrets: list[tuple[Path | None, str]] = [
+        (broker.password_file, "broker.password_file"),
+        (broker.signing_key_file, "broker.signing_key_file"),
+        (broker.tls.key_file if broker.tls is not None else None, "broker.tls.key_file"),
+        *((d.signing_key_file, f"devices.{d.id}.signing_key_file") for d in config.devices),
+    ]
+    for secret, name in secrets:
+        if secret is not None:
+            # Relative to the site file, as the services read them.
+            checks.append((site_path(base_dir, secret), f"secret {name}", False, True))
     storage = config.storage
     if storage.backend == "postgresql" and storage.postgresql.password_file is not None:
         checks.append(

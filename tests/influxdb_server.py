@@ -1,5 +1,7 @@
 """A private InfluxDB (Debian's ``influxd``, 1.x) for the tests, on free loopback ports.
 
+Also used by ``benchmarks/storage/bench_influxdb.py``, hence no pytest in here.
+
 The server is started on first use -- by the ``influxdb`` fixture or by the storage
 contract's InfluxDB backend -- with a generated configuration whose data lives in a
 temporary directory, and stopped at the end of the session (``tests/conftest.py``). Each
@@ -17,8 +19,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import find_free_port
 
@@ -47,6 +47,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   bind-address = "127.0.0.1:{http_port}"
   log-enabled = false
   max-row-limit = 0
+  auth-enabled = {auth}
 
 [continuous_queries]
   enabled = false
@@ -61,15 +62,20 @@ bind-address = "127.0.0.1:{rpc_port}"
 
 
 class InfluxServer:
-    """An ``influxd`` process of our own; ``url`` is its HTTP API on loopback."""
+    """An ``influxd`` process of our own; ``url`` is its HTTP API on loopback.
 
-    def __init__(self, workdir: Path) -> None:
+    ``auth=True`` turns authentication on: InfluxDB then accepts exactly one request without
+    credentials, the ``CREATE USER ... WITH ALL PRIVILEGES`` that makes the first admin.
+    """
+
+    def __init__(self, workdir: Path, *, auth: bool = False) -> None:
         if not INFLUXD.exists():
-            pytest.fail(
+            raise RuntimeError(
                 f"influxd not found at {INFLUXD}: apt-get install influxdb (the InfluxDB "
                 "storage tests run against a real server; scripts/test installs it)"
             )
         self.workdir = workdir
+        self.auth = auth
         self.http_port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "influxd.log"
@@ -85,12 +91,20 @@ class InfluxServer:
         return f"{safe}_{os.getpid()}_{next(self._names)}"
 
     def start(self) -> None:
-        for _attempt in range(3):
-            self.http_port = find_free_port()
+        """Start (on the HTTP port of the previous start, if any, so clients reconnect to
+        the same URL) and wait until ``/ping`` answers."""
+        for attempt in range(3):
+            if self.http_port == 0 or attempt > 0:
+                self.http_port = find_free_port()
             rpc_port = find_free_port()
             conf = self.workdir / "influxdb.conf"
             conf.write_text(
-                _CONFIG.format(workdir=self.workdir, http_port=self.http_port, rpc_port=rpc_port)
+                _CONFIG.format(
+                    workdir=self.workdir,
+                    http_port=self.http_port,
+                    rpc_port=rpc_port,
+                    auth=str(self.auth).lower(),
+                )
             )
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
@@ -104,7 +118,7 @@ class InfluxServer:
             self.stop()
             if "address already in use" not in self.log_path.read_text(errors="replace"):
                 break
-        pytest.fail(f"influxd did not start; its log:\n{self.log_path.read_text()}")
+        raise RuntimeError(f"influxd did not start; its log:\n{self.log_path.read_text()}")
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + _START_TIMEOUT_S

@@ -54,6 +54,7 @@ import asyncio
 import gzip
 import hashlib
 import logging
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -117,6 +118,11 @@ _BUILD_SLICE: Final = 5_000
 _RETRY_STATUS: Final = frozenset({429, 500, 502, 503, 504})
 _BACKOFF_FIRST_S: Final = 0.1
 _BACKOFF_MAX_S: Final = 5.0
+# Stored timestamps are looked up per site over spans of the batch's older samples; a gap
+# this wide between two of them starts another span (rollup buckets: 60x that).
+_WINDOW_GAP_MS: Final = 60_000
+# Write requests in flight at once, per storage.
+_WRITES_IN_FLIGHT: Final = 3
 
 SeriesTuple = tuple[str, str, str]
 # A rollup bucket's partial aggregate: min, max, sum, count, ts of the newest sample, its value.
@@ -174,6 +180,14 @@ class InfluxStorage:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._write_lock = asyncio.Lock()
+        # What this process knows the server holds (single writer; see the module doc),
+        # touched only under the write lock: the newest stored ts of each series of the
+        # sites it loaded, and the bucket of each level it wrote last for each series.
+        self._newest: dict[SeriesTuple, int] = {}
+        self._sites_loaded: set[str] = set()
+        self._open: dict[Level, dict[SeriesTuple, tuple[int, _Partial]]] = {
+            level: {} for level in ROLLUP_LEVELS
+        }
 
     @classmethod
     def from_config(
@@ -292,60 +306,166 @@ class InfluxStorage:
         firsts = _first_values(samples)
         async with self._write_lock:
             self._http()  # closed while this call waited for the lock
-            existing, rollups, latest = await self._stored_state(firsts)
-            new: dict[SeriesTuple, dict[int, float]] = {}
-            for key, values in firsts.items():
-                known = existing.get(key)
-                fresh = values if not known else {t: v for t, v in values.items() if t not in known}
-                if fresh:
-                    new[key] = fresh
-            written = sum(map(len, new.values()))
-            if written:
-                lines = await self._sample_lines(new)
-                lines += _rollup_lines(new, rollups)
-                lines += _latest_lines(new, latest)
-                await self._write_lines(lines, what=f"writing {written} samples")
+            try:
+                written = await self._write_new(firsts)
+            except BaseException:
+                # The server may hold part of the batch: what this process remembers about
+                # it is no longer certain, so the next write reads it back.
+                self._forget()
+                raise
         return WriteResult(written, len(samples) - written)
 
-    async def _stored_state(
-        self, batch: Mapping[SeriesTuple, Mapping[int, float]]
-    ) -> tuple[
-        dict[SeriesTuple, set[int]],
-        dict[Level, dict[tuple[SeriesTuple, int], _Partial]],
-        dict[SeriesTuple, int],
-    ]:
-        """What the server holds that the batch touches, read in one request: stored
-        timestamps in the batch's time range, the rollup buckets it falls in, the newest ts
-        of each series."""
-        lo = min(min(v) for v in batch.values())
-        hi = max(max(v) for v in batch.values())
-        where = _any_series(batch)
+    async def _write_new(self, firsts: Mapping[SeriesTuple, Mapping[int, float]]) -> int:
+        """Write what of the batch is not stored yet, with its rollups; returns how many."""
+        await self._load_newest({key[0] for key in firsts})
+        # A sample newer than the newest stored one of its series is new for certain; only
+        # the others (re-sends, late samples) are looked up.
+        suspects: dict[SeriesTuple, list[int]] = {}
+        for key, values in firsts.items():
+            newest = self._newest.get(key)
+            if newest is not None:
+                older = [t for t in values if t <= newest]
+                if older:
+                    suspects[key] = older
+        stored = await self._stored_timestamps(suspects) if suspects else {}
+        new: dict[SeriesTuple, Mapping[int, float]] = {}
+        for key, values in firsts.items():
+            known = stored.get(key)
+            fresh = values if not known else {t: v for t, v in values.items() if t not in known}
+            if fresh:
+                new[key] = fresh
+        if not new:
+            return 0
+        written = sum(map(len, new.values()))
+        merged = await self._merge_stored_buckets(_partials(new))
+        samples_lines = await self._sample_lines(new)
+        lines: list[str] = []
+        for level, buckets in merged.items():
+            measurement = ROLLUP_MEASUREMENTS[level]
+            lines += [_rollup_line(measurement, key, b, part) for (key, b), part in buckets.items()]
+        newest_now: dict[SeriesTuple, int] = {}
+        for key, values in new.items():
+            t = max(values)
+            before = self._newest.get(key)
+            if before is None or t > before:
+                newest_now[key] = t
+                lines.append(f"{LATEST},{_tags(key)} ts_ms={t}i,value={values[t]!r} 0")
+        # Samples first, then what summarises them: a write failing half-way leaves the
+        # rollups short of samples that made it (counted as duplicates when re-sent), never
+        # counting a sample that is not stored.
+        await self._write_lines(samples_lines, what=f"writing {written} samples")
+        await self._write_lines(lines, what=f"writing the rollups of {written} samples")
+        # Stored: remember the newest sample and the newest bucket of each series.
+        self._newest.update(newest_now)
+        for level, buckets in merged.items():
+            open_buckets = self._open[level]
+            for (key, b), part in buckets.items():
+                have = open_buckets.get(key)
+                if have is None or b >= have[0]:
+                    open_buckets[key] = (b, part)
+        return written
+
+    def _forget(self) -> None:
+        self._newest.clear()
+        self._sites_loaded.clear()
+        for buckets in self._open.values():
+            buckets.clear()
+
+    async def _load_newest(self, sites: Iterable[str]) -> None:
+        """Learn the newest stored timestamp of every series of sites not seen yet."""
+        todo = sorted(set(sites) - self._sites_loaded)
+        if not todo:
+            return
         statements = [
-            f"SELECT {_ident('value')} FROM {self._m(SAMPLES)} WHERE ({where}) "
-            f"AND {_time_range(lo, hi + 1)} {_BY_SERIES}"
+            f"SELECT {_ident('ts_ms')} FROM {self._m(LATEST)} "
+            f"WHERE {_ident('site')} = {_literal(site)} {_BY_SERIES}"
+            for site in todo
         ]
+        for answer in await self._query(statements, what="reading the newest sample times"):
+            for s in answer:
+                if s.values:
+                    self._newest[_key(s.tags)] = int(s.values[0][1])
+        self._sites_loaded.update(todo)
+
+    async def _stored_timestamps(
+        self, suspects: Mapping[SeriesTuple, Sequence[int]]
+    ) -> dict[SeriesTuple, set[int]]:
+        """Which of the suspects' timestamps are stored, read per site over the spans the
+        suspects fall in (a late sample of last week reads that minute of last week, not
+        the week between)."""
+        by_site: dict[str, list[int]] = {}
+        for (site, _, _), stamps in suspects.items():
+            by_site.setdefault(site, []).extend(stamps)
+        statements = [
+            f"SELECT {_ident('value')} FROM {self._m(SAMPLES)} "
+            f"WHERE {_ident('site')} = {_literal(site)} AND {_time_range(lo, hi + 1)} {_BY_SERIES}"
+            for site, stamps in by_site.items()
+            for lo, hi in _windows(stamps, _WINDOW_GAP_MS)
+        ]
+        stored: dict[SeriesTuple, set[int]] = {}
+        for answer in await self._query(statements, what="reading which samples are stored"):
+            for s in answer:
+                key = _key(s.tags)
+                if key in suspects:
+                    stored.setdefault(key, set()).update(row[0] for row in s.values)
+        return stored
+
+    async def _merge_stored_buckets(
+        self, partials: Mapping[Level, Mapping[tuple[SeriesTuple, int], _Partial]]
+    ) -> dict[Level, dict[tuple[SeriesTuple, int], _Partial]]:
+        """The new partials folded into what the server holds for their buckets.
+
+        A bucket that starts after the newest stored sample of its series is empty; the
+        bucket this process wrote last for a series is remembered; only other buckets
+        (late samples, the first write after opening) are read.
+        """
+        merged: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = {}
+        misses: dict[Level, list[tuple[SeriesTuple, int]]] = {}
+        for level, parts in partials.items():
+            out: dict[tuple[SeriesTuple, int], _Partial] = {}
+            merged[level] = out
+            open_buckets = self._open[level]
+            for (key, b), part in parts.items():
+                newest = self._newest.get(key)
+                have = open_buckets.get(key)
+                if newest is None or newest < b:
+                    out[key, b] = part
+                elif have is not None and have[0] == b:
+                    out[key, b] = _fold(have[1], part)
+                else:
+                    misses.setdefault(level, []).append((key, b))
+        if not misses:
+            return merged
+        statements: list[str] = []
+        levels: list[Level] = []
         fields = ", ".join(map(_ident, ("min", "max", "sum", "count", "last_ts", "last")))
-        for level in ROLLUP_LEVELS:
-            size = level.bucket_ms
-            statements.append(
-                f"SELECT {fields} FROM {self._m(ROLLUP_MEASUREMENTS[level])} WHERE ({where}) "
-                f"AND {_time_range(floor_to(lo, size), floor_to(hi, size) + 1)} {_BY_SERIES}"
-            )
-        statements.append(
-            f"SELECT {_ident('ts_ms')} FROM {self._m(LATEST)} WHERE ({where}) {_BY_SERIES}"
-        )
-        answers = await self._query(statements, what="reading what the batch touches")
-        existing = {_key(s.tags): {row[0] for row in s.values} for s in answers[0]}
-        rollups: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = {}
-        for level, answer in zip(ROLLUP_LEVELS, answers[1:4], strict=True):
-            rows: dict[tuple[SeriesTuple, int], _Partial] = {}
+        for level, keys in misses.items():
+            by_site: dict[str, list[int]] = {}
+            for (site, _, _), b in keys:
+                by_site.setdefault(site, []).append(b)
+            for site, starts in by_site.items():
+                for lo, hi in _windows(starts, _WINDOW_GAP_MS * 60):
+                    statements.append(
+                        f"SELECT {fields} FROM {self._m(ROLLUP_MEASUREMENTS[level])} "
+                        f"WHERE {_ident('site')} = {_literal(site)} "
+                        f"AND {_time_range(lo, hi + 1)} {_BY_SERIES}"
+                    )
+                    levels.append(level)
+        answers = await self._query(statements, what="reading the rollup buckets to update")
+        stored: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = {}
+        for level, answer in zip(levels, answers, strict=True):
+            rows = stored.setdefault(level, {})
             for s in answer:
                 key = _key(s.tags)
                 for t, mn, mx, sm, ct, lts, lv in s.values:
                     rows[key, t] = (float(mn), float(mx), float(sm), int(ct), int(lts), float(lv))
-            rollups[level] = rows
-        latest = {_key(s.tags): int(s.values[0][1]) for s in answers[4] if s.values}
-        return existing, rollups, latest
+        for level, keys in misses.items():
+            rows = stored.get(level, {})
+            for at in keys:
+                row = rows.get(at)
+                part = partials[level][at]
+                merged[level][at] = part if row is None else _fold(row, part)
+        return merged
 
     async def _sample_lines(self, new: Mapping[SeriesTuple, Mapping[int, float]]) -> list[str]:
         lines: list[str] = []
@@ -577,6 +697,10 @@ class InfluxStorage:
             }
             if not horizons:
                 return deleted
+            # Deletes may take buckets this process remembers as the newest of a series
+            # (one that stopped reporting): a late sample must start such a bucket afresh.
+            for buckets in self._open.values():
+                buckets.clear()
             stored = await self._horizons()
             advanced = {lv: max(h, stored.get(lv, h)) for lv, h in horizons.items()}
             await self._write_lines(
@@ -631,11 +755,15 @@ class InfluxStorage:
         return f"{_ident(self._database)}.{_ident(self._rp)}.{_ident(measurement)}"
 
     async def _write_lines(self, lines: list[str], *, what: str) -> None:
+        """POST ``lines`` in gzip'd requests of ``write_batch_points`` lines, a few at once
+        (the server parses one while this process builds and compresses the next)."""
         params = {"db": self._database, "precision": "ms"}
         if self._rp is not None:
             params["rp"] = self._rp
-        for first in range(0, len(lines), self._batch_points):
-            body = ("\n".join(lines[first : first + self._batch_points]) + "\n").encode()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def post(chunk: list[str]) -> None:
+            body = ("\n".join(chunk) + "\n").encode()
             if len(body) >= _THREAD_GZIP_BYTES:
                 body = await asyncio.to_thread(gzip.compress, body, 1)
             else:
@@ -648,6 +776,19 @@ class InfluxStorage:
                 content=body,
                 headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"},
             )
+
+        try:
+            for first in range(0, len(lines), self._batch_points):
+                if len(pending) >= _WRITES_IN_FLIGHT:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()  # raises the first failure
+                pending.add(asyncio.create_task(post(lines[first : first + self._batch_points])))
+            for task in pending:
+                await task
+        finally:
+            for task in pending:
+                task.cancel()
 
     async def _query(
         self, statements: Sequence[str], *, what: str = "querying", database: bool = True
@@ -805,10 +946,6 @@ def _one_series(key: SeriesKey | SeriesTuple) -> str:
     )
 
 
-def _any_series(keys: Iterable[SeriesTuple]) -> str:
-    return " OR ".join(f"({_one_series(k)})" for k in keys)
-
-
 def _key(tags: Mapping[str, str]) -> SeriesTuple:
     return (tags["site"], tags["device"], tags["point"])
 
@@ -843,28 +980,33 @@ def _first_values(samples: Sequence[Sample]) -> dict[SeriesTuple, dict[int, floa
     return out
 
 
-def _rollup_lines(
+def _partials(
     new: Mapping[SeriesTuple, Mapping[int, float]],
-    stored: Mapping[Level, Mapping[tuple[SeriesTuple, int], _Partial]],
-) -> list[str]:
-    """The rollup buckets the new samples touch, with the stored partials folded in.
+) -> dict[Level, dict[tuple[SeriesTuple, int], _Partial]]:
+    """The new samples' partial aggregates per rollup bucket they touch.
 
-    The new samples are grouped once into 1-minute partials; the 15 min and 1 h buckets
-    fold those (as the SQLite backend does), then each is merged with what is stored.
+    Grouped once into 1-minute partials; the 15 min and 1 h buckets fold those (as the
+    SQLite backend does), not the samples again.
     """
-    partials: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = {}
     finest = ROLLUP_LEVELS[-1]
+    size = finest.bucket_ms
     minute: dict[tuple[SeriesTuple, int], _Partial] = {}
     for key, values in new.items():
-        for t in sorted(values):
-            v = values[t]
-            b = floor_to(t, finest.bucket_ms)
-            have = minute.get((key, b))
-            if have is None:
-                minute[key, b] = (v, v, v, 1, t, v)
-            else:
-                minute[key, b] = _fold(have, (v, v, v, 1, t, v))
-    partials[finest] = minute
+        stamps = sorted(values)
+        # A run of samples of one bucket, oldest first: its last is the bucket's last.
+        i = 0
+        while i < len(stamps):
+            bucket = floor_to(stamps[i], size)
+            j = i
+            while j < len(stamps) and stamps[j] < bucket + size:
+                j += 1
+            run = [values[t] for t in stamps[i:j]]
+            at = (key, bucket)
+            part = (min(run), max(run), math.fsum(run), j - i, stamps[j - 1], run[-1])
+            have = minute.get(at)
+            minute[at] = part if have is None else _fold(have, part)
+            i = j
+    partials = {finest: minute}
     for level in ROLLUP_LEVELS[:-1]:
         folded: dict[tuple[SeriesTuple, int], _Partial] = {}
         for (key, b), part in minute.items():
@@ -872,35 +1014,31 @@ def _rollup_lines(
             have = folded.get(at)
             folded[at] = part if have is None else _fold(have, part)
         partials[level] = folded
-    lines: list[str] = []
-    for level, parts in partials.items():
-        measurement = ROLLUP_MEASUREMENTS[level]
-        old = stored.get(level, {})
-        for (key, b), part in parts.items():
-            have = old.get((key, b))
-            mn, mx, sm, ct, lts, lv = part if have is None else _fold(have, part)
-            lines.append(
-                f"{measurement},{_tags(key)} min={mn!r},max={mx!r},sum={sm!r},"
-                f"mean={sm / ct!r},count={ct}i,last={lv!r},last_ts={lts}i {b}"
-            )
-    return lines
+    return partials
+
+
+def _rollup_line(measurement: str, key: SeriesTuple, bucket_ms: int, part: _Partial) -> str:
+    mn, mx, sm, ct, lts, lv = part
+    return (
+        f"{measurement},{_tags(key)} min={mn!r},max={mx!r},sum={sm!r},mean={sm / ct!r},"
+        f"count={ct}i,last={lv!r},last_ts={lts}i {bucket_ms}"
+    )
+
+
+def _windows(stamps: Iterable[int], gap_ms: int) -> list[tuple[int, int]]:
+    """[lo, hi] spans covering ``stamps``; a gap wider than ``gap_ms`` starts a new span."""
+    spans: list[tuple[int, int]] = []
+    for t in sorted(set(stamps)):
+        if spans and t - spans[-1][1] <= gap_ms:
+            spans[-1] = (spans[-1][0], t)
+        else:
+            spans.append((t, t))
+    return spans
 
 
 def _fold(a: _Partial, b: _Partial) -> _Partial:
     last = (a[4], a[5]) if a[4] >= b[4] else (b[4], b[5])
     return (min(a[0], b[0]), max(a[1], b[1]), a[2] + b[2], a[3] + b[3], *last)
-
-
-def _latest_lines(
-    new: Mapping[SeriesTuple, Mapping[int, float]], stored: Mapping[SeriesTuple, int]
-) -> list[str]:
-    lines = []
-    for key, values in new.items():
-        t = max(values)
-        known = stored.get(key)
-        if known is None or t > known:
-            lines.append(f"{LATEST},{_tags(key)} ts_ms={t}i,value={values[t]!r} 0")
-    return lines
 
 
 def _under(base_dir: Path, path: Path | None) -> Path | None:

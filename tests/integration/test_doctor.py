@@ -10,10 +10,11 @@ import json
 import os
 import resource
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -22,12 +23,17 @@ from gridpilot.app import Service, run_services
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.config import load_config
 from gridpilot.config.models import GridPilotConfig
+from gridpilot.model import Sample
 from gridpilot.ops.doctor import SCHEMA, DoctorReport, run_doctor
 from gridpilot.ops.doctor_rules import CheckResult, Verdict
 from gridpilot.sim.site import SimulatedSite
+from gridpilot.storage import open_storage
 from gridpilot.storage.sqlite import SqliteStorage
 from tests.conftest import find_free_port
 from tests.production_broker import ProductionBroker
+
+if TYPE_CHECKING:
+    from tests.influxdb_server import InfluxServer
 
 pytestmark = pytest.mark.integration
 
@@ -392,3 +398,90 @@ async def test_the_tls_handshake_is_checked_with_the_sites_tls_settings(
         assert "refused this client after the handshake" in result.finding
         assert "broker.tls.cert_file" in result.fix
     assert _one(report, "broker").verdict is Verdict.FAIL
+
+
+def _samples_with_a_gap(now: int) -> list[Sample]:
+    """A meter polled every second for the last ten minutes, silent from -400 s to -280 s."""
+    return [
+        Sample(SITE, "meter", "active_power_w", ts, float(ts % 1000))
+        for ts in range(now - 600_000, now - 1_000, 1_000)
+        if not now - 400_000 < ts < now - 280_000
+    ]
+
+
+def _server_site(directory: Path, storage: dict[str, Any]) -> Path:
+    directory.mkdir(mode=0o700)
+    site_file = directory / "site.yaml"
+    site_file.write_text(
+        yaml.safe_dump(
+            {
+                "site": {"id": SITE},
+                "broker": {"url": f"mqtt://127.0.0.1:{find_free_port()}"},
+                "storage": storage,
+                "devices": [
+                    {
+                        "id": "meter",
+                        "host": "127.0.0.1",
+                        "port": find_free_port(),
+                        "poll_interval": 1,
+                        "points": [{"point": "active_power_w", "address": 0, "type": "int32"}],
+                    }
+                ],
+            }
+        )
+    )
+    return site_file
+
+
+def _assert_the_gap_and_the_server_clock(report: DoctorReport, server: str) -> None:
+    text = report.render_text()
+    storage = _one(report, "storage")
+    assert storage.verdict is Verdict.OK, text
+    assert len(storage.details["latency_ms"]) == 3
+    gaps = _one(report, "data_gaps", "meter")
+    # The two minutes of silence are found; the rest of the ten minutes is whole. The data
+    # ends a second ago, so the device is not "stopped".
+    assert gaps.verdict is Verdict.WARN, text
+    assert len(gaps.details["gaps"]) == 1
+    assert 118 <= gaps.details["gaps"][0]["seconds"] <= 122
+    assert "1 gap(s)" in gaps.finding
+    clock = _one(report, "clock")
+    assert clock.verdict is Verdict.OK, text
+    sources = [c["source"] for c in clock.details["comparisons"]]
+    assert any(source.startswith(server) for source in sources), sources
+
+
+async def test_a_postgresql_site_is_timed_and_its_gaps_found(tmp_path: Path) -> None:
+    from tests import postgres_server  # noqa: PLC0415 - needs psycopg, an optional extra
+
+    schema = postgres_server.fresh_schema()
+    now = int(time.time() * 1000)
+    async with postgres_server.storage(schema) as storage:
+        await storage.write(_samples_with_a_gap(now))
+    site_file = _server_site(
+        tmp_path / "site",
+        {
+            "backend": "postgresql",
+            "postgresql": {"dsn": postgres_server.dsn(), "schema_name": schema},
+        },
+    )
+    report = await run_doctor(load_config(site_file), site_file, timeout_s=10)
+    _assert_the_gap_and_the_server_clock(report, "PostgreSQL server")
+    assert "PostgreSQL at" in _one(report, "storage").finding
+
+
+async def test_an_influxdb_site_is_timed_and_its_gaps_found(
+    influxdb: InfluxServer, tmp_path: Path
+) -> None:
+    database = influxdb.new_database_name("doctor")
+    storage_config: dict[str, Any] = {
+        "backend": "influxdb",
+        "influxdb": {"url": influxdb.url, "database": database},
+    }
+    site_file = _server_site(tmp_path / "site", storage_config)
+    config = load_config(site_file)
+    now = int(time.time() * 1000)
+    async with open_storage(config.storage, site_file.parent) as storage:
+        await storage.write(_samples_with_a_gap(now))
+    report = await run_doctor(config, site_file, timeout_s=10)
+    _assert_the_gap_and_the_server_clock(report, "InfluxDB server")

@@ -23,6 +23,7 @@ from gridpilot.api.service import ApiService
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.bus.embedded import EmbeddedBroker
 from gridpilot.bus.errors import BusError
+from gridpilot.bus.homeassistant import HomeAssistantDiscovery
 from gridpilot.config import GridPilotConfig, site_path
 from gridpilot.control.base import Controller
 from gridpilot.control.factory import build_controllers
@@ -120,6 +121,10 @@ async def run_services(
             )
         if Service.GATEWAY in services:
             gateway = await stack.enter_async_context(GatewayService(config, address))
+        if config.homeassistant.enabled and {Service.GATEWAY, Service.INGEST} & set(services):
+            # With the gateway (its devices' points) or ingest (a Sparkplug-only site);
+            # processes running both publish the same retained configs, which is harmless.
+            await stack.enter_async_context(HomeAssistantDiscovery(config, address))
         if Service.CONTROLLER in services and storage is not None:
             inputs = StoredInputs(storage, config)
             controller = await stack.enter_async_context(

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gridpilot.api.state_cache import DeviceStateCache
@@ -18,6 +19,7 @@ from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.bus.codec import DeviceStatus, decode_state
 from gridpilot.config.models import GridPilotConfig, StorageConfig
 from gridpilot.ingest.service import IngestService
+from gridpilot.ingest.sparkplug import SparkplugIngest
 from gridpilot.model import SeriesKey, Topic, now_ms
 from gridpilot.storage import open_storage
 from gridpilot.storage.base import Storage
@@ -214,3 +216,48 @@ async def test_device_state_payload_reads_as_a_device_state(
                 state = decode_state(message.payload)
                 break
     assert state.status is DeviceStatus.ONLINE
+
+
+async def test_host_state_is_online_while_ingest_runs_and_offline_after(
+    mosquitto: BrokerAddress, storage: Storage
+) -> None:
+    """With ``sparkplug.host_id``, edge nodes that wait for their primary host see it."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    host_id = f"gridpilot-{uuid.uuid4().hex[:6]}"
+    base = config(site, "G")
+    assert base.sparkplug is not None
+    with_host = base.model_copy(
+        update={"sparkplug": base.sparkplug.model_copy(update={"host_id": host_id})}
+    )
+    seen: list[dict[str, Any]] = []
+    async with BusClient(mosquitto, f"host-{uuid.uuid4().hex[:8]}") as watcher:
+        await watcher.wait_connected(5)
+        await watcher.subscribe(f"spBv1.0/STATE/{host_id}")
+
+        async def collect() -> None:
+            async for message in watcher.messages():
+                seen.append(orjson.loads(message.payload))
+
+        task = asyncio.create_task(collect())
+        try:
+            async with IngestService(with_host, mosquitto, storage) as ingest:
+
+                async def online() -> bool:
+                    return bool(seen) and seen[-1]["online"] is True
+
+                await eventually(online)
+                birth = seen[-1]["timestamp"]
+                assert ingest.sparkplug is not None
+                # The will the broker holds publishes the same death if ingest vanishes.
+                will = SparkplugIngest.will(with_host, birth)
+                assert will is not None
+                assert (will.topic, will.qos, will.retain) == (f"spBv1.0/STATE/{host_id}", 1, True)
+                assert orjson.loads(will.payload) == {"online": False, "timestamp": birth}
+
+            async def offline() -> bool:
+                return seen[-1] == {"online": False, "timestamp": birth}
+
+            await eventually(offline)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -48,6 +48,8 @@ __all__ = [
     "SparkplugTopic",
     "decode_payload",
     "encode_payload",
+    "host_state_payload",
+    "host_state_topic",
     "numeric_value",
     "parse_topic",
     "rebirth_command",
@@ -134,6 +136,17 @@ class SparkplugTopic:
 def topic_filter(group: str) -> str:
     """Everything of one Sparkplug group: ``spBv1.0/{group}/#``."""
     return f"{NAMESPACE}/{group}/#"
+
+
+def host_state_topic(host_id: str) -> str:
+    """Where a host application announces itself: ``spBv1.0/STATE/{host_id}`` (retained)."""
+    return f"{NAMESPACE}/STATE/{host_id}"
+
+
+def host_state_payload(online: bool, timestamp_ms: int) -> bytes:
+    """The Sparkplug 3.0 STATE payload, JSON (not protobuf): ``{"online", "timestamp"}``.
+    The death (the will) carries the timestamp of the birth it ends."""
+    return b'{"online": %s, "timestamp": %d}' % (b"true" if online else b"false", timestamp_ms)
 
 
 def parse_topic(topic: str) -> SparkplugTopic | None:

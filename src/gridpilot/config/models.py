@@ -846,6 +846,10 @@ class SparkplugConfig(_Frozen):
     rebirth_interval: timedelta = timedelta(seconds=5)
     """Least time between two rebirth requests (NCMD ``Node Control/Rebirth``) to one edge
     node; data of the node is ignored until its new NBIRTH."""
+    host_id: str | None = Field(default=None, pattern=_SPARKPLUG_ID)
+    """Announce ingest as this Sparkplug host application: retained
+    ``spBv1.0/STATE/{host_id}`` online while it runs (offline as its will), for edge nodes
+    that wait for their primary host before they publish."""
 
     @model_validator(mode="after")
     def _unique(self) -> Self:

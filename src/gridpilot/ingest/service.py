@@ -202,9 +202,13 @@ class IngestService:
         self.events_filter = f"$share/{SHARED_GROUP}/{events}" if self.shared else events
         self.stats = IngestStats()
         bus = config.broker
+        handles_sparkplug = config.sparkplug is not None and instance == "0"
+        birth_ms = clock()
         self._bus = BusClient(
             broker,
             f"{bus.client_id_prefix}-ingest-{self._site}-{instance}",
+            # Sparkplug host application: STATE offline when ingest vanishes.
+            will=SparkplugIngest.will(config, birth_ms) if handles_sparkplug else None,
             # A persistent session: telemetry published while ingest restarts waits at the
             # broker, and messages not acknowledged (not committed) are redelivered.
             clean_session=False,
@@ -221,8 +225,8 @@ class IngestService:
         # Sparkplug B: sequence numbers and aliases are per edge node session, so one
         # process must see all of a group's messages: instance "0" subscribes, plainly.
         self.sparkplug = (
-            SparkplugIngest(config, self._rules, self._bus)
-            if config.sparkplug is not None and instance == "0"
+            SparkplugIngest(config, self._rules, self._bus, birth_ms=birth_ms)
+            if handles_sparkplug
             else None
         )
 
@@ -253,6 +257,7 @@ class IngestService:
             await self._bus.subscribe(self.events_filter, qos=1)
             if self.sparkplug is not None:
                 await self._bus.subscribe(self.sparkplug.topic_filter, qos=1)
+                self._bus.on_connect(self.sparkplug.announce)
         except BaseException:
             await self.stop()
             raise
@@ -297,6 +302,9 @@ class IngestService:
             )
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
+        if self.sparkplug is not None:
+            with contextlib.suppress(Exception):  # closing anyway; the will covers it
+                await self.sparkplug.goodbye()
         await self._bus.close()
 
     # ------------------------------------------------------------------ reader

@@ -17,6 +17,9 @@ Rules (Sparkplug B 3.0, "Host Applications"):
 - NDEATH (normally the broker's last will) counts only when its bdSeq is the one of the
   node's current birth -- a stale will from an older session must not kill the new one.
   It marks the node's device and all its devices offline; DDEATH marks one device offline.
+- With ``sparkplug.host_id`` ingest is a primary host application: retained
+  ``spBv1.0/STATE/{host_id}`` ``{"online": true, "timestamp": birth}`` after every connection,
+  and the same with ``false`` as its MQTT will and before a clean disconnect.
 
 Point names (deterministic, documented in the README):
 1. the device mapping's ``points`` (metric name -> point name), else
@@ -42,7 +45,7 @@ from typing import Final
 
 import orjson
 
-from gridpilot.bus.client import BusClient
+from gridpilot.bus.client import BusClient, Will
 from gridpilot.bus.errors import PayloadError
 from gridpilot.bus.sparkplug import (
     BD_SEQ,
@@ -54,6 +57,8 @@ from gridpilot.bus.sparkplug import (
     SparkplugPayload,
     SparkplugTopic,
     decode_payload,
+    host_state_payload,
+    host_state_topic,
     numeric_value,
     parse_topic,
     rebirth_command,
@@ -602,10 +607,21 @@ class SparkplugIngest:
     Samples and rejections go back to the ingest service, which stores and dead-letters
     them like those of JSON telemetry."""
 
-    def __init__(self, config: GridPilotConfig, rules: ValidationRules, bus: BusClient) -> None:
+    def __init__(
+        self,
+        config: GridPilotConfig,
+        rules: ValidationRules,
+        bus: BusClient,
+        *,
+        birth_ms: int | None = None,
+    ) -> None:
+        """``birth_ms``: the timestamp of the host's STATE birth and will (``will``)."""
         self.host = SparkplugHost(config, rules)
         self.stats = SparkplugStats()
         self._bus = bus
+        self._birth_ms = birth_ms
+        host_id = self.host.config.host_id
+        self._state_topic = None if host_id is None else host_state_topic(host_id)
         self._site = config.site.id
         self._group = self.host.config.group
         self.topic_filter = topic_filter(self._group)
@@ -613,6 +629,30 @@ class SparkplugIngest:
 
     def accepts(self, topic: str) -> bool:
         return topic.startswith(self._prefix)
+
+    @staticmethod
+    def will(config: GridPilotConfig, birth_ms: int) -> Will | None:
+        """The host's death certificate, for the ingest client's MQTT will (with
+        ``sparkplug.host_id``): STATE offline with the birth's timestamp."""
+        spb = config.sparkplug
+        if spb is None or spb.host_id is None:
+            return None
+        return Will(host_state_topic(spb.host_id), host_state_payload(False, birth_ms), 1, True)
+
+    async def announce(self) -> None:
+        """STATE online (retained), after every (re)connection: edge nodes that wait for
+        their primary host publish their births then."""
+        if self._state_topic is not None and self._birth_ms is not None:
+            await self._bus.publish(
+                self._state_topic, host_state_payload(True, self._birth_ms), qos=1, retain=True
+            )
+
+    async def goodbye(self) -> None:
+        """STATE offline before a clean disconnect (the will covers the unclean ones)."""
+        if self._state_topic is not None and self._birth_ms is not None:
+            await self._bus.publish(
+                self._state_topic, host_state_payload(False, self._birth_ms), qos=1, retain=True
+            )
 
     async def handle(self, topic: str, payload: bytes, now_ms: int) -> HostOutcome | None:
         outcome = self.host.handle(topic, payload, now_ms)

@@ -7,7 +7,7 @@ published and what gets counted.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gridpilot.config.models import DeviceConfig, PointConfig, PollClass
@@ -58,12 +58,14 @@ class ReadPlan:
 
     def __init__(self, device: DeviceConfig) -> None:
         self.max_gap = device.max_gap
+        self.points: dict[str, PointConfig] = {p.point: p for p in device.points}
         self.specs = polled_specs(device)
         classes = {p.point: p.poll_class for p in device.points}
         self.class_of: dict[RegisterSpec, PollClass] = {s: classes[s.point] for s in self.specs}
         self.classes = frozenset(self.class_of.values())
         """The classes that have polled points."""
         self._plans: dict[frozenset[PollClass], list[ReadBlock]] = {}
+        self._slices: dict[int, list[tuple[RegisterSpec, int, int]]] = {}
         self.all_blocks = self.blocks(self.classes)
         """Every polled point's reads: the most one poll makes."""
 
@@ -74,7 +76,25 @@ class ReadPlan:
                 (s for s in self.specs if self.class_of[s] in due), max_gap=self.max_gap
             )
             self._plans[due] = plan
+            for block in plan:  # kept alive by the plan: its id stays its own
+                self._slices[id(block)] = [
+                    (s, s.address - block.address, s.end - block.address) for s in block.specs
+                ]
         return plan
+
+    def split(
+        self, block: ReadBlock, words: Sequence[int]
+    ) -> list[tuple[RegisterSpec, Sequence[int]]]:
+        """Each spec's words out of the words read for ``block`` (one of this plan's).
+
+        ``planner.extract`` without its per-spec checks: the planner put every spec inside
+        its block, so only the reply's length needs checking. Raises ``ValueError`` when
+        it is wrong."""
+        if len(words) != block.count:
+            raise ValueError(
+                f"a read of {block.table} {block.address}+{block.count} returned {len(words)} words"
+            )
+        return [(spec, words[a:b]) for spec, a, b in self._slices[id(block)]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +125,16 @@ class Readings:
 
 
 def evaluate(
-    device: DeviceConfig, words_by_spec: Iterable[tuple[RegisterSpec, Sequence[int]]]
+    device: DeviceConfig,
+    words_by_spec: Iterable[tuple[RegisterSpec, Sequence[int]]],
+    points: Mapping[str, PointConfig] | None = None,
 ) -> Readings:
     """Decode the words of each spec, scale analog signals (a faulted signal gives a
-    ``PointFault``, not a value), and keep the values inside their valid range."""
+    ``PointFault``, not a value), and keep the values inside their valid range.
+
+    ``points``: the device's points by name (``ReadPlan.points``), if the caller has them.
+    """
+    by_name = points if points is not None else {p.point: p for p in device.points}
     values: dict[str, float] = {}
     out_of_range: list[str] = []
     invalid: list[tuple[str, str]] = []
@@ -124,7 +150,7 @@ def evaluate(
         if not math.isfinite(value):
             invalid.append((spec.point, f"point {spec.point!r}: value {value} is not finite"))
             continue
-        point = device.point(spec.point)
+        point = by_name.get(spec.point)
         if point is not None and point.analog is not None:
             analog = point.analog.range()
             scaled = scale_signal(analog, value)

@@ -320,7 +320,7 @@ class _DeviceWorker:
         """One poll: read ``blocks``, publish telemetry, update health. Holds the lock."""
         ts = self.clock()
         was = self.health.status
-        words_by_spec: list[tuple[RegisterSpec, list[int]]] = []
+        words_by_spec: list[tuple[RegisterSpec, Sequence[int]]] = []
         refused: list[DeviceRejected] = []
         failure: FieldbusError | None = None
         try:
@@ -335,7 +335,7 @@ class _DeviceWorker:
                             # The device answered: the rest of the map may still be readable.
                             refused.append(exc)
                             continue
-                        words_by_spec.extend(_split(block, words))
+                        words_by_spec.extend(_split(self.plan, block, words))
         except FieldbusError as exc:
             failure = exc
         except TimeoutError:
@@ -353,7 +353,7 @@ class _DeviceWorker:
         for rejection in refused:
             changed = self.health.error(rejection.kind, str(rejection), now) or changed
         self._count_attempts()
-        readings = evaluate(self.device, words_by_spec)
+        readings = evaluate(self.device, words_by_spec, self.plan.points)
         read = {spec.point for spec, _ in words_by_spec}
         changed = await self._note_point_faults(read, readings.faults, now) or changed
         self.health.values_dropped(len(readings.out_of_range), len(readings.invalid))
@@ -376,7 +376,7 @@ class _DeviceWorker:
     async def _read_side_by_side(
         self,
         blocks: Sequence[ReadBlock],
-        words_by_spec: list[tuple[RegisterSpec, list[int]]],
+        words_by_spec: list[tuple[RegisterSpec, Sequence[int]]],
         refused: list[DeviceRejected],
     ) -> FieldbusError | None:
         """Every block at once (the driver bounds how many are on the wire); the first
@@ -393,7 +393,7 @@ class _DeviceWorker:
             elif isinstance(result, BaseException):
                 raise result
             else:
-                words_by_spec.extend(_split(block, result))
+                words_by_spec.extend(_split(self.plan, block, result))
         return failure
 
     async def _run_sunspec_polls(self, session: SunSpecSession) -> None:
@@ -645,15 +645,13 @@ class _DeviceWorker:
         return drained
 
 
-def _split(block: ReadBlock, words: list[int]) -> list[tuple[RegisterSpec, list[int]]]:
-    """Each spec's words out of a block's (``planner.extract`` without its per-spec checks:
-    the planner put every spec inside its block; only the reply's length is unknown)."""
-    if len(words) != block.count:  # the driver returned the wrong number of words
-        raise ProtocolError(
-            f"a read of {block.table} {block.address}+{block.count} returned {len(words)} words"
-        )
-    base = block.address
-    return [(spec, words[spec.address - base : spec.end - base]) for spec in block.specs]
+def _split(
+    plan: ReadPlan, block: ReadBlock, words: list[int]
+) -> list[tuple[RegisterSpec, Sequence[int]]]:
+    try:
+        return plan.split(block, words)
+    except ValueError as exc:  # the driver returned the wrong number of words
+        raise ProtocolError(str(exc)) from exc
 
 
 def _describe(exc: BaseException, what: str) -> tuple[str, str]:

@@ -61,7 +61,7 @@ def _send(config_arg: str | None, request: dict[str, Any]) -> dict[str, Any]:
         fail(f"{path} has no 'control' section: there is no controller to ask", EXIT_CONFIG)
     site, controller = cfg.site.id, cfg.control.id
     request = {"id": uuid.uuid4().hex, **request}
-    address = BrokerAddress.from_config(cfg.broker)
+    address = BrokerAddress.from_config(cfg.broker, base_dir=path.parent)
     reply: dict[str, Any] = {}
 
     async def main() -> None:
@@ -123,7 +123,7 @@ def status(config: str | None, as_json: bool) -> None:
     found: dict[str, Any] = {}
 
     async def main() -> None:
-        address = BrokerAddress.from_config(cfg.broker)
+        address = BrokerAddress.from_config(cfg.broker, base_dir=path.parent)
         async with BusClient(address, f"gridpilot-control-{uuid.uuid4().hex[:8]}") as bus:
             await bus.wait_connected(timeout=REPLY_TIMEOUT_S)
             await bus.subscribe(topic, qos=1)

@@ -113,15 +113,17 @@ def mosquitto(config: Path, output: Path, files_in: Path | None) -> None:
         with atomic_file(output / name, mode=0o644) as out:
             out.write(text.encode())
         click.echo(f"wrote {output / name}", err=True)
-    missing = [
-        n for n in ("ca.crt", "server.crt", "server.key", "passwd") if not layout.path(n).exists()
-    ]
+    how = {
+        "ca.crt": f"gridpilot deploy certs {layout.directory} --server BROKER-HOST",
+        "server.crt": f"gridpilot deploy certs {layout.directory} --server BROKER-HOST",
+        "server.key": f"gridpilot deploy certs {layout.directory} --server BROKER-HOST",
+        "passwd": f"mosquitto_passwd -c {layout.path('passwd')} ingest",
+    }
+    missing = [name for name in how if not layout.path(name).exists()]
     if missing:
-        click.echo(
-            f"still needed in {layout.directory}: {', '.join(missing)} "
-            "(gridpilot deploy certs; mosquitto_passwd -c passwd ingest)",
-            err=True,
-        )
+        click.echo(f"still needed in {layout.directory}: {', '.join(missing)}; run:", err=True)
+        for command in dict.fromkeys(how[name] for name in missing):
+            click.echo(f"  {command}", err=True)
 
 
 @deploy_group.command("certs")

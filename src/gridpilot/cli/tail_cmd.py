@@ -24,8 +24,10 @@ def tail(topic: str, config: str | None, url: str | None, count: int | None) -> 
             fail(f"--url {url!r} must look like mqtt://127.0.0.1:1883", 2)
         address = BrokerAddress(parts.hostname, parts.port or 1883)
     else:
-        cfg = load_or_exit(resolve_config_path(config))
-        address = BrokerAddress.from_config(cfg.broker)
+        path = resolve_config_path(config)
+        cfg = load_or_exit(path)
+        # Relative key, certificate and password files are next to the site file.
+        address = BrokerAddress.from_config(cfg.broker, base_dir=path.parent)
 
     async def main() -> None:
         # Ctrl-C cancels this task (asyncio.run); SIGTERM's default action ends the process:

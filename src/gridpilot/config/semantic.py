@@ -42,6 +42,7 @@ def check(data: object) -> Iterator[Finding]:
     """Yield every cross-entry problem found in raw site data."""
     if not isinstance(data, dict):
         return
+    yield from _check_sparkplug(data.get("sparkplug"), data.get("devices"))
     devices = data.get("devices")
     if not isinstance(devices, list):
         return
@@ -74,6 +75,38 @@ def check(data: object) -> Iterator[Finding]:
 
 
 _MODBUS_PROTOCOLS = frozenset({"modbus_tcp", "modbus_rtu", "modbus_rtu_tcp"})
+
+
+def _check_sparkplug(sparkplug: object, devices: object) -> Iterator[Finding]:
+    """A Sparkplug mapping names a device no other mapping and no polled device uses: its
+    state (births, deaths) and its samples come from that one edge node or device."""
+    if not isinstance(sparkplug, dict) or not isinstance(sparkplug.get("devices"), list):
+        return
+    polled = {
+        d.get("id")
+        for d in (devices if isinstance(devices, list) else [])
+        if isinstance(d, dict) and d.get("protocol", "modbus_tcp") in _MODBUS_PROTOCOLS
+    }
+    seen: dict[str, int] = {}
+    for i, mapping in enumerate(sparkplug["devices"]):
+        device_id = mapping.get("id") if isinstance(mapping, dict) else None
+        if not isinstance(device_id, str):
+            continue
+        loc: Loc = ("sparkplug", "devices", i, "id")
+        if device_id in polled:
+            yield Finding(
+                loc,
+                f"device {device_id!r} is polled over Modbus by the gateway; a Sparkplug "
+                "node or device needs an id of its own (or list it as protocol: mqtt)",
+            )
+        if device_id in seen:
+            yield Finding(
+                loc,
+                f"device id {device_id!r} is already mapped by "
+                f"sparkplug.devices[{seen[device_id]}]",
+            )
+        else:
+            seen[device_id] = i
 
 
 def _check_serial_buses(buses: object, devices: list[Any]) -> Iterator[Finding]:

@@ -31,13 +31,23 @@ whole shard groups by the server's clock; the contract cuts each level at an ins
 by the caller (bucket-exact for rollups) and keeps the newest value and the list of series.
 
 First value wins: InfluxDB overwrites a point written again with the same series and time
-(last value wins), so ``write`` first reads which of the batch's timestamps are stored and
-writes only the others. Writes of one ``InfluxStorage`` are serialised (a lock), which
-makes the read-then-write exact; *one writing process per database* keeps it exact (two
-ingest processes writing the same series at once could both count a re-sent sample).
-If a write fails half-way after its retries, samples already stored count as duplicates
-when the batch is re-sent and the rollups lack them: raw samples are written before the
-rollups so that a failure can leave rollups short but never counting a sample twice.
+(last value wins), so ``write`` writes only what is not stored yet. It knows the newest
+stored timestamp of every series (read once per site from ``latest``): a sample newer than
+that is new for certain, and only the others -- re-sends, late samples -- are looked up, in
+one query per site over the time spans they fall in. Rollup buckets are folded the same
+way: a bucket starting after the series' newest sample is empty, the bucket this process
+wrote last for a series is remembered, and only other buckets (late samples, the first
+write after opening) are read back. A steady stream of live samples therefore costs no read
+at all, only writes: the samples, then one point per touched bucket of each level and one
+``latest`` point per series.
+
+Writes of one ``InfluxStorage`` are serialised (a lock), which makes this exact. It relies
+on *one writing process per database*: a second writer's samples would not be in what this
+one remembers (several readers -- API processes -- are fine). If a write fails after its
+retries, what was remembered is dropped and read back by the next write; samples are
+written before their rollups, so a batch that failed half-way and is re-sent finds the
+samples that made it as duplicates: the rollups can then lack them, never count a sample
+twice.
 
 Errors::
 
@@ -165,7 +175,6 @@ class InfluxStorage:
         timeout: timedelta = timedelta(seconds=10),
         max_retries: int = 4,
         write_batch_points: int = 5_000,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._url = url.rstrip("/")
         self._database = database
@@ -177,7 +186,6 @@ class InfluxStorage:
         self._batch_points = write_batch_points
         self._headers = {"Authorization": f"Token {token}"} if token else {}
         self._auth = httpx.BasicAuth(username, password or "") if username else None
-        self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._write_lock = asyncio.Lock()
         # What this process knows the server holds (single writer; see the module doc),
@@ -250,7 +258,6 @@ class InfluxStorage:
             timeout=httpx.Timeout(self._timeout_s),
             headers=self._headers,
             auth=self._auth,
-            transport=self._transport,
             # Loopback or a configured server only; never a proxy from the environment.
             trust_env=False,
         )
@@ -272,10 +279,14 @@ class InfluxStorage:
         return self
 
     async def close(self) -> None:
-        """Close the HTTP connections. Idempotent; queued writes finish first."""
-        client, self._client = self._client, None
-        if client is not None:
-            async with self._write_lock:
+        """Close the HTTP connections. Idempotent; writes already waiting finish first
+        (the write lock is fair), later calls fail with StorageError."""
+        if self._client is None:
+            return
+        async with self._write_lock:
+            client, self._client = self._client, None
+            self._forget()
+            if client is not None:
                 await client.aclose()
 
     async def __aenter__(self) -> Self:
@@ -493,17 +504,22 @@ class InfluxStorage:
             by_site: dict[str, list[int]] = {}
             for site, ts, _, _ in unique:
                 by_site.setdefault(site, []).append(ts)
-            sites = sorted(by_site)
+            # Over the spans the events fall in: a redelivered event of last month next to
+            # today's reads that minute of last month, not the month between.
+            spans = [
+                (site, lo, hi)
+                for site in sorted(by_site)
+                for lo, hi in _windows(by_site[site], _WINDOW_GAP_MS)
+            ]
             statements = [
                 f"SELECT {_ident('message')}, {_ident('source')} FROM {self._m(EVENTS)} "
-                f"WHERE {_ident('site')} = {_literal(site)} "
-                f"AND {_time_range(min(by_site[site]), max(by_site[site]) + 1)}"
-                for site in sites
+                f"WHERE {_ident('site')} = {_literal(site)} AND {_time_range(lo, hi + 1)}"
+                for site, lo, hi in spans
             ]
             answers = await self._query(statements, what="reading stored events")
             stored = {
                 (site, row[0], row[2], row[1])
-                for site, answer in zip(sites, answers, strict=True)
+                for (site, _, _), answer in zip(spans, answers, strict=True)
                 for s in answer
                 for row in s.values
             }

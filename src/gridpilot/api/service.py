@@ -299,6 +299,8 @@ class ApiService:
     @property
     def streams(self) -> StreamHub:
         """The live streams (SSE and GraphQL subscriptions) this API serves."""
+        if self._app is None:
+            raise RuntimeError("use 'async with ApiService(...)'")
         hub: StreamHub = self._app.state.streams
         return hub
 

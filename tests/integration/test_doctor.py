@@ -401,10 +401,12 @@ async def test_the_tls_handshake_is_checked_with_the_sites_tls_settings(
 
 
 def _samples_with_a_gap(now: int) -> list[Sample]:
-    """A meter polled every second for the last ten minutes, silent from -400 s to -280 s."""
+    """A meter polled every 5 s for the last ten minutes, silent from -400 s to -280 s (5 s:
+    the doctor may start a few seconds after the last sample on a busy machine, and the
+    series must not look stopped then)."""
     return [
         Sample(SITE, "meter", "active_power_w", ts, float(ts % 1000))
-        for ts in range(now - 600_000, now - 1_000, 1_000)
+        for ts in range(now - 600_000, now - 1_000, 5_000)
         if not now - 400_000 < ts < now - 280_000
     ]
 
@@ -423,7 +425,7 @@ def _server_site(directory: Path, storage: dict[str, Any]) -> Path:
                         "id": "meter",
                         "host": "127.0.0.1",
                         "port": find_free_port(),
-                        "poll_interval": 1,
+                        "poll_interval": 5,
                         "points": [{"point": "active_power_w", "address": 0, "type": "int32"}],
                     }
                 ],
@@ -485,3 +487,32 @@ async def test_an_influxdb_site_is_timed_and_its_gaps_found(
         await storage.write(_samples_with_a_gap(now))
     report = await run_doctor(config, site_file, timeout_s=10)
     _assert_the_gap_and_the_server_clock(report, "InfluxDB server")
+
+
+async def test_a_running_service_with_a_tiny_open_file_limit_is_named(
+    site: RunningSite, tmp_path: Path
+) -> None:
+    """What systemd's LimitNOFILE gave a running service is read from /proc/PID/limits."""
+    data = site.variant()
+    data["storage"]["path"] = "ingest.db"  # a database of its own: one writer per file
+    site_file = site.write(tmp_path / "service", data)
+    service = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridpilot", "run", "ingest", str(site_file),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_limit_open_files,
+    )  # fmt: skip
+    try:
+        report = await run_doctor(load_config(site_file), site_file, timeout_s=5)
+    finally:
+        service.terminate()
+        await asyncio.wait_for(service.wait(), timeout=30)
+    text = report.render_text()
+    limits = _by(report, "open_files")
+    assert limits[0].subject == "this shell"
+    running = [r for r in limits if r.subject.startswith(f"process {service.pid} (")]
+    assert len(running) == 1, text
+    assert running[0].verdict is Verdict.FAIL
+    assert "open-file limit 64 is below the" in running[0].finding
+    assert running[0].fix is not None
+    assert "LimitNOFILE=" in running[0].fix
+    assert report.exit_code == 1

@@ -18,6 +18,7 @@ from gridpilot.ops.doctor_rules import (
     Verdict,
     fd_budget,
     find_gaps,
+    is_service_command,
     judge_clock,
     judge_error_rates,
     judge_gaps,
@@ -26,6 +27,7 @@ from gridpilot.ops.doctor_rules import (
     judge_queue_limits,
     judge_storage_probe,
     parse_mosquitto_conf,
+    parse_proc_limits,
     site_message_rate,
     worst,
 )
@@ -391,3 +393,49 @@ def test_the_report_exits_1_only_on_a_failure_and_renders_fixes() -> None:
     assert "1 failed, 1 warning(s), 1 ok, 1 skipped" in lines[-1]
     only_skipped = DoctorReport("s", Path("/x"), 0, 0.1, results[1:2])
     assert only_skipped.verdict is Verdict.OK
+
+
+# ------------------------------------------------------------------ running services
+
+LIMITS = """Limit                     Soft Limit           Hard Limit           Units
+Max cpu time              unlimited            unlimited            seconds
+Max open files            1024                 524288               files
+Max locked memory         8388608              8388608              bytes
+"""
+
+
+def test_proc_limits_give_the_open_file_limit() -> None:
+    assert parse_proc_limits(LIMITS) == (1024, 524288)
+    assert parse_proc_limits(LIMITS.replace("1024 ", "unlimited")) == (-1, 524288)
+    assert parse_proc_limits("Max cpu time unlimited unlimited seconds\n") is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "service"),
+    [
+        (["/usr/bin/gridpilot", "run", "gateway", "/etc/gridpilot/site.yaml"], True),
+        (["/usr/bin/python3", "-m", "gridpilot", "run", "all", "site.yaml"], True),
+        (["gridpilot", "demo", "--data-dir", "/srv/demo"], True),
+        (["gridpilot", "doctor", "site.yaml"], False),
+        (["/srv/gridpilot/.venv/bin/pytest", "-q"], False),
+        (["python3", "-c", "gridpilot", "run"], False),
+        (["vim", "gridpilot"], False),
+    ],
+)
+def test_service_command_lines(argv: list[str], service: bool) -> None:
+    assert is_service_command(argv) is service
+
+
+def test_a_gap_finding_names_the_longest_gap() -> None:
+    start = NOW - 3600 * S
+    stamps = [t for t in range(start, NOW, S) if not start + 100 * S < t < start + 160 * S]
+    summary = find_gaps(
+        stamps,
+        interval_ms=S,
+        window_start_ms=start,
+        now_ms=NOW,
+        latency_ms=2 * S,
+        data_before_window=True,
+    )
+    finding = judge_gaps("m", "p", summary, _fmt)
+    assert f"longest 60 s, from {start // 1000 + 100} to {start // 1000 + 160}" in finding.finding

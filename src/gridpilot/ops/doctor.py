@@ -92,6 +92,7 @@ from gridpilot.ops.doctor_rules import (
     class_interval_ms,
     fd_budget,
     find_gaps,
+    is_service_command,
     judge_clock,
     judge_error_rates,
     judge_gaps,
@@ -100,6 +101,7 @@ from gridpilot.ops.doctor_rules import (
     judge_queue_limits,
     judge_storage_probe,
     parse_mosquitto_conf,
+    parse_proc_limits,
     site_message_rate,
     worst,
 )
@@ -228,7 +230,7 @@ async def run_doctor(
         _guard("broker_queues", _broker_label(config), _queue_limits(config, proc), timeout_s)
     )
     storage_task = asyncio.create_task(_storage_checks(config, base_dir, timeout_s))
-    devices_task = asyncio.create_task(_device_checks(config, timeout_s, proc))
+    devices_task = asyncio.create_task(_device_checks(config, config_path, timeout_s, proc))
     broker, queues, storage, devices = await asyncio.gather(
         broker_task, queues_task, storage_task, devices_task
     )
@@ -246,7 +248,11 @@ async def run_doctor(
         *storage.results[1:],
         clock,
         CheckResult.of("permissions", str(base_dir), _permissions(config, config_path)),
-        CheckResult.of("open_files", "this process", _open_files(config)),
+        CheckResult.of("open_files", "this shell", _open_files(config)),
+        *(
+            CheckResult.of("open_files", subject, finding)
+            for subject, finding in _service_open_files(config, config_path, proc)
+        ),
     ]
     return DoctorReport(
         config.site.id, config_path, started, time.monotonic() - clock_start, results
@@ -1070,7 +1076,7 @@ def _clock_text(ts_ms: int) -> str:
 
 
 async def _device_checks(
-    config: GridPilotConfig, timeout_s: float, proc: Path
+    config: GridPilotConfig, config_path: Path, timeout_s: float, proc: Path
 ) -> list[CheckResult]:
     results: list[CheckResult] = []
     bus_blocked: dict[str, str] = {}
@@ -1079,7 +1085,9 @@ async def _device_checks(
         if bus.id not in used_buses:
             continue
         start = time.monotonic()
-        finding, blocked = await _in_thread(lambda b=bus: _serial_bus(b, proc))  # type: ignore[misc]
+        finding, blocked = await _in_thread(
+            lambda b=bus: _serial_bus(b, config_path, proc)  # type: ignore[misc]
+        )
         if blocked is not None:
             bus_blocked[bus.id] = blocked
         results.append(
@@ -1122,7 +1130,7 @@ async def _constant(finding: Finding) -> Finding:
     return finding
 
 
-def _serial_bus(bus: SerialBusConfig, proc: Path) -> tuple[Finding, str | None]:
+def _serial_bus(bus: SerialBusConfig, config_path: Path, proc: Path) -> tuple[Finding, str | None]:
     """The port of a serial bus: present, and free or held by whom. The second value says
     why its units are not probed (None: probe them)."""
     port = bus.port
@@ -1137,7 +1145,8 @@ def _serial_bus(bus: SerialBusConfig, proc: Path) -> tuple[Finding, str | None]:
         )
     own = os.getpid()
     holders = [h for h in port_holders(port, proc) if h.pid != own]
-    ours = [h for h in holders if "gridpilot" in h.command]
+    services = {pid for pid, _command in _service_processes(proc, config_path)}
+    ours = [h for h in holders if h.pid in services]
     others = [h for h in holders if h not in ours]
     details = {"holders": [{"pid": h.pid, "command": h.command} for h in holders]}
     if others:
@@ -1325,6 +1334,61 @@ def _permissions(config: GridPilotConfig, config_path: Path) -> Finding:
 
 def _mode_of(finding: Finding) -> str:
     return str(finding.details.get("mode", "?"))
+
+
+def _service_processes(proc: Path, config_path: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of the GridPilot services of this site file running on this
+    host: ``gridpilot run ... CONFIG`` (the path as the process sees it, from its working
+    directory) or ``gridpilot demo --data-dir DIR`` writing ``DIR/site.yaml``."""
+    found: list[tuple[int, str]] = []
+    own = os.getpid()
+    try:
+        entries = list(proc.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.name.isdigit() or int(entry.name) == own:
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        if is_service_command(argv) and _names_site(entry, argv, config_path):
+            found.append((int(entry.name), " ".join(argv)))
+    return sorted(found)
+
+
+def _names_site(entry: Path, argv: Sequence[str], config_path: Path) -> bool:
+    try:
+        cwd = Path(os.readlink(entry / "cwd"))
+    except OSError:
+        cwd = Path("/")
+    for i, arg in enumerate(argv):
+        candidate = cwd / arg
+        if i > 0 and argv[i - 1] == "--data-dir":
+            candidate = candidate / "site.yaml"
+        if os.path.normpath(candidate) == str(config_path):
+            return True
+    return False
+
+
+def _service_open_files(
+    config: GridPilotConfig, config_path: Path, proc: Path
+) -> list[tuple[str, Finding]]:
+    """The open-file limit of each running GridPilot service, as the kernel applies it
+    (``/proc/PID/limits``): what systemd's ``LimitNOFILE`` really gave it."""
+    budget = fd_budget(config)
+    findings: list[tuple[str, Finding]] = []
+    for pid, command in _service_processes(proc, config_path):
+        try:
+            limits = parse_proc_limits((proc / str(pid) / "limits").read_text())
+        except OSError:
+            continue  # gone meanwhile, or another user's
+        if limits is None:
+            continue
+        findings.append((f"process {pid} ({command})", judge_open_files(*limits, budget)))
+    return findings
 
 
 def _open_files(config: GridPilotConfig) -> Finding:

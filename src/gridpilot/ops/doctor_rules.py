@@ -39,6 +39,7 @@ __all__ = [
     "class_interval_ms",
     "fd_budget",
     "find_gaps",
+    "is_service_command",
     "judge_clock",
     "judge_error_rates",
     "judge_gaps",
@@ -47,6 +48,7 @@ __all__ = [
     "judge_queue_limits",
     "judge_storage_probe",
     "parse_mosquitto_conf",
+    "parse_proc_limits",
     "site_message_rate",
     "worst",
 ]
@@ -218,6 +220,31 @@ def judge_open_files(soft: int, hard: int, budget: FdBudget) -> Finding:
         None,
         details,
     )
+
+
+def parse_proc_limits(text: str) -> tuple[int, int] | None:
+    """(soft, hard) of "Max open files" in a ``/proc/PID/limits`` text; -1 for unlimited."""
+    for line in text.splitlines():
+        if line.startswith("Max open files"):
+            fields = line[len("Max open files") :].split()
+            if len(fields) >= 2:
+                return _limit(fields[0]), _limit(fields[1])
+    return None
+
+
+def _limit(text: str) -> int:
+    return -1 if text == "unlimited" else int(text)
+
+
+def is_service_command(argv: Sequence[str]) -> bool:
+    """Whether a command line is a running GridPilot service: ``gridpilot run ...`` or
+    ``gridpilot demo`` (also as ``python -m gridpilot``)."""
+    for i, arg in enumerate(argv[:-1]):
+        named = arg.rsplit("/", 1)[-1] == "gridpilot" and (i == 0 or argv[i - 1] != "-c")
+        module = arg == "gridpilot" and i > 0 and argv[i - 1] == "-m"
+        if (named or module) and argv[i + 1] in ("run", "demo"):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------ file permissions
@@ -636,10 +663,11 @@ def judge_gaps(device: str, point: str, summary: GapSummary, fmt: Callable[[int]
     since = "" if summary.data_before_window else f" (data since {fmt(summary.window_start_ms)})"
     if not summary.gaps:
         return Finding(Verdict.OK, f"no gaps in the last hour: {span}{since}", None, details)
-    longest = max(b - a for a, b in summary.gaps) / 1000
+    first, last = max(summary.gaps, key=lambda gap: gap[1] - gap[0])
     text = (
         f"{len(summary.gaps)} gap(s), {summary.missing_ms / 1000:.0f} s missing of "
-        f"{window_ms / 1000:.0f} s (longest {longest:.0f} s): {span}{since}"
+        f"{window_ms / 1000:.0f} s (longest {(last - first) / 1000:.0f} s, from {fmt(first)} "
+        f"to {fmt(last)}): {span}{since}"
     )
     fix = (
         "see the device's last_error and the gateway's log for the times of the gaps; "

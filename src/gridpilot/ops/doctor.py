@@ -231,9 +231,26 @@ async def run_doctor(
     )
     storage_task = asyncio.create_task(_storage_checks(config, base_dir, timeout_s))
     devices_task = asyncio.create_task(_device_checks(config, config_path, timeout_s, proc))
-    broker, queues, storage, devices = await asyncio.gather(
-        broker_task, queues_task, storage_task, devices_task
+    # Files and /proc are local, but a stat on a dead network filesystem can hang too.
+    files_task = asyncio.create_task(
+        _guard(
+            "permissions",
+            str(base_dir),
+            _in_thread(lambda: _permissions(config, config_path)),
+            timeout_s,
+        )
     )
+    services_task = asyncio.create_task(
+        _in_thread(lambda: _service_open_files(config, config_path, proc))
+    )
+    broker, queues, storage, devices, files = await asyncio.gather(
+        broker_task, queues_task, storage_task, devices_task, files_task
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            services = await services_task
+    except TimeoutError:
+        services = []
     clock = CheckResult.of(
         "clock",
         "this host",
@@ -247,12 +264,9 @@ async def run_doctor(
         *broker.results[2:],
         *storage.results[1:],
         clock,
-        CheckResult.of("permissions", str(base_dir), _permissions(config, config_path)),
+        files,
         CheckResult.of("open_files", "this shell", _open_files(config)),
-        *(
-            CheckResult.of("open_files", subject, finding)
-            for subject, finding in _service_open_files(config, config_path, proc)
-        ),
+        *(CheckResult.of("open_files", subject, finding) for subject, finding in services),
     ]
     return DoctorReport(
         config.site.id, config_path, started, time.monotonic() - clock_start, results
@@ -374,7 +388,12 @@ async def _broker_checks(
         async with asyncio.timeout(timeout_s + _STATE_WAIT_S):
             broker, tls, states = await _probe_broker(config, base_dir, timeout_s)
     except TimeoutError:
-        broker = Finding(Verdict.FAIL, f"did not finish within {timeout_s:g} s", None)
+        broker = Finding(
+            Verdict.FAIL,
+            f"the broker accepts TCP but the MQTT session did not settle within {timeout_s:g} s",
+            "check the broker's log (journalctl -u mosquitto) and its load; raise --timeout "
+            "for a slow link",
+        )
         tls = Finding(Verdict.SKIPPED, "the broker check did not finish")
     elapsed = time.monotonic() - start
     results = [
@@ -584,7 +603,9 @@ async def _mqtt_session(
     )
     async with bus:
         try:
-            await bus.wait_connected(timeout=timeout_s)
+            # Entering waited for the first attempt to settle: its outcome is known now
+            # (a short wait covers the hand-over); retries would only repeat it.
+            await bus.wait_connected(timeout=0.5)
         except BusRefusedError as exc:
             return (
                 Finding(
@@ -756,7 +777,8 @@ async def _storage_checks(
     probe = await _guard("storage", subject, _probe_storage(config, base_dir, clock), timeout_s)
     results = [probe]
     usable = probe.verdict is not Verdict.FAIL
-    if config.storage.backend == "sqlite" and not site_path(base_dir, config.storage.path).exists():
+    database = site_path(base_dir, config.storage.path.expanduser())
+    if config.storage.backend == "sqlite" and not database.exists():
         usable = False
         reason = "no database yet (ingest has not stored anything)"
     else:

@@ -30,6 +30,7 @@ from gridpilot.sim.site import SimulatedSite
 from gridpilot.storage import open_storage
 from gridpilot.storage.sqlite import SqliteStorage
 from tests.conftest import find_free_port
+from tests.integration.test_modbus_rtu_support import Line
 from tests.production_broker import ProductionBroker
 
 if TYPE_CHECKING:
@@ -516,3 +517,47 @@ async def test_a_running_service_with_a_tiny_open_file_limit_is_named(
     assert running[0].fix is not None
     assert "LimitNOFILE=" in running[0].fix
     assert report.exit_code == 1
+
+
+async def test_units_on_a_free_serial_line_are_probed(tmp_path: Path) -> None:
+    """The simulated building as RTU units behind one pseudo-terminal line (the relay of
+    the RTU tests): the line is free, every unit answers, and a unit id nobody has times
+    out, said as such."""
+    line = Line()
+    line.start()
+    try:
+        async with SimulatedSite(speed=1.0, tick_s=0.05, rtu_port=line.device_port) as sim:
+            data: dict[str, Any] = {
+                "site": {"id": SITE},
+                "broker": {"url": f"mqtt://127.0.0.1:{find_free_port()}"},
+                **sim.rtu_site_config(line.gateway_port, SITE),
+            }
+            data["devices"].append(
+                {
+                    "id": "ghost",
+                    "protocol": "modbus_rtu",
+                    "bus": "sim-rs485",
+                    "unit_id": 200,
+                    "timeout": 0.2,
+                    "retries": 0,
+                    "points": [{"point": "active_power_w", "address": 0, "type": "int32"}],
+                }
+            )
+            directory = tmp_path / "rtu"
+            directory.mkdir(mode=0o700)
+            site_file = directory / "site.yaml"
+            site_file.write_text(yaml.safe_dump(data, sort_keys=False))
+            report = await run_doctor(load_config(site_file), site_file, timeout_s=10)
+    finally:
+        line.close()
+    text = report.render_text()
+    bus = _one(report, "serial_bus", f"sim-rs485 ({line.gateway_port})")
+    assert bus.verdict is Verdict.OK, text
+    assert "is free" in bus.finding
+    for device in sim.devices:
+        assert _one(report, "device", device).verdict is Verdict.OK, text
+    ghost = _one(report, "device", "ghost")
+    assert ghost.verdict is Verdict.FAIL, text
+    assert ghost.finding.startswith("timed out:")
+    assert ghost.fix is not None
+    assert "unit_id" in ghost.fix

@@ -29,6 +29,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from types import MappingProxyType
 from typing import Any, Final
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -308,23 +309,32 @@ def decode_payload(raw: bytes) -> SparkplugPayload:
 
 
 def _metric(m: Any) -> SparkplugMetric:
+    # One ListFields() call instead of a HasField() per field: this is the hot path.
+    fields = {f.name: v for f, v in m.ListFields()}
+    raw_type = fields.get("datatype")
     datatype: DataType | None = None
-    if m.HasField("datatype"):
+    if raw_type is not None:
         try:
-            datatype = DataType(m.datatype)
+            datatype = DataType(raw_type)
         except ValueError:  # arrays (22-34) and newer types: no scalar for GridPilot
             datatype = None
     which = m.WhichOneof("value")
-    value = None if which is None or m.is_null else signed_value(getattr(m, which), datatype)
-    return SparkplugMetric(
-        name=m.name if m.HasField("name") else None,
-        alias=m.alias if m.HasField("alias") else None,
-        datatype=datatype,
-        timestamp_ms=m.timestamp if m.HasField("timestamp") else None,
-        value=value,
-        is_historical=m.is_historical,
-        properties=_properties(m.properties) if m.HasField("properties") else {},
+    value = (
+        None if which is None or fields.get("is_null") else signed_value(fields[which], datatype)
     )
+    properties = fields.get("properties")
+    return SparkplugMetric(
+        fields.get("name"),
+        fields.get("alias"),
+        datatype,
+        fields.get("timestamp"),
+        value,
+        fields.get("is_historical", False),
+        _NO_PROPERTIES if properties is None else _properties(properties),
+    )
+
+
+_NO_PROPERTIES: Final[Mapping[str, float | bool | int | str]] = MappingProxyType({})
 
 
 def signed_value(

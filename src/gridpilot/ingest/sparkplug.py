@@ -59,7 +59,6 @@ from gridpilot.bus.sparkplug import (
     decode_payload,
     host_state_payload,
     host_state_topic,
-    numeric_value,
     parse_topic,
     rebirth_command,
     signed_value,
@@ -494,7 +493,7 @@ class SparkplugHost:
             value = metric.value
             if value is not None and metric.datatype is None and datatype is not None:
                 value = signed_value(value, datatype)
-            number = numeric_value(SparkplugMetric(name, None, datatype, None, value), datatype)
+            number = _number(value, datatype)
             if number is None:
                 outcome.skipped += 1
                 continue
@@ -578,6 +577,20 @@ class SparkplugHost:
                 f"{value:g} is outside the valid range [{low:g}, {high:g}]",
             )
         return None
+
+
+def _number(value: object, datatype: DataType | None) -> float | None:
+    """A metric's value as a float (booleans 0/1); None when it is not a number."""
+    if datatype is None or not datatype.is_numeric or value is None:
+        return None
+    kind = type(value)
+    if kind is float:
+        return value  # type: ignore[return-value]
+    if kind is bool:
+        return 1.0 if value else 0.0
+    if kind is int:
+        return float(value)  # type: ignore[arg-type]
+    return None
 
 
 def _bd_seq(metric: SparkplugMetric | None) -> int | None:

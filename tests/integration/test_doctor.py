@@ -62,10 +62,14 @@ class RunningSite:
 
 
 async def _stored_devices(db: Path) -> set[str]:
+    return await _stored_devices_of(db, SITE)
+
+
+async def _stored_devices_of(db: Path, site: str) -> set[str]:
     if not db.exists():
         return set()
     async with SqliteStorage(db) as storage:
-        return {v.series.device for v in await storage.latest(SITE)}
+        return {v.series.device for v in await storage.latest(site)}
 
 
 @pytest.fixture
@@ -561,3 +565,42 @@ async def test_units_on_a_free_serial_line_are_probed(tmp_path: Path) -> None:
     assert ghost.finding.startswith("timed out:")
     assert ghost.fix is not None
     assert "unit_id" in ghost.fix
+
+
+async def test_the_demo_passes(tmp_path: Path) -> None:
+    """`gridpilot demo` as a user starts it (embedded broker, SQLite), then `gridpilot doctor`
+    on the site file it wrote, from another process."""
+    data_dir = tmp_path / "demo"
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridpilot", "demo", "--duration", "90", "--data-dir",
+        str(data_dir), "--mqtt-port", "0", "--http-port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        banner = ""
+        async with asyncio.timeout(60):
+            while "Stop" not in banner:
+                line = await demo.stdout.readline()
+                assert line, f"the demo exited early: {banner}"
+                banner += line.decode()
+        site_file = data_dir / "site.yaml"
+        for _attempt in range(60):  # every device's first polls stored
+            if len(await _stored_devices_of(data_dir / "gridpilot.db", "demo")) == 9:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            pytest.fail("the demo stored nothing from some devices within 30 s")
+        code, report, stderr = await _doctor_subprocess(site_file, tiny_limit=False)
+    finally:
+        demo.terminate()
+        await asyncio.wait_for(demo.communicate(), timeout=30)
+    assert code == 0, (stderr, json.dumps(report, indent=1))
+    verdicts = {(c["check"], c["subject"]): c["verdict"] for c in report["checks"]}
+    broker = next(c for c in report["checks"] if c["check"] == "broker")
+    assert broker["verdict"] == "ok", broker
+    devices = [s for c, s in verdicts if c == "device"]
+    assert len(devices) == 9
+    assert all(verdicts[("device", d)] == "ok" for d in devices), report
+    assert all(verdicts[("data_gaps", d)] in ("ok", "warn") for d in devices), report
+    assert verdicts[("permissions", str(data_dir))] == "ok"

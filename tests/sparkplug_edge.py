@@ -116,7 +116,7 @@ async def edge_node(
     )
     node = EdgeNodeProcess(process)
     try:
-        await node.expect("born", timeout_s=20)
+        await node.expect("born", timeout_s=60)
         yield node
     finally:
         node.kill()

@@ -59,7 +59,7 @@ async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
         yield opened
 
 
-async def eventually(condition: Callable[[], Any], limit_s: float = 15.0) -> None:
+async def eventually(condition: Callable[[], Any], limit_s: float = 30.0) -> None:
     async with asyncio.timeout(limit_s):
         while not await condition():  # noqa: ASYNC110 -- storage has no event to wait on
             await asyncio.sleep(0.05)

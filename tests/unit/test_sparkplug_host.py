@@ -281,3 +281,13 @@ def test_the_rebirth_command() -> None:
         DataType.BOOLEAN,
         True,
     )
+
+
+def test_state_is_kept_for_mapped_nodes_only() -> None:
+    h = host()
+    for i in range(50):
+        out = h.handle(f"{G}/NDATA/stranger-{i}", payload(i, m("x_w", 1.0)), NOW)
+        assert out is not None
+        assert out.rebirth is None  # never ask a node we do not map
+        assert out.rejections[0].reason is RejectReason.UNKNOWN_DEVICE
+    assert h.tracked_nodes == 0

@@ -84,6 +84,10 @@ log = logging.getLogger("gridpilot.ingest.sparkplug")
 _PROTOCOL_PREFIXES: Final = ("Node Control/", "Node Info/", "Properties/", "Device Control/")
 _UNIT_PROPERTIES: Final = ("engUnit", "engUnits", "EngUnit", "unit", "units", "Unit", "Units")
 _MIN_PLAUSIBLE_TS_MS: Final = 946_684_800_000  # 2000-01-01, as in validation.py
+_MAX_NODES: Final = 10_000
+"""Edge nodes tracked at most with ``auto_devices`` (listed nodes always are)."""
+_MAX_NAMES: Final = 100_000
+"""(device, metric) -> point names cached at most."""
 _SUFFIXES: Final = tuple(UNIT_SUFFIXES)
 
 # Engineering unit (as edge nodes write it) -> (GridPilot suffix, factor to that unit).
@@ -262,10 +266,15 @@ class SparkplugHost:
         self.config: SparkplugConfig = config.sparkplug
         self.site = config.site.id
         self._rules = rules
-        self._configured = {d.id for d in config.devices}
+        self._mapped_nodes = frozenset(d.edge_node for d in self.config.devices)
         self._rebirth_ms = int(self.config.rebirth_interval.total_seconds() * 1000)
         self._nodes: dict[str, _Node] = {}
         self._names: dict[tuple[str, str], tuple[str, float] | None] = {}
+
+    @property
+    def tracked_nodes(self) -> int:
+        """Edge nodes whose session state is kept."""
+        return len(self._nodes)
 
     # ------------------------------------------------------------------ mapping
 
@@ -301,12 +310,26 @@ class SparkplugHost:
         if parsed.type in (MessageType.NCMD, MessageType.DCMD):
             return HostOutcome(ignored="a command (for the edge node, not the host)")
         outcome = HostOutcome(device=self.device_id(parsed.edge_node, parsed.device))
+        node = self._node(parsed)
+        if node is None:
+            why = (
+                f"is one more than the {_MAX_NODES} edge nodes auto_devices tracks"
+                if self.config.auto_devices
+                else "is not mapped: add it to sparkplug.devices (or set sparkplug.auto_devices)"
+            )
+            outcome.rejections.append(
+                Rejection(
+                    None,
+                    RejectReason.UNKNOWN_DEVICE,
+                    f"Sparkplug edge node {parsed.edge_node!r} of group {parsed.group!r} {why}",
+                )
+            )
+            return outcome
         try:
             decoded = decode_payload(payload)
         except PayloadError as exc:
             outcome.rejections.append(Rejection(None, RejectReason.NOT_JSON, str(exc)))
             return outcome
-        node = self._nodes.setdefault(parsed.edge_node, _Node())
         match parsed.type:
             case MessageType.NBIRTH:
                 self._node_birth(parsed, decoded, node, outcome, now_ms)
@@ -322,6 +345,20 @@ class SparkplugHost:
                 else:
                     self._data(parsed, decoded, node, outcome, now_ms)
         return outcome
+
+    def _node(self, topic: SparkplugTopic) -> _Node | None:
+        """The session state of the topic's edge node; None for a node this site does not
+        map. State is kept for mapped nodes only, and for at most ``_MAX_NODES`` with
+        ``auto_devices``, so that a flood of made-up node ids cannot grow memory."""
+        node = self._nodes.get(topic.edge_node)
+        if node is not None:
+            return node
+        if topic.edge_node not in self._mapped_nodes and not (
+            self.config.auto_devices and len(self._nodes) < _MAX_NODES
+        ):
+            return None
+        node = self._nodes[topic.edge_node] = _Node()
+        return node
 
     def _node_birth(
         self,
@@ -499,6 +536,8 @@ class SparkplugHost:
                 continue
             key = (device, name)
             if key not in self._names:
+                if len(self._names) >= _MAX_NAMES:
+                    self._names.clear()  # a cache: rebuilt on demand
                 self._names[key] = self._checked_name(mapping, name, datatype, metric, outcome)
             named = self._names[key]
             if named is None:

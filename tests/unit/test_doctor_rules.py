@@ -114,7 +114,9 @@ def test_modes(mode: int, directory: bool, verdict: Verdict, fix: str | None) ->
         assert finding.fix is not None
         assert "change it" in finding.fix  # a secret that was readable is spent
     if mode == 0o620:
-        assert "write or enter" in finding.finding
+        assert "others may write it" in finding.finding
+    if mode == 0o755:
+        assert "others may list or enter it" in finding.finding
 
 
 # ------------------------------------------------------------------ queue limits

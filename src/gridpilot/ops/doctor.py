@@ -702,9 +702,14 @@ async def _queue_limits(config: GridPilotConfig, proc: Path) -> Finding:
     return Finding(
         Verdict.SKIPPED,
         f"no readable Mosquitto configuration with a listener on port {broker.port}"
-        + (f" (looked at: {'; '.join(looked)})" if looked else "")
+        + (f" (looked at: {_some(looked)})" if looked else "")
         + "; is the broker another MQTT server?",
     )
+
+
+def _some(items: Sequence[str], shown: int = 3) -> str:
+    more = len(items) - shown
+    return "; ".join(items[:shown]) + (f"; and {more} more" if more > 0 else "")
 
 
 def _mosquitto_processes_configs(proc: Path) -> list[Path]:
@@ -1245,7 +1250,8 @@ async def _probe_device(device: DeviceConfig, connector: ModbusConnector) -> Fin
             "disconnected": "disconnected",
             "busy": "busy",
         }.get(kind, "Modbus exception" if kind.startswith("exception_") else kind)
-        return Finding(Verdict.FAIL, f"{label}: {where}{exc}", hint_for(kind), {"kind": kind})
+        # The driver's message names the device (host:port or bus, and unit) itself.
+        return Finding(Verdict.FAIL, f"{label}: {exc}", hint_for(kind), {"kind": kind})
     except SunSpecError as exc:
         return Finding(
             Verdict.FAIL,

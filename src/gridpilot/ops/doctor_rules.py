@@ -258,7 +258,10 @@ def judge_mode(path: str, mode: int, *, what: str, directory: bool = False) -> F
     details = {"path": path, "mode": f"{bits:04o}", "what": what}
     if bits & (stat.S_IRWXG | stat.S_IRWXO):
         readable = bool(bits & (stat.S_IRGRP | stat.S_IROTH))
-        who = "others may read it" if readable else "others may write or enter it"
+        if directory:
+            who = "others may list or enter it" if readable else "others may enter it"
+        else:
+            who = "others may read it" if readable else "others may write it"
         return Finding(
             Verdict.FAIL,
             f"{what} {path} has mode {bits:04o}: {who}",

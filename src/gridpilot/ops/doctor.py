@@ -1145,12 +1145,22 @@ async def _device_checks(
                 device.id,
                 probe,
                 timeout_s,
-                timeout_fix=hint_for("timeout"),
+                timeout_fix=_probe_timeout_fix(device),
             )
             for device, probe in zip(config.devices, probes, strict=True)
         )
     )
     return [*results, *guarded]
+
+
+def _probe_timeout_fix(device: DeviceConfig) -> str:
+    if device.protocol in (DeviceProtocol.MODBUS_RTU, DeviceProtocol.MODBUS_RTU_TCP):
+        # Units of one line are probed one after the other, like the gateway polls them.
+        return (
+            "the units of this line are probed one at a time: silent units ahead of it use "
+            "up the time (see their lines); raise --timeout, or " + hint_for("timeout")
+        )
+    return hint_for("timeout")
 
 
 async def _constant(finding: Finding) -> Finding:

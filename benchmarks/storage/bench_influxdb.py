@@ -91,13 +91,24 @@ async def bench_writes(
     """(new samples/s, re-sent samples/s, bare samples/s) for one shape."""
     devices = series // 10
     batches = live_batches(devices, prefill_ticks, batch, total)
-    async with InfluxStorage(url, fresh_db("w"), KEEP_ALL, timeout=_TIMEOUT) as storage:
-        for chunk in prefill(devices, prefill_ticks):
-            await storage.write(chunk)
-        new_s = await write_all(storage, batches, 1)
-        dup_s = await write_all(storage, batches, 1)  # at-least-once replay
-    bare_s = await bare_write(url, fresh_db("bare"), batches)
+    ours, bare = fresh_db("w"), fresh_db("bare")
+    try:
+        async with InfluxStorage(url, ours, KEEP_ALL, timeout=_TIMEOUT) as storage:
+            for chunk in prefill(devices, prefill_ticks):
+                await storage.write(chunk)
+            new_s = await write_all(storage, batches, 1)
+            dup_s = await write_all(storage, batches, 1)  # at-least-once replay
+        bare_s = await bare_write(url, bare, batches)
+    finally:
+        await drop(url, ours, bare)
     return total / new_s, total / dup_s, total / bare_s
+
+
+async def drop(url: str, *databases: str) -> None:
+    """Free the server's disk between shapes (and leave nothing on a --url server)."""
+    async with httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as client:
+        for database in databases:
+            await client.post("/query", data={"q": f'DROP DATABASE "{database}"'})
 
 
 async def bench_queries(url: str, series: int, days: int, repeats: int) -> list[tuple[str, str]]:
@@ -105,7 +116,23 @@ async def bench_queries(url: str, series: int, days: int, repeats: int) -> list[
     keys = [SeriesKey("bench", "meter", f"p{n}_w") for n in range(series)]
     end = T0 + days * 86_400_000
     rows: list[tuple[str, str]] = []
-    async with InfluxStorage(url, fresh_db("q"), KEEP_ALL, timeout=_TIMEOUT) as storage:
+    database = fresh_db("q")
+    try:
+        return await _queries(url, database, keys, end, days, repeats, rows)
+    finally:
+        await drop(url, database)
+
+
+async def _queries(
+    url: str,
+    database: str,
+    keys: list[SeriesKey],
+    end: int,
+    days: int,
+    repeats: int,
+    rows: list[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    async with InfluxStorage(url, database, KEEP_ALL, timeout=_TIMEOUT) as storage:
         batch: list[Sample] = []
         started = time.perf_counter()
         written = 0
@@ -119,7 +146,9 @@ async def bench_queries(url: str, series: int, days: int, repeats: int) -> list[
                 batch = []
         written += (await storage.write(batch)).written
         rate = written / (time.perf_counter() - started)
-        rows.append((f"load {written:,} samples, {series} series, 50k batches", f"{rate:,.0f}/s"))
+        rows.append(
+            (f"load {written:,} samples, {len(keys)} series, 50k batches", f"{rate:,.0f}/s")
+        )
 
         async def timed(label: str, every: int | None, agg: Agg, start: int, stop: int) -> None:
             times = []

@@ -58,8 +58,8 @@ class PostgresBackend:
         return postgres_server.storage(self.schema, retention)
 
 
-# name -> factory taking a fresh temporary directory. One line per backend, e.g.
-# "influxdb": InfluxBackend.from_environment, once that backend exists.
+# name -> factory taking a fresh temporary directory; one line per backend. The server
+# backends give each test a database (InfluxDB) or schema (PostgreSQL) of its own.
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "sqlite": SqliteBackend,
     "influxdb": InfluxBackend.create,

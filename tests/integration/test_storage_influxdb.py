@@ -12,6 +12,7 @@ import asyncio
 import math
 import os
 import random
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,7 @@ def test_secret_sources_are_checked_before_connecting(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def secured_influxdb(tmp_path: Path) -> Any:
+def secured_influxdb(tmp_path: Path) -> Iterator[InfluxServer]:
     """A private influxd with authentication on and one admin user."""
     server = InfluxServer(tmp_path / "influxd-auth", auth=True)
     server.workdir.mkdir()
@@ -344,3 +345,27 @@ async def test_same_answers_as_sqlite_through_late_samples_retention_and_reopeni
                     assert await influx.write(late) == await sqlite.write(late)
                 await round_of_writes(influx, sqlite)  # also into buckets retention cut
                 await same(influx, sqlite)
+
+
+async def test_a_configured_retention_policy_is_written_and_read(influxdb: InfluxServer) -> None:
+    db = influxdb.new_database_name("rp")
+    influxql(influxdb.url, db, f'CREATE DATABASE "{db}"')
+    influxql(
+        influxdb.url,
+        db,
+        f'CREATE RETENTION POLICY "site_data" ON "{db}" DURATION INF REPLICATION 1',
+    )
+    async with InfluxStorage(influxdb.url, db, retention_policy="site_data") as storage:
+        await storage.write([Sample(P.site, P.device, P.point, T0 + i, float(i)) for i in range(3)])
+        assert [p.value for p in await storage.history(P, T0, T0 + 3)] == [0.0, 1.0, 2.0]
+        assert (await storage.history(P, T0, T0 + MINUTE, every_ms=MINUTE, agg=Agg.SUM))[
+            0
+        ].value == 3.0
+        assert await storage.series() == [P]
+    in_policy = influxql(
+        influxdb.url, db, f'SELECT count("value") FROM "{db}"."site_data"."samples"'
+    )
+    assert in_policy[0]["values"][0][1] == 3
+    assert (
+        influxql(influxdb.url, db, f'SELECT count("value") FROM "{db}"."autogen"."samples"') == []
+    )

@@ -339,8 +339,36 @@ async def test_silent_device_times_out_within_the_budget() -> None:
         assert dev.error_counts == {"timeout": 2}
     # Budget: timeout_s * (retries + 1); the backoff comes out of it.
     assert 0.35 <= elapsed < 0.8
-    # A reply arriving late must not be mistaken for the next one: each retry reconnects.
-    assert silent_server.connections == 2
+    # The first timeout keeps the connection (a late reply is skipped by its transaction
+    # id), the second in a row closes it: the next call opens a new one.
+    assert silent_server.connections == 1
+    assert not dev.connected
+
+
+async def test_a_late_reply_is_skipped_and_the_retry_answers_on_the_same_connection() -> None:
+    """A device (or a loaded gateway) slower than the timeout once: the retry goes out on
+    the same connection, the late reply to the first request arrives first and is skipped
+    (its transaction id is not the retry's), the retry's own reply is the answer."""
+
+    async def slow_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        first = await read_request(reader)
+        second = await read_request(reader)  # sent after the first timed out
+        writer.write(reply(first, registers_pdu(3, [0xDEAD, 0xBEEF])))  # late: stale
+        writer.write(reply(second, registers_pdu(3, [0x4366, 0x8000])))
+        await writer.drain()
+        while True:
+            request = await read_request(reader)
+            writer.write(reply(request, registers_pdu(3, [1, 2])))
+
+    async with (
+        raw_server(slow_once) as slow,
+        device(slow.port, timeout_s=0.2, retries=1) as dev,
+    ):
+        assert await dev.read_block(HOLDING_0_2) == [0x4366, 0x8000]
+        assert dev.error_counts == {"timeout": 1}
+        # The connection carries on, the stale reply consumed: the next read is answered.
+        assert await dev.read_block(HOLDING_0_2) == [1, 2]
+    assert slow.connections == 1
 
 
 async def test_connect_that_never_completes_times_out() -> None:

@@ -4,10 +4,16 @@ Requests, retries and the translation of library errors are ``modbus_client``'s;
 module opens and closes the TCP connection.
 
 After a transport or protocol failure the connection is closed and the next attempt opens
-a new one: a reply that arrives after its timeout would otherwise be taken as the answer
-to the next request. An exception response (``DeviceRejected``) keeps the connection. A
-connection the device closed while idle (many close after a minute) is reopened without
-counting an error.
+a new one. An exception response (``DeviceRejected``) keeps the connection, and so does a
+first timeout: Modbus TCP numbers each request (the MBAP transaction id) and pymodbus skips
+a reply whose id is not the pending request's, so a reply that arrives late is dropped,
+not taken as the answer to the next request. Reconnecting there would cost a TCP handshake
+per late reply exactly when the gateway is already behind (a loaded machine: replies wait
+in the socket while the event loop catches up), which makes it fall further behind. A
+second timeout in a row closes the connection (a half-open one is replaced within one
+poll). A device that answers every request with transaction id 0 defeats the check; such a
+late reply of the same block would read as current. A connection the device closed while
+idle (many close after a minute) is reopened without counting an error.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from pymodbus.client import AsyncModbusTcpClient
 
+from gridpilot.fieldbus.errors import DeviceRejected, DeviceTimeout, FieldbusError
 from gridpilot.fieldbus.modbus_client import (
     LIBRARY_TIMEOUT_MARGIN_S,
     ClientLink,
@@ -63,6 +70,8 @@ class ModbusTcpDevice(ModbusClientDevice):
         self.port = port
         self._link: ClientLink | None = None
         self._lock = asyncio.Lock()
+        self._timed_out = False
+        """The last attempt on the open connection timed out (see the module docstring)."""
 
     @classmethod
     def from_config(cls, device: DeviceConfig) -> ModbusTcpDevice:
@@ -91,6 +100,19 @@ class ModbusTcpDevice(ModbusClientDevice):
     def _exclusive(self) -> asyncio.Lock:
         return self._lock
 
+    def _drops_link(self, error: FieldbusError) -> bool:
+        if isinstance(error, DeviceRejected):
+            self._timed_out = False  # it answers: the connection is alive
+            return False
+        if isinstance(error, DeviceTimeout) and self.connected and not self._timed_out:
+            self._timed_out = True  # a late reply is skipped by its transaction id
+            return False
+        return True
+
+    def _after_call(self, error: FieldbusError | None) -> None:
+        if error is None:
+            self._timed_out = False
+
     async def _open(self) -> ClientLink:
         if self._link is not None and self._link.client.connected:
             return self._link
@@ -117,6 +139,7 @@ class ModbusTcpDevice(ModbusClientDevice):
         return link
 
     def _drop(self) -> None:
+        self._timed_out = False
         if self._link is not None:
             self._link.client.close()
             self._link = None

@@ -585,12 +585,15 @@ async def test_the_demo_passes(tmp_path: Path) -> None:
                 assert line, f"the demo exited early: {banner}"
                 banner += line.decode()
         site_file = data_dir / "site.yaml"
-        for _attempt in range(60):  # every device's first polls stored
-            if len(await _stored_devices_of(data_dir / "gridpilot.db", "demo")) == 9:
+        expected = {d.id for d in load_config(site_file).devices}
+        stored: set[str] = set()
+        for _attempt in range(120):  # every device's first polls stored
+            stored = await _stored_devices_of(data_dir / "gridpilot.db", "demo")
+            if stored >= expected:
                 break
             await asyncio.sleep(0.5)
         else:
-            pytest.fail("the demo stored nothing from some devices within 30 s")
+            pytest.fail(f"the demo stored nothing from {sorted(expected - stored)} within 60 s")
         code, report, stderr = await _doctor_subprocess(site_file, tiny_limit=False)
     finally:
         demo.terminate()
@@ -600,7 +603,7 @@ async def test_the_demo_passes(tmp_path: Path) -> None:
     broker = next(c for c in report["checks"] if c["check"] == "broker")
     assert broker["verdict"] == "ok", broker
     devices = [s for c, s in verdicts if c == "device"]
-    assert len(devices) == 9
+    assert set(devices) == expected
     assert all(verdicts[("device", d)] == "ok" for d in devices), report
     assert all(verdicts[("data_gaps", d)] in ("ok", "warn") for d in devices), report
     assert verdicts[("permissions", str(data_dir))] == "ok"

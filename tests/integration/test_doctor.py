@@ -607,3 +607,55 @@ async def test_the_demo_passes(tmp_path: Path) -> None:
     assert all(verdicts[("device", d)] == "ok" for d in devices), report
     assert all(verdicts[("data_gaps", d)] in ("ok", "warn") for d in devices), report
     assert verdicts[("permissions", str(data_dir))] == "ok"
+
+
+async def test_peers_that_accept_and_never_answer_do_not_hang_it(tmp_path: Path) -> None:
+    """A broker and a device that take the TCP connection and then say nothing (a hung
+    process, a wrong service on the port): each is named within the timeout."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    directory = tmp_path / "silent"
+    directory.mkdir(mode=0o700)
+    site_file = directory / "site.yaml"
+    site_file.write_text(
+        yaml.safe_dump(
+            {
+                "site": {"id": SITE},
+                "broker": {"url": f"mqtt://127.0.0.1:{port}"},
+                "devices": [
+                    {
+                        "id": "meter",
+                        "host": "127.0.0.1",
+                        "port": port,
+                        "timeout": 0.3,
+                        "points": [{"point": "active_power_w", "address": 0, "type": "int32"}],
+                    }
+                ],
+            }
+        )
+    )
+    try:
+        started = time.monotonic()
+        report = await run_doctor(load_config(site_file), site_file, timeout_s=2)
+        took = time.monotonic() - started
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    text = report.render_text()
+    # Not a performance figure: a hang would never end. Each check is bounded by the
+    # timeout (2 s) plus the wait for retained states (2 s); the rest is slack for load.
+    assert took < 30, text
+    broker = _one(report, "broker")
+    assert broker.verdict is Verdict.FAIL, text
+    assert "no MQTT session" in broker.finding or "did not settle" in broker.finding
+    assert broker.fix is not None
+    device = _one(report, "device", "meter")
+    assert device.verdict is Verdict.FAIL, text
+    assert device.finding.startswith("timed out:"), text

@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from gridpilot.bus.homeassistant import SensorKind, discovery_configs, sensor_kind
 from gridpilot.config.models import GridPilotConfig
@@ -148,3 +149,27 @@ def test_mqtt_and_sparkplug_devices_get_the_availability_they_have() -> None:
         "gridpilot/v1/s/spb/state"
     ]
     assert by_id["gridpilot_s_spb_b_w"].topic == "ha/test/sensor/gridpilot_s_spb_b_w/config"
+
+
+def test_the_value_template_renders_as_home_assistant_would() -> None:
+    """Home Assistant renders value templates with Jinja2 (sandboxed), ``value_json`` the
+    decoded payload and ``this`` the entity's state object."""
+    configs = {c.unique_id: c.payload for c in discovery_configs(demo_config())}
+    template = ImmutableSandboxedEnvironment().from_string(
+        configs["gridpilot_demo_grid_meter_active_power_w"]["value_template"]
+    )
+
+    class State:
+        def __init__(self, state: str) -> None:
+            self.state = state
+
+    def render(values: dict[str, float], state: str) -> str:
+        payload = {"ts": "2026-11-26T12:00:00.000Z", "values": values}
+        return template.render(value_json=payload, this=State(state))
+
+    assert render({"active_power_w": 41250.0, "voltage_l1_v": 231.4}, "40000.0") == "41250.0"
+    # A message without the point (another poll class) keeps the entity's state...
+    assert render({"voltage_l1_v": 231.4}, "41250.0") == "41250.0"
+    # ...and before any value, "None": Home Assistant's unknown, not the text "unknown".
+    assert render({"voltage_l1_v": 231.4}, "unknown") == "None"
+    assert render({"voltage_l1_v": 231.4}, "unavailable") == "None"

@@ -169,10 +169,13 @@ def discovery_configs(config: GridPilotConfig) -> list[DiscoveryConfig]:
                 "unique_id": unique_id,
                 "state_topic": state_topic,
                 # A telemetry message may carry only some points (poll classes): keep the
-                # entity's state when this one is absent.
+                # entity's state when this one is absent (``this`` is the entity's state
+                # object in MQTT templates); ``none`` renders "None", which Home Assistant
+                # reads as unknown, where a number is expected and there is none yet.
                 "value_template": (
-                    f"{{{{ value_json['values']['{name}'] "
-                    f"if '{name}' in value_json['values'] else this.state }}}}"
+                    f"{{{{ value_json['values']['{name}'] if '{name}' in value_json['values'] "
+                    "else (this.state if this.state not in ['unknown', 'unavailable'] "
+                    "else none) }}"
                 ),
                 "device": ha_device,
                 "origin": origin,

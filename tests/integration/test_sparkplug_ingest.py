@@ -16,7 +16,7 @@ import pytest
 
 from gridpilot.api.state_cache import DeviceStateCache
 from gridpilot.bus.client import BrokerAddress, BusClient
-from gridpilot.bus.codec import DeviceStatus, decode_state
+from gridpilot.bus.codec import DeviceStatus, Telemetry, decode_state, decode_telemetry
 from gridpilot.config.models import GridPilotConfig, StorageConfig
 from gridpilot.ingest.service import IngestService
 from gridpilot.ingest.sparkplug import SparkplugIngest
@@ -31,7 +31,7 @@ EDGE = "edge-1"
 DEVICE = "Inverter-7"
 
 
-def config(site: str, group: str) -> GridPilotConfig:
+def config(site: str, group: str, **sparkplug: Any) -> GridPilotConfig:
     return GridPilotConfig.model_validate(
         {
             "site": {"id": site},
@@ -39,6 +39,7 @@ def config(site: str, group: str) -> GridPilotConfig:
             "sparkplug": {
                 "group": group,
                 "rebirth_interval": "PT1S",
+                **sparkplug,
                 "devices": [
                     {"edge_node": EDGE, "id": "edge1"},
                     {
@@ -98,12 +99,12 @@ def status(cache: DeviceStateCache, device: str) -> str:
 
 @asynccontextmanager
 async def running(
-    mosquitto: BrokerAddress, storage: Storage
+    mosquitto: BrokerAddress, storage: Storage, site: str | None = None, **sparkplug: Any
 ) -> AsyncIterator[tuple[str, IngestService, EdgeNodeProcess, DeviceStateCache]]:
-    site = f"site-{uuid.uuid4().hex[:8]}"
+    site = site or f"site-{uuid.uuid4().hex[:8]}"
     group = f"Plant {uuid.uuid4().hex[:6]}"
     async with (
-        IngestService(config(site, group), mosquitto, storage) as ingest,
+        IngestService(config(site, group, **sparkplug), mosquitto, storage) as ingest,
         states(mosquitto, site) as cache,
         edge_node(mosquitto.host, mosquitto.port, group, EDGE, DEVICE) as node,
     ):
@@ -261,3 +262,51 @@ async def test_host_state_is_online_while_ingest_runs_and_offline_after(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_republished_values_reach_telemetry_subscribers_and_are_stored_once(
+    mosquitto: BrokerAddress, storage: Storage
+) -> None:
+    """``sparkplug.republish``: the controller and the live stream see Sparkplug values as
+    GridPilot telemetry; ingest does not store its own copy again."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    seen: list[Telemetry] = []
+    async with BusClient(mosquitto, f"tel-{uuid.uuid4().hex[:8]}") as watcher:
+        await watcher.wait_connected(5)
+        await watcher.subscribe(str(Topic.telemetry(site, "pv_inverter")))
+
+        async def collect() -> None:
+            async for message in watcher.messages():
+                seen.append(decode_telemetry(message.payload))
+
+        task = asyncio.create_task(collect())
+        try:
+            async with running(mosquitto, storage, site, republish=True) as (_, ingest, node, _c):
+                ts = await node.send(
+                    {"cmd": "ddata", "values": {"Inverter/Active Power [kW]": 4.25}}
+                )
+
+                async def mirrored() -> bool:
+                    return any(
+                        t.ts_ms == ts and t.values.get("inverter_active_power_w") == 4250.0
+                        for t in seen
+                    )
+
+                await eventually(mirrored)
+
+                async def stored() -> bool:
+                    return (await values(storage, site, "pv_inverter", "inverter_active_power_w"))[
+                        -1:
+                    ] == [4250.0]
+
+                await eventually(stored)
+                await asyncio.sleep(0.3)  # the copy has come back through ingest's subscription
+                assert ingest.stats.duplicates == 0
+                assert ingest.stats.messages_rejected == 0
+                assert ingest.sparkplug is not None
+                assert ingest.sparkplug.stats.republished >= 2  # the DBIRTH, the DDATA
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    # The births' values came as telemetry too, under the same names.
+    assert any(t.values.get("grid_frequency_hz") == 50.0 for t in seen)

@@ -850,6 +850,11 @@ class SparkplugConfig(_Frozen):
     """Announce ingest as this Sparkplug host application: retained
     ``spBv1.0/STATE/{host_id}`` online while it runs (offline as its will), for edge nodes
     that wait for their primary host before they publish."""
+    republish: bool = False
+    """Also publish the stored values of the devices listed in ``devices`` as GridPilot
+    telemetry (``gridpilot/v1/{site}/{device}/telemetry``), so the controller, the live API
+    stream and Home Assistant see them like any device's. Ingest does not store that copy
+    again."""
 
     @model_validator(mode="after")
     def _unique(self) -> Self:

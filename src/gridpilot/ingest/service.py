@@ -222,6 +222,12 @@ class IngestService:
         self._stopping = False
         self._rng = random.Random()  # noqa: S311 -- backoff jitter
         self._warned: set[tuple[str, RejectReason]] = set()
+        # Sparkplug values ingest republished as telemetry: every instance skips them (the
+        # copies arrive through the shared subscription; instance 0 stored the originals).
+        spb = config.sparkplug
+        self._republished = frozenset(
+            d.id for d in (spb.devices if spb is not None and spb.republish else ())
+        )
         # Sparkplug B: sequence numbers and aliases are per edge node session, so one
         # process must see all of a group's messages: instance "0" subscribes, plainly.
         self.sparkplug = (
@@ -327,6 +333,8 @@ class IngestService:
         if topic is None or topic.kind is not TopicKind.TELEMETRY or topic.device is None:
             log.debug("ignoring a message on %s", message.topic)
             return []
+        if topic.device in self._republished:
+            return []  # ingest's own copy of Sparkplug values it stored already
         stats = self.stats
         stats.messages += 1
         now = self._clock()

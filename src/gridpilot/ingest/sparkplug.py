@@ -20,6 +20,8 @@ Rules (Sparkplug B 3.0, "Host Applications"):
 - With ``sparkplug.host_id`` ingest is a primary host application: retained
   ``spBv1.0/STATE/{host_id}`` ``{"online": true, "timestamp": birth}`` after every connection,
   and the same with ``false`` as its MQTT will and before a clean disconnect.
+- With ``sparkplug.republish`` the stored values of the listed devices are also published as
+  GridPilot telemetry (one message per timestamp), which ingest then skips.
 
 Point names (deterministic, documented in the README):
 1. the device mapping's ``points`` (metric name -> point name), else
@@ -46,6 +48,7 @@ from typing import Final
 import orjson
 
 from gridpilot.bus.client import BusClient, Will
+from gridpilot.bus.codec import encode_telemetry
 from gridpilot.bus.errors import PayloadError
 from gridpilot.bus.sparkplug import (
     BD_SEQ,
@@ -651,6 +654,8 @@ class SparkplugStats:
     ignored: int = 0
     """Messages dropped by the host rules (gap, no birth, stale death)."""
     metrics_skipped: int = 0
+    republished: int = 0
+    """Telemetry messages published with ``sparkplug.republish``."""
 
 
 class SparkplugIngest:
@@ -678,6 +683,8 @@ class SparkplugIngest:
         self._group = self.host.config.group
         self.topic_filter = topic_filter(self._group)
         self._prefix = f"{NAMESPACE}/{self._group}/"
+        spb = self.host.config
+        self._republish = frozenset(d.id for d in spb.devices) if spb.republish else frozenset()
 
     def accepts(self, topic: str) -> bool:
         return topic.startswith(self._prefix)
@@ -735,7 +742,21 @@ class SparkplugIngest:
             ncmd = SparkplugTopic(self._group, MessageType.NCMD, outcome.rebirth)
             # QoS 0 and not retained, as the specification requires of NCMD.
             await self._bus.publish(str(ncmd), rebirth_command(now_ms), qos=0)
+        if outcome.samples and outcome.device in self._republish:
+            await self._republish_samples(outcome.samples)
         return outcome
+
+    async def _republish_samples(self, samples: list[Sample]) -> None:
+        """The stored values as GridPilot telemetry, one message per timestamp (a Sparkplug
+        message may carry several: each metric has its own). QoS 0: the live view; storage
+        has them already."""
+        by_ts: dict[int, dict[str, float]] = {}
+        for sample in samples:
+            by_ts.setdefault(sample.ts_ms, {})[sample.point] = sample.value
+        topic = str(Topic.telemetry(self._site, samples[0].device))
+        for ts, values in sorted(by_ts.items()):
+            await self._bus.publish(topic, encode_telemetry(ts, values), qos=0)
+            self.stats.republished += 1
 
 
 def sparkplug_state_payload(change: DeviceStateChange, now_ms: int) -> bytes:

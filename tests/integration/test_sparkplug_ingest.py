@@ -11,13 +11,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
+from gridpilot.api.service import ApiService
 from gridpilot.api.state_cache import DeviceStateCache
+from gridpilot.api.tokens import Role
 from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.bus.codec import DeviceStatus, Telemetry, decode_state, decode_telemetry
-from gridpilot.config.models import GridPilotConfig, StorageConfig
+from gridpilot.config.models import DeviceConfig, GridPilotConfig, StorageConfig
 from gridpilot.ingest.service import IngestService
 from gridpilot.ingest.sparkplug import SparkplugIngest
 from gridpilot.model import SeriesKey, Topic, now_ms
@@ -310,3 +313,68 @@ async def test_republished_values_reach_telemetry_subscribers_and_are_stored_onc
             await asyncio.gather(task, return_exceptions=True)
     # The births' values came as telemetry too, under the same names.
     assert any(t.values.get("grid_frequency_hz") == 50.0 for t in seen)
+
+
+async def test_the_api_shows_a_listed_sparkplug_device_online_with_values_then_offline(
+    mosquitto: BrokerAddress, storage: Storage, tmp_path: Path
+) -> None:
+    """Listed under ``devices:`` (``protocol: mqtt``), a Sparkplug device is an API device:
+    its births' values under ``/latest`` and its status from births and deaths."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    group = f"Plant {uuid.uuid4().hex[:6]}"
+    base = config(site, group)
+    listed = base.model_copy(
+        update={
+            "devices": tuple(
+                DeviceConfig.model_validate(
+                    {"id": device, "protocol": "mqtt", "points": [{"point": p} for p in points]}
+                )
+                for device, points in {
+                    "edge1": ["uptime_s"],
+                    "pv_inverter": [
+                        "inverter_active_power_w",
+                        "grid_frequency_hz",
+                        "breaker_closed_state",
+                        "heatsink_temperature_degc",
+                    ],
+                }.items()
+            )
+        }
+    )
+    async with (
+        IngestService(listed, mosquitto, storage) as ingest,
+        ApiService(listed, mosquitto, storage, base_dir=tmp_path, port=0) as api,
+        edge_node(mosquitto.host, mosquitto.port, group, EDGE, DEVICE) as node,
+    ):
+        token = api.tokens.create(Role.VIEWER, "test-viewer", created_by="test")[1]
+        async with httpx.AsyncClient(
+            base_url=api.url,
+            trust_env=False,
+            timeout=10,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as http:
+
+            async def device() -> dict[str, Any]:
+                response = await http.get("/api/v1/devices/pv_inverter")
+                assert response.status_code == 200, response.text
+                body: dict[str, Any] = response.json()
+                return body
+
+            async def online() -> bool:
+                return (await device())["status"] == "online"
+
+            await eventually(online)
+            latest = (await http.get("/api/v1/devices/pv_inverter/latest")).json()
+            assert {v["point"]: v["value"] for v in latest["values"]} == {
+                "inverter_active_power_w": 4000.0,
+                "grid_frequency_hz": 50.0,
+                "breaker_closed_state": 1.0,
+                "heatsink_temperature_degc": -5.0,
+            }
+            node.kill()
+
+            async def offline() -> bool:
+                return (await device())["status"] == "offline"
+
+            await eventually(offline)
+        assert ingest.stats.messages_rejected == 0

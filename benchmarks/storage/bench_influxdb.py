@@ -1,7 +1,7 @@
 """Write throughput and query latency of the InfluxDB storage backend, beside a bare writer.
 
-    .venv/bin/python benchmarks/storage/bench_influxdb.py            # full run, ~10 min
-    .venv/bin/python benchmarks/storage/bench_influxdb.py --quick    # smaller, ~2 min
+    .venv/bin/python benchmarks/storage/bench_influxdb.py            # full run, 15-25 min
+    .venv/bin/python benchmarks/storage/bench_influxdb.py --quick    # smaller, 4-6 min
     .venv/bin/python benchmarks/storage/bench_influxdb.py --url http://127.0.0.1:8086
 
 Without ``--url`` it starts its own ``influxd`` (Debian's 1.x package) on free loopback
@@ -11,10 +11,11 @@ database. The write and query shapes are those of ``bench_sqlite.py`` (1 Hz data
 read back at 15 min, 7.5 min and raw), so the two backends' figures compare.
 
 "bare" is the floor of what any client can do on this server: the same samples as gzip'd
-line protocol POSTed to ``/write`` in batches of 5,000 points, one request at a time, with
-no idempotency check, no rollups and no ``latest``. The backend does per batch one query
-(stored timestamps, rollup buckets, latest) and writes the samples plus their rollup and
-latest points; "ratio" is backend / bare.
+line protocol POSTed to ``/write`` in batches of 5,000 points, as many requests in flight
+as the backend keeps (3), with no idempotency check, no rollups and no ``latest``. The
+backend reads nothing back for live samples (it remembers each series' newest sample and
+bucket) and writes the samples, then each touched series' 1 min / 15 min / 1 h buckets and
+its latest point; "ratio" is backend / bare.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tests.influxdb_server import InfluxServer  # noqa: E402
 
 from gridpilot.model import Sample, SeriesKey  # noqa: E402
 from gridpilot.storage import Agg  # noqa: E402
+from gridpilot.storage.influx import _WRITES_IN_FLIGHT as WRITES_IN_FLIGHT  # noqa: E402
 from gridpilot.storage.influx import InfluxStorage  # noqa: E402
 
 _names = iter(range(10**6))
@@ -55,11 +57,22 @@ def fresh_db(label: str) -> str:
 
 
 async def bare_write(url: str, database: str, batches: list[list[Sample]]) -> float:
-    """Seconds to POST the batches as line protocol, 5,000 points a request."""
+    """Seconds to POST the batches as line protocol, 5,000 points a request, as many
+    requests in flight as the backend keeps."""
     async with httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as client:
         await client.post("/query", data={"q": f'CREATE DATABASE "{database}"'})
         started = time.perf_counter()
+        pending: set[asyncio.Task[None]] = set()
         lines: list[str] = []
+
+        async def send(chunk: list[str]) -> None:
+            nonlocal pending
+            if len(pending) >= WRITES_IN_FLIGHT:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            pending.add(asyncio.create_task(_post(client, database, chunk)))
+
         for batch in batches:
             lines += [
                 f"samples,site={s.site},device={s.device},point={s.point} value={s.value!r} "
@@ -67,10 +80,12 @@ async def bare_write(url: str, database: str, batches: list[list[Sample]]) -> fl
                 for s in batch
             ]
             while len(lines) >= 5_000:
-                await _post(client, database, lines[:5_000])
+                await send(lines[:5_000])
                 del lines[:5_000]
         if lines:
-            await _post(client, database, lines)
+            await send(lines)
+        for task in pending:
+            await task
         return time.perf_counter() - started
 
 

@@ -237,6 +237,7 @@ class HomeAssistantDiscovery:
             connect_timeout_s=bus.connect_timeout.total_seconds(),
             publish_timeout_s=publish_timeout_s,
         )
+        self._publish_timeout_s = publish_timeout_s
         self._task: asyncio.Task[None] | None = None
         self.published = 0
         """Config messages published so far."""
@@ -290,10 +291,16 @@ class HomeAssistantDiscovery:
         await self._bus.close()
 
     async def publish_all(self) -> None:
+        """Publish every config and wait (up to ``publish_timeout_s``) until the broker has
+        them: a Home Assistant subscribing afterwards gets them all as retained."""
         for item in self._configs:
             await self._bus.publish(item.topic, item.encode(), qos=1, retain=True)
             self.published += 1
         self.rounds += 1
+        try:
+            await self._bus.flush(timeout=self._publish_timeout_s)
+        except BusTimeoutError as exc:
+            log.warning("Home Assistant discovery configs not yet at the broker: %s", exc)
 
     async def _run(self) -> None:
         async for message in self._bus.messages():

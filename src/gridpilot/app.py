@@ -84,10 +84,13 @@ async def run_services(
     on_ready: Callable[[Running], None] | None = None,
     *,
     http_port: int | None = None,
+    ingest_instance: str = "0",
 ) -> None:
     """Start the given services, call ``on_ready``, and run until ``stop`` is set.
 
-    ``http_port`` overrides ``api.port`` (0 = any free port). Services stop in reverse order
+    ``http_port`` overrides ``api.port`` (0 = any free port). ``ingest_instance`` tells
+    ingest processes of one site apart (their MQTT client ids; instance ``0`` alone handles
+    Sparkplug B), so several split the shared subscription. Services stop in reverse order
     of start: the API and gateway first, ingest (flushing its buffer) before storage closes.
     """
     if config.control is None and Service.CONTROLLER in services:
@@ -117,7 +120,14 @@ async def run_services(
             # The writer owns housekeeping: one retention timer per database, not per reader.
             await stack.enter_async_context(RetentionService(storage))
             ingest = await stack.enter_async_context(
-                IngestService(config, address, storage, embedded_broker=embedded, base_dir=base_dir)
+                IngestService(
+                    config,
+                    address,
+                    storage,
+                    embedded_broker=embedded,
+                    instance=ingest_instance,
+                    base_dir=base_dir,
+                )
             )
         if Service.GATEWAY in services:
             gateway = await stack.enter_async_context(GatewayService(config, address))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import click
@@ -12,12 +13,21 @@ from gridpilot.cli.common import fail, freeze_startup_heap, load_or_exit, run_as
 
 # Kept in step with gridpilot.app.Service; spelled out so --help needs no service imports.
 SERVICE_CHOICES = ["all", "gateway", "ingest", "controller", "api"]
+_INSTANCE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 @click.command()
 @click.argument("service", type=click.Choice(SERVICE_CHOICES))
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-def run(service: str, config: Path) -> None:
+@click.option(
+    "--instance",
+    default="0",
+    show_default=True,
+    help="Ingest only: this process's name among the site's ingest processes (letters, "
+    "digits, - or _). Give each its own (0, 1, ...) to split the shared subscription; "
+    "instance 0 also handles Sparkplug B.",
+)
+def run(service: str, config: Path, instance: str) -> None:
     """Run SERVICE (or all of them in one process) for the site in CONFIG until SIGTERM."""
     from gridpilot.app import (
         ALL_SERVICES,
@@ -28,6 +38,13 @@ def run(service: str, config: Path) -> None:
         startup_errors,
     )
 
+    if not _INSTANCE.fullmatch(instance):
+        fail(
+            f"--instance {instance!r}: use 1-32 letters, digits, - or _ (it becomes part of "
+            "the MQTT client id)"
+        )
+    if instance != "0" and service not in ("ingest", "all"):
+        fail(f"--instance is for ingest processes; 'run {service}' has no instances")
     cfg = load_or_exit(config)
     services = list(ALL_SERVICES) if service == "all" else [Service(service)]
     if service == "all" and cfg.control is None:
@@ -46,7 +63,7 @@ def run(service: str, config: Path) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await run_services(cfg, config.parent, services, stop, ready)
+        await run_services(cfg, config.parent, services, stop, ready, ingest_instance=instance)
 
     try:
         run_async(main())

@@ -308,6 +308,17 @@ class IngestService:
             )
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
+        # Operators splitting a shared subscription read each process's share here.
+        stats = self.stats
+        log.info(
+            "ingest %s stopped: %d messages, %d samples written, %d duplicates, %d rejected "
+            "messages",
+            self._bus.client_id,
+            stats.messages,
+            stats.samples_written,
+            stats.duplicates,
+            stats.messages_rejected,
+        )
         if self.sparkplug is not None:
             with contextlib.suppress(Exception):  # closing anyway; the will covers it
                 await self.sparkplug.goodbye()

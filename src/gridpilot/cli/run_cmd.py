@@ -27,7 +27,14 @@ _INSTANCE = re.compile(r"[A-Za-z0-9_-]{1,32}")
     "digits, - or _). Give each its own (0, 1, ...) to split the shared subscription; "
     "instance 0 also handles Sparkplug B.",
 )
-def run(service: str, config: Path, instance: str) -> None:
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="API only: listen on this port instead of the site file's api.port (0: any free "
+    "port), e.g. for several API processes behind a load balancer.",
+)
+def run(service: str, config: Path, instance: str, port: int | None) -> None:
     """Run SERVICE (or all of them in one process) for the site in CONFIG until SIGTERM."""
     from gridpilot.app import (
         ALL_SERVICES,
@@ -45,6 +52,8 @@ def run(service: str, config: Path, instance: str) -> None:
         )
     if instance != "0" and service not in ("ingest", "all"):
         fail(f"--instance is for ingest processes; 'run {service}' has no instances")
+    if port is not None and service not in ("api", "all"):
+        fail(f"--port is the API's; 'run {service}' serves no HTTP")
     cfg = load_or_exit(config)
     services = list(ALL_SERVICES) if service == "all" else [Service(service)]
     if service == "all" and cfg.control is None:
@@ -63,7 +72,9 @@ def run(service: str, config: Path, instance: str) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await run_services(cfg, config.parent, services, stop, ready, ingest_instance=instance)
+        await run_services(
+            cfg, config.parent, services, stop, ready, http_port=port, ingest_instance=instance
+        )
 
     try:
         run_async(main())

@@ -125,6 +125,59 @@ def test_power_flow_from_latest_values(
     assert summary == pytest.approx(expected)
 
 
+FLOW_WITH_DEVICES = """(m, body, devices) => {
+    const f = m.deriveFlow(m.indexLatest(body), devices);
+    const w = (part) => (part ? part.w : null);
+    return {grid: w(f.grid), pv: w(f.pv), battery: w(f.battery),
+            soc: f.battery ? f.battery.socPct : null, load: w(f.load),
+            pv_devices: f.pv ? f.pv.devices : null};
+}"""
+
+
+def flow(role: str, power: str, sign: int = 1, soc: str | None = None) -> dict[str, Any]:
+    return {"role": role, "power_point": power, "power_sign": sign, "soc_point": soc}
+
+
+SUNSPEC_SITE = [  # as GET /devices lists them: names the guessing would not recognise
+    {"id": "utility", "flow": flow("grid", "m203_w", sign=-1)},  # meter counts export +
+    {"id": "roof", "flow": flow("pv", "m103_w")},
+    {"id": "carport", "flow": flow("pv", "m103_w")},
+    {"id": "storage", "flow": flow("battery", "m802_w", soc="m802_soc_pct")},
+    {"id": "weather", "flow": None},
+]
+
+
+def test_power_flow_from_the_roles_the_site_file_gives(model: Any) -> None:
+    body = latest(
+        ("utility", "m203_w", -20_000.0),  # importing 20 kW
+        ("roof", "m103_w", 30_000.0),
+        ("carport", "m103_w", 5_000.0),
+        ("storage", "m802_w", -4_000.0),  # charging
+        ("storage", "m802_soc_pct", 55.0),
+        ("weather", "ac_power_w", 999.0),  # not in the flow: its names do not matter
+    )
+    assert model(FLOW_WITH_DEVICES, body, SUNSPEC_SITE) == {
+        "grid": 20_000.0,
+        "pv": 35_000.0,
+        "battery": -4_000.0,
+        "soc": 55.0,
+        "load": 51_000.0,
+        "pv_devices": ["roof", "carport"],
+    }
+    # An inverter without a value yet: PV (and so the load) unknown, not under-counted.
+    partial = latest(("utility", "m203_w", -20_000.0), ("roof", "m103_w", 30_000.0))
+    summary = model(FLOW_WITH_DEVICES, partial, SUNSPEC_SITE)
+    assert summary["pv"] is None
+    assert summary["load"] is None
+    assert summary["grid"] == 20_000.0
+    # Devices without roles: recognised by their point names, as before.
+    guessed = model(FLOW_WITH_DEVICES, DEMO, [{"id": "grid_meter", "flow": None}])
+    del guessed["pv_devices"]
+    as_before = model(FLOW, DEMO)
+    del as_before["grid_stale"]
+    assert guessed == pytest.approx(as_before)
+
+
 def test_old_values_are_marked_stale(model: Any) -> None:
     stale = latest(("grid_meter", "active_power_w", 5.0), age_s=120)
     fresh = latest(("grid_meter", "active_power_w", 5.0), age_s=2)

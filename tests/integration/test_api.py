@@ -145,6 +145,14 @@ async def test_devices_with_points_and_no_health_yet(client: httpx.AsyncClient) 
     ]
     assert devices["battery"]["poll_interval_s"] == 2.0
     assert devices["weather"]["protocol"] == "mqtt"
+    # its part in the power flow, as the site file gives it (the dashboard reads it)
+    assert meter["flow"] == {
+        "role": "grid",
+        "power_point": "active_power_w",
+        "power_sign": 1,
+        "soc_point": None,
+    }
+    assert devices["battery"]["flow"] is None
     for device in devices.values():
         assert device["health"] is None
         assert device["status"] == "unknown"
@@ -406,6 +414,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
         "/api/v1/latest",
         "/api/v1/devices/{device}/latest",
         "/api/v1/devices/{device}/points/{point}/history",
+        "/api/v1/devices/{device}/gaps",
         "/api/v1/control",
         "/api/v1/me",
         "/api/v1/devices/{device}/points/{point}/command",

@@ -158,7 +158,8 @@ def only_error(body: dict[str, Any]) -> str:
 
 
 DEVICE_FIELDS = (
-    "id name protocol pollIntervalS status health points { name unit writable validRange }"
+    "id name protocol pollIntervalS flow { role powerPoint powerSign socPoint } status health "
+    "points { name unit writable validRange }"
 )
 LATEST_FIELDS = "site now values { device point unit value ts ageS }"
 HISTORY_FIELDS = "device point unit start end everyMs agg values { ts value }"

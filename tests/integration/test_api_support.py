@@ -52,6 +52,7 @@ def site_config(site_id: str, data_dir: Path, **api: Any) -> GridPilotConfig:
                     "id": "meter",
                     "name": "Grid meter",
                     "host": "127.0.0.1",
+                    "flow": {"role": "grid"},
                     "points": [
                         {
                             "point": "active_power_w",

@@ -252,3 +252,61 @@ def test_control_section_refers_to_configured_points() -> None:
     )
     assert cfg.control is not None
     assert cfg.control.fail_safes[0].inputs == ("meter.active_power_w",)
+
+
+FLOW_SITE = """\
+site: {id: flowsite}
+devices:
+  - id: meter
+    host: 127.0.0.1
+    flow: {role: grid}
+    points:
+      - {point: active_power_w, address: 0, type: int32}
+  - id: inverter
+    host: 127.0.0.1
+    flow: {role: pv, power_point: m103_w}
+    points:
+      - {point: ac_power_w, address: 0}
+  - id: store
+    host: 127.0.0.1
+    flow: {role: battery, power_sign: -1, soc_point: charge_pct}
+    points:
+      - {point: active_power_w, address: 0, type: int16}
+      - {point: soc_pct, address: 1}
+  - id: solar
+    sunspec: {}
+    host: 127.0.0.1
+    flow: {role: pv, power_point: m103_w}
+"""
+
+
+def test_flow_roles_default_their_points_and_must_name_the_devices_points() -> None:
+    found = issues_of(FLOW_SITE)
+    # the inverter names a point it does not have; the battery's SoC point too
+    assert found["devices[1].flow.power_point"][0] == 10
+    assert (
+        "'m103_w' is not a point of device 'inverter'; name one of: ac_power_w"
+        in (found["devices[1].flow.power_point"][1])
+    )
+    assert found["devices[2].flow.soc_point"][0] == 15
+    assert set(found) == {"devices[1].flow.power_point", "devices[2].flow.soc_point"}
+
+    fixed = FLOW_SITE.replace("power_point: m103_w}\n    points", "}\n    points").replace(
+        ", soc_point: charge_pct", ""
+    )
+    config = validate_config_text(fixed)
+    flows = {d.id: d.flow for d in config.devices if d.flow is not None}
+    assert {k: f.power_point for k, f in flows.items()} == {
+        "meter": "active_power_w",
+        "inverter": "ac_power_w",
+        "store": "active_power_w",
+        "solar": "m103_w",  # a SunSpec device's points are discovered: not checked here
+    }
+    store = flows["store"]
+    assert (store.power_sign, store.soc_point) == (-1, "soc_pct")
+
+
+def test_a_soc_point_belongs_to_a_battery() -> None:
+    text = FLOW_SITE.replace("flow: {role: grid}", "flow: {role: grid, soc_point: soc_pct}")
+    found = issues_of(text)
+    assert "soc_point is for role battery only" in found["devices[0].flow"][1]

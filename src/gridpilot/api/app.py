@@ -69,6 +69,7 @@ from gridpilot.api.schemas import (
     DeviceOut,
     DevicesOut,
     ErrorOut,
+    FlowOut,
     GatewayOut,
     HealthzOut,
     HistoryColumnsOut,
@@ -383,6 +384,14 @@ class _SiteView:
             name=device.name,
             protocol=str(device.protocol),
             poll_interval_s=device.poll_interval.total_seconds(),
+            flow=None
+            if device.flow is None
+            else FlowOut(
+                role=device.flow.role.value,
+                power_point=device.flow.power_point or "",
+                power_sign=device.flow.power_sign,
+                soc_point=device.flow.soc_point,
+            ),
             points=[
                 PointOut(
                     name=p.point,

@@ -219,12 +219,26 @@ class Point:
     valid_range: list[float] | None = strawberry.field(description="[min, max] in the unit.")
 
 
+@strawberry.type(description="A device's part in the site's power flow.")
+class Flow:
+    role: str = strawberry.field(description="grid, pv or battery.")
+    power_point: str = strawberry.field(description="The point giving its active power, W.")
+    power_sign: int = strawberry.field(
+        description="1: positive for import (grid), production (pv) or discharge (battery); "
+        "-1: the device counts the other way."
+    )
+    soc_point: str | None = strawberry.field(description="battery: its state of charge, %.")
+
+
 @strawberry.type(description="A configured device with its points and health.")
 class Device:
     id: str
     name: str
     protocol: str
     poll_interval_s: float
+    flow: Flow | None = strawberry.field(
+        description="Its part in the site's power flow; null when the site file gives none."
+    )
     points: list[Point]
     status: str = strawberry.field(description="online, offline or unknown.")
     health: JSON | None = strawberry.field(
@@ -239,6 +253,7 @@ class Device:
             name=out.name,
             protocol=out.protocol,
             poll_interval_s=out.poll_interval_s,
+            flow=None if out.flow is None else Flow(**out.flow.model_dump()),
             points=[
                 Point(
                     name=p.name,

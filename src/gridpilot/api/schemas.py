@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -62,11 +62,26 @@ class PointOut(_Out):
     valid_range: tuple[float, float] | None = Field(description="[min, max] in the unit.")
 
 
+class FlowOut(_Out):
+    """The device's part in the site's power flow (the site file's ``flow``)."""
+
+    role: Literal["grid", "pv", "battery"]
+    power_point: str = Field(description="The point giving its active power, W.")
+    power_sign: Literal[1, -1] = Field(
+        description="1: the point is positive for import (grid), production (pv) or "
+        "discharge (battery); -1: the device counts the other way."
+    )
+    soc_point: str | None = Field(description="battery: its state-of-charge point, %.")
+
+
 class DeviceOut(_Out):
     id: str
     name: str
     protocol: str
     poll_interval_s: float = Field(description="How often the gateway reads the device.")
+    flow: FlowOut | None = Field(
+        default=None, description="Its part in the site's power flow; null when not given."
+    )
     points: list[PointOut]
     status: EffectiveStatus = Field(
         description="online/offline from the device's state; unknown when no state was "

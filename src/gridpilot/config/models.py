@@ -494,6 +494,52 @@ class SerialBusConfig(_Frozen):
         return value
 
 
+class FlowRole(StrEnum):
+    """Where a device sits in the site's power flow (the dashboard's grid, PV, battery)."""
+
+    GRID = "grid"
+    PV = "pv"
+    BATTERY = "battery"
+
+
+_FLOW_POWER_DEFAULTS = {
+    FlowRole.GRID: "active_power_w",
+    FlowRole.PV: "ac_power_w",
+    FlowRole.BATTERY: "active_power_w",
+}
+
+
+class FlowConfig(_Frozen):
+    """A device's part in the site's power flow. Without any, the dashboard recognises the
+    parts by their usual point names (``active_power_w`` on a device named grid/mains/...,
+    ``ac_power_w``, ``soc_pct``); with them, any names work (e.g. a SunSpec inverter's
+    ``m103_w``)."""
+
+    role: FlowRole
+    power_point: PointName | None = None
+    """The point giving the device's active power; default ``active_power_w`` (grid,
+    battery) or ``ac_power_w`` (pv)."""
+    power_sign: Literal[1, -1] = 1
+    """1 when the point is positive for import (grid), production (pv) or discharge
+    (battery), as GridPilot counts; -1 when the device counts the other way."""
+    soc_point: PointName | None = None
+    """battery: the state-of-charge point, default ``soc_pct``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        """The role's usual point names where none are given."""
+        if not isinstance(data, dict) or data.get("role") not in set(FlowRole):
+            return data  # the field validation says what is wrong
+        role = FlowRole(data["role"])
+        if data.get("soc_point") is not None and role is not FlowRole.BATTERY:
+            raise ValueError("soc_point is for role battery only")
+        filled = {"power_point": _FLOW_POWER_DEFAULTS[role]}
+        if role is FlowRole.BATTERY:
+            filled["soc_point"] = "soc_pct"
+        return {**filled, **{k: v for k, v in data.items() if v is not None}}
+
+
 class SunSpecConfig(_Frozen):
     """SunSpec auto-discovery: the gateway finds the device's models at connect and
     publishes their points as ``m<model>_<point>_<unit>`` (``m103_w``, ``m704_wmaxlimpct_pct``;
@@ -540,6 +586,8 @@ class DeviceConfig(_Frozen):
     a serial bus always carries one request at a time."""
     sunspec: SunSpecConfig | None = None
     """Discover the register map from the device's SunSpec models instead of ``points``."""
+    flow: FlowConfig | None = None
+    """Its part in the site's power flow (grid, pv, battery), for the dashboard."""
     points: tuple[PointConfig, ...] = ()
     """The register map; required unless ``sunspec`` is set."""
     signing_key_env: str | None = None

@@ -68,6 +68,7 @@ def check(data: object) -> Iterator[Finding]:
                     f"device id {device_id!r} is the gateway's own id (gateway.id); rename one",
                 )
         yield from _check_points(i, device)
+        yield from _check_flow(i, device)
     yield from _check_serial_buses(data.get("serial_buses"), devices)
     control = data.get("control")
     if isinstance(control, dict):
@@ -75,6 +76,34 @@ def check(data: object) -> Iterator[Finding]:
 
 
 _MODBUS_PROTOCOLS = frozenset({"modbus_tcp", "modbus_rtu", "modbus_rtu_tcp"})
+_FLOW_DEFAULTS = {
+    "grid": {"power_point": "active_power_w"},
+    "pv": {"power_point": "ac_power_w"},
+    "battery": {"power_point": "active_power_w", "soc_point": "soc_pct"},
+}
+
+
+def _check_flow(i: int, device: dict[str, object]) -> Iterator[Finding]:
+    """A device's ``flow`` names points the device has (a SunSpec device's points are only
+    known once discovered: not checked)."""
+    flow, points = device.get("flow"), device.get("points")
+    if not isinstance(flow, dict) or device.get("sunspec") is not None:
+        return
+    if not isinstance(points, list):
+        return
+    defaults = _FLOW_DEFAULTS.get(str(flow.get("role")))
+    if defaults is None:
+        return  # the model's validation names the role
+    names = {p.get("point") for p in points if isinstance(p, dict)}
+    for key, default in defaults.items():
+        name = flow.get(key) or default
+        if name not in names:
+            known = ", ".join(sorted(str(n) for n in names if isinstance(n, str)))
+            yield Finding(
+                ("devices", i, "flow", key) if key in flow else ("devices", i, "flow"),
+                f"flow.{key} {name!r} is not a point of device {device.get('id')!r}; "
+                f"name one of: {known}",
+            )
 
 
 def _check_sparkplug(sparkplug: object, devices: object) -> Iterator[Finding]:

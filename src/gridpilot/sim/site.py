@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Self
 
 from gridpilot.model import is_valid_identifier
-from gridpilot.sim.building import Building, BuildingParams
+from gridpilot.sim.building import BATTERY, GRID_METER, PV_INVERTER, Building, BuildingParams
 from gridpilot.sim.devices import DEVICE_MAPS, DeviceMap
 from gridpilot.sim.image import AppliedWrite, RegisterImage
 from gridpilot.sim.rtu import RtuSlaveBus
@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 MAX_CATCH_UP_S = 5.0
 """Wall time one tick may make up for (after a stalled loop or a suspended machine)."""
+
+
+# The simulated building's grid meter, inverter and battery count their power as GridPilot
+# does (import, production, discharge positive), under the points the flow defaults name.
+_FLOW_ROLES = {GRID_METER: "grid", PV_INVERTER: "pv", BATTERY: "battery"}
 
 
 class SimulatedSite:
@@ -194,6 +199,10 @@ class SimulatedSite:
         if not is_valid_identifier(site_id):
             raise ValueError(f"{site_id!r} is not a valid site id")
         devices = [m.config(self.host, self._servers[m.id].port) for m in self._maps.values()]
+        for device in devices:  # their parts in the power flow, as a site file says them
+            role = _FLOW_ROLES.get(str(device["id"]))
+            if role is not None:
+                device["flow"] = {"role": role}
         devices += [
             i.plan.config(self.host, self._servers[i.plan.id].port) for i in self._sunspec.values()
         ]

@@ -38,9 +38,13 @@ export function indexLatest(latest) {
 /**
  * The site's power flow from the latest values (indexLatest's map). Each part is
  * {w, stale, devices} or null when the site has no such device; load is null unless the
- * grid is known and every battery and PV device has a value.
+ * grid is known and every battery and PV device has a value. ``devices`` (GET /devices'
+ * list): where any device has a ``flow`` (the site file says its role and points), the
+ * roles come from there; otherwise they are recognised by point names (FLOW_POINTS).
  */
-export function deriveFlow(byDevice) {
+export function deriveFlow(byDevice, devices = null) {
+  const configured = (devices || []).filter((d) => d.flow);
+  if (configured.length > 0) return flowFromRoles(byDevice, configured);
   const P = FLOW_POINTS;
   const stale = (v) => !v || v.age_s > STALE_AFTER_S;
 
@@ -98,6 +102,50 @@ export function deriveFlow(byDevice) {
       devices: [] };
   }
   return { grid, pv, battery, load };
+}
+
+/** deriveFlow for devices whose ``flow`` names their role, power point and sign. */
+function flowFromRoles(byDevice, devices) {
+  const stale = (v) => !v || v.age_s > STALE_AFTER_S;
+  const part = (role) => {
+    const members = devices.filter((d) => d.flow.role === role);
+    if (members.length === 0) return null;
+    let w = 0;
+    let complete = true;
+    let anyStale = false;
+    let socWeighted = 0;
+    let weights = 0;
+    for (const device of members) {
+      const points = byDevice.get(device.id) || new Map();
+      const power = points.get(device.flow.power_point);
+      if (power) w += device.flow.power_sign * power.value;
+      else complete = false;
+      anyStale = anyStale || stale(power);
+      if (device.flow.soc_point) {
+        const soc = points.get(device.flow.soc_point);
+        const capacity = points.get(FLOW_POINTS.batteryCapacity);
+        const weight = capacity && capacity.value > 0 ? capacity.value : 1;
+        if (soc) {
+          socWeighted += soc.value * weight;
+          weights += weight;
+        }
+        anyStale = anyStale || stale(soc);
+      }
+    }
+    const out = { w: complete ? w : null, stale: anyStale, devices: members.map((d) => d.id) };
+    if (role === "battery") out.socPct = weights > 0 ? socWeighted / weights : null;
+    return out;
+  };
+  const grid = part("grid");
+  const pv = part("pv");
+  const battery = part("battery");
+  let load = null;
+  if (grid && grid.w !== null && (!pv || pv.w !== null) && (!battery || battery.w !== null)) {
+    load = { w: grid.w + (pv ? pv.w : 0) + (battery ? battery.w : 0),
+      stale: grid.stale || Boolean(pv && pv.stale) || Boolean(battery && battery.stale),
+      devices: [] };
+  }
+  return { grid: grid && grid.w !== null ? grid : null, pv, battery, load };
 }
 
 // --------------------------------------------------------------------------------- history

@@ -43,7 +43,7 @@ export function createFlowView(app) {
       : battery.w > 0 ? "discharging" : battery.w < 0 ? "charging" : "idle");
     arrow("arrow-battery", battery && battery.w > 0 ? "in" : "out", battery && battery.w);
     const soc = $("flow-battery-soc");
-    if (battery) {
+    if (battery && battery.socPct !== null) {
       soc.textContent = formatValue(battery.socPct, "%");
       soc.dataset.value = String(battery.socPct);
       $("flow-battery-soc-meter").value = battery.socPct;
@@ -99,7 +99,7 @@ export function createFlowView(app) {
     const latest = await request("/latest", { signal });
     const byDevice = indexLatest(latest);
     app.latest = { body: latest, byDevice };
-    renderFlow(deriveFlow(byDevice));
+    renderFlow(deriveFlow(byDevice, app.devices));
     renderTables(byDevice);
     app.markUpdated();
   }, REFRESH_MS);

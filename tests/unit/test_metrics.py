@@ -37,6 +37,7 @@ from gridpilot.gateway.health import BackoffPolicy, DeviceHealth
 from gridpilot.gateway.payloads import device_state_payload, gateway_state_payload
 from gridpilot.ingest.service import IngestStats
 from gridpilot.ingest.validation import RejectReason
+from gridpilot.ops.gaps import StreamTracker
 
 SITE = "plant"
 T0 = 1_764_158_400_000  # 2025-11-26T12:00:00Z
@@ -137,6 +138,7 @@ def an_unconnected_bus(name: str) -> BusClient:
 class IngestLike:
     stats: IngestStats
     bus: BusClient
+    streams: StreamTracker | None = None
 
 
 @dataclass

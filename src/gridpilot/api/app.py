@@ -9,6 +9,7 @@
     GET /api/v1/latest                                  latest value of every stored point
     GET /api/v1/devices/{device}/latest                 ... of one device
     GET /api/v1/devices/{device}/points/{point}/history ?start=&end=&every=&agg=
+    GET /api/v1/devices/{device}/gaps                   ?since=&until=&limit= (stored data)
     GET /api/v1/openapi.json                            the OpenAPI document
     GET /api/v1/stream                                  live telemetry (Server-Sent Events)
     POST/GET /graphql, WebSocket /graphql               GraphQL: queries, live subscriptions
@@ -49,7 +50,7 @@ from gridpilot import __version__
 from gridpilot.api.actions import actions_router
 from gridpilot.api.audit import AuditLog
 from gridpilot.api.auth import Authenticator, AuthMiddleware, principal_of_scope, require
-from gridpilot.api.errors import NotFoundError, RequestError
+from gridpilot.api.errors import InvalidParameterError, NotFoundError, RequestError
 from gridpilot.api.graphql import graphql_router
 from gridpilot.api.history import (
     COUNT_BUCKET_MS,
@@ -70,6 +71,8 @@ from gridpilot.api.schemas import (
     DevicesOut,
     ErrorOut,
     FlowOut,
+    GapOut,
+    GapsOut,
     GatewayOut,
     HealthzOut,
     HistoryColumnsOut,
@@ -86,6 +89,7 @@ from gridpilot.api.tokens import Role, TokenStore
 from gridpilot.config.models import DeviceConfig, GridPilotConfig
 from gridpilot.model import SeriesKey, now_ms, to_rfc3339, unit_of
 from gridpilot.net import is_loopback_host
+from gridpilot.ops.gaps import WindowTooLargeError, device_gaps
 from gridpilot.storage.base import Agg, Storage, StorageError, StorageUnavailable
 
 __all__ = ["API_PREFIX", "create_app"]
@@ -326,6 +330,25 @@ def _router(view: _SiteView) -> APIRouter:
         )
         return Response(result.to_json(), media_type="application/json")
 
+    @api.get("/devices/{device}/gaps", response_model=GapsOut, tags=["values"])
+    async def gaps(
+        device: str,
+        *,
+        since: Annotated[
+            str | None,
+            Query(description="RFC 3339, epoch ms, `now` or relative (`-2h`). Default: -1h."),
+        ] = None,
+        until: Annotated[str | None, Query(description="Same forms. Default: now.")] = None,
+        limit: Annotated[
+            int, Query(ge=1, le=10_000, description="Gaps listed at most (oldest first).")
+        ] = 1000,
+    ) -> GapsOut:
+        """Stretches in [since, until] without stored samples of the device: more than 2.5
+        expected intervals (its fastest poll class; for an MQTT device its `poll_interval`, or
+        its usual spacing) between neighbouring samples, or from the last one to `until`.
+        At most `api.history_max_rows` intervals per request (422 otherwise)."""
+        return await view.gaps(device, since=since, until=until, limit=limit)
+
     return api
 
 
@@ -480,6 +503,47 @@ class _SiteView:
             hint = suggest_every(window.start_ms, window.end_ms, self.max_rows)
             raise too_many_raw_rows(len(result), hint, exact=True, max_rows=self.max_rows)
         return result
+
+    async def gaps(
+        self, device: str, *, since: str | None, until: str | None, limit: int
+    ) -> GapsOut:
+        config_device = self.device(device)
+        now = self.clock()
+        window = parse_history_params(since, until, None, None, now, max_rows=self.max_rows)
+        until_ms = min(window.end_ms, now)  # the future has no gaps yet
+        latency = int(self.config.storage.flush_interval.total_seconds() * 1000) + 2000
+        try:
+            found = await device_gaps(
+                self.storage, self.config, config_device,
+                since_ms=window.start_ms, until_ms=until_ms,
+                latency_ms=latency, limit=limit, max_samples=self.max_rows,
+            )  # fmt: skip
+        except WindowTooLargeError as exc:
+            raise InvalidParameterError("since", since, str(exc)) from None
+        summary = found.summary
+        return GapsOut(
+            device=device,
+            point=found.point,
+            since=to_rfc3339(window.start_ms if summary is None else summary.window_start_ms),
+            until=to_rfc3339(until_ms),
+            interval_s=None if found.interval_ms is None else found.interval_ms / 1000,
+            interval_source=found.interval_source,
+            samples=0 if summary is None else summary.samples,
+            expected_samples=0 if summary is None else summary.expected,
+            gap_count=found.total_gaps,
+            missing_samples=found.missing,
+            truncated=found.truncated,
+            gaps=[
+                GapOut(
+                    start=to_rfc3339(g.start_ms),
+                    end=to_rfc3339(g.end_ms),
+                    duration_s=(g.end_ms - g.start_ms) / 1000,
+                    missing_samples=g.missing,
+                    ongoing=g.ongoing,
+                )
+                for g in found.gaps
+            ],
+        )
 
     async def _check_raw_rows(self, series: SeriesKey, window: HistoryWindow, now: int) -> None:
         """Refuse (422) a raw request of more than ``max_rows`` samples before reading them:

@@ -30,6 +30,12 @@ Metrics (``_total`` = counter, the rest gauges unless noted)::
     gridpilot_ingest_storage_rejected_total
     gridpilot_ingest_buffered_samples                     queue depth: waiting for storage
     gridpilot_ingest_buffer_capacity_samples              its bound (storage.max_buffered)
+    gridpilot_ingest_stream_gaps_total{device,kind}       gaps in a device's telemetry: kind
+                                                          seq (lost messages) or interval
+                                                          (silence > 2.5 expected intervals)
+    gridpilot_ingest_stream_missing_messages_total{device,kind}  messages missing in them
+    gridpilot_ingest_stream_restarts_total{device}        publisher restarts (seq back to 0/1)
+    gridpilot_ingest_stream_out_of_order_total{device}    messages older than one seen before
     gridpilot_device_online{device}                       1 online, 0 offline or unknown
     gridpilot_device_consecutive_failures{device}
     gridpilot_device_polls_total{device}, gridpilot_device_polls_failed_total{device}
@@ -107,6 +113,7 @@ if TYPE_CHECKING:
     from gridpilot.control.service import CycleStats
     from gridpilot.gateway.health import DeviceHealth
     from gridpilot.ingest.service import IngestStats
+    from gridpilot.ops.gaps import StreamTracker
 
 __all__ = [
     "CONTENT_TYPE",
@@ -143,6 +150,9 @@ class IngestSource(Protocol):
 
     @property
     def stats(self) -> IngestStats: ...
+
+    @property
+    def streams(self) -> StreamTracker | None: ...
 
     @property
     def bus(self) -> BusClient: ...
@@ -401,6 +411,8 @@ class SiteCollector:
         ingest = self._local.ingest
         if ingest is not None:
             yield from ingest_metrics(ingest.stats, self._buffer_capacity)
+            if ingest.streams is not None:
+                yield from stream_gap_metrics(ingest.streams)
         yield from device_metrics(self.devices())
         control = self.control()
         if control is not None:
@@ -485,6 +497,39 @@ def ingest_metrics(stats: IngestStats, buffer_capacity: int) -> Iterator[Metric]
         "Bound of the ingest buffer (storage.max_buffered); the reader waits when it is full.",
         value=buffer_capacity,
     )
+
+
+def stream_gap_metrics(streams: StreamTracker) -> Iterator[Metric]:
+    """Gaps ingest saw in each device's telemetry (``gridpilot.ops.gaps``). One series per
+    configured device and kind: the tracker follows only the site's registry."""
+    gaps = CounterMetricFamily(
+        "gridpilot_ingest_stream_gaps",
+        "Gaps in a device's telemetry: seq (messages lost on the way) or interval (no message "
+        "for more than 2.5 expected intervals).",
+        labels=["device", "kind"],
+    )
+    missing = CounterMetricFamily(
+        "gridpilot_ingest_stream_missing_messages",
+        "Messages missing in those gaps (by seq; by time: intervals without a message).",
+        labels=["device", "kind"],
+    )
+    restarts = CounterMetricFamily(
+        "gridpilot_ingest_stream_restarts",
+        "Publisher restarts seen (seq back to 0 or 1) and counter resets: not gaps.",
+        labels=["device"],
+    )
+    out_of_order = CounterMetricFamily(
+        "gridpilot_ingest_stream_out_of_order",
+        "Messages older than one already seen (redeliveries, replays): not gaps.",
+        labels=["device"],
+    )
+    for device, counts in sorted(streams.counts.items()):
+        for kind, n in counts.gaps.items():
+            gaps.add_metric([device, str(kind)], n)
+            missing.add_metric([device, str(kind)], counts.missing[kind])
+        restarts.add_metric([device], counts.restarts)
+        out_of_order.add_metric([device], counts.out_of_order)
+    yield from (gaps, missing, restarts, out_of_order)
 
 
 def device_metrics(devices: Iterable[DeviceFigures]) -> Iterator[Metric]:

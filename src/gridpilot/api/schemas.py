@@ -128,6 +128,31 @@ class HistoryOut(_Out):
     values: list[HistoryValueOut]
 
 
+class GapOut(_Out):
+    start: str = Field(description="The last sample before the gap (or the window's start).")
+    end: str = Field(description="The first sample after it (or the window's end if ongoing).")
+    duration_s: float
+    missing_samples: int = Field(description="Samples that were due in between.")
+    ongoing: bool = Field(description="No sample since: the gap reaches the window's end.")
+
+
+class GapsOut(_Out):
+    """Gaps in a device's stored data against its expected interval (``gridpilot.ops.gaps``)."""
+
+    device: str
+    point: str | None = Field(description="The series judged; null when nothing is stored.")
+    since: str
+    until: str
+    interval_s: float | None = Field(description="Expected interval; null when unknown.")
+    interval_source: str = Field(description="`config`, or `data` (median spacing).")
+    samples: int
+    expected_samples: int
+    gap_count: int = Field(description="All gaps in the window (`gaps` holds at most `limit`).")
+    missing_samples: int = Field(description="Samples missing in the gaps listed.")
+    truncated: bool
+    gaps: list[GapOut]
+
+
 class HistoryColumnsOut(_Out):
     """The same answer as columns (``format=columns``): what a chart library takes."""
 

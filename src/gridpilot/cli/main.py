@@ -13,6 +13,7 @@ from gridpilot.cli.demo_cmd import demo
 from gridpilot.cli.deploy_cmd import deploy_group
 from gridpilot.cli.devices_cmd import devices_group
 from gridpilot.cli.doctor_cmd import doctor
+from gridpilot.cli.gaps_cmd import gaps
 from gridpilot.cli.query_cmd import query
 from gridpilot.cli.run_cmd import run, sim
 from gridpilot.cli.tail_cmd import tail
@@ -35,6 +36,7 @@ for command in (
     deploy_group,
     devices_group,
     doctor,
+    gaps,
     query,
     restore,
     run,

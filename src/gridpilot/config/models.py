@@ -331,6 +331,10 @@ class IngestConfig(_Frozen):
     device's own ``signing_key_*`` for ``mqtt`` devices. A device with valid broker
     credentials then cannot inject data for another, even where the broker's ACL is missing
     or wrong."""
+    stream_gaps: bool = True
+    """Count gaps in each device's stream live (``seq`` and interval, ``/metrics``). Turn it
+    off when several ingest processes share the subscription: each then sees only part of
+    every stream. ``gridpilot gaps`` and the API's ``/gaps`` read storage and need neither."""
 
 
 class PollClass(StrEnum):

@@ -53,6 +53,7 @@ from gridpilot.ingest.validation import (
     validate,
 )
 from gridpilot.model import Sample, Topic, TopicKind, now_ms, parse_topic
+from gridpilot.ops.gaps import StreamTracker
 from gridpilot.storage.base import Event, Storage, StorageError, WriteResult
 
 __all__ = ["SHARED_GROUP", "IngestService", "IngestStats"]
@@ -201,6 +202,8 @@ class IngestService:
         events = str(Topic.events(self._site))
         self.events_filter = f"$share/{SHARED_GROUP}/{events}" if self.shared else events
         self.stats = IngestStats()
+        self.streams = StreamTracker(config) if config.ingest.stream_gaps else None
+        """Gaps per device in the telemetry this instance received (``seq``, interval)."""
         bus = config.broker
         handles_sparkplug = config.sparkplug is not None and instance == "0"
         birth_ms = clock()
@@ -356,6 +359,10 @@ class IngestService:
                 return []
         outcome = validate(topic.site, topic.device, message.payload, now, self._rules)
         stats.samples_accepted += len(outcome.samples)
+        if self.streams is not None and outcome.ts_ms is not None:
+            for kind, missing in self.streams.observe(topic.device, outcome.seq, outcome.ts_ms):
+                log.info("gap in %s's telemetry (%s): %d message(s) missing", topic.device,
+                         kind, missing)  # fmt: skip
         if outcome.rejections:
             await self._reject(message, topic.device, outcome, now)
         return outcome.samples

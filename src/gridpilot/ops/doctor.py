@@ -89,7 +89,6 @@ from gridpilot.ops.doctor_rules import (
     ClockEvidence,
     Finding,
     Verdict,
-    class_interval_ms,
     fd_budget,
     find_gaps,
     is_service_command,
@@ -105,6 +104,7 @@ from gridpilot.ops.doctor_rules import (
     site_message_rate,
     worst,
 )
+from gridpilot.ops.gaps import gap_series
 from gridpilot.storage import open_storage
 from gridpilot.storage.base import Storage, StorageError
 
@@ -1049,26 +1049,9 @@ async def _device_gaps(
             "check the device check above, that the gateway runs and polls it ('gridpilot "
             "tail' shows its telemetry) and that ingest runs",
         )
-    interval_ms: float | None
-    if device.protocol is DeviceProtocol.MQTT:
-        point, interval_ms = sorted(stored)[0], None
-    elif device.points:
-        by_name = {p.point: (i, p) for i, p in enumerate(device.points)}
-        candidates = [
-            (
-                class_interval_ms(device, config.gateway.poll_classes, by_name[name][1].poll_class),
-                by_name[name][0],
-                name,
-            )
-            for name in stored
-            if name in by_name
-        ]
-        if candidates:
-            interval_ms, _, point = min(candidates)
-        else:
-            point, interval_ms = sorted(stored)[0], device.poll_interval.total_seconds() * 1000
-    else:  # SunSpec: the points are discovered, all polled at poll_interval
-        point, interval_ms = sorted(stored)[0], device.poll_interval.total_seconds() * 1000
+    chosen = gap_series(config, device, stored)
+    assert chosen is not None  # noqa: S101 -- stored is not empty
+    point, interval_ms = chosen
     window_start = now - _GAP_WINDOW_MS
     lookback = int(3 * (interval_ms or 60_000))
     rows = await storage.history(

@@ -19,12 +19,11 @@ from enum import StrEnum
 from typing import Any, Final
 
 from gridpilot.config.models import (
-    DeviceConfig,
     DeviceProtocol,
     GridPilotConfig,
     PollClass,
-    PollClassesConfig,
 )
+from gridpilot.ops.gaps import GAP_MISSED_POLLS, GapSummary, class_interval_ms, find_gaps
 
 __all__ = [
     "GAP_MISSED_POLLS",
@@ -329,17 +328,6 @@ def parse_mosquitto_conf(texts: Mapping[str, str]) -> MosquittoLimits:
     )
 
 
-def class_interval_ms(device: DeviceConfig, classes: PollClassesConfig, poll: PollClass) -> float:
-    """How often a point of class ``poll`` of ``device`` is read, in milliseconds."""
-    base = device.poll_interval.total_seconds() * 1000
-    own = device.poll_classes or classes
-    if poll is PollClass.FAST:
-        return base / own.fast_divisor
-    if poll is PollClass.SLOW:
-        return base * own.slow_multiple
-    return base
-
-
 def site_message_rate(config: GridPilotConfig) -> float:
     """Messages per second the gateway publishes for this site: a telemetry message per
     poll tick of each polled device (ticks at its fastest poll class) and the devices'
@@ -571,67 +559,6 @@ def judge_error_rates(device: str, state: Mapping[str, Any] | None, stale: bool)
 
 
 # ------------------------------------------------------------------ data gaps
-
-GAP_MISSED_POLLS: Final = 2
-"""A gap is a stretch in which at least this many polls in a row stored nothing."""
-
-
-@dataclass(frozen=True, slots=True)
-class GapSummary:
-    """Gaps of one series in a window."""
-
-    window_start_ms: int
-    window_end_ms: int
-    interval_ms: float
-    samples: int
-    expected: int
-    gaps: tuple[tuple[int, int], ...]
-    """(start, end) in epoch ms of each stretch without samples, oldest first."""
-    data_before_window: bool
-
-    @property
-    def missing_ms(self) -> int:
-        return sum(end - start for start, end in self.gaps)
-
-    @property
-    def ongoing(self) -> bool:
-        """The last gap reaches the end of the window: no data now."""
-        return bool(self.gaps) and self.gaps[-1][1] >= self.window_end_ms
-
-
-def find_gaps(
-    timestamps_ms: Sequence[int],
-    *,
-    interval_ms: float,
-    window_start_ms: int,
-    now_ms: int,
-    latency_ms: int,
-    data_before_window: bool,
-) -> GapSummary:
-    """Gaps in sorted ``timestamps_ms`` of a series polled every ``interval_ms``.
-
-    The window is ``[window_start_ms, now_ms]`` when the series has data from before it,
-    else it starts at the first sample (a new device or site has no gap before its first
-    sample). A gap is more than ``GAP_MISSED_POLLS`` intervals (plus half an interval of
-    jitter) between neighbouring samples, or from the last sample to ``now_ms`` beyond
-    that plus ``latency_ms`` (the time a sample takes to reach storage).
-    """
-    threshold = interval_ms * (GAP_MISSED_POLLS + 0.5)
-    stamps = [t for t in timestamps_ms if window_start_ms <= t <= now_ms]
-    start = window_start_ms if data_before_window or not stamps else stamps[0]
-    gaps: list[tuple[int, int]] = []
-    previous = start
-    for ts in stamps:
-        if ts - previous > threshold:
-            gaps.append((previous, ts))
-        previous = ts
-    if now_ms - previous > threshold + latency_ms:
-        gaps.append((previous, now_ms))
-    expected = max(0, math.floor((now_ms - start) / interval_ms)) if stamps or gaps else 0
-    return GapSummary(
-        start, now_ms, interval_ms, len(stamps), expected, tuple(gaps), data_before_window
-    )
-
 
 GAP_FAIL_FRACTION: Final = 0.2
 

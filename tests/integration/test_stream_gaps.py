@@ -1,7 +1,7 @@
 """Stream integrity end to end: telemetry with a hole (skipped seqs, a silent stretch) and a
 publisher restart, published through real Mosquitto into ingest and SQLite; then ingest's
-live counters (``/metrics``), ``GET /api/v1/devices/{id}/gaps`` and ``gridpilot gaps`` must
-all report exactly that hole."""
+live counters (``/metrics``), its stored gap event, ``GET /api/v1/devices/{id}/gaps`` and
+``gridpilot gaps`` must all report exactly that hole."""
 
 from __future__ import annotations
 
@@ -114,6 +114,17 @@ async def test_a_hole_in_the_stream_is_reported_by_metrics_api_and_cli(
                 assert metrics.value(missing, **labels) == 6
             assert metrics.value("gridpilot_ingest_stream_restarts_total", device="meter") == 1
 
+            # ... and stored as one site event (an API in another process shows it too).
+            response = await http.get("/api/v1/events", params={"level": "warning"})
+            assert response.status_code == 200, response.text
+            events = [e for e in response.json()["events"] if e["source"] == "ingest"]
+            assert len(events) == 1, events
+            assert events[0]["ts"] == to_rfc3339(base + 17_000)
+            message = events[0]["message"]
+            assert message.startswith("gap in the telemetry of meter before ")
+            assert "6 by seq" in message
+            assert "6 by interval" in message
+
             # From storage, through the API.
             query = {"since": str(base), "until": str(last_ts)}
             response = await http.get("/api/v1/devices/meter/gaps", params=query)
@@ -166,3 +177,39 @@ async def test_a_hole_in_the_stream_is_reported_by_metrics_api_and_cli(
     assert code == 2
     assert "no device 'pv'" in err
     assert "meter" in err
+
+
+async def test_gap_events_are_held_to_one_per_device_a_minute(
+    mosquitto: BrokerAddress, tmp_path: Path
+) -> None:
+    site = f"gaps-{uuid.uuid4().hex[:8]}"
+    config = GridPilotConfig.model_validate_json(write_site(tmp_path, site, mosquitto).read_text())
+    base = now_ms() // 1000 * 1000 - 120_000
+    # Gaps before seq 5 (stored), 8 (a second later: held) and 11 (70 s on: stored, with
+    # the held one counted in it).
+    sent = [(1, base), (2, base + 1000), (5, base + 2000), (8, base + 3000), (11, base + 73_000)]
+    async with (
+        open_storage(config.storage, tmp_path) as storage,
+        IngestService(config, mosquitto, storage) as ingest,
+        BusClient(mosquitto, f"pub-{uuid.uuid4().hex[:8]}") as publisher,
+    ):
+        await publisher.wait_connected(10)
+        topic = str(Topic.telemetry(site, "meter"))
+        for seq, ts in sent:
+            await publisher.publish(
+                topic, encode_telemetry(ts, {"active_power_w": seq}, seq), qos=1
+            )
+        await publisher.flush(10)
+        async with asyncio.timeout(20):
+            while ingest.stats.samples_written < len(sent):  # noqa: ASYNC110 -- a counter
+                await asyncio.sleep(0.02)
+        assert ingest.streams is not None
+        assert ingest.streams.counts["meter"].gaps[GapKind.SEQ] == 3
+        events = await storage.events(site, limit=10)
+        assert [(e.ts_ms, e.source) for e in events] == [
+            (base + 73_000, "ingest"),
+            (base + 2000, "ingest"),
+        ]
+        assert "(and 1 more gap(s) since the last such event)" in events[0].message
+        assert "2 by seq" in events[1].message
+        assert "by interval" not in events[1].message  # a second apart: no time hole

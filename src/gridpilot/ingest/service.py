@@ -52,8 +52,8 @@ from gridpilot.ingest.validation import (
     ValidationRules,
     validate,
 )
-from gridpilot.model import Sample, Topic, TopicKind, now_ms, parse_topic
-from gridpilot.ops.gaps import StreamTracker
+from gridpilot.model import Sample, Topic, TopicKind, now_ms, parse_topic, to_rfc3339
+from gridpilot.ops.gaps import GapKind, StreamTracker
 from gridpilot.storage.base import Event, Storage, StorageError, WriteResult
 
 __all__ = ["SHARED_GROUP", "IngestService", "IngestStats"]
@@ -66,6 +66,18 @@ _STORAGE_BACKOFF_MAX_S: Final = 10.0
 _MAX_WARNED_KEYS: Final = 1_000
 _EVENT_ATTEMPTS: Final = 4
 """Tries to store an event (backing off 0.1, 0.2, 0.4 s) before it is logged and dropped."""
+_GAP_EVENT_EVERY_MS: Final = 60_000
+"""At most one stored gap event per device a minute (by the messages' timestamps)."""
+_GAP_WORDS: Final = {
+    GapKind.SEQ: "seq (sent, never received)",
+    GapKind.INTERVAL: "interval (nothing for 2.5+ intervals)",
+}
+
+
+@dataclass(slots=True)
+class _HeldGaps:
+    last_event_ms: int | None = None
+    gaps: int = 0
 
 
 @dataclass(slots=True)
@@ -204,6 +216,7 @@ class IngestService:
         self.stats = IngestStats()
         self.streams = StreamTracker(config) if config.ingest.stream_gaps else None
         """Gaps per device in the telemetry this instance received (``seq``, interval)."""
+        self._gaps_held: dict[str, _HeldGaps] = {}  # configured devices only (the tracker's)
         bus = config.broker
         handles_sparkplug = config.sparkplug is not None and instance == "0"
         birth_ms = clock()
@@ -360,9 +373,9 @@ class IngestService:
         outcome = validate(topic.site, topic.device, message.payload, now, self._rules)
         stats.samples_accepted += len(outcome.samples)
         if self.streams is not None and outcome.ts_ms is not None:
-            for kind, missing in self.streams.observe(topic.device, outcome.seq, outcome.ts_ms):
-                log.info("gap in %s's telemetry (%s): %d message(s) missing", topic.device,
-                         kind, missing)  # fmt: skip
+            found = self.streams.observe(topic.device, outcome.seq, outcome.ts_ms)
+            if found:
+                await self._gap_event(topic.device, found, outcome.ts_ms)
         if outcome.rejections:
             await self._reject(message, topic.device, outcome, now)
         return outcome.samples
@@ -401,6 +414,33 @@ class IngestService:
                 await asyncio.sleep(0.1 * 2**attempt)
             else:
                 return
+
+    async def _gap_event(
+        self, device: str, found: Sequence[tuple[GapKind, int]], ts_ms: int
+    ) -> None:
+        """Log a gap ingest saw and store it as a site event (``GET /api/v1/events``), so an
+        API in another process shows it too. At most one event per device and
+        ``_GAP_EVENT_EVERY_MS`` (a flapping device must not flood the events); the gaps in
+        between are summed into the next one. One attempt: the metric counts the gap anyway."""
+        what = " and ".join(f"{n} by {_GAP_WORDS[kind]}" for kind, n in found)
+        log.info("gap in %s's telemetry before %s: messages missing: %s", device,
+                 to_rfc3339(ts_ms), what)  # fmt: skip
+        held = self._gaps_held.setdefault(device, _HeldGaps())
+        if held.last_event_ms is not None and ts_ms - held.last_event_ms < _GAP_EVENT_EVERY_MS:
+            held.gaps += 1
+            return
+        more = f" (and {held.gaps} more gap(s) since the last such event)" if held.gaps else ""
+        held.last_event_ms, held.gaps = ts_ms, 0
+        event = Event(
+            self._site, ts_ms, "warning", "ingest",
+            f"gap in the telemetry of {device} before {to_rfc3339(ts_ms)}: messages missing: "
+            f"{what}{more}; 'gridpilot gaps' lists the gaps in the stored data",
+        )  # fmt: skip
+        try:
+            self.stats.events_stored += await self._storage.write_events([event])
+        except StorageError as exc:
+            self.stats.storage_errors += 1
+            log.debug("the gap event of %s was not stored: %s", device, exc)
 
     async def _reject(self, message: Message, device: str, outcome: Outcome, now: int) -> None:
         stats = self.stats

@@ -942,6 +942,13 @@ class BusClient:
         conn.window = max(1, window)
         if not session_present:
             self._confirmed.clear()
+        else:
+            # Mosquitto 2.0 restores a persistent session from its persistence file after a
+            # restart (session present) but without the session's shared subscriptions: the
+            # broker then drops every message for them, silently, until we subscribe again
+            # (tests/faults: a killed broker lost all telemetry after its restart). So shared
+            # filters are renewed on every connection; renewing one that exists is harmless.
+            self._confirmed = {f for f in self._confirmed if not f.startswith("$share/")}
 
     def _on_connected(self, conn: _Connection) -> None:
         loop = self._require_loop()

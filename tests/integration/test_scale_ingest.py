@@ -1,6 +1,6 @@
 """Two ``gridpilot run ingest`` processes on one shared subscription store a stream once.
 
-Each process subscribes to ``$share/gridpilot-ingest/gridpilot/v1/{site}/telemetry/+``
+Each process subscribes to ``$share/gridpilot-ingest/gridpilot/v1/{site}/+/telemetry``
 (``ingest.shared_subscription: on``) with its own ``--instance``, so Mosquitto hands every
 message to one of them. Both write into one SQLite database (WAL; writers take turns
 through ``BEGIN IMMEDIATE`` and the busy timeout). A publisher sends N numbered samples

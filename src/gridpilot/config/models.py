@@ -321,8 +321,14 @@ class IngestConfig(_Frozen):
     max_payload_bytes: int = Field(default=64 * 1024, ge=64)
     max_future_skew: timedelta = timedelta(seconds=300)
     """Samples stamped further than this in the future are rejected."""
-    shared_subscription: Literal["auto", "on", "off"] = "auto"
-    """``auto``: use ``$share/gridpilot-ingest/...`` unless the broker is the embedded one."""
+    shared_subscription: Literal["auto", "on", "off"] = "off"
+    """``on``: subscribe as ``$share/gridpilot-ingest/...``, so several ingest processes
+    (each with its own ``--instance``) split the telemetry; ``auto``: the same unless the
+    broker is the embedded one; ``off`` (the default): a plain subscription. Off by default
+    because Mosquitto 2.0 restores a persistent session after a restart without its shared
+    subscriptions and drops what publishers send until ingest subscribes again (the fault
+    suite lost 599,900 of 1,000,000 samples that way, docs/reliability.md); a plain
+    subscription's session keeps them."""
     accept_unknown_points: bool = False
     """Store points that are not configured for a known device (they have no valid range)."""
     require_signatures: bool = False

@@ -68,7 +68,7 @@ _SHARED_WINDOW = (
     [
         pytest.param("off", id="plain-subscription"),
         pytest.param(
-            "auto", id="shared-subscription", marks=pytest.mark.xfail(reason=_SHARED_WINDOW)
+            "on", id="shared-subscription", marks=pytest.mark.xfail(reason=_SHARED_WINDOW)
         ),
     ],
 )

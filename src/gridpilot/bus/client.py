@@ -36,7 +36,6 @@ import logging
 import os
 import random
 import ssl
-import stat
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -146,16 +145,15 @@ class BrokerAddress:
         def resolve(path: Path | None) -> Path | None:
             return site_path(base_dir, path) if path is not None and base_dir else path
 
-        password: str | None = None
-        if config.password_env is not None:
-            if config.password_env not in env:
-                raise BusRefusedError(
-                    f"broker.password_env names {config.password_env!r}, which is not set; "
-                    "export it or use broker.password_file"
-                )
-            password = env[config.password_env]
-        elif config.password_file is not None:
-            password = _read_secret_file(resolve(config.password_file) or config.password_file)
+        try:
+            password = read_secret(
+                what="broker.password",
+                env_name=config.password_env,
+                file=resolve(config.password_file),
+                environ=env,
+            )
+        except SecretError as exc:
+            raise BusRefusedError(str(exc)) from exc
         tls = config.url is not None and urlsplit(config.url).scheme == "mqtts"
         context = client_ssl_context(config.tls, base_dir) if tls else None
         signing_key: bytes | None = None
@@ -179,19 +177,6 @@ class BrokerAddress:
             ssl_context=context,
             signing_key=signing_key,
         )
-
-
-def _read_secret_file(path: Path) -> str:
-    try:
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise BusRefusedError(
-                f"broker.password_file {path} is readable by others (mode "
-                f"{stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
-            )
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise BusRefusedError(f"cannot read broker.password_file {path}: {exc.strerror}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import stat
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +78,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from gridpilot.config.models import PostgresConfig, RetentionConfig, site_path
+from gridpilot.config.secrets import SecretError, read_secret
 from gridpilot.model import Sample, SeriesKey
 from gridpilot.storage._threads import ConnectionThread, GroupHandler, least_busy
 from gridpilot.storage.base import (
@@ -490,16 +490,16 @@ class Target:
         environ: Mapping[str, str] | None = None,
     ) -> Target:
         env = os.environ if environ is None else environ
-        password: str | None = None
-        if config.password_env is not None:
-            if config.password_env not in env:
-                raise StorageError(
-                    f"storage.postgresql.password_env names {config.password_env!r}, which "
-                    "is not set; export it or use storage.postgresql.password_file"
-                )
-            password = env[config.password_env]
-        elif config.password_file is not None:
-            password = _read_secret_file(site_path(base_dir, config.password_file.expanduser()))
+        file = config.password_file
+        try:
+            password = read_secret(
+                what="storage.postgresql.password",
+                env_name=config.password_env,
+                file=None if file is None else site_path(base_dir, file.expanduser()),
+                environ=env,
+            )
+        except SecretError as exc:
+            raise StorageError(str(exc)) from exc
         params: dict[str, Any] = {}
         info: dict[str, Any] = {}
         if config.dsn is not None:
@@ -563,21 +563,6 @@ class Target:
             conn.close()
             raise
         return conn
-
-
-def _read_secret_file(path: Path) -> str:
-    try:
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise StorageError(
-                f"storage.postgresql.password_file {path} is readable by others (mode "
-                f"{stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
-            )
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise StorageError(
-            f"cannot read storage.postgresql.password_file {path}: {exc.strerror}"
-        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,270 @@
+"""TLS for IEEE 2030.5: TLS 1.2 only, ``ECDHE-ECDSA-AES128-CCM8`` on P-256, mutual auth.
+
+IEEE 2030.5 (and CSIP / CSIP-AUS) fix one cipher suite, ``TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8``,
+with P-256 ECDSA certificates on both sides; the server identifies a client by its
+certificate (the LFDI is a hash of it), so the server always asks for one. Python's ``ssl``
+(OpenSSL 3) negotiates this suite once the version is pinned to 1.2 — TLS 1.3 has no CCM8
+suite in OpenSSL's default list, and allowing it would silently negotiate something else.
+
+``make_test_pki`` writes a throwaway CA, a server certificate for loopback and client
+certificates, for the tests, the demo and the test utility server; a real deployment uses
+the certificates its utility issues.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gridpilot.ops.files import atomic_file
+
+__all__ = [
+    "CIPHER",
+    "CURVE",
+    "PkiFiles",
+    "TlsSetupError",
+    "client_context",
+    "make_test_pki",
+    "server_context",
+]
+
+CIPHER = "ECDHE-ECDSA-AES128-CCM8"
+"""OpenSSL's name of TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8, the suite IEEE 2030.5 mandates."""
+CURVE = "prime256v1"
+"""P-256 (secp256r1), the only curve IEEE 2030.5 allows for ECDHE and certificates."""
+
+_KEY_MODE = 0o600
+_CERT_MODE = 0o644
+
+
+class TlsSetupError(ValueError):
+    """A TLS context cannot be built from the given files (the message names the file)."""
+
+
+def _base_context(purpose: ssl.Purpose) -> ssl.SSLContext:
+    protocol = (
+        ssl.PROTOCOL_TLS_CLIENT if purpose is ssl.Purpose.SERVER_AUTH else (ssl.PROTOCOL_TLS_SERVER)
+    )
+    ctx = ssl.SSLContext(protocol)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.set_ciphers(CIPHER)
+    except ssl.SSLError as exc:  # an OpenSSL built without CCM, or a policy forbidding it
+        raise TlsSetupError(
+            f"this OpenSSL ({ssl.OPENSSL_VERSION}) refuses the cipher {CIPHER} that IEEE "
+            f"2030.5 requires ({exc}); use an OpenSSL build with AES-CCM enabled"
+        ) from exc
+    ctx.set_ecdh_curve(CURVE)
+    return ctx
+
+
+def _load(ctx: ssl.SSLContext, cert: Path, key: Path, ca: Path) -> None:
+    try:
+        ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError(
+            f"cannot load the certificate {cert} with its key {key} ({exc}): both must be "
+            "PEM files, the key unencrypted and matching the certificate"
+        ) from exc
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError(
+            f"cannot load the CA certificate(s) {ca} ({exc}): give a PEM file of the CA "
+            "that signed the peer's certificate"
+        ) from exc
+
+
+def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """A client context: presents ``cert``/``key``, verifies the server's chain against
+    ``ca`` and its name (the URL's host must be in the server certificate's SAN)."""
+    ctx = _base_context(ssl.Purpose.SERVER_AUTH)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    _load(ctx, cert, key, ca)
+    return ctx
+
+
+def server_context(
+    cert: Path, key: Path, ca: Path, *, require_client_cert: bool = True
+) -> ssl.SSLContext:
+    """A server context: presents ``cert``/``key`` and, by default, refuses any client
+    without a certificate signed by ``ca`` (2030.5 identifies clients by certificate)."""
+    ctx = _base_context(ssl.Purpose.CLIENT_AUTH)
+    _load(ctx, cert, key, ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class PkiFiles:
+    """Paths written by ``make_test_pki``; ``clients`` maps each client name to its
+    (certificate, key); ``client_cert``/``client_key`` are the first client's."""
+
+    directory: Path
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    clients: dict[str, tuple[Path, Path]]
+
+
+def make_test_pki(
+    directory: Path,
+    *,
+    clients: Sequence[str] = ("client",),
+    server_names: Sequence[str] = ("127.0.0.1", "localhost"),
+    days: int = 30,
+    now: dt.datetime | None = None,
+) -> PkiFiles:
+    """Write a fresh CA (``ca.crt``/``ca.key``), a server certificate for ``server_names``
+    (``server.crt``/``server.key``) and one certificate per client name
+    (``<name>.crt``/``<name>.key``) into ``directory``: P-256 ECDSA, SHA-256 signatures,
+    keys mode 0600. For tests and demos only — every call makes a new CA."""
+    if not clients:
+        raise ValueError("make_test_pki needs at least one client name")
+    now = now or dt.datetime.now(dt.UTC)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "GridPilot IEEE 2030.5 test CA")])
+    ca_cert = (
+        _builder(ca_name, ca_name, ca_key.public_key(), now, days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_key(directory / "ca.key", ca_key)
+    _write_cert(directory / "ca.crt", ca_cert)
+
+    sans: list[x509.GeneralName] = []
+    for host in server_names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    server_cert, server_key = _issue(
+        directory / "server",
+        "GridPilot IEEE 2030.5 test server",
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        now=now,
+        days=days,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        sans=sans,
+    )
+    issued: dict[str, tuple[Path, Path]] = {}
+    for name in clients:
+        if not name or "/" in name or name.startswith(".") or name in {"ca", "server"}:
+            raise ValueError(f"client name {name!r} cannot be a file name in {directory}")
+        issued[name] = _issue(
+            directory / name,
+            name,
+            ca_cert=ca_cert,
+            ca_key=ca_key,
+            now=now,
+            days=days,
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
+    first = issued[clients[0]]
+    return PkiFiles(
+        directory=directory,
+        ca_cert=directory / "ca.crt",
+        ca_key=directory / "ca.key",
+        server_cert=server_cert,
+        server_key=server_key,
+        client_cert=first[0],
+        client_key=first[1],
+        clients=issued,
+    )
+
+
+def _issue(
+    stem: Path,
+    common_name: str,
+    *,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    now: dt.datetime,
+    days: int,
+    usage: x509.ObjectIdentifier,
+    sans: Sequence[x509.GeneralName] = (),
+) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
+        _builder(subject, ca_cert.subject, key.public_key(), now, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    cert_path, key_path = stem.with_name(stem.name + ".crt"), stem.with_name(stem.name + ".key")
+    _write_key(key_path, key)
+    _write_cert(cert_path, cert)
+    return cert_path, key_path
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    now: dt.datetime,
+    days: int,
+) -> x509.CertificateBuilder:
+    # Backdated a little: a peer whose clock lags must not see a "not yet valid" certificate.
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    with atomic_file(path, mode=_KEY_MODE) as out:
+        out.write(pem)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    with atomic_file(path, mode=_CERT_MODE) as out:
+        out.write(cert.public_bytes(serialization.Encoding.PEM))

@@ -58,7 +58,13 @@ def test_identifiers(name: str, ok: bool) -> None:
 
 @pytest.mark.parametrize("kind", list(TopicKind))
 def test_topics_round_trip(kind: TopicKind) -> None:
-    device = None if kind in (TopicKind.EVENTS, TopicKind.DEADLETTER) else "meter"
+    site_level = (
+        TopicKind.EVENTS,
+        TopicKind.DEADLETTER,
+        TopicKind.GRID_CONTROLS,
+        TopicKind.IEEE2030_5_STATUS,
+    )
+    device = None if kind in site_level else "meter"
     topic = Topic(kind, "hq", device)
     assert parse_topic(str(topic)) == topic
 
@@ -67,6 +73,10 @@ def test_topic_strings_follow_the_contract() -> None:
     assert str(Topic.telemetry("hq", "m")) == "gridpilot/v1/hq/m/telemetry"
     assert str(Topic.command_result("hq", "m")) == "gridpilot/v1/hq/m/command/result"
     assert str(Topic.deadletter("hq")) == "gridpilot/v1/hq/deadletter"
+    assert str(Topic.grid_controls("hq")) == "gridpilot/v1/hq/grid/controls"
+    assert str(Topic.ieee2030_5_status("hq")) == "gridpilot/v1/hq/ieee2030_5/status"
+    # a device named "grid" still has its telemetry
+    assert parse_topic("gridpilot/v1/hq/grid/telemetry") == Topic.telemetry("hq", "grid")
     assert Topic.filter(TopicKind.TELEMETRY, "hq") == "gridpilot/v1/hq/+/telemetry"
     assert parse_topic("other/v1/hq/m/telemetry") is None
     assert parse_topic("gridpilot/v1/hq/m/bogus") is None

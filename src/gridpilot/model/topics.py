@@ -8,6 +8,8 @@ gridpilot/v1/{site}/{controller}/request    operator requests to the control eng
 gridpilot/v1/{site}/{controller}/request/result
 gridpilot/v1/{site}/events
 gridpilot/v1/{site}/deadletter
+gridpilot/v1/{site}/grid/controls           (retained) the utility's controls in force (2030.5)
+gridpilot/v1/{site}/ieee2030_5/status       (retained) the 2030.5 client's status
 """
 
 from __future__ import annotations
@@ -27,9 +29,16 @@ class TopicKind(StrEnum):
     REQUEST_RESULT = "request/result"
     EVENTS = "events"
     DEADLETTER = "deadletter"
+    GRID_CONTROLS = "grid/controls"
+    IEEE2030_5_STATUS = "ieee2030_5/status"
 
 
-_SITE_LEVEL = {TopicKind.EVENTS, TopicKind.DEADLETTER}
+_SITE_LEVEL = {
+    TopicKind.EVENTS,
+    TopicKind.DEADLETTER,
+    TopicKind.GRID_CONTROLS,
+    TopicKind.IEEE2030_5_STATUS,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,16 @@ class Topic:
     def deadletter(cls, site: str) -> Topic:
         return cls(TopicKind.DEADLETTER, site)
 
+    @classmethod
+    def grid_controls(cls, site: str) -> Topic:
+        """The utility's controls in force, retained (published by the 2030.5 client)."""
+        return cls(TopicKind.GRID_CONTROLS, site)
+
+    @classmethod
+    def ieee2030_5_status(cls, site: str) -> Topic:
+        """The 2030.5 client's status, retained."""
+        return cls(TopicKind.IEEE2030_5_STATUS, site)
+
     @staticmethod
     def filter(kind: TopicKind, site: str = "+", device: str = "+") -> str:
         """A subscription filter, e.g. ``gridpilot/v1/+/+/telemetry``."""
@@ -94,8 +113,8 @@ def parse_topic(topic: str) -> Topic | None:
         return None
     site = parts[2]
     rest = parts[3:]
-    if len(rest) == 1 and rest[0] in (TopicKind.EVENTS, TopicKind.DEADLETTER):
-        return Topic(TopicKind(rest[0]), site)
+    if "/".join(rest) in _SITE_LEVEL:
+        return Topic(TopicKind("/".join(rest)), site)
     if len(rest) < 2:
         return None
     device, kind = rest[0], "/".join(rest[1:])

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from gridpilot.control.base import PointRef
+from gridpilot.control.grid_operator import GridOperatorParams
 from gridpilot.control.hvac import HvacParams
 from gridpilot.control.peak_shaving import PeakShavingParams
 from gridpilot.control.pv_export import PvExportParams
@@ -864,6 +865,9 @@ class ControlConfig(_Frozen):
     ``per_zone``: one planner per zone, each taking the others' load as forecast."""
     pv_export: PvExportParams | None = None
     vfd: tuple[VfdParams, ...] = ()
+    grid_operator: GridOperatorParams | None = None
+    """The utility's controls (IEEE 2030.5, ``{site}/grid/controls``) at grid-operator
+    priority: which points enforce them."""
 
     @field_validator("cycle", "command_ttl", "resend_after")
     @classmethod

@@ -28,6 +28,8 @@ from typing import Annotated, Generic, NamedTuple, Protocol, TypeVar
 
 from pydantic import BeforeValidator
 
+from gridpilot.control.grid_controls import GridControls
+
 
 class Priority(IntEnum):
     """Who wins when two controllers want the same point: the higher value."""
@@ -83,6 +85,9 @@ class Snapshot:
 
     now: datetime
     readings: Mapping[PointRef, Reading] = field(default_factory=dict)
+    grid_controls: GridControls | None = None
+    """The utility's controls from the last good ``{site}/grid/controls`` message (2030.5),
+    stale or not (the consumer decides what staleness means); None when none was received."""
 
     def reading(self, ref: PointRef) -> Reading | None:
         return self.readings.get(ref)

@@ -7,6 +7,7 @@ from typing import Any
 
 from gridpilot.config.models import GridPilotConfig
 from gridpilot.control.base import Controller
+from gridpilot.control.grid_operator import GridOperatorController
 from gridpilot.control.hvac import HvacController, HvacGroupController
 from gridpilot.control.peak_shaving import PeakShavingController
 from gridpilot.control.pv_export import PvExportController
@@ -19,8 +20,9 @@ def build_controllers(
 ) -> list[Controller[Any]]:
     """The controllers the ``control`` section enables.
 
-    Order matters only between requests of equal priority (the first listed wins): peak
-    shaving, PV export, the VFDs, then the zone planners (one group planner for two or more
+    Order matters only between requests of equal priority (the first listed wins): the grid
+    operator's controls, peak shaving, PV export, the VFDs, then the zone planners (one
+    group planner for two or more
     zones with ``hvac_planning: joint``). The site ``tariff`` is handed to each controller
     that has a tariff of its own unset. ``zone_histories`` (zone id ->
     stored history) lets each zone planner identify its thermal model before its first plan.
@@ -31,6 +33,8 @@ def build_controllers(
         return []
     controllers: list[Controller[Any]] = []
     tariff = control.tariff
+    if control.grid_operator is not None:
+        controllers.append(GridOperatorController(control.grid_operator))
     if control.peak_shaving is not None:
         params = control.peak_shaving
         if params.tariff is None and tariff is not None:

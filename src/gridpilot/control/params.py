@@ -33,6 +33,8 @@ def _sections(control: ControlConfig) -> dict[str, tuple[str, int | None]]:
     """Controller name -> where its parameters are in the ``control`` section (the names
     ``build_controllers`` gives)."""
     out: dict[str, tuple[str, int | None]] = {}
+    if control.grid_operator is not None:
+        out["grid_operator"] = ("grid_operator", None)
     if control.peak_shaving is not None:
         out[control.peak_shaving.name] = ("peak_shaving", None)
     if control.pv_export is not None:

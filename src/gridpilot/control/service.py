@@ -3,7 +3,10 @@
 Tasks, owned by :class:`ControllerService`:
 
 * **reader** — keeps the latest reading of every point from ``{site}/+/telemetry`` (the
-  snapshot) and answers operator requests on ``{site}/{id}/request``.
+  snapshot) and answers operator requests on ``{site}/{id}/request``. It also keeps the
+  last good message of the retained ``{site}/grid/controls`` (the utility's controls from
+  the 2030.5 client), which goes into the snapshot for the grid-operator controller; a
+  message that does not parse is refused with an event and the last good one kept.
 * **cycle loop** — every ``control.cycle``: snapshot → ``engine.cycle`` → commands
   (``{site}/{device}/command``, each with an expiry), the controller's metrics as its own
   telemetry (``{site}/{id}/telemetry``, stored by ingest like any device's), events on
@@ -53,6 +56,11 @@ from gridpilot.control.engine import (
     FailSafe,
     Override,
     PointLimits,
+)
+from gridpilot.control.grid_controls import (
+    GridControls,
+    GridControlsError,
+    parse_grid_controls,
 )
 from gridpilot.control.hvac import HvacController, HvacGroupController, HvacParams, HvacState
 from gridpilot.control.journal import Journal
@@ -195,6 +203,10 @@ class ControllerService:
         self._identified_at = time.monotonic()
         """The zone planners got their history when they were built (at start)."""
         self._readings: dict[PointRef, Reading] = {}
+        self._grid_controls: GridControls | None = None
+        """The last good ``{site}/grid/controls`` message (the utility's controls)."""
+        self._grid_controls_refused = 0
+        self._grid_controls_refusal: str | None = None
         self._sent: dict[PointRef, _Sent] = {}
         self._would: dict[PointRef, float] = {}
         """Dry-run: the last value that would have been sent, to journal changes only."""
@@ -235,6 +247,7 @@ class ControllerService:
             await bus.subscribe(Topic.filter(TopicKind.TELEMETRY, site=self.site), qos=0)
             await bus.subscribe(str(Topic.request(self.site, self.id)), qos=1)
             await bus.subscribe(Topic.filter(TopicKind.COMMAND_RESULT, site=self.site), qos=1)
+            await bus.subscribe(str(Topic.grid_controls(self.site)), qos=1)
         except BaseException:
             await bus.close()
             raise
@@ -288,7 +301,12 @@ class ControllerService:
 
     async def _on_message(self, bus: BusClient, message: Message) -> None:
         topic = parse_topic(message.topic)
-        if topic is None or topic.site != self.site or topic.device is None:
+        if topic is None or topic.site != self.site:
+            return
+        if topic.kind is TopicKind.GRID_CONTROLS:
+            await self._take_grid_controls(bus, message.payload)
+            return
+        if topic.device is None:
             return
         if topic.kind is TopicKind.TELEMETRY:
             if topic.device == self.id:
@@ -320,6 +338,45 @@ class ControllerService:
             if known is None and len(self._readings) >= MAX_POINTS:
                 continue
             self._readings[ref] = Reading(value, ts)
+
+    async def _take_grid_controls(self, bus: BusClient, payload: bytes) -> None:
+        """Keep the utility's controls; refuse a bad message with an event, keep the last."""
+        if not payload:
+            # The retained message was cleared: no client publishes any more.
+            if self._grid_controls is not None:
+                self._grid_controls = None
+                await self._event_now(
+                    bus, "warning", "grid_controls", "utility controls cleared (retained "
+                    "message removed): no utility control is known any more"
+                )  # fmt: skip
+            return
+        try:
+            controls = parse_grid_controls(payload)
+        except GridControlsError as exc:
+            self._grid_controls_refused += 1
+            self._grid_controls_refusal = str(exc)
+            last = self._grid_controls
+            kept = (
+                f"keeping the last good one of {last.ts.isoformat()}"
+                if last is not None
+                else "no earlier one to keep"
+            )
+            await self._event_now(
+                bus,
+                "warning",
+                "grid_controls",
+                f"utility controls message on {Topic.grid_controls(self.site)} refused: "
+                f"{exc}; {kept}",
+            )
+            return
+        last = self._grid_controls
+        if last is not None and controls.ts < last.ts:
+            return  # an older message delivered late: keep the newer
+        self._grid_controls = controls
+
+    async def _event_now(self, bus: BusClient, kind: str, source: str, message: str) -> None:
+        self._record(kind, source, message)
+        await self._publish_event(bus, kind, source, message)
 
     def _take_result(self, device: str, payload: bytes) -> None:
         """A command of ours that was not applied is worth an operator's attention: the
@@ -474,7 +531,7 @@ class ControllerService:
         ):
             self._identified_at = mono
             await self._reidentify(self._forecast_source, now)
-        snapshot = Snapshot(now, dict(self._readings))
+        snapshot = Snapshot(now, dict(self._readings), self._grid_controls)
         result = self.engine.cycle(snapshot, self._forecasts)
         self._last_result = result
         for event in result.events:
@@ -622,9 +679,29 @@ class ControllerService:
             ],
             "fail_safes_active": list(result.fail_safes_active) if result else [],
             "targets": {
-                str(t): {"value": a.value, "source": a.source, "limited_by": list(a.limited_by)}
+                str(t): {
+                    "value": a.value,
+                    "source": a.source,
+                    "limited_by": list(a.limited_by),
+                    "overridden": list(a.overridden),
+                }
                 for t, a in (result.arbitrations.items() if result else ())
             },
+            "grid_controls": self._grid_controls_status(),
+        }
+
+    def _grid_controls_status(self) -> dict[str, Any] | None:
+        controls = self._grid_controls
+        if controls is None and not self._grid_controls_refused:
+            return None
+        return {
+            "ts": controls.ts.isoformat() if controls else None,
+            "source": controls.source if controls else None,
+            "valid_until": controls.valid_until.isoformat() if controls else None,
+            "stale": controls.is_stale(self._clock()) if controls else None,
+            "modes": [m.describe() for m in controls.modes.values()] if controls else [],
+            "refused": self._grid_controls_refused,
+            "last_refusal": self._grid_controls_refusal,
         }
 
     async def _publish_event(self, bus: BusClient, kind: str, source: str, message: str) -> None:

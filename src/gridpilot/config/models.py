@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from gridpilot.config.ieee2030_5 import CsipClientConfig
 from gridpilot.control.base import PointRef
 from gridpilot.control.grid_operator import GridOperatorParams
 from gridpilot.control.hvac import HvacParams
@@ -961,6 +962,8 @@ class GridPilotConfig(_Frozen):
     sparkplug: SparkplugConfig | None = None
     """Sparkplug B edge nodes whose metrics ingest stores."""
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    ieee2030_5: CsipClientConfig | None = None
+    """This site as an IEEE 2030.5 (CSIP) client of its utility (``gridpilot run ieee2030_5``)."""
     serial_buses: tuple[SerialBusConfig, ...] = ()
     """Serial lines of ``modbus_rtu`` devices."""
     devices: tuple[DeviceConfig, ...] = ()

@@ -34,6 +34,7 @@ from gridpilot.control.peak_shaving import PeakShavingParams
 from gridpilot.control.pv_export import PvExportParams
 from gridpilot.control.tariff import Tariff
 from gridpilot.control.vfd import VfdParams
+from gridpilot.control.volt_var import VoltVarParams
 from gridpilot.fieldbus.analog import VOLTAGE_TOLERANCE_V, AnalogRange, AnalogSignal
 from gridpilot.model import DataType, Table, WordOrder, is_valid_identifier, unit_of
 from gridpilot.model.registers import ByteOrder
@@ -869,6 +870,8 @@ class ControlConfig(_Frozen):
     grid_operator: GridOperatorParams | None = None
     """The utility's controls (IEEE 2030.5, ``{site}/grid/controls``) at grid-operator
     priority: which points enforce them."""
+    volt_var: VoltVarParams | None = None
+    """IEEE 1547 volt-var on one inverter (by var setpoints, or written into its SunSpec 705)."""
 
     @field_validator("cycle", "command_ttl", "resend_after")
     @classmethod

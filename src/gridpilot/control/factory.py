@@ -13,6 +13,7 @@ from gridpilot.control.peak_shaving import PeakShavingController
 from gridpilot.control.pv_export import PvExportController
 from gridpilot.control.thermal import ZoneHistory
 from gridpilot.control.vfd import VfdCurtailmentController
+from gridpilot.control.volt_var import VoltVarController
 
 
 def build_controllers(
@@ -21,7 +22,7 @@ def build_controllers(
     """The controllers the ``control`` section enables.
 
     Order matters only between requests of equal priority (the first listed wins): the grid
-    operator's controls, peak shaving, PV export, the VFDs, then the zone planners (one
+    operator's controls, volt-var, peak shaving, PV export, the VFDs, then the zone planners (one
     group planner for two or more
     zones with ``hvac_planning: joint``). The site ``tariff`` is handed to each controller
     that has a tariff of its own unset. ``zone_histories`` (zone id ->
@@ -35,6 +36,8 @@ def build_controllers(
     tariff = control.tariff
     if control.grid_operator is not None:
         controllers.append(GridOperatorController(control.grid_operator))
+    if control.volt_var is not None:
+        controllers.append(VoltVarController(control.volt_var))
     if control.peak_shaving is not None:
         params = control.peak_shaving
         if params.tariff is None and tariff is not None:

@@ -393,7 +393,7 @@ class GridOperatorController:
         c.metrics["pv_limit_pct"] = final_pct
         if pv_w is not None:
             c.pv_next_w = min(pv_w, final_pct / FULL_PCT * rated)
-        return replace(export_state, limit_pct=final_pct)
+        return replace(export_state, limit_pct=final_pct, last_decided=now)
 
     def _pv_caps(self, c: _Cycle) -> tuple[float, list[str]]:
         """The lowest PV limit the modes other than the export limit ask for, and why."""

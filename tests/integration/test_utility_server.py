@@ -33,6 +33,14 @@ from envoy_schema.server.schema.sep2.types import (
 from pydantic_xml import BaseXmlModel
 
 from gridpilot.ieee2030_5.identity import lfdi_of_pem, sfdi
+from gridpilot.ieee2030_5.mirror import (
+    DER_CHANNELS,
+    SITE_CHANNELS,
+    MirrorRole,
+    MirrorSpec,
+    mirror_meter_readings,
+    mirror_usage_point,
+)
 from gridpilot.ieee2030_5.models import (
     ActivePower,
     CurveData,
@@ -565,3 +573,42 @@ async def test_stand_alone_server_serves_an_export_limit_event_and_stops_on_sigt
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_mirror_builders_post_and_the_record_decodes_the_site_values(
+    pki: PkiFiles, server: UtilityServer, client: httpx.AsyncClient
+) -> None:
+    lfdi = _lfdi(pki)
+    site = MirrorSpec("site", MirrorRole.SITE, "grid_meter", SITE_CHANNELS)
+    pv = MirrorSpec("pv", MirrorRole.DER, "pv_inverter", DER_CHANNELS)
+    locations = {}
+    for spec in (site, pv):
+        mup = mirror_usage_point(spec, device_lfdi=lfdi, interval_s=server.post_rate_s)
+        reply = await client.post("/mup", content=serialize(mup))
+        assert reply.status_code == 201
+        locations[spec.name] = reply.headers["location"]
+    window_start = server.now_s() - server.post_rate_s
+    site_values = {"active_power_w": -3100.0, "voltage_l1_v": 229.8, "frequency_hz": 50.02}
+    pv_values = {"ac_power_w": 7400.0, "energy_total_wh": 1_234_567.0}
+    for spec, values in ((site, site_values), (pv, pv_values)):
+        readings = mirror_meter_readings(
+            spec, values, device_lfdi=lfdi, window_start=window_start, interval_s=server.post_rate_s
+        )
+        reply = await client.post(locations[spec.name], content=serialize(readings))
+        assert reply.status_code == 201, reply.text
+    await server.record.wait_for(lambda r: len(r.mirrors) == 2, within_s=_TIMEOUT_S)
+    site_post, pv_post = server.record.mirrors
+    assert (site_post.mup, site_post.role_flags) == (locations["site"], 0x03)
+    assert (pv_post.mup, pv_post.role_flags) == (locations["pv"], 0x49)
+    assert {r.uom: (r.flow_direction, r.data_qualifier, r.value) for r in site_post.readings} == {
+        38: (1, 2, -3100.0),
+        29: (None, 2, pytest.approx(229.8)),
+        33: (None, 2, pytest.approx(50.02)),
+    }
+    assert {r.uom: (r.flow_direction, r.value) for r in pv_post.readings} == {
+        38: (19, 7400.0),
+        72: (19, 1_234_567.0),
+    }
+    assert {(r.start, r.duration, r.interval_length) for r in site_post.readings} == {
+        (window_start, 10, 10)
+    }

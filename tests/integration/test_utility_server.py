@@ -509,13 +509,13 @@ async def test_malformed_posts_are_refused_with_a_reason(
     assert server.record.responses == []
 
 
-async def test_oversized_body_is_refused_before_it_is_read(
+async def test_oversized_body_is_refused_with_413_and_the_reason(
     server: UtilityServer, client: httpx.AsyncClient
 ) -> None:
     reply = await client.post("/rsp", content=b"<" + b"x" * (2 * 1024 * 1024) + b"/>")
     assert reply.status_code == 413
     assert "over 1048576" in _reason(reply)
-    # The server is still there for the next request (on a new connection).
+    # The connection is closed after the 413; the server is there for the next request.
     assert (await client.get("/tm")).status_code == 200
 
 

@@ -129,6 +129,7 @@ DEFAULT_PIN = with_check_digit(11111)
 _IDLE_TIMEOUT_S = 60.0  # a keep-alive connection with no request for this long is closed
 _STOP_TIMEOUT_S = 5.0
 _READ_CHUNK = 65536
+_DISCARD_LIMIT = 16 * 1024 * 1024  # an oversized body up to this is read and dropped
 _MAX_HEADER_BYTES = 16 * 1024
 _MAX_RECORDED_REQUESTS = 10_000
 _DEFAULT_RESPONSE_REQUIRED = 0x03  # "received" and the event's progress (started, completed ...)
@@ -708,27 +709,15 @@ class UtilityServer:
                 return
             method = event.method.decode("ascii", "replace")
             target = event.target.decode("ascii", "replace")
-            length = dict(event.headers).get(b"content-length")
-            body = bytearray()
-            reply: _Reply | None = None
-            if length is not None and length.isdigit() and int(length) > MAX_DOCUMENT_BYTES:
+            body, received = await self._read_body(conn, reader, event)
+            if body is None and received is None:
+                return  # the client went away mid-request
+            if body is None:
                 reply = self._error(
-                    413, f"the body is {int(length)} bytes, over {MAX_DOCUMENT_BYTES}"
+                    413, f"the body is {received} bytes or more, over {MAX_DOCUMENT_BYTES}"
                 )
             else:
-                while True:
-                    part = await self._next_event(conn, reader)
-                    if isinstance(part, h11.Data):
-                        body += part.data
-                        if len(body) > MAX_DOCUMENT_BYTES:
-                            reply = self._error(413, f"the body is over {MAX_DOCUMENT_BYTES} bytes")
-                            break
-                    elif isinstance(part, h11.EndOfMessage):
-                        break
-                    else:
-                        return
-            if reply is None:
-                reply = self._handle(method, target, bytes(body), client_lfdi)
+                reply = self._handle(method, target, body, client_lfdi)
             path = urlsplit(target).path
             self.record.requests.append(
                 RequestRecord(method, path, reply.status, client_lfdi, self.now())
@@ -750,6 +739,33 @@ class UtilityServer:
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
+
+    async def _read_body(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, request: h11.Request
+    ) -> tuple[bytes | None, int | None]:
+        """(body, size); (None, size) for a body over the limit, (None, None) when the
+        connection ended. An oversized body is read and dropped (up to a bound) before the
+        413 goes out: closing on unread data makes TCP reset the connection, and the client
+        would see a reset instead of the reason."""
+        declared = dict(request.headers).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > _DISCARD_LIMIT:
+            return None, int(declared)
+        body = bytearray()
+        received = 0
+        while True:
+            part = await self._next_event(conn, reader)
+            if isinstance(part, h11.Data):
+                received += len(part.data)
+                if received > _DISCARD_LIMIT:
+                    return None, received
+                if received <= MAX_DOCUMENT_BYTES:
+                    body += part.data
+            elif isinstance(part, h11.EndOfMessage):
+                if received > MAX_DOCUMENT_BYTES:
+                    return None, received
+                return bytes(body), received
+            else:
+                return None, None
 
     async def _next_event(self, conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
         while True:

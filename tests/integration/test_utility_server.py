@@ -256,6 +256,9 @@ async def test_events_follow_server_time_and_are_cancelled_and_superseded(
 
     active = await _get(client, "/derp/1/actderc", DERControlList)
     assert [e.mRID for e in active.DERControl or []] == [running]
+    paged = await _get(client, "/derp/1/derc?s=1&l=1", DERControlList)
+    assert (paged.all_, paged.results) == (2, 1)
+    assert [e.mRID for e in paged.DERControl or []] == [later]
     single = await _get(client, f"/derp/1/derc/{running}", DERControl)
     assert single.mRID == running
 
@@ -353,6 +356,11 @@ async def test_responses_are_recorded_with_server_time_and_sender(
         assert record.lfdi == record.end_device_lfdi == lfdi
         # Received on the server's clock (one hour ahead of this machine's).
         assert abs(record.received_at - server.now()) < _TIMEOUT_S
+
+    with pytest.raises(TimeoutError, match="a third response"):
+        await server.record.wait_for(
+            lambda r: len(r.responses) == 3, within_s=0.05, what="a third response"
+        )
 
     forged = Response(endDeviceLFDI="AB" * 20, subject=event, status=3, createdDateTime=created)
     reply = await client.post("/rsp", content=serialize(forged))

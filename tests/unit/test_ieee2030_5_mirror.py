@@ -13,6 +13,7 @@ from envoy_schema.server.schema.sep2.metering_mirror import (
     MirrorUsagePointRequest,
 )
 
+from gridpilot.config.ieee2030_5 import CsipClientConfig
 from gridpilot.config.models import RetentionConfig
 from gridpilot.ieee2030_5.mirror import (
     DER_CHANNELS,
@@ -21,10 +22,12 @@ from gridpilot.ieee2030_5.mirror import (
     MirrorRole,
     MirrorSpec,
     ReadingChannel,
+    channels_for,
     encode_value,
     mirror_meter_readings,
     mirror_mrid,
     mirror_usage_point,
+    specs_from_config,
     window_values,
 )
 from gridpilot.ieee2030_5.xmlsafe import parse_resource, serialize
@@ -198,3 +201,37 @@ async def test_window_values_reads_the_mean_and_last_of_the_window(tmp_path: Pat
         "energy_export_wh": None,
     }
     assert SITE.channels[4].aggregate is Aggregate.LAST
+
+
+def test_specs_from_the_site_file_section() -> None:
+    section = CsipClientConfig.model_validate(
+        {
+            "server": "https://127.0.0.1:8443",
+            "cert_file": "c.pem",
+            "key_file": "c.key",
+            "ca_file": "ca.pem",
+            "site_meter": {
+                "device": "meter",
+                "points": {"w": "p_w", "var": "q_var", "a": "i_a", "pf": "pf", "wh": "e_wh"},
+            },
+            "der_mirrors": [{"device": "battery"}],  # power only, by default
+        }
+    )
+    site, battery = specs_from_config(section)
+    assert (site.name, site.role, site.device) == ("site:meter", MirrorRole.SITE, "meter")
+    assert [
+        (c.point, int(c.uom), c.flow_direction, c.power_of_ten, c.aggregate) for c in site.channels
+    ] == [
+        ("p_w", 38, 1, 0, Aggregate.MEAN),
+        ("q_var", 63, 1, 0, Aggregate.MEAN),
+        ("i_a", 5, None, -1, Aggregate.MEAN),
+        ("pf", 65, None, -3, Aggregate.MEAN),
+        ("e_wh", 72, 1, 0, Aggregate.LAST),
+    ]
+    assert (battery.role, battery.device) == (MirrorRole.DER, "battery")
+    assert [(c.point, int(c.uom), c.flow_direction) for c in battery.channels] == [
+        ("active_power_w", 38, 19)
+    ]
+    assert _roundtrip_mup(battery).roleFlags == "49"
+    with pytest.raises(ValueError, match="mirror quantity 'kw'"):
+        channels_for(MirrorRole.SITE, {"kw": "p_kw"})  # type: ignore[dict-item]

@@ -22,18 +22,23 @@ Conventions used here (DOMAIN.md "IEEE 2030.5 / CSIP"):
 - mRIDs are derived from the device's LFDI and the mirror's and channel's names, so they
   stay the same across restarts and the server recognises the point it already has.
 
-Everything except ``window_values`` is pure; ``window_values`` reads the mean (or the last
-value) of each channel's point over the window from GridPilot's storage, the same query
-``gridpilot query`` runs.
+Everything except ``window_values`` and ``StorageMirrorPoster`` is pure; ``window_values``
+reads the mean (or the last value) of each channel's point over the window from GridPilot's
+storage, the same query ``gridpilot query`` runs, and ``StorageMirrorPoster`` is what the
+client (``client.MirrorPoster``) calls every postRate: it creates the MirrorUsagePoints once
+and posts each window's readings.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from envoy_schema.server.schema.sep2.metering import Reading, ReadingType
 from envoy_schema.server.schema.sep2.metering_mirror import (
@@ -52,8 +57,12 @@ from envoy_schema.server.schema.sep2.types import (
 )
 
 from gridpilot.ieee2030_5.models import DateTimeIntervalType
-from gridpilot.model import SeriesKey
+from gridpilot.model import SeriesKey, to_rfc3339
 from gridpilot.storage.base import Storage
+
+if TYPE_CHECKING:  # typing only: the client side may import this module
+    from gridpilot.config.ieee2030_5 import CsipClientConfig, MirrorSourceConfig, Quantity
+    from gridpilot.ieee2030_5.client import HttpSession
 
 __all__ = [
     "DER_CHANNELS",
@@ -64,11 +73,14 @@ __all__ = [
     "MirrorRole",
     "MirrorSpec",
     "ReadingChannel",
+    "StorageMirrorPoster",
+    "channels_for",
     "encode_value",
     "mirror_meter_readings",
     "mirror_mrid",
     "mirror_usage_point",
     "reading_type",
+    "specs_from_config",
     "window_values",
 ]
 
@@ -76,6 +88,8 @@ SITE_ROLE_FLAGS = RoleFlagsType.IS_MIRROR | RoleFlagsType.IS_PREMISES_AGGREGATIO
 """0x03: the site's connection point."""
 DER_ROLE_FLAGS = RoleFlagsType.IS_MIRROR | RoleFlagsType.IS_DER | RoleFlagsType.IS_SUBMETER
 """0x49: a DER's own meter."""
+
+log = logging.getLogger(__name__)
 
 _INT48_MAX = 2**47 - 1  # Reading.value is an Int48
 _USAGE_POINT_IN_SERVICE = 1  # UsagePoint.status: 0 off, 1 on
@@ -285,7 +299,7 @@ async def window_values(
     spec: MirrorSpec,
     *,
     end_ms: int,
-    window_s: int,
+    window_s: float,
 ) -> dict[str, float | None]:
     """Each channel's value over ``[end_ms - window_s, end_ms)`` from stored samples: the
     mean of the samples (GridPilot polls at a fixed interval, so the sample mean is the
@@ -293,7 +307,7 @@ async def window_values(
     no sample in the window."""
     if window_s <= 0:
         raise ValueError(f"window must be positive, got {window_s} s")
-    start_ms = end_ms - window_s * 1000
+    start_ms = end_ms - round(window_s * 1000)
     values: dict[str, float | None] = {}
     for channel in spec.channels:
         columns = await storage.history_columns(
@@ -307,3 +321,157 @@ async def window_values(
         else:
             values[channel.point] = math.fsum(samples) / len(samples)
     return values
+
+
+# ---------------------------------------------------------------------------------------
+# From the site file's ieee2030_5 section
+
+
+# quantity -> (uom, powerOfTenMultiplier, has a flow direction, aggregate, description)
+_QUANTITIES: dict[str, tuple[UomType, int, bool, Aggregate, str]] = {
+    "w": (UomType.REAL_POWER_WATT, 0, True, Aggregate.MEAN, "active power"),
+    "var": (UomType.REACTIVE_POWER_VAR, 0, True, Aggregate.MEAN, "reactive power"),
+    "va": (UomType.APPARENT_POWER_VA, 0, True, Aggregate.MEAN, "apparent power"),
+    "v": (UomType.VOLTAGE, -1, False, Aggregate.MEAN, "voltage"),
+    "a": (UomType.CURRENT_AMPERES, -1, False, Aggregate.MEAN, "current"),
+    "hz": (UomType.FREQUENCY_HZ, -2, False, Aggregate.MEAN, "frequency"),
+    "pf": (UomType.DISPLACEMENT_POWER_FACTOR_COSTHETA, -3, False, Aggregate.MEAN, "power factor"),
+    "wh": (UomType.REAL_ENERGY_WATT_HOURS, 0, True, Aggregate.LAST, "energy register"),
+}
+
+
+def channels_for(role: MirrorRole, points: Mapping[Quantity, str]) -> tuple[ReadingChannel, ...]:
+    """The channels of a mirror from the site file's ``{quantity: point}`` map. Flows: the
+    site's powers and energy are import (forward, 1), signed; a DER's are its production
+    (reverse, 19)."""
+    flow = FlowDirectionType.FORWARD if role is MirrorRole.SITE else FlowDirectionType.REVERSE
+    sense = "import positive" if role is MirrorRole.SITE else "production positive"
+    channels = []
+    for quantity, point in points.items():
+        if quantity not in _QUANTITIES:
+            raise ValueError(f"mirror quantity {quantity!r} is not one of {sorted(_QUANTITIES)}")
+        uom, power_of_ten, directed, aggregate, what = _QUANTITIES[quantity]
+        description = f"{role.value} {what}" + (f", {sense}" if directed else "")
+        channels.append(
+            ReadingChannel(
+                point=point,
+                uom=uom,
+                description=description,
+                flow_direction=flow if directed else None,
+                power_of_ten=power_of_ten,
+                aggregate=aggregate,
+            )
+        )
+    return tuple(channels)
+
+
+def specs_from_config(section: CsipClientConfig) -> list[MirrorSpec]:
+    """The mirrors the site file asks for: its site meter (0x03) and each DER (0x49)."""
+    specs: list[MirrorSpec] = []
+    sources: list[tuple[MirrorRole, MirrorSourceConfig]] = []
+    if section.site_meter is not None:
+        sources.append((MirrorRole.SITE, section.site_meter))
+    sources += [(MirrorRole.DER, der) for der in section.der_mirrors]
+    for role, source in sources:
+        specs.append(
+            MirrorSpec(
+                name=f"{role.value}:{source.device}",
+                role=role,
+                device=source.device,
+                channels=channels_for(role, source.points),
+                description=f"GridPilot {role.value} {source.device}",
+            )
+        )
+    return specs
+
+
+# ---------------------------------------------------------------------------------------
+# What the client calls every postRate
+
+
+class StorageMirrorPoster:
+    """Posts the site's stored telemetry to the utility (``client.MirrorPoster``).
+
+    Each call covers the time since the previous call (the first covers
+    ``first_window_s``), so consecutive readings tile time without gaps or overlaps
+    whatever the client's timing. ``now`` is server time; stored samples are on this
+    machine's clock, so the window's end in storage time is ``clock()``. The
+    MirrorUsagePoints are created on first use; when the server no longer knows one (404
+    on a reading post), it is created again on the next call.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        site: str,
+        specs: Sequence[MirrorSpec],
+        *,
+        mup_list_href: str = "/mup",
+        first_window_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if first_window_s <= 0:
+            raise ValueError(f"first_window_s must be positive, got {first_window_s}")
+        self._storage = storage
+        self._site = site
+        self._specs = tuple(specs)
+        self._mup_list_href = mup_list_href
+        self._first_window_s = first_window_s
+        self._clock = clock
+        self._locations: dict[str, str] = {}
+        self._last_now: float | None = None
+
+    async def post(self, http: HttpSession, now: float, lfdi: str) -> list[dict[str, Any]]:
+        """Post the window ending at ``now`` (server time) for every mirror; one record per
+        POST: ``{"mup", "at", "readings", "http_status"}``."""
+        # Imported here so that the client may import this module without a cycle.
+        from gridpilot.ieee2030_5.client import ServerRefusedError  # noqa: PLC0415
+
+        window_s = self._first_window_s if self._last_now is None else now - self._last_now
+        if window_s <= 0:
+            return []  # the server clock stepped back; wait for it to pass this point again
+        end_ms = round(self._clock() * 1000)
+        posted: list[dict[str, Any]] = []
+        for spec in self._specs:
+            interval_s = max(1, round(window_s))
+            location = self._locations.get(spec.name)
+            if location is None:
+                mup = mirror_usage_point(spec, device_lfdi=lfdi, interval_s=interval_s)
+                status, location = await http.post(self._mup_list_href, mup)
+                if location is None:
+                    raise ServerRefusedError(
+                        f"POST {self._mup_list_href} answered {status} without a Location "
+                        f"for the mirror {spec.name}: cannot post its readings",
+                        status,
+                    )
+                self._locations[spec.name] = location
+            values = await window_values(
+                self._storage, self._site, spec, end_ms=end_ms, window_s=window_s
+            )
+            readings = mirror_meter_readings(
+                spec,
+                values,
+                device_lfdi=lfdi,
+                window_start=round(now - window_s),
+                interval_s=interval_s,
+            )
+            count = len(readings.mirrorMeterReadings or [])
+            if count == 0:
+                log.info("ieee2030_5: no stored values for mirror %s in the window", spec.name)
+                continue
+            try:
+                status, _ = await http.post(location, readings)
+            except ServerRefusedError as exc:
+                if exc.status == 404:
+                    del self._locations[spec.name]  # the server lost it: create it again
+                raise
+            posted.append(
+                {
+                    "mup": location,
+                    "at": to_rfc3339(round(now * 1000)),
+                    "readings": count,
+                    "http_status": status,
+                }
+            )
+        self._last_now = now
+        return posted

@@ -31,6 +31,8 @@ from gridpilot.control.inputs import StoredInputs
 from gridpilot.control.service import ControllerService
 from gridpilot.control.thermal import ZoneHistory
 from gridpilot.gateway.service import GatewayService
+from gridpilot.ieee2030_5.client import Ieee2030_5Error
+from gridpilot.ieee2030_5.service import Ieee2030_5NotConfiguredError, Ieee2030_5Service
 from gridpilot.ingest.service import IngestService
 from gridpilot.ops.systemd import supervision
 from gridpilot.storage import open_storage
@@ -45,9 +47,11 @@ class Service(StrEnum):
     INGEST = "ingest"
     CONTROLLER = "controller"
     API = "api"
+    IEEE2030_5 = "ieee2030_5"
 
 
 ALL_SERVICES = (Service.GATEWAY, Service.INGEST, Service.CONTROLLER, Service.API)
+"""What ``run all`` starts; the 2030.5 client joins them when the site file configures it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +69,14 @@ def startup_errors() -> tuple[type[Exception], ...]:
     """Errors that mean "this configuration cannot start here" (a refused broker login, an
     API host beyond loopback, an unusable database file, a controller without a ``control``
     section): the CLI reports them in one line, not as a traceback."""
-    return (ApiError, BusError, StorageError, ControlNotConfiguredError)
+    return (
+        ApiError,
+        BusError,
+        StorageError,
+        ControlNotConfiguredError,
+        Ieee2030_5Error,
+        Ieee2030_5NotConfiguredError,
+    )
 
 
 class ControlNotConfiguredError(Exception):
@@ -146,6 +157,8 @@ async def run_services(
                     forecasts=inputs,
                 )
             )
+        if Service.IEEE2030_5 in services:
+            await stack.enter_async_context(Ieee2030_5Service(config, address, base_dir=base_dir))
         api_url: str | None = None
         if Service.API in services and storage is not None:
             api = await stack.enter_async_context(

@@ -65,7 +65,7 @@ def test_power_percent_bool_and_pf_modes() -> None:
         "opModEnergize": {"value": False},
         "opModFixedPFInjectW": {"value": {"pf": 0.95, "excitation": "over"}},
         "opModFixedPFAbsorbW": {"value": {"pf": 0.9, "excitation": "under"}},
-        "opModFixedVar": {"value": {"percent": -10.0, "of": "var_pct_of_VA"}},
+        "opModFixedVar": {"value": -10.0, "unit": "%"},
     }
 
 
@@ -77,7 +77,6 @@ def test_volt_var_curve_in_per_unit() -> None:
         "points": [[0.92, 44.0], [0.98, 0.0], [1.02, 0.0], [1.08, -44.0]],
         "x": "V_pu",
         "y": "var_pct_of_VA",
-        "curve": "/derp/1/dc/1",
         "open_loop_s": 5.0,
     }
 

@@ -12,7 +12,7 @@ import yaml
 from gridpilot.cli.common import fail, freeze_startup_heap, load_or_exit, run_async
 
 # Kept in step with gridpilot.app.Service; spelled out so --help needs no service imports.
-SERVICE_CHOICES = ["all", "gateway", "ingest", "controller", "api"]
+SERVICE_CHOICES = ["all", "gateway", "ingest", "controller", "api", "ieee2030_5"]
 _INSTANCE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
@@ -58,6 +58,8 @@ def run(service: str, config: Path, instance: str, port: int | None) -> None:
     services = list(ALL_SERVICES) if service == "all" else [Service(service)]
     if service == "all" and cfg.control is None:
         services.remove(Service.CONTROLLER)  # nothing to control: the site has no control section
+    if service == "all" and cfg.ieee2030_5 is not None:
+        services.append(Service.IEEE2030_5)
 
     def ready(running: Running) -> None:
         freeze_startup_heap()

@@ -165,15 +165,11 @@ def _curve(mode: str, link: Link, curves: Mapping[str, DERCurve]) -> dict[str, A
         "points": [[round(x, 6), round(y, 6)] for x, y in zip(xs, ys, strict=True)],
         "x": x_axis,
         "y": y_axis,
-        "curve": link.href,
     }
     if curve.openLoopTms is not None:
         out["open_loop_s"] = curve.openLoopTms / 100.0
-    if curve.curveType == DERCurveType.OP_MOD_WATT_PF:
-        out["excitation"] = [
-            None if p.excitation is None else ("under" if p.excitation else "over")
-            for p in curve.CurveData_
-        ]
+    # Only these four keys: the grid-controls consumer (control.grid_controls) refuses others.
+    # A watt-PF curve's per-point excitation is therefore not forwarded.
     return out
 
 
@@ -209,12 +205,10 @@ def modes_of(base: DERControlBase, curves: Mapping[str, DERCurve]) -> dict[str, 
             _power_factor("opModFixedPFAbsorbW", base.opModFixedPFAbsorbW)
         )
     if base.opModFixedVar is not None:
-        fixed = base.opModFixedVar
+        # Percent of the reference refType names (setMaxVar in practice); the bus carries
+        # the number alone, as control.grid_controls expects.
         modes["opModFixedVar"] = ControlValue(
-            {
-                "percent": _percent("opModFixedVar", fixed.value, signed=True),
-                "of": _Y_AXIS.get(fixed.refType, "value"),
-            }
+            _percent("opModFixedVar", base.opModFixedVar.value, signed=True), "%"
         )
     if base.opModFreqDroop is not None:
         droop = base.opModFreqDroop

@@ -1,0 +1,357 @@
+"""The IEEE 2030.5 client against the project's test utility server over TLS 1.2 CCM8.
+
+Everything real: the utility server (sim/utility_server.py) on loopback with a fresh test
+PKI, the client's httpx session over TLS, Mosquitto for the bus topics, and for the scripted
+day the `gridpilot run ieee2030_5` process itself. The day runs on second-long events in the
+SERVER's time, which is set 20 minutes ahead of the machine's, so a client scheduling on its
+own clock would be visibly wrong. Responses are asserted from the server's record: status,
+order and createdDateTime against each event's (effective) edges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from gridpilot.bus.client import BrokerAddress, BusClient
+from gridpilot.config.ieee2030_5 import CsipClientConfig, DerNameplateConfig
+from gridpilot.ieee2030_5.client import CsipClient
+from gridpilot.ieee2030_5.identity import lfdi_of_pem, with_check_digit
+from gridpilot.ieee2030_5.models import ActivePower, DERControlBase
+from gridpilot.ieee2030_5.tls import PkiFiles, make_test_pki
+from gridpilot.model.time import parse_timestamp_ms
+from gridpilot.model.topics import Topic
+from gridpilot.sim.utility_server import ResponseRecord, UtilityServer
+
+pytestmark = pytest.mark.integration
+
+SERVER_AHEAD_S = 1200.0  # the utility's clock runs 20 minutes ahead of ours
+PIN = with_check_digit(24680)
+
+
+def watts(value: int) -> DERControlBase:
+    return DERControlBase(opModExpLimW=ActivePower(value=value, multiplier=0))
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> PkiFiles:
+    return make_test_pki(tmp_path / "pki")
+
+
+@pytest.fixture
+async def server(pki: PkiFiles) -> AsyncIterator[UtilityServer]:
+    async with UtilityServer.from_pki(
+        pki, poll_rate_s=1, post_rate_s=300, clock_offset_s=SERVER_AHEAD_S
+    ) as utility:
+        utility.set_pin(lfdi_of_pem(pki.client_cert.read_bytes()), PIN)
+        yield utility
+
+
+def client_config(pki: PkiFiles, server: UtilityServer, **extra: Any) -> CsipClientConfig:
+    return CsipClientConfig(
+        server=server.url,
+        cert_file=pki.client_cert,
+        key_file=pki.client_key,
+        ca_file=pki.ca_cert,
+        pin=PIN,
+        **extra,
+    )
+
+
+async def test_registers_checks_pin_and_discovers_programs_by_primacy(
+    pki: PkiFiles, server: UtilityServer, tmp_path: Path
+) -> None:
+    server.add_program(primacy=0, description="emergency")
+    server.add_program(primacy=5, description="market")
+    cfg = client_config(pki, server, der=DerNameplateConfig(type=83, max_w=50_000))
+    async with CsipClient(cfg, base_dir=tmp_path) as client:
+        snapshot = await client.step_once()
+    status = snapshot.status
+    assert client.last_error is None
+    # Registered by POSTing its EndDevice (sFDI/lFDI of the certificate), PIN checked.
+    assert status["registered"] is True
+    assert status["pin_ok"] is True
+    assert status["end_device"] == server.end_device_href(client.lfdi)
+    assert status["lfdi"] == lfdi_of_pem(pki.client_cert.read_bytes())
+    posts = [r for r in server.record.requests if r.method == "POST" and r.path == "/edev"]
+    assert [(r.status, r.lfdi) for r in posts] == [(201, client.lfdi)]
+    # Server time, not ours: the offset is the server's 20 minutes ahead (TimeType is
+    # whole seconds; the client takes the lower bound, so within 1 s below).
+    assert SERVER_AHEAD_S - 1.0 <= status["clock_offset_s"] <= SERVER_AHEAD_S + 0.05
+    assert [(p["description"], p["primacy"]) for p in status["programs"]] == [
+        ("emergency", 0),
+        ("GridPilot test utility program", 1),
+        ("market", 5),
+    ]
+    # The DER's four reports were PUT, capability with the nameplate (50 kW -> 5000 x 10).
+    kinds = sorted(r.kind for r in server.record.der_reports)
+    assert kinds == ["DERAvailability", "DERCapability", "DERSettings", "DERStatus"]
+    cap = next(r.document for r in server.record.der_reports if r.kind == "DERCapability")
+    assert (cap.rtgMaxW.value, cap.rtgMaxW.multiplier) == (5000, 1)  # type: ignore[attr-defined]
+
+
+async def test_wrong_registration_pin_is_refused_and_nothing_is_followed(
+    pki: PkiFiles, server: UtilityServer, tmp_path: Path
+) -> None:
+    server.set_default_control(watts(7000))
+    now = server.now_s()
+    mrid = server.add_event(watts(1000), start=now - 5, duration=60)
+    cfg = client_config(pki, server).model_copy(update={"pin": with_check_digit(13579)})
+    async with CsipClient(cfg, base_dir=tmp_path) as client:
+        snapshot = await client.step_once()
+    assert snapshot.status["registered"] is True
+    assert snapshot.status["pin_ok"] is False
+    assert "PIN" in (client.last_error or "")
+    assert str(PIN) in (client.last_error or "")
+    assert snapshot.result.controls == {}  # neither the event nor the default
+    assert server.record.responses_for(mrid) == []  # not even Received
+
+
+async def test_hostile_document_is_rejected_and_last_good_controls_kept(
+    pki: PkiFiles, server: UtilityServer, tmp_path: Path
+) -> None:
+    now = server.now_s()
+    mrid = server.add_event(watts(4000), start=now - 1, duration=120)
+    cfg = client_config(pki, server, poll_rate_s=0.2)
+    lol = (
+        b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+        b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;">]>'
+        b'<DERControlList xmlns="urn:ieee:std:2030.5:ns" all="1" results="1">&c;</DERControlList>'
+    )
+    wrong_ns = b'<DERControlList xmlns="urn:example:evil" all="0" results="0"/>'
+    huge = (
+        b'<DERControlList xmlns="urn:ieee:std:2030.5:ns" all="0" results="0">'
+        + (b" " * (1024 * 1024 + 1))
+        + b"</DERControlList>"
+    )
+    async with CsipClient(cfg, base_dir=tmp_path) as client:
+        first = await client.step_once()
+        assert first.result.controls["opModExpLimW"].mrid == mrid
+        for body, expected in ((lol, "DOCTYPE"), (wrong_ns, "urn:example:evil"), (huge, "limit")):
+            server.serve_raw("/derp/1/derc", body)
+            await asyncio.sleep(0.25)  # past the 0.2 s pollRate: the list is fetched again
+            snapshot = await client.step_once()
+            error = client.last_error or ""
+            assert "/derp/1/derc" in error
+            assert expected in error
+            assert "previous copy" in error
+            kept = snapshot.result.controls["opModExpLimW"]
+            assert (kept.value.value, kept.source, kept.mrid) == (4000.0, "event", mrid)
+            assert snapshot.status["last_error"] == error
+        server.clear_raw("/derp/1/derc")
+        await asyncio.sleep(0.25)
+        healed = await client.step_once()
+    assert client.last_error is None
+    assert healed.result.controls["opModExpLimW"].mrid == mrid
+
+
+# ----------------------------------------------------------------------------- the day
+
+
+class BusWatch:
+    """Every grid/controls and status message the client publishes, with arrival order."""
+
+    def __init__(self, site: str) -> None:
+        self.controls_topic = str(Topic.grid_controls(site))
+        self.status_topic = str(Topic.ieee2030_5_status(site))
+        self.controls: list[dict[str, Any]] = []
+        self.status: dict[str, Any] | None = None
+        self.changed = asyncio.Event()
+
+    async def run(self, bus: BusClient) -> None:
+        async for message in bus.messages():
+            doc = orjson.loads(message.payload)
+            if message.topic == self.controls_topic:
+                self.controls.append(doc)
+            elif message.topic == self.status_topic:
+                self.status = doc
+            self.changed.set()
+
+    async def until(self, condition: Any, what: str, within_s: float = 20.0) -> None:
+        async with asyncio.timeout(within_s):
+            while not condition():
+                self.changed.clear()
+                await self.changed.wait()
+
+    def exp_limits(self) -> list[tuple[float, str]]:
+        """The distinct export limits published, in order (value, source)."""
+        out: list[tuple[float, str]] = []
+        for doc in self.controls:
+            mode = doc["controls"].get("opModExpLimW")
+            entry = (mode["value"], mode["source"]) if mode else (math.nan, "none")
+            if not out or out[-1] != entry:
+                out.append(entry)
+        return out
+
+    def connect_values(self) -> list[bool]:
+        out: list[bool] = []
+        for doc in self.controls:
+            mode = doc["controls"].get("opModConnect")
+            if mode is not None and (not out or out[-1] != mode["value"]):
+                out.append(mode["value"])
+        return out
+
+
+def edges(records: list[ResponseRecord]) -> list[tuple[int, int]]:
+    return [(r.status or 0, r.created or 0) for r in records]
+
+
+async def test_scripted_day_through_the_run_command(
+    pki: PkiFiles, server: UtilityServer, mosquitto: BrokerAddress, tmp_path: Path
+) -> None:
+    """A compressed day: an export limit of program 2 overridden by a primacy-1 event
+    (aborted, 14), an event superseded by a newer one of its program (7), an event cancelled
+    while running (6), a randomized start, and the DefaultDERControl in between and after;
+    each response's status and createdDateTime checked against the server's record."""
+    low_program = server.add_program(primacy=2, description="network support")
+    server.set_default_control(
+        DERControlBase(opModExpLimW=ActivePower(value=10, multiplier=3), opModConnect=True)
+    )
+    site = "utility-day"
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(
+        yaml.safe_dump(
+            {
+                "site": {"id": site},
+                "broker": {"url": f"mqtt://127.0.0.1:{mosquitto.port}"},
+                "ieee2030_5": {
+                    "server": server.url,
+                    "cert_file": str(pki.client_cert),
+                    "key_file": str(pki.client_key),
+                    "ca_file": str(pki.ca_cert),
+                    "pin": PIN,
+                    "der": {"type": 4, "max_w": 10000},
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
+    watch = BusWatch(site)
+    async with BusClient(mosquitto, "ieee2030-5-day-watch") as bus:
+        await bus.wait_connected(5)
+        await bus.subscribe(watch.controls_topic, qos=1)
+        await bus.subscribe(watch.status_topic, qos=1)
+        reader = asyncio.create_task(watch.run(bus))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gridpilot", "run", "ieee2030_5", str(site_file),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            # Program the day once the client has registered (it polls every second).
+            await watch.until(
+                lambda: watch.status is not None and watch.status["registered"],
+                "the client's registration",
+                within_s=30,
+            )
+            t = server.now_s() + 3
+            created = server.now_s()
+            low = server.add_event(watts(3000), start=t, duration=6, program=low_program)
+            high = server.add_event(watts(1000), start=t + 2, duration=3)
+            old = server.add_event(
+                watts(2000), start=t + 6, duration=6, creation_time=created - 100
+            )
+            new = server.add_event(watts(1500), start=t + 8, duration=2, creation_time=created - 50)
+            cancelled = server.add_event(
+                DERControlBase(opModConnect=False), start=t + 11, duration=4
+            )
+            randomized = server.add_event(watts(2500), start=t + 13, duration=2, randomize_start=3)
+            # The cancellation is the server's move: once the event has started.
+            await server.record.wait_for(
+                lambda rec: any(r.status == 2 for r in rec.responses_for(cancelled)),
+                within_s=30,
+                what="the to-be-cancelled event's Started",
+            )
+            server.cancel_event(cancelled)
+            cancelled_at = server.now_s()
+            await server.record.wait_for(
+                lambda rec: any(r.status == 3 for r in rec.responses_for(randomized)),
+                within_s=30,
+                what="the randomized event's Completed",
+            )
+            await watch.until(
+                lambda: (
+                    watch.exp_limits()[-1:] == [(10000.0, "default")]
+                    and watch.status is not None
+                    and all(e["status"] != "active" for e in watch.status["events"])
+                ),
+                "the default control after the day",
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
+            reader.cancel()
+    assert proc.returncode == 0, err.decode()
+
+    record = server.record
+    lfdi = lfdi_of_pem(pki.client_cert.read_bytes())
+    assert {r.lfdi for r in record.responses} == {lfdi}
+    assert {r.end_device_lfdi for r in record.responses} == {lfdi}
+
+    def check(mrid: str, expected: list[tuple[int, float]]) -> None:
+        """Statuses in order; each createdDateTime at its edge (server time, whole
+        seconds) and at most 2 s after it; Received before the day starts."""
+        got = edges(record.responses_for(mrid))
+        assert [s for s, _ in got] == [s for s, _ in expected], (mrid, got)
+        for (status, at), (_, edge) in zip(got, expected, strict=True):
+            assert math.floor(edge) <= at <= edge + 2, (mrid, status, at, edge)
+        for r in record.responses_for(mrid):
+            assert r.created is not None
+            assert r.received_at >= r.created  # posted on server time, never early
+
+    first_seen = min(r.created or 0 for r in record.responses)
+    assert first_seen < t
+    check(low, [(1, first_seen), (2, t), (14, t + 2)])
+    check(high, [(1, first_seen), (2, t + 2), (3, t + 5)])
+    check(old, [(1, first_seen), (2, t + 6), (7, t + 8)])
+    check(new, [(1, first_seen), (2, t + 8), (3, t + 10)])
+    check(cancelled, [(1, first_seen), (2, t + 11), (6, cancelled_at)])
+    # Randomized start: the client's effective start (from its status) lies in
+    # [start, start + 3] and is when it said Started; it completes 2 s later.
+    assert watch.status is not None
+    view = next(e for e in watch.status["events"] if e["mrid"] == randomized)
+    effective = parse_timestamp_ms(view["effective_start"]) / 1000
+    assert t + 13 <= effective <= t + 16
+    check(randomized, [(1, first_seen), (2, effective), (3, effective + 2)])
+
+    # What the control engine saw on grid/controls, in order.
+    assert watch.exp_limits() == [
+        (10000.0, "default"),
+        (3000.0, "event"),
+        (1000.0, "event"),
+        (10000.0, "default"),  # HIGH completed; LOW was aborted and does not come back
+        (2000.0, "event"),
+        (1500.0, "event"),
+        (10000.0, "default"),  # NEW completed; OLD was superseded
+        (2500.0, "event"),
+        (10000.0, "default"),
+    ]
+    assert watch.connect_values() == [True, False, True]
+    final = watch.controls[-1]
+    assert final["source"] == "ieee2030_5"
+    assert final["valid_until"] > final["ts"]
+    phases = {e["mrid"]: e["status"] for e in watch.status["events"]}
+    assert phases == {
+        low: "aborted",
+        high: "completed",
+        old: "superseded",
+        new: "completed",
+        cancelled: "cancelled",
+        randomized: "completed",
+    }
+    assert watch.status["registered"] is True
+    assert [r["status"] for r in watch.status["responses"]][-1] == 3
+    assert sorted({r.kind for r in record.der_reports}) == [
+        "DERAvailability",
+        "DERCapability",
+        "DERSettings",
+        "DERStatus",
+    ]

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from envoy_schema.server.schema.sep2.metering import Reading, ReadingType
 from envoy_schema.server.schema.sep2.metering_mirror import (
@@ -55,6 +55,7 @@ from envoy_schema.server.schema.sep2.types import (
     ServiceKind,
     UomType,
 )
+from pydantic_xml import BaseXmlModel
 
 from gridpilot.ieee2030_5.models import DateTimeIntervalType
 from gridpilot.model import SeriesKey, to_rfc3339
@@ -62,7 +63,6 @@ from gridpilot.storage.base import Storage
 
 if TYPE_CHECKING:  # typing only: the client side may import this module
     from gridpilot.config.ieee2030_5 import CsipClientConfig, MirrorSourceConfig, Quantity
-    from gridpilot.ieee2030_5.client import HttpSession
 
 __all__ = [
     "DER_CHANNELS",
@@ -70,6 +70,7 @@ __all__ = [
     "SITE_CHANNELS",
     "SITE_ROLE_FLAGS",
     "Aggregate",
+    "MirrorHttp",
     "MirrorRole",
     "MirrorSpec",
     "ReadingChannel",
@@ -389,6 +390,14 @@ def specs_from_config(section: CsipClientConfig) -> list[MirrorSpec]:
 # What the client calls every postRate
 
 
+class MirrorHttp(Protocol):
+    """What the poster needs of the client's HTTP session (``client.HttpSession``)."""
+
+    async def post(self, href: str, resource: BaseXmlModel) -> tuple[int, str | None]:
+        """POST a typed resource; the HTTP status and the Location header."""
+        ...
+
+
 class StorageMirrorPoster:
     """Posts the site's stored telemetry to the utility (``client.MirrorPoster``).
 
@@ -421,7 +430,7 @@ class StorageMirrorPoster:
         self._locations: dict[str, str] = {}
         self._last_now: float | None = None
 
-    async def post(self, http: HttpSession, now: float, lfdi: str) -> list[dict[str, Any]]:
+    async def post(self, http: MirrorHttp, now: float, lfdi: str) -> list[dict[str, Any]]:
         """Post the window ending at ``now`` (server time) for every mirror; one record per
         POST: ``{"mup", "at", "readings", "http_status"}``."""
         # Imported here so that the client may import this module without a cycle.

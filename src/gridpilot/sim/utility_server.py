@@ -25,6 +25,17 @@ keeps everything in memory and is meant for tests and the demo, never for produc
 Server time is the machine clock plus ``clock_offset_s``, so tests can check a client
 schedules on server time (from ``/tm``) and not on its own clock.
 
+In a test::
+
+    pki = make_test_pki(tmp_path / "pki")
+    async with UtilityServer.from_pki(pki, poll_rate_s=1, post_rate_s=5) as server:
+        mrid = server.add_event(
+            DERControlBase(opModExpLimW=ActivePower(multiplier=0, value=5000)),
+            start=server.now_s() + 10, duration=60, randomize_start=5,
+        )
+        ...  # run the client against server.url with pki.client_cert / client_key / ca_cert
+        await server.record.wait_for(lambda r: len(r.responses_for(mrid)) >= 2, within_s=30)
+
 Run it alone with ``python -m gridpilot.sim.utility_server --pki DIR`` (see ``main``).
 """
 
@@ -117,6 +128,7 @@ __all__ = [
     "ServerRecord",
     "UtilityServer",
     "main",
+    "mrid_for",
 ]
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ from gridpilot.control.service import ControllerService
 from gridpilot.control.thermal import ZoneHistory
 from gridpilot.gateway.service import GatewayService
 from gridpilot.ieee2030_5.client import Ieee2030_5Error
+from gridpilot.ieee2030_5.mirror import StorageMirrorPoster, specs_from_config
 from gridpilot.ieee2030_5.service import Ieee2030_5NotConfiguredError, Ieee2030_5Service
 from gridpilot.ingest.service import IngestService
 from gridpilot.ops.systemd import supervision
@@ -123,7 +124,9 @@ async def run_services(
             address = BrokerAddress.from_config(config.broker, base_dir=base_dir)
         db_path: Path | None = None
         storage = None
-        if {Service.INGEST, Service.API, Service.CONTROLLER} & set(services):
+        # The 2030.5 client reads stored telemetry only for its mirrors.
+        mirrors_wanted = Service.IEEE2030_5 in services and _has_mirrors(config)
+        if {Service.INGEST, Service.API, Service.CONTROLLER} & set(services) or mirrors_wanted:
             db_path = storage_path(config, base_dir)
             storage = await stack.enter_async_context(open_storage(config.storage, base_dir))
         ingest = gateway = controller = None
@@ -158,7 +161,14 @@ async def run_services(
                 )
             )
         if Service.IEEE2030_5 in services:
-            await stack.enter_async_context(Ieee2030_5Service(config, address, base_dir=base_dir))
+            mirrors = None
+            if mirrors_wanted and storage is not None and config.ieee2030_5 is not None:
+                mirrors = StorageMirrorPoster(
+                    storage, config.site.id, specs_from_config(config.ieee2030_5)
+                )
+            await stack.enter_async_context(
+                Ieee2030_5Service(config, address, base_dir=base_dir, mirrors=mirrors)
+            )
         api_url: str | None = None
         if Service.API in services and storage is not None:
             api = await stack.enter_async_context(
@@ -181,6 +191,11 @@ async def run_services(
         async with supervision(f"{', '.join(services)} running", started):
             await stop.wait()
         log.info("stopping")
+
+
+def _has_mirrors(config: GridPilotConfig) -> bool:
+    section = config.ieee2030_5
+    return section is not None and (section.site_meter is not None or bool(section.der_mirrors))
 
 
 async def controllers_from_history(

@@ -11,9 +11,12 @@ order and createdDateTime against each event's (effective) edges.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import math
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,18 +27,23 @@ import yaml
 
 from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.config.ieee2030_5 import CsipClientConfig, DerNameplateConfig
-from gridpilot.ieee2030_5.client import CsipClient
+from gridpilot.config.models import RetentionConfig
+from gridpilot.ieee2030_5.client import CsipClient, Snapshot
 from gridpilot.ieee2030_5.identity import lfdi_of_pem, with_check_digit
+from gridpilot.ieee2030_5.mirror import StorageMirrorPoster, specs_from_config
 from gridpilot.ieee2030_5.models import ActivePower, DERControlBase
 from gridpilot.ieee2030_5.tls import PkiFiles, make_test_pki
+from gridpilot.model import Sample
 from gridpilot.model.time import parse_timestamp_ms
 from gridpilot.model.topics import Topic
 from gridpilot.sim.utility_server import ResponseRecord, UtilityServer
+from gridpilot.storage import SqliteStorage
 
 pytestmark = pytest.mark.integration
 
 SERVER_AHEAD_S = 1200.0  # the utility's clock runs 20 minutes ahead of ours
 PIN = with_check_digit(24680)
+FOREVER = RetentionConfig(raw=None, rollup_1m=None, rollup_15m=None, rollup_1h=None)
 
 
 def watts(value: int) -> DERControlBase:
@@ -355,3 +363,60 @@ async def test_scripted_day_through_the_run_command(
         "DERSettings",
         "DERStatus",
     ]
+
+
+async def test_client_posts_mirror_readings_at_the_servers_post_rate(
+    pki: PkiFiles, tmp_path: Path
+) -> None:
+    """The client drives the mirror poster every postRate (the EndDevice's, here 1 s) with
+    the site's stored values (a real SQLite file)."""
+    section = CsipClientConfig.model_validate(
+        {
+            "server": "https://127.0.0.1:1",
+            "cert_file": pki.client_cert,
+            "key_file": pki.client_key,
+            "ca_file": pki.ca_cert,
+            "pin": PIN,
+            "site_meter": {"device": "grid_meter", "points": {"w": "active_power_w"}},
+        }
+    )
+    now_ms = round(time.time() * 1000)
+    samples = [
+        Sample("plant", "grid_meter", "active_power_w", now_ms + (i - 600) * 100, 1234.0)
+        for i in range(700)  # every 0.1 s from 60 s ago to 10 s ahead
+    ]
+    async with (
+        UtilityServer.from_pki(pki, poll_rate_s=60, post_rate_s=1) as server,
+        SqliteStorage(tmp_path / "db.sqlite", FOREVER) as storage,
+    ):
+        server.set_pin(lfdi_of_pem(pki.client_cert.read_bytes()), PIN)
+        await storage.write(samples)
+        poster = StorageMirrorPoster(storage, "plant", specs_from_config(section))
+        cfg = section.model_copy(update={"server": server.url})
+        async with CsipClient(cfg, base_dir=tmp_path, mirrors=poster) as client:
+            updates: list[Snapshot] = []
+
+            async def on_update(snapshot: Snapshot) -> None:
+                updates.append(snapshot)
+
+            runner = asyncio.create_task(client.run(on_update))
+            try:
+                await server.record.wait_for(
+                    lambda rec: len(rec.mirrors) >= 3, within_s=15, what="three mirror posts"
+                )
+            finally:
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+    assert client.post_rate_s == 1.0
+    posts = server.record.mirrors[:3]
+    assert {p.mup for p in posts} == {"/mup/1"}
+    assert {p.role_flags for p in posts} == {0x03}
+    for post in posts:
+        (reading,) = post.readings
+        assert (reading.uom, reading.flow_direction, reading.data_qualifier) == (38, 1, 2)
+        assert reading.value == 1234.0
+    # One post per postRate: consecutive posts at least ~1 s apart on the server's clock.
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(posts)]
+    assert all(gap >= 0.9 for gap in gaps), gaps
+    assert updates[-1].status["mirrors"][-1]["http_status"] == 201

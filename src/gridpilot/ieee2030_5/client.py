@@ -91,6 +91,7 @@ from gridpilot.ieee2030_5.schedule import (
 from gridpilot.ieee2030_5.tls import TlsSetupError, client_context
 from gridpilot.ieee2030_5.xmlsafe import XmlRejected, parse_resource, serialize
 from gridpilot.model.time import to_rfc3339
+from gridpilot.storage.base import StorageError
 
 __all__ = [
     "DEFAULT_POLL_RATE_S",
@@ -792,7 +793,7 @@ class CsipClient:
         self._next_mirror = mono + self.post_rate_s
         try:
             posted = await self._mirrors.post(self.http, now, self.lfdi)
-        except (Ieee2030_5Error, XmlRejected) as exc:
+        except (Ieee2030_5Error, XmlRejected, StorageError) as exc:
             self._note_error(f"mirror post failed: {exc}")
             return
         self._mirror_log.extend(posted)

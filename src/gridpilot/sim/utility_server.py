@@ -696,7 +696,7 @@ class UtilityServer:
         self._connections[task] = writer
         try:
             await self._serve_connection(reader, writer)
-        except (ConnectionError, TimeoutError, h11.ProtocolError) as exc:
+        except (OSError, TimeoutError, h11.ProtocolError) as exc:  # OSError: resets, TLS errors
             log.debug("utility server: connection ended: %s", exc)
         finally:
             self._connections.pop(task, None)
@@ -802,6 +802,9 @@ class UtilityServer:
         except XmlRejected as exc:
             # Not str(exc): that text is written for a client keeping its last good copy.
             return self._error(400, f"{exc.where}: {exc.resource} rejected: {exc.reason}")
+        except Exception as exc:  # a bug here must answer 500, not drop the connection
+            log.exception("utility server: %s %s failed", method, path)
+            return self._error(500, f"{method} {path}: the test server failed: {exc!r}")
 
     def _dispatch(
         self, method: str, path: str, query: dict[str, list[str]], body: bytes, lfdi: str
@@ -822,11 +825,12 @@ class UtilityServer:
 
     @staticmethod
     def _error(status: int, reason: str) -> _Reply:
-        code = (
-            ReasonCodeType.invalid_request_format
-            if status in {400, 413}
-            else ReasonCodeType.invalid_request_values
-        )
+        if status >= 500:
+            code = ReasonCodeType.internal_error
+        elif status in {400, 413}:
+            code = ReasonCodeType.invalid_request_format
+        else:
+            code = ReasonCodeType.invalid_request_values
         log.info("utility server answers %d: %s", status, reason)
         return _Reply(status, serialize(ErrorResponse(reasonCode=code, message=reason)))
 

@@ -67,7 +67,13 @@ async def test_scan_discovers_and_fully_decodes_the_sunspec_inverter(
     assert inverter["identity"]["Mn"] == "GridPilot"
     assert inverter["identity"]["SN"] == "GP-INV-0001"
     models = {m["id"]: m for m in inverter["models"]}
-    assert list(models) == [1, 103, 120, 121, 122, 123, 160, 701, 704]
+    assert list(models) == [1, 103, 120, 121, 122, 123, 160, 701, 704, 705]
+    # Volt-var: two stored curves of four points, the active one read-only (Category A).
+    volt_var = models[705]["points"]
+    assert (volt_var["NCrv"]["value"], volt_var["NPt"]["value"]) == (2.0, 4.0)
+    assert volt_var["Crv[1].ReadOnly"]["symbol"] == "R"
+    assert volt_var["Crv[2].Pt[4].V"]["value"] == 110.0
+    assert volt_var["Crv[2].Pt[4].Var"]["value"] == -25.0
     # Decoded with the device's own scale factors: the physics' values to their resolution.
     pv = site.building.state.pv
     w = models[103]["points"]["W"]

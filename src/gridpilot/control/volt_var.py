@@ -226,6 +226,15 @@ class VoltVarController:
     ) -> Decision[VoltVarState]:
         p = self.params
         assert p.var_setpoint is not None  # noqa: S101  # the params' validator requires it
+        if snapshot.reading(p.voltage) is None:
+            # Never measured (the gateway has not polled yet): nothing to base Q on, and
+            # the inverter's points may not even be known to the gateway yet.
+            if not state.stale:
+                events.append(f"volt-var: waiting for a first reading of {p.voltage}")
+            new_state = VoltVarState(
+                state.filter, True, state.source, state.refused_utility_curve, state.step
+            )
+            return Decision(new_state, (), (), {}, tuple(events))
         volts = snapshot.value(p.voltage, p.max_age_s)
         metrics: dict[str, float] = {}
         if volts is None:
@@ -299,6 +308,22 @@ class VoltVarController:
 
         wanted = self.curve_points(setting)
         stored = f"crv_{p.curve_index}"
+        absent = [n for n in wanted if snapshot.reading(ref(f"{stored}_{n}")) is None]
+        if absent:
+            # Not polled yet, or a device with fewer stored curves or points than needed:
+            # a write now would only be refused as an unknown point.
+            step = "wait"
+            if step != state.step:
+                events.append(
+                    f"volt-var on {device}: waiting for its 705 curve {p.curve_index} in the "
+                    f"telemetry (missing {ref(f'{stored}_{absent[0]}').point}"
+                    + (f" and {len(absent) - 1} more" if len(absent) > 1 else "")
+                    + "; a device with fewer stored curves or points cannot take this curve)"
+                )
+            new_state = VoltVarState(
+                state.filter, state.stale, state.source, state.refused_utility_curve, step
+            )
+            return Decision(new_state, (), (), {"curve_step_state": -1.0}, tuple(events))
         written = holds(stored, wanted)
         adopted = holds("crv_1", wanted)
         enabled = snapshot.value(ref("ena_state"), p.max_age_s) == _ENABLED

@@ -630,7 +630,8 @@ def unimplemented_words(point: PointDef) -> list[int]:
 def write_range(point: DecodedPoint) -> tuple[float, float] | None:
     """The values a write of ``point`` may carry, in its unit: the register type's range
     (without its "not implemented" value) times the scale, narrowed to the physical bounds
-    of a percentage (0..100, or -100..100 when signed) or a power factor (0..1 or -1..1);
+    of a percentage (0..100, or -100..100 when signed; percentages of nominal voltage
+    only by their register) or a power factor (0..1 or -1..1);
     the symbols' span for an enumeration. None for points that are not numbers."""
     d = point.definition
     bound = _physical_bound(d)
@@ -669,7 +670,7 @@ def _raw_limits(d: PointDef) -> tuple[int, int]:
 
 def _physical_bound(d: PointDef) -> float | None:
     suffix = _unit_suffix(d)
-    if suffix == "_pct":
+    if suffix == "_pct" and d.units not in _UNBOUNDED_PERCENT_UNITS:
         return 100.0
     if suffix == "_pf":
         return 1.0
@@ -723,7 +724,11 @@ def encode_write(point: DecodedPoint, value: float) -> list[int]:
 
 # ---------------------------------------------------------------------------- point names
 
-_PERCENT_UNITS: Final = frozenset({"Pct", "%", "VNomPct", "WMaxPct", "VarPct", "%WHRtg"})
+_PERCENT_UNITS: Final = frozenset({"Pct", "%", "VNomPct", "WMaxPct", "VarPct", "%WHRtg", "DeptRef"})
+"""Units that are percentages. ``DeptRef``: a curve's dependent axis in 705/706/711/712, a
+percentage of the reference the curve's own ``DeptRef`` point names (WMax, VarMax, VAMax)."""
+_UNBOUNDED_PERCENT_UNITS: Final = frozenset({"VNomPct"})
+"""Percentages that may pass 100 (a volt-var point at 108 % of nominal voltage)."""
 _UNIT_SUFFIX: Final = {
     "V": "_v",
     "A": "_a",

@@ -31,6 +31,7 @@ from gridpilot.sim.physics import (
     PowerFlows,
     PvParams,
     PvState,
+    ReactiveMode,
     SiteLocation,
     ZoneParams,
     ZoneState,
@@ -136,6 +137,9 @@ class BuildingState:
     extra_load_w: float = 0.0
     """A load step on top of the profile (a test's or a demo's "someone started a big
     machine"), added to the base load."""
+    grid_voltage_pu: float | None = None
+    """The grid's no-load voltage in per unit of nominal (a test's or a demo's voltage
+    excursion); None = nominal plus the transformer tap."""
 
 
 class Building:
@@ -195,7 +199,11 @@ class Building:
         s.irradiance_wm2 = p.location.irradiance_wm2(now)
         occupied = is_occupied(now, p.occupied_from_hour, p.occupied_until_hour)
 
-        s.pv = step_pv(p.pv, s.pv, s.irradiance_wm2, s.outdoor_degc, h)
+        # The inverter regulates on the voltage it measured last step (the bus voltage
+        # depends on the flows this step produces).
+        volts = s.meter.reading.voltage_v
+        voltage_pu = sum(volts) / len(volts) / p.meter.nominal_voltage_v
+        s.pv = step_pv(p.pv, s.pv, s.irradiance_wm2, s.outdoor_degc, h, voltage_pu=voltage_pu)
         s.battery = step_battery(p.battery, s.battery, h)
         s.zones = [
             step_zone(
@@ -217,8 +225,14 @@ class Building:
             pv_w=s.pv.ac_power_w,
             battery_w=s.battery.active_power_w,
             switched_w=sum(circuit_powers_w(p.load_panel, tuple(s.circuits_on), now)),
+            pv_var=s.pv.reactive_power_var,
         )
-        s.meter = step_meter(p.meter, s.meter, s.flows, now=now, dt_s=h, rng=self._rng)
+        source_v = (
+            None if s.grid_voltage_pu is None else s.grid_voltage_pu * p.meter.nominal_voltage_v
+        )
+        s.meter = step_meter(
+            p.meter, s.meter, s.flows, now=now, dt_s=h, rng=self._rng, source_voltage_v=source_v
+        )
         self._now = now
 
     # ------------------------------------------------------------------------------ writes
@@ -252,6 +266,19 @@ class Building:
     def set_extra_load(self, power_w: float) -> None:
         """Add a load step of ``power_w`` on top of the base load (0 removes it)."""
         self.state.extra_load_w = power_w
+
+    def set_grid_voltage(self, voltage_pu: float | None) -> None:
+        """Hold the grid's no-load voltage at ``voltage_pu`` of nominal (the site's own
+        flows still move it by the source impedance, and the noise stays); ``None`` returns
+        to nominal plus the tap. Takes effect from the next step."""
+        if voltage_pu is not None and not 0.5 <= voltage_pu <= 1.5:
+            raise ValueError(f"grid voltage {voltage_pu} pu is outside 0.5..1.5")
+        self.state.grid_voltage_pu = voltage_pu
+
+    def set_pv_reactive_mode(self, mode: ReactiveMode) -> None:
+        """What sets the PV inverter's reactive power from now on (its SunSpec 704/705
+        controls decide it; see ``sunspec_devices``)."""
+        self.state.pv = replace(self.state.pv, reactive_mode=mode)
 
     def break_loop(self, channel: int, broken: bool = True) -> None:
         """Cut (or repair) the wire of analog input ``channel``: the module then reads 0 mA."""

@@ -10,6 +10,9 @@ Sign conventions, stated once:
 * battery active power and its setpoint: positive = discharge (the battery feeds the
   building), negative = charge;
 * PV AC power: positive = generation; loads (base load, chillers, fan): positive = consumption.
+* PV reactive power: positive = injecting (over-excited, IEEE 1547 and SunSpec); the meter's
+  reactive power, like its active power, counts what the site draws (the loads' lagging
+  vars less what the inverter injects).
 
 So the meter balance is ``P_grid = P_base + P_chillers + P_fan - P_pv - P_battery``
 (:func:`grid_power_w`).
@@ -20,6 +23,10 @@ Models, with the source of each figure:
 * clear-sky irradiance: Haurwitz (1945) GHI = 1098·cos Z·exp(-0.057 / cos Z), solar position
   from Cooper's declination and the hour angle (no equation of time);
 * PV: DC = rating·G/1000·derate·(1 + gamma·(T_cell - 25)), AC = min(DC·η_inv, AC rating, limit);
+  reactive power follows its mode (unity, a fixed power factor, a fixed var setpoint or a
+  volt-var curve at the terminal voltage) through a first-order lag (90 % in the mode's
+  response time), within the var rating and what the VA rating leaves beside P (active
+  power has priority); the inverter's vars do not move the simulated voltage;
 * battery: SoC integrates the AC power through one-way efficiencies, clipped to the power
   limits and to the SoC window (5-95 % by default);
 * zones: 1R1C, exact discretisation T_{k+1} = a·T_k + (1 - a)(T_o + R·Q_k),
@@ -31,6 +38,7 @@ Models, with the source of each figure:
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass, replace
@@ -179,6 +187,48 @@ class InverterState:
 
 
 @dataclass(frozen=True, slots=True)
+class ReactiveMode:
+    """What sets the inverter's reactive power (one mode at a time, as on real inverters).
+
+    ``kind``: ``unity`` (0 var), ``power_factor`` (``pf`` at the present active power,
+    ``injecting`` or absorbing), ``var`` (a fixed ``var``), or ``volt_var`` (``curve`` of
+    (V in pu of nominal, Q in var) points, saturating outside them, moved by ``v_ref_pu - 1``
+    as an IEEE 1547 V_ref adjustment). ``response_s``: 90 % of a step in this long.
+    """
+
+    kind: str = "unity"
+    pf: float = 1.0
+    injecting: bool = True
+    var: float = 0.0
+    curve: tuple[tuple[float, float], ...] = ()
+    v_ref_pu: float = 1.0
+    response_s: float = 1.0
+
+
+def reactive_target_var(mode: ReactiveMode, ac_w: float, voltage_pu: float) -> float:
+    """The reactive power ``mode`` asks for now (before the lag and the ratings).
+
+    The inverter's own firmware, so to speak: it interpolates the curve it holds, nothing
+    else (deliberately not GridPilot's ``control.ieee1547``, which it is tested against).
+    """
+    if mode.kind == "power_factor" and 0.0 < mode.pf < 1.0:
+        q = abs(ac_w) * math.tan(math.acos(mode.pf))
+        return q if mode.injecting else -q
+    if mode.kind == "var":
+        return mode.var
+    if mode.kind == "volt_var" and mode.curve:
+        v = voltage_pu - (mode.v_ref_pu - 1.0)
+        points = mode.curve
+        if v <= points[0][0]:
+            return points[0][1]
+        for (v0, q0), (v1, q1) in itertools.pairwise(points):
+            if v <= v1:
+                return q1 if v1 == v0 else q0 + (q1 - q0) * (v - v0) / (v1 - v0)
+        return points[-1][1]
+    return 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class PvParams:
     """A rooftop PV system behind one three-phase string inverter."""
 
@@ -186,6 +236,10 @@ class PvParams:
     """Array power at STC (1000 W/m², 25 °C cell)."""
     ac_rating_w: float = 100_000.0
     """Inverter AC limit (the array is oversized, DC/AC = 1.2: it clips on clear noons)."""
+    ac_rating_va: float = 100_000.0
+    """Apparent power rating: P and Q share it (P first)."""
+    var_rating: float = 60_000.0
+    """Most reactive power, injecting or absorbing."""
     inverter_efficiency: float = 0.975
     derate: float = 0.88
     """Soiling, wiring, mismatch and the tilt we do not model (GHI stands in for POA)."""
@@ -208,6 +262,10 @@ class PvState:
     """Lifetime AC yield; only grows."""
     heatsink_temperature_degc: float = 20.0
     operating_state: int = InverterState.SLEEPING
+    reactive_mode: ReactiveMode = ReactiveMode()
+    """What sets the reactive power (written through SunSpec 704/705)."""
+    reactive_power_var: float = 0.0
+    """Reactive power now, positive = injecting."""
 
 
 def pv_output_w(
@@ -230,9 +288,16 @@ def pv_output_w(
 
 
 def step_pv(
-    params: PvParams, state: PvState, irradiance_wm2: float, ambient_degc: float, dt_s: float
+    params: PvParams,
+    state: PvState,
+    irradiance_wm2: float,
+    ambient_degc: float,
+    dt_s: float,
+    *,
+    voltage_pu: float = 1.0,
 ) -> PvState:
-    """Advance the inverter by ``dt_s``: output follows the sun at once, heatsink lags."""
+    """Advance the inverter by ``dt_s``: output follows the sun at once, heatsink and
+    reactive power lag. ``voltage_pu``: terminal voltage, per unit of nominal."""
     dc_available, ac_w, throttled = pv_output_w(
         params, irradiance_wm2, ambient_degc, state.power_limit_pct
     )
@@ -246,8 +311,19 @@ def step_pv(
     dc_w = ac_w / params.inverter_efficiency if throttled else dc_available
     heatsink_target = ambient_degc + params.heatsink_rise_k * ac_w / params.ac_rating_w
     decay = math.exp(-dt_s / params.thermal_time_constant_s)
+    mode = state.reactive_mode
+    target_var = reactive_target_var(mode, ac_w, voltage_pu)
+    if mode.response_s > 0.0 and dt_s > 0.0:
+        # 90 % of a step in response_s: time constant response_s / ln 10, exact step.
+        lag = math.exp(-dt_s * math.log(10.0) / mode.response_s)
+        var = target_var + (state.reactive_power_var - target_var) * lag
+    else:
+        var = target_var
+    headroom_var = math.sqrt(max(params.ac_rating_va**2 - ac_w**2, 0.0))
+    limit_var = min(params.var_rating, headroom_var)
     return replace(
         state,
+        reactive_power_var=_clamp(var, -limit_var, limit_var),
         irradiance_wm2=irradiance_wm2,
         dc_power_w=dc_w,
         ac_power_w=ac_w,
@@ -704,6 +780,8 @@ class PowerFlows:
     battery_w: float
     switched_w: float = 0.0
     """Loads on the switchable circuits of the load panel (sheddable), three-phase."""
+    pv_var: float = 0.0
+    """Reactive power the PV inverter injects (positive) or absorbs, three-phase."""
 
     @property
     def grid_w(self) -> float:
@@ -754,9 +832,16 @@ class MeterState:
 
 
 def meter_reading(
-    params: MeterParams, flows: PowerFlows, now: datetime, rng: random.Random
+    params: MeterParams,
+    flows: PowerFlows,
+    now: datetime,
+    rng: random.Random,
+    source_voltage_v: float | None = None,
 ) -> MeterReading:
-    """Per-phase voltage (with noise), current, power, frequency for the flows at ``now``."""
+    """Per-phase voltage (with noise), current, power, frequency for the flows at ``now``.
+
+    ``source_voltage_v``: the grid's no-load phase voltage; default nominal plus the tap.
+    """
     three_phase_loads_w = flows.chillers_w + flows.fan_w + flows.switched_w
     loads_w = flows.base_w + three_phase_loads_w
     tan_phi = math.tan(math.acos(params.load_power_factor))
@@ -765,21 +850,23 @@ def meter_reading(
         flows.base_w * share + balanced_w / 3.0 for share in params.base_load_phase_share
     )
     phase_q = tuple(
-        (flows.base_w * share + three_phase_loads_w / 3.0) * tan_phi
+        (flows.base_w * share + three_phase_loads_w / 3.0) * tan_phi - flows.pv_var / 3.0
         for share in params.base_load_phase_share
     )
+    source_v = (
+        params.nominal_voltage_v + params.tap_offset_v
+        if source_voltage_v is None
+        else source_voltage_v
+    )
     voltages = tuple(
-        params.nominal_voltage_v
-        + params.tap_offset_v
-        - params.droop_v_per_kw * p / 1000.0
-        + rng.gauss(0.0, params.voltage_noise_v)
+        source_v - params.droop_v_per_kw * p / 1000.0 + rng.gauss(0.0, params.voltage_noise_v)
         for p in phase_p
     )
     currents = tuple(
         math.hypot(p, q) / v for p, q, v in zip(phase_p, phase_q, voltages, strict=True)
     )
     total_p = sum(phase_p)
-    total_q = loads_w * tan_phi
+    total_q = loads_w * tan_phi - flows.pv_var
     apparent = math.hypot(total_p, total_q)
     seconds = now.timestamp()
     frequency = (
@@ -807,6 +894,7 @@ def step_meter(
     now: datetime,
     dt_s: float,
     rng: random.Random,
+    source_voltage_v: float | None = None,
 ) -> MeterState:
     """Integrate import and export energy over ``dt_s`` and take a new reading at ``now``."""
     grid = flows.grid_w
@@ -814,5 +902,5 @@ def step_meter(
     return MeterState(
         energy_import_wh=state.energy_import_wh + (energy if grid > 0 else 0.0),
         energy_export_wh=state.energy_export_wh + (energy if grid < 0 else 0.0),
-        reading=meter_reading(params, flows, now, rng),
+        reading=meter_reading(params, flows, now, rng, source_voltage_v),
     )

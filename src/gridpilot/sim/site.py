@@ -34,7 +34,7 @@ from gridpilot.sim.devices import DEVICE_MAPS, DeviceMap
 from gridpilot.sim.image import AppliedWrite, RegisterImage
 from gridpilot.sim.rtu import RtuSlaveBus
 from gridpilot.sim.server import DeviceServer
-from gridpilot.sim.sunspec_devices import SUNSPEC_PLANS, SunSpecImage
+from gridpilot.sim.sunspec_devices import SUNSPEC_PLANS, SunSpecImage, SunSpecPlan
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class SimulatedSite:
 
     ``base_port`` 0 lets the OS pick free ports; otherwise device *i* (in ``devices`` order)
     listens on ``base_port + i``. ``speed`` is simulated seconds per wall second. ``start`` is
-    the simulated time at entry (timezone-aware; default: now, UTC).
+    the simulated time at entry (timezone-aware; default: now, UTC). With ``sunspec`` the
+    devices of ``sunspec_plans`` are served too (default: inverter, meter, storage; e.g.
+    ``BASIC_INVERTER_PLAN`` for an inverter without volt-var of its own).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class SimulatedSite:
         device_maps: tuple[DeviceMap, ...] = DEVICE_MAPS,
         rtu_port: str | None = None,
         sunspec: bool = False,
+        sunspec_plans: tuple[SunSpecPlan, ...] = SUNSPEC_PLANS,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be positive, not {speed}")
@@ -93,7 +96,7 @@ class SimulatedSite:
             for i, m in enumerate(device_maps)
         }
         # SunSpec devices (``sunspec_devices``): the same physics, discovered by clients.
-        self._sunspec = {p.id: SunSpecImage(p) for p in (SUNSPEC_PLANS if sunspec else ())}
+        self._sunspec = {p.id: SunSpecImage(p) for p in (sunspec_plans if sunspec else ())}
         for offset, image in enumerate(self._sunspec.values(), start=len(device_maps)):
             plan = image.plan
             self._servers[plan.id] = DeviceServer(
@@ -299,6 +302,8 @@ class SimulatedSite:
     def _apply_sunspec_write(self, device_id: str, write: AppliedWrite) -> None:
         log.info("%s.%s written: %g", device_id, write.point.name, write.value)
         image = self._sunspec[device_id]
+        if image.plan.on_point is not None:
+            image.plan.on_point(image, write.point.name)
         image.plan.on_write(image, self.building)
 
     def _refresh(self) -> None:

@@ -16,9 +16,13 @@ unimplemented as well: a number without its scale means nothing.
 device                 models                             tied to
 =====================  =================================  =================================
 ``sunspec_inverter``   1, 103, 120, 121, 122, 123, 160    the building's PV inverter: 704
-                       (2 MPPT modules), 701, 704         WMaxLimPct (when WMaxLimPctEna)
+                       (2 MPPT modules), 701, 704, 705    WMaxLimPct (when WMaxLimPctEna)
                                                           and 123 WMaxLimPct (when
-                                                          WMaxLim_Ena) limit its output
+                                                          WMaxLim_Ena) limit its output;
+                                                          its reactive power follows 705's
+                                                          active volt-var curve (when Ena),
+                                                          else 704 VarSet (VarSetEna), else
+                                                          704 PFWInj (PFWInjEna), else 0
 ``sunspec_meter``      1, 203                             the grid connection meter
 ``sunspec_storage``    1, 802, 713, 704                   the battery: 704 WSet (when
                                                           WSetEna) is its power setpoint
@@ -26,6 +30,18 @@ device                 models                             tied to
 
 They are views of the same physics as the plain simulated devices (``devices.py``): the
 SunSpec inverter *is* the PV inverter, speaking SunSpec on its own port.
+``BASIC_INVERTER_PLAN`` is the same inverter without model 705 (an inverter that has no
+autonomous volt-var function: a controller must send it var setpoints through 704).
+
+Volt-var (705) as the SunSpec DER information model has it: two stored curves of four
+points; curve 1 is the active one and read-only, curve 2 is writable. A client writes its
+curve into curve 2, then ``AdptCrvReq`` = 2: the inverter checks the curve (2..NPt active
+points, voltages not decreasing), copies it into curve 1 and says ``AdptCrvRslt`` COMPLETED
+(FAILED, curve 1 unchanged, when it is not a curve). ``Ena`` switches the function on. The
+factory curve is IEEE 1547 Category A ((90 %, +25 %), (100 %, 0), (100 %, 0), (110 %, -25 %)
+of VAMax), so a client that wants Category B must write it. The inverter evaluates curve 1
+itself at its terminal voltage (``physics.reactive_target_var``), with curve 1's ``VRef``
+and open-loop response time ``RspTms``.
 """
 
 from __future__ import annotations
@@ -51,9 +67,10 @@ from gridpilot.model import DataType, Table
 from gridpilot.sim.building import BATTERY, PV_INVERTER, Building
 from gridpilot.sim.devices import DeviceMap, SimPoint
 from gridpilot.sim.image import RegisterImage, saturating_encode
-from gridpilot.sim.physics import InverterState
+from gridpilot.sim.physics import InverterState, ReactiveMode
 
 __all__ = [
+    "BASIC_INVERTER_PLAN",
     "INVERTER_PLAN",
     "METER_PLAN",
     "STORAGE_PLAN",
@@ -93,6 +110,12 @@ class SunSpecPlan:
     on_write: Callable[[SunSpecImage, Building], None]
     """Applies the device's control registers to the physics after a client write."""
     poll_interval_s: float = 1.0
+    read_only: tuple[str, ...] = ()
+    """Key prefixes of points the definition makes writable but this device does not
+    (``"705.Crv[1]."``: the active curve); a write to them is refused."""
+    on_point: Callable[[SunSpecImage, str], None] | None = None
+    """Called with the key of each point a client wrote, before ``on_write`` (for writes
+    that are commands rather than settings, such as 705's ``AdptCrvReq``)."""
 
     def config(self, host: str, port: int) -> dict[str, object]:
         """The device as a site-file ``devices:`` entry: discovered, no register map."""
@@ -139,6 +162,8 @@ class SunSpecImage(RegisterImage):
                     initial.append((at, [length]))
                 else:
                     sim_point, words = _sim_point(key, path, point, at, model.scale_factors)
+                    if key.startswith(plan.read_only):
+                        sim_point = SimPoint(sim_point.spec, sim_point.valid_range, writable=False)
                     points.append(sim_point)
                     initial.append((at, words))
                     self._sentinels[key] = unimplemented_words(point)
@@ -169,6 +194,10 @@ class SunSpecImage(RegisterImage):
         super().update(
             {k: v for k, v in values.items() if k in self._keys and k not in self._unscaled}
         )
+
+    def has(self, key: str) -> bool:
+        """Whether the device has the point (its model is in the plan)."""
+        return key in self._keys
 
     def value(self, key: str) -> float | None:
         """The engineering value a point holds now (None when not implemented)."""
@@ -229,18 +258,32 @@ _COMMON_INVERTER: Values = {
     "1.DA": 1,
 }
 
+_INVERTER_RATING = 100_000.0
+"""W, VA: the same as ``physics.PvParams`` (the nameplate tells clients what the physics is)."""
+_INVERTER_VAR_RATING = 60_000.0
+_NOMINAL_V = 230.0
+
+_VV_CURVES = 2
+_VV_POINTS = 4
+_CATEGORY_A_VOLT_VAR = ((90.0, 25.0), (100.0, 0.0), (100.0, 0.0), (110.0, -25.0))
+"""The factory volt-var curve, % of nominal voltage / % of VAMax (IEEE 1547 Category A)."""
+_ENABLED = 1.0
+_COMPLETED, _FAILED = 1.0, 2.0  # 705 AdptCrvRslt
+_VARS = 4.0  # 704 VarSetMod
+_OVER_EXCITED = 0.0  # 704 PFWInj.Ext
+
 
 def _inverter_values(building: Building, image: SunSpecImage) -> dict[str, float]:
     pv, params = building.state.pv, building.params.pv
     r = building.state.meter.reading
     ac_w = pv.ac_power_w
     volts = r.voltage_v
-    phase_a = [ac_w / 3.0 / v if v > 0 else 0.0 for v in volts]
+    var = pv.reactive_power_var
+    va = math.hypot(ac_w, var)
+    pf = ac_w / va if va > 0.0 else 1.0
+    phase_a = [va / 3.0 / v if v > 0 else 0.0 for v in volts]
     dc_v = 0.0 if pv.dc_power_w <= 0.0 else 720.0 - 0.8 * (pv.heatsink_temperature_degc - 25.0)
     dc_a = pv.dc_power_w / dc_v if dc_v > 0.0 else 0.0
-    pf = _inverter_pf(image)
-    var = ac_w * math.tan(math.acos(pf)) if pf < 1.0 else 0.0
-    va = math.hypot(ac_w, var)
     limit = pv.power_limit_pct
     values = {
         "103.A": sum(phase_a),
@@ -291,36 +334,117 @@ def _inverter_values(building: Building, image: SunSpecImage) -> dict[str, float
     return values
 
 
-def _inverter_pf(image: SunSpecImage) -> float:
-    """The power factor the inverter runs at: 704's PFWInj.PF while PFWInjEna."""
-    if image.value("704.PFWInjEna") != 1.0:
-        return 1.0
-    pf = image.value("704.PFWInj.PF")
-    return 1.0 if pf is None or not 0.0 < pf <= 1.0 else pf
+def _reference(image: SunSpecImage, dept_ref: float | None) -> float:
+    """What 100 % of a var percentage is: 704/705's DeptRef/VarSetMod reference."""
+    match dept_ref:
+        case 0.0:  # W_MAX_PCT
+            return image.value("121.WMax") or _INVERTER_RATING
+        case 1.0 | 2.0:  # VAR_MAX_PCT, VAR_AVAL_PCT
+            return image.value("120.VArRtgQ1") or _INVERTER_VAR_RATING
+        case _:  # VA_MAX_PCT
+            return image.value("121.VAMax") or _INVERTER_RATING
+
+
+def _volt_var_mode(image: SunSpecImage) -> ReactiveMode | None:
+    """The active volt-var curve (705 curve 1) as the physics runs it, or None."""
+    if not image.has("705.Ena") or image.value("705.Ena") != _ENABLED:
+        return None
+    curve = _curve(image, 1)
+    if curve is None:
+        return None
+    scale = _reference(image, image.value("705.Crv[1].DeptRef")) / 100.0
+    return ReactiveMode(
+        kind="volt_var",
+        curve=tuple((v / 100.0, q * scale) for v, q in curve),
+        v_ref_pu=(image.value("705.Crv[1].VRef") or 100.0) / 100.0,
+        response_s=image.value("705.Crv[1].RspTms") or 0.0,
+    )
+
+
+def _curve(image: SunSpecImage, index: int) -> tuple[tuple[float, float], ...] | None:
+    """Curve ``index``'s active points (% V, % of its reference), None when it is no curve:
+    fewer than 2 or more than NPt points, a point missing, voltages going down."""
+    active = image.value(f"705.Crv[{index}].ActPt")
+    if active is None or not 2 <= active <= _VV_POINTS:
+        return None
+    points: list[tuple[float, float]] = []
+    for k in range(1, int(active) + 1):
+        v = image.value(f"705.Crv[{index}].Pt[{k}].V")
+        q = image.value(f"705.Crv[{index}].Pt[{k}].Var")
+        if v is None or q is None or (points and v < points[-1][0]):
+            return None
+        points.append((v, q))
+    return tuple(points)
+
+
+def _inverter_point(image: SunSpecImage, key: str) -> None:
+    """705 ``AdptCrvReq``: copy the requested curve into the active curve 1, if it is one."""
+    if key != "705.AdptCrvReq":
+        return
+    index = image.value("705.AdptCrvReq")
+    if index is None or index == 0.0:
+        return  # 0: no request
+    n = int(index)
+    if not 2 <= n <= _VV_CURVES or _curve(image, n) is None:
+        image.update_static({"705.AdptCrvRslt": _FAILED})
+        return
+    copied: dict[str, float | str] = {}
+    for name in ("ActPt", "DeptRef", "Pri", "VRef", "RspTms"):
+        copied[f"705.Crv[1].{name}"] = image.value(f"705.Crv[{n}].{name}") or 0.0
+    for k in range(1, _VV_POINTS + 1):
+        for name in ("V", "Var"):
+            copied[f"705.Crv[1].Pt[{k}].{name}"] = (
+                image.value(f"705.Crv[{n}].Pt[{k}].{name}") or 0.0
+            )
+    copied["705.AdptCrvRslt"] = _COMPLETED
+    image.update_static(copied)
 
 
 def _inverter_write(image: SunSpecImage, building: Building) -> None:
-    """The effective active-power limit: the lower of the enabled limits of 704 and 123."""
+    """The effective active-power limit (the lower of the enabled limits of 704 and 123)
+    and the reactive-power mode (705 volt-var, else 704 VarSet, else 704 PFWInj)."""
     limits = [100.0]
-    if image.value("704.WMaxLimPctEna") == 1.0:
+    if image.value("704.WMaxLimPctEna") == _ENABLED:
         limits.append(image.value("704.WMaxLimPct") or 0.0)
-    if image.value("123.WMaxLim_Ena") == 1.0:
+    if image.value("123.WMaxLim_Ena") == _ENABLED:
         limits.append(image.value("123.WMaxLimPct") or 0.0)
     building.write_point(PV_INVERTER, "power_limit_pct", max(0.0, min(limits)))
+    building.set_pv_reactive_mode(_reactive_mode(image))
 
 
-def _inverter_static() -> Values:
-    rating = 100_000.0
-    return {
+def _reactive_mode(image: SunSpecImage) -> ReactiveMode:
+    volt_var = _volt_var_mode(image)
+    if volt_var is not None:
+        return volt_var
+    if image.value("704.VarSetEna") == _ENABLED:
+        mode = image.value("704.VarSetMod")
+        if mode == _VARS:
+            var = image.value("704.VarSet") or 0.0
+        else:
+            var = (image.value("704.VarSetPct") or 0.0) / 100.0 * _reference(image, mode)
+        return ReactiveMode(kind="var", var=var)
+    if image.value("704.PFWInjEna") == _ENABLED:
+        pf = image.value("704.PFWInj.PF")
+        if pf is not None and 0.0 < pf < 1.0:
+            injecting = image.value("704.PFWInj.Ext") in (None, _OVER_EXCITED)
+            return ReactiveMode(kind="power_factor", pf=pf, injecting=injecting)
+    return ReactiveMode()
+
+
+def _inverter_static(*, volt_var: bool) -> Values:
+    rating = _INVERTER_RATING
+    values: dict[str, float | str] = {
         **_COMMON_INVERTER,
         "120.DERTyp": 4.0,  # PV
         "120.WRtg": rating,
         "120.VARtg": rating,
+        "120.VArRtgQ1": _INVERTER_VAR_RATING,
+        "120.VArRtgQ4": -_INVERTER_VAR_RATING,
         "120.ARtg": 150.0,
         "120.PFRtgQ1": -0.8,
         "120.PFRtgQ4": 0.8,
         "121.WMax": rating,
-        "121.VRef": 230.0,
+        "121.VRef": _NOMINAL_V,
         "121.VMax": 253.0,
         "121.VMin": 195.0,
         "121.VAMax": rating,
@@ -344,16 +468,44 @@ def _inverter_static() -> Values:
         "704.WMaxLimPctRvrt": 100.0,
         "704.WMaxLimPctEnaRvrt": 0.0,
         "704.WMaxLimPctRvrtTms": 0.0,
+        "704.VarSetEna": 0.0,
+        "704.VarSetMod": _VARS,
+        "704.VarSetPri": 1.0,  # REACTIVE
+        "704.VarSet": 0.0,
+        "704.VarSetPct": 0.0,
         "704.AntiIslEna": 1.0,
     }
+    if volt_var:
+        values |= {
+            "705.Ena": 0.0,
+            "705.AdptCrvReq": 0.0,
+            "705.AdptCrvRslt": _COMPLETED,
+            "705.NPt": float(_VV_POINTS),
+            "705.NCrv": float(_VV_CURVES),
+            "705.RvrtTms": 0.0,
+            "705.RvrtRem": 0.0,
+            "705.RvrtCrv": 0.0,
+        }
+        for n in range(1, _VV_CURVES + 1):
+            values |= {
+                f"705.Crv[{n}].ActPt": float(len(_CATEGORY_A_VOLT_VAR)),
+                f"705.Crv[{n}].DeptRef": 3.0,  # VA_MAX_PCT
+                f"705.Crv[{n}].Pri": 1.0,  # REACTIVE
+                f"705.Crv[{n}].VRef": 100.0,
+                f"705.Crv[{n}].VRefAuto": 100.0,
+                f"705.Crv[{n}].VRefAutoEna": 0.0,
+                f"705.Crv[{n}].VRefAutoTms": 0.0,
+                f"705.Crv[{n}].RspTms": 10.0,
+                f"705.Crv[{n}].ReadOnly": 1.0 if n == 1 else 0.0,  # R / RW
+            }
+            for k, (v, q) in enumerate(_CATEGORY_A_VOLT_VAR, start=1):
+                values[f"705.Crv[{n}].Pt[{k}].V"] = v
+                values[f"705.Crv[{n}].Pt[{k}].Var"] = q
+    return values
 
 
-INVERTER_PLAN = SunSpecPlan(
-    id="sunspec_inverter",
-    name="PV inverter 100 kW (SunSpec models 1/103/120-123/160/701/704)",
-    unit_id=1,
-    base=40000,
-    models=(
+def _inverter_plan(*, volt_var: bool) -> SunSpecPlan:
+    models = [
         SunSpecModelPlan(1),
         SunSpecModelPlan(
             103,
@@ -398,13 +550,37 @@ INVERTER_PLAN = SunSpecPlan(
                 "Tmp_SF": -1,
             },
         ),
-        SunSpecModelPlan(704, {"PF_SF": -3, "WMaxLimPct_SF": -1}),
-    ),
-    static=_inverter_static(),
-    values=_inverter_values,
-    on_write=_inverter_write,
-    poll_interval_s=1.0,
-)
+        SunSpecModelPlan(
+            704, {"PF_SF": -3, "WMaxLimPct_SF": -1, "VarSet_SF": 0, "VarSetPct_SF": -1}
+        ),
+    ]
+    if volt_var:
+        models.append(
+            SunSpecModelPlan(
+                705,
+                {"V_SF": -1, "DeptRef_SF": -1, "RspTms_SF": 0},
+                counts={"Crv": _VV_CURVES, "Pt": _VV_POINTS},
+            )
+        )
+    names = "1/103/120-123/160/701/704" + ("/705" if volt_var else "")
+    return SunSpecPlan(
+        id="sunspec_inverter",
+        name=f"PV inverter 100 kW (SunSpec models {names})",
+        unit_id=1,
+        base=40000,
+        models=tuple(models),
+        static=_inverter_static(volt_var=volt_var),
+        values=_inverter_values,
+        on_write=_inverter_write,
+        poll_interval_s=1.0,
+        read_only=("705.Crv[1].",),
+        on_point=_inverter_point,
+    )
+
+
+INVERTER_PLAN = _inverter_plan(volt_var=True)
+BASIC_INVERTER_PLAN = _inverter_plan(volt_var=False)
+"""The same inverter without 705: volt-var only through a controller's 704 var setpoints."""
 
 # ---------------------------------------------------------------------------- meter
 

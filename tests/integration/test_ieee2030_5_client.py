@@ -420,3 +420,31 @@ async def test_client_posts_mirror_readings_at_the_servers_post_rate(
     gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(posts)]
     assert all(gap >= 0.9 for gap in gaps), gaps
     assert updates[-1].status["mirrors"][-1]["http_status"] == 201
+
+
+async def test_server_outage_backs_off_and_keeps_the_last_good_controls(
+    pki: PkiFiles, server: UtilityServer, tmp_path: Path
+) -> None:
+    now = server.now_s()
+    mrid = server.add_event(watts(4200), start=now - 1, duration=300)
+    cfg = client_config(pki, server, poll_rate_s=0.1, request_timeout_s=2)
+    async with CsipClient(cfg, base_dir=tmp_path) as client:
+        await client.step_once()
+        await server.stop()
+        await asyncio.sleep(0.15)
+        down = await client.step_once()
+        error = client.last_error or ""
+        assert server.url in error
+        assert "check the server address" in error
+        kept = down.result.controls["opModExpLimW"]
+        assert (kept.value.value, kept.mrid) == (4200.0, mrid)
+        # Steps while the server is away (backing off) hold the same controls.
+        requests = len(server.record.requests)
+        again = await client.step_once()
+        assert again.result.controls["opModExpLimW"].mrid == mrid
+        await server.start()  # same port
+        async with asyncio.timeout(10):
+            while client.last_error is not None:
+                await asyncio.sleep(0.2)
+                await client.step_once()
+    assert len(server.record.requests) > requests

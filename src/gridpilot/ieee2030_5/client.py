@@ -501,6 +501,11 @@ class CsipClient:
         except (XmlRejected, Ieee2030_5Error) as exc:
             self._href_errors.pop(href, None)  # re-insert: the newest error reads last
             self._href_errors[href] = str(exc)
+            if isinstance(exc, ServerRefusedError) and exc.status in (404, 410):
+                # Gone, not broken: a copy of a resource the server removed is not kept
+                # (an EndDevice it forgot is registered again).
+                self._cache.pop(href, None)
+                cached = None
             if cached is not None and isinstance(cached.doc, model):
                 # Keep the last good copy; look again at the same rate.
                 cached.due = mono + cached.rate

@@ -5,7 +5,8 @@ Publishes (bus contracts of issue 6, both retained):
 - ``gridpilot/v1/{site}/grid/controls`` whenever the controls in force change and at least
   every ``publish_interval_s`` (60 s), with ``valid_until`` so a consumer can tell a stale
   message from a client that stopped;
-- ``gridpilot/v1/{site}/ieee2030_5/status`` whenever anything in it changes.
+- ``gridpilot/v1/{site}/ieee2030_5/status`` whenever anything in it changes, and at least
+  every ``publish_interval_s`` too (its ``ts`` shows the client is alive).
 
 Restart policy: 2030.5 failures (server down, refusals, rejected documents) are handled
 inside the client with backoff and never end the service; an unexpected exception is
@@ -74,6 +75,7 @@ class Ieee2030_5Service:  # noqa: N801 -- the standard's name
         self._last_controls: bytes | None = None
         self._controls_sent_at = -float("inf")
         self._last_status: bytes | None = None
+        self._status_sent_at = -float("inf")
 
     async def __aenter__(self) -> Self:
         await self.client.__aenter__()
@@ -139,11 +141,12 @@ class Ieee2030_5Service:  # noqa: N801 -- the standard's name
                 self._controls_sent_at = mono
             status: dict[str, Any] = dict(status_message(snapshot))
             compare = orjson.dumps({k: v for k, v in status.items() if k != "ts"})
-            if compare != self._last_status:
+            if compare != self._last_status or mono - self._status_sent_at >= interval:
                 await bus.publish(
                     str(Topic.ieee2030_5_status(self.site)), orjson.dumps(status), retain=True
                 )
                 self._last_status = compare
+                self._status_sent_at = mono
         except BusError as exc:
             # The bus client queues and reconnects; only a full queue lands here.
             log.warning("IEEE 2030.5 client: cannot publish: %s", exc)

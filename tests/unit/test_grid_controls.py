@@ -17,6 +17,9 @@ from gridpilot.control.grid_controls import (
     encode_grid_controls,
     parse_grid_controls,
 )
+from gridpilot.ieee2030_5.client import Snapshot, controls_message
+from gridpilot.ieee2030_5.controls import ControlValue
+from gridpilot.ieee2030_5.schedule import Effective, ScheduleState, StepResult
 
 TS = "2026-11-27T10:00:00Z"
 UNTIL = "2026-11-27T10:05:00Z"
@@ -152,3 +155,37 @@ def test_a_bad_message_is_refused_with_its_reason(case: str, payload: bytes, rea
 def test_the_refusal_names_the_mode_at_fault() -> None:
     with pytest.raises(GridControlsError, match=r"^controls\.opModMaxLimW: "):
         parse_grid_controls(message({"opModExpLimW": mode(1), "opModMaxLimW": mode(101)}))
+
+
+def test_what_the_2030_5_client_publishes_parses() -> None:
+    """Contract 1 end to end: the client's own message builder, every kind of mode."""
+    curve = {"points": [[0.92, 44.0], [1.08, -44.0]], "x": "V_pu", "y": "var_pct_of_VA",
+             "open_loop_s": 5.0}  # fmt: skip
+    values = {
+        "opModExpLimW": ControlValue(5000.0, "W"),
+        "opModStorageTargetW": ControlValue(-2000.0, "W"),
+        "opModConnect": ControlValue(True),
+        "opModMaxLimW": ControlValue(60.0, "%"),
+        "opModFixedVar": ControlValue(-10.0, "%"),
+        "opModTargetVar": ControlValue(1000.0, "var"),
+        "opModFixedPFInjectW": ControlValue({"pf": 0.95, "excitation": "over"}),
+        "opModVoltVar": ControlValue(curve),
+        "opModFreqDroop": ControlValue({"db_of_hz": 0.036, "db_uf_hz": 0.036, "k_of_pct": 5.0,
+                                        "k_uf_pct": 5.0, "open_loop_s": 5.0}),
+    }  # fmt: skip
+    controls = {
+        mode: Effective(value, "event", "A1B2", 1, "/derp/1") for mode, value in values.items()
+    }
+    result = StepResult(ScheduleState("x"), controls, [], [], None)
+    message = controls_message(
+        Snapshot(now=1_800_000_000.0, result=result, status={}), publish_interval_s=60
+    )
+    parsed = parse_grid_controls(orjson.dumps(message))
+    assert parsed.valid_until - parsed.ts == timedelta(minutes=2)
+    assert parsed.modes["opModExpLimW"].value == 5000.0
+    assert parsed.modes["opModFixedPFInjectW"].value == PowerFactor(0.95, "over")
+    voltvar = parsed.modes["opModVoltVar"].value
+    assert isinstance(voltvar, Curve)
+    assert voltvar.points == ((0.92, 44.0), (1.08, -44.0))
+    # not applied by this module, but not refused either
+    assert set(parsed.other) == {"opModStorageTargetW", "opModFreqDroop"}

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,12 @@ import pytest
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.config import GridPilotConfig
 from gridpilot.control.factory import build_controllers
+from gridpilot.control.grid_controls import ControlMode, GridControls, encode_grid_controls
+from gridpilot.control.grid_controls import Curve as GridCurve
 from gridpilot.control.ieee1547 import Curve, VoltVar, volt_var_q_pu
 from gridpilot.control.service import ControllerService
 from gridpilot.gateway.service import GatewayService
+from gridpilot.model import Topic
 from gridpilot.sim.building import BuildingParams
 from gridpilot.sim.physics import MeterParams
 from gridpilot.sim.site import SimulatedSite
@@ -252,3 +255,60 @@ async def test_volt_var_by_704_setpoints_drives_an_inverter_without_705(
             and r.json["status"] == "applied"
         ]
         assert applied
+
+
+async def test_the_utilitys_volt_var_curve_from_2030_5_goes_into_the_inverter(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
+) -> None:
+    """The 2030.5 client's ``opModVoltVar`` (retained on ``{site}/grid/controls``) replaces
+    the configured Category B curve: written into 705 and followed by the inverter."""
+    volt_var = {"mode": "sunspec_curve", "device": INVERTER}
+    async with running_loop(INVERTER_PLAN, mosquitto, site_id, volt_var, tmp_path) as site:
+        await observer.wait_for(
+            lambda r: (
+                (values := inverter_telemetry(r)) is not None
+                and values.get("m705_ena_state") == 1.0
+                and values.get("m705_crv_1_pt_1_v_pct") == 92.0
+            ),
+            within=60.0,
+        )
+        # A steeper utility curve (percent of rated VA, as the client converts DERCurves).
+        points = ((0.95, 30.0), (0.99, 0.0), (1.01, 0.0), (1.05, -30.0))
+        curve = GridCurve(points, "V_pu", "var_pct_of_VA", open_loop_s=5.0)
+        mode = ControlMode("opModVoltVar", curve, "event", mrid="A1B2C3D4", primacy=1)
+        controls = GridControls(site.now, "ieee2030_5", site.now + timedelta(hours=1),
+                                {"opModVoltVar": mode})  # fmt: skip
+        await observer.client.publish(
+            str(Topic.grid_controls(site_id)), encode_grid_controls(controls), qos=1, retain=True
+        )
+        record = await observer.wait_for(
+            lambda r: (
+                (values := inverter_telemetry(r)) is not None
+                and values.get("m705_crv_1_pt_1_v_pct") == 95.0
+                and values.get("m705_ena_state") == 1.0
+            ),
+            within=60.0,
+        )
+        values = inverter_telemetry(record)
+        assert values is not None
+        assert [values[f"m705_crv_1_pt_{k}_v_pct"] for k in range(1, 5)] == [
+            95.0,
+            99.0,
+            101.0,
+            105.0,
+        ]
+        assert [values[f"m705_crv_1_pt_{k}_var_pct"] for k in range(1, 5)] == [
+            30.0,
+            0.0,
+            0.0,
+            -30.0,
+        ]
+        # 1.03 pu: halfway down the utility's slope, -15 kvar (Category B would give -7.3).
+        site.building.set_grid_voltage(1.03)
+        assert await settled_var(observer, -15_000.0) == pytest.approx(-15_000.0, abs=TOLERANCE_VAR)
+        # The controller said which curve it follows.
+        assert any(
+            r.topic == f"gridpilot/v1/{site_id}/events"
+            and b"volt-var curve now the utility one" in r.payload
+            for r in observer.records
+        )

@@ -249,6 +249,7 @@ def test_705_sequence_write_adopt_enable_closed_on_telemetry() -> None:
         "m705_crv_2_pt_3_var_pct": 0.0,
         "m705_crv_2_pt_4_v_pct": 108.0,
         "m705_crv_2_pt_4_var_pct": -44.0,
+        "m705_adptcrvreq_count": 0.0,  # no adoption while writing
     }
     assert {r.priority for r in writing.requests} == {Priority.GRID_OPERATOR}
     assert writing.metrics["curve_step_state"] == 0.0

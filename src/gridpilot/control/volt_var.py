@@ -20,7 +20,8 @@ default). Two ways to apply it, by ``mode``:
 
     1. write the curve into the writable stored curve ``curve_index`` (points in % of
        nominal voltage and % of VAMax, ``DeptRef`` VA_MAX_PCT, V_ref, response time);
-    2. once the telemetry shows it there, request ``AdptCrvReq`` = ``curve_index``;
+    2. once the telemetry shows it there, request ``AdptCrvReq`` = ``curve_index`` (0, "no
+       request", while writing, so that each adoption is a new command);
     3. once the active curve 1 reads back as the wanted one, ``Ena`` = 1.
 
     A device that loses the curve (reboot, another client) starts the sequence again by
@@ -335,7 +336,12 @@ class VoltVarController:
         if not adopted:
             for name, value in wanted.items():
                 request(f"{stored}_{name}", value, f"volt-var curve into 705 curve {p.curve_index}")
-            if written:
+            if not written:
+                # 0 = no adoption requested. Sent while writing, so that the request that
+                # follows is a change: the engine sends an unchanged target again only after
+                # resend_after, and a second adoption of the same curve index would wait.
+                request("adptcrvreq_count", 0.0, "no adoption while the curve is written")
+            else:
                 request("adptcrvreq_count", float(p.curve_index), "adopt the volt-var curve")
                 result = snapshot.value(ref("adptcrvrslt_state"), p.max_age_s)
                 if result == _ADOPT_FAILED and state.step == "adopt":

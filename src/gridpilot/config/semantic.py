@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from gridpilot.fieldbus.sunspec import known_model_ids
 from gridpilot.model import DataType, Table, unit_of
 
 Loc = tuple[str | int, ...]
@@ -224,6 +225,7 @@ def _check_control_refs(control: dict[str, Any], devices: list[Any]) -> Iterator
     would otherwise leave a controller blind (its input never arrives) or deaf (its command
     rejected by the gateway) at run time."""
     points: dict[str, set[str]] = {}
+    sunspec: dict[str, dict[str, Any]] = {}
     for device in devices:
         if isinstance(device, dict) and isinstance(device.get("id"), str):
             names = {
@@ -232,6 +234,8 @@ def _check_control_refs(control: dict[str, Any], devices: list[Any]) -> Iterator
                 if isinstance(p, dict) and isinstance(p.get("point"), str)
             }
             points[device["id"]] = names
+            if isinstance(device.get("sunspec"), dict):
+                sunspec[device["id"]] = device["sunspec"]
     own_id = control.get("id", "controller")
     for loc, text in _walk_strings(control, ("control",)):
         if not _POINT_REF.match(text):
@@ -244,8 +248,37 @@ def _check_control_refs(control: dict[str, Any], devices: list[Any]) -> Iterator
         if device not in points:
             known = ", ".join(sorted(points)) or "none configured"
             yield Finding(loc, f"{text!r}: no device {device!r} (devices: {known})")
+        elif device in sunspec and point not in points[device]:
+            problem = _sunspec_point_problem(point, sunspec[device])
+            if problem is not None:
+                yield Finding(loc, f"{text!r}: {problem}")
         elif point not in points[device]:
             yield Finding(loc, f"{text!r}: device {device!r} has no point {point!r}")
+
+
+_SUNSPEC_POINT = re.compile(r"^m(\d+)_[a-z0-9_]+$")
+
+
+def _sunspec_point_problem(point: str, settings: dict[str, Any]) -> str | None:
+    """What is wrong with ``point`` on a SunSpec device, or None. Its points are found at
+    discovery, so only the model can be checked here: a known SunSpec model, one the device's
+    ``models`` selection keeps, and a point its ``points`` selection keeps."""
+    match = _SUNSPEC_POINT.match(point)
+    if match is None:
+        return (
+            f"{point!r} is not a SunSpec point name (m<model>_<point>_<unit>, e.g. m103_w; "
+            "`gridpilot devices scan` lists the device's)"
+        )
+    model = int(match.group(1))
+    if model not in known_model_ids():
+        return f"SunSpec has no model {model} (in {point!r})"
+    models = settings.get("models")
+    if isinstance(models, list) and model not in models:
+        return f"model {model} is not in the device's sunspec.models, so {point!r} is not read"
+    selected = settings.get("points")
+    if isinstance(selected, list) and point not in selected:
+        return f"{point!r} is not in the device's sunspec.points, so it is not published"
+    return None
 
 
 def _check_points(i: int, device: dict[str, Any]) -> Iterator[Finding]:

@@ -118,6 +118,7 @@ async def test_wrong_registration_pin_is_refused_and_nothing_is_followed(
         snapshot = await client.step_once()
     assert snapshot.status["registered"] is True
     assert snapshot.status["pin_ok"] is False
+    assert snapshot.ready is True  # "nothing in force" is then the truth to publish
     assert "PIN" in (client.last_error or "")
     assert str(PIN) in (client.last_error or "")
     assert snapshot.result.controls == {}  # neither the event nor the default
@@ -442,6 +443,13 @@ async def test_server_outage_backs_off_and_keeps_the_last_good_controls(
         requests = len(server.record.requests)
         again = await client.step_once()
         assert again.result.controls["opModExpLimW"].mrid == mrid
+        # A client starting while the server is away knows nothing yet: not "ready", so
+        # the service does not publish an empty grid/controls over the retained one.
+        async with CsipClient(cfg, base_dir=tmp_path) as fresh:
+            blind = await fresh.step_once()
+        assert blind.ready is False
+        assert blind.result.controls == {}
+        assert down.ready is True
         await server.start()  # same port
         async with asyncio.timeout(10):
             while client.last_error is not None:

@@ -275,6 +275,9 @@ class Snapshot:
     now: float
     result: StepResult
     status: Mapping[str, Any]
+    ready: bool = True
+    """False until the client has walked the server once: its controls mean "not known
+    yet", not "nothing in force", and are not published."""
 
 
 def _rfc3339(seconds: float) -> str:
@@ -359,6 +362,12 @@ class CsipClient:
         self._http: HttpSession | None = None
         self._httpx: httpx.AsyncClient | None = None
         self._cache: dict[str, _Cached] = {}
+        # Cache keys used by the current walk: their due times wake the loop, and the
+        # others (a program that went away, old pages) are dropped after a full walk.
+        self._touched: set[str] = set()
+        self.ready = False
+        """True once a walk completed (the controls then reflect the server), or the PIN
+        was found wrong (then "nothing in force" is the truth)."""
         self._offset = _ClockOffset()
         self._schedule = ScheduleState(seed=self.lfdi)
         self._pending: deque[ResponseToPost] = deque(maxlen=_MAX_PENDING_RESPONSES)
@@ -443,20 +452,28 @@ class CsipClient:
         """One round: fetch what is due, advance the schedule, post responses and mirrors."""
         mono = self._mono()
         if mono >= self._retry_at:
+            self._touched = set()
             try:
                 await self._refresh(mono)
             except (Ieee2030_5Error, XmlRejected) as exc:
                 self._failed(exc)
+                if self.pin_ok is False:
+                    self.ready = True
             else:
                 self._failures = 0
                 self._general_error = None
+                self.ready = True
+                for stale in set(self._cache) - self._touched:
+                    del self._cache[stale]
         now = self.server_now()
         result = step(self._schedule, self._documents(), now, supported_modes=self.supported_modes)
         self._schedule = result.state
         self._pending.extend(result.responses)
         await self._post_responses()
         await self._post_mirrors(now)
-        snapshot = Snapshot(now=now, result=result, status=self._status(now, result))
+        snapshot = Snapshot(
+            now=now, result=result, status=self._status(now, result), ready=self.ready
+        )
         self.last = snapshot
         return snapshot
 
@@ -474,8 +491,10 @@ class CsipClient:
 
     def _sleep_s(self, snapshot: Snapshot) -> float:
         mono = self._mono()
-        wakes = [self._retry_at] if self._failures else []
-        wakes += [c.due for c in self._cache.values()]
+        if self._failures:
+            wakes = [self._retry_at]
+        else:
+            wakes = [self._cache[k].due for k in self._touched if k in self._cache]
         if snapshot.result.next_change is not None:
             wakes.append(mono + (snapshot.result.next_change - snapshot.now))
         if self._pending:
@@ -493,6 +512,7 @@ class CsipClient:
         """``href`` as ``model``: the cached copy while its pollRate has not run out, else
         fetched again. A failed fetch keeps the cached copy (and records the error); with
         none cached it raises when ``required``, else gives None."""
+        self._touched.add(href)
         cached = self._cache.get(href)
         if cached is not None and mono < cached.due and isinstance(cached.doc, model):
             return cached.doc
@@ -564,6 +584,7 @@ class CsipClient:
         await self._report_der(device, base_rate, mono)
 
     async def _sync_clock(self, href: str, rate: float, mono: float) -> None:
+        self._touched.add(href)
         cached = self._cache.get(href)
         if cached is not None and mono < cached.due:
             return
@@ -715,6 +736,7 @@ class CsipClient:
                     ),
                 )
             )
+        self._touched.add("der-status")
         status_cached = self._cache.get("der-status")
         if status_cached is None or mono >= status_cached.due:
             puts.append(

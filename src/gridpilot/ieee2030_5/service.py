@@ -133,7 +133,10 @@ class Ieee2030_5Service:  # noqa: N801 -- the standard's name
         body = orjson.dumps(controls["controls"], option=orjson.OPT_SORT_KEYS)
         mono = time.monotonic()
         try:
-            if body != self._last_controls or mono - self._controls_sent_at >= interval:
+            # Before the first walk the client knows nothing: publishing "{}" then would
+            # clear the controls a previous run left retained.
+            due = body != self._last_controls or mono - self._controls_sent_at >= interval
+            if snapshot.ready and due:
                 await bus.publish(
                     str(Topic.grid_controls(self.site)), orjson.dumps(controls), retain=True
                 )

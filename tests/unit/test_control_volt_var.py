@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from gridpilot.config import GridPilotConfig
 from gridpilot.control.base import Decision, PointRef, Priority, Reading, Snapshot
 from gridpilot.control.grid_controls import ControlMode, Curve, GridControls
+from gridpilot.control.params import controller_params, with_params
 from gridpilot.control.volt_var import VoltVarController, VoltVarParams, VoltVarState
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -306,3 +308,22 @@ def test_705_encodes_v_ref_and_a_device_without_enough_points_is_waited_for() ->
 def test_params_are_checked(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         params(**overrides)
+
+
+def test_params_dump_reads_back_and_can_be_changed_at_run_time() -> None:
+    config = GridPilotConfig.model_validate(
+        {
+            "site": {"id": "hq"},
+            "devices": [{"id": INV, "host": "127.0.0.1", "port": 1502, "sunspec": {}}],
+            "control": {"journal": None, "volt_var": params().model_dump(mode="json")},
+        }
+    )
+    dumped = controller_params(config)["volt_var"]
+    assert dumped["enable"] == {"inv.m704_varsetena_state": 1.0}
+    assert VoltVarParams.model_validate(dumped) == params()
+    controller, changed = with_params(config, "volt_var", {"v_ref_pu": 1.02})
+    assert isinstance(controller, VoltVarController)
+    assert controller.params.v_ref_pu == 1.02
+    assert changed.control is not None
+    assert changed.control.volt_var is not None
+    assert changed.control.volt_var.enable == {ENABLE: 1.0}

@@ -35,6 +35,8 @@ def _sections(control: ControlConfig) -> dict[str, tuple[str, int | None]]:
     out: dict[str, tuple[str, int | None]] = {}
     if control.grid_operator is not None:
         out["grid_operator"] = ("grid_operator", None)
+    if control.volt_var is not None:
+        out["volt_var"] = ("volt_var", None)
     if control.peak_shaving is not None:
         out[control.peak_shaving.name] = ("peak_shaving", None)
     if control.pv_export is not None:

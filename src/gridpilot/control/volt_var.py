@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 from gridpilot.control.base import (
     Decision,
@@ -114,6 +114,11 @@ class VoltVarParams(BaseModel):
     """``sunspec_curve`` mode: the writable stored curve to write and adopt (curve 1 is the
     active, read-only one)."""
     priority: Priority = Priority.GRID_OPERATOR
+
+    @field_serializer("enable")
+    def _enable_as_text(self, enable: dict[PointRef, float]) -> dict[str, float]:
+        # Keys as the site file writes them ("device.point"), so that a dump reads back.
+        return {str(ref): value for ref, value in enable.items()}
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -31,8 +31,15 @@ from gridpilot.config.models import RetentionConfig
 from gridpilot.ieee2030_5.client import CsipClient, Snapshot
 from gridpilot.ieee2030_5.identity import lfdi_of_pem, with_check_digit
 from gridpilot.ieee2030_5.mirror import StorageMirrorPoster, specs_from_config
-from gridpilot.ieee2030_5.models import ActivePower, DERControlBase
+from gridpilot.ieee2030_5.models import (
+    ActivePower,
+    DERControlBase,
+    DERProgram,
+    DERProgramList,
+    ListLink,
+)
 from gridpilot.ieee2030_5.tls import PkiFiles, make_test_pki
+from gridpilot.ieee2030_5.xmlsafe import serialize
 from gridpilot.model import Sample
 from gridpilot.model.time import parse_timestamp_ms
 from gridpilot.model.topics import Topic
@@ -456,3 +463,44 @@ async def test_server_outage_backs_off_and_keeps_the_last_good_controls(
                 await asyncio.sleep(0.2)
                 await client.step_once()
     assert len(server.record.requests) > requests
+
+
+async def test_poll_rate_is_honoured_per_resource(
+    pki: PkiFiles, server: UtilityServer, tmp_path: Path
+) -> None:
+    """DeviceCapability and the EndDevice say 60 s; the DERProgramList says 1 s, which also
+    governs the program's lists below it. Over ~2.5 s of steps the program list and its
+    DERControlList are fetched again each second, the rest once."""
+    server.poll_rate_s = 60
+    program_list = DERProgramList(
+        href="/derp",
+        all_=1,
+        results=1,
+        pollRate=1,
+        DERProgram=[
+            DERProgram(
+                href="/derp/1",
+                mRID="A0" * 16,
+                primacy=1,
+                DERControlListLink=ListLink(href="/derp/1/derc", all_=0),
+            )
+        ],
+    )
+    server.serve_raw("/derp", serialize(program_list))
+    async with CsipClient(client_config(pki, server), base_dir=tmp_path) as client:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 2.5
+        while loop.time() < end:
+            await client.step_once()
+            await asyncio.sleep(0.1)
+    assert client.last_error is None
+    gets: dict[str, int] = {}
+    for request in server.record.requests:
+        if request.method == "GET":
+            gets[request.path] = gets.get(request.path, 0) + 1
+    assert gets["/dcap"] == 1
+    assert gets["/tm"] == 1
+    assert gets["/edev/1"] == 1
+    assert gets["/edev/1/reg"] == 1
+    assert 2 <= gets["/derp"] <= 3  # at 0, ~1 and ~2 s (a loaded machine may step later)
+    assert gets["/derp/1/derc"] == gets["/derp"]

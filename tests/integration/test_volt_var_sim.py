@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gridpilot.bus.client import BrokerAddress
-from gridpilot.config import GridPilotConfig
+from gridpilot.config import GridPilotConfig, load_config
 from gridpilot.control.factory import build_controllers
 from gridpilot.control.grid_controls import ControlMode, GridControls, encode_grid_controls
 from gridpilot.control.grid_controls import Curve as GridCurve
@@ -312,3 +315,41 @@ async def test_the_utilitys_volt_var_curve_from_2030_5_goes_into_the_inverter(
             and b"volt-var curve now the utility one" in r.payload
             for r in observer.records
         )
+
+
+async def test_gridpilot_sim_holds_the_grid_voltage_it_is_given(tmp_path: Path) -> None:
+    """``gridpilot sim --grid-voltage 1.06``: the SunSpec inverter, scanned over Modbus TCP,
+    measures 1.06 pu (within what the site's own flows and the noise add)."""
+    site_file = tmp_path / "sim.yaml"
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridpilot", "sim", "--base-port", "0", "--sunspec",
+        "--grid-voltage", "1.06", "--write-config", str(site_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert sim.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            while not any("site file written" in line for line in lines):
+                line = (await sim.stdout.readline()).decode()
+                assert line, "sim exited early"
+                lines.append(line)
+        assert "grid voltage held at 1.06 pu\n" in lines
+        config = load_config(site_file)
+        (inverter,) = [d for d in config.devices if d.id == INVERTER]
+        scan = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gridpilot", "devices", "scan",
+            f"tcp://127.0.0.1:{inverter.port}", "--units", "1", "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(60):
+            out, err = await scan.communicate()
+        assert scan.returncode == 0, err.decode()
+        (unit,) = orjson.loads(out)["units"]
+        models = {m["id"]: m for m in unit["models"]}
+        volts = models[701]["points"]["LNV"]["value"]
+        assert volts == pytest.approx(1.06 * NOMINAL_V, abs=3.0)  # 243.8 V, not ~231.5
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(sim.communicate(), timeout=15)
+    assert sim.returncode == 0, err.decode()

@@ -111,6 +111,12 @@ def run(service: str, config: Path, instance: str, port: int | None) -> None:
     help="Also serve a SunSpec inverter, meter and storage (models from pysunspec2's "
     "definitions; try `gridpilot devices scan tcp://127.0.0.1:PORT`).",
 )
+@click.option(
+    "--grid-voltage",
+    type=click.FloatRange(0.5, 1.5),
+    help="Hold the grid's no-load voltage at this many per unit of nominal (e.g. 1.06 for an "
+    "over-voltage that volt-var and volt-watt answer); default: nominal plus the tap.",
+)
 def sim(
     base_port: int,
     speed: float,
@@ -119,6 +125,7 @@ def sim(
     rtu_port: str | None,
     rtu_gateway_port: str | None,
     sunspec: bool,
+    grid_voltage: float | None,
 ) -> None:
     """Serve the simulated building's Modbus TCP devices on 127.0.0.1 until SIGTERM."""
     from gridpilot.app import install_stop_signals
@@ -133,6 +140,9 @@ def sim(
         async with SimulatedSite(
             base_port=base_port, speed=speed, rtu_port=rtu_port, sunspec=sunspec
         ) as site:
+            if grid_voltage is not None:
+                site.building.set_grid_voltage(grid_voltage)
+                click.echo(f"grid voltage held at {grid_voltage:g} pu")
             for device_id in site.devices:
                 where = f"modbus tcp://127.0.0.1:{site.port_of(device_id)}"
                 if rtu_port is not None and device_id in site.rtu_devices:

@@ -234,6 +234,7 @@ async def test_volt_var_by_704_setpoints_drives_an_inverter_without_705(
     volt_var = {
         "mode": "setpoint",
         "var_setpoint": f"{INVERTER}.m704_varset_var",
+        "reactive_power": f"{INVERTER}.m701_var",
         "enable": {f"{INVERTER}.m704_varsetena_state": 1, f"{INVERTER}.m704_varsetmod_state": 4},
     }
     async with running_loop(BASIC_INVERTER_PLAN, mosquitto, site_id, volt_var, tmp_path) as site:

@@ -106,6 +106,26 @@ def test_setpoint_follows_the_response_filter_not_the_step() -> None:
     assert var_request(decisions[2]) == pytest.approx(-21_780.0, abs=1.0)
 
 
+def test_the_first_setpoint_starts_from_the_measured_reactive_power() -> None:
+    measured = PointRef(INV, "m701_var")
+    at_105 = {VOLTAGE: 1.05 * NOMINAL_V}
+    # Without a measurement the filter starts at 0 var (unity, the inverter's default) ...
+    bare = VoltVarController(params())
+    first, later = run(bare, [(0, snap(T0, at_105)), (5, snap(T0 + timedelta(seconds=5), at_105))])
+    assert (var_request(first), var_request(later)) == (0.0, pytest.approx(-19_800.0, abs=1.0))
+    # ... with one, from what the inverter does now (here 10 kvar injected).
+    seeded = VoltVarController(params(reactive_power=str(measured)))
+    first, later = run(
+        seeded,
+        [
+            (0, snap(T0, at_105 | {measured: 10_000.0})),
+            (5, snap(T0 + timedelta(seconds=5), at_105 | {measured: 0.0})),
+        ],
+    )
+    assert var_request(first) == 10_000.0
+    assert var_request(later) == pytest.approx(-22_000.0 + 0.1 * 32_000.0, abs=1.0)
+
+
 def test_v_ref_moves_the_setpoint_curve() -> None:
     controller = VoltVarController(params(v_ref_pu=1.02, response_time_s=0.0))
     # With V_ref 1.02 the dead band is 1.00..1.04: 1.03 pu is inside it, 1.07 halfway down.

@@ -105,6 +105,10 @@ class VoltVarParams(BaseModel):
     var_setpoint: Point | None = None
     """``setpoint`` mode: the writable reactive power setpoint, var, positive = injecting
     (e.g. ``sunspec_inverter.m704_varset_var``)."""
+    reactive_power: Point | None = None
+    """``setpoint`` mode, optional: the inverter's measured reactive power, var, positive =
+    injecting (e.g. ``sunspec_inverter.m701_var``): the response filter starts from it
+    (without it, from 0 var)."""
     enable: dict[Point, float] = Field(default_factory=dict)
     """``setpoint`` mode: points requested with every setpoint, e.g.
     ``{sunspec_inverter.m704_varsetena_state: 1, sunspec_inverter.m704_varsetmod_state: 4}``."""
@@ -256,7 +260,15 @@ class VoltVarController:
             if state.stale:
                 events.append(f"volt-var: {p.voltage} fresh again, following the curve")
             metrics["voltage_pct"] = 100.0 * v_pu
-        previous = state.filter or ResponseFilter(setting.response_time_s)
+        previous = state.filter
+        if previous is None:
+            # The first setpoint starts from what the inverter does now (measured, when
+            # configured; else unity power factor, its default), not from the target: the
+            # response filter is there so that nothing jumps, the first step included.
+            measured = (
+                None if p.reactive_power is None else snapshot.value(p.reactive_power, p.max_age_s)
+            )
+            previous = ResponseFilter(setting.response_time_s, measured or 0.0, now)
         if previous.response_time_s != setting.response_time_s:
             previous = ResponseFilter(setting.response_time_s, previous.value, previous.at)
         filtered = previous.update(target_var, now)

@@ -35,6 +35,7 @@ from gridpilot.control.pv_export import PvExportParams
 from gridpilot.control.tariff import Tariff
 from gridpilot.control.vfd import VfdParams
 from gridpilot.control.volt_var import VoltVarParams
+from gridpilot.control.volt_watt import VoltWattParams
 from gridpilot.fieldbus.analog import VOLTAGE_TOLERANCE_V, AnalogRange, AnalogSignal
 from gridpilot.model import DataType, Table, WordOrder, is_valid_identifier, unit_of
 from gridpilot.model.registers import ByteOrder
@@ -872,6 +873,8 @@ class ControlConfig(_Frozen):
     priority: which points enforce them."""
     volt_var: VoltVarParams | None = None
     """IEEE 1547 volt-var on one inverter (by var setpoints, or written into its SunSpec 705)."""
+    volt_watt: VoltWattParams | None = None
+    """IEEE 1547 volt-watt on one inverter: its active power limit from its voltage."""
 
     @field_validator("cycle", "command_ttl", "resend_after")
     @classmethod

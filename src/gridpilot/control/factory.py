@@ -14,6 +14,7 @@ from gridpilot.control.pv_export import PvExportController
 from gridpilot.control.thermal import ZoneHistory
 from gridpilot.control.vfd import VfdCurtailmentController
 from gridpilot.control.volt_var import VoltVarController
+from gridpilot.control.volt_watt import VoltWattController
 
 
 def build_controllers(
@@ -22,11 +23,11 @@ def build_controllers(
     """The controllers the ``control`` section enables.
 
     Order matters only between requests of equal priority (the first listed wins): the grid
-    operator's controls, volt-var, peak shaving, PV export, the VFDs, then the zone planners (one
-    group planner for two or more
-    zones with ``hvac_planning: joint``). The site ``tariff`` is handed to each controller
-    that has a tariff of its own unset. ``zone_histories`` (zone id ->
-    stored history) lets each zone planner identify its thermal model before its first plan.
+    operator's controls, volt-var, volt-watt, peak shaving, PV export, the VFDs, then the
+    zone planners (one group planner for two or more zones with ``hvac_planning: joint``).
+    The site ``tariff`` is handed to each controller that has a tariff of its own unset.
+    ``zone_histories`` (zone id -> stored history) lets each zone planner identify its
+    thermal model before its first plan.
     """
     histories = zone_histories or {}
     control = config.control
@@ -38,6 +39,8 @@ def build_controllers(
         controllers.append(GridOperatorController(control.grid_operator))
     if control.volt_var is not None:
         controllers.append(VoltVarController(control.volt_var))
+    if control.volt_watt is not None:
+        controllers.append(VoltWattController(control.volt_watt))
     if control.peak_shaving is not None:
         params = control.peak_shaving
         if params.tariff is None and tariff is not None:

@@ -37,6 +37,8 @@ def _sections(control: ControlConfig) -> dict[str, tuple[str, int | None]]:
         out["grid_operator"] = ("grid_operator", None)
     if control.volt_var is not None:
         out["volt_var"] = ("volt_var", None)
+    if control.volt_watt is not None:
+        out["volt_watt"] = ("volt_watt", None)
     if control.peak_shaving is not None:
         out[control.peak_shaving.name] = ("peak_shaving", None)
     if control.pv_export is not None:

@@ -1,0 +1,221 @@
+"""Volt-watt (IEEE 1547-2018) by setpoints, at grid-operator priority.
+
+For an inverter without an autonomous volt-watt function (SunSpec 706), or one whose own is
+not trusted: each cycle the controller reads the terminal voltage, evaluates the curve
+(:func:`gridpilot.control.ieee1547.volt_watt_p_pu`; Category B by default: 1.06 pu -> 100 %,
+1.10 pu -> min(20 %, Pmin/Prated), or 0 for storage that can absorb), passes it through the
+open-loop response filter (90 % of a step in ``response_time_s``, 10 s by default) and
+bounds the inverter's active power limit ``pv_limit`` (% of its rating) with it:
+
+* a :class:`~gridpilot.control.base.Constraint` (``maximum`` = the limit) at its priority, so
+  that no request of the same or a lower priority -- the export loop, an economics
+  controller, the grid operator's own limit -- lifts the output above it;
+* a request of the same value while it curtails (a constraint only clips requests; it does
+  not move an inverter nobody else commands), with the ``enable`` points alongside (e.g.
+  SunSpec 704 ``WMaxLimPctEna`` = 1), and once more at 100 % when it has released fully;
+  after that it is silent, so that it does not fight other users of the limit.
+
+The utility's ``opModVoltWatt`` (V_pu / W_pct_of_setMaxW), while in force, replaces the
+configured curve. A stale voltage holds the last limit (the function does not release on
+a lost measurement: the voltage may still be high) and says so once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+from gridpilot.control.base import (
+    Constraint,
+    Decision,
+    Forecasts,
+    PointField,
+    PointRef,
+    Priority,
+    SetpointRequest,
+    Snapshot,
+)
+from gridpilot.control.grid_controls import Curve as UtilityCurve
+from gridpilot.control.ieee1547 import Curve, CurveError, ResponseFilter, VoltWatt, volt_watt_p_pu
+
+NAME = "volt_watt"
+Point = PointField
+
+UTILITY_MODE = "opModVoltWatt"
+_UTILITY_X = "V_pu"
+_UTILITY_Y = "W_pct_of_setMaxW"
+FULL_PCT = 100.0
+_RELEASED_PCT = 99.95
+"""At or above this the filtered limit counts as released (it only approaches 100)."""
+
+
+class VoltWattParams(BaseModel):
+    """``control.volt_watt``: the measured voltage, the inverter's limit point, the curve."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    voltage: Point
+    """Voltage at the inverter's terminals, V, phase to neutral."""
+    nominal_voltage_v: float = Field(gt=0.0)
+    pv_limit: Point
+    """Writable active power limit, % of the inverter's rating (e.g.
+    ``sunspec_inverter.m704_wmaxlimpct_pct`` or ``pv_inverter.power_limit_pct``)."""
+    enable: dict[Point, float] = Field(default_factory=dict)
+    """Points requested with the limit while curtailing (e.g.
+    ``{sunspec_inverter.m704_wmaxlimpctena_state: 1}``)."""
+    p_min_pu: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Pmin/Prated of the default curve's second point (min(0.2, Pmin/Prated))."""
+    storage_can_absorb: bool = False
+    """Storage that can absorb: the default curve goes to 0 at 1.10 pu."""
+    curve: tuple[tuple[float, float], ...] | None = None
+    """(V in pu of nominal, P in pu of rating), 2-10 points; default Category B."""
+    response_time_s: float = Field(default=10.0, ge=0.0, le=90.0)
+    """Open-loop response time: 90 % of a step in this long (Category B default 10 s)."""
+    follow_utility: bool = True
+    """Use the 2030.5 ``opModVoltWatt`` curve when the grid operator sends one."""
+    max_age_s: float = Field(default=10.0, gt=0.0)
+    priority: Priority = Priority.GRID_OPERATOR
+
+    @field_serializer("enable")
+    def _enable_as_text(self, enable: dict[PointRef, float]) -> dict[str, float]:
+        return {str(ref): value for ref, value in enable.items()}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        try:
+            self.setting(self.curve)
+        except CurveError as exc:
+            raise ValueError(f"curve: {exc}") from None
+        return self
+
+    def setting(self, curve: tuple[tuple[float, float], ...] | None) -> VoltWatt:
+        """The IEEE 1547 volt-watt setting of ``curve`` (None: Category B); raises CurveError."""
+        if curve is None:
+            base = VoltWatt.category_b(self.p_min_pu, storage_can_absorb=self.storage_can_absorb)
+            return VoltWatt(base.curve, self.response_time_s)
+        for index, (_, p) in enumerate(curve, start=1):
+            if not 0.0 <= p <= 1.0:
+                raise CurveError(f"point {index}: P {p:g} pu is outside 0..1 of the rating")
+        return VoltWatt(Curve(curve), self.response_time_s)
+
+
+@dataclass(frozen=True, slots=True)
+class VoltWattState:
+    filter: ResponseFilter | None = None
+    """The filtered limit, % of the rating."""
+    curtailing: bool = False
+    """The last request was below 100 % (one more request at 100 % releases it)."""
+    stale: bool = False
+    source: str = ""
+    refused_utility_curve: str | None = None
+
+
+class VoltWattController:
+    """IEEE 1547 volt-watt: the inverter's active power limit from its terminal voltage."""
+
+    def __init__(self, params: VoltWattParams, name: str = NAME) -> None:
+        self.params = params
+        self._name = name
+        self._configured = params.setting(params.curve)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def priority(self) -> Priority:
+        return self.params.priority
+
+    def initial_state(self) -> VoltWattState:
+        return VoltWattState()
+
+    def decide(
+        self, snapshot: Snapshot, state: VoltWattState, now: datetime, forecasts: Forecasts
+    ) -> Decision[VoltWattState]:
+        p = self.params
+        events: list[str] = []
+        setting, source, refused = self._curve(snapshot, now)
+        if refused is not None and refused != state.refused_utility_curve:
+            events.append(refused)
+        if source != state.source and state.source:
+            events.append(f"volt-watt curve now the {source} one")
+        if snapshot.reading(p.voltage) is None:
+            if not state.stale:
+                events.append(f"volt-watt: waiting for a first reading of {p.voltage}")
+            return Decision(
+                VoltWattState(state.filter, state.curtailing, True, source, refused),
+                events=tuple(events),
+            )
+        volts = snapshot.value(p.voltage, p.max_age_s)
+        previous = state.filter or ResponseFilter(setting.response_time_s, FULL_PCT, now)
+        if previous.response_time_s != setting.response_time_s:
+            previous = ResponseFilter(setting.response_time_s, previous.value, previous.at)
+        metrics: dict[str, float] = {}
+        if volts is None:
+            if not state.stale:
+                events.append(
+                    f"volt-watt: no fresh {p.voltage} (older than {p.max_age_s:g} s): "
+                    "the last limit holds"
+                )
+            filtered = previous
+        else:
+            if state.stale:
+                events.append(f"volt-watt: {p.voltage} fresh again, following the curve")
+            v_pu = volts / p.nominal_voltage_v
+            target_pct = FULL_PCT * volt_watt_p_pu(v_pu, setting)
+            filtered = previous.update(target_pct, now)
+            metrics |= {"voltage_pct": 100.0 * v_pu, "target_pct": target_pct}
+        assert filtered.value is not None  # noqa: S101  # seeded at 100 %, never cleared
+        limit_pct = round(filtered.value, 1)
+        if limit_pct >= _RELEASED_PCT:
+            limit_pct = FULL_PCT
+        metrics["limit_pct"] = limit_pct
+        constraints = (
+            Constraint(
+                p.pv_limit, p.priority, self.name, maximum=limit_pct, reason="volt-watt limit"
+            ),
+        )
+        curtailing = limit_pct < FULL_PCT
+        requests: list[SetpointRequest] = []
+        if curtailing or state.curtailing:
+            reason = "volt-watt" if curtailing else "volt-watt released"
+            requests.append(SetpointRequest(p.pv_limit, limit_pct, p.priority, self.name, reason))
+            requests += [
+                SetpointRequest(ref, value, p.priority, self.name, "volt-watt")
+                for ref, value in p.enable.items()
+            ]
+        if curtailing and not state.curtailing:
+            events.append(f"volt-watt: curtailing {p.pv_limit} (over-voltage)")
+        new_state = VoltWattState(filtered, curtailing, volts is None, source, refused)
+        return Decision(new_state, tuple(requests), constraints, metrics, tuple(events))
+
+    def _curve(self, snapshot: Snapshot, now: datetime) -> tuple[VoltWatt, str, str | None]:
+        controls = snapshot.grid_controls
+        if not self.params.follow_utility or controls is None or controls.is_stale(now):
+            return self._configured, "configured", None
+        mode = controls.mode(UTILITY_MODE)
+        if mode is None:
+            return self._configured, "configured", None
+        value = mode.value
+        if not isinstance(value, UtilityCurve) or (value.x, value.y) != (_UTILITY_X, _UTILITY_Y):
+            axes = f"{value.x}/{value.y}" if isinstance(value, UtilityCurve) else "not a curve"
+            return (
+                self._configured,
+                "configured",
+                f"utility {UTILITY_MODE} refused: {axes}, this controller takes "
+                f"{_UTILITY_X}/{_UTILITY_Y}; the configured curve holds",
+            )
+        try:
+            setting = self.params.setting(tuple((v, w / 100.0) for v, w in value.points))
+        except CurveError as exc:
+            return (
+                self._configured,
+                "configured",
+                f"utility {UTILITY_MODE} refused: {exc}; the configured curve holds",
+            )
+        if value.open_loop_s is not None:
+            setting = VoltWatt(setting.curve, value.open_loop_s)
+        return setting, "utility", None

@@ -36,6 +36,7 @@ from gridpilot.ieee2030_5.models import (
     DERControlBase,
     DERProgram,
     DERProgramList,
+    Link,
     ListLink,
 )
 from gridpilot.ieee2030_5.tls import PkiFiles, make_test_pki
@@ -504,3 +505,52 @@ async def test_poll_rate_is_honoured_per_resource(
     assert gets["/edev/1/reg"] == 1
     assert 2 <= gets["/derp"] <= 3  # at 0, ~1 and ~2 s (a loaded machine may step later)
     assert gets["/derp/1/derc"] == gets["/derp"]
+
+
+async def test_refusals_and_randomized_cancellation_are_posted(
+    pki: PkiFiles, server: UtilityServer, tmp_path: Path
+) -> None:
+    """Through the real server: an event already over (254), one asking a mode the site
+    does not follow (252), one linking a curve that does not exist (253); and an event
+    cancelled with randomization ends within its randomization window (6)."""
+    now = server.now_s()
+    expired = server.add_event(watts(1000), start=now - 100, duration=10)
+    not_ours = server.add_event(DERControlBase(opModMaxLimW=5000), start=now + 60, duration=60)
+    broken = server.add_event(
+        DERControlBase(opModVoltVar=Link(href="/derp/1/dc/9")), start=now + 60, duration=60
+    )
+    running = server.add_event(watts(2000), start=now - 1, duration=60, randomize_duration=2)
+    cfg = client_config(
+        pki, server, poll_rate_s=0.2, supported_modes=("opModExpLimW", "opModVoltVar")
+    )
+    async with CsipClient(cfg, base_dir=tmp_path) as client:
+        runner = asyncio.create_task(client.run(_ignore))
+        try:
+            await server.record.wait_for(
+                lambda rec: any(r.status == 2 for r in rec.responses_for(running)),
+                within_s=10,
+                what="Started of the running event",
+            )
+            server.cancel_event(running, randomized=True)
+            cancelled_at = server.now_s()
+            await server.record.wait_for(
+                lambda rec: any(r.status == 6 for r in rec.responses_for(running)),
+                within_s=10,
+                what="Cancelled of the running event",
+            )
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+    statuses = {
+        m: [r.status for r in server.record.responses_for(m)] for m in (expired, not_ours, broken)
+    }
+    assert statuses == {expired: [254], not_ours: [252], broken: [253]}
+    (cancel,) = [r for r in server.record.responses_for(running) if r.status == 6]
+    assert cancel.created is not None
+    # Stopped at cancellation time + U * max(|randomizeStart|, |randomizeDuration|) = + [0, 2].
+    assert cancelled_at - 1 <= cancel.created <= cancelled_at + 2 + 1
+
+
+async def _ignore(snapshot: Snapshot) -> None:
+    del snapshot

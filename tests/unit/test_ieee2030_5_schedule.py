@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridpilot.ieee2030_5.controls import ControlValue
 from gridpilot.ieee2030_5.schedule import (
@@ -411,3 +413,77 @@ def test_a_scripted_day_table() -> None:
         (16, "P", 3),
         (17, "Q", 6),
     ]
+
+
+TERMINAL = {3, 6, 7, 13, 14, 252, 253, 254}
+MODES = (EXP, CONN, "opModMaxLimW")
+
+
+@st.composite
+def days(draw: st.DrawFn) -> tuple[list[EventDoc], list[int]]:
+    count = draw(st.integers(1, 6))
+    events = []
+    for i in range(count):
+        modes = draw(st.sets(st.sampled_from(MODES), min_size=1, max_size=3))
+        events.append(
+            ev(
+                f"E{i}",
+                draw(st.integers(-50, 200)),
+                draw(st.integers(1, 100)),
+                program=f"/derp/{draw(st.integers(1, 3))}",
+                primacy=draw(st.integers(0, 3)),
+                created=T0 - draw(st.integers(0, 1000)),
+                modes={m: ControlValue(float(i)) for m in sorted(modes)},
+                rs=draw(st.integers(-30, 30)),
+                rd=draw(st.integers(0, 30)),
+            )
+        )
+    times = sorted(draw(st.lists(st.integers(0, 400), min_size=1, max_size=25)))
+    return events, times
+
+
+@settings(max_examples=300, deadline=None)
+@given(days())
+def test_schedule_invariants(day: tuple[list[EventDoc], list[int]]) -> None:
+    events, times = day
+    docs = Documents(events=events, defaults=[DEFAULT])
+    results = run([(t, docs) for t in times])
+    codes = responses(results)
+    # Each (mRID, status) once; at most one ending; Started before its ending.
+    assert len({(m, s) for _, m, s in codes}) == len(codes)
+    for doc in events:
+        mine = [s for _, m, s in codes if m == doc.mrid]
+        assert len([s for s in mine if s in TERMINAL]) <= 1, mine
+        if 2 in mine and any(s in TERMINAL for s in mine):
+            assert mine.index(2) < next(i for i, s in enumerate(mine) if s in TERMINAL)
+    by_mrid = {e.mrid: e for e in events}
+    for t, result in results:
+        now = T0 + t
+        views = {v.mrid: v for v in result.events}
+        for mode, effective in result.controls.items():
+            if effective.source == "default":
+                continue
+            view = views[effective.mrid]
+            # The event in force is active, inside its window and holds the mode...
+            assert view.phase is Phase.ACTIVE
+            assert view.effective_start <= now < view.effective_end
+            assert mode in view.modes
+            # ...and no other active event with that mode outranks it.
+            winner = by_mrid[effective.mrid]
+            for other in result.events:
+                if (
+                    other.phase is Phase.ACTIVE
+                    and mode in other.modes
+                    and other.mrid != winner.mrid
+                ):
+                    rival = by_mrid[other.mrid]
+                    assert (winner.primacy, -winner.creation_time, winner.mrid) < (
+                        rival.primacy,
+                        -rival.creation_time,
+                        rival.mrid,
+                    )
+        # Randomized windows stay within their bounds.
+        for view in result.events:
+            doc = by_mrid[view.mrid]
+            low, high = sorted((doc.start, doc.start + doc.randomize_start))
+            assert low <= view.effective_start <= high

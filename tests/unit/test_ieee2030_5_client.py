@@ -3,11 +3,16 @@ of powers into 2030.5's Int16 encodings, and the same-origin rule for links."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
+from gridpilot.config.ieee2030_5 import CsipClientConfig
 from gridpilot.ieee2030_5.client import (
+    CsipClient,
     HttpSession,
+    Ieee2030_5Error,
     ServerRefusedError,
     Snapshot,
     _active_power,
@@ -15,7 +20,9 @@ from gridpilot.ieee2030_5.client import (
     controls_message,
 )
 from gridpilot.ieee2030_5.controls import ControlValue
+from gridpilot.ieee2030_5.identity import lfdi_of_pem
 from gridpilot.ieee2030_5.schedule import Effective, ScheduleState, StepResult
+from gridpilot.ieee2030_5.tls import PkiFiles, make_test_pki
 
 T = 1_800_000_000.0
 
@@ -83,3 +90,39 @@ def test_links_to_another_host_are_not_followed() -> None:
     for href in ("https://example.com/rsp", "http://127.0.0.1:8443/rsp", "//evil:1/x"):
         with pytest.raises(ServerRefusedError, match="not followed"):
             session.url(href)
+
+
+def _section(pki: PkiFiles, **extra: object) -> CsipClientConfig:
+    return CsipClientConfig.model_validate(
+        {
+            "server": "https://127.0.0.1:8443",
+            "cert_file": pki.client_cert,
+            "key_file": pki.client_key,
+            "ca_file": pki.ca_cert,
+            **extra,
+        }
+    )
+
+
+def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    pki = make_test_pki(tmp_path / "pki")
+    pki.client_key.chmod(0o644)
+    with pytest.raises(Ieee2030_5Error, match="chmod 600"):
+        CsipClient(_section(pki), base_dir=tmp_path)
+
+
+def test_pin_from_a_private_file_or_the_environment(tmp_path: Path) -> None:
+    pki = make_test_pki(tmp_path / "pki")
+    pin_file = tmp_path / "pin"
+    pin_file.write_text("123455\n", encoding="utf-8")
+    pin_file.chmod(0o600)
+    client = CsipClient(_section(pki, pin_file="pin"), base_dir=tmp_path)
+    assert client.pin == 123455
+    assert client.lfdi == lfdi_of_pem(pki.client_cert.read_bytes())
+    env = CsipClient(_section(pki, pin_env="PIN"), base_dir=tmp_path, environ={"PIN": "111115"})
+    assert env.pin == 111115
+    pin_file.chmod(0o644)
+    with pytest.raises(Ieee2030_5Error, match="readable by others"):
+        CsipClient(_section(pki, pin_file="pin"), base_dir=tmp_path)
+    with pytest.raises(Ieee2030_5Error, match="not set"):
+        CsipClient(_section(pki, pin_env="NOPE"), base_dir=tmp_path, environ={})

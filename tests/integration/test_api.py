@@ -416,6 +416,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
         "/api/v1/devices/{device}/points/{point}/history",
         "/api/v1/devices/{device}/gaps",
         "/api/v1/control",
+        "/api/v1/ieee2030_5",
         "/api/v1/me",
         "/api/v1/devices/{device}/points/{point}/command",
         "/api/v1/control/overrides",

@@ -6,6 +6,7 @@
     GET /api/v1/devices                                 devices, points, health
     GET /api/v1/devices/{device}                        one device
     GET /api/v1/control                                 the control engine's retained state
+    GET /api/v1/ieee2030_5                              the 2030.5 client's retained status
     GET /api/v1/latest                                  latest value of every stored point
     GET /api/v1/devices/{device}/latest                 ... of one device
     GET /api/v1/devices/{device}/points/{point}/history ?start=&end=&every=&agg=
@@ -31,7 +32,7 @@ import logging
 import re
 from collections.abc import Callable, Collection
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any, Final, Literal
 
@@ -67,6 +68,7 @@ from gridpilot.api.metrics import ApiMetrics, LocalServices, RequestMetricsMiddl
 from gridpilot.api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from gridpilot.api.schemas import (
     ControlOut,
+    CsipStatusOut,
     DeviceOut,
     DevicesOut,
     ErrorOut,
@@ -82,12 +84,18 @@ from gridpilot.api.schemas import (
     PointOut,
     SiteOut,
 )
-from gridpilot.api.site_bus import EventBuffer, SiteBus, SiteEvents
+from gridpilot.api.site_bus import EventBuffer, RetainedMessage, SiteBus, SiteEvents
 from gridpilot.api.state_cache import DeviceStateCache
 from gridpilot.api.stream import StreamHub, stream_router
 from gridpilot.api.tokens import Role, TokenStore
 from gridpilot.config.models import DeviceConfig, GridPilotConfig
-from gridpilot.model import SeriesKey, now_ms, to_rfc3339, unit_of
+from gridpilot.ieee2030_5.status_view import (
+    StatusMessageError,
+    not_published_view,
+    parse_status,
+    status_view,
+)
+from gridpilot.model import SeriesKey, Topic, now_ms, to_rfc3339, unit_of
 from gridpilot.net import is_loopback_host
 from gridpilot.ops.gaps import WindowTooLargeError, device_gaps
 from gridpilot.storage.base import Agg, Storage, StorageError, StorageUnavailable
@@ -211,7 +219,13 @@ def create_app(
     static_dir = resources.files("gridpilot.api").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
 
-    view = _SiteView(config, storage, device_states, clock)
+    view = _SiteView(
+        config,
+        storage,
+        device_states,
+        clock,
+        utility_status=None if site_bus is None else site_bus.utility_status,
+    )
     site_events = SiteEvents(config.site.id, storage, events or EventBuffer())
     # Live telemetry (SSE and GraphQL subscriptions); app.state.streams.close() ends them all,
     # and it ends a stream whose token is revoked while it runs.
@@ -275,6 +289,14 @@ def _router(view: _SiteView) -> APIRouter:
         """The control engine: controllers, targets and who set them, overrides, fail-safes.
         404 when the site has no ``control`` section."""
         return view.control()
+
+    @api.get("/ieee2030_5", response_model=CsipStatusOut, tags=["control"])
+    async def ieee2030_5() -> CsipStatusOut:
+        """The site's IEEE 2030.5 (CSIP) client as it last reported itself: LFDI/SFDI,
+        registration, programs, active and scheduled utility events, the last responses
+        and mirror posts. `published` is false, with the reason in `message`, when no
+        client has published (none configured, or none running)."""
+        return view.ieee2030_5()
 
     # The hot reads answer with the model's own JSON: FastAPI would validate the model it
     # was just given against itself and encode it again (a third of a request's CPU).
@@ -352,6 +374,10 @@ def _router(view: _SiteView) -> APIRouter:
     return api
 
 
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000.0, UTC)
+
+
 def _json(model: BaseModel) -> Response:
     return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")
 
@@ -365,8 +391,11 @@ class _SiteView:
         storage: Storage,
         device_states: DeviceStateCache,
         clock: Callable[[], int],
+        *,
+        utility_status: RetainedMessage | None = None,
     ) -> None:
         self.config = config
+        self.utility_status = utility_status
         self.storage = storage
         self.device_states = device_states
         self.clock = clock
@@ -439,6 +468,32 @@ class _SiteView:
             status=self.device_states.status(control.id),
             state=self._health(control.id),
         )
+
+    def ieee2030_5(self) -> CsipStatusOut:
+        topic = str(Topic.ieee2030_5_status(self.site_id))
+        retained = self.utility_status
+        payload = None if retained is None else retained.payload
+        if payload is None:
+            view = not_published_view(
+                self.site_id, topic, configured=self.config.ieee2030_5 is not None
+            )
+            if retained is None:
+                view["message"] = "this API process follows no broker, so it cannot show it"
+            return CsipStatusOut(site=self.site_id, published=False, message=view["message"],
+                                 status=None)  # fmt: skip
+        try:
+            doc = parse_status(payload)
+        except StatusMessageError as exc:
+            return CsipStatusOut(
+                site=self.site_id,
+                published=False,
+                message=f"the retained message on {topic} is not a 2030.5 status: {exc}",
+                status=None,
+            )
+        shown = status_view(doc, site=self.site_id, now=_utc(self.clock()))
+        for key in ("site", "published", "message"):
+            del shown[key]
+        return CsipStatusOut(site=self.site_id, published=True, message=None, status=shown)
 
     def _health(self, device_id: str) -> dict[str, Any] | None:
         state = self.device_states.get(device_id)

@@ -1,7 +1,7 @@
 """GraphQL at ``/graphql``: the site's reads, and live telemetry as a subscription.
 
     query         site, devices, device(id), latest(device), history(device, point, start,
-                  end, every, agg), control, events(limit, level), me
+                  end, every, agg), control, ieee2030_5, events(limit, level), me
     subscription  telemetry(device) -> {device, ts, values: [{point, value}], dropped}
 
 The resolvers ask the same view as the REST routes (``SiteReads``: ``_SiteView`` in
@@ -76,6 +76,7 @@ from gridpilot.api.errors import (
 from gridpilot.api.history import HistoryResult
 from gridpilot.api.schemas import (
     ControlOut,
+    CsipStatusOut,
     DeviceOut,
     EventOut,
     GatewayOut,
@@ -129,6 +130,8 @@ class SiteReads(Protocol):
     def device_out(self, device: DeviceConfig) -> DeviceOut: ...
 
     def control(self) -> ControlOut: ...
+
+    def ieee2030_5(self) -> CsipStatusOut: ...
 
     async def latest(self, device: str | None) -> LatestOut: ...
 
@@ -349,6 +352,17 @@ class Control:
         return cls(id=out.id, status=out.status.value, state=_json(out.state))
 
 
+@strawberry.type(description="The site's IEEE 2030.5 client as it last reported itself.")
+class UtilityClient:
+    published: bool
+    message: str | None
+    status: JSON | None
+
+    @classmethod
+    def of(cls, out: CsipStatusOut) -> UtilityClient:
+        return cls(published=out.published, message=out.message, status=_json(out.status))
+
+
 @strawberry.type(description="An alarm or control event.")
 class Event:
     ts: str
@@ -432,6 +446,11 @@ def _control(info: Info) -> Control:
     return Control.of(info.context.view.control())
 
 
+def _ieee2030_5(info: Info) -> UtilityClient:
+    info.context.reader()
+    return UtilityClient.of(info.context.view.ieee2030_5())
+
+
 async def _latest(info: Info, device: str | None = None) -> Latest:
     info.context.reader()
     view = info.context.view
@@ -497,6 +516,12 @@ class Query:
     device = strawberry.field(resolver=_device, description="One device, points and health.")
     control = strawberry.field(
         resolver=_control, description="The control engine (an error when the site has none)."
+    )
+    ieee2030_5 = strawberry.field(
+        resolver=_ieee2030_5,
+        name="ieee2030_5",
+        description="The IEEE 2030.5 client: LFDI/SFDI, registration, utility events, the "
+        "last responses and mirror posts (published false, with the reason, without one).",
     )
     latest = strawberry.field(
         resolver=_latest,

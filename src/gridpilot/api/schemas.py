@@ -55,6 +55,23 @@ class ControlOut(_Out):
     )
 
 
+class CsipStatusOut(_Out):
+    """The site's IEEE 2030.5 client as it last reported itself (its retained status)."""
+
+    site: str
+    published: bool = Field(
+        description="False when no 2030.5 client has published a status for the site."
+    )
+    message: str | None = Field(
+        description="Why there is no status (no client configured, or none running)."
+    )
+    status: dict[str, Any] | None = Field(
+        description="server, lfdi, sfdi, registered, pin_ok, end_device, clock_offset_s, "
+        "poll_rate_s, post_rate_s, programs, active_events, scheduled_events, ended_events, "
+        "default_control, responses, mirrors (the last 50 each), last_error, ts and age_s."
+    )
+
+
 class PointOut(_Out):
     name: str
     unit: str | None = Field(description="From the name's suffix: active_power_w -> W.")

@@ -4,6 +4,7 @@ Followed (one consumer loop dispatches by topic):
 
 * ``{site}/+/state`` (retained) into the ``DeviceStateCache`` (devices, gateway, controller);
 * ``{site}/events`` into a bounded ``EventBuffer`` (newest kept);
+* ``{site}/ieee2030_5/status`` (retained): the 2030.5 client's latest status, as received;
 * ``{site}/+/command/result`` and ``{site}/+/request/result`` to the request waiting for them;
 * ``{site}/+/telemetry`` to live-stream listeners, only while there are some.
 
@@ -38,7 +39,14 @@ from gridpilot.control.requests import Reply, decode_reply
 from gridpilot.model import Topic, TopicKind, now_ms, parse_topic, to_rfc3339
 from gridpilot.storage.base import Storage
 
-__all__ = ["BusBusyError", "EventBuffer", "SiteBus", "SiteEvents", "TelemetryListener"]
+__all__ = [
+    "BusBusyError",
+    "EventBuffer",
+    "RetainedMessage",
+    "SiteBus",
+    "SiteEvents",
+    "TelemetryListener",
+]
 
 log = logging.getLogger("gridpilot.api")
 
@@ -49,6 +57,18 @@ MAX_PENDING: Final = 256
 
 TelemetryListener = Callable[[str, bytes], None]
 """Called with (device id, payload) for each telemetry message; must not block."""
+
+
+class RetainedMessage:
+    """The latest payload of one retained topic, as received (None: none, or cleared)."""
+
+    def __init__(self) -> None:
+        self.payload: bytes | None = None
+        self.received_ms: int | None = None
+
+    def take(self, payload: bytes, received_ms: int) -> None:
+        self.payload = payload or None  # an empty retained message clears the topic
+        self.received_ms = received_ms
 
 
 class BusBusyError(Exception):
@@ -109,6 +129,8 @@ class SiteBus:
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._listeners: set[TelemetryListener] = set()
         self._telemetry_filter = Topic.filter(TopicKind.TELEMETRY, site)
+        self.utility_status = RetainedMessage()
+        """The 2030.5 client's retained status (``GET /api/v1/ieee2030_5``)."""
 
     async def run(self) -> None:
         for topic_filter in (
@@ -116,6 +138,7 @@ class SiteBus:
             str(Topic.events(self.site)),
             Topic.filter(TopicKind.COMMAND_RESULT, self.site),
             Topic.filter(TopicKind.REQUEST_RESULT, self.site),
+            str(Topic.ieee2030_5_status(self.site)),
         ):
             await self.bus.subscribe(topic_filter, qos=1)
         async for message in self.bus.messages():
@@ -138,6 +161,8 @@ class SiteBus:
                     listener(topic.device, message.payload)
             case TopicKind.COMMAND_RESULT | TopicKind.REQUEST_RESULT:
                 self._answer(message.payload)
+            case TopicKind.IEEE2030_5_STATUS:
+                self.utility_status.take(message.payload, self._clock())
             case _:
                 pass
 

@@ -14,6 +14,7 @@ from gridpilot.cli.deploy_cmd import deploy_group
 from gridpilot.cli.devices_cmd import devices_group
 from gridpilot.cli.doctor_cmd import doctor
 from gridpilot.cli.gaps_cmd import gaps
+from gridpilot.cli.ieee2030_5_cmd import ieee2030_5_group
 from gridpilot.cli.query_cmd import query
 from gridpilot.cli.run_cmd import run, sim
 from gridpilot.cli.tail_cmd import tail
@@ -37,6 +38,7 @@ for command in (
     devices_group,
     doctor,
     gaps,
+    ieee2030_5_group,
     query,
     restore,
     run,

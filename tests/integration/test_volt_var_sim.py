@@ -17,6 +17,9 @@ Two ways, as issue 6 item 7 has it:
   it was given;
 * the inverter has no 705: the volt-var controller computes Q from the measured voltage and
   sends SunSpec 704 var setpoints through the gateway's command path.
+
+Besides: the utility's 2030.5 curve replacing the configured one, volt-watt by 704 power
+limits on over-voltage, and ``gridpilot sim --grid-voltage``.
 """
 
 from __future__ import annotations
@@ -83,22 +86,29 @@ async def observer(mosquitto: BrokerAddress, site_id: str) -> AsyncIterator[Obse
 
 
 def config_for(
-    site: SimulatedSite, broker: BrokerAddress, site_id: str, volt_var: dict[str, Any]
+    site: SimulatedSite,
+    broker: BrokerAddress,
+    site_id: str,
+    volt_var: dict[str, Any] | None,
+    volt_watt: dict[str, Any] | None = None,
 ) -> GridPilotConfig:
     devices = [d for d in site.site_config(site_id) if d["id"] == INVERTER]
     for device in devices:
         device.update(poll_interval=0.2, timeout=0.2, retries=0)
-    control = {
-        "cycle": 0.1,
-        "journal": None,
-        "command_ttl": 5.0,
-        "volt_var": {
+    control: dict[str, Any] = {"cycle": 0.1, "journal": None, "command_ttl": 5.0}
+    if volt_var is not None:
+        control["volt_var"] = {
             "voltage": f"{INVERTER}.m701_lnv_v",
             "nominal_voltage_v": NOMINAL_V,
             "rated_va": RATED_VA,
             **volt_var,
-        },
-    }
+        }
+    if volt_watt is not None:
+        control["volt_watt"] = {
+            "voltage": f"{INVERTER}.m701_lnv_v",
+            "nominal_voltage_v": NOMINAL_V,
+            **volt_watt,
+        }
     return GridPilotConfig.model_validate(
         {
             "site": {"id": site_id},
@@ -115,8 +125,10 @@ async def running_loop(
     plan: SunSpecPlan,
     broker: BrokerAddress,
     site_id: str,
-    volt_var: dict[str, Any],
     tmp_path: Path,
+    *,
+    volt_var: dict[str, Any] | None = None,
+    volt_watt: dict[str, Any] | None = None,
 ) -> AsyncIterator[SimulatedSite]:
     async with SimulatedSite(
         speed=SPEED,
@@ -126,7 +138,7 @@ async def running_loop(
         sunspec_plans=(plan,),
         params=quiet_grid(),
     ) as site:
-        config = config_for(site, broker, site_id, volt_var)
+        config = config_for(site, broker, site_id, volt_var, volt_watt)
         async with (
             GatewayService(config, broker, clock=lambda: int(site.now.timestamp() * 1000)),
             ControllerService(
@@ -191,7 +203,7 @@ async def test_volt_var_curve_written_into_sunspec_705_runs_in_the_inverter(
         if v_pu != 1.0:
             assert abs(Curve(CATEGORY_A).value(v_pu) * RATED_VA - expected_var) > 5_000.0
     volt_var = {"mode": "sunspec_curve", "device": INVERTER}
-    async with running_loop(INVERTER_PLAN, mosquitto, site_id, volt_var, tmp_path) as site:
+    async with running_loop(INVERTER_PLAN, mosquitto, site_id, tmp_path, volt_var=volt_var) as site:
         # The controller writes curve 2, has it adopted into curve 1 and enables 705.
         record = await observer.wait_for(
             lambda r: (
@@ -237,7 +249,9 @@ async def test_volt_var_by_704_setpoints_drives_an_inverter_without_705(
         "reactive_power": f"{INVERTER}.m701_var",
         "enable": {f"{INVERTER}.m704_varsetena_state": 1, f"{INVERTER}.m704_varsetmod_state": 4},
     }
-    async with running_loop(BASIC_INVERTER_PLAN, mosquitto, site_id, volt_var, tmp_path) as site:
+    async with running_loop(
+        BASIC_INVERTER_PLAN, mosquitto, site_id, tmp_path, volt_var=volt_var
+    ) as site:
         record = await observer.wait_for(
             lambda r: (
                 (values := inverter_telemetry(r)) is not None and "m704_varsetena_state" in values
@@ -267,7 +281,7 @@ async def test_the_utilitys_volt_var_curve_from_2030_5_goes_into_the_inverter(
     """The 2030.5 client's ``opModVoltVar`` (retained on ``{site}/grid/controls``) replaces
     the configured Category B curve: written into 705 and followed by the inverter."""
     volt_var = {"mode": "sunspec_curve", "device": INVERTER}
-    async with running_loop(INVERTER_PLAN, mosquitto, site_id, volt_var, tmp_path) as site:
+    async with running_loop(INVERTER_PLAN, mosquitto, site_id, tmp_path, volt_var=volt_var) as site:
         await observer.wait_for(
             lambda r: (
                 (values := inverter_telemetry(r)) is not None
@@ -354,3 +368,48 @@ async def test_gridpilot_sim_holds_the_grid_voltage_it_is_given(tmp_path: Path) 
         sim.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(sim.communicate(), timeout=15)
     assert sim.returncode == 0, err.decode()
+
+
+async def test_volt_watt_by_704_limits_curtails_the_inverter_on_over_voltage(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
+) -> None:
+    """Category B volt-watt by setpoints: at 1.08 pu the inverter's 704 power limit settles
+    at 50 % and its output under 50 kW; back at 1.00 pu the limit is released to 100 %."""
+    volt_watt = {
+        "pv_limit": f"{INVERTER}.m704_wmaxlimpct_pct",
+        "enable": {f"{INVERTER}.m704_wmaxlimpctena_state": 1},
+    }
+    async with running_loop(
+        BASIC_INVERTER_PLAN, mosquitto, site_id, tmp_path, volt_watt=volt_watt
+    ) as site:
+        unlimited = await observer.wait_for(
+            lambda r: (values := inverter_telemetry(r)) is not None and "m103_w" in values,
+            within=30.0,
+        )
+        values = inverter_telemetry(unlimited)
+        assert values is not None
+        assert values["m103_w"] > 60_000.0  # noon in July: more than the limit will allow
+        site.building.set_grid_voltage(1.08)
+        limited = await observer.wait_for(
+            lambda r: (
+                (v := inverter_telemetry(r)) is not None
+                and abs(v["m704_wmaxlimpct_pct"] - 50.0) <= 0.2
+                and v["m704_wmaxlimpctena_state"] == 1.0
+                and v["m103_w"] <= 50_100.0
+            ),
+            within=60.0,
+        )
+        values = inverter_telemetry(limited)
+        assert values is not None
+        assert site.building.state.pv.power_limit_pct == pytest.approx(50.0, abs=0.2)
+        site.building.set_grid_voltage(1.0)
+        released = await observer.wait_for(
+            lambda r: (
+                (v := inverter_telemetry(r)) is not None
+                and v["m704_wmaxlimpct_pct"] == 100.0
+                and v["m103_w"] > 60_000.0
+            ),
+            within=60.0,
+            after=limited.index,
+        )
+        assert released.index > limited.index

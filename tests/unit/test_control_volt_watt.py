@@ -1,0 +1,128 @@
+"""The volt-watt controller: the limit from the voltage, filtered, held by a constraint."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gridpilot.control.base import Decision, PointRef, Priority, Reading, Snapshot
+from gridpilot.control.grid_controls import ControlMode, Curve, GridControls
+from gridpilot.control.volt_watt import VoltWattController, VoltWattParams, VoltWattState
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+VOLTAGE = PointRef("inv", "m701_lnv_v")
+LIMIT = PointRef("inv", "m704_wmaxlimpct_pct")
+ENABLE = PointRef("inv", "m704_wmaxlimpctena_state")
+NOMINAL_V = 230.0
+
+
+def params(**overrides: Any) -> VoltWattParams:
+    fields: dict[str, Any] = {
+        "voltage": str(VOLTAGE),
+        "nominal_voltage_v": NOMINAL_V,
+        "pv_limit": str(LIMIT),
+        "enable": {str(ENABLE): 1},
+    }
+    return VoltWattParams.model_validate(fields | overrides)
+
+
+def hold(
+    controller: VoltWattController, v_pu: float, seconds: int, state: VoltWattState | None = None
+) -> list[Decision[VoltWattState]]:
+    """One cycle a second at ``v_pu`` for ``seconds`` (starting at T0)."""
+    state = state or controller.initial_state()
+    out = []
+    for k in range(seconds + 1):
+        now = T0 + timedelta(seconds=k)
+        decision = controller.decide(
+            Snapshot(now, {VOLTAGE: Reading(v_pu * NOMINAL_V, now)}), state, now, {}
+        )
+        out.append(decision)
+        state = decision.state
+    return out
+
+
+@pytest.mark.parametrize(
+    ("v_pu", "limit_pct"),
+    [(1.00, 100.0), (1.06, 100.0), (1.07, 75.0), (1.08, 50.0), (1.09, 25.0), (1.10, 0.0),
+     (1.15, 0.0)],
+)  # fmt: skip
+def test_the_limit_settles_on_the_category_b_curve(v_pu: float, limit_pct: float) -> None:
+    decisions = hold(VoltWattController(params()), v_pu, 120)
+    last = decisions[-1]
+    assert last.metrics["limit_pct"] == pytest.approx(limit_pct, abs=0.05)
+    (constraint,) = last.constraints
+    assert (constraint.target, constraint.priority) == (LIMIT, Priority.GRID_OPERATOR)
+    assert constraint.maximum == pytest.approx(limit_pct, abs=0.05)
+    if limit_pct < 100.0:
+        requested = {r.target: r.value for r in last.requests}
+        assert requested == {LIMIT: pytest.approx(limit_pct, abs=0.05), ENABLE: 1.0}
+    else:
+        assert last.requests == ()  # nothing to curtail, nothing sent
+
+
+def test_the_limit_moves_with_the_10_s_response_filter() -> None:
+    decisions = hold(VoltWattController(params()), 1.08, 20)
+    # 90 % of the way from 100 % to 50 % after 10 s, 99 % after 20 s.
+    assert decisions[10].metrics["limit_pct"] == pytest.approx(55.0, abs=0.05)
+    assert decisions[20].metrics["limit_pct"] == pytest.approx(50.5, abs=0.05)
+
+
+def test_release_is_requested_once_at_100_percent_then_silent() -> None:
+    controller = VoltWattController(params(response_time_s=0.0))
+    curtailed = hold(controller, 1.08, 1)
+    assert "curtailing inv.m704_wmaxlimpct_pct" in curtailed[0].events[0]
+    released = hold(controller, 1.0, 2, curtailed[-1].state)
+    assert {r.target: r.value for r in released[0].requests} == {LIMIT: 100.0, ENABLE: 1.0}
+    assert released[1].requests == ()
+    assert released[1].constraints[0].maximum == 100.0
+
+
+def test_storage_and_pmin_shape_the_default_curve() -> None:
+    storage = VoltWattController(params(storage_can_absorb=True, p_min_pu=0.3, response_time_s=0))
+    assert hold(storage, 1.10, 0)[0].metrics["limit_pct"] == 0.0
+    pv = VoltWattController(params(p_min_pu=0.3, response_time_s=0))
+    assert hold(pv, 1.10, 0)[0].metrics["limit_pct"] == 20.0  # min(0.2, 0.3)
+
+
+def test_stale_voltage_holds_the_last_limit() -> None:
+    controller = VoltWattController(params(response_time_s=0.0, max_age_s=5.0))
+    (curtailed,) = hold(controller, 1.08, 0)
+    later = T0 + timedelta(seconds=30)
+    stale = controller.decide(
+        Snapshot(later, {VOLTAGE: Reading(1.0 * NOMINAL_V, T0)}), curtailed.state, later, {}
+    )
+    assert stale.metrics["limit_pct"] == 50.0
+    assert "the last limit holds" in stale.events[0]
+
+
+def test_the_utility_curve_replaces_the_configured_one() -> None:
+    controller = VoltWattController(params(response_time_s=0.0))
+    curve = Curve(((1.03, 100.0), (1.07, 40.0)), "V_pu", "W_pct_of_setMaxW", open_loop_s=0.0)
+    controls = GridControls(
+        T0, "ieee2030_5", T0 + timedelta(minutes=5),
+        {"opModVoltWatt": ControlMode("opModVoltWatt", curve, "default")},
+    )  # fmt: skip
+    decision = controller.decide(
+        Snapshot(T0, {VOLTAGE: Reading(1.05 * NOMINAL_V, T0)}, grid_controls=controls),
+        controller.initial_state(),
+        T0,
+        {},
+    )
+    assert decision.metrics["limit_pct"] == pytest.approx(70.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"curve": [[1.06, 1.0], [1.1, 1.2]]}, "curve: point 2: P 1.2 pu is outside 0..1"),
+        ({"curve": [[1.1, 1.0], [1.06, 0.0]]}, "curve: x must not decrease"),
+        ({"p_min_pu": 1.5}, "less than or equal to 1"),
+    ],
+)
+def test_params_are_checked(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        params(**overrides)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
 
+import orjson
 import pytest
 
 from gridpilot.model import Sample, SeriesKey
 from gridpilot.storage import Agg, HistoryPoint, ManagedStorage
+from gridpilot.storage.base import HistoryJson
 from tests.contract.storage_reference import (
     DAY,
     HOUR,
@@ -71,10 +74,23 @@ async def test_aggregates_match_brute_force_for_every_agg_and_level(
                     assert list(columns.ts_ms) == [p.ts_ms for p in got]
                     assert list(columns.values) == [p.value for p in got]
                     assert all(type(v) is float for v in columns.values)
+                    # ... and as the JSON arrays the API splices into its answer
+                    assert_same_json(await storage.history_json(key, lo, hi, every, agg), got)
             raw = await storage.history(key, lo, hi)
             assert [(p.ts_ms, p.value) for p in raw] == reference.raw(key, lo, hi)
             raw_columns = await storage.history_columns(key, lo, hi)
             assert list(zip(*raw_columns, strict=True)) == reference.raw(key, lo, hi)
+            assert_same_json(await storage.history_json(key, lo, hi), raw)
+
+
+def assert_same_json(answer: HistoryJson, expected: list[HistoryPoint]) -> None:
+    """The JSON form holds the same times exactly and the same values to the 15 significant
+    digits SQLite renders (see ``HistoryJson``)."""
+    ts_ms, values = orjson.loads(answer.ts_ms), orjson.loads(answer.values)
+    assert answer.count == len(expected) == len(ts_ms) == len(values)
+    assert ts_ms == [p.ts_ms for p in expected]
+    for got, want in zip(values, expected, strict=True):
+        assert math.isclose(got, want.value, rel_tol=1e-14, abs_tol=1e-300), (got, want)
 
 
 async def test_fifteen_minute_buckets_are_the_utc_quarter_hours(storage: ManagedStorage) -> None:

@@ -551,7 +551,7 @@ class _SiteView:
             await self._check_raw_rows(series, window, now)
         span = (series, window.start_ms, window.end_ms, window.every_ms, window.agg or Agg.MEAN)
         if columns:
-            result = replace(result, columns=await self.storage.history_columns(*span))
+            result = replace(result, columns=await self.storage.history_json(*span))
         else:
             result = replace(result, rows=await self.storage.history(*span))
         if window.every_ms is None and len(result) > self.max_rows:

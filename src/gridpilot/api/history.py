@@ -27,7 +27,7 @@ import orjson
 from gridpilot.api.errors import InvalidParameterError
 from gridpilot.cli.timeparse import parse_duration_ms, parse_instant_ms
 from gridpilot.model import to_rfc3339
-from gridpilot.storage.base import Agg, HistoryColumns, HistoryPoint
+from gridpilot.storage.base import Agg, HistoryJson, HistoryPoint
 
 __all__ = [
     "COUNT_BUCKET_MS",
@@ -55,19 +55,19 @@ _SPACE_OFFSET_RE = re.compile(r"^(.*\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:\d{
 @dataclass(frozen=True, slots=True)
 class HistoryResult:
     """What a history request returns, as rows or as columns (``format=columns``: read
-    from storage as columns too, no object per value). Serialised straight to JSON
-    (``to_json``): with up to ``max_rows`` rows a model object per row would cost more than
-    reading them."""
+    from storage as two JSON arrays, no object per value; see ``HistoryJson``). Serialised
+    straight to JSON (``to_json``): with up to ``max_rows`` rows a model object per row
+    would cost more than reading them."""
 
     device: str
     point: str
     unit: str | None
     window: HistoryWindow
     rows: Sequence[HistoryPoint] = ()
-    columns: HistoryColumns | None = None
+    columns: HistoryJson | None = None
 
     def __len__(self) -> int:
-        return len(self.rows) if self.columns is None else len(self.columns.ts_ms)
+        return len(self.rows) if self.columns is None else self.columns.count
 
     def to_json(self) -> bytes:
         """The ``HistoryColumnsOut`` document when read as columns, else ``HistoryOut``."""
@@ -82,7 +82,12 @@ class HistoryResult:
             "agg": window.agg,
         }
         if self.columns is not None:
-            return orjson.dumps({**head, "ts_ms": self.columns.ts_ms, "value": self.columns.values})
+            # The arrays come rendered from storage (SQLite writes them in C): spliced in.
+            ts_ms, values = (
+                orjson.Fragment(self.columns.ts_ms),
+                orjson.Fragment(self.columns.values),
+            )
+            return orjson.dumps({**head, "ts_ms": ts_ms, "value": values})
         rows = [{"ts": to_rfc3339(r.ts_ms), "value": r.value} for r in self.rows]
         return orjson.dumps({**head, "values": rows})
 

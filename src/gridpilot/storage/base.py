@@ -19,6 +19,8 @@ from enum import StrEnum
 from types import TracebackType
 from typing import NamedTuple, Protocol, Self, runtime_checkable
 
+import orjson
+
 from gridpilot.model import Sample, SeriesKey
 
 
@@ -88,6 +90,26 @@ class HistoryColumns(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryJson:
+    """A history answer as two JSON arrays (``ts_ms`` and ``values``), ready to be spliced
+    into an HTTP answer: what the API's ``format=columns`` sends. A backend that can render
+    JSON itself (SQLite does, in C) skips a Python object per value; the others render
+    their columns with :meth:`of`.
+
+    SQLite renders REAL values with 15 significant digits, so a value whose binary double
+    needs 16 or 17 to round-trip (``0.1 + 0.2``) reads back as its 15-digit rounding here;
+    every value a meter or a payload gives with 15 digits or fewer reads back exactly."""
+
+    count: int
+    ts_ms: bytes
+    values: bytes
+
+    @classmethod
+    def of(cls, columns: HistoryColumns) -> HistoryJson:
+        return cls(len(columns.ts_ms), orjson.dumps(columns.ts_ms), orjson.dumps(columns.values))
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """An alarm or notable change of a site (a device dropped out, an operator's override).
 
@@ -135,6 +157,17 @@ class Storage(Protocol):
         agg: Agg = Agg.MEAN,
     ) -> HistoryColumns:
         """What ``history`` answers, as columns."""
+        ...
+
+    async def history_json(
+        self,
+        series: SeriesKey,
+        start_ms: int,
+        end_ms: int,
+        every_ms: int | None = None,
+        agg: Agg = Agg.MEAN,
+    ) -> HistoryJson:
+        """What ``history_columns`` answers, as two JSON arrays (see :class:`HistoryJson`)."""
         ...
 
     async def write_events(self, events: Sequence[Event]) -> int:

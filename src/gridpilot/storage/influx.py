@@ -84,6 +84,7 @@ from gridpilot.storage.base import (
     Agg,
     Event,
     HistoryColumns,
+    HistoryJson,
     HistoryPoint,
     LatestValue,
     Level,
@@ -585,6 +586,17 @@ class InfluxStorage:
     ) -> HistoryColumns:
         """What ``history`` answers, as two columns."""
         return HistoryColumns(*await self._history_columns(series, start_ms, end_ms, every_ms, agg))
+
+    async def history_json(
+        self,
+        series: SeriesKey,
+        start_ms: int,
+        end_ms: int,
+        every_ms: int | None = None,
+        agg: Agg = Agg.MEAN,
+    ) -> HistoryJson:
+        """What ``history_columns`` answers, as two JSON arrays."""
+        return HistoryJson.of(await self.history_columns(series, start_ms, end_ms, every_ms, agg))
 
     async def _history_columns(
         self,

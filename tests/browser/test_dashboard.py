@@ -477,3 +477,56 @@ def test_operator_changes_the_peak_shaving_limit_and_a_viewer_cannot(
         )
     assert answer.status_code == 200, answer.text
     no_page_errors(problems)
+
+
+def test_the_events_view_shows_the_utilitys_active_and_scheduled_events(
+    demo: Demo, page: tuple[Page, PageProblems], tmp_path: Path
+) -> None:
+    """While a 2030.5 client publishes utility events, the events view lists them above the
+    site's events (the route's answer is set here; the page is the real one)."""
+    browser_page, problems = page
+    markup = '<img src="x" id="injected-utility">'
+    status = {
+        "site": SITE,
+        "published": True,
+        "message": None,
+        "status": {
+            "active_events": [
+                {"mrid": "5A7E0C1D", "description": "Feeder 12 export limit " + markup,
+                 "effective_start": "2026-11-27T09:55:00Z",
+                 "effective_end": "2026-11-27T10:55:00Z",
+                 "modes": {"opModExpLimW": {"value": 5000, "unit": "W"}}},
+            ],
+            "scheduled_events": [
+                {"mrid": "6B8F1D2E", "description": "Evening limit",
+                 "effective_start": "2026-11-27T17:00:00Z",
+                 "effective_end": "2026-11-27T19:00:00Z",
+                 "modes": {"opModConnect": {"value": False}}},
+            ],
+        },
+    }  # fmt: skip
+    browser_page.route("**/api/v1/ieee2030_5", lambda route: route.fulfill(json=status))
+    sign_in(browser_page, demo, demo.viewer, view="events")
+    panel = browser_page.get_by_test_id("utility-events")
+    expect(panel).to_be_visible()
+    items = browser_page.get_by_test_id("utility-event-list").locator("li")
+    expect(items).to_have_count(2)
+    expect(items.nth(0)).to_have_attribute("data-status", "active")
+    expect(items.nth(0)).to_contain_text("Feeder 12 export limit")
+    expect(items.nth(0)).to_contain_text("opModExpLimW 5000 W")
+    expect(items.nth(1)).to_have_attribute("data-status", "scheduled")
+    expect(items.nth(1)).to_contain_text("Evening limit: opModConnect false")
+    assert browser_page.locator("#injected-utility").count() == 0
+    screenshot(browser_page, tmp_path, "12-utility-events", full_page=False)
+
+    # No client publishing: the panel goes with the next refresh (5 s).
+    browser_page.unroute("**/api/v1/ieee2030_5")
+    browser_page.route(
+        "**/api/v1/ieee2030_5",
+        lambda route: route.fulfill(
+            json={"site": SITE, "published": False, "message": "no client", "status": None}
+        ),
+    )
+    expect(panel).to_be_hidden(timeout=15_000)
+    expect(browser_page.get_by_test_id("event-rows").locator("tr").first).to_be_visible()
+    no_page_errors(problems)

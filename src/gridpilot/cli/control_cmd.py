@@ -160,6 +160,16 @@ def status(config: str | None, as_json: bool) -> None:
     for point, target in (found.get("targets") or {}).items():
         limited = f" (limited by {', '.join(target['limited_by'])})" if target["limited_by"] else ""
         click.echo(f"  {point} -> {target['value']:g} from {target['source']}{limited}")
+    utility = found.get("grid_controls")
+    if utility:
+        stale = " STALE" if utility.get("stale") else ""
+        modes = "; ".join(utility.get("modes") or []) or "none in force"
+        click.echo(f"  utility controls{stale} (valid until {utility.get('valid_until')}): {modes}")
+        if utility.get("refused"):
+            click.echo(
+                f"  utility messages refused: {utility['refused']} "
+                f"(last: {utility.get('last_refusal')})"
+            )
 
 
 @control_group.command("dry-run")

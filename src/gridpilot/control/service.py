@@ -369,9 +369,8 @@ class ControllerService:
                 f"{exc}; {kept}",
             )
             return
-        last = self._grid_controls
-        if last is not None and controls.ts < last.ts:
-            return  # an older message delivered late: keep the newer
+        # The newest message wins, even with an earlier ts: one publisher's messages on one
+        # topic arrive in order, while its server-clock estimate may step back a little.
         self._grid_controls = controls
 
     async def _event_now(self, bus: BusClient, kind: str, source: str, message: str) -> None:

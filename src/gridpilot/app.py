@@ -144,7 +144,16 @@ async def run_services(
                 )
             )
         if Service.GATEWAY in services:
-            gateway = await stack.enter_async_context(GatewayService(config, address))
+            buffer = config.gateway.buffer
+            gateway = await stack.enter_async_context(
+                GatewayService(
+                    config,
+                    address,
+                    buffer_path=site_path(
+                        base_dir, buffer.path or Path(f"gateway-{config.gateway.id}.buffer.db")
+                    ),
+                )
+            )
         if config.homeassistant.enabled and {Service.GATEWAY, Service.INGEST} & set(services):
             # With the gateway (its devices' points) or ingest (a Sparkplug-only site);
             # processes running both publish the same retained configs, which is harmless.

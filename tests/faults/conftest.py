@@ -9,21 +9,39 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
-from tests.conftest import MosquittoServer
+from tests.conftest import MosquittoServer, find_free_port
+from tests.faults.gateway_rig import (
+    DeviceProcess,
+    GatewayProfile,
+    GatewayTally,
+    buffered_values,
+    stored,
+    tally,
+    wait_settled,
+    wait_stored_value,
+    write_gateway_site,
+)
 from tests.faults.rig import (
     FaultProfile,
     IngestProcess,
     Publisher,
+    ServiceProcess,
     Tally,
     count_stored,
     wait_stored,
     write_site,
 )
 
-_RESULTS: list[tuple[str, str, Tally, float]] = []
+
+class _Described(Protocol):
+    def describe(self) -> str: ...
+
+
+_RESULTS: list[tuple[str, str, _Described, float]] = []
 
 
 class SavingMosquitto(MosquittoServer):
@@ -113,5 +131,128 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _RESULTS:
         return
     terminalreporter.section("fault injection: sent vs stored")
-    for fault, profile, tally, seconds in _RESULTS:
-        terminalreporter.write_line(f"[{profile}] {fault}: {tally.describe()}; {seconds:.1f} s")
+    for fault, profile, counted, seconds in _RESULTS:
+        terminalreporter.write_line(f"[{profile}] {fault}: {counted.describe()}; {seconds:.1f} s")
+
+
+# ---------------------------------------------------------------------------- gateway faults
+
+
+@dataclass
+class GatewayRig:
+    """A counting Modbus device, the gateway and ingest as processes, a persistent broker.
+    ``start`` runs them; the test injects its fault; ``finish`` stops the gateway cleanly
+    once storage caught up with the device, and counts."""
+
+    profile: GatewayProfile
+    site: str
+    db: Path
+    site_file: Path
+    buffer_file: Path
+    broker: MosquittoServer
+    ingest: IngestProcess
+    gateway: ServiceProcess
+    device: DeviceProcess
+    started: float = 0.0
+    killed: list[tuple[set[int], int]] | None = None
+    buffered_at_kill: list[int] | None = None
+
+    def start(self, *, flap: tuple[float, float] | None = None) -> None:
+        self.device.flap = flap
+        self.device.start()
+        self.ingest.start()
+        self.gateway.start()
+        self.started = time.monotonic()
+        self.killed = []
+        self.buffered_at_kill = []
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def run_until(self, seconds: float) -> None:
+        """Let the stream run until ``seconds`` after start (checking the gateway lives)."""
+        while self.elapsed() < seconds:
+            assert self.gateway.alive, f"the gateway died:\n{self.gateway.log()[-4000:]}"
+            time.sleep(0.1)
+
+    def kill_broker(self) -> None:
+        process = self.broker.process
+        assert process is not None
+        process.kill()
+        process.wait(timeout=10)
+        self.broker.process = None
+
+    def kill_gateway(self, down_s: float) -> None:
+        """SIGKILL the gateway, look into its buffer file, restart it after ``down_s``."""
+        assert self.killed is not None
+        assert self.buffered_at_kill is not None
+        assert self.gateway.kill() == -9
+        messages, values = buffered_values(self.buffer_file)
+        self.buffered_at_kill.append(messages)
+        connections = len(self.device.first_values)
+        time.sleep(down_s)
+        self.gateway.start()
+        deadline = time.monotonic() + 30
+        while len(self.device.first_values) <= connections:
+            assert time.monotonic() < deadline, "the restarted gateway did not poll"
+            time.sleep(0.02)
+        self.killed.append((values, self.device.first_values[connections][1]))
+
+    def finish(self, fault: str) -> GatewayTally:
+        """Wait for storage to catch up with the device, stop the gateway (SIGTERM: it sends
+        what it holds), wait for ingest, count."""
+        wait_stored_value(self.db, self.site, self.device.answered, self.profile.settle_s)
+        assert self.gateway.terminate() == 0, self.gateway.log()[-4000:]
+        wait_settled(self.db, self.site)
+        left, _ = buffered_values(self.buffer_file)
+        result = tally(
+            self.db, self.site, self.profile.points, killed=self.killed or (), left_in_buffer=left
+        )
+        _RESULTS.append((fault, self.profile.name, result, self.elapsed()))
+        return result
+
+
+@pytest.fixture
+def gateway_profile() -> GatewayProfile:
+    return GatewayProfile.from_env()
+
+
+@pytest.fixture
+def gateway_rig(tmp_path: Path, gateway_profile: GatewayProfile) -> Iterator[GatewayRig]:
+    """Broker running; device, ingest and gateway created, not started."""
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    broker = SavingMosquitto(workdir, persistent=True)
+    broker.start()
+    site = f"gwfault-{uuid.uuid4().hex[:8]}"
+    db = tmp_path / "gridpilot.db"
+    device_port = find_free_port()
+    site_file = write_gateway_site(
+        tmp_path / "site.yaml",
+        site,
+        broker_port=broker.port,
+        device_port=device_port,
+        db=db,
+        profile=gateway_profile,
+    )
+    rig = GatewayRig(
+        gateway_profile,
+        site,
+        db,
+        site_file,
+        tmp_path / "gateway.buffer.db",
+        broker,
+        IngestProcess(site_file, tmp_path / "ingest.log"),
+        ServiceProcess("gateway", site_file, tmp_path / "gateway.log"),
+        DeviceProcess(device_port, tmp_path / "device.log"),
+    )
+    try:
+        yield rig
+    finally:
+        rig.gateway.stop()
+        rig.device.stop()
+        rig.ingest.stop()
+        broker.stop()
+
+
+__all__ = ["GatewayRig", "Rig", "stored"]

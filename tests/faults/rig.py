@@ -29,7 +29,6 @@ import yaml
 from tests.conftest import REPO
 
 DEVICE = "meter1"
-_READY = re.compile(r"gridpilot: ingest running")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,35 +88,52 @@ def write_site(
     return path
 
 
-class IngestProcess:
-    """``gridpilot run ingest`` in a subprocess; its output goes to ``log_path`` (appended
-    across restarts, so the test can show what every incarnation said)."""
+class ServiceProcess:
+    """``gridpilot run SERVICE`` in a subprocess; its output goes to ``log_path`` (appended
+    across restarts, so the test can show what every incarnation said). ``env`` is added
+    to the environment (the clock-jump test preloads libfaketime through it)."""
 
-    def __init__(self, site_file: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        service: str,
+        site_file: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.service = service
         self.site_file = site_file
         self.log_path = log_path
+        self.env = env
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self._ready = re.compile(rf"gridpilot: {service} running")
 
     def start(self, timeout_s: float = 60.0) -> None:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        env = None if self.env is None else {**os.environ, **self.env}
+        args = ["-m", "gridpilot", "-vv", "run", self.service, str(self.site_file)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gridpilot", "-vv", "run", "ingest", str(self.site_file)],
+                [sys.executable, *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=REPO,
+                env=env,
             )
         self.starts += 1
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if _READY.search(self.log_path.read_bytes()[offset:].decode(errors="replace")):
+            if self._ready.search(self.log_path.read_bytes()[offset:].decode(errors="replace")):
                 return
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)
-        raise AssertionError(f"ingest did not start; its log:\n{self.log()}")
+        raise AssertionError(f"{self.service} did not start; its log:\n{self.log()}")
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     @property
     def pid(self) -> int:
@@ -125,7 +141,8 @@ class IngestProcess:
         return self.process.pid
 
     def kill(self) -> int:
-        """SIGKILL: no flush, no acknowledgement, no DISCONNECT."""
+        """SIGKILL: no flush, no acknowledgement, no DISCONNECT (the process's own state is
+        lost: what it had not written anywhere is gone)."""
         return self._signal(signal.SIGKILL, 10)
 
     def terminate(self, timeout_s: float = 30.0) -> int:
@@ -142,7 +159,8 @@ class IngestProcess:
             process.kill()
             process.wait(timeout=10)
             raise AssertionError(
-                f"ingest did not exit within {timeout_s} s of {sig.name}; log:\n{self.log()}"
+                f"{self.service} did not exit within {timeout_s} s of {sig.name}; "
+                f"log:\n{self.log()}"
             ) from None
 
     def rss_kib(self) -> int:
@@ -158,6 +176,13 @@ class IngestProcess:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.terminate()
+
+
+class IngestProcess(ServiceProcess):
+    """``gridpilot run ingest``: SQLite, the test's Mosquitto, a persistent session."""
+
+    def __init__(self, site_file: Path, log_path: Path) -> None:
+        super().__init__("ingest", site_file, log_path)
 
 
 @dataclass

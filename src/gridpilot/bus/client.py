@@ -238,6 +238,7 @@ class _Outgoing:
     payload: bytes
     qos: int
     retain: bool
+    on_done: Callable[[bool], None] | None = None
 
 
 class _Connection:
@@ -509,11 +510,17 @@ class BusClient:
         *,
         qos: int = 1,
         retain: bool = False,
+        on_done: Callable[[bool], None] | None = None,
     ) -> None:
         """Queue a message; returns once it is queued, not once it is delivered.
 
         Waits while ``max_outgoing`` messages are queued or unacknowledged, at most
         ``publish_timeout_s`` (if set), then raises ``BusTimeoutError``.
+        ``on_done`` is called (on the loop, must not raise) once the message's fate is
+        known: ``True`` when the broker acknowledged it (QoS 1/2; QoS 0: written),
+        ``False`` when it refused it or it was dropped unsendable. Never called for what is
+        still unacknowledged when the client closes (the gateway's disk buffer keeps such
+        messages until their PUBACK).
         Raises ``ValueError`` for a topic with wildcards or a QoS outside 0-2, and
         ``BusClosedError`` after ``close``.
         """
@@ -529,7 +536,7 @@ class BusClient:
         idle = self._idle
         idle.clear()
         self._seq += 1
-        self._queue.append(_Outgoing(self._seq, topic, payload, qos, retain))
+        self._queue.append(_Outgoing(self._seq, topic, payload, qos, retain, on_done))
         self._pump()
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
@@ -602,6 +609,7 @@ class BusClient:
             if rec.qos == 0 and info.is_published():
                 self.stats.published += 1
                 self._release()
+                _report(rec, delivered=True)
                 continue
             inflight[info.mid] = rec
 
@@ -609,6 +617,7 @@ class BusClient:
         self.stats.publish_dropped += 1
         log.error("%s: dropped a message to %s: %s", self._client_id, rec.topic, why)
         self._release()
+        _report(rec, delivered=False)
 
     # ------------------------------------------------------------------ subscribing
 
@@ -1180,6 +1189,7 @@ class BusClient:
             self.stats.published += 1
         conn.acked = True
         self._release()
+        _report(rec, delivered=not reason.is_failure)
 
     def _on_paho_log(self, client: mqtt.Client, conn: _Connection, level: int, text: str) -> None:
         if level == mqtt.MQTT_LOG_ERR:
@@ -1206,6 +1216,14 @@ class BusClient:
         if self._loop is None:
             raise RuntimeError("use BusClient as 'async with BusClient(...)'")
         return self._loop
+
+
+def _report(rec: _Outgoing, *, delivered: bool) -> None:
+    if rec.on_done is not None:
+        try:
+            rec.on_done(delivered)
+        except Exception:  # a callback's bug must not break the connection's callbacks
+            log.exception("on_done callback of a message to %s failed", rec.topic)
 
 
 def _user_property(pairs: list[tuple[str, str]], name: str) -> str | None:

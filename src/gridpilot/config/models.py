@@ -369,6 +369,25 @@ class PollClassesConfig(_Frozen):
     """``slow`` points are polled every ``poll_interval x slow_multiple`` (1 s -> 10 s)."""
 
 
+class GatewayBufferConfig(_Frozen):
+    """The gateway's on-disk buffer of telemetry and events (SQLite, WAL): every message is
+    committed there before it is sent and deleted after the broker's PUBACK, so what was
+    polled survives a broker outage and a gateway crash, and is replayed in order.
+
+    When a bound is reached the oldest messages not yet sent are dropped, counted (gateway
+    state ``buffer.dropped``, ``/metrics``) and announced by an alarm event. The defaults
+    hold about 6 days of a 4-device site polled every second (~200 B per message).
+    """
+
+    path: Path | None = None
+    """The buffer file; default ``gateway-{gateway.id}.buffer.db`` next to the site file.
+    One gateway process per file (it is locked while open)."""
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
+    """Bytes of topics and payloads held at most (SQLite's own overhead comes on top)."""
+    max_messages: int = Field(default=2_000_000, ge=10)
+    """Messages held at most."""
+
+
 class GatewayConfig(_Frozen):
     """The Modbus gateway service."""
 
@@ -386,6 +405,8 @@ class GatewayConfig(_Frozen):
     )
     """How often each device's retained state (health, counters, poll jitter) is published
     when nothing changed; a change is published at once."""
+    buffer: GatewayBufferConfig = GatewayBufferConfig()
+    """The on-disk buffer between polling and the broker."""
 
 
 class AnalogConfig(_Frozen):

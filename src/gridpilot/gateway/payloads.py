@@ -56,9 +56,12 @@ def gateway_state_payload(
     since_ms: int,
     ts_ms: int,
     devices: Iterable[str],
+    *,
     reason: str | None = None,
+    buffer: Mapping[str, int] | None = None,
 ) -> bytes:
-    """Retained ``gridpilot/v1/{site}/{gateway}/state`` of the gateway itself."""
+    """Retained ``gridpilot/v1/{site}/{gateway}/state`` of the gateway itself; ``buffer``:
+    its on-disk buffer's figures (messages, bytes, dropped, ...: ``OutboxStats``)."""
     body: dict[str, object] = {
         "status": str(status),
         "since": to_rfc3339(since_ms),
@@ -67,6 +70,8 @@ def gateway_state_payload(
     }
     if reason is not None:
         body["reason"] = reason
+    if buffer is not None:
+        body["buffer"] = dict(buffer)
     return orjson.dumps(body)
 
 

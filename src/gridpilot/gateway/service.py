@@ -16,8 +16,15 @@ The I/O shell around the pure parts of this package (``schedule``, ``health``,
 * one dispatcher: reads ``gridpilot/v1/{site}/+/command``, validates, hands the command to
   its device's bounded queue or answers ``rejected`` at once.
 
+Telemetry and events go through the gateway's on-disk buffer (``gateway.buffer``): each
+message is committed there before it is sent and deleted after its PUBACK, so a broker
+outage or a crash of the gateway loses nothing it had taken, and the buffer is replayed in
+order (``gateway.buffer`` module). Retained states go straight to the bus; while the broker
+is unreachable they are not queued (the reconnection re-announces the current ones).
+
 Ordering rule: everything a device publishes (telemetry, state, command results) is
-queued on the bus while holding that device's lock, so a command's result is published
+queued while holding that device's lock, and a command's result waits until the device's
+last telemetry has left the buffer for the bus, so a command's result is published
 after the telemetry read before the write and before the telemetry read after it: the
 first telemetry after an ``applied`` result shows the new value.
 
@@ -33,6 +40,7 @@ import logging
 import math
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -58,6 +66,7 @@ from gridpilot.fieldbus.modbus_tcp import ModbusTcpDevice
 from gridpilot.fieldbus.planner import ReadBlock, extract, plan_reads
 from gridpilot.fieldbus.rtu_frame import MAX_FRAME, MAX_WRITE_FRAME, char_bits, frame_gap_s
 from gridpilot.fieldbus.tcp_pool import ModbusTcpPool
+from gridpilot.gateway.buffer import BufferWriteError, DiskBuffer, Outbox
 from gridpilot.gateway.commands import (
     Applied,
     Command,
@@ -204,9 +213,17 @@ def _bus_key(device: DeviceConfig) -> str | None:
 
 
 class _Bus(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> None: ...
+
+
+_RESULT_ORDER_WAIT_S = 2.0
+"""How long a command result waits for the device's telemetry to leave the buffer (it is
+published anyway after this: the broker is away or the buffer holds a long backlog)."""
 
 
 class _DeviceWorker:
@@ -220,6 +237,7 @@ class _DeviceWorker:
         gateway: GatewayConfig,
         connection: DeviceConnection,
         bus: _Bus,
+        outbox: Outbox,
         clock: Callable[[], int],
         state_interval_s: float,
         bus_wait_s: float = 0.0,
@@ -232,6 +250,9 @@ class _DeviceWorker:
         self.device = device
         self.connection = connection
         self.bus = bus
+        self.outbox = outbox
+        self._last_buffered = 0
+        """Id in the buffer of this device's last telemetry or event."""
         self.clock = clock
         self.state_interval_s = state_interval_s
         self.interval_s = device.poll_interval.total_seconds()
@@ -365,10 +386,9 @@ class _DeviceWorker:
             log.debug("%s: out of valid range, dropped: %s", self.id, readings.out_of_range)
         if readings.values:
             self.seq += 1
-            await self.bus.publish(
+            await self._buffered(
                 str(Topic.telemetry(self.site, self.id)),
                 telemetry_payload(ts, self.seq, readings.values),
-                qos=1,
             )
         await self._announce_transition(was, now)
         loop_now = asyncio.get_running_loop().time()
@@ -445,10 +465,9 @@ class _DeviceWorker:
                 self.device = commanded  # the command path reads points from here
             if values:
                 self.seq += 1
-                await self.bus.publish(
+                await self._buffered(
                     str(Topic.telemetry(self.site, self.id)),
                     telemetry_payload(ts, self.seq, values),
-                    qos=1,
                 )
         await self._announce_transition(was, now)
         loop_now = asyncio.get_running_loop().time()
@@ -520,7 +539,7 @@ class _DeviceWorker:
             await self._event("info", f"{self.id} is online again", now)
 
     async def _event(self, level: str, message: str, now: int) -> None:
-        await self.bus.publish(
+        await self._buffered(
             str(Topic.events(self.site)),
             orjson.dumps(
                 {
@@ -530,11 +549,22 @@ class _DeviceWorker:
                     "message": message,
                 }
             ),
-            qos=1,
         )
+
+    async def _buffered(self, topic: str, payload: bytes) -> None:
+        """Commit to the disk buffer (sent from there in order, deleted after PUBACK)."""
+        try:
+            self._last_buffered = await self.outbox.put(topic, payload)
+        except BufferWriteError as exc:
+            # Counted by the buffer (write_failed) and logged there; the poll goes on.
+            log.debug("%s: not buffered: %s", self.id, exc)
 
     async def publish_state(self, reason: str | None = None) -> None:
         self._last_state_at = asyncio.get_running_loop().time()
+        if reason is None and not self.bus.connected:
+            # Retained, superseded by the next one, and re-announced on reconnection:
+            # queueing states while the broker is away would only fill the bus's queue.
+            return
         await self.bus.publish(
             str(Topic.state(self.site, self.id)),
             device_state_payload(self.health.snapshot(), self.clock(), reason),
@@ -637,6 +667,9 @@ class _DeviceWorker:
                 log.warning("%s: command %s failed: %s", self.id, command.id, reason)
             case Rejected(_, code, reason, cmd_id):
                 log.info("%s: command %s rejected (%s): %s", self.id, cmd_id, code, reason)
+        if self.bus.connected:
+            # The telemetry read before (and during) the command leaves the buffer first.
+            await self.outbox.wait_handed(self._last_buffered, _RESULT_ORDER_WAIT_S)
         await publish_result(self.bus, self.site, self.id, outcome, self.clock())
 
     def drain(self) -> list[Command]:
@@ -679,6 +712,9 @@ class GatewayService:
     and RTU units sharing their bus); ``clock`` gives wall
     time in epoch ms (timestamps, expiry); ``state_interval`` is how often a device's state
     is re-published when nothing changed (default: the site's ``gateway.state_interval``).
+    ``buffer_path`` is the on-disk buffer's file (``run`` passes ``gateway.buffer.path``
+    resolved against the site file's directory); None keeps the buffer in memory (SQLite
+    ``:memory:``, the same code, nothing survives the process).
     """
 
     def __init__(
@@ -690,6 +726,7 @@ class GatewayService:
         clock: Callable[[], int] = now_ms,
         state_interval: timedelta | None = None,
         client_id: str | None = None,
+        buffer_path: Path | None = None,
     ) -> None:
         self.config = config
         self.broker = broker
@@ -710,6 +747,14 @@ class GatewayService:
         self._bus: BusClient | None = None
         self._since_ms = clock()
         self._stopping = False
+        limits = config.gateway.buffer
+        self._disk = DiskBuffer(
+            buffer_path, max_messages=limits.max_messages, max_bytes=limits.max_bytes
+        )
+        self._outbox: Outbox | None = None
+        self._drop_alarm_at = 1
+        """Total dropped at which the next buffer-full alarm is published (1, 10, 100...)."""
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -732,6 +777,13 @@ class GatewayService:
             keepalive_s=broker.keepalive.total_seconds(),
             connect_timeout_s=broker.connect_timeout.total_seconds(),
         )
+        outbox = Outbox(
+            self._disk,
+            bus,
+            window=max(1, min(500, broker.max_outgoing // 2)),
+            on_drop=self._on_buffer_drop,
+        )
+        self._outbox = outbox
         # Workers first: a register map that cannot be planned fails before any I/O.
         # Devices start STAGGER_S apart: 500 devices at 1 s are polled one every 2 ms rather
         # than all at once, so no poll waits behind the other 499 (jitter) and the devices'
@@ -758,17 +810,33 @@ class GatewayService:
                 gateway=self.config.gateway,
                 connection=self._connector(device),
                 bus=bus,
+                outbox=outbox,
                 clock=self._clock,
                 state_interval_s=self._state_interval_s,
             )
         await bus.__aenter__()
         self._bus = bus
         try:
+            await outbox.start()
+        except BaseException:
+            await self._close_connections()
+            await bus.close()
+            raise
+        if self._disk.corrupt_moved_to is not None:
+            await self._gateway_event(
+                "alarm",
+                f"gateway buffer {self._disk.path} was unreadable: moved to "
+                f"{self._disk.corrupt_moved_to}; a fresh buffer was started and what the old "
+                "one held was not sent",
+            )
+        try:
             bus.on_connect(self._announce)
             await bus.subscribe(Topic.filter(TopicKind.COMMAND, site=self.site), qos=1)
         except BaseException:
             await self._close_connections()
+            await outbox.stop_sending()
             await bus.close()
+            await outbox.close()
             raise
         for worker in self._workers.values():
             self._poll_tasks.append(self._spawn(f"poll:{worker.id}", worker.run_polls))
@@ -832,16 +900,28 @@ class GatewayService:
         for worker in self._workers.values():
             worker.health.mark_offline(now)
             await worker.publish_state(reason="gateway stopped")
+        outbox = self.outbox
+        if bus.connected:
+            # A clean stop sends what was taken (bounded: the rest stays on disk).
+            await outbox.wait_handed(outbox.last_committed, _RESULT_ORDER_WAIT_S)
+        await outbox.stop_sending()
         await bus.publish(
             str(Topic.state(self.site, self.gateway_id)),
             gateway_state_payload(
-                DeviceStatus.OFFLINE, now, now, self._workers, reason="gateway stopped"
+                DeviceStatus.OFFLINE,
+                now,
+                now,
+                self._workers,
+                reason="gateway stopped",
+                buffer=outbox.stats.as_dict(),
             ),
             qos=1,
             retain=True,
         )
         await self._close_connections()
+        await cancel_and_wait(list(self._side_tasks))
         await bus.close()
+        await outbox.close()
         log.info("gateway %s: stopped", self.gateway_id)
 
     async def _close_connections(self) -> None:
@@ -871,6 +951,44 @@ class GatewayService:
             raise RuntimeError("use 'async with GatewayService(...)'")
         return self._bus
 
+    @property
+    def outbox(self) -> Outbox:
+        """The on-disk buffer between polling and the bus (its ``stats`` for /metrics)."""
+        if self._outbox is None:
+            raise RuntimeError("use 'async with GatewayService(...)'")
+        return self._outbox
+
+    def _on_buffer_drop(self, total: int, newly: int) -> None:
+        """A bound of the buffer made messages drop: an alarm at the 1st, 10th, 100th...
+        dropped message (one per order of magnitude, not one per commit)."""
+        if total < self._drop_alarm_at or self._stopping:
+            return
+        while self._drop_alarm_at <= total:
+            self._drop_alarm_at *= 10
+        limits = self.config.gateway.buffer
+        message = (
+            f"gateway buffer full ({limits.max_messages} messages / {limits.max_bytes} bytes, "
+            f"gateway.buffer): the oldest unsent telemetry is being dropped, {total} message(s) "
+            "so far -- the broker has been unreachable for long; raise the bounds or "
+            "restore the broker connection"
+        )
+        task = asyncio.create_task(self._gateway_event("alarm", message))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _gateway_event(self, level: str, message: str) -> None:
+        log.log(logging.WARNING if level == "alarm" else logging.INFO, "%s", message)
+        payload = orjson.dumps(
+            {
+                "ts": to_rfc3339(self._clock()),
+                "level": level,
+                "source": f"gateway/{self.gateway_id}",
+                "message": message,
+            }
+        )
+        with contextlib.suppress(BufferWriteError):
+            await self.outbox.put(str(Topic.events(self.site)), payload)
+
     def health(self, device_id: str) -> DeviceHealth:
         """The live health of a polled device (for status pages and tests)."""
         return self._workers[device_id].health
@@ -891,7 +1009,11 @@ class GatewayService:
         await bus.publish(
             str(Topic.state(self.site, self.gateway_id)),
             gateway_state_payload(
-                DeviceStatus.ONLINE, self._since_ms, self._clock(), self._workers
+                DeviceStatus.ONLINE,
+                self._since_ms,
+                self._clock(),
+                self._workers,
+                buffer=self.outbox.stats.as_dict(),
             ),
             qos=1,
             retain=True,

@@ -1,0 +1,190 @@
+"""Fault injection at the gateway, with real processes: a Modbus device that numbers its
+answers (``counter_device.py``), ``gridpilot run gateway`` polling it every 10 ms (10
+values per poll), a persistent Mosquitto, ``gridpilot run ingest`` on SQLite. Each test
+counts what was stored against what the gateway took (committed to its on-disk buffer:
+``gateway_rig``): nothing lost, nothing doubled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.faults.conftest import GatewayRig
+from tests.faults.gateway_rig import GATEWAY_DEVICE, GatewayTally, stored
+
+pytestmark = pytest.mark.integration
+
+_FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def assert_nothing_lost(rig: GatewayRig, result: GatewayTally) -> None:
+    detail = (
+        f"{result.describe()}\ngateway log:\n{rig.gateway.log()[-3000:]}\n"
+        f"ingest log:\n{rig.ingest.log()[-1500:]}"
+    )
+    assert result.sent > 0, detail
+    assert result.lost == [], detail
+    assert result.duplicated == 0, detail
+    assert result.stored == result.sent, detail
+    assert result.left_in_buffer == 0, detail
+
+
+@pytest.mark.parametrize("broker", ["broker-up", "broker-down"])
+def test_gateway_killed_mid_stream(gateway_rig: GatewayRig, broker: str) -> None:
+    """SIGKILL of the gateway. Broker up: what it had committed and not yet seen
+    acknowledged is in its buffer file, and its successor sends it (again, for what the
+    broker had in fact received: ingest's storage absorbs it). Broker down: the gateway
+    was buffering on disk when killed; its successor keeps buffering and sends everything
+    when the broker is back."""
+    rig = gateway_rig
+    p = rig.profile
+    rig.start()
+    rig.run_until(p.stream_s * 0.3)
+    if broker == "broker-down":
+        rig.kill_broker()
+        rig.run_until(p.stream_s * 0.3 + p.outage_s / 2)
+    rig.kill_gateway(down_s=1.0)
+    assert rig.buffered_at_kill is not None
+    if broker == "broker-down":
+        # It was taking polls all along: they were on disk at the kill.
+        assert rig.buffered_at_kill[0] > 50, rig.buffered_at_kill
+        rig.run_until(p.stream_s * 0.3 + p.outage_s + 1.0)
+        rig.broker.start()
+    rig.run_until(p.stream_s)
+    result = rig.finish(f"gateway SIGKILL, {broker}")
+    assert_nothing_lost(rig, result)
+    # What the killed gateway had read but not committed: at most the poll in progress.
+    assert len(result.read_not_taken) <= 2, result.read_not_taken
+    assert "left by the previous run" in rig.gateway.log() or rig.buffered_at_kill[0] == 0
+
+
+def test_broker_down_gateway_buffers_on_disk_and_replays(gateway_rig: GatewayRig) -> None:
+    """Mosquitto SIGKILLed for ``outage_s`` while the gateway polls: the polls pile up in
+    the buffer file (the bus holds 50 at most), and are sent in order once it is back."""
+    rig = gateway_rig
+    p = rig.profile
+    rig.start()
+    rig.run_until(p.stream_s * 0.3)
+    rig.kill_broker()
+    rig.run_until(p.stream_s * 0.3 + p.outage_s)
+    on_disk = buffered_or_none(rig)
+    rig.broker.start()
+    rig.run_until(p.stream_s + p.outage_s)
+    result = rig.finish("Mosquitto SIGKILL, gateway buffering")
+    assert_nothing_lost(rig, result)
+    log = rig.gateway.log()
+    assert "wait on disk" in log, log[-3000:]
+    assert "backlog sent" in log, log[-3000:]
+    assert on_disk is None or on_disk > 0
+
+
+def buffered_or_none(rig: GatewayRig) -> int | None:
+    """How many messages the live gateway's buffer holds (None: its file is locked, as it
+    is while the gateway runs; the log says instead)."""
+    try:
+        with sqlite3.connect(f"file:{rig.buffer_file}?mode=ro", uri=True, timeout=0.1) as c:
+            n: int = c.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        c.close()
+    except sqlite3.OperationalError:
+        return None
+    return n
+
+
+def test_device_flapping(gateway_rig: GatewayRig) -> None:
+    """The device's server stops and starts every couple of seconds: the gateway reports it
+    offline and online (alarm and info events, stored by ingest), keeps running, stores
+    every answer once, and the gaps show in ``gridpilot gaps``."""
+    rig = gateway_rig
+    p = rig.profile
+    up_s, down_s = (2.0, 1.5) if p.name == "short" else (5.0, 3.0)
+    rig.start(flap=(up_s, down_s))
+    rig.run_until(p.stream_s + 2 * (up_s + down_s))
+    downs = rig.device.downs
+    assert downs >= 2, downs
+    result = rig.finish(f"device flapping ({up_s:g} s up / {down_s:g} s down, {downs} outages)")
+    assert_nothing_lost(rig, result)
+    with sqlite3.connect(f"file:{rig.db}?mode=ro", uri=True) as conn:
+        messages = [
+            str(m)
+            for (m,) in conn.execute(
+                "SELECT message FROM events WHERE site = ? ORDER BY ts_ms", (rig.site,)
+            )
+        ]
+    conn.close()
+    offline = [m for m in messages if m.startswith(f"{GATEWAY_DEVICE} offline")]
+    online = [m for m in messages if m == f"{GATEWAY_DEVICE} is online again"]
+    assert len(offline) >= downs - 1, messages
+    assert len(online) >= downs - 1, messages
+    gaps = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gridpilot",
+            "gaps",
+            str(rig.site_file),
+            GATEWAY_DEVICE,
+            "--since",
+            "10m",
+            "--json",
+        ],
+        capture_output=True,
+        check=False,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert gaps.returncode == 0, gaps.stderr.decode()
+    report = json.loads(gaps.stdout)
+    listed = report["gaps"] if isinstance(report, dict) else report
+    # Each outage is a gap of about down_s (+ detection and reconnection).
+    long_gaps = [g for g in listed if g["duration_s"] >= down_s * 0.8]
+    assert len(long_gaps) >= downs - 1, report
+
+
+@pytest.mark.skipif(not _FAKETIME.exists(), reason="libfaketime is not installed")
+def test_wall_clock_jump(gateway_rig: GatewayRig, tmp_path: Path) -> None:
+    """The gateway's wall clock (libfaketime, for its process only; the machine's clock is
+    not touched) steps back one hour mid-stream, then forward to 90 s ahead of real time:
+    polling goes on (its schedule runs on the monotonic clock), every poll is stored once
+    under the time the gateway's clock gave it."""
+    rig = gateway_rig
+    p = rig.profile
+    offset_file = tmp_path / "faketime"
+    offset_file.write_text("+0\n")
+    rig.gateway.env = {
+        "LD_PRELOAD": str(_FAKETIME),
+        "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+        # The offset file is read again at most every second (reading it at every clock
+        # call slowed the gateway down enough to time polls out on a busy machine).
+        "FAKETIME_CACHE_DURATION": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    rig.start()
+    rig.run_until(p.stream_s * 0.3)
+    offset_file.write_text("-1h\n")
+    back_at = rig.device.answered
+    rig.run_until(p.stream_s * 0.6)
+    offset_file.write_text("+90s\n")
+    rig.run_until(p.stream_s)
+    result = rig.finish("gateway wall clock -1 h, then +90 s")
+    assert_nothing_lost(rig, result)
+    # The jumps are in the data: ts runs back an hour, then ahead.
+    with sqlite3.connect(f"file:{rig.db}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT s.value, s.ts_ms FROM samples s JOIN series r ON r.id = s.series_id "
+            "WHERE r.site = ? AND r.point = 'v0_count' ORDER BY s.value",
+            (rig.site,),
+        ).fetchall()
+    conn.close()
+    steps = [b[1] - a[1] for a, b in itertools.pairwise(rows)]
+    assert min(steps) < -3_500_000, (back_at, min(steps))
+    assert max(steps) > 3_500_000
+    assert stored(rig.db, rig.site).rows == result.stored * p.points
+    assert rig.gateway.process is None  # stopped by finish (SIGTERM, exit 0)

@@ -365,8 +365,10 @@ async def storage_ms(storage: Storage, query: Query, repeats: int = 5) -> float:
     if window is None:
         read = partial(storage.latest, SITE)
     else:
+        # What the API reads: the JSON arrays for format=columns, the rows otherwise.
+        columns = query.history is not None and query.history.get("format") == "columns"
         read = partial(
-            storage.history,
+            storage.history_json if columns else storage.history,
             series,
             window.start_ms,
             window.end_ms,

@@ -50,7 +50,9 @@ class GatewayProfile:
         if name == "short":
             return cls("short", stream_s=8.0, outage_s=3.0, poll_s=0.01, points=10, settle_s=20)
         if name == "full":
-            return cls("full", stream_s=150.0, outage_s=60.0, poll_s=0.01, points=10, settle_s=90)
+            # 60 uint32 points: 120 registers, still one read (at most 125), so one poll
+            # is one answer of the device; ~100 polls/s x 60 = 1,000,000 samples in 170 s.
+            return cls("full", stream_s=170.0, outage_s=60.0, poll_s=0.01, points=60, settle_s=120)
         raise ValueError(f"GRIDPILOT_FAULT_PROFILE={name!r}: use short or full")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -33,6 +33,7 @@ from gridpilot.api.stream import StreamHub, TooManyStreamsError
 from gridpilot.bus.client import BrokerAddress, BusClient
 from gridpilot.config import GridPilotConfig
 from gridpilot.control.service import CycleStats
+from gridpilot.gateway.buffer import OutboxStats
 from gridpilot.gateway.health import BackoffPolicy, DeviceHealth
 from gridpilot.gateway.payloads import device_state_payload, gateway_state_payload
 from gridpilot.ingest.service import IngestStats
@@ -145,6 +146,7 @@ class IngestLike:
 class GatewayLike:
     device_health: Mapping[str, DeviceHealth]
     bus: BusClient
+    buffer_stats: OutboxStats = field(default_factory=OutboxStats)
 
 
 @dataclass
@@ -411,6 +413,12 @@ def test_local_services_are_read_live_at_every_scrape() -> None:
     assert second.value("gridpilot_device_online", device="battery") == 1
     assert second["gridpilot_control_cycles_total"] == 6
     assert second["gridpilot_control_cycle_overruns_total"] == 1
+    assert second["gridpilot_gateway_buffer_messages"] == 0
+    gateway.buffer_stats.messages = 1200
+    gateway.buffer_stats.dropped = 7
+    third = scrape(metrics)
+    assert third["gridpilot_gateway_buffer_messages"] == 1200
+    assert third["gridpilot_gateway_buffer_dropped_total"] == 7
 
 
 def test_process_basics_and_content_type() -> None:

@@ -36,6 +36,9 @@ Metrics (``_total`` = counter, the rest gauges unless noted)::
     gridpilot_ingest_stream_missing_messages_total{device,kind}  messages missing in them
     gridpilot_ingest_stream_restarts_total{device}        publisher restarts (seq back to 0/1)
     gridpilot_ingest_stream_out_of_order_total{device}    messages older than one seen before
+    gridpilot_gateway_buffer_messages, _bytes             the gateway's on-disk buffer (in-process)
+    gridpilot_gateway_buffer_dropped_total                dropped unsent: gateway.buffer full
+    gridpilot_gateway_buffer_write_failed_total           not taken: the buffer's disk failed
     gridpilot_device_online{device}                       1 online, 0 offline or unknown
     gridpilot_device_consecutive_failures{device}
     gridpilot_device_polls_total{device}, gridpilot_device_polls_failed_total{device}
@@ -111,6 +114,7 @@ if TYPE_CHECKING:
     # Types only: the API reads these services' stats but does not depend on their code.
     from gridpilot.bus.client import BusClient
     from gridpilot.control.service import CycleStats
+    from gridpilot.gateway.buffer import OutboxStats
     from gridpilot.gateway.health import DeviceHealth
     from gridpilot.ingest.service import IngestStats
     from gridpilot.ops.gaps import StreamTracker
@@ -166,6 +170,9 @@ class GatewaySource(Protocol):
 
     @property
     def bus(self) -> BusClient: ...
+
+    @property
+    def buffer_stats(self) -> OutboxStats: ...
 
 
 class ControllerSource(Protocol):
@@ -414,6 +421,8 @@ class SiteCollector:
             if ingest.streams is not None:
                 yield from stream_gap_metrics(ingest.streams)
         yield from device_metrics(self.devices())
+        if self._local.gateway is not None:
+            yield from gateway_buffer_metrics(self._local.gateway.buffer_stats)
         control = self.control()
         if control is not None:
             yield from control_metrics(control, self._period_s)
@@ -635,6 +644,31 @@ def control_metrics(figures: ControlFigures, period_s: float | None) -> Iterator
     ):
         if value is not None:
             yield GaugeMetricFamily(f"gridpilot_control_{name}", doc, value=value)
+
+
+def gateway_buffer_metrics(stats: OutboxStats) -> Iterator[Metric]:
+    """The gateway's on-disk buffer: its depth and what it dropped or failed to take."""
+    yield GaugeMetricFamily(
+        "gridpilot_gateway_buffer_messages",
+        "Messages in the gateway's on-disk buffer (awaiting the broker's PUBACK).",
+        value=stats.messages,
+    )
+    yield GaugeMetricFamily(
+        "gridpilot_gateway_buffer_bytes",
+        "Bytes of topics and payloads in the gateway's on-disk buffer.",
+        value=stats.bytes,
+    )
+    yield CounterMetricFamily(
+        "gridpilot_gateway_buffer_dropped",
+        "Messages dropped unsent because a bound of gateway.buffer was reached "
+        "(since the buffer file was created).",
+        value=stats.dropped,
+    )
+    yield CounterMetricFamily(
+        "gridpilot_gateway_buffer_write_failed",
+        "Messages the buffer could not commit (disk full, I/O error): lost.",
+        value=stats.write_failed,
+    )
 
 
 def bus_metrics(clients: Mapping[str, BusClient]) -> Iterator[Metric]:

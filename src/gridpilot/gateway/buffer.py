@@ -352,6 +352,8 @@ class OutboxStats:
     """Messages found in the buffer at start (left by the previous run)."""
     write_failed: int = 0
     """Messages that could not be committed (disk full, I/O error): not taken, lost."""
+    peak_backlog: int = 0
+    """Most messages waiting on disk for the bus at once (this process)."""
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -363,6 +365,7 @@ class OutboxStats:
             "undeliverable": self.undeliverable,
             "recovered": self.recovered,
             "write_failed": self.write_failed,
+            "peak_backlog": self.peak_backlog,
         }
 
 
@@ -402,6 +405,7 @@ class Outbox:
         self._closed = False
         self._backlog_logged = False
         self._drops_logged_at = 1
+        self._episode_peak = 0
 
     async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -538,6 +542,7 @@ class Outbox:
                 if not fut.done():
                     fut.set_result(result.first_id + offset)
         self._sync_stats()
+        self._note_backlog()
         if result.dropped and self.buffer.dropped >= self._drops_logged_at:
             # Logged at the 1st, 10th, 100th... drop: a long outage drops at every commit.
             while self._drops_logged_at <= self.buffer.dropped:
@@ -601,7 +606,10 @@ class Outbox:
                 self._handed_changed.set()
 
     def _note_backlog(self) -> None:
-        backlog = self.backlog
+        backlog = self.backlog + self._handed
+        if backlog > self.stats.peak_backlog:
+            self.stats.peak_backlog = backlog
+            self._episode_peak = max(self._episode_peak, backlog)
         if backlog > self._window and not self._backlog_logged:
             self._backlog_logged = True
             log.info(
@@ -610,9 +618,14 @@ class Outbox:
                 self.buffer.where,
                 backlog,
             )
-        elif backlog == 0 and self._backlog_logged:
+        elif self.backlog == 0 and self._backlog_logged:
             self._backlog_logged = False
-            log.info("gateway buffer %s: backlog sent", self.buffer.where)
+            log.info(
+                "gateway buffer %s: backlog sent (%d message(s) had waited at most)",
+                self.buffer.where,
+                self._episode_peak,
+            )
+            self._episode_peak = 0
 
     def _done_callback(self, message_id: int) -> Callable[[bool], None]:
         def done(delivered: bool) -> None:

@@ -66,7 +66,7 @@ from gridpilot.fieldbus.modbus_tcp import ModbusTcpDevice
 from gridpilot.fieldbus.planner import ReadBlock, extract, plan_reads
 from gridpilot.fieldbus.rtu_frame import MAX_FRAME, MAX_WRITE_FRAME, char_bits, frame_gap_s
 from gridpilot.fieldbus.tcp_pool import ModbusTcpPool
-from gridpilot.gateway.buffer import BufferWriteError, DiskBuffer, Outbox
+from gridpilot.gateway.buffer import BufferWriteError, DiskBuffer, Outbox, OutboxStats
 from gridpilot.gateway.commands import (
     Applied,
     Command,
@@ -957,6 +957,11 @@ class GatewayService:
         if self._outbox is None:
             raise RuntimeError("use 'async with GatewayService(...)'")
         return self._outbox
+
+    @property
+    def buffer_stats(self) -> OutboxStats:
+        """The on-disk buffer's figures (read by ``/metrics``)."""
+        return self.outbox.stats
 
     def _on_buffer_drop(self, total: int, newly: int) -> None:
         """A bound of the buffer made messages drop: an alarm at the 1st, 10th, 100th...

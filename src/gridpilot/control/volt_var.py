@@ -33,7 +33,7 @@ the utility's export limit; only manual overrides and safety beat it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, Self
 
@@ -186,7 +186,7 @@ class VoltVarController:
             events.append(refused)
         if source != state.source and state.source:
             events.append(f"volt-var curve now the {source} one: {_describe(setting)}")
-        state = VoltVarState(state.filter, state.stale, source, refused or None, state.step)
+        state = replace(state, source=source, refused_utility_curve=refused)
         if self.params.mode == "setpoint":
             return self._setpoint(snapshot, state, now, setting, events)
         return self._sunspec_curve(snapshot, state, setting, events)
@@ -241,10 +241,7 @@ class VoltVarController:
             # the inverter's points may not even be known to the gateway yet.
             if not state.stale:
                 events.append(f"volt-var: waiting for a first reading of {p.voltage}")
-            new_state = VoltVarState(
-                state.filter, True, state.source, state.refused_utility_curve, state.step
-            )
-            return Decision(new_state, (), (), {}, tuple(events))
+            return Decision(replace(state, stale=True), events=tuple(events))
         volts = snapshot.value(p.voltage, p.max_age_s)
         metrics: dict[str, float] = {}
         if volts is None:
@@ -286,9 +283,7 @@ class VoltVarController:
             for ref, v in p.enable.items()
         ]
         metrics |= {"target_var": target_var, "setpoint_var": value}
-        new_state = VoltVarState(
-            filtered, volts is None, state.source, state.refused_utility_curve, state.step
-        )
+        new_state = replace(state, filter=filtered, stale=volts is None)
         return Decision(new_state, tuple(requests), (), metrics, tuple(events))
 
     # ------------------------------------------------------------------ SunSpec 705 mode
@@ -338,10 +333,8 @@ class VoltVarController:
                     + (f" and {len(absent) - 1} more" if len(absent) > 1 else "")
                     + "; a device with fewer stored curves or points cannot take this curve)"
                 )
-            new_state = VoltVarState(
-                state.filter, state.stale, state.source, state.refused_utility_curve, step
-            )
-            return Decision(new_state, (), (), {"curve_step_state": -1.0}, tuple(events))
+            waiting = {"curve_step_state": -1.0}
+            return Decision(replace(state, step=step), (), (), waiting, tuple(events))
         written = holds(stored, wanted)
         adopted = holds("crv_1", wanted)
         enabled = snapshot.value(ref("ena_state"), p.max_age_s) == _ENABLED
@@ -378,10 +371,7 @@ class VoltVarController:
             v_pu = volts / p.nominal_voltage_v
             metrics["voltage_pct"] = 100.0 * v_pu
             metrics["target_var"] = volt_var_q_pu(v_pu, setting) * p.rated_va
-        new_state = VoltVarState(
-            state.filter, state.stale, state.source, state.refused_utility_curve, step
-        )
-        return Decision(new_state, tuple(requests), (), metrics, tuple(events))
+        return Decision(replace(state, step=step), tuple(requests), (), metrics, tuple(events))
 
 
 _STEPS = {

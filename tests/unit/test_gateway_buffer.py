@@ -305,3 +305,35 @@ async def test_a_command_result_can_wait_for_telemetry_to_reach_the_bus() -> Non
         assert not await ob.wait_handed(ids[3], 0.2)  # window full: not yet on the bus
         bus.ack()
         assert await ob.wait_handed(ids[3], 2.0)
+
+
+async def test_a_failed_hand_over_is_retried_in_order(caplog: pytest.LogCaptureFixture) -> None:
+    """The bus client raising (a bug, a closing client) loses nothing: the message is taken
+    back and handed over again, still in order."""
+
+    class FlakyBus(FakeBus):
+        failures = 1
+
+        async def publish(
+            self,
+            topic: str,
+            payload: bytes,
+            *,
+            qos: int = 1,
+            retain: bool = False,
+            on_done: Callable[[bool], None] | None = None,
+        ) -> None:
+            if topic == "t/2" and self.failures:
+                self.failures -= 1
+                raise RuntimeError("publish broke")
+            await super().publish(topic, payload, qos=qos, retain=retain, on_done=on_done)
+
+    bus = FlakyBus()
+    async with Outbox(DiskBuffer(None, max_messages=100, max_bytes=10**9), bus, window=10) as ob:
+        for i in range(5):
+            await ob.put(f"t/{i}", b"x")
+        await _until(lambda: len(bus.history) == 5)
+        assert bus.history == [f"t/{i}" for i in range(5)]
+        bus.ack()
+        await _until(lambda: ob.stats.messages == 0)
+    assert "sending failed" in caplog.text

@@ -513,6 +513,17 @@ class Outbox:
                 await self._flush_once()
             except sqlite3.Error as exc:
                 await self._on_write_error(exc)
+            except Exception:  # a bug must not stop the buffer for good: log, go on
+                log.exception("gateway buffer %s: commit failed", self.buffer.where)
+                await asyncio.sleep(1.0)
+
+    async def _send_loop(self) -> None:
+        while True:
+            try:
+                await self._send()
+            except Exception:  # as in _write_loop; the messages stay on disk meanwhile
+                log.exception("gateway buffer %s: sending failed", self.buffer.where)
+                await asyncio.sleep(1.0)
 
     async def _flush_once(self) -> None:
         batch = list(self._pending)
@@ -579,7 +590,7 @@ class Outbox:
         self.stats.bytes = self.buffer.bytes
         self.stats.dropped = self.buffer.dropped
 
-    async def _send_loop(self) -> None:
+    async def _send(self) -> None:
         while True:
             room = self._window - self._handed
             if room <= 0 or self._next_id > self._last_committed:
@@ -598,10 +609,16 @@ class Outbox:
             self._next_id = rows[-1].id + 1
             self._handed += len(rows)
             self._note_backlog()
-            for row in rows:
-                await self._bus.publish(
-                    row.topic, row.payload, qos=1, on_done=self._done_callback(row.id)
-                )
+            for index, row in enumerate(rows):
+                try:
+                    await self._bus.publish(
+                        row.topic, row.payload, qos=1, on_done=self._done_callback(row.id)
+                    )
+                except BaseException:
+                    # Not given to the bus: taken back, sent again by the next attempt.
+                    self._handed -= len(rows) - index
+                    self._next_id = row.id
+                    raise
                 self._published_through = row.id
                 self._handed_changed.set()
 

@@ -6,7 +6,10 @@ Publishes (bus contracts of issue 6, both retained):
   every ``publish_interval_s`` (60 s), with ``valid_until`` so a consumer can tell a stale
   message from a client that stopped;
 - ``gridpilot/v1/{site}/ieee2030_5/status`` whenever anything in it changes, and at least
-  every ``publish_interval_s`` too (its ``ts`` shows the client is alive).
+  every ``publish_interval_s`` too (its ``ts`` shows the client is alive);
+- on ``gridpilot/v1/{site}/events`` (not retained), what happened between two statuses
+  (``ieee2030_5.timeline``): registration, utility events received / started / completed /
+  cancelled, Responses posted, errors -- the site's timeline.
 
 Restart policy: 2030.5 failures (server down, refusals, rejected documents) are handled
 inside the client with backoff and never end the service; an unexpected exception is
@@ -34,6 +37,7 @@ from gridpilot.ieee2030_5.client import (
     controls_message,
     status_message,
 )
+from gridpilot.ieee2030_5.timeline import timeline_events
 from gridpilot.model.topics import Topic
 from gridpilot.tasks import cancel_and_wait
 
@@ -76,6 +80,7 @@ class Ieee2030_5Service:  # noqa: N801 -- the standard's name
         self._controls_sent_at = -float("inf")
         self._last_status: bytes | None = None
         self._status_sent_at = -float("inf")
+        self._timeline_seen: dict[str, Any] | None = None
 
     async def __aenter__(self) -> Self:
         await self.client.__aenter__()
@@ -143,6 +148,21 @@ class Ieee2030_5Service:  # noqa: N801 -- the standard's name
                 self._last_controls = body
                 self._controls_sent_at = mono
             status: dict[str, Any] = dict(status_message(snapshot))
+            # The timeline first: what changed since the last status, once each.
+            for event in timeline_events(self._timeline_seen, status):
+                await bus.publish(
+                    str(Topic.events(self.site)),
+                    orjson.dumps(
+                        {
+                            "ts": status.get("ts"),
+                            "level": event.level,
+                            "source": "ieee2030_5",
+                            "message": event.message,
+                        }
+                    ),
+                    qos=1,
+                )
+            self._timeline_seen = status
             compare = orjson.dumps({k: v for k, v in status.items() if k != "ts"})
             if compare != self._last_status or mono - self._status_sent_at >= interval:
                 await bus.publish(

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
+
+if TYPE_CHECKING:
+    from gridpilot.app import Running
+    from gridpilot.config import GridPilotConfig
+    from gridpilot.sim.utility_demo import DemoUtilityPlan
 
 from gridpilot.cli.common import default_demo_dir, fail, freeze_startup_heap, run_async
 from gridpilot.config import ConfigError, validate_config_text
@@ -28,15 +36,67 @@ DEMO_SITE = "demo"
     "--http-port", default=8080, show_default=True, help="API and page; taken? A free one."
 )
 @click.option("--speed", default=1.0, show_default=True, help="Simulated seconds per second.")
+@click.option(
+    "--sim-start",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]),
+    help="The simulated building's clock at start, UTC (default: now), e.g. "
+    "2026-07-04T10:30 -- a sunny Saturday morning when it exports tens of kW.",
+)
+@click.option(
+    "--utility/--no-utility",
+    default=True,
+    show_default=True,
+    help="Run the IEEE 2030.5 test utility server and the site's 2030.5 client.",
+)
+@click.option(
+    "--utility-event-in",
+    type=click.FloatRange(min=0),
+    default=90.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="The utility's export-limit event starts this long after the demo.",
+)
+@click.option(
+    "--utility-event-duration",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the export-limit event lasts.",
+)
+@click.option(
+    "--utility-export-limit-w",
+    type=click.FloatRange(min=0, max=32_767_000),
+    default=10_000.0,
+    show_default=True,
+    metavar="W",
+    help="The export limit (opModExpLimW) the utility's event sets.",
+)
 def demo(
-    duration: float | None, data_dir: Path | None, mqtt_port: int, http_port: int, speed: float
+    duration: float | None,
+    data_dir: Path | None,
+    mqtt_port: int,
+    http_port: int,
+    speed: float,
+    sim_start: datetime | None,
+    utility: bool,
+    utility_event_in: float,
+    utility_event_duration: float,
+    utility_export_limit_w: float,
 ) -> None:
     """Run a simulated building with the gateway, an embedded MQTT broker, ingest, SQLite, the
-    control engine and the API."""
+    control engine and the API -- and a utility: an IEEE 2030.5 test server in-process that
+    the site's 2030.5 client registers with, and an export-limit event the grid-operator
+    controller holds the building's export under (it shows in the events timeline,
+    'gridpilot ieee2030-5 status' and /api/v1/ieee2030_5).
+
+    The export limit bites while the building exports: on a sunny day around noon. At other
+    times (night, winter, a busy weekday) start the simulated clock on one with --sim-start.
+    """
     from gridpilot.api.tokens import TokenError, TokenStoreError
     from gridpilot.app import (
         ALL_SERVICES,
-        Running,
+        Service,
         install_stop_signals,
         run_services,
         startup_errors,
@@ -44,12 +104,16 @@ def demo(
     from gridpilot.bus.embedded import EmbeddedBroker
     from gridpilot.sim.control import control_section
     from gridpilot.sim.site import SimulatedSite
+    from gridpilot.sim.utility_demo import DemoUtility
     from gridpilot.storage import open_storage
 
     directory = data_dir or default_demo_dir()
     # 0700: the directory holds the token store and the database.
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     site_file = directory / "site.yaml"
+    start = sim_start.replace(tzinfo=UTC) if sim_start is not None else None
+    plan = utility_plan(utility_export_limit_w, utility_event_in, utility_event_duration)
+    last_lines: list[str] = []
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -57,30 +121,26 @@ def demo(
         if duration is not None:
             asyncio.get_running_loop().call_later(duration, stop.set)
         async with (
-            SimulatedSite(base_port=0, speed=speed) as site,
+            SimulatedSite(base_port=0, speed=speed, start=start) as site,
             EmbeddedBroker(port=mqtt_port) as broker,
+            AsyncExitStack() as stack,
         ):
-            data = {
-                "site": {"id": DEMO_SITE, "name": "GridPilot demo building"},
-                "broker": {"url": broker.url},
-                "storage": {"path": "gridpilot.db"},
-                # The embedded broker (amqtt) ignores $share subscriptions: subscribe plainly.
-                "ingest": {"shared_subscription": "off"},
-                # Peak shaving with the battery and the load panel, the zone planners, the
-                # battery's fail-safe: the same settings examples/building.yaml explains.
-                "control": control_section(limit_w=110_000.0),
-                "devices": site.site_config(DEMO_SITE),
-            }
-            text = (
-                "# Written by 'gridpilot demo': the simulated building it is running.\n"
-                + yaml.safe_dump(data, sort_keys=False)
+            # Peak shaving with the battery and the load panel, the zone planners, the
+            # battery's fail-safe: the same settings examples/building.yaml explains.
+            control = control_section(limit_w=110_000.0)
+            services = list(ALL_SERVICES)
+            grid: DemoUtility | None = None
+            if utility:
+                grid = await stack.enter_async_context(DemoUtility(directory / "pki", plan))
+                grid.prepare(site.building, control)
+                services.append(Service.IEEE2030_5)
+            cfg = write_site_file(
+                site_file,
+                broker.url,
+                control,
+                site.site_config(DEMO_SITE),
+                None if grid is None else grid.client_section(pki_dir="pki"),
             )
-            site_file.write_text(text, encoding="utf-8")
-            try:
-                cfg = validate_config_text(text, str(site_file))
-            except ConfigError as exc:  # the simulator's own map is wrong: a bug, say so
-                fail(f"the simulator produced an invalid site file: {exc}")
-
             try:
                 token = demo_sign_in_token(directory / cfg.api.tokens_file)
             except (TokenError, TokenStoreError) as exc:
@@ -88,32 +148,22 @@ def demo(
 
             def banner(running: Running) -> None:
                 freeze_startup_heap()
-                port = running.broker.port
-                lines = [
-                    f"GridPilot demo: simulated building with {len(cfg.devices)} devices "
-                    f"({', '.join(d.id for d in cfg.devices)})",
-                    f"  dashboard     {running.api_url}/",
-                    f"  sign in with  {token}",
-                    "                (an admin token of this demo run; make others with "
-                    "'gridpilot token create --role viewer|operator')",
-                    f"  REST API      {running.api_url}/api/v1/devices "
-                    "(header 'Authorization: Bearer <token>'; "
-                    f"route list in the dashboard: {running.api_url}/#api)",
-                    f"  MQTT broker   mqtt://127.0.0.1:{port}",
-                    f"  site file     {site_file}",
-                    f"  storage       {running.storage_path}",
-                    "Try in another shell:",
-                    f"  mosquitto_sub -h 127.0.0.1 -p {port} -t 'gridpilot/#' -v",
-                    "  gridpilot tail",
-                    "  gridpilot query                      # latest value of every point",
-                    "  gridpilot query grid_meter active_power_w --every 1m --agg max",
-                    "  gridpilot control status             # what the controllers decide",
-                    "  gridpilot query controller peak_shaving_demand_w",
-                    "Stop with Ctrl-C." if duration is None else f"Stopping after {duration:g} s.",
-                ]
-                click.echo("\n".join(lines))
+                utility_lines = (
+                    []
+                    if grid is None
+                    else grid.banner_lines(
+                        site.building.state.meter.reading.active_power_w, site.now
+                    )
+                )
+                click.echo(
+                    banner_text(
+                        cfg, running, token, site_file, duration, utility_lines=utility_lines
+                    )
+                )
 
-            await run_services(cfg, directory, ALL_SERVICES, stop, banner, http_port=http_port)
+            await run_services(cfg, directory, services, stop, banner, http_port=http_port)
+            if grid is not None:
+                last_lines.extend(grid.summary())
 
         async with open_storage(cfg.storage, directory) as storage:
             latest = await storage.latest(DEMO_SITE)
@@ -122,11 +172,94 @@ def demo(
             f"Stored {len(latest)} points from {len(devices)} devices in {directory}; "
             "see them with 'gridpilot query'."
         )
+        for line in last_lines:
+            click.echo(line)
 
     try:
         run_async(main())
     except startup_errors() as exc:
         fail(f"the demo cannot start: {exc}")
+
+
+def utility_plan(export_limit_w: float, event_in_s: float, duration_s: float) -> DemoUtilityPlan:
+    """The utility's event from the command line; exits with the reason when it is not one."""
+    from gridpilot.sim.utility_demo import DemoUtilityPlan
+
+    try:
+        return DemoUtilityPlan(
+            export_limit_w=export_limit_w, event_in_s=event_in_s, event_duration_s=duration_s
+        )
+    except ValueError as exc:
+        fail(f"the demo's utility event: {exc}")
+
+
+def write_site_file(
+    site_file: Path,
+    broker_url: str,
+    control: dict[str, Any],
+    devices: list[dict[str, object]],
+    ieee2030_5: dict[str, Any] | None,
+) -> GridPilotConfig:
+    """Write the demo's site file (what the other commands read) and validate it."""
+    data: dict[str, Any] = {
+        "site": {"id": DEMO_SITE, "name": "GridPilot demo building"},
+        "broker": {"url": broker_url},
+        "storage": {"path": "gridpilot.db"},
+        # The embedded broker (amqtt) ignores $share subscriptions: subscribe plainly.
+        "ingest": {"shared_subscription": "off"},
+        "control": control,
+        "devices": devices,
+    }
+    if ieee2030_5 is not None:
+        data["ieee2030_5"] = ieee2030_5
+    text = (
+        "# Written by 'gridpilot demo': the simulated building it is running.\n"
+        + yaml.safe_dump(data, sort_keys=False)
+    )
+    site_file.write_text(text, encoding="utf-8")
+    try:
+        return validate_config_text(text, str(site_file))
+    except ConfigError as exc:  # the simulator's own map is wrong: a bug, say so
+        fail(f"the simulator produced an invalid site file: {exc}")
+
+
+def banner_text(
+    cfg: GridPilotConfig,
+    running: Running,
+    token: str,
+    site_file: Path,
+    duration: float | None,
+    *,
+    utility_lines: list[str],
+) -> str:
+    """What the demo prints once everything is up: where to look and what to try."""
+    port = running.broker.port
+    lines = [
+        f"GridPilot demo: simulated building with {len(cfg.devices)} devices "
+        f"({', '.join(d.id for d in cfg.devices)})",
+        f"  dashboard     {running.api_url}/",
+        f"  sign in with  {token}",
+        "                (an admin token of this demo run; make others with "
+        "'gridpilot token create --role viewer|operator')",
+        f"  REST API      {running.api_url}/api/v1/devices "
+        "(header 'Authorization: Bearer <token>'; "
+        f"route list in the dashboard: {running.api_url}/#api)",
+        f"  MQTT broker   mqtt://127.0.0.1:{port}",
+        f"  site file     {site_file}",
+        f"  storage       {running.storage_path}",
+        *utility_lines,
+        "Try in another shell:",
+        f"  mosquitto_sub -h 127.0.0.1 -p {port} -t 'gridpilot/#' -v",
+        "  gridpilot tail",
+        "  gridpilot query                      # latest value of every point",
+        "  gridpilot query grid_meter active_power_w --every 1m --agg max",
+        "  gridpilot control status             # what the controllers decide",
+        "  gridpilot query controller peak_shaving_demand_w",
+    ]
+    if utility_lines:
+        lines.append("  gridpilot ieee2030-5 status          # the utility's events, responses")
+    lines.append("Stop with Ctrl-C." if duration is None else f"Stopping after {duration:g} s.")
+    return "\n".join(lines)
 
 
 DEMO_TOKEN_NAME = "demo-sign-in"  # noqa: S105 -- a name, not a secret

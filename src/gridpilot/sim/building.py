@@ -267,6 +267,16 @@ class Building:
         """Add a load step of ``power_w`` on top of the base load (0 removes it)."""
         self.state.extra_load_w = power_w
 
+    def set_battery_soc(self, soc_pct: float) -> None:
+        """Put the battery at ``soc_pct`` state of charge (a demo's or a test's starting
+        point, e.g. a battery already full so that the PV surplus is exported)."""
+        battery = self.params.battery
+        if not battery.soc_min_pct <= soc_pct <= battery.soc_max_pct:
+            raise ValueError(
+                f"battery SoC {soc_pct} % is outside {battery.soc_min_pct}..{battery.soc_max_pct}"
+            )
+        self.state.battery = replace(self.state.battery, soc_pct=soc_pct)
+
     def set_grid_voltage(self, voltage_pu: float | None) -> None:
         """Hold the grid's no-load voltage at ``voltage_pu`` of nominal (the site's own
         flows still move it by the source impedance, and the noise stays); ``None`` returns

@@ -6,7 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from gridpilot.control.ieee1547 import Curve, VoltVar, volt_var_q_pu
 from gridpilot.model import Table
 from gridpilot.sim.building import Building, BuildingParams
 from gridpilot.sim.image import WriteRejectedError, saturating_encode
@@ -166,3 +169,27 @@ def test_704_var_setpoint_on_the_inverter_without_705() -> None:
 def test_grid_voltage_outside_its_range_is_refused() -> None:
     with pytest.raises(ValueError, match=r"grid voltage 2.0 pu is outside 0.5..1.5"):
         quiet_building().set_grid_voltage(2.0)
+
+
+@st.composite
+def curves(draw: st.DrawFn) -> tuple[tuple[float, float], ...]:
+    count = draw(st.integers(min_value=2, max_value=10))
+    xs = sorted(draw(st.lists(st.floats(0.8, 1.2), min_size=count, max_size=count)))
+    ys = draw(st.lists(st.floats(-0.6, 0.6), min_size=count, max_size=count))
+    points = list(zip(xs, ys, strict=True))
+    # Equal x only with equal y (the one shape both sides refuse otherwise).
+    for k in range(1, count):
+        if points[k][0] == points[k - 1][0]:
+            points[k] = (points[k][0], points[k - 1][1])
+    return tuple(points)
+
+
+@given(curve=curves(), v_pu=st.floats(0.7, 1.3), v_ref=st.floats(0.95, 1.05))
+def test_the_inverter_firmware_and_gridpilots_curve_agree(
+    curve: tuple[tuple[float, float], ...], v_pu: float, v_ref: float
+) -> None:
+    """Two independent implementations (the simulated inverter's and control.ieee1547's)
+    give the same Q for any valid curve, voltage and V_ref."""
+    mode = ReactiveMode(kind="volt_var", curve=curve, v_ref_pu=v_ref)
+    expected = volt_var_q_pu(v_pu, VoltVar(Curve(curve), v_ref_pu=v_ref))
+    assert reactive_target_var(mode, 0.0, v_pu) == pytest.approx(expected, abs=1e-9)

@@ -163,6 +163,17 @@ async def test_demo_utility_export_limit_event(tmp_path: Path) -> None:
             mrid = active["mrid"]
             assert (mrid, "received", 201) in posted, status["responses"]
             assert (mrid, "started", 201) in posted, status["responses"]
+            # the CLI reads the same retained status from the demo's broker
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gridpilot", "ieee2030-5", "status", "--json",
+                "--config", str(tmp_path / "site.yaml"),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            cli_out, cli_err = await asyncio.wait_for(cli.communicate(), timeout=30)
+            assert cli.returncode == 0, cli_err.decode()
+            shown = json.loads(cli_out)
+            assert shown["registered"] is True
+            assert [e["mrid"] for e in shown["active_events"]] == [mrid]
             start_ms = parse_timestamp_ms(active["effective_start"])
             end_ms = parse_timestamp_ms(active["effective_end"])
             assert end_ms - start_ms == EVENT_DURATION_S * 1000

@@ -30,6 +30,7 @@ from gridpilot.control.factory import build_controllers
 from gridpilot.control.inputs import StoredInputs
 from gridpilot.control.service import ControllerService
 from gridpilot.control.thermal import ZoneHistory
+from gridpilot.gateway.buffer import GatewayBufferError
 from gridpilot.gateway.service import GatewayService
 from gridpilot.ieee2030_5.client import Ieee2030_5Error
 from gridpilot.ieee2030_5.mirror import StorageMirrorPoster, specs_from_config
@@ -75,6 +76,7 @@ def startup_errors() -> tuple[type[Exception], ...]:
         BusError,
         StorageError,
         ControlNotConfiguredError,
+        GatewayBufferError,
         Ieee2030_5Error,
         Ieee2030_5NotConfiguredError,
     )

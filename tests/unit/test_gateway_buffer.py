@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gridpilot.gateway.buffer import BufferInUseError, DiskBuffer, Outbox
+from gridpilot.gateway.buffer import BufferInUseError, BufferOpenError, DiskBuffer, Outbox
 
 
 def _items(start: int, n: int, size: int = 10) -> list[tuple[str, bytes]]:
@@ -337,3 +337,14 @@ async def test_a_failed_hand_over_is_retried_in_order(caplog: pytest.LogCaptureF
         bus.ack()
         await _until(lambda: ob.stats.messages == 0)
     assert "sending failed" in caplog.text
+
+
+def test_a_place_that_cannot_hold_the_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A read-only or missing place is not 'corrupt': nothing is moved, the error says
+    what to do."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the directory should be")
+    buffer = DiskBuffer(blocker / "b.db", max_messages=10, max_bytes=10_000)
+    with pytest.raises(BufferOpenError, match=r"gateway\.buffer\.path"):
+        buffer.open()
+    assert blocker.read_text() == "a file where the directory should be"

@@ -54,8 +54,16 @@ _SCHEMA = (
 _BUSY_TIMEOUT_MS = 2_000
 
 
-class BufferInUseError(RuntimeError):
+class GatewayBufferError(Exception):
+    """The buffer cannot be used here: the gateway cannot start (reported in one line)."""
+
+
+class BufferInUseError(GatewayBufferError):
     """Another process holds the buffer file (a second gateway with the same buffer path)."""
+
+
+class BufferOpenError(GatewayBufferError):
+    """The buffer file cannot be created or opened (a missing or read-only directory)."""
 
 
 class BufferWriteError(RuntimeError):
@@ -103,17 +111,25 @@ class DiskBuffer:
 
     def open(self) -> None:
         """Open (creating the file). An unreadable file is moved aside and replaced by a
-        fresh one. Raises ``BufferInUseError`` when another process holds it and ``OSError``
-        when the directory is not writable."""
+        fresh one. Raises ``BufferInUseError`` when another process holds it and
+        ``BufferOpenError`` when it cannot be created or opened."""
         try:
             self._open_once()
-        except sqlite3.DatabaseError as exc:
-            if _in_use(exc):
+        except sqlite3.OperationalError as exc:
+            # Not the file's content: the lock, or the place (permissions, missing directory).
+            self._close_quietly()
+            if "locked" in str(exc):
                 raise BufferInUseError(
                     f"gateway buffer {self.path} is locked by another process: is a second "
                     "gateway running with the same gateway.buffer.path? Stop it, or give each "
                     "gateway its own buffer file"
                 ) from exc
+            raise BufferOpenError(
+                f"gateway buffer {self.path} cannot be opened ({exc}): the directory must "
+                "exist and be writable by this user; set gateway.buffer.path to a place in "
+                "the data directory (e.g. /var/lib/gridpilot/gateway.buffer.db)"
+            ) from exc
+        except sqlite3.DatabaseError as exc:  # not a database, malformed, quick_check failed
             if self.path is None:
                 raise
             self._close_quietly()
@@ -123,7 +139,10 @@ class DiskBuffer:
     def _open_once(self) -> None:
         target = ":memory:" if self.path is None else str(self.path)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise sqlite3.OperationalError(f"cannot create {self.path.parent}: {exc}") from exc
         conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
         self._conn = conn
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
@@ -309,10 +328,6 @@ class DiskBuffer:
         with contextlib.suppress(sqlite3.Error):
             row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
             self.messages, self.bytes = int(row[0]), int(row[1])
-
-
-def _in_use(exc: sqlite3.DatabaseError) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 # ---------------------------------------------------------------------------- asyncio side
@@ -661,9 +676,11 @@ class Outbox:
 __all__ = [
     "AppendResult",
     "BufferInUseError",
+    "BufferOpenError",
     "BufferWriteError",
     "Buffered",
     "DiskBuffer",
+    "GatewayBufferError",
     "Outbox",
     "OutboxStats",
 ]

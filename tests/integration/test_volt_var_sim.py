@@ -413,3 +413,39 @@ async def test_volt_watt_by_704_limits_curtails_the_inverter_on_over_voltage(
             after=limited.index,
         )
         assert released.index > limited.index
+
+
+async def test_volt_watt_curve_written_into_sunspec_706_runs_in_the_inverter(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
+) -> None:
+    """Category B volt-watt written into the inverter's 706 and enabled: at 1.08 pu the
+    inverter itself holds its output at 50 % (its factory curve would allow 60 %), while
+    the 704 limit GridPilot could command stays untouched at 100 %."""
+    volt_watt = {"mode": "sunspec_curve", "device": INVERTER}
+    async with running_loop(
+        INVERTER_PLAN, mosquitto, site_id, tmp_path, volt_watt=volt_watt
+    ) as site:
+        record = await observer.wait_for(
+            lambda r: (
+                (v := inverter_telemetry(r)) is not None
+                and v.get("m706_ena_state") == 1.0
+                and v.get("m706_crv_1_pt_2_w_pct") == 0.0
+            ),
+            within=60.0,
+        )
+        values = inverter_telemetry(record)
+        assert values is not None
+        assert [values["m706_crv_1_pt_1_v_pct"], values["m706_crv_1_pt_2_v_pct"]] == [106.0, 110.0]
+        assert values["m706_crv_1_pt_1_w_pct"] == 100.0
+        site.building.set_grid_voltage(1.08)
+        await observer.wait_for(
+            lambda r: (
+                (v := inverter_telemetry(r)) is not None and abs(v["m103_w"] - 50_000.0) <= 200.0
+            ),
+            within=60.0,
+        )
+        assert site.building.state.pv.volt_watt_pct == pytest.approx(50.0, abs=0.5)
+        assert site.building.state.pv.power_limit_pct == 100.0
+        assert not any(
+            r.kind == "command" and b"m704_wmaxlimpct" in r.payload for r in observer.records
+        )

@@ -126,3 +126,48 @@ def test_the_utility_curve_replaces_the_configured_one() -> None:
 def test_params_are_checked(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         params(**overrides)
+
+
+def test_706_curve_is_written_adopted_and_enabled() -> None:
+    controller = VoltWattController(
+        params(mode="sunspec_curve", device="inv", pv_limit=None, enable={}, p_min_pu=0.1)
+    )
+
+    def curve(slot: int, points: tuple[tuple[float, float], ...]) -> dict[PointRef, float]:
+        values = {"actpt_count": float(len(points)), "deptref_state": 0.0, "rsptms_s": 10.0}
+        for k, (v, w) in enumerate(points, start=1):
+            values |= {f"pt_{k}_v_pct": v, f"pt_{k}_w_pct": w}
+        return {PointRef("inv", f"m706_crv_{slot}_{n}"): x for n, x in values.items()}
+
+    factory = ((106.0, 100.0), (110.0, 20.0))
+    wanted = ((106.0, 100.0), (110.0, 10.0))  # min(0.2, Pmin/Prated 0.1)
+    voltage = {VOLTAGE: 1.08 * NOMINAL_V}
+    state = controller.initial_state()
+    steps = [
+        curve(1, factory) | curve(2, factory) | voltage,  # write
+        curve(1, factory) | curve(2, wanted) | voltage,  # adopt
+        curve(1, wanted) | curve(2, wanted) | voltage,  # enable
+    ]
+    decisions = []
+    for readings in steps:
+        decision = controller.decide(
+            Snapshot(T0, {r: Reading(v, T0) for r, v in readings.items()}), state, T0, {}
+        )
+        decisions.append(decision)
+        state = decision.state
+    written = {r.target.point: r.value for r in decisions[0].requests}
+    assert written["m706_crv_2_pt_2_w_pct"] == 10.0
+    assert written["m706_crv_2_deptref_state"] == 0.0  # W_MAX_PCT
+    assert written["m706_adptcrvreq_count"] == 0.0
+    assert {r.target.point: r.value for r in decisions[1].requests}["m706_adptcrvreq_count"] == 2
+    assert [(r.target.point, r.value) for r in decisions[2].requests] == [("m706_ena_state", 1.0)]
+    # No constraint and no setpoint of its own: the inverter runs the curve.
+    assert all(d.constraints == () for d in decisions)
+    assert decisions[2].metrics["target_pct"] == pytest.approx(55.0)
+
+
+def test_mode_needs_its_points() -> None:
+    with pytest.raises(ValidationError, match="mode setpoint needs pv_limit"):
+        params(pv_limit=None)
+    with pytest.raises(ValidationError, match="mode sunspec_curve needs device"):
+        params(mode="sunspec_curve")

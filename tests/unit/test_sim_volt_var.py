@@ -193,3 +193,45 @@ def test_the_inverter_firmware_and_gridpilots_curve_agree(
     mode = ReactiveMode(kind="volt_var", curve=curve, v_ref_pu=v_ref)
     expected = volt_var_q_pu(v_pu, VoltVar(Curve(curve), v_ref_pu=v_ref))
     assert reactive_target_var(mode, 0.0, v_pu) == pytest.approx(expected, abs=1e-9)
+
+
+def test_706_volt_watt_written_adopted_and_enabled_limits_the_output() -> None:
+    building = quiet_building()
+    image = SunSpecImage(INVERTER_PLAN)
+    building.advance(1.0)
+    assert building.state.pv.ac_power_w > 60_000.0  # noon in July
+    # Category B with Pmin 0: 100 % at 106 %, 0 at 110 % (the factory curve ends at 20 %).
+    curve = {
+        "706.Crv[2].ActPt": 2.0,
+        "706.Crv[2].RspTms": 10.0,
+        "706.Crv[2].Pt[1].V": 106.0,
+        "706.Crv[2].Pt[1].W": 100.0,
+        "706.Crv[2].Pt[2].V": 110.0,
+        "706.Crv[2].Pt[2].W": 0.0,
+    }
+    write(image, building, curve | {"706.AdptCrvReq": 2.0, "706.Ena": 1.0})
+    assert image.value("706.AdptCrvRslt") == 1.0
+    assert building.state.pv.volt_watt_mode.curve == ((1.06, 100.0), (1.10, 0.0))
+    building.set_grid_voltage(1.08)
+    # The inverter acts on the voltage it measured the step before: one 5 s step to see it,
+    # then 90 % of the way in the 10 s response time.
+    building.advance(5.0)
+    assert building.state.pv.volt_watt_pct == 100.0
+    building.advance(10.0)
+    assert building.state.pv.volt_watt_pct == pytest.approx(55.0, abs=0.1)
+    building.advance(60.0)
+    assert building.state.pv.volt_watt_pct == pytest.approx(50.0, abs=0.01)
+    assert building.state.pv.ac_power_w == pytest.approx(50_000.0, abs=1.0)
+    assert building.state.pv.power_limit_pct == 100.0  # the commanded limit is not touched
+    # Disabled: the output returns to what the sun gives.
+    write(image, building, {"706.Ena": 0.0})
+    building.advance(60.0)
+    assert building.state.pv.ac_power_w > 60_000.0
+
+
+def test_706_curve_in_percent_of_available_power_is_not_adopted() -> None:
+    building = quiet_building()
+    image = SunSpecImage(INVERTER_PLAN)
+    write(image, building, {"706.Crv[2].DeptRef": 1.0, "706.AdptCrvReq": 2.0})  # W_AVAL_PCT
+    assert image.value("706.AdptCrvRslt") == 2.0  # FAILED: this inverter limits % of WMax
+    assert image.value("706.Crv[1].Pt[2].W") == 20.0

@@ -57,6 +57,7 @@ from gridpilot.control.ieee1547 import (
     VoltVar,
     volt_var_q_pu,
 )
+from gridpilot.control.sunspec_curves import STEP_NUMBERS, CurveTarget, curve_step
 
 NAME = "volt_var"
 Point = PointField
@@ -68,11 +69,6 @@ _UTILITY_Y = "var_pct_of_VA"
 # SunSpec 705 symbols.
 _VA_MAX_PCT = 3.0  # DeptRef
 _REACTIVE = 1.0  # Pri
-_ENABLED = 1.0
-_ADOPT_FAILED = 2.0  # AdptCrvRslt
-_SUNSPEC_TOLERANCE = 0.051
-"""The curve registers hold 0.1 % steps (V_SF, DeptRef_SF -1): a read-back within this is
-the value that was written."""
 
 
 class VoltVarParams(BaseModel):
@@ -307,80 +303,20 @@ class VoltVarController:
     ) -> Decision[VoltVarState]:
         p = self.params
         assert p.device is not None  # noqa: S101  # the params' validator requires it
-        device = p.device
-
-        def ref(name: str) -> PointRef:
-            return PointRef(device, f"m705_{name}")
-
-        def holds(prefix: str, wanted: dict[str, float]) -> bool:
-            for name, value in wanted.items():
-                got = snapshot.value(ref(f"{prefix}_{name}"), p.max_age_s)
-                if got is None or abs(got - value) > _SUNSPEC_TOLERANCE:
-                    return False
-            return True
-
-        wanted = self.curve_points(setting)
-        stored = f"crv_{p.curve_index}"
-        absent = [n for n in wanted if snapshot.reading(ref(f"{stored}_{n}")) is None]
-        if absent:
-            # Not polled yet, or a device with fewer stored curves or points than needed:
-            # a write now would only be refused as an unknown point.
-            step = "wait"
-            if step != state.step:
-                events.append(
-                    f"volt-var on {device}: waiting for its 705 curve {p.curve_index} in the "
-                    f"telemetry (missing {ref(f'{stored}_{absent[0]}').point}"
-                    + (f" and {len(absent) - 1} more" if len(absent) > 1 else "")
-                    + "; a device with fewer stored curves or points cannot take this curve)"
-                )
-            waiting = {"curve_step_state": -1.0}
-            return Decision(replace(state, step=step), (), (), waiting, tuple(events))
-        written = holds(stored, wanted)
-        adopted = holds("crv_1", wanted)
-        enabled = snapshot.value(ref("ena_state"), p.max_age_s) == _ENABLED
-        requests: list[SetpointRequest] = []
-
-        def request(name: str, value: float, reason: str) -> None:
-            requests.append(SetpointRequest(ref(name), value, p.priority, self.name, reason))
-
-        if not adopted:
-            for name, value in wanted.items():
-                request(f"{stored}_{name}", value, f"volt-var curve into 705 curve {p.curve_index}")
-            if not written:
-                # 0 = no adoption requested. Sent while writing, so that the request that
-                # follows is a change: the engine sends an unchanged target again only after
-                # resend_after, and a second adoption of the same curve index would wait.
-                request("adptcrvreq_count", 0.0, "no adoption while the curve is written")
-            else:
-                request("adptcrvreq_count", float(p.curve_index), "adopt the volt-var curve")
-                result = snapshot.value(ref("adptcrvrslt_state"), p.max_age_s)
-                if result == _ADOPT_FAILED and state.step == "adopt":
-                    events.append(
-                        f"volt-var: {device} refused to adopt curve {p.curve_index} "
-                        "(AdptCrvRslt FAILED); check its NPt and the curve"
-                    )
-            step = "adopt" if written else "write"
-        else:
-            request("ena_state", _ENABLED, "volt-var curve adopted: enable")
-            step = "active" if enabled else "enable"
-        if step != state.step:
-            events.append(f"volt-var on {device} (SunSpec 705): {_STEPS[step]}")
-        metrics: dict[str, float] = {"curve_step_state": float(_STEP_NUMBERS[step])}
+        target = CurveTarget(p.device, 705, p.curve_index, self.curve_points(setting), "volt-var")
+        done = curve_step(
+            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
+            source=self.name,
+        )  # fmt: skip
+        events += done.events
+        metrics: dict[str, float] = {"curve_step_state": float(STEP_NUMBERS[done.step])}
         volts = snapshot.value(p.voltage, p.max_age_s)
         if volts is not None:
             v_pu = volts / p.nominal_voltage_v
             metrics["voltage_pct"] = 100.0 * v_pu
             metrics["target_var"] = volt_var_q_pu(v_pu, setting) * p.rated_va
-        return Decision(replace(state, step=step), tuple(requests), (), metrics, tuple(events))
-
-
-_STEPS = {
-    "write": "writing the curve",
-    "adopt": "curve written, requesting its adoption",
-    "enable": "curve adopted, enabling the function",
-    "active": "the inverter follows the curve",
-}
-_STEP_NUMBERS = {"write": 0, "adopt": 1, "enable": 2, "active": 3}
+        new_state = replace(state, step=done.step)
+        return Decision(new_state, done.requests, (), metrics, tuple(events))
 
 
 def _describe(setting: VoltVar) -> str:

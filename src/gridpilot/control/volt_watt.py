@@ -1,7 +1,11 @@
-"""Volt-watt (IEEE 1547-2018) by setpoints, at grid-operator priority.
+"""Volt-watt (IEEE 1547-2018) on one inverter, at grid-operator priority.
 
-For an inverter without an autonomous volt-watt function (SunSpec 706), or one whose own is
-not trusted: each cycle the controller reads the terminal voltage, evaluates the curve
+``mode: sunspec_curve`` -- the inverter has SunSpec 706 (DERVoltWatt): the curve is written
+into it, adopted and enabled (:mod:`gridpilot.control.sunspec_curves`), and the inverter
+runs it itself.
+
+``mode: setpoint`` -- for an inverter without an autonomous volt-watt function, or one whose
+own is not trusted: each cycle the controller reads the terminal voltage, evaluates the curve
 (:func:`gridpilot.control.ieee1547.volt_watt_p_pu`; Category B by default: 1.06 pu -> 100 %,
 1.10 pu -> min(20 %, Pmin/Prated), or 0 for storage that can absorb), passes it through the
 open-loop response filter (90 % of a step in ``response_time_s``, 10 s by default) and
@@ -22,9 +26,9 @@ a lost measurement: the voltage may still be high) and says so once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
@@ -40,6 +44,7 @@ from gridpilot.control.base import (
 )
 from gridpilot.control.grid_controls import Curve as UtilityCurve
 from gridpilot.control.ieee1547 import Curve, CurveError, ResponseFilter, VoltWatt, volt_watt_p_pu
+from gridpilot.control.sunspec_curves import STEP_NUMBERS, CurveTarget, curve_step
 
 NAME = "volt_watt"
 Point = PointField
@@ -48,6 +53,7 @@ UTILITY_MODE = "opModVoltWatt"
 _UTILITY_X = "V_pu"
 _UTILITY_Y = "W_pct_of_setMaxW"
 FULL_PCT = 100.0
+_W_MAX_PCT = 0.0  # SunSpec 706 DeptRef
 _RELEASED_PCT = 99.95
 """At or above this the filtered limit counts as released (it only approaches 100)."""
 
@@ -57,12 +63,19 @@ class VoltWattParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    mode: Literal["setpoint", "sunspec_curve"] = "setpoint"
+    """``setpoint``: the controller bounds ``pv_limit``; ``sunspec_curve``: it writes the
+    curve into the inverter's SunSpec 706 and enables it."""
     voltage: Point
     """Voltage at the inverter's terminals, V, phase to neutral."""
     nominal_voltage_v: float = Field(gt=0.0)
-    pv_limit: Point
-    """Writable active power limit, % of the inverter's rating (e.g.
+    pv_limit: Point | None = None
+    """``setpoint`` mode: the writable active power limit, % of the inverter's rating (e.g.
     ``sunspec_inverter.m704_wmaxlimpct_pct`` or ``pv_inverter.power_limit_pct``)."""
+    device: str | None = None
+    """``sunspec_curve`` mode: the SunSpec device with model 706."""
+    curve_index: int = Field(default=2, ge=2, le=10)
+    """``sunspec_curve`` mode: the writable stored curve to write and adopt."""
     enable: dict[Point, float] = Field(default_factory=dict)
     """Points requested with the limit while curtailing (e.g.
     ``{sunspec_inverter.m704_wmaxlimpctena_state: 1}``)."""
@@ -89,6 +102,10 @@ class VoltWattParams(BaseModel):
             self.setting(self.curve)
         except CurveError as exc:
             raise ValueError(f"curve: {exc}") from None
+        if self.mode == "setpoint" and self.pv_limit is None:
+            raise ValueError("mode setpoint needs pv_limit (the writable power limit, %)")
+        if self.mode == "sunspec_curve" and self.device is None:
+            raise ValueError("mode sunspec_curve needs device (the SunSpec device with 706)")
         return self
 
     def setting(self, curve: tuple[tuple[float, float], ...] | None) -> VoltWatt:
@@ -111,6 +128,8 @@ class VoltWattState:
     stale: bool = False
     source: str = ""
     refused_utility_curve: str | None = None
+    step: str = ""
+    """``sunspec_curve`` mode: where the curve is (see ``sunspec_curves``)."""
 
 
 class VoltWattController:
@@ -142,11 +161,14 @@ class VoltWattController:
             events.append(refused)
         if source != state.source and state.source:
             events.append(f"volt-watt curve now the {source} one")
+        if p.mode == "sunspec_curve":
+            state = replace(state, source=source, refused_utility_curve=refused)
+            return self._sunspec_curve(snapshot, state, setting, events)
         if snapshot.reading(p.voltage) is None:
             if not state.stale:
                 events.append(f"volt-watt: waiting for a first reading of {p.voltage}")
             return Decision(
-                VoltWattState(state.filter, state.curtailing, True, source, refused),
+                replace(state, stale=True, source=source, refused_utility_curve=refused),
                 events=tuple(events),
             )
         volts = snapshot.value(p.voltage, p.max_age_s)
@@ -173,6 +195,7 @@ class VoltWattController:
         if limit_pct >= _RELEASED_PCT:
             limit_pct = FULL_PCT
         metrics["limit_pct"] = limit_pct
+        assert p.pv_limit is not None  # noqa: S101  # the params' validator requires it
         constraints = (
             Constraint(
                 p.pv_limit, p.priority, self.name, maximum=limit_pct, reason="volt-watt limit"
@@ -189,8 +212,47 @@ class VoltWattController:
             ]
         if curtailing and not state.curtailing:
             events.append(f"volt-watt: curtailing {p.pv_limit} (over-voltage)")
-        new_state = VoltWattState(filtered, curtailing, volts is None, source, refused)
+        new_state = replace(
+            state,
+            filter=filtered,
+            curtailing=curtailing,
+            stale=volts is None,
+            source=source,
+            refused_utility_curve=refused,
+        )
         return Decision(new_state, tuple(requests), constraints, metrics, tuple(events))
+
+    def curve_points(self, setting: VoltWatt) -> dict[str, float]:
+        """706 point names (without the curve prefix) -> the values that encode ``setting``."""
+        values = {
+            "actpt_count": float(len(setting.curve.points)),
+            "deptref_state": _W_MAX_PCT,
+            "rsptms_s": float(round(setting.response_time_s)),
+        }
+        for k, (v, w) in enumerate(setting.curve.points, start=1):
+            values[f"pt_{k}_v_pct"] = round(100.0 * v, 1)
+            values[f"pt_{k}_w_pct"] = round(100.0 * w, 1)
+        return values
+
+    def _sunspec_curve(
+        self, snapshot: Snapshot, state: VoltWattState, setting: VoltWatt, events: list[str]
+    ) -> Decision[VoltWattState]:
+        p = self.params
+        assert p.device is not None  # noqa: S101  # the params' validator requires it
+        target = CurveTarget(p.device, 706, p.curve_index, self.curve_points(setting), "volt-watt")
+        done = curve_step(
+            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
+            source=self.name,
+        )  # fmt: skip
+        events += done.events
+        metrics: dict[str, float] = {"curve_step_state": float(STEP_NUMBERS[done.step])}
+        volts = snapshot.value(p.voltage, p.max_age_s)
+        if volts is not None:
+            v_pu = volts / p.nominal_voltage_v
+            metrics["voltage_pct"] = 100.0 * v_pu
+            metrics["target_pct"] = FULL_PCT * volt_watt_p_pu(v_pu, setting)
+        new_state = replace(state, step=done.step)
+        return Decision(new_state, done.requests, (), metrics, tuple(events))
 
     def _curve(self, snapshot: Snapshot, now: datetime) -> tuple[VoltWatt, str, str | None]:
         controls = snapshot.grid_controls

@@ -33,6 +33,7 @@ from gridpilot.sim.physics import (
     PvState,
     ReactiveMode,
     SiteLocation,
+    VoltWattMode,
     ZoneParams,
     ZoneState,
     battery_available_power_w,
@@ -289,6 +290,10 @@ class Building:
         """What sets the PV inverter's reactive power from now on (its SunSpec 704/705
         controls decide it; see ``sunspec_devices``)."""
         self.state.pv = replace(self.state.pv, reactive_mode=mode)
+
+    def set_pv_volt_watt(self, mode: VoltWattMode) -> None:
+        """The PV inverter's own volt-watt function from now on (SunSpec 706)."""
+        self.state.pv = replace(self.state.pv, volt_watt_mode=mode)
 
     def break_loop(self, channel: int, broken: bool = True) -> None:
         """Cut (or repair) the wire of analog input ``channel``: the module then reads 0 mA."""

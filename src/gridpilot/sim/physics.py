@@ -26,7 +26,8 @@ Models, with the source of each figure:
   reactive power follows its mode (unity, a fixed power factor, a fixed var setpoint or a
   volt-var curve at the terminal voltage) through a first-order lag (90 % in the mode's
   response time), within the var rating and what the VA rating leaves beside P (active
-  power has priority); the inverter's vars do not move the simulated voltage;
+  power has priority); the inverter's vars do not move the simulated voltage; an optional
+  volt-watt curve of its own lowers the active power limit with the voltage (same lag);
 * battery: SoC integrates the AC power through one-way efficiencies, clipped to the power
   limits and to the SoC window (5-95 % by default);
 * zones: 1R1C, exact discretisation T_{k+1} = a·T_k + (1 - a)(T_o + R·Q_k),
@@ -217,15 +218,35 @@ def reactive_target_var(mode: ReactiveMode, ac_w: float, voltage_pu: float) -> f
     if mode.kind == "var":
         return mode.var
     if mode.kind == "volt_var" and mode.curve:
-        v = voltage_pu - (mode.v_ref_pu - 1.0)
-        points = mode.curve
-        if v <= points[0][0]:
-            return points[0][1]
-        for (v0, q0), (v1, q1) in itertools.pairwise(points):
-            if v <= v1:
-                return q1 if v1 == v0 else q0 + (q1 - q0) * (v - v0) / (v1 - v0)
-        return points[-1][1]
+        return _interpolate(mode.curve, voltage_pu - (mode.v_ref_pu - 1.0))
     return 0.0
+
+
+def _interpolate(points: tuple[tuple[float, float], ...], x: float) -> float:
+    """Piecewise linear through ``points`` (x not decreasing), the end values outside."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x <= x1:
+            return y1 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+@dataclass(frozen=True, slots=True)
+class VoltWattMode:
+    """The inverter's own volt-watt function (SunSpec 706): ``curve`` of (V in pu of
+    nominal, limit in % of the AC rating) points; empty = off. ``response_s``: 90 % of a
+    step in this long."""
+
+    curve: tuple[tuple[float, float], ...] = ()
+    response_s: float = 10.0
+
+
+def _lag(previous: float, target: float, dt_s: float, response_s: float) -> float:
+    """First order, 90 % of a step in ``response_s`` (time constant response_s / ln 10)."""
+    if response_s <= 0.0 or dt_s <= 0.0:
+        return target if response_s <= 0.0 else previous
+    return target + (previous - target) * math.exp(-dt_s * math.log(10.0) / response_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +287,11 @@ class PvState:
     """What sets the reactive power (written through SunSpec 704/705)."""
     reactive_power_var: float = 0.0
     """Reactive power now, positive = injecting."""
+    volt_watt_mode: VoltWattMode = VoltWattMode()
+    """The inverter's own volt-watt function (written through SunSpec 706)."""
+    volt_watt_pct: float = 100.0
+    """The limit volt-watt sets now (lagging its curve), % of the AC rating; the output is
+    held under the lower of it and ``power_limit_pct``."""
 
 
 def pv_output_w(
@@ -296,10 +322,13 @@ def step_pv(
     *,
     voltage_pu: float = 1.0,
 ) -> PvState:
-    """Advance the inverter by ``dt_s``: output follows the sun at once, heatsink and
-    reactive power lag. ``voltage_pu``: terminal voltage, per unit of nominal."""
+    """Advance the inverter by ``dt_s``: output follows the sun at once, heatsink, reactive
+    power and the volt-watt limit lag. ``voltage_pu``: terminal voltage, per unit of nominal."""
+    volt_watt = state.volt_watt_mode
+    volt_watt_target = _interpolate(volt_watt.curve, voltage_pu) if volt_watt.curve else 100.0
+    volt_watt_pct = _lag(state.volt_watt_pct, volt_watt_target, dt_s, volt_watt.response_s)
     dc_available, ac_w, throttled = pv_output_w(
-        params, irradiance_wm2, ambient_degc, state.power_limit_pct
+        params, irradiance_wm2, ambient_degc, min(state.power_limit_pct, volt_watt_pct)
     )
     if ac_w <= 0.0 and irradiance_wm2 <= 0.0:
         operating = InverterState.SLEEPING
@@ -313,17 +342,13 @@ def step_pv(
     decay = math.exp(-dt_s / params.thermal_time_constant_s)
     mode = state.reactive_mode
     target_var = reactive_target_var(mode, ac_w, voltage_pu)
-    if mode.response_s > 0.0 and dt_s > 0.0:
-        # 90 % of a step in response_s: time constant response_s / ln 10, exact step.
-        lag = math.exp(-dt_s * math.log(10.0) / mode.response_s)
-        var = target_var + (state.reactive_power_var - target_var) * lag
-    else:
-        var = target_var
+    var = _lag(state.reactive_power_var, target_var, dt_s, mode.response_s)
     headroom_var = math.sqrt(max(params.ac_rating_va**2 - ac_w**2, 0.0))
     limit_var = min(params.var_rating, headroom_var)
     return replace(
         state,
         reactive_power_var=_clamp(var, -limit_var, limit_var),
+        volt_watt_pct=volt_watt_pct,
         irradiance_wm2=irradiance_wm2,
         dc_power_w=dc_w,
         ac_power_w=ac_w,

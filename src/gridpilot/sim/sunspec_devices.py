@@ -16,9 +16,10 @@ unimplemented as well: a number without its scale means nothing.
 device                 models                             tied to
 =====================  =================================  =================================
 ``sunspec_inverter``   1, 103, 120, 121, 122, 123, 160    the building's PV inverter: 704
-                       (2 MPPT modules), 701, 704, 705    WMaxLimPct (when WMaxLimPctEna)
-                                                          and 123 WMaxLimPct (when
-                                                          WMaxLim_Ena) limit its output;
+                       (2 MPPT modules), 701, 704, 705,   WMaxLimPct (when WMaxLimPctEna),
+                       706                                123 WMaxLimPct (when WMaxLim_Ena)
+                                                          and 706's active volt-watt curve
+                                                          (when Ena) limit its output;
                                                           its reactive power follows 705's
                                                           active volt-var curve (when Ena),
                                                           else 704 VarSet (VarSetEna), else
@@ -30,18 +31,19 @@ device                 models                             tied to
 
 They are views of the same physics as the plain simulated devices (``devices.py``): the
 SunSpec inverter *is* the PV inverter, speaking SunSpec on its own port.
-``BASIC_INVERTER_PLAN`` is the same inverter without model 705 (an inverter that has no
-autonomous volt-var function: a controller must send it var setpoints through 704).
+``BASIC_INVERTER_PLAN`` is the same inverter without models 705 and 706 (no autonomous
+volt-var or volt-watt: a controller must send it setpoints through 704).
 
-Volt-var (705) as the SunSpec DER information model has it: two stored curves of four
-points; curve 1 is the active one and read-only, curve 2 is writable. A client writes its
-curve into curve 2, then ``AdptCrvReq`` = 2: the inverter checks the curve (2..NPt active
-points, voltages not decreasing), copies it into curve 1 and says ``AdptCrvRslt`` COMPLETED
-(FAILED, curve 1 unchanged, when it is not a curve). ``Ena`` switches the function on. The
-factory curve is IEEE 1547 Category A ((90 %, +25 %), (100 %, 0), (100 %, 0), (110 %, -25 %)
-of VAMax), so a client that wants Category B must write it. The inverter evaluates curve 1
-itself at its terminal voltage (``physics.reactive_target_var``), with curve 1's ``VRef``
-and open-loop response time ``RspTms``.
+Volt-var (705) and volt-watt (706) as the SunSpec DER information model has them: two
+stored curves of four points each; curve 1 is the active one and read-only, curve 2 is
+writable. A client writes its curve into curve 2, then ``AdptCrvReq`` = 2: the inverter
+checks the curve (2..NPt active points, voltages not decreasing; for 706 a ``DeptRef`` of
+W_MAX_PCT), copies it into curve 1 and says ``AdptCrvRslt`` COMPLETED (FAILED, curve 1
+unchanged, when it is not a curve). ``Ena`` switches the function on. The factory curves are
+IEEE 1547 Category A volt-var ((90 %, +25 %), (100 %, 0), (100 %, 0), (110 %, -25 %) of
+VAMax) and volt-watt (106 %, 100 %), (110 %, 20 %) of WMax, so a client that wants Category B
+must write it. The inverter evaluates curve 1 itself at its terminal voltage (``physics``),
+with its open-loop response time ``RspTms`` (and, for volt-var, its ``VRef``).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ from gridpilot.model import DataType, Table
 from gridpilot.sim.building import BATTERY, PV_INVERTER, Building
 from gridpilot.sim.devices import DeviceMap, SimPoint
 from gridpilot.sim.image import RegisterImage, saturating_encode
-from gridpilot.sim.physics import InverterState, ReactiveMode
+from gridpilot.sim.physics import InverterState, ReactiveMode, VoltWattMode
 
 __all__ = [
     "BASIC_INVERTER_PLAN",
@@ -263,10 +265,19 @@ _INVERTER_RATING = 100_000.0
 _INVERTER_VAR_RATING = 60_000.0
 _NOMINAL_V = 230.0
 
-_VV_CURVES = 2
-_VV_POINTS = 4
+_CURVES = 2
+"""Stored curves of 705 and 706: 1 (active, read-only) and 2 (writable)."""
+_POINTS = 4
 _CATEGORY_A_VOLT_VAR = ((90.0, 25.0), (100.0, 0.0), (100.0, 0.0), (110.0, -25.0))
 """The factory volt-var curve, % of nominal voltage / % of VAMax (IEEE 1547 Category A)."""
+_FACTORY_VOLT_WATT = ((106.0, 100.0), (110.0, 20.0))
+"""The factory volt-watt curve, % of nominal voltage / % of WMax (Category B, Pmin 20 %)."""
+_CURVE_SETTINGS = {
+    705: ("ActPt", "DeptRef", "Pri", "VRef", "RspTms"),
+    706: ("ActPt", "DeptRef", "RspTms"),
+}
+_CURVE_Y = {705: "Var", 706: "W"}
+_W_MAX_PCT = 0.0  # 706 DeptRef
 _ENABLED = 1.0
 _COMPLETED, _FAILED = 1.0, 2.0  # 705 AdptCrvRslt
 _VARS = 4.0  # 704 VarSetMod
@@ -349,7 +360,7 @@ def _volt_var_mode(image: SunSpecImage) -> ReactiveMode | None:
     """The active volt-var curve (705 curve 1) as the physics runs it, or None."""
     if not image.has("705.Ena") or image.value("705.Ena") != _ENABLED:
         return None
-    curve = _curve(image, 1)
+    curve = _curve(image, 705, 1)
     if curve is None:
         return None
     scale = _reference(image, image.value("705.Crv[1].DeptRef")) / 100.0
@@ -361,16 +372,34 @@ def _volt_var_mode(image: SunSpecImage) -> ReactiveMode | None:
     )
 
 
-def _curve(image: SunSpecImage, index: int) -> tuple[tuple[float, float], ...] | None:
-    """Curve ``index``'s active points (% V, % of its reference), None when it is no curve:
-    fewer than 2 or more than NPt points, a point missing, voltages going down."""
-    active = image.value(f"705.Crv[{index}].ActPt")
-    if active is None or not 2 <= active <= _VV_POINTS:
+def _volt_watt_mode(image: SunSpecImage) -> VoltWattMode:
+    """The active volt-watt curve (706 curve 1) as the physics runs it; off when disabled."""
+    if not image.has("706.Ena") or image.value("706.Ena") != _ENABLED:
+        return VoltWattMode()
+    curve = _curve(image, 706, 1)
+    if curve is None:
+        return VoltWattMode()
+    return VoltWattMode(
+        curve=tuple((v / 100.0, w) for v, w in curve),
+        response_s=image.value("706.Crv[1].RspTms") or 0.0,
+    )
+
+
+def _curve(image: SunSpecImage, model: int, index: int) -> tuple[tuple[float, float], ...] | None:
+    """Curve ``index`` of ``model`` (705, 706): its active points (% V, % of its reference),
+    None when it is no curve: fewer than 2 or more than NPt points, a point missing,
+    voltages going down; for 706 a reference other than W_MAX_PCT (this inverter limits
+    its output in % of WMax only)."""
+    active = image.value(f"{model}.Crv[{index}].ActPt")
+    if active is None or not 2 <= active <= _POINTS:
         return None
+    if model == 706 and image.value(f"706.Crv[{index}].DeptRef") != _W_MAX_PCT:
+        return None
+    y = _CURVE_Y[model]
     points: list[tuple[float, float]] = []
     for k in range(1, int(active) + 1):
-        v = image.value(f"705.Crv[{index}].Pt[{k}].V")
-        q = image.value(f"705.Crv[{index}].Pt[{k}].Var")
+        v = image.value(f"{model}.Crv[{index}].Pt[{k}].V")
+        q = image.value(f"{model}.Crv[{index}].Pt[{k}].{y}")
         if v is None or q is None or (points and v < points[-1][0]):
             return None
         points.append((v, q))
@@ -378,31 +407,34 @@ def _curve(image: SunSpecImage, index: int) -> tuple[tuple[float, float], ...] |
 
 
 def _inverter_point(image: SunSpecImage, key: str) -> None:
-    """705 ``AdptCrvReq``: copy the requested curve into the active curve 1, if it is one."""
-    if key != "705.AdptCrvReq":
+    """705/706 ``AdptCrvReq``: copy the requested curve into the active curve 1, if it is
+    one (``AdptCrvRslt`` COMPLETED), else leave curve 1 as it is (FAILED)."""
+    if key not in ("705.AdptCrvReq", "706.AdptCrvReq"):
         return
-    index = image.value("705.AdptCrvReq")
+    model = int(key[:3])
+    index = image.value(f"{model}.AdptCrvReq")
     if index is None or index == 0.0:
         return  # 0: no request
     n = int(index)
-    if not 2 <= n <= _VV_CURVES or _curve(image, n) is None:
-        image.update_static({"705.AdptCrvRslt": _FAILED})
+    if not 2 <= n <= _CURVES or _curve(image, model, n) is None:
+        image.update_static({f"{model}.AdptCrvRslt": _FAILED})
         return
     copied: dict[str, float | str] = {}
-    for name in ("ActPt", "DeptRef", "Pri", "VRef", "RspTms"):
-        copied[f"705.Crv[1].{name}"] = image.value(f"705.Crv[{n}].{name}") or 0.0
-    for k in range(1, _VV_POINTS + 1):
-        for name in ("V", "Var"):
-            copied[f"705.Crv[1].Pt[{k}].{name}"] = (
-                image.value(f"705.Crv[{n}].Pt[{k}].{name}") or 0.0
+    for name in _CURVE_SETTINGS[model]:
+        copied[f"{model}.Crv[1].{name}"] = image.value(f"{model}.Crv[{n}].{name}") or 0.0
+    for k in range(1, _POINTS + 1):
+        for name in ("V", _CURVE_Y[model]):
+            copied[f"{model}.Crv[1].Pt[{k}].{name}"] = (
+                image.value(f"{model}.Crv[{n}].Pt[{k}].{name}") or 0.0
             )
-    copied["705.AdptCrvRslt"] = _COMPLETED
+    copied[f"{model}.AdptCrvRslt"] = _COMPLETED
     image.update_static(copied)
 
 
 def _inverter_write(image: SunSpecImage, building: Building) -> None:
     """The effective active-power limit (the lower of the enabled limits of 704 and 123)
-    and the reactive-power mode (705 volt-var, else 704 VarSet, else 704 PFWInj)."""
+    the reactive-power mode (705 volt-var, else 704 VarSet, else 704 PFWInj) and the
+    inverter's own volt-watt (706)."""
     limits = [100.0]
     if image.value("704.WMaxLimPctEna") == _ENABLED:
         limits.append(image.value("704.WMaxLimPct") or 0.0)
@@ -410,6 +442,7 @@ def _inverter_write(image: SunSpecImage, building: Building) -> None:
         limits.append(image.value("123.WMaxLimPct") or 0.0)
     building.write_point(PV_INVERTER, "power_limit_pct", max(0.0, min(limits)))
     building.set_pv_reactive_mode(_reactive_mode(image))
+    building.set_pv_volt_watt(_volt_watt_mode(image))
 
 
 def _reactive_mode(image: SunSpecImage) -> ReactiveMode:
@@ -431,7 +464,7 @@ def _reactive_mode(image: SunSpecImage) -> ReactiveMode:
     return ReactiveMode()
 
 
-def _inverter_static(*, volt_var: bool) -> Values:
+def _inverter_static(*, autonomous: bool) -> Values:
     rating = _INVERTER_RATING
     values: dict[str, float | str] = {
         **_COMMON_INVERTER,
@@ -475,36 +508,46 @@ def _inverter_static(*, volt_var: bool) -> Values:
         "704.VarSetPct": 0.0,
         "704.AntiIslEna": 1.0,
     }
-    if volt_var:
-        values |= {
-            "705.Ena": 0.0,
-            "705.AdptCrvReq": 0.0,
-            "705.AdptCrvRslt": _COMPLETED,
-            "705.NPt": float(_VV_POINTS),
-            "705.NCrv": float(_VV_CURVES),
-            "705.RvrtTms": 0.0,
-            "705.RvrtRem": 0.0,
-            "705.RvrtCrv": 0.0,
-        }
-        for n in range(1, _VV_CURVES + 1):
+    if autonomous:
+        factory = {705: _CATEGORY_A_VOLT_VAR, 706: _FACTORY_VOLT_WATT}
+        for model in (705, 706):
             values |= {
-                f"705.Crv[{n}].ActPt": float(len(_CATEGORY_A_VOLT_VAR)),
-                f"705.Crv[{n}].DeptRef": 3.0,  # VA_MAX_PCT
-                f"705.Crv[{n}].Pri": 1.0,  # REACTIVE
-                f"705.Crv[{n}].VRef": 100.0,
-                f"705.Crv[{n}].VRefAuto": 100.0,
-                f"705.Crv[{n}].VRefAutoEna": 0.0,
-                f"705.Crv[{n}].VRefAutoTms": 0.0,
-                f"705.Crv[{n}].RspTms": 10.0,
-                f"705.Crv[{n}].ReadOnly": 1.0 if n == 1 else 0.0,  # R / RW
+                f"{model}.Ena": 0.0,
+                f"{model}.AdptCrvReq": 0.0,
+                f"{model}.AdptCrvRslt": _COMPLETED,
+                f"{model}.NPt": float(_POINTS),
+                f"{model}.NCrv": float(_CURVES),
+                f"{model}.RvrtTms": 0.0,
+                f"{model}.RvrtRem": 0.0,
+                f"{model}.RvrtCrv": 0.0,
             }
-            for k, (v, q) in enumerate(_CATEGORY_A_VOLT_VAR, start=1):
-                values[f"705.Crv[{n}].Pt[{k}].V"] = v
-                values[f"705.Crv[{n}].Pt[{k}].Var"] = q
+            points = factory[model]
+            # Points past ActPt hold the last point: implemented, so a client may write them.
+            padded = points + (points[-1],) * (_POINTS - len(points))
+            for n in range(1, _CURVES + 1):
+                values |= {
+                    f"{model}.Crv[{n}].ActPt": float(len(points)),
+                    f"{model}.Crv[{n}].RspTms": 10.0,
+                    f"{model}.Crv[{n}].ReadOnly": 1.0 if n == 1 else 0.0,  # R / RW
+                }
+                for k, (v, y) in enumerate(padded, start=1):
+                    values[f"{model}.Crv[{n}].Pt[{k}].V"] = v
+                    values[f"{model}.Crv[{n}].Pt[{k}].{_CURVE_Y[model]}"] = y
+                if model == 705:
+                    values |= {
+                        f"705.Crv[{n}].DeptRef": 3.0,  # VA_MAX_PCT
+                        f"705.Crv[{n}].Pri": 1.0,  # REACTIVE
+                        f"705.Crv[{n}].VRef": 100.0,
+                        f"705.Crv[{n}].VRefAuto": 100.0,
+                        f"705.Crv[{n}].VRefAutoEna": 0.0,
+                        f"705.Crv[{n}].VRefAutoTms": 0.0,
+                    }
+                else:
+                    values[f"706.Crv[{n}].DeptRef"] = _W_MAX_PCT
     return values
 
 
-def _inverter_plan(*, volt_var: bool) -> SunSpecPlan:
+def _inverter_plan(*, autonomous: bool) -> SunSpecPlan:
     models = [
         SunSpecModelPlan(1),
         SunSpecModelPlan(
@@ -554,33 +597,35 @@ def _inverter_plan(*, volt_var: bool) -> SunSpecPlan:
             704, {"PF_SF": -3, "WMaxLimPct_SF": -1, "VarSet_SF": 0, "VarSetPct_SF": -1}
         ),
     ]
-    if volt_var:
-        models.append(
+    if autonomous:
+        models += [
             SunSpecModelPlan(
-                705,
+                model,
                 {"V_SF": -1, "DeptRef_SF": -1, "RspTms_SF": 0},
-                counts={"Crv": _VV_CURVES, "Pt": _VV_POINTS},
+                counts={"Crv": _CURVES, "Pt": _POINTS},
             )
-        )
-    names = "1/103/120-123/160/701/704" + ("/705" if volt_var else "")
+            for model in (705, 706)
+        ]
+    names = "1/103/120-123/160/701/704" + ("/705/706" if autonomous else "")
     return SunSpecPlan(
         id="sunspec_inverter",
         name=f"PV inverter 100 kW (SunSpec models {names})",
         unit_id=1,
         base=40000,
         models=tuple(models),
-        static=_inverter_static(volt_var=volt_var),
+        static=_inverter_static(autonomous=autonomous),
         values=_inverter_values,
         on_write=_inverter_write,
         poll_interval_s=1.0,
-        read_only=("705.Crv[1].",),
+        read_only=("705.Crv[1].", "706.Crv[1]."),
         on_point=_inverter_point,
     )
 
 
-INVERTER_PLAN = _inverter_plan(volt_var=True)
-BASIC_INVERTER_PLAN = _inverter_plan(volt_var=False)
-"""The same inverter without 705: volt-var only through a controller's 704 var setpoints."""
+INVERTER_PLAN = _inverter_plan(autonomous=True)
+BASIC_INVERTER_PLAN = _inverter_plan(autonomous=False)
+"""The same inverter without 705/706: volt-var and volt-watt only through a controller's
+704 setpoints."""
 
 # ---------------------------------------------------------------------------- meter
 

@@ -10,13 +10,16 @@ default). Two ways to apply it, by ``mode``:
     open-loop response filter (90 % of a step in ``response_time_s``, so the setpoint does
     not jump with every voltage blip) and requests it on ``var_setpoint`` (var, positive =
     injecting), with the ``enable`` points (e.g. SunSpec 704 ``VarSetEna`` = 1, ``VarSetMod``
-    = 4 VARS) alongside. With the voltage stale or missing it steers to 0 var (unity power
-    factor, the 1547 default mode) through the same filter, and says so once.
+    = 4 VARS) alongside. The filter starts from the measured reactive power (the optional
+    ``reactive_power`` point), else from 0 var. With the voltage stale it steers to 0 var
+    (unity power factor, the 1547 default mode) through the same filter and says so once;
+    before the first reading of the voltage it sends nothing.
 
 ``sunspec_curve`` -- for an inverter with SunSpec 705 (DERVoltVar): the inverter runs the
     curve itself, at its own sampling rate, so the controller only has to put the curve in.
     It does so the way the SunSpec DER model asks, each step closed on the device's
-    telemetry rather than on the controller's own memory of what it sent:
+    telemetry rather than on the controller's own memory of what it sent
+    (:func:`gridpilot.control.sunspec_curves.curve_step`):
 
     1. write the curve into the writable stored curve ``curve_index`` (points in % of
        nominal voltage and % of VAMax, ``DeptRef`` VA_MAX_PCT, V_ref, response time);

@@ -267,7 +267,9 @@ def test_operator_sets_the_battery_and_sees_it_applied(
     point = browser_page.get_by_test_id("override-point")
     expect(point.locator(f"option[value='{BATTERY_SETPOINT}']")).to_be_attached()
     point.select_option(BATTERY_SETPOINT)
-    browser_page.get_by_test_id("override-value").fill("-5000")
+    # discharge: the demo's battery starts full (90 %, the top of its envelope), so a
+    # charging override would be held at 0 W by the SoC window
+    browser_page.get_by_test_id("override-value").fill("5000")
     browser_page.get_by_test_id("override-duration").select_option("600")
     browser_page.get_by_test_id("override-submit").click()
     message = browser_page.get_by_test_id("override-message")
@@ -275,7 +277,7 @@ def test_operator_sets_the_battery_and_sees_it_applied(
     expect(message).to_contain_text("Applied")
     targets = browser_page.get_by_test_id("control-targets")
     expect(targets.locator(f"tr[data-point='{BATTERY_SETPOINT}'] td.num")).to_have_attribute(
-        "data-value", "-5000"
+        "data-value", "5000"
     )
     overrides = browser_page.get_by_test_id("control-overrides")
     expect(overrides.locator(f"tr[data-point='{BATTERY_SETPOINT}']")).to_contain_text(

@@ -84,9 +84,10 @@ def test_broker_down_gateway_buffers_on_disk_and_replays(gateway_rig: GatewayRig
     assert "wait on disk" in log, log[-3000:]
     # The backlog grew on disk far past what the bus client holds (50), about an outage's
     # worth of polls (100 a second).
-    peak = re.search(r"backlog sent \((\d+) message\(s\) had waited at most\)", log)
-    assert peak is not None, log[-3000:]
-    assert int(peak.group(1)) > 50 * p.outage_s, peak.group(0)
+    # (Short backlogs may come and go before, when ingest or the machine is slow.)
+    peaks = re.findall(r"backlog sent \((\d+) message\(s\) had waited at most\)", log)
+    assert peaks, log[-3000:]
+    assert max(int(n) for n in peaks) > 50 * p.outage_s, peaks
 
 
 def test_device_flapping(gateway_rig: GatewayRig) -> None:

@@ -408,6 +408,7 @@ class Outbox:
         self._on_drop = on_drop
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-buffer")
         self._pending: deque[tuple[str, bytes, asyncio.Future[int]]] = deque()
+        self._uncommitted: set[asyncio.Future[int]] = set()
         self._acked: list[int] = []
         self._next_id = 1  # the first id not yet taken by the sender
         self._published_through = 0  # the last id the sender gave the bus client
@@ -493,8 +494,18 @@ class Outbox:
             raise RuntimeError("gateway buffer closed")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((topic, payload, fut))
+        self._uncommitted.add(fut)
+        fut.add_done_callback(self._uncommitted.discard)
         self._wake_writer.set()
-        return await fut
+        # shield: a poll cancelled while waiting (the gateway stopping) leaves its message
+        # to be committed all the same; it was read, and is sent now or on the next start.
+        return await asyncio.shield(fut)
+
+    async def settle(self, timeout_s: float) -> None:
+        """Until every message put so far is committed (or failed), at most ``timeout_s``."""
+        waiting = set(self._uncommitted)
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout_s)
 
     async def wait_handed(self, message_id: int, timeout_s: float) -> bool:
         """Until message ``message_id`` was handed to the bus client (so what is published

@@ -901,6 +901,8 @@ class GatewayService:
             worker.health.mark_offline(now)
             await worker.publish_state(reason="gateway stopped")
         outbox = self.outbox
+        # The readings of a poll cancelled above may still be on their way to the disk.
+        await outbox.settle(_RESULT_ORDER_WAIT_S)
         if bus.connected:
             # A clean stop sends what was taken (bounded: the rest stays on disk).
             await outbox.wait_handed(outbox.last_committed, _RESULT_ORDER_WAIT_S)

@@ -114,11 +114,34 @@ def test_an_export_limit_charges_the_battery_first_then_curtails_pv() -> None:
     d = decide(controller, snapshot(controls({"opModExpLimW": 5000.0})))
     # battery credited with its 50 kW; PV may deliver 10 + 50 + 5 - 0.3 = 64.7 kW; the limit
     # lands in the middle of the 400 W band: 80 - 15.3 - 0.2 = 64.5 kW
-    assert requested(d)[PV_LIMIT] == (pytest.approx(64.5), Priority.GRID_OPERATOR)
-    assert requested(d)[SETPOINT] == (pytest.approx(-49_800.0), Priority.GRID_OPERATOR)
+    # limits are bounds at GRID_OPERATOR priority; the requests move the points when no other
+    # controller asks for them
+    assert requested(d)[PV_LIMIT] == (pytest.approx(64.5), Priority.COMFORT)
+    assert requested(d)[SETPOINT] == (pytest.approx(-49_800.0), Priority.COMFORT)
     assert bounds(d)[PV_LIMIT] == (float("-inf"), pytest.approx(64.5))
+    assert bounds(d)[SETPOINT] == (float("-inf"), pytest.approx(-49_800.0))
+    assert {c.priority for c in d.constraints} == {Priority.GRID_OPERATOR}
     assert d.metrics["export_limit_w"] == 5000.0
     assert any("utility controls in force: opModExpLimW 5000 W" in e for e in d.events)
+
+
+def test_the_least_charge_rises_at_once_and_falls_slowly() -> None:
+    """A battery read a moment before or after the meter makes the needed charge swing; the
+    bound follows it up at once and down at battery_release_pct_per_s (2 % of 50 kW per s)."""
+    controller = GridOperatorController(params())
+    d = decide(controller, snapshot(controls({"opModExpLimW": 5000.0})))
+    assert bounds(d)[SETPOINT][1] == pytest.approx(-49_800.0)
+    # 3 s later the meter shows an import: by it, no charging is needed any more
+    later = NOW + timedelta(seconds=3)
+    snap = snapshot(controls({"opModExpLimW": 5000.0}), grid_w=5_000.0, pv_w=64_500.0,
+                    battery_w=-49_800.0, now=later)  # fmt: skip
+    d = decide(controller, snap, d.state)
+    assert bounds(d)[SETPOINT][1] == pytest.approx(-49_800.0 + 3 * 1_000.0)
+    assert requested(d)[SETPOINT] == (pytest.approx(-46_800.0), Priority.COMFORT)
+    # and once the event ends, the bound goes with it
+    d = decide(controller, snapshot(controls({}), now=later + timedelta(seconds=3)), d.state)
+    assert SETPOINT not in bounds(d)
+    assert d.state.charge_floor_w == 0.0
 
 
 def test_an_export_limit_that_does_not_bind_sends_nothing() -> None:
@@ -138,9 +161,10 @@ def test_the_export_limit_fails_safe_on_a_stale_meter() -> None:
     assert any("stale" in e for e in d.events)
 
 
-def test_the_grid_operator_wins_the_battery_and_pv_limit_over_lower_priorities() -> None:
+def test_the_grid_operator_bounds_what_lower_priorities_ask_of_the_battery_and_pv() -> None:
     """The same site with self-consumption (economics) and a connection limit of 60 kW: the
-    utility's 5 kW export limit takes the battery and the inverter limit."""
+    utility's 5 kW export limit holds the battery's charging and the inverter limit, whoever
+    asks for them."""
     operator = GridOperatorController(params())
     self_consumption = PvExportController(
         PvExportParams(
@@ -156,16 +180,50 @@ def test_the_grid_operator_wins_the_battery_and_pv_limit_over_lower_priorities()
     # 90 kW of export: self-consumption alone would curtail to its 60 kW limit
     snap = snapshot(controls({"opModExpLimW": 5000.0}), grid_w=-90_000.0, pv_w=100_000.0)
     result = engine.cycle(snap, {})
+    # self-consumption asked for its 20 kW of charging; the export limit needs 49.8 kW
     battery = result.arbitrations[SETPOINT]
-    assert battery.source == "grid_operator"
-    assert battery.priority == Priority.GRID_OPERATOR
-    assert battery.overridden == ("pv_export",)
+    assert battery.source == "pv_export"
+    assert battery.requested == pytest.approx(-20_000.0)
+    assert battery.limited_by == ("grid_operator",)
     assert battery.value == pytest.approx(-49_800.0)
-    pv = result.arbitrations[PV_LIMIT]
-    assert pv.source == "grid_operator"
-    assert pv.overridden == ("pv_export",)
+    # self-consumption curtails to its 60 kW connection limit; the utility's is lower:
     # 10 kW load + 50 kW battery + 5 kW export - 0.3 margin - 0.2 half band
+    pv = result.arbitrations[PV_LIMIT]
+    assert pv.source == "pv_export"
+    assert pv.limited_by == ("grid_operator",)
     assert pv.value == pytest.approx(64.5)
+
+
+def test_charging_more_than_the_export_limit_needs_is_not_held_back() -> None:
+    """Zero export by the connection agreement (self-consumption takes every exported watt)
+    and a utility limit of 5 kW: the battery charges what self-consumption asks, not only
+    what the utility's limit needs -- a bound, not a target."""
+    operator = GridOperatorController(params())
+    zero_export = PvExportController(
+        PvExportParams(
+            pv_rated_power_w=RATED_W,
+            export_limit_w=0.0,
+            battery_soc=SOC,
+            battery_power=BATTERY,
+            battery_setpoint=SETPOINT,
+            battery_max_charge_w=50_000.0,
+        )
+    )
+    engine = Engine([zero_export, operator], EngineParams())
+    # 30 kW of surplus: the utility's limit needs 30 - 5 + 0.3 = 25.3 kW of charging
+    snap = snapshot(controls({"opModExpLimW": 5000.0}), grid_w=-30_000.0, pv_w=40_000.0)
+    result = engine.cycle(snap, {})
+    battery = result.arbitrations[SETPOINT]
+    assert battery.source == "pv_export"
+    assert battery.limited_by == ()
+    assert battery.value <= -30_000.0  # all of the surplus
+    assert PV_LIMIT not in result.arbitrations  # nothing to curtail
+
+
+def test_a_battery_target_wins_outright() -> None:
+    operator = GridOperatorController(params())
+    d = decide(operator, snapshot(controls({"opModTargetW": 10_000.0})))
+    assert requested(d)[SETPOINT] == (10_000.0, Priority.GRID_OPERATOR)
 
 
 def test_when_the_event_ends_pv_is_released_at_the_ramp_and_the_battery_handed_back() -> None:
@@ -182,7 +240,8 @@ def test_when_the_event_ends_pv_is_released_at_the_ramp_and_the_battery_handed_b
     )  # fmt: skip
     pv_value, pv_priority = requested(d)[PV_LIMIT]
     assert pv_value == pytest.approx(64.5 + 3.0)  # 1 %/s for 3 s
-    assert pv_priority == Priority.GRID_OPERATOR
+    assert pv_priority == Priority.COMFORT
+    assert bounds(d)[PV_LIMIT][1] == pytest.approx(64.5 + 3.0)  # still a bound while it ramps
     # the battery goes back at the lowest priority: any other controller takes it at once
     assert requested(d)[SETPOINT] == (0.0, Priority.COMFORT)
     assert any("no utility control in force any more" in e for e in d.events)
@@ -210,8 +269,8 @@ def test_an_import_limit_discharges_the_excess() -> None:
     controller = GridOperatorController(params())
     d = decide(controller, snapshot(controls({"opModImpLimW": 60_000.0}), grid_w=80_000.0,
                                     pv_w=0.0))  # fmt: skip
-    assert requested(d)[SETPOINT] == (pytest.approx(20_300.0), Priority.GRID_OPERATOR)
-    assert bounds(d)[SETPOINT][0] == pytest.approx(20_300.0)
+    assert requested(d)[SETPOINT] == (pytest.approx(20_300.0), Priority.COMFORT)
+    assert bounds(d)[SETPOINT][0] == pytest.approx(20_300.0)  # at least that
     # beyond what the battery can give: the rest is reported
     d = decide(controller, snapshot(controls({"opModImpLimW": 20_000.0}), grid_w=80_000.0,
                                     pv_w=0.0))  # fmt: skip

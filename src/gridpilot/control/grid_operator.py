@@ -6,6 +6,16 @@ into the :class:`~gridpilot.control.base.Snapshot`, and this controller turns it
 requests and constraints that outrank peak shaving, economics and comfort (only an
 operator's manual override and safety rank higher).
 
+Limits are bounds, targets are targets. A limit (export, import, generation, load, max)
+becomes a :class:`~gridpilot.control.base.Constraint` at ``GRID_OPERATOR`` priority on the
+point it bounds -- the least the battery must charge, the most the PV may deliver -- plus a
+request of the bounded value at ``COMFORT`` priority that moves the point when no other
+controller asks for it. A controller that does ask keeps the point within the bound: self-
+consumption that charges more than the export limit needs, or peak shaving, is not held
+back, while a wish that would break the limit is clipped to it (the engine reports it as
+``limited_by: grid_operator``). Targets (opModFixedW, opModTargetW, a disconnect, the power
+factor) are ``GRID_OPERATOR`` requests and win the point outright.
+
 What each mode does (a mode whose point is not configured is reported, not applied):
 
 * ``opModExpLimW`` — keep the export at the grid meter under the limit: the battery charges
@@ -13,8 +23,8 @@ What each mode does (a mode whose point is not configured is reported, not appli
   controller's own loop (:class:`~gridpilot.control.pv_export.PvExportController`), run with
   the utility's limit at this priority: curtail at once to the middle of the hysteresis band,
   release slowly, fail safe on stale meter or PV readings.
-* ``opModImpLimW`` — keep the import under the limit: the battery discharges what exceeds it,
-  and lower priorities may not charge it beyond the import headroom (a constraint).
+* ``opModImpLimW`` — keep the import under the limit: the battery discharges at least what
+  exceeds it, and may not charge beyond the import headroom.
 * ``opModGenLimW`` — the PV limit is capped at the limit (in % of its rating) and the battery's
   discharge at what the PV leaves of it.
 * ``opModLoadLimW`` — the battery may not charge faster than the limit (a constraint).
@@ -43,6 +53,7 @@ utility's own fallback; the default), ``keep_last`` (everything, events included
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal, Self
@@ -68,6 +79,11 @@ from gridpilot.control.grid_controls import (
 from gridpilot.control.pv_export import FULL_PCT, PvExportController, PvExportParams, PvExportState
 
 NAME = "grid_operator"
+BOUND_PRIORITY = Priority.COMFORT
+"""Priority of the requests that only move a point within the utility's bound (the bound is
+a GRID_OPERATOR constraint): any other controller that asks for the point wins it, and is
+clipped to the bound -- so self-consumption charging more than the export limit needs, or
+peak shaving, keeps the battery, while a wish against the limit cannot pass."""
 Point = PointField
 
 
@@ -115,6 +131,11 @@ class GridOperatorParams(BaseModel):
     min_site_load_w: float = Field(default=0.0, ge=0.0)
     """Load the site never goes below, W (export-limit fail-safe)."""
     battery_retry_s: float = Field(default=60.0, gt=0.0)
+    battery_release_pct_per_s: float = Field(default=2.0, gt=0.0)
+    """How fast the least charging the export limit asks of the battery may fall, % of
+    ``battery_max_charge_w`` per second (it rises at once): the battery's own asymmetry,
+    like the PV limit's. Without it, a battery that is read a moment before or after the
+    meter makes the needed charge swing between full and nothing from cycle to cycle."""
     self_consumption: bool = False
     """During an export limit, False: the battery takes only what would exceed the limit;
     True: every exported watt (as the PV export controller's self-consumption)."""
@@ -186,6 +207,8 @@ class GridOperatorState:
     """Descriptions of the modes applied in the last cycle (an event when they change)."""
     not_applied: tuple[str, ...] = ()
     stale: bool = False
+    charge_floor_w: float = 0.0
+    """The least charging the export limit asked of the battery in the last cycle, W."""
 
 
 @dataclass(slots=True)
@@ -203,16 +226,20 @@ class _Cycle:
     applied: list[str] = field(default_factory=list)
     not_applied: list[str] = field(default_factory=list)
     charge_w: float = 0.0
-    """What the export loop wants the battery to charge, W."""
+    """The least the battery must charge for the export limit this cycle, W."""
     pv_next_w: float | None = None
     """The PV output expected under this cycle's limit, W."""
 
 
 @dataclass(slots=True)
 class _Bounds:
+    """The battery this cycle: the bounds the utility's limits put on its setpoint, and the
+    value to request (at ``priority``) so that it moves when no one else asks for it."""
+
     lo: float = -math.inf
     hi: float = math.inf
     desired: float | None = None
+    priority: Priority = BOUND_PRIORITY
     reasons: list[str] = field(default_factory=list)
 
 
@@ -270,7 +297,7 @@ class GridOperatorController:
         c.metrics["controls_stale_state"] = float(stale)
         c.applied.extend(m.describe() for m in modes.values() if m.value is True)
 
-        export_state = self._pv(c, state.export, now, forecasts)
+        export_state = self._pv(c, state, now, forecasts)
         battery_requested = self._battery(c, state)
         connect_value = self._connect(c, state)
         pf_requested = self._power_factor(c, state)
@@ -295,6 +322,7 @@ class GridOperatorController:
                 applied=applied,
                 not_applied=not_applied,
                 stale=stale,
+                charge_floor_w=c.charge_w,
             ),
             requests=tuple(c.requests),
             constraints=tuple(c.constraints),
@@ -337,10 +365,12 @@ class GridOperatorController:
         return None, True
 
     def _pv(
-        self, c: _Cycle, export_state: PvExportState, now: datetime, forecasts: Forecasts
+        self, c: _Cycle, state: GridOperatorState, now: datetime, forecasts: Forecasts
     ) -> PvExportState:
-        """The PV limit: the export loop (or its release) capped by the other modes."""
+        """The PV limit: the export loop (or its release) capped by the other modes; sets
+        the least charge the export limit asks of the battery (``c.charge_w``)."""
         p = self._params
+        export_state = state.export
         cap_pct, cap_reasons = self._pv_caps(c)
         export_mode = c.modes.get("opModExpLimW") if not c.off else None
         request_pct: float | None = None
@@ -356,7 +386,7 @@ class GridOperatorController:
             c.applied.append(export_mode.describe())
             export_state = decision.state
             request_pct = _pv_request(decision.requests, inner.pv_limit)
-            c.charge_w = decision.metrics.get("battery_charge_w", 0.0)
+            c.charge_w = self._charge_floor(decision.metrics, state, now)
             c.events.extend(decision.events)
             c.metrics["export_limit_w"] = limit_w
             if "headroom_w" in decision.metrics:
@@ -382,9 +412,10 @@ class GridOperatorController:
             reason = f"utility export limit {c.metrics['export_limit_w']:g} W"
         else:
             reason = "utility limit ended: PV limit released at the ramp"
-        c.requests.append(
-            SetpointRequest(p.pv_limit, final_pct, Priority.GRID_OPERATOR, self._name, reason)
-        )
+        # A limit is a bound (the constraint); the request moves the inverter when no one
+        # else asks for it. Disconnected, it is a target.
+        priority = Priority.GRID_OPERATOR if c.off else BOUND_PRIORITY
+        c.requests.append(SetpointRequest(p.pv_limit, final_pct, priority, self._name, reason))
         if final_pct < FULL_PCT:
             c.constraints.append(
                 Constraint(p.pv_limit, Priority.GRID_OPERATOR, self._name, maximum=final_pct,
@@ -394,6 +425,20 @@ class GridOperatorController:
         if pv_w is not None:
             c.pv_next_w = min(pv_w, final_pct / FULL_PCT * rated)
         return replace(export_state, limit_pct=final_pct, last_decided=now)
+
+    def _charge_floor(
+        self, export_metrics: Mapping[str, float], state: GridOperatorState, now: datetime
+    ) -> float:
+        """The least the battery must charge: what the export loop needs now, or, when that
+        fell, the last floor less ``battery_release_pct_per_s`` -- up at once, down slowly."""
+        p = self._params
+        if export_metrics.get("fail_safe_state", 0.0):
+            return 0.0  # the surplus is unknown: the export loop withdrew its request
+        needed_w = export_metrics.get("battery_charge_w", 0.0)
+        last = state.export.last_decided
+        dt_s = 0.0 if last is None else min(max((now - last).total_seconds(), 0.0), p.max_age_s)
+        fall_w = p.battery_release_pct_per_s / FULL_PCT * p.battery_max_charge_w * dt_s
+        return max(needed_w, state.charge_floor_w - fall_w)
 
     def _pv_caps(self, c: _Cycle) -> tuple[float, list[str]]:
         """The lowest PV limit the modes other than the export limit ask for, and why."""
@@ -450,7 +495,7 @@ class GridOperatorController:
         if b.desired is not None:
             value = min(max(b.desired, b.lo), b.hi)
             c.requests.append(
-                SetpointRequest(p.battery_setpoint, value, Priority.GRID_OPERATOR, self._name,
+                SetpointRequest(p.battery_setpoint, value, b.priority, self._name,
                                 "; ".join(b.reasons))
             )  # fmt: skip
             c.metrics["battery_setpoint_w"] = value
@@ -473,11 +518,14 @@ class GridOperatorController:
         b = _Bounds()
         if c.off:
             b.lo = b.hi = b.desired = 0.0
+            b.priority = Priority.GRID_OPERATOR
             b.reasons = [m.describe() for m in c.off]
             return b
         if "opModExpLimW" in c.modes and c.charge_w > 0.0:
+            # At least this much charging; more (self-consumption, a recharge) is welcome.
+            b.hi = min(b.hi, -c.charge_w)
             b.desired = -c.charge_w
-            b.reasons.append(f"export limit: charge {c.charge_w:.0f} W of surplus")
+            b.reasons.append(f"export limit: charge at least {c.charge_w:.0f} W of surplus")
         imp = c.modes.get("opModImpLimW")
         if imp is not None and isinstance(imp.value, float):
             self._import_limit(c, imp, imp.value, b)
@@ -496,13 +544,17 @@ class GridOperatorController:
             c.applied.append(fixed.describe())
             scale = p.battery_max_discharge_w if fixed.value >= 0.0 else p.battery_max_charge_w
             b.desired = fixed.value / FULL_PCT * scale
+            b.priority = Priority.GRID_OPERATOR  # a target, not a bound
             b.reasons.append(fixed.describe())
         target = c.modes.get("opModTargetW")
         if target is not None and isinstance(target.value, float):
             c.applied.append(target.describe())
             b.desired = min(max(target.value, -p.battery_max_charge_w), p.battery_max_discharge_w)
+            b.priority = Priority.GRID_OPERATOR
             b.reasons.append(target.describe())
         if b.lo > b.hi:
+            # e.g. a load limit below the charging the export limit needs: the battery
+            # charges what the load limit allows, and PV is curtailed for the rest.
             c.events.append(
                 f"utility limits on the battery conflict ({'; '.join(b.reasons)}): "
                 "the lower bound wins"
@@ -528,7 +580,7 @@ class GridOperatorController:
         b.lo = max(b.lo, min(-headroom_w, p.battery_max_discharge_w))
         if headroom_w < 0.0:
             b.desired = min(-headroom_w, p.battery_max_discharge_w)
-            b.reasons.append(f"import limit {limit_w:g} W: discharge {-headroom_w:.0f} W")
+            b.reasons.append(f"import limit {limit_w:g} W: discharge at least {-headroom_w:.0f} W")
             if -headroom_w > p.battery_max_discharge_w:
                 c.metrics["import_excess_w"] = -headroom_w - p.battery_max_discharge_w
         else:

@@ -146,7 +146,10 @@ class GridOperatorParams(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.pv_limit is not None and (self.pv_power is None or self.pv_rated_power_w is None):
-            raise ValueError("pv_limit needs pv_power and pv_rated_power_w")
+            raise ValueError(
+                "pv_limit needs pv_power and pv_rated_power_w: set pv_rated_power_w (the PV "
+                "inverter's AC rating, W), or pv_limit: null for a site without PV"
+            )
         battery = (self.battery_soc, self.battery_power, self.battery_setpoint)
         if any(b is not None for b in battery) and any(b is None for b in battery):
             raise ValueError(

@@ -578,3 +578,23 @@ def test_closed_loop_releases_into_a_battery_that_gains_room() -> None:
     assert limits[-1] == pytest.approx(100.0)
     assert plant.battery_setpoint_w == pytest.approx(-40_300.0)
     assert grid[-1] == pytest.approx(MARGIN_W)
+
+
+def test_a_battery_that_keeps_not_following_is_reported_once() -> None:
+    controller = PvExportController(params())
+    state = PvExportState(charge_requests_w=(40_300.0, 40_300.0), limit_pct=100.0)
+    snap = snapshot(grid_w=-40_000.0, pv_w=60_000.0, soc_pct=50.0, battery_w=0.0)
+    first = controller.decide(snap, state, NOW, {})
+    assert [e for e in first.events if "battery charges" in e]
+    # still nothing, cycle after cycle (a higher priority holds it at 0 W): no new event
+    decision = first
+    for step in range(1, 60):
+        now = NOW + timedelta(seconds=step)
+        decision = controller.decide(
+            snapshot(grid_w=-40_000.0, pv_w=60_000.0, soc_pct=50.0, battery_w=0.0, now=now),
+            decision.state,
+            now,
+            {},
+        )
+        assert not [e for e in decision.events if "battery charges" in e], step
+    assert decision.state.distrust_until == NOW + timedelta(seconds=60)

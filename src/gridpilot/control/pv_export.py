@@ -362,11 +362,13 @@ class PvExportController:
         # two requests (charging more than asked only lowers the export).
         asked_w = min(*state.charge_requests_w, capacity_w)
         falls_short = capacity_w > 0.0 and measured_charge_w < asked_w - p.hysteresis_w
-        distrusted = falls_short or (
-            state.distrust_until is not None and now < state.distrust_until
-        )
+        was_distrusted = state.distrust_until is not None and now < state.distrust_until
+        distrusted = falls_short or was_distrusted
         event = None
-        if falls_short:
+        # Said once when the battery stops following, not every cycle while it does not (a
+        # higher priority holding it would otherwise fill the event log); the shortfall
+        # still extends the retry time.
+        if falls_short and not was_distrusted:
             event = (
                 f"battery charges {measured_charge_w:.0f} W of {asked_w:.0f} W asked: PV is "
                 f"curtailed on the measured grid for {p.battery_retry_s:g} s"

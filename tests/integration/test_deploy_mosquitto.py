@@ -111,3 +111,37 @@ def test_persistent_subscriber_gets_a_backlog_beyond_the_default_limit(
     )
     assert received.returncode == 0, received.stderr
     assert len(received.stdout.splitlines()) == BACKLOG
+
+
+def test_only_the_utility_client_may_write_the_grid_controls_the_controller_reads(
+    tmp_path: Path,
+) -> None:
+    # The controller obeys grid/controls at grid-operator priority: with the generic ACL the
+    # 2030.5 client's user writes them and the controller reads them; the gateway (a
+    # service with write rights elsewhere) cannot forge them.
+    users = {"ieee2030_5": "utility pass phrase", "controller": "controller pass phrase"}
+    users[PUBLISHER] = PUBLISHER_PASSWORD
+    broker = ProductionBroker(tmp_path, users=users)
+    broker.start()
+    try:
+        port, topic = broker.local_port, "gridpilot/v1/hq/grid/controls"
+
+        def publish(user: str, message: str) -> None:
+            subprocess.run(
+                ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", user,
+                 "-P", users[user], "-q", "1", "-r", "-t", topic, "-m", message],
+                check=True, timeout=30,
+            )  # fmt: skip
+
+        publish(PUBLISHER, "forged by the gateway")
+        publish("ieee2030_5", "from the utility client")
+        publish(PUBLISHER, "forged again")
+        received = subprocess.run(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-u", "controller",
+             "-P", users["controller"], "-t", topic, "-C", "1", "-W", "5"],
+            capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert received.returncode == 0, received.stderr
+        assert received.stdout.decode().strip() == "from the utility client"
+    finally:
+        broker.stop()

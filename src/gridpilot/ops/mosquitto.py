@@ -196,6 +196,7 @@ def render_acl(config: GridPilotConfig | None = None, *, source: str = "") -> st
         f"topic write {base}/deadletter",
     ]
     controller_rules = [
+        f"topic read {base}/grid/controls",
         f"topic read {base}/+/telemetry",
         f"topic read {base}/+/state",
         f"topic read {base}/+/command/result",
@@ -215,12 +216,22 @@ def render_acl(config: GridPilotConfig | None = None, *, source: str = "") -> st
         f"topic write {base}/+/request",
         f"topic write {base}/events",
     ]
+    # The utility's client is the only writer of the controls the controller obeys at
+    # grid-operator priority: a device or another service that could write them could
+    # lift an export limit.
+    utility = [
+        f"topic write {base}/grid/controls",
+        f"topic write {base}/ieee2030_5/status",
+        f"topic write {base}/events",
+    ]
     users: dict[str, list[str]] = {
         "gateway": gateway,
         "ingest": ingest,
         "controller": controller_rules,
         "api": api,
     }
+    if config is None or config.ieee2030_5 is not None:
+        users["ieee2030_5"] = utility
     header = [
         "# Mosquitto ACL for GridPilot"
         + (f" site {site}" if config is not None else " (any site)")

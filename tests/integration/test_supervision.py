@@ -26,12 +26,14 @@ import pytest
 import yaml
 
 from gridpilot.bus.client import BrokerAddress
+from gridpilot.ieee2030_5.tls import make_test_pki
+from tests.conftest import find_free_port
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "deploy" / "systemd"
-SERVICES = ["gateway", "ingest", "controller", "api"]
+SERVICES = ["gateway", "ingest", "controller", "api", "ieee2030_5"]
 INSTALLED_BINARY = "/opt/gridpilot/bin/gridpilot"
 
 
@@ -184,6 +186,17 @@ def site_file(tmp_path: Path, service: str, broker: BrokerAddress) -> Path:
     }
     if service == "controller":
         config["control"] = {"journal": None}
+    if service == "ieee2030_5":
+        # No utility server answers here: the client keeps retrying with backoff, and the
+        # heartbeats must go on while it does.
+        pki = make_test_pki(tmp_path / "pki")
+        config["ieee2030_5"] = {
+            "server": f"https://127.0.0.1:{find_free_port()}",
+            "cert_file": str(pki.client_cert),
+            "key_file": str(pki.client_key),
+            "ca_file": str(pki.ca_cert),
+            "pin": 111115,
+        }
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -28,6 +28,7 @@ from pydantic import (
 
 from gridpilot.config.ieee2030_5 import CsipClientConfig
 from gridpilot.control.base import PointRef
+from gridpilot.control.freq_droop import FreqDroopParams
 from gridpilot.control.grid_operator import GridOperatorParams
 from gridpilot.control.hvac import HvacParams
 from gridpilot.control.peak_shaving import PeakShavingParams
@@ -896,6 +897,8 @@ class ControlConfig(_Frozen):
     """IEEE 1547 volt-var on one inverter (by var setpoints, or written into its SunSpec 705)."""
     volt_watt: VoltWattParams | None = None
     """IEEE 1547 volt-watt on one inverter: its active power limit from its voltage."""
+    freq_droop: FreqDroopParams | None = None
+    """IEEE 1547 frequency droop on one inverter: its active power limit from the frequency."""
 
     @field_validator("cycle", "command_ttl", "resend_after")
     @classmethod

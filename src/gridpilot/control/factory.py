@@ -7,6 +7,7 @@ from typing import Any
 
 from gridpilot.config.models import GridPilotConfig
 from gridpilot.control.base import Controller
+from gridpilot.control.freq_droop import FreqDroopController
 from gridpilot.control.grid_operator import GridOperatorController
 from gridpilot.control.hvac import HvacController, HvacGroupController
 from gridpilot.control.peak_shaving import PeakShavingController
@@ -23,8 +24,9 @@ def build_controllers(
     """The controllers the ``control`` section enables.
 
     Order matters only between requests of equal priority (the first listed wins): the grid
-    operator's controls, volt-var, volt-watt, peak shaving, PV export, the VFDs, then the
-    zone planners (one group planner for two or more zones with ``hvac_planning: joint``).
+    operator's controls, volt-var, volt-watt, frequency droop, peak shaving, PV export, the
+    VFDs, then the zone planners (one group planner for two or more zones with
+    ``hvac_planning: joint``).
     The site ``tariff`` is handed to each controller that has a tariff of its own unset.
     ``zone_histories`` (zone id -> stored history) lets each zone planner identify its
     thermal model before its first plan.
@@ -41,6 +43,8 @@ def build_controllers(
         controllers.append(VoltVarController(control.volt_var))
     if control.volt_watt is not None:
         controllers.append(VoltWattController(control.volt_watt))
+    if control.freq_droop is not None:
+        controllers.append(FreqDroopController(control.freq_droop))
     if control.peak_shaving is not None:
         params = control.peak_shaving
         if params.tariff is None and tariff is not None:

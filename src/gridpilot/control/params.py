@@ -39,6 +39,8 @@ def _sections(control: ControlConfig) -> dict[str, tuple[str, int | None]]:
         out["volt_var"] = ("volt_var", None)
     if control.volt_watt is not None:
         out["volt_watt"] = ("volt_watt", None)
+    if control.freq_droop is not None:
+        out["freq_droop"] = ("freq_droop", None)
     if control.peak_shaving is not None:
         out[control.peak_shaving.name] = ("peak_shaving", None)
     if control.pv_export is not None:

@@ -141,6 +141,9 @@ class BuildingState:
     grid_voltage_pu: float | None = None
     """The grid's no-load voltage in per unit of nominal (a test's or a demo's voltage
     excursion); None = nominal plus the transformer tap."""
+    grid_frequency_hz: float | None = None
+    """The grid frequency held (a test's or a demo's frequency excursion); None = nominal
+    with its slow swing."""
 
 
 class Building:
@@ -232,8 +235,9 @@ class Building:
             None if s.grid_voltage_pu is None else s.grid_voltage_pu * p.meter.nominal_voltage_v
         )
         s.meter = step_meter(
-            p.meter, s.meter, s.flows, now=now, dt_s=h, rng=self._rng, source_voltage_v=source_v
-        )
+            p.meter, s.meter, s.flows, now=now, dt_s=h, rng=self._rng, source_voltage_v=source_v,
+            frequency_hz=s.grid_frequency_hz,
+        )  # fmt: skip
         self._now = now
 
     # ------------------------------------------------------------------------------ writes
@@ -285,6 +289,14 @@ class Building:
         if voltage_pu is not None and not 0.5 <= voltage_pu <= 1.5:
             raise ValueError(f"grid voltage {voltage_pu} pu is outside 0.5..1.5")
         self.state.grid_voltage_pu = voltage_pu
+
+    def set_grid_frequency(self, frequency_hz: float | None) -> None:
+        """Hold the grid frequency at ``frequency_hz`` (the meter's noise stays, the slow
+        swing stops); ``None`` returns to nominal with its swing. Takes effect from the next
+        step; every device that measures the frequency (meter, inverter) sees it."""
+        if frequency_hz is not None and not 40.0 <= frequency_hz <= 70.0:
+            raise ValueError(f"grid frequency {frequency_hz} Hz is outside 40..70")
+        self.state.grid_frequency_hz = frequency_hz
 
     def set_pv_reactive_mode(self, mode: ReactiveMode) -> None:
         """What sets the PV inverter's reactive power from now on (its SunSpec 704/705

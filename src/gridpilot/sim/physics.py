@@ -862,10 +862,14 @@ def meter_reading(
     now: datetime,
     rng: random.Random,
     source_voltage_v: float | None = None,
+    *,
+    frequency_hz: float | None = None,
 ) -> MeterReading:
     """Per-phase voltage (with noise), current, power, frequency for the flows at ``now``.
 
     ``source_voltage_v``: the grid's no-load phase voltage; default nominal plus the tap.
+    ``frequency_hz``: the grid frequency held (a test's excursion): no slow swing, the
+    noise stays; default nominal with the swing.
     """
     three_phase_loads_w = flows.chillers_w + flows.fan_w + flows.switched_w
     loads_w = flows.base_w + three_phase_loads_w
@@ -894,11 +898,10 @@ def meter_reading(
     total_q = loads_w * tan_phi - flows.pv_var
     apparent = math.hypot(total_p, total_q)
     seconds = now.timestamp()
-    frequency = (
-        params.nominal_frequency_hz
-        + params.frequency_swing_hz * math.sin(2.0 * math.pi * seconds / params.frequency_period_s)
-        + rng.gauss(0.0, params.frequency_noise_hz)
-    )
+    phase = 2.0 * math.pi * seconds / params.frequency_period_s
+    swing = params.frequency_swing_hz * math.sin(phase)
+    centre = params.nominal_frequency_hz + swing if frequency_hz is None else frequency_hz
+    frequency = centre + rng.gauss(0.0, params.frequency_noise_hz)
     return MeterReading(
         voltage_v=(voltages[0], voltages[1], voltages[2]),
         current_a=(currents[0], currents[1], currents[2]),
@@ -920,6 +923,7 @@ def step_meter(
     dt_s: float,
     rng: random.Random,
     source_voltage_v: float | None = None,
+    frequency_hz: float | None = None,
 ) -> MeterState:
     """Integrate import and export energy over ``dt_s`` and take a new reading at ``now``."""
     grid = flows.grid_w
@@ -927,5 +931,5 @@ def step_meter(
     return MeterState(
         energy_import_wh=state.energy_import_wh + (energy if grid > 0 else 0.0),
         energy_export_wh=state.energy_export_wh + (energy if grid < 0 else 0.0),
-        reading=meter_reading(params, flows, now, rng, source_voltage_v),
+        reading=meter_reading(params, flows, now, rng, source_voltage_v, frequency_hz=frequency_hz),
     )

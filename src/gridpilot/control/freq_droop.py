@@ -1,0 +1,252 @@
+"""Frequency droop (frequency-watt, IEEE 1547-2018 clause 6.5.2.7) on one inverter, at
+grid-operator priority, by active-power limit setpoints.
+
+For an inverter without an autonomous frequency-droop function (no SunSpec 711), or one
+whose own is not trusted. Each cycle the controller reads the frequency the inverter
+measures and its active power:
+
+* inside the dead band (nominal ± ``db_of_hz``/``db_uf_hz``, 0.036 Hz by default) it only
+  remembers the output, ``P_pre`` -- the power before an excursion, from which IEEE 1547
+  counts the droop -- and sends nothing;
+* over-frequency: the output must fall by ``(f - (nominal + db_of)) / (nominal · k_of)`` of
+  the rating (5 % droop: 0.5 Hz over the band at 60 Hz is 16.7 %) from ``P_pre``
+  (:func:`gridpilot.control.ieee1547.frequency_droop_w`), not below ``p_min_w``. The target
+  passes through the open-loop response filter (90 % of a step in ``response_time_s``) and
+  becomes the inverter's active power limit ``pv_limit`` (% of ``rated_w``): a request with
+  the ``enable`` points (e.g. SunSpec 704 ``WMaxLimPctEna`` = 1) and a
+  :class:`~gridpilot.control.base.Constraint` (``maximum``) so that no request of the same
+  or a lower priority lifts the output above the droop;
+* under-frequency: the output may rise by the same slope, but only as far as the headroom
+  goes -- what the source can give now (``available_power``, e.g. SunSpec 122 ``WAval``;
+  the rating without it). A PV inverter at its maximum power point has none: its limit is
+  only held at 100 %. One held back by someone else's limit has some: the limit is raised
+  to the droop target (100 % when that reaches what is available), with a ``minimum``
+  constraint so that no same-or-lower request curtails it below;
+* back inside the dead band the target is ``P_pre`` again; once the filtered output is
+  within 0.5 % of the rating of it the limit is released (100 %, once) and the controller is
+  silent until the next excursion.
+
+A stale frequency holds the last limit and says so once (an over-frequency may go on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+from gridpilot.control.base import (
+    Constraint,
+    Decision,
+    Forecasts,
+    PointField,
+    PointRef,
+    Priority,
+    SetpointRequest,
+    Snapshot,
+)
+from gridpilot.control.ieee1547 import (
+    CurveError,
+    FrequencyDroop,
+    ResponseFilter,
+    frequency_droop_w,
+)
+
+NAME = "freq_droop"
+Point = PointField
+
+FULL_PCT = 100.0
+_SETTLED_PU = 0.005
+"""Within this share of the rating of ``P_pre`` the recovery is over (the filter only
+approaches its target)."""
+
+
+class FreqDroopParams(BaseModel):
+    """``control.freq_droop``: the measured frequency and power, the inverter's limit point
+    and the droop settings (IEEE 1547-2018 Category B defaults)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    frequency: Point
+    """The frequency at the inverter's terminals, Hz (e.g. ``sunspec_inverter.m701_hz``)."""
+    active_power: Point
+    """The inverter's active power output, W (e.g. ``sunspec_inverter.m701_w``)."""
+    rated_w: float = Field(gt=0.0)
+    """The inverter's rated active power: the droop is a share of it, and ``pv_limit``
+    percent of it."""
+    pv_limit: Point
+    """The writable active power limit, % of ``rated_w`` (e.g.
+    ``sunspec_inverter.m704_wmaxlimpct_pct``)."""
+    enable: dict[Point, float] = Field(default_factory=dict)
+    """Points requested with the limit (e.g. ``{sunspec_inverter.m704_wmaxlimpctena_state: 1}``)."""
+    available_power: Point | None = None
+    """What the source can give now, W (e.g. ``sunspec_inverter.m122_waval_w``): the headroom
+    of an under-frequency response. Without it, the rating."""
+    nominal_hz: float = 60.0
+    db_of_hz: float = 0.036
+    db_uf_hz: float = 0.036
+    k_of: float = 0.05
+    """Over-frequency droop, per unit of frequency per unit of power (0.05 = 5 %)."""
+    k_uf: float = 0.05
+    response_time_s: float = Field(default=5.0, ge=0.0, le=90.0)
+    """Open-loop response time: 90 % of a step in this long."""
+    p_min_w: float = Field(default=0.0, ge=0.0)
+    """The least the inverter is driven to by over-frequency."""
+    max_age_s: float = Field(default=10.0, gt=0.0)
+    priority: Priority = Priority.GRID_OPERATOR
+
+    @field_serializer("enable")
+    def _enable_as_text(self, enable: dict[PointRef, float]) -> dict[str, float]:
+        return {str(ref): value for ref, value in enable.items()}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        try:
+            self.setting()
+        except CurveError as exc:
+            raise ValueError(str(exc)) from None
+        if self.p_min_w >= self.rated_w:
+            raise ValueError(f"p_min_w {self.p_min_w:g} must be below rated_w {self.rated_w:g}")
+        return self
+
+    def setting(self) -> FrequencyDroop:
+        """The IEEE 1547 droop setting; raises CurveError."""
+        return FrequencyDroop(
+            self.nominal_hz, self.db_of_hz, self.db_uf_hz, self.k_of, self.k_uf,
+            self.response_time_s,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class FreqDroopState:
+    p_pre_w: float | None = None
+    """The output before the excursion (tracked inside the dead band, frozen outside)."""
+    filter: ResponseFilter | None = None
+    """The filtered power target, W; None while no excursion is being answered."""
+    direction: str = ""
+    """``over`` / ``under`` while answering an excursion (or recovering from it)."""
+    stale: bool = False
+
+
+class FreqDroopController:
+    """IEEE 1547 frequency droop by the inverter's active power limit."""
+
+    def __init__(self, params: FreqDroopParams, name: str = NAME) -> None:
+        self.params = params
+        self._name = name
+        self._setting = params.setting()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def priority(self) -> Priority:
+        return self.params.priority
+
+    def initial_state(self) -> FreqDroopState:
+        return FreqDroopState()
+
+    def decide(
+        self, snapshot: Snapshot, state: FreqDroopState, now: datetime, forecasts: Forecasts
+    ) -> Decision[FreqDroopState]:
+        p, s = self.params, self._setting
+        events: list[str] = []
+        if snapshot.reading(p.frequency) is None or snapshot.reading(p.active_power) is None:
+            if not state.stale:
+                events.append(
+                    f"frequency droop: waiting for a first reading of {p.frequency} and "
+                    f"{p.active_power}"
+                )
+            return Decision(replace(state, stale=True), events=tuple(events))
+        hz = snapshot.value(p.frequency, p.max_age_s)
+        measured_w = snapshot.value(p.active_power, p.max_age_s)
+        if hz is None or measured_w is None:
+            if not state.stale:
+                events.append(
+                    f"frequency droop: no fresh {p.frequency} or {p.active_power} (older than "
+                    f"{p.max_age_s:g} s): the last limit holds"
+                )
+            return self._hold(replace(state, stale=True), events)
+        if state.stale:
+            events.append("frequency droop: measurements fresh again")
+        state = replace(state, stale=False)
+        metrics: dict[str, float] = {"frequency_hz": hz}
+        over = hz > s.nominal_hz + s.db_of_hz
+        under = hz < s.nominal_hz - s.db_uf_hz
+        if state.filter is None and not (over or under):
+            # Inside the dead band, nothing to answer: P_pre follows the output.
+            metrics["p_pre_w"] = measured_w
+            return Decision(replace(state, p_pre_w=measured_w), metrics=metrics, events=())
+        p_pre = state.p_pre_w if state.p_pre_w is not None else measured_w
+        available = p.rated_w
+        if p.available_power is not None:
+            got = snapshot.value(p.available_power, p.max_age_s)
+            available = p.rated_w if got is None else max(0.0, min(got, p.rated_w))
+        target_w = frequency_droop_w(
+            hz, p_pre_w=p_pre, p_rated_w=p.rated_w, p_avail_w=max(available, p_pre),
+            p_min_w=p.p_min_w, setting=s,
+        )  # fmt: skip
+        direction = "over" if over else "under" if under else state.direction
+        if state.filter is None:
+            events.append(
+                f"frequency droop: {direction}-frequency {hz:.3f} Hz, {p.pv_limit} from "
+                f"{p_pre / 1000.0:.1f} kW towards {target_w / 1000.0:.1f} kW"
+            )
+        previous = state.filter or ResponseFilter(s.response_time_s, p_pre, now)
+        filtered = previous.update(target_w, now)
+        assert filtered.value is not None  # noqa: S101  # seeded, never cleared
+        metrics |= {"p_pre_w": p_pre, "target_w": target_w, "droop_w": filtered.value}
+        settled = abs(filtered.value - p_pre) <= _SETTLED_PU * p.rated_w
+        if not (over or under) and settled:
+            # Recovered: release the limit once, then silent until the next excursion.
+            events.append(f"frequency droop: {hz:.3f} Hz, back in the dead band: released")
+            metrics["limit_pct"] = FULL_PCT
+            requests = self._requests(FULL_PCT, "frequency droop released")
+            new_state = FreqDroopState(p_pre_w=measured_w)
+            return Decision(new_state, requests, (), metrics, tuple(events))
+        new_state = replace(state, p_pre_w=p_pre, filter=filtered, direction=direction)
+        return self._limit(new_state, filtered.value, available, metrics, events)
+
+    def _limit(
+        self,
+        state: FreqDroopState,
+        power_w: float,
+        available_w: float,
+        metrics: dict[str, float],
+        events: list[str],
+    ) -> Decision[FreqDroopState]:
+        p = self.params
+        limit_pct = round(max(0.0, min(FULL_PCT, FULL_PCT * power_w / p.rated_w)), 1)
+        if state.direction == "under":
+            # Raising only: no limit at all once the droop asks for everything there is.
+            if power_w >= available_w - _SETTLED_PU * p.rated_w:
+                limit_pct = FULL_PCT
+            constraint = Constraint(
+                p.pv_limit, p.priority, self.name, minimum=limit_pct,
+                reason="frequency droop (under-frequency)",
+            )  # fmt: skip
+        else:
+            constraint = Constraint(
+                p.pv_limit, p.priority, self.name, maximum=limit_pct,
+                reason="frequency droop (over-frequency)",
+            )  # fmt: skip
+        metrics["limit_pct"] = limit_pct
+        requests = self._requests(limit_pct, f"frequency droop ({state.direction}-frequency)")
+        return Decision(state, requests, (constraint,), metrics, tuple(events))
+
+    def _hold(self, state: FreqDroopState, events: list[str]) -> Decision[FreqDroopState]:
+        if state.filter is None or state.filter.value is None:
+            return Decision(state, events=tuple(events))
+        return self._limit(state, state.filter.value, self.params.rated_w, {}, events)
+
+    def _requests(self, limit_pct: float, reason: str) -> tuple[SetpointRequest, ...]:
+        p = self.params
+        requests = [SetpointRequest(p.pv_limit, limit_pct, p.priority, self.name, reason)]
+        requests += [
+            SetpointRequest(ref, value, p.priority, self.name, reason)
+            for ref, value in p.enable.items()
+        ]
+        return tuple(requests)

@@ -1,0 +1,214 @@
+"""IEEE 1547 functions beyond volt-var and volt-watt driving the simulated SunSpec inverter,
+end to end: frequency droop, constant power factor, watt-var.
+
+Real processes and sockets, as in ``test_volt_var_sim``: the simulator's SunSpec inverter
+over Modbus TCP, the gateway and the controller service on a real Mosquitto. The grid is
+quiet (no source impedance, tap or noise) so that what the inverter measures is what the
+test sets. Every assertion waits for the values to settle; none says how fast they came.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gridpilot.bus.client import BrokerAddress
+from gridpilot.config import GridPilotConfig
+from gridpilot.control.factory import build_controllers
+from gridpilot.control.ieee1547 import frequency_droop_w
+from gridpilot.control.service import ControllerService
+from gridpilot.gateway.service import GatewayService
+from gridpilot.sim.building import BuildingParams
+from gridpilot.sim.physics import MeterParams
+from gridpilot.sim.site import SimulatedSite
+from gridpilot.sim.sunspec_devices import BASIC_INVERTER_PLAN, SunSpecPlan
+from tests.integration.test_gateway_support import Observer, Record, observing
+
+pytestmark = pytest.mark.integration
+
+SPEED = 10.0
+NOON = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)  # ~80 kW of PV on the 100 kW inverter
+RATED_W = 100_000.0
+INVERTER = "sunspec_inverter"
+LIMIT = f"{INVERTER}.m704_wmaxlimpct_pct"
+LIMIT_ENABLE = {f"{INVERTER}.m704_wmaxlimpctena_state": 1}
+
+
+def quiet_60_hz_grid() -> BuildingParams:
+    """A 60 Hz grid without source impedance, tap, voltage or frequency noise or swing."""
+    return BuildingParams(
+        meter=MeterParams(
+            tap_offset_v=0.0,
+            droop_v_per_kw=0.0,
+            voltage_noise_v=0.0,
+            nominal_frequency_hz=60.0,
+            frequency_noise_hz=0.0,
+            frequency_swing_hz=0.0,
+        )
+    )
+
+
+@pytest.fixture
+def site_id() -> str:
+    return f"der-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def observer(mosquitto: BrokerAddress, site_id: str) -> AsyncIterator[Observer]:
+    async with observing(mosquitto, site_id, f"observer-{site_id}") as obs:
+        yield obs
+
+
+@contextlib.asynccontextmanager
+async def running_loop(
+    plan: SunSpecPlan,
+    broker: BrokerAddress,
+    site_id: str,
+    tmp_path: Path,
+    control: dict[str, Any],
+) -> AsyncIterator[SimulatedSite]:
+    async with SimulatedSite(
+        speed=SPEED,
+        start=NOON,
+        tick_s=0.05,
+        sunspec=True,
+        sunspec_plans=(plan,),
+        params=quiet_60_hz_grid(),
+    ) as site:
+        devices = [d for d in site.site_config(site_id) if d["id"] == INVERTER]
+        for device in devices:
+            device.update(poll_interval=0.2, timeout=0.2, retries=0)
+        config = GridPilotConfig.model_validate(
+            {
+                "site": {"id": site_id},
+                "broker": {"url": f"mqtt://{broker.host}:{broker.port}"},
+                "gateway": {"id": "gw"},
+                "control": {"cycle": 0.1, "journal": None, "command_ttl": 5.0, **control},
+                "devices": devices,
+            }
+        )
+        async with (
+            GatewayService(config, broker, clock=lambda: int(site.now.timestamp() * 1000)),
+            ControllerService(
+                config,
+                broker,
+                build_controllers(config),
+                base_dir=tmp_path,
+                clock=lambda: site.now,
+            ),
+        ):
+            yield site
+
+
+def inverter(record: Record) -> dict[str, float] | None:
+    """The inverter's telemetry, as the gateway read it."""
+    if record.device != INVERTER or record.kind != "telemetry":
+        return None
+    values: dict[str, float] = record.json["values"]
+    return values
+
+
+def controller_metrics(name: str) -> Callable[[Record], dict[str, float] | None]:
+    """The metrics of controller ``name`` in the controller service's telemetry, without the
+    ``{name}_`` prefix."""
+
+    def metrics(record: Record) -> dict[str, float] | None:
+        if record.device == INVERTER or record.kind != "telemetry":
+            return None
+        prefix = f"{name}_"
+        values: dict[str, float] = record.json["values"]
+        out = {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
+        return out or None
+
+    return metrics
+
+
+async def settled(
+    observer: Observer,
+    predicate: Callable[[dict[str, float]], bool],
+    *,
+    within: float = 60.0,
+    in_a_row: int = 3,
+) -> dict[str, float]:
+    """The inverter's telemetry once ``predicate`` has held for ``in_a_row`` readings."""
+    count = 0
+    after = len(observer.records) - 1
+    while True:
+        record = await observer.wait_for(
+            lambda r: inverter(r) is not None, within=within, after=after
+        )
+        after = record.index
+        values = inverter(record)
+        assert values is not None
+        count = count + 1 if predicate(values) else 0
+        if count >= in_a_row:
+            return values
+
+
+# ---------------------------------------------------------------------------- frequency droop
+
+
+async def test_frequency_droop_by_704_limits_curtails_on_over_frequency_and_releases(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
+) -> None:
+    """60.0 -> 60.5 -> 60.0 Hz: at 60.5 Hz the inverter's output settles at the Category B
+    droop from its output before the excursion (5 % droop, 0.036 Hz dead band: 15.5 kW
+    less), held by 704 ``WMaxLimPct``; back at 60.0 Hz the limit is released to 100 % and
+    the output returns to what the sun gives."""
+    control = {
+        "freq_droop": {
+            "frequency": f"{INVERTER}.m701_hz",
+            "active_power": f"{INVERTER}.m701_w",
+            "available_power": f"{INVERTER}.m122_waval_w",
+            "rated_w": RATED_W,
+            "pv_limit": LIMIT,
+            "enable": LIMIT_ENABLE,
+        }
+    }
+    async with running_loop(BASIC_INVERTER_PLAN, mosquitto, site_id, tmp_path, control) as site:
+        site.building.set_grid_frequency(60.0)
+        before = await settled(observer, lambda v: v["m701_hz"] == 60.0)
+        assert before["m701_w"] > 60_000.0  # noon in July, nothing limits it
+        droop = controller_metrics("freq_droop")
+        await observer.wait_for(
+            lambda r: (v := droop(r)) is not None and "p_pre_w" in v, within=30.0
+        )
+
+        site.building.set_grid_frequency(60.5)
+        record = await observer.wait_for(
+            lambda r: (v := droop(r)) is not None and v.get("target_w", 0.0) > 0.0, within=30.0
+        )
+        metrics = droop(record)
+        assert metrics is not None
+        p_pre = metrics["p_pre_w"]
+        # P_pre is the output just before the step (the sun hardly moves in a few seconds).
+        assert p_pre == pytest.approx(before["m701_w"], abs=1_000.0)
+        expected = frequency_droop_w(60.5, p_pre_w=p_pre, p_rated_w=RATED_W, p_avail_w=RATED_W)
+        assert p_pre - expected == pytest.approx(RATED_W * 0.464 / 3.0)  # 15.47 kW less
+        values = await settled(
+            observer,
+            lambda v: (
+                v["m701_hz"] == 60.5
+                and v["m704_wmaxlimpctena_state"] == 1.0
+                and abs(v["m701_w"] - expected) <= 300.0
+            ),
+        )
+        assert values["m704_wmaxlimpct_pct"] == pytest.approx(expected / 1000.0, abs=0.2)
+        assert site.building.state.pv.ac_power_w == pytest.approx(expected, abs=300.0)
+
+        site.building.set_grid_frequency(60.0)
+        released = await settled(
+            observer,
+            lambda v: v["m704_wmaxlimpct_pct"] == 100.0 and v["m701_w"] > expected + 10_000.0,
+        )
+        assert released["m701_hz"] == 60.0
+        events = [r.json for r in observer.records if r.topic.endswith("/events")]
+        texts = " ".join(str(e) for e in events)
+        assert "over-frequency 60.500 Hz" in texts
+        assert "back in the dead band: released" in texts

@@ -777,10 +777,13 @@ class GatewayService:
             keepalive_s=broker.keepalive.total_seconds(),
             connect_timeout_s=broker.connect_timeout.total_seconds(),
         )
+        limits = self.config.gateway.buffer
         outbox = Outbox(
             self._disk,
             bus,
-            window=max(1, min(500, broker.max_outgoing // 2)),
+            # Handed messages count against the buffer's bounds but are never dropped (they
+            # may yet be delivered): half the message bound at most, so drops can keep it.
+            window=max(1, min(500, broker.max_outgoing // 2, limits.max_messages // 2)),
             on_drop=self._on_buffer_drop,
         )
         self._outbox = outbox
@@ -993,8 +996,9 @@ class GatewayService:
                 "message": message,
             }
         )
-        with contextlib.suppress(BufferWriteError):
-            await self.outbox.put(str(Topic.events(self.site)), payload)
+        # Straight to the bus client (held there until the broker is back), not through the
+        # buffer: in a full buffer the alarm would be among the oldest messages dropped.
+        await self.bus.publish(str(Topic.events(self.site)), payload, qos=1)
 
     def health(self, device_id: str) -> DeviceHealth:
         """The live health of a polled device (for status pages and tests)."""

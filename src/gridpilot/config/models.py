@@ -377,15 +377,15 @@ class GatewayBufferConfig(_Frozen):
 
     When a bound is reached the oldest messages not yet sent are dropped, counted (gateway
     state ``buffer.dropped``, ``/metrics``) and announced by an alarm event. The defaults
-    hold about 6 days of a 4-device site polled every second (~200 B per message).
+    hold about 7 days of a 4-device site polled every second (~200 B per message).
     """
 
     path: Path | None = None
     """The buffer file; default ``gateway-{gateway.id}.buffer.db`` next to the site file.
     One gateway process per file (it is locked while open)."""
-    max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024)
     """Bytes of topics and payloads held at most (SQLite's own overhead comes on top)."""
-    max_messages: int = Field(default=2_000_000, ge=10)
+    max_messages: int = Field(default=2_500_000, ge=10)
     """Messages held at most."""
 
 

@@ -1,5 +1,6 @@
 """IEEE 1547 functions beyond volt-var and volt-watt driving the simulated SunSpec inverter,
-end to end: frequency droop, constant power factor, watt-var.
+end to end: frequency droop, constant power factor (by 704 PFWInj and by var setpoints),
+watt-var.
 
 Real processes and sockets, as in ``test_volt_var_sim``: the simulator's SunSpec inverter
 over Modbus TCP, the gateway and the controller service on a real Mosquitto. The grid is
@@ -10,6 +11,7 @@ test sets. Every assertion waits for the values to settle; none says how fast th
 from __future__ import annotations
 
 import contextlib
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -19,9 +21,10 @@ from typing import Any
 import pytest
 
 from gridpilot.bus.client import BrokerAddress
+from gridpilot.bus.codec import Command, encode_command
 from gridpilot.config import GridPilotConfig
 from gridpilot.control.factory import build_controllers
-from gridpilot.control.ieee1547 import frequency_droop_w
+from gridpilot.control.ieee1547 import WattVar, frequency_droop_w, watt_var_q_pu
 from gridpilot.control.service import ControllerService
 from gridpilot.gateway.service import GatewayService
 from gridpilot.sim.building import BuildingParams
@@ -212,3 +215,119 @@ async def test_frequency_droop_by_704_limits_curtails_on_over_frequency_and_rele
         texts = " ".join(str(e) for e in events)
         assert "over-frequency 60.500 Hz" in texts
         assert "back in the dead band: released" in texts
+
+
+# ---------------------------------------------------------------------------- constant PF
+
+TOLERANCE_VAR = 300.0
+"""The 10 var register resolution, a poll's worth of the sun's drift and what is left of
+the inverter's lag."""
+
+
+async def test_constant_power_factor_by_704_pfwinj_the_inverter_holds_q_on_p(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
+) -> None:
+    """PF 0.90 absorbing written into 704 ``PFWInj``: the inverter itself absorbs
+    P · tan(acos 0.9) = 0.484 P (38.7 kvar at 80 kW); no var setpoint is sent."""
+    control = {"constant_pf": {"device": INVERTER, "pf": 0.9, "excitation": "absorbing"}}
+    async with running_loop(BASIC_INVERTER_PLAN, mosquitto, site_id, tmp_path, control) as site:
+        ratio = math.tan(math.acos(0.9))
+        values = await settled(
+            observer,
+            lambda v: (
+                v.get("m704_pfwinjena_state") == 1.0
+                and abs(v["m701_var"] + ratio * v["m701_w"]) <= TOLERANCE_VAR
+            ),
+        )
+        assert values["m704_pfwinj_pf"] == 0.9
+        assert values["m704_pfwinj_ext_state"] == 1.0  # UNDER_EXCITED
+        assert values["m701_w"] > 60_000.0
+        assert abs(values["m701_pf"]) == pytest.approx(0.9, abs=0.005)
+        mode = site.building.state.pv.reactive_mode
+        assert (mode.kind, mode.pf, mode.injecting) == ("power_factor", 0.9, False)
+        assert not any(
+            r.kind == "command" and b"m704_varset" in r.payload for r in observer.records
+        )
+
+
+async def test_constant_power_factor_by_var_setpoints_from_the_measured_power(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
+) -> None:
+    """PF 0.95 injecting for an inverter driven by var setpoints: the controller computes
+    Q = 0.329 P from the inverter's measured P and the inverter injects it."""
+    control = {
+        "constant_pf": {
+            "mode": "setpoint",
+            "pf": 0.95,
+            "active_power": f"{INVERTER}.m701_w",
+            "var_setpoint": f"{INVERTER}.m704_varset_var",
+            "enable": {
+                f"{INVERTER}.m704_varsetena_state": 1,
+                f"{INVERTER}.m704_varsetmod_state": 4,
+            },
+        }
+    }
+    async with running_loop(BASIC_INVERTER_PLAN, mosquitto, site_id, tmp_path, control) as site:
+        ratio = math.tan(math.acos(0.95))
+        values = await settled(
+            observer,
+            lambda v: (
+                v.get("m704_varsetena_state") == 1.0
+                and v["m701_var"] > 10_000.0
+                and abs(v["m701_var"] - ratio * v["m701_w"]) <= TOLERANCE_VAR
+            ),
+        )
+        assert values["m701_pf"] == pytest.approx(0.95, abs=0.005)
+        assert site.building.state.pv.reactive_mode.kind == "var"
+
+
+# ---------------------------------------------------------------------------- watt-var
+
+
+async def test_watt_var_by_704_setpoints_follows_the_inverters_active_power(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
+) -> None:
+    """Category B watt-var by var setpoints: at noon's ~80 kW the inverter absorbs
+    0.44 · (0.8 - 0.5) / 0.5 of its rating (~26 kvar); an operator's 40 % power limit
+    brings P under 0.5 pu and Q back to 0; lifted, Q follows P down the curve again."""
+    control = {
+        "watt_var": {
+            "active_power": f"{INVERTER}.m701_w",
+            "rated_w": RATED_W,
+            "rated_va": RATED_W,
+            "var_setpoint": f"{INVERTER}.m704_varset_var",
+            "reactive_power": f"{INVERTER}.m701_var",
+            "response_time_s": 5.0,
+            "enable": {
+                f"{INVERTER}.m704_varsetena_state": 1,
+                f"{INVERTER}.m704_varsetmod_state": 4,
+            },
+        }
+    }
+    curve = WattVar.category_b()
+
+    def on_curve(v: dict[str, float]) -> bool:
+        expected = watt_var_q_pu(v["m701_w"] / RATED_W, curve) * RATED_W
+        return abs(v["m701_var"] - expected) <= TOLERANCE_VAR
+
+    async with running_loop(BASIC_INVERTER_PLAN, mosquitto, site_id, tmp_path, control) as site:
+        full = await settled(observer, lambda v: v["m701_w"] > 60_000.0 and on_curve(v))
+        assert full["m701_var"] < -15_000.0  # absorbing, the curve's upper half
+        # An operator limits the inverter to 40 % (through the gateway's command path).
+        for point, value in (("m704_wmaxlimpctena_state", 1.0), ("m704_wmaxlimpct_pct", 40.0)):
+            ts = int(site.now.timestamp() * 1000)
+            sent = Command(uuid.uuid4().hex, point, value, ts + 60_000, "test")
+            await observer.command(site_id, INVERTER, encode_command(sent))
+            result = await observer.wait_for(
+                lambda r, i=sent.id: r.kind == "command/result" and r.json["id"] == i,
+                within=10.0,
+            )
+            assert result.json["status"] == "applied", result.json
+        limited = await settled(
+            observer, lambda v: v["m701_w"] <= 40_100.0 and abs(v["m701_var"]) <= TOLERANCE_VAR
+        )
+        assert limited["m701_w"] > 30_000.0
+        ts = int(site.now.timestamp() * 1000)
+        sent = Command(uuid.uuid4().hex, "m704_wmaxlimpct_pct", 100.0, ts + 60_000, "test")
+        await observer.command(site_id, INVERTER, encode_command(sent))
+        await settled(observer, lambda v: v["m701_w"] > 60_000.0 and on_curve(v))

@@ -28,6 +28,7 @@ from pydantic import (
 
 from gridpilot.config.ieee2030_5 import CsipClientConfig
 from gridpilot.control.base import PointRef
+from gridpilot.control.constant_pf import ConstantPfParams
 from gridpilot.control.freq_droop import FreqDroopParams
 from gridpilot.control.grid_operator import GridOperatorParams
 from gridpilot.control.hvac import HvacParams
@@ -37,6 +38,7 @@ from gridpilot.control.tariff import Tariff
 from gridpilot.control.vfd import VfdParams
 from gridpilot.control.volt_var import VoltVarParams
 from gridpilot.control.volt_watt import VoltWattParams
+from gridpilot.control.watt_var import WattVarParams
 from gridpilot.fieldbus.analog import VOLTAGE_TOLERANCE_V, AnalogRange, AnalogSignal
 from gridpilot.model import DataType, Table, WordOrder, is_valid_identifier, unit_of
 from gridpilot.model.registers import ByteOrder
@@ -899,6 +901,10 @@ class ControlConfig(_Frozen):
     """IEEE 1547 volt-watt on one inverter: its active power limit from its voltage."""
     freq_droop: FreqDroopParams | None = None
     """IEEE 1547 frequency droop on one inverter: its active power limit from the frequency."""
+    constant_pf: ConstantPfParams | None = None
+    """IEEE 1547 constant power factor on one inverter (704 PFWInj, or var setpoints)."""
+    watt_var: WattVarParams | None = None
+    """IEEE 1547 watt-var on one inverter: var setpoints from its active power."""
 
     @field_validator("cycle", "command_ttl", "resend_after")
     @classmethod

@@ -7,6 +7,7 @@ from typing import Any
 
 from gridpilot.config.models import GridPilotConfig
 from gridpilot.control.base import Controller
+from gridpilot.control.constant_pf import ConstantPfController
 from gridpilot.control.freq_droop import FreqDroopController
 from gridpilot.control.grid_operator import GridOperatorController
 from gridpilot.control.hvac import HvacController, HvacGroupController
@@ -16,6 +17,7 @@ from gridpilot.control.thermal import ZoneHistory
 from gridpilot.control.vfd import VfdCurtailmentController
 from gridpilot.control.volt_var import VoltVarController
 from gridpilot.control.volt_watt import VoltWattController
+from gridpilot.control.watt_var import WattVarController
 
 
 def build_controllers(
@@ -24,9 +26,9 @@ def build_controllers(
     """The controllers the ``control`` section enables.
 
     Order matters only between requests of equal priority (the first listed wins): the grid
-    operator's controls, volt-var, volt-watt, frequency droop, peak shaving, PV export, the
-    VFDs, then the zone planners (one group planner for two or more zones with
-    ``hvac_planning: joint``).
+    operator's controls, volt-var, volt-watt, frequency droop, constant power factor,
+    watt-var, peak shaving, PV export, the VFDs, then the zone planners (one group planner
+    for two or more zones with ``hvac_planning: joint``).
     The site ``tariff`` is handed to each controller that has a tariff of its own unset.
     ``zone_histories`` (zone id -> stored history) lets each zone planner identify its
     thermal model before its first plan.
@@ -45,6 +47,10 @@ def build_controllers(
         controllers.append(VoltWattController(control.volt_watt))
     if control.freq_droop is not None:
         controllers.append(FreqDroopController(control.freq_droop))
+    if control.constant_pf is not None:
+        controllers.append(ConstantPfController(control.constant_pf))
+    if control.watt_var is not None:
+        controllers.append(WattVarController(control.watt_var))
     if control.peak_shaving is not None:
         params = control.peak_shaving
         if params.tariff is None and tariff is not None:

@@ -41,6 +41,10 @@ def _sections(control: ControlConfig) -> dict[str, tuple[str, int | None]]:
         out["volt_watt"] = ("volt_watt", None)
     if control.freq_droop is not None:
         out["freq_droop"] = ("freq_droop", None)
+    if control.constant_pf is not None:
+        out["constant_pf"] = ("constant_pf", None)
+    if control.watt_var is not None:
+        out["watt_var"] = ("watt_var", None)
     if control.peak_shaving is not None:
         out[control.peak_shaving.name] = ("peak_shaving", None)
     if control.pv_export is not None:

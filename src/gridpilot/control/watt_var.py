@@ -1,0 +1,160 @@
+"""Watt-var (IEEE 1547-2018 clause 5.3.4) on one inverter by var setpoints, at grid-operator
+priority.
+
+For an inverter without an autonomous watt-var function (no SunSpec 712): each cycle the
+controller reads the inverter's active power, evaluates the curve
+(:func:`gridpilot.control.ieee1547.watt_var_q_pu`; Category B by default:
+(max(0.2, Pmin/Prated), 0), (0.5, 0), (1.0, -0.44) -- P in pu of ``rated_w``, Q in pu of
+``rated_va``, absorbing negative), passes the result through the open-loop response filter
+(90 % of a step in ``response_time_s``) and requests it on ``var_setpoint`` (var, positive =
+injecting), with the ``enable`` points alongside (e.g. SunSpec 704 ``VarSetEna`` = 1,
+``VarSetMod`` = 4 VARS).
+
+The filter starts from the measured reactive power (the optional ``reactive_power`` point),
+else from 0 var. A stale active power steers Q to 0 var (unity) through the filter and says
+so once; before the first reading nothing is sent. Volt-var and watt-var both command the
+reactive power: configure one of them per inverter (IEEE 1547 runs one reactive mode at a
+time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+from gridpilot.control.base import (
+    Decision,
+    Forecasts,
+    PointField,
+    PointRef,
+    Priority,
+    SetpointRequest,
+    Snapshot,
+)
+from gridpilot.control.ieee1547 import Curve, CurveError, ResponseFilter, WattVar, watt_var_q_pu
+
+NAME = "watt_var"
+Point = PointField
+
+
+class WattVarParams(BaseModel):
+    """``control.watt_var``: the measured active power, the ratings, the curve, the setpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    active_power: Point
+    """The inverter's active power output, W (e.g. ``sunspec_inverter.m701_w``)."""
+    rated_w: float = Field(gt=0.0)
+    """P of 1.0 pu."""
+    rated_va: float = Field(gt=0.0)
+    """Q of 1.0 pu (the curve's -0.44 is 44 % of it)."""
+    var_setpoint: Point
+    """The writable reactive power setpoint, var, positive = injecting."""
+    reactive_power: Point | None = None
+    """Optional: the inverter's measured reactive power (the filter starts from it)."""
+    enable: dict[Point, float] = Field(default_factory=dict)
+    p_min_pu: float = Field(default=0.0, ge=0.0, lt=0.5)
+    """Pmin/Prated of the default curve's first point (max(0.2, Pmin/Prated))."""
+    curve: tuple[tuple[float, float], ...] | None = None
+    """(P in pu of ``rated_w``, Q in pu of ``rated_va``), 2-10 points; default Category B."""
+    response_time_s: float = Field(default=10.0, ge=0.0, le=90.0)
+    max_age_s: float = Field(default=10.0, gt=0.0)
+    priority: Priority = Priority.GRID_OPERATOR
+
+    @field_serializer("enable")
+    def _enable_as_text(self, enable: dict[PointRef, float]) -> dict[str, float]:
+        return {str(ref): value for ref, value in enable.items()}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        try:
+            self.setting()
+        except CurveError as exc:
+            raise ValueError(f"curve: {exc}") from None
+        return self
+
+    def setting(self) -> WattVar:
+        """The IEEE 1547 watt-var setting (Category B without ``curve``); raises CurveError."""
+        if self.curve is None:
+            return WattVar.category_b(self.p_min_pu)
+        for index, (_, q) in enumerate(self.curve, start=1):
+            if abs(q) > 1.0:
+                raise CurveError(f"point {index}: Q {q:g} pu is beyond the rated VA (|Q| <= 1)")
+        return WattVar(Curve(self.curve))
+
+
+@dataclass(frozen=True, slots=True)
+class WattVarState:
+    filter: ResponseFilter | None = None
+    """The filtered Q, var."""
+    stale: bool = False
+
+
+class WattVarController:
+    """IEEE 1547 watt-var on one inverter by var setpoints."""
+
+    def __init__(self, params: WattVarParams, name: str = NAME) -> None:
+        self.params = params
+        self._name = name
+        self._setting = params.setting()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def priority(self) -> Priority:
+        return self.params.priority
+
+    def initial_state(self) -> WattVarState:
+        return WattVarState()
+
+    def decide(
+        self, snapshot: Snapshot, state: WattVarState, now: datetime, forecasts: Forecasts
+    ) -> Decision[WattVarState]:
+        p = self.params
+        events: list[str] = []
+        if snapshot.reading(p.active_power) is None:
+            if not state.stale:
+                events.append(f"watt-var: waiting for a first reading of {p.active_power}")
+            return Decision(replace(state, stale=True), events=tuple(events))
+        watts = snapshot.value(p.active_power, p.max_age_s)
+        metrics: dict[str, float] = {}
+        if watts is None:
+            target_var = 0.0
+            if not state.stale:
+                events.append(
+                    f"watt-var: no fresh {p.active_power} (older than {p.max_age_s:g} s): "
+                    "reactive power steered to 0 var (unity power factor)"
+                )
+        else:
+            if state.stale:
+                events.append(f"watt-var: {p.active_power} fresh again, following the curve")
+            p_pu = watts / p.rated_w
+            target_var = watt_var_q_pu(p_pu, self._setting) * p.rated_va
+            metrics["active_power_pct"] = 100.0 * p_pu
+        previous = state.filter
+        if previous is None:
+            measured = (
+                None if p.reactive_power is None else snapshot.value(p.reactive_power, p.max_age_s)
+            )
+            previous = ResponseFilter(p.response_time_s, measured or 0.0, now)
+        filtered = previous.update(target_var, now)
+        assert filtered.value is not None  # noqa: S101  # update always sets it
+        value = float(round(filtered.value))
+        reason = (
+            f"watt-var at {metrics['active_power_pct']:.1f} % P: target {target_var:.0f} var"
+            if watts is not None
+            else "watt-var: active power stale, unity power factor"
+        )
+        requests = [SetpointRequest(p.var_setpoint, value, p.priority, self.name, reason)]
+        requests += [
+            SetpointRequest(ref, v, p.priority, self.name, "watt-var by setpoint")
+            for ref, v in p.enable.items()
+        ]
+        metrics |= {"target_var": target_var, "setpoint_var": value}
+        new_state = replace(state, filter=filtered, stale=watts is None)
+        return Decision(new_state, tuple(requests), (), metrics, tuple(events))

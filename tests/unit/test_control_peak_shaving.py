@@ -386,6 +386,24 @@ def test_only_demand_hours_are_billed_and_shaved() -> None:
     # Inside, with headroom (50 − 5 − 40 kW) but no recharging in demand hours.
     assert battery_request(inside) is None
     assert inside.metrics["billed_peak_w"] == 0.0  # 11:45-12:00 did not count either
+    # ... and lower priorities may not charge from the grid either (headroom 0 for them).
+    constraint = battery_constraint(inside)
+    assert constraint is not None
+    assert constraint.minimum == 0.0
+
+
+def test_in_demand_hours_lower_priorities_may_charge_from_the_surplus() -> None:
+    # PV makes the site export 30 kW inside the demand window: this controller does not
+    # recharge there (recharge_in_demand_hours off), but charging from the surplus adds no
+    # import, so self-consumption may take up to the 30 kW the site would export.
+    tariff = Tariff(demand_hours=(HourWindow(start_hour=12.0, end_hour=18.0),))
+    driver = Driver(params(limit_w=50 * KW, tariff=tariff, recharge_target="full"))
+    decision = driver.run(MONDAY_NOON, MONDAY_NOON + 5 * MIN, -30 * KW, soc_pct=50.0)
+    assert decision.metrics["in_demand_hours_state"] == 1.0
+    assert battery_request(decision) is None
+    constraint = battery_constraint(decision)
+    assert constraint is not None
+    assert constraint.minimum == pytest.approx(-30 * KW)
 
 
 # --- Fixed vs rolling -------------------------------------------------------------------

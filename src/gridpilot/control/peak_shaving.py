@@ -1003,7 +1003,11 @@ class PeakShavingController:
                 self._battery_request(-charge_w, f"recharge to {target_soc:.1f} % within L")
             )
         else:
-            constraint = self._battery_constraint(headroom_w, battery.soc_pct, reserve)
+            # Others may always charge from the site's surplus (net load below zero): it
+            # adds no import, even in demand hours where this controller itself does not
+            # recharge (recharge_in_demand_hours: false would otherwise waste the PV).
+            others_w = max(headroom_w, -net_w)
+            constraint = self._battery_constraint(others_w, battery.soc_pct, reserve)
             if constraint is not None:
                 constraints.append(constraint)
 

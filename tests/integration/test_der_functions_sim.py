@@ -1,6 +1,6 @@
 """IEEE 1547 functions beyond volt-var and volt-watt driving the simulated SunSpec inverter,
-end to end: frequency droop, constant power factor (by 704 PFWInj and by var setpoints),
-watt-var.
+end to end: frequency droop (by 704 limits and by the inverter's own 711), constant power
+factor (by 704 PFWInj and by var setpoints), watt-var.
 
 Real processes and sockets, as in ``test_volt_var_sim``: the simulator's SunSpec inverter
 over Modbus TCP, the gateway and the controller service on a real Mosquitto. The grid is
@@ -10,6 +10,7 @@ test sets. Every assertion waits for the values to settle; none says how fast th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import uuid
@@ -30,7 +31,7 @@ from gridpilot.gateway.service import GatewayService
 from gridpilot.sim.building import BuildingParams
 from gridpilot.sim.physics import MeterParams
 from gridpilot.sim.site import SimulatedSite
-from gridpilot.sim.sunspec_devices import BASIC_INVERTER_PLAN, SunSpecPlan
+from gridpilot.sim.sunspec_devices import BASIC_INVERTER_PLAN, INVERTER_PLAN, SunSpecPlan
 from tests.integration.test_gateway_support import Observer, Record, observing
 
 pytestmark = pytest.mark.integration
@@ -142,16 +143,17 @@ async def settled(
     """The inverter's telemetry once ``predicate`` has held for ``in_a_row`` readings."""
     count = 0
     after = len(observer.records) - 1
-    while True:
-        record = await observer.wait_for(
-            lambda r: inverter(r) is not None, within=within, after=after
-        )
-        after = record.index
-        values = inverter(record)
-        assert values is not None
-        count = count + 1 if predicate(values) else 0
-        if count >= in_a_row:
-            return values
+    async with asyncio.timeout(within):
+        while True:
+            record = await observer.wait_for(
+                lambda r: inverter(r) is not None, within=within, after=after
+            )
+            after = record.index
+            values = inverter(record)
+            assert values is not None
+            count = count + 1 if predicate(values) else 0
+            if count >= in_a_row:
+                return values
 
 
 # ---------------------------------------------------------------------------- frequency droop
@@ -215,6 +217,54 @@ async def test_frequency_droop_by_704_limits_curtails_on_over_frequency_and_rele
         texts = " ".join(str(e) for e in events)
         assert "over-frequency 60.500 Hz" in texts
         assert "back in the dead band: released" in texts
+
+
+async def test_frequency_droop_written_into_sunspec_711_runs_in_the_inverter(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
+) -> None:
+    """Category B droop written into the inverter's 711 control 2, adopted and enabled: at
+    60.5 Hz the inverter itself lowers its output by 15.5 kW (its factory control, 0.017 Hz
+    and 3 %, would take 26.8 kW), with no 704 command from GridPilot; back at 60.0 Hz it
+    returns to what the sun gives."""
+    control = {
+        "freq_droop": {
+            "mode": "sunspec_ctl",
+            "device": INVERTER,
+            "frequency": f"{INVERTER}.m701_hz",
+            "rated_w": RATED_W,
+        }
+    }
+    async with running_loop(INVERTER_PLAN, mosquitto, site_id, tmp_path, control) as site:
+        site.building.set_grid_frequency(60.0)
+        enabled = await settled(
+            observer,
+            lambda v: v.get("m711_ena_state") == 1.0 and v.get("m711_ctl_1_kof_count") == 0.05,
+        )
+        assert enabled["m711_ctl_1_dbof_hz"] == 0.036
+        assert enabled["m711_adptctlrslt_state"] == 1.0  # COMPLETED
+        assert enabled["m121_ecpnomhz_hz"] == 60.0
+        mode = site.building.state.pv.freq_droop_mode
+        assert (mode.enabled, mode.db_of_hz, mode.k_of) == (True, 0.036, 0.05)
+        before = await settled(observer, lambda v: v["m701_hz"] == 60.0)
+        site.building.set_grid_frequency(60.5)
+        p_pre = before["m701_w"]
+        expected = frequency_droop_w(60.5, p_pre_w=p_pre, p_rated_w=RATED_W, p_avail_w=RATED_W)
+        await settled(observer, lambda v: v["m701_hz"] == 60.5 and v["m701_w"] < p_pre - 10_000.0)
+        drooped = await settled(observer, lambda v: abs(v["m701_w"] - expected) <= 500.0)
+        assert drooped["m704_wmaxlimpct_pct"] == 100.0  # not GridPilot's limit: the inverter's
+        assert site.building.state.pv.droop_pct == pytest.approx(expected / 1000.0, abs=0.5)
+        site.building.set_grid_frequency(60.0)
+        # The droop returns the output to where it was and lets go.
+        await settled(
+            observer,
+            lambda v: (
+                abs(v["m701_w"] - p_pre) <= 1_000.0
+                and site.building.state.pv.droop_p_pre_pct is None
+            ),
+        )
+        assert not any(
+            r.kind == "command" and b"m704_wmaxlimpct" in r.payload for r in observer.records
+        )
 
 
 # ---------------------------------------------------------------------------- constant PF

@@ -173,3 +173,58 @@ def test_settings_outside_ieee_1547_ranges_are_refused(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         params(**{field: value})
+
+
+# ---------------------------------------------------------------------------- SunSpec 711
+
+FACTORY = {"dbof_hz": 0.017, "dbuf_hz": 0.017, "kof_count": 0.03, "kuf_count": 0.03,
+           "rsptms_s": 5.0, "pmin_pct": 0.0}  # fmt: skip
+CATEGORY_B = {"dbof_hz": 0.036, "dbuf_hz": 0.036, "kof_count": 0.05, "kuf_count": 0.05,
+              "rsptms_s": 5.0, "pmin_pct": 0.0}  # fmt: skip
+
+
+def device_snapshot(ctl_1: dict[str, float], ctl_2: dict[str, float], ena: float) -> Snapshot:
+    values = {f"m711_ctl_1_{k}": v for k, v in ctl_1.items()}
+    values |= {f"m711_ctl_2_{k}": v for k, v in ctl_2.items()}
+    values |= {"m711_ena_state": ena, "m711_adptctlrslt_state": 1.0, "m701_hz": 60.0}
+    return Snapshot(T0, {PointRef("inv", k): Reading(v, T0) for k, v in values.items()})
+
+
+def test_711_control_is_written_adopted_and_enabled_step_by_step() -> None:
+    controller = FreqDroopController(
+        FreqDroopParams.model_validate(
+            {"mode": "sunspec_ctl", "device": "inv", "frequency": str(FREQ), "rated_w": RATED}
+        )
+    )
+    assert controller.ctl_points() == CATEGORY_B
+    state = controller.initial_state()
+    waiting = controller.decide(Snapshot(T0), state, T0, {})
+    assert waiting.requests == ()
+    assert "waiting for its 711 control 2" in waiting.events[0]
+
+    def requested(decision: Decision[FreqDroopState]) -> dict[str, float]:
+        return {r.target.point: r.value for r in decision.requests}
+
+    # The factory control is not Category B (3 % is not 5 %, within the registers' steps).
+    write = controller.decide(device_snapshot(FACTORY, FACTORY, 0.0), state, T0, {})
+    assert write.state.step == "write"
+    assert requested(write) == {f"m711_ctl_2_{k}": v for k, v in CATEGORY_B.items()} | {
+        "m711_adptctlreq_count": 0.0
+    }
+    adopt = controller.decide(device_snapshot(FACTORY, CATEGORY_B, 0.0), write.state, T0, {})
+    assert (adopt.state.step, requested(adopt)["m711_adptctlreq_count"]) == ("adopt", 2.0)
+    enable = controller.decide(device_snapshot(CATEGORY_B, CATEGORY_B, 0.0), adopt.state, T0, {})
+    assert (enable.state.step, requested(enable)) == ("enable", {"m711_ena_state": 1.0})
+    active = controller.decide(device_snapshot(CATEGORY_B, CATEGORY_B, 1.0), enable.state, T0, {})
+    assert active.state.step == "active"
+    assert "frequency droop on inv (SunSpec 711): the inverter follows" in active.events[0]
+    assert {r.priority for r in active.requests} == {Priority.GRID_OPERATOR}
+
+
+def test_mode_needs_its_points() -> None:
+    with pytest.raises(ValidationError, match="mode sunspec_ctl needs device"):
+        FreqDroopParams.model_validate(
+            {"mode": "sunspec_ctl", "frequency": str(FREQ), "rated_w": RATED}
+        )
+    with pytest.raises(ValidationError, match="mode setpoint needs active_power"):
+        FreqDroopParams.model_validate({"frequency": str(FREQ), "rated_w": RATED})

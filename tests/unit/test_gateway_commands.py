@@ -33,7 +33,7 @@ from gridpilot.gateway.commands import (
     status_of,
 )
 from gridpilot.gateway.sunspec_poll import command_points
-from gridpilot.model import parse_timestamp_ms
+from gridpilot.model import DataType, parse_timestamp_ms
 
 NOW = parse_timestamp_ms("2026-11-26T12:00:00Z")
 LATER = "2026-11-26T12:00:10Z"
@@ -354,6 +354,15 @@ def test_quantities_in_integer_registers_are_still_rounded_to_their_step() -> No
     cmd = parse(payload(value=-12345.6))
     assert isinstance(cmd, Command)
     assert isinstance(judge_readback(cmd, point("active_power_setpoint_w"), -12346.0), Applied)
+
+
+def test_a_unitless_point_with_fractional_steps_takes_fractions() -> None:
+    # SunSpec 711 KOf: a droop of 0.05 in a uint16 at scale 0.001, named _count.
+    count = point("active_power_setpoint_w").model_copy(
+        update={"point": "m711_ctl_2_kof_count", "type": DataType.UINT16, "scale": 1.0}
+    )
+    assert holds_whole_numbers(count)
+    assert not holds_whole_numbers(count.model_copy(update={"scale": 0.001}))
 
 
 def _sunspec_704_device() -> DeviceConfig:

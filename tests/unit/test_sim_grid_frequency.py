@@ -1,5 +1,5 @@
 """The simulated grid's frequency a test can hold, as the meter and the SunSpec inverter
-measure it (frequency droop is tested against it end to end)."""
+measure it, and the inverter's own frequency droop (SunSpec 711)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gridpilot.model import Table
 from gridpilot.sim.building import GRID_METER, PV_INVERTER, Building, BuildingParams
+from gridpilot.sim.image import WriteRejectedError, saturating_encode
 from gridpilot.sim.physics import MeterParams
-from gridpilot.sim.sunspec_devices import BASIC_INVERTER_PLAN, SunSpecImage
+from gridpilot.sim.sunspec_devices import BASIC_INVERTER_PLAN, INVERTER_PLAN, SunSpecImage
 
 NOON = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
 
@@ -47,3 +49,80 @@ def test_the_noise_stays_on_a_held_frequency() -> None:
 def test_a_frequency_no_grid_runs_at_is_refused(hz: float) -> None:
     with pytest.raises(ValueError, match=r"outside 40\.\.70"):
         Building(NOON).set_grid_frequency(hz)
+
+
+# ---------------------------------------------------------------------------- SunSpec 711
+
+CATEGORY_B = {"DbOf": 0.036, "DbUf": 0.036, "KOf": 0.05, "KUf": 0.05, "RspTms": 5.0, "PMin": 0.0}
+
+
+def write(image: SunSpecImage, building: Building, values: dict[str, float]) -> None:
+    """A client's write, point by point, handled as ``SimulatedSite`` does."""
+    points = {p.name: p for p in image.device.points}
+    for key, value in values.items():
+        spec = points[key].spec
+        image.write(Table.HOLDING, spec.address, saturating_encode(spec, value))
+        if image.plan.on_point is not None:
+            image.plan.on_point(image, key)
+        image.plan.on_write(image, building)
+
+
+def sixty_hz_building() -> Building:
+    meter = MeterParams(nominal_frequency_hz=60.0, frequency_noise_hz=0.0, frequency_swing_hz=0.0)
+    return Building(NOON, BuildingParams(meter=meter))
+
+
+def test_711_control_written_adopted_and_enabled_droops_the_output() -> None:
+    building = sixty_hz_building()
+    image = SunSpecImage(INVERTER_PLAN)
+    assert INVERTER_PLAN.values(building, image)["121.ECPNomHz"] == 60.0
+    points = {p.name: p for p in image.device.points}
+    spec = points["711.Ctl[1].KOf"].spec
+    with pytest.raises(WriteRejectedError, match="read-only"):
+        image.write(Table.HOLDING, spec.address, saturating_encode(spec, 0.05))
+    write(image, building, {f"711.Ctl[2].{k}": v for k, v in CATEGORY_B.items()})
+    assert image.value("711.Ctl[1].KOf") == 0.03  # the factory control until adopted
+    write(image, building, {"711.AdptCtlReq": 2.0})
+    assert image.value("711.AdptCtlRslt") == 1.0  # COMPLETED
+    assert (image.value("711.Ctl[1].DbOf"), image.value("711.Ctl[1].KOf")) == (0.036, 0.05)
+    assert not building.state.pv.freq_droop_mode.enabled
+    write(image, building, {"711.Ena": 1.0})
+    mode = building.state.pv.freq_droop_mode
+    assert (mode.enabled, mode.db_of_hz, mode.k_of, mode.response_s) == (True, 0.036, 0.05, 5.0)
+    building.set_grid_frequency(60.0)
+    building.advance(2.0)
+    before = building.state.pv.ac_power_w
+    assert before > 60_000.0
+    building.set_grid_frequency(60.5)
+    building.advance(60.0)  # the response time many times over; the sun hardly moves
+    # 0.464 Hz over the band at 5 % droop: 15.47 % of the rating less than before.
+    assert building.state.pv.ac_power_w == pytest.approx(before - 15_467.0, abs=200.0)
+    assert building.state.pv.droop_p_pre_pct == pytest.approx(before / 1000.0, abs=0.01)
+    building.set_grid_frequency(60.0)
+    building.advance(60.0)
+    assert building.state.pv.droop_p_pre_pct is None  # let go
+    assert building.state.pv.droop_pct == 100.0
+    assert building.state.pv.ac_power_w == pytest.approx(before, abs=500.0)
+
+
+def test_711_a_control_that_is_no_droop_is_not_adopted() -> None:
+    building = sixty_hz_building()
+    image = SunSpecImage(INVERTER_PLAN)
+    write(image, building, {"711.Ctl[2].KOf": 0.001})  # 0.1 % droop: not a droop
+    write(image, building, {"711.AdptCtlReq": 2.0})
+    assert image.value("711.AdptCtlRslt") == 2.0  # FAILED
+    assert image.value("711.Ctl[1].KOf") == 0.03
+
+
+def test_the_factory_711_control_droops_harder_than_category_b() -> None:
+    building = sixty_hz_building()
+    image = SunSpecImage(INVERTER_PLAN)
+    write(image, building, {"711.Ena": 1.0})
+    building.set_grid_frequency(60.0)
+    building.advance(2.0)
+    before = building.state.pv.ac_power_w
+    building.set_grid_frequency(60.5)
+    building.advance(60.0)
+    # (60.5 - 60.017) / (60 x 0.03) = 26.8 % of the rating.
+    assert building.state.pv.ac_power_w == pytest.approx(before - 26_833.0, abs=200.0)
+    assert not SunSpecImage(BASIC_INVERTER_PLAN).has("711.Ena")

@@ -1,9 +1,15 @@
 """Frequency droop (frequency-watt, IEEE 1547-2018 clause 6.5.2.7) on one inverter, at
-grid-operator priority, by active-power limit setpoints.
+grid-operator priority.
 
-For an inverter without an autonomous frequency-droop function (no SunSpec 711), or one
-whose own is not trusted. Each cycle the controller reads the frequency the inverter
-measures and its active power:
+``mode: sunspec_ctl`` -- the inverter has SunSpec 711 (DERFreqDroop): the settings (dead
+bands, droops, response time, PMin in % of ``rated_w``) are written into its writable
+control ``ctl_index``, adopted (``AdptCtlReq``) and enabled, each step closed on the
+device's telemetry (:func:`gridpilot.control.sunspec_curves.curve_step`, group ``ctl``);
+the inverter then answers the frequency itself.
+
+``mode: setpoint`` (the default) -- for an inverter without an autonomous frequency-droop
+function, or one whose own is not trusted. Each cycle the controller reads the frequency
+the inverter measures and its active power:
 
 * inside the dead band (nominal ± ``db_of_hz``/``db_uf_hz``, 0.036 Hz by default) it only
   remembers the output, ``P_pre`` -- the power before an excursion, from which IEEE 1547
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
@@ -53,11 +59,14 @@ from gridpilot.control.ieee1547 import (
     ResponseFilter,
     frequency_droop_w,
 )
+from gridpilot.control.sunspec_curves import STEP_NUMBERS, CurveTarget, curve_step
 
 NAME = "freq_droop"
 Point = PointField
 
 FULL_PCT = 100.0
+_CTL_TOLERANCE = 0.0005
+"""711 dead bands and droops hold 0.001 steps (Db_SF, K_SF -3 on common devices)."""
 _SETTLED_PU = 0.005
 """Within this share of the rating of ``P_pre`` the recovery is over (the filter only
 approaches its target)."""
@@ -69,16 +78,24 @@ class FreqDroopParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    mode: Literal["setpoint", "sunspec_ctl"] = "setpoint"
+    """``setpoint``: the controller bounds ``pv_limit``; ``sunspec_ctl``: it writes the
+    settings into the inverter's SunSpec 711 and enables it."""
     frequency: Point
     """The frequency at the inverter's terminals, Hz (e.g. ``sunspec_inverter.m701_hz``)."""
-    active_power: Point
-    """The inverter's active power output, W (e.g. ``sunspec_inverter.m701_w``)."""
+    active_power: Point | None = None
+    """``setpoint`` mode: the inverter's active power output, W (e.g.
+    ``sunspec_inverter.m701_w``)."""
     rated_w: float = Field(gt=0.0)
     """The inverter's rated active power: the droop is a share of it, and ``pv_limit``
     percent of it."""
-    pv_limit: Point
-    """The writable active power limit, % of ``rated_w`` (e.g.
+    pv_limit: Point | None = None
+    """``setpoint`` mode: the writable active power limit, % of ``rated_w`` (e.g.
     ``sunspec_inverter.m704_wmaxlimpct_pct``)."""
+    device: str | None = None
+    """``sunspec_ctl`` mode: the SunSpec device with model 711."""
+    ctl_index: int = Field(default=2, ge=2, le=10)
+    """``sunspec_ctl`` mode: the writable stored control to write and adopt."""
     enable: dict[Point, float] = Field(default_factory=dict)
     """Points requested with the limit (e.g. ``{sunspec_inverter.m704_wmaxlimpctena_state: 1}``)."""
     available_power: Point | None = None
@@ -109,6 +126,12 @@ class FreqDroopParams(BaseModel):
             raise ValueError(str(exc)) from None
         if self.p_min_w >= self.rated_w:
             raise ValueError(f"p_min_w {self.p_min_w:g} must be below rated_w {self.rated_w:g}")
+        if self.mode == "setpoint" and (self.active_power is None or self.pv_limit is None):
+            raise ValueError(
+                "mode setpoint needs active_power (W) and pv_limit (the writable power limit, %)"
+            )
+        if self.mode == "sunspec_ctl" and self.device is None:
+            raise ValueError("mode sunspec_ctl needs device (the SunSpec device with 711)")
         return self
 
     def setting(self) -> FrequencyDroop:
@@ -128,6 +151,8 @@ class FreqDroopState:
     direction: str = ""
     """``over`` / ``under`` while answering an excursion (or recovering from it)."""
     stale: bool = False
+    step: str = ""
+    """``sunspec_ctl`` mode: where the control is (see ``sunspec_curves``)."""
 
 
 class FreqDroopController:
@@ -153,6 +178,9 @@ class FreqDroopController:
         self, snapshot: Snapshot, state: FreqDroopState, now: datetime, forecasts: Forecasts
     ) -> Decision[FreqDroopState]:
         p, s = self.params, self._setting
+        if p.mode == "sunspec_ctl":
+            return self._sunspec_ctl(snapshot, state)
+        assert p.active_power is not None  # noqa: S101  # the params' validator requires it
         events: list[str] = []
         if snapshot.reading(p.frequency) is None or snapshot.reading(p.active_power) is None:
             if not state.stale:
@@ -210,6 +238,36 @@ class FreqDroopController:
         new_state = replace(state, p_pre_w=p_pre, filter=filtered, direction=direction)
         return self._limit(new_state, filtered.value, available, metrics, events)
 
+    def ctl_points(self) -> dict[str, float]:
+        """711 point names (without the ``ctl_<n>_`` prefix) -> the values of the setting."""
+        p, s = self.params, self._setting
+        return {
+            "dbof_hz": round(s.db_of_hz, 3),
+            "dbuf_hz": round(s.db_uf_hz, 3),
+            "kof_count": round(s.k_of, 3),
+            "kuf_count": round(s.k_uf, 3),
+            "rsptms_s": float(round(s.response_time_s)),
+            "pmin_pct": float(round(100.0 * p.p_min_w / p.rated_w)),
+        }
+
+    def _sunspec_ctl(self, snapshot: Snapshot, state: FreqDroopState) -> Decision[FreqDroopState]:
+        p = self.params
+        assert p.device is not None  # noqa: S101  # the params' validator requires it
+        target = CurveTarget(
+            p.device, 711, p.ctl_index, self.ctl_points(), "frequency droop", group="ctl",
+            tolerance=_CTL_TOLERANCE,
+        )  # fmt: skip
+        done = curve_step(
+            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
+            source=self.name,
+        )  # fmt: skip
+        metrics: dict[str, float] = {"curve_step_state": float(STEP_NUMBERS[done.step])}
+        hz = snapshot.value(p.frequency, p.max_age_s)
+        if hz is not None:
+            metrics["frequency_hz"] = hz
+        new_state = replace(state, step=done.step)
+        return Decision(new_state, done.requests, (), metrics, done.events)
+
     def _limit(
         self,
         state: FreqDroopState,
@@ -219,6 +277,7 @@ class FreqDroopController:
         events: list[str],
     ) -> Decision[FreqDroopState]:
         p = self.params
+        assert p.pv_limit is not None  # noqa: S101  # the params' validator requires it
         limit_pct = round(max(0.0, min(FULL_PCT, FULL_PCT * power_w / p.rated_w)), 1)
         if state.direction == "under":
             # Raising only: no limit at all once the droop asks for everything there is.
@@ -244,6 +303,7 @@ class FreqDroopController:
 
     def _requests(self, limit_pct: float, reason: str) -> tuple[SetpointRequest, ...]:
         p = self.params
+        assert p.pv_limit is not None  # noqa: S101  # the params' validator requires it
         requests = [SetpointRequest(p.pv_limit, limit_pct, p.priority, self.name, reason)]
         requests += [
             SetpointRequest(ref, value, p.priority, self.name, reason)

@@ -1,4 +1,5 @@
-"""Putting a curve into a SunSpec DER curve model (705 volt-var, 706 volt-watt, ...): pure.
+"""Putting a curve into a SunSpec DER curve model (705 volt-var, 706 volt-watt, ...), or a
+control into 711 (frequency droop, the same sequence with ``Ctl``/``AdptCtlReq``): pure.
 
 The SunSpec DER information model stores curves in numbered slots; curve 1 is the active one
 and read-only, the others are writable. A client writes its curve into a writable slot,
@@ -55,6 +56,11 @@ class CurveTarget:
     values: Mapping[str, float]
     function: str
     """For the events: ``volt-var``, ``volt-watt``."""
+    group: str = "crv"
+    """The repeating group: ``crv`` (705/706 curves, ``AdptCrvReq``) or ``ctl`` (711
+    frequency-droop controls, ``AdptCtlReq``)."""
+    tolerance: float = TOLERANCE
+    """A read-back within this is the value written (half the registers' resolution)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,27 +80,28 @@ def curve_step(
     source: str,
 ) -> CurveStep:
     """The step due now and its requests; events on a change of step (see the module doc)."""
-    device, model, slot = target.device, target.model, target.slot
+    device, model, slot, group = target.device, target.model, target.slot, target.group
+    word = "control" if group == "ctl" else "curve"
 
     def ref(name: str) -> PointRef:
         return PointRef(device, f"m{model}_{name}")
 
     def holds(curve: int) -> bool:
         for name, value in target.values.items():
-            got = snapshot.value(ref(f"crv_{curve}_{name}"), max_age_s)
-            if got is None or abs(got - value) > TOLERANCE:
+            got = snapshot.value(ref(f"{group}_{curve}_{name}"), max_age_s)
+            if got is None or abs(got - value) > target.tolerance:
                 return False
         return True
 
     events: list[str] = []
-    absent = [n for n in target.values if snapshot.reading(ref(f"crv_{slot}_{n}")) is None]
+    absent = [n for n in target.values if snapshot.reading(ref(f"{group}_{slot}_{n}")) is None]
     if absent:
         if previous_step != "wait":
             more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
             events.append(
-                f"{target.function} on {device}: waiting for its {model} curve {slot} in the "
-                f"telemetry (missing {ref(f'crv_{slot}_{absent[0]}').point}{more}; a device "
-                "with fewer stored curves or points cannot take this curve)"
+                f"{target.function} on {device}: waiting for its {model} {word} {slot} in the "
+                f"telemetry (missing {ref(f'{group}_{slot}_{absent[0]}').point}{more}; a device "
+                f"with fewer stored {word}s or points cannot take this {word})"
             )
         return CurveStep("wait", (), tuple(events))
     requests: list[SetpointRequest] = []
@@ -102,23 +109,25 @@ def curve_step(
     def request(name: str, value: float, reason: str) -> None:
         requests.append(SetpointRequest(ref(name), value, priority, source, reason))
 
+    adopt = f"adpt{group}req_count"
     if not holds(1):
         for name, value in target.values.items():
-            request(f"crv_{slot}_{name}", value, f"{target.function} curve into curve {slot}")
+            request(f"{group}_{slot}_{name}", value, f"{target.function} {word} into {word} {slot}")
         if not holds(slot):
-            request("adptcrvreq_count", 0.0, "no adoption while the curve is written")
+            request(adopt, 0.0, f"no adoption while the {word} is written")
             step = "write"
         else:
-            request("adptcrvreq_count", float(slot), f"adopt the {target.function} curve")
+            request(adopt, float(slot), f"adopt the {target.function} {word}")
             step = "adopt"
-            result = snapshot.value(ref("adptcrvrslt_state"), max_age_s)
+            result = snapshot.value(ref(f"adpt{group}rslt_state"), max_age_s)
             if result == ADOPT_FAILED and previous_step == "adopt":
                 events.append(
-                    f"{target.function}: {device} refused to adopt curve {slot} "
-                    "(AdptCrvRslt FAILED); check its NPt and the curve"
+                    f"{target.function}: {device} refused to adopt {word} {slot} "
+                    f"(Adpt{group.capitalize()}Rslt FAILED); "
+                    + ("check its settings" if group == "ctl" else "check its NPt and the curve")
                 )
     else:
-        request("ena_state", ENABLED, f"{target.function} curve adopted: enable")
+        request("ena_state", ENABLED, f"{target.function} {word} adopted: enable")
         enabled = snapshot.value(ref("ena_state"), max_age_s) == ENABLED
         step = "active" if enabled else "enable"
     if step != previous_step:

@@ -209,8 +209,14 @@ def holds_whole_numbers(point: PointConfig) -> bool:
     name ends in its unit): an enumeration, a mode, an enable flag, a status word, a
     counter. A fraction sent to it is a mistake to refuse, not a value to round.
     Quantities in integer registers (``..._w`` in whole watts) are not such points: a
-    controller's -12345.6 W is rounded to the register's step as always."""
-    return point.point.endswith(WHOLE_NUMBER_SUFFIXES) and not point.table.is_bit
+    controller's -12345.6 W is rounded to the register's step as always. Nor are unitless
+    points with fractional steps (SunSpec 711 ``KOf``, a droop of 0.050 at scale 0.001,
+    named ``_count`` for want of a unit): their register holds fractions."""
+    return (
+        point.point.endswith(WHOLE_NUMBER_SUFFIXES)
+        and not point.table.is_bit
+        and float(point.scale).is_integer()
+    )
 
 
 def _undecodable(payload: bytes, device_id: str, error: PayloadError) -> Rejected:

@@ -22,6 +22,7 @@ from gridpilot.sim.physics import (
     BatteryState,
     FanParams,
     FanState,
+    FreqDroopMode,
     LoadPanelParams,
     LoopRange,
     MeterParams,
@@ -207,7 +208,10 @@ class Building:
         # depends on the flows this step produces).
         volts = s.meter.reading.voltage_v
         voltage_pu = sum(volts) / len(volts) / p.meter.nominal_voltage_v
-        s.pv = step_pv(p.pv, s.pv, s.irradiance_wm2, s.outdoor_degc, h, voltage_pu=voltage_pu)
+        s.pv = step_pv(
+            p.pv, s.pv, s.irradiance_wm2, s.outdoor_degc, h, voltage_pu=voltage_pu,
+            frequency_hz=s.meter.reading.frequency_hz, nominal_hz=p.meter.nominal_frequency_hz,
+        )  # fmt: skip
         s.battery = step_battery(p.battery, s.battery, h)
         s.zones = [
             step_zone(
@@ -302,6 +306,10 @@ class Building:
         """What sets the PV inverter's reactive power from now on (its SunSpec 704/705
         controls decide it; see ``sunspec_devices``)."""
         self.state.pv = replace(self.state.pv, reactive_mode=mode)
+
+    def set_pv_freq_droop(self, mode: FreqDroopMode) -> None:
+        """The PV inverter's own frequency droop from now on (SunSpec 711)."""
+        self.state.pv = replace(self.state.pv, freq_droop_mode=mode)
 
     def set_pv_volt_watt(self, mode: VoltWattMode) -> None:
         """The PV inverter's own volt-watt function from now on (SunSpec 706)."""

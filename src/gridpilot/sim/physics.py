@@ -27,7 +27,9 @@ Models, with the source of each figure:
   volt-var curve at the terminal voltage) through a first-order lag (90 % in the mode's
   response time), within the var rating and what the VA rating leaves beside P (active
   power has priority); the inverter's vars do not move the simulated voltage; an optional
-  volt-watt curve of its own lowers the active power limit with the voltage (same lag);
+  volt-watt curve of its own lowers the active power limit with the voltage (same lag), an
+  optional frequency droop of its own with an over-frequency (from the output when it
+  began);
 * battery: SoC integrates the AC power through one-way efficiencies, clipped to the power
   limits and to the SoC window (5-95 % by default);
 * zones: 1R1C, exact discretisation T_{k+1} = a·T_k + (1 - a)(T_o + R·Q_k),
@@ -242,6 +244,58 @@ class VoltWattMode:
     response_s: float = 10.0
 
 
+@dataclass(frozen=True, slots=True)
+class FreqDroopMode:
+    """The inverter's own frequency droop (SunSpec 711): over-frequency above
+    ``nominal + db_of_hz`` lowers the output from what it was when the excursion began by
+    ``1/k_of`` of the rating per unit of frequency, not below ``p_min_pct``; back in the dead
+    band it returns to that output (same lag) and the droop lets go. ``response_s``: 90 % of
+    a step in this long. Under-frequency: nothing (a PV inverter at its maximum power point
+    has no headroom to give). Off unless ``enabled``."""
+
+    enabled: bool = False
+    db_of_hz: float = 0.036
+    k_of: float = 0.05
+    p_min_pct: float = 0.0
+    response_s: float = 5.0
+
+
+_DROOP_RELEASED_PCT = 0.5
+"""Within this of the pre-excursion output the droop lets go."""
+
+
+def droop_step(
+    mode: FreqDroopMode,
+    droop_pct: float,
+    p_pre_pct: float | None,
+    *,
+    frequency_hz: float,
+    nominal_hz: float,
+    output_pct: float,
+    dt_s: float,
+) -> tuple[float, float | None]:
+    """(the droop's limit, % of the AC rating; the output before the excursion or None when
+    the droop is idle) after ``dt_s`` at ``frequency_hz``. ``output_pct``: the output now,
+    taken as the pre-excursion output when an excursion begins. The inverter's firmware,
+    so to speak: deliberately not GridPilot's ``control.ieee1547``."""
+    if not mode.enabled or mode.k_of <= 0.0:
+        return 100.0, None
+    over = frequency_hz > nominal_hz + mode.db_of_hz
+    if p_pre_pct is None:
+        if not over:
+            return 100.0, None
+        p_pre_pct, droop_pct = output_pct, output_pct
+    if over:
+        drop = 100.0 * (frequency_hz - nominal_hz - mode.db_of_hz) / (nominal_hz * mode.k_of)
+        target = max(p_pre_pct - drop, mode.p_min_pct)
+    else:
+        target = p_pre_pct
+    pct = _lag(droop_pct, target, dt_s, mode.response_s)
+    if not over and abs(pct - p_pre_pct) <= _DROOP_RELEASED_PCT:
+        return 100.0, None
+    return pct, p_pre_pct
+
+
 def _lag(previous: float, target: float, dt_s: float, response_s: float) -> float:
     """First order, 90 % of a step in ``response_s`` (time constant response_s / ln 10)."""
     if response_s <= 0.0 or dt_s <= 0.0:
@@ -291,7 +345,13 @@ class PvState:
     """The inverter's own volt-watt function (written through SunSpec 706)."""
     volt_watt_pct: float = 100.0
     """The limit volt-watt sets now (lagging its curve), % of the AC rating; the output is
-    held under the lower of it and ``power_limit_pct``."""
+    held under the lowest of it, ``droop_pct`` and ``power_limit_pct``."""
+    freq_droop_mode: FreqDroopMode = FreqDroopMode()
+    """The inverter's own frequency droop (written through SunSpec 711)."""
+    droop_pct: float = 100.0
+    """The limit frequency droop sets now, % of the AC rating (100 while idle)."""
+    droop_p_pre_pct: float | None = None
+    """The output when the present frequency excursion began, % of the AC rating."""
 
 
 def pv_output_w(
@@ -321,14 +381,22 @@ def step_pv(
     dt_s: float,
     *,
     voltage_pu: float = 1.0,
+    frequency_hz: float = 50.0,
+    nominal_hz: float = 50.0,
 ) -> PvState:
     """Advance the inverter by ``dt_s``: output follows the sun at once, heatsink, reactive
-    power and the volt-watt limit lag. ``voltage_pu``: terminal voltage, per unit of nominal."""
+    power, the volt-watt and the frequency-droop limits lag. ``voltage_pu``: terminal
+    voltage, per unit of nominal; ``frequency_hz``: the grid frequency it measures."""
     volt_watt = state.volt_watt_mode
     volt_watt_target = _interpolate(volt_watt.curve, voltage_pu) if volt_watt.curve else 100.0
     volt_watt_pct = _lag(state.volt_watt_pct, volt_watt_target, dt_s, volt_watt.response_s)
+    droop_pct, p_pre_pct = droop_step(
+        state.freq_droop_mode, state.droop_pct, state.droop_p_pre_pct,
+        frequency_hz=frequency_hz, nominal_hz=nominal_hz,
+        output_pct=100.0 * state.ac_power_w / params.ac_rating_w, dt_s=dt_s,
+    )  # fmt: skip
     dc_available, ac_w, throttled = pv_output_w(
-        params, irradiance_wm2, ambient_degc, min(state.power_limit_pct, volt_watt_pct)
+        params, irradiance_wm2, ambient_degc, min(state.power_limit_pct, volt_watt_pct, droop_pct)
     )
     if ac_w <= 0.0 and irradiance_wm2 <= 0.0:
         operating = InverterState.SLEEPING
@@ -349,6 +417,8 @@ def step_pv(
         state,
         reactive_power_var=_clamp(var, -limit_var, limit_var),
         volt_watt_pct=volt_watt_pct,
+        droop_pct=droop_pct,
+        droop_p_pre_pct=p_pre_pct,
         irradiance_wm2=irradiance_wm2,
         dc_power_w=dc_w,
         ac_power_w=ac_w,

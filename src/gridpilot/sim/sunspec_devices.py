@@ -17,8 +17,9 @@ device                 models                             tied to
 =====================  =================================  =================================
 ``sunspec_inverter``   1, 103, 120, 121, 122, 123, 160    the building's PV inverter: 704
                        (2 MPPT modules), 701, 704, 705,   WMaxLimPct (when WMaxLimPctEna),
-                       706                                123 WMaxLimPct (when WMaxLim_Ena)
-                                                          and 706's active volt-watt curve
+                       706, 711                           123 WMaxLimPct (when WMaxLim_Ena),
+                                                          706's active volt-watt curve and
+                                                          711's active frequency droop
                                                           (when Ena) limit its output;
                                                           its reactive power follows 705's
                                                           active volt-var curve (when Ena),
@@ -44,6 +45,13 @@ IEEE 1547 Category A volt-var ((90 %, +25 %), (100 %, 0), (100 %, 0), (110 %, -2
 VAMax) and volt-watt (106 %, 100 %), (110 %, 20 %) of WMax, so a client that wants Category B
 must write it. The inverter evaluates curve 1 itself at its terminal voltage (``physics``),
 with its open-loop response time ``RspTms`` (and, for volt-var, its ``VRef``).
+
+Frequency droop (711) likewise, with controls instead of curves: control 1 active and
+read-only, control 2 writable, ``AdptCtlReq`` = 2 adopts it (a droop outside 1..100 % or a
+dead band outside 0..1 Hz is refused: FAILED). The factory control is a tighter
+utility-specific one (0.017 Hz dead band, 3 % droop); the inverter runs the over-frequency
+side of control 1 itself on the frequency it measures, against 121 ``ECPNomHz`` (the
+simulated grid's nominal frequency).
 """
 
 from __future__ import annotations
@@ -69,7 +77,7 @@ from gridpilot.model import DataType, Table
 from gridpilot.sim.building import BATTERY, PV_INVERTER, Building
 from gridpilot.sim.devices import DeviceMap, SimPoint
 from gridpilot.sim.image import RegisterImage, saturating_encode
-from gridpilot.sim.physics import InverterState, ReactiveMode, VoltWattMode
+from gridpilot.sim.physics import FreqDroopMode, InverterState, ReactiveMode, VoltWattMode
 
 __all__ = [
     "BASIC_INVERTER_PLAN",
@@ -277,6 +285,13 @@ _CURVE_SETTINGS = {
     706: ("ActPt", "DeptRef", "RspTms"),
 }
 _CURVE_Y = {705: "Var", 706: "W"}
+_CONTROLS = 2
+"""Stored controls of 711: 1 (active, read-only) and 2 (writable)."""
+_DROOP_SETTINGS = ("DbOf", "DbUf", "KOf", "KUf", "RspTms", "PMin")
+_FACTORY_DROOP = {"DbOf": 0.017, "DbUf": 0.017, "KOf": 0.03, "KUf": 0.03, "RspTms": 5.0,
+                  "PMin": 0.0}  # fmt: skip
+"""The factory frequency droop (a utility-specific tighter setting, 0.017 Hz and 3 %):
+a client that wants the Category B 0.036 Hz and 5 % must write them."""
 _W_MAX_PCT = 0.0  # 706 DeptRef
 _ENABLED = 1.0
 _COMPLETED, _FAILED = 1.0, 2.0  # 705 AdptCrvRslt
@@ -335,6 +350,7 @@ def _inverter_values(building: Building, image: SunSpecImage) -> dict[str, float
         "701.TotWhInj": pv.energy_wh,
         "701.TmpSnk": pv.heatsink_temperature_degc,
         "701.ThrotPct": limit,
+        "121.ECPNomHz": building.params.meter.nominal_frequency_hz,
     }
     for index, share in enumerate((0.55, 0.45), start=1):
         values[f"160.module[{index}].DCW"] = pv.dc_power_w * share
@@ -385,6 +401,28 @@ def _volt_watt_mode(image: SunSpecImage) -> VoltWattMode:
     )
 
 
+def _freq_droop_mode(image: SunSpecImage) -> FreqDroopMode:
+    """The active frequency-droop control (711 control 1) as the physics runs it; off when
+    disabled."""
+    if not image.has("711.Ena") or image.value("711.Ena") != _ENABLED:
+        return FreqDroopMode()
+    ctl = _droop_ctl(image, 1)
+    return FreqDroopMode() if ctl is None else ctl
+
+
+def _droop_ctl(image: SunSpecImage, index: int) -> FreqDroopMode | None:
+    """711 control ``index`` as the physics runs it, or None when it is not one (a value
+    missing, a droop outside 1..100 %, a dead band outside 0..1 Hz)."""
+    names = ("DbOf", "KOf", "PMin", "RspTms")
+    values = [image.value(f"711.Ctl[{index}].{name}") for name in names]
+    db_of, k_of, p_min, response = values
+    if db_of is None or k_of is None or p_min is None or response is None:
+        return None
+    if not (0.01 <= k_of <= 1.0 and 0.0 <= db_of <= 1.0):
+        return None
+    return FreqDroopMode(True, db_of, k_of, p_min, response)
+
+
 def _curve(image: SunSpecImage, model: int, index: int) -> tuple[tuple[float, float], ...] | None:
     """Curve ``index`` of ``model`` (705, 706): its active points (% V, % of its reference),
     None when it is no curve: fewer than 2 or more than NPt points, a point missing,
@@ -409,6 +447,9 @@ def _curve(image: SunSpecImage, model: int, index: int) -> tuple[tuple[float, fl
 def _inverter_point(image: SunSpecImage, key: str) -> None:
     """705/706 ``AdptCrvReq``: copy the requested curve into the active curve 1, if it is
     one (``AdptCrvRslt`` COMPLETED), else leave curve 1 as it is (FAILED)."""
+    if key == "711.AdptCtlReq":
+        _adopt_droop_ctl(image)
+        return
     if key not in ("705.AdptCrvReq", "706.AdptCrvReq"):
         return
     model = int(key[:3])
@@ -431,6 +472,22 @@ def _inverter_point(image: SunSpecImage, key: str) -> None:
     image.update_static(copied)
 
 
+def _adopt_droop_ctl(image: SunSpecImage) -> None:
+    """711 ``AdptCtlReq``: copy the requested control into the active control 1, if it is
+    one (``AdptCtlRslt`` COMPLETED), else leave control 1 as it is (FAILED)."""
+    index = image.value("711.AdptCtlReq")
+    if index is None or index == 0.0:
+        return  # 0: no request
+    n = int(index)
+    if not 2 <= n <= _CONTROLS or _droop_ctl(image, n) is None:
+        image.update_static({"711.AdptCtlRslt": _FAILED})
+        return
+    copied: dict[str, float | str] = {
+        f"711.Ctl[1].{name}": image.value(f"711.Ctl[{n}].{name}") or 0.0 for name in _DROOP_SETTINGS
+    }
+    image.update_static(copied | {"711.AdptCtlRslt": _COMPLETED})
+
+
 def _inverter_write(image: SunSpecImage, building: Building) -> None:
     """The effective active-power limit (the lower of the enabled limits of 704 and 123)
     the reactive-power mode (705 volt-var, else 704 VarSet, else 704 PFWInj) and the
@@ -443,6 +500,7 @@ def _inverter_write(image: SunSpecImage, building: Building) -> None:
     building.write_point(PV_INVERTER, "power_limit_pct", max(0.0, min(limits)))
     building.set_pv_reactive_mode(_reactive_mode(image))
     building.set_pv_volt_watt(_volt_watt_mode(image))
+    building.set_pv_freq_droop(_freq_droop_mode(image))
 
 
 def _reactive_mode(image: SunSpecImage) -> ReactiveMode:
@@ -481,7 +539,6 @@ def _inverter_static(*, autonomous: bool) -> Values:
         "121.VMax": 253.0,
         "121.VMin": 195.0,
         "121.VAMax": rating,
-        "121.ECPNomHz": 50.0,
         "121.ConnPh": 1.0,
         "123.Conn": 1.0,
         "123.WMaxLimPct": 100.0,
@@ -544,6 +601,18 @@ def _inverter_static(*, autonomous: bool) -> Values:
                     }
                 else:
                     values[f"706.Crv[{n}].DeptRef"] = _W_MAX_PCT
+        values |= {
+            "711.Ena": 0.0,
+            "711.AdptCtlReq": 0.0,
+            "711.AdptCtlRslt": _COMPLETED,
+            "711.NCtl": float(_CONTROLS),
+            "711.RvrtTms": 0.0,
+            "711.RvrtRem": 0.0,
+            "711.RvrtCtl": 0.0,
+        }
+        for n in range(1, _CONTROLS + 1):
+            values |= {f"711.Ctl[{n}].{name}": v for name, v in _FACTORY_DROOP.items()}
+            values[f"711.Ctl[{n}].ReadOnly"] = 1.0 if n == 1 else 0.0
     return values
 
 
@@ -606,7 +675,12 @@ def _inverter_plan(*, autonomous: bool) -> SunSpecPlan:
             )
             for model in (705, 706)
         ]
-    names = "1/103/120-123/160/701/704" + ("/705/706" if autonomous else "")
+        models.append(
+            SunSpecModelPlan(
+                711, {"Db_SF": -3, "K_SF": -3, "RspTms_SF": 0}, counts={"Ctl": _CONTROLS}
+            )
+        )
+    names = "1/103/120-123/160/701/704" + ("/705/706/711" if autonomous else "")
     return SunSpecPlan(
         id="sunspec_inverter",
         name=f"PV inverter 100 kW (SunSpec models {names})",
@@ -617,15 +691,15 @@ def _inverter_plan(*, autonomous: bool) -> SunSpecPlan:
         values=_inverter_values,
         on_write=_inverter_write,
         poll_interval_s=1.0,
-        read_only=("705.Crv[1].", "706.Crv[1]."),
+        read_only=("705.Crv[1].", "706.Crv[1].", "711.Ctl[1]."),
         on_point=_inverter_point,
     )
 
 
 INVERTER_PLAN = _inverter_plan(autonomous=True)
 BASIC_INVERTER_PLAN = _inverter_plan(autonomous=False)
-"""The same inverter without 705/706: volt-var and volt-watt only through a controller's
-704 setpoints."""
+"""The same inverter without 705/706/711: volt-var, volt-watt and frequency droop only
+through a controller's 704 setpoints."""
 
 # ---------------------------------------------------------------------------- meter
 

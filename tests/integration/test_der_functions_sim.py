@@ -1,6 +1,6 @@
 """IEEE 1547 functions beyond volt-var and volt-watt driving the simulated SunSpec inverter,
 end to end: frequency droop (by 704 limits and by the inverter's own 711), constant power
-factor (by 704 PFWInj and by var setpoints), watt-var.
+factor (by 704 PFWInj and by var setpoints), watt-var, enter service after a trip.
 
 Real processes and sockets, as in ``test_volt_var_sim``: the simulator's SunSpec inverter
 over Modbus TCP, the gateway and the controller service on a real Mosquitto. The grid is
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from gridpilot.bus.client import BrokerAddress
-from gridpilot.bus.codec import Command, encode_command
+from gridpilot.bus.codec import Command, decode_telemetry, encode_command
 from gridpilot.config import GridPilotConfig
 from gridpilot.control.factory import build_controllers
 from gridpilot.control.ieee1547 import WattVar, frequency_droop_w, watt_var_q_pu
@@ -381,3 +381,78 @@ async def test_watt_var_by_704_setpoints_follows_the_inverters_active_power(
         sent = Command(uuid.uuid4().hex, "m704_wmaxlimpct_pct", 100.0, ts + 60_000, "test")
         await observer.command(site_id, INVERTER, encode_command(sent))
         await settled(observer, lambda v: v["m701_w"] > 60_000.0 and on_curve(v))
+
+
+# ---------------------------------------------------------------------------- enter service
+
+DELAY_S = 60.0
+RAMP_S = 60.0
+"""Shorter than the 300 s defaults, in simulated time (6 s of wall time each)."""
+
+
+async def test_enter_service_after_a_trip_holds_the_inverter_for_the_delay_then_ramps(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
+) -> None:
+    """1.12 pu trips the simulated inverter, which reconnects by itself as soon as the
+    voltage is back (no enter-service delay of its own). The controller holds its 704
+    limit at 0 % until the voltage and frequency have been in the window for the delay
+    (no output before then, in the telemetry's simulated time), then ramps the limit from 0
+    to 100 % -- the output following it up -- and releases it."""
+    control = {
+        "enter_service": {
+            "voltage": f"{INVERTER}.m701_lnv_v",
+            "nominal_voltage_v": 230.0,
+            "frequency": f"{INVERTER}.m701_hz",
+            "connected": f"{INVERTER}.m701_connst_state",
+            "pv_limit": LIMIT,
+            "enable": LIMIT_ENABLE,
+            "delay_s": DELAY_S,
+            "ramp_s": RAMP_S,
+        }
+    }
+    async with running_loop(BASIC_INVERTER_PLAN, mosquitto, site_id, tmp_path, control) as site:
+        site.building.set_grid_frequency(60.0)
+        await settled(observer, lambda v: v["m701_w"] > 60_000.0 and v["m701_connst_state"] == 1)
+        site.building.set_grid_voltage(1.12)
+        await settled(
+            observer,
+            lambda v: (
+                v["m701_connst_state"] == 0.0
+                and v["m701_w"] == 0.0
+                and v["m704_wmaxlimpct_pct"] == 0.0
+                and v["m704_wmaxlimpctena_state"] == 1.0
+            ),
+        )
+        restored_ms = int(site.now.timestamp() * 1000)
+        site.building.set_grid_voltage(1.0)
+        # The inverter is back at once, but held at 0 %.
+        reconnected = await settled(observer, lambda v: v["m701_connst_state"] == 1.0)
+        assert reconnected["m701_w"] == 0.0
+        assert reconnected["m704_wmaxlimpct_pct"] == 0.0
+        released = await settled(
+            observer,
+            lambda v: v["m704_wmaxlimpct_pct"] == 100.0 and v["m701_w"] > 60_000.0,
+            within=90.0,
+        )
+        assert released["m701_connst_state"] == 1.0
+        after = [
+            (decode_telemetry(r.payload).ts_ms, values)
+            for r in observer.records
+            if (values := inverter(r)) is not None
+            and decode_telemetry(r.payload).ts_ms > restored_ms
+        ]
+        first_output_ms = min(ts for ts, v in after if v["m701_w"] > 500.0)
+        # No output until the window had held for the delay (simulated time).
+        assert first_output_ms >= restored_ms + DELAY_S * 1000
+        # The ramp: limits between 0 and 100 %, the output never above the limit.
+        ramp = [v for _, v in after if 5.0 < v["m704_wmaxlimpct_pct"] < 95.0]
+        assert len(ramp) >= 3
+        # Slack: 701 and 704 may be read a poll (2 s simulated, 3.3 % of the ramp) apart.
+        assert all(v["m701_w"] <= v["m704_wmaxlimpct_pct"] * 1000.0 + 4_000.0 for v in ramp)
+        limits = [v["m704_wmaxlimpct_pct"] for v in ramp]
+        assert limits == sorted(limits)
+        texts = " ".join(
+            r.payload.decode() for r in observer.records if r.topic.endswith("/events")
+        )
+        assert "says tripped" in texts
+        assert "enter service: in service" in texts

@@ -10,7 +10,7 @@ import pytest
 from gridpilot.model import Table
 from gridpilot.sim.building import GRID_METER, PV_INVERTER, Building, BuildingParams
 from gridpilot.sim.image import WriteRejectedError, saturating_encode
-from gridpilot.sim.physics import MeterParams
+from gridpilot.sim.physics import MeterParams, PvParams
 from gridpilot.sim.sunspec_devices import BASIC_INVERTER_PLAN, INVERTER_PLAN, SunSpecImage
 
 NOON = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
@@ -126,3 +126,36 @@ def test_the_factory_711_control_droops_harder_than_category_b() -> None:
     # (60.5 - 60.017) / (60 x 0.03) = 26.8 % of the rating.
     assert building.state.pv.ac_power_w == pytest.approx(before - 26_833.0, abs=200.0)
     assert not SunSpecImage(BASIC_INVERTER_PLAN).has("711.Ena")
+
+
+# ---------------------------------------------------------------------------- trips
+
+
+@pytest.mark.parametrize(("v_pu", "hz"), [(1.12, 60.0), (0.85, 60.0), (1.0, 61.5), (1.0, 58.0)])
+def test_the_inverter_trips_outside_its_limits_and_reconnects_after_its_delay(
+    v_pu: float, hz: float
+) -> None:
+    meter = MeterParams(
+        nominal_frequency_hz=60.0, frequency_noise_hz=0.0, frequency_swing_hz=0.0,
+        tap_offset_v=0.0, droop_v_per_kw=0.0, voltage_noise_v=0.0,
+    )  # fmt: skip
+    building = Building(NOON, BuildingParams(meter=meter, pv=PvParams(reconnect_delay_s=20.0)))
+    image = SunSpecImage(BASIC_INVERTER_PLAN)
+    assert building.state.pv.ac_power_w > 60_000.0
+    building.set_grid_voltage(v_pu)
+    building.set_grid_frequency(hz)
+    building.advance(2.0)
+    building.advance(2.0)  # the inverter acts on what it measured the step before
+    pv = building.state.pv
+    assert (pv.tripped, pv.ac_power_w, pv.reactive_power_var) == (True, 0.0, 0.0)
+    values = BASIC_INVERTER_PLAN.values(building, image)
+    assert (values["701.ConnSt"], values["103.St"], values["701.W"]) == (0.0, 1.0, 0.0)
+    building.set_grid_voltage(1.0)
+    building.set_grid_frequency(60.0)
+    building.advance(1.0)
+    building.advance(15.0)
+    assert building.state.pv.tripped  # its own 20 s are not over
+    building.advance(10.0)
+    assert not building.state.pv.tripped
+    assert building.state.pv.ac_power_w > 60_000.0
+    assert BASIC_INVERTER_PLAN.values(building, image)["701.ConnSt"] == 1.0

@@ -29,6 +29,7 @@ from pydantic import (
 from gridpilot.config.ieee2030_5 import CsipClientConfig
 from gridpilot.control.base import PointRef
 from gridpilot.control.constant_pf import ConstantPfParams
+from gridpilot.control.enter_service import EnterServiceParams
 from gridpilot.control.freq_droop import FreqDroopParams
 from gridpilot.control.grid_operator import GridOperatorParams
 from gridpilot.control.hvac import HvacParams
@@ -905,6 +906,9 @@ class ControlConfig(_Frozen):
     """IEEE 1547 constant power factor on one inverter (704 PFWInj, or var setpoints)."""
     watt_var: WattVarParams | None = None
     """IEEE 1547 watt-var on one inverter: var setpoints from its active power."""
+    enter_service: EnterServiceParams | None = None
+    """IEEE 1547 enter service after a trip: the inverter held at 0 % for the delay, then
+    ramped."""
 
     @field_validator("cycle", "command_ttl", "resend_after")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Any
 from gridpilot.config.models import GridPilotConfig
 from gridpilot.control.base import Controller
 from gridpilot.control.constant_pf import ConstantPfController
+from gridpilot.control.enter_service import EnterServiceController
 from gridpilot.control.freq_droop import FreqDroopController
 from gridpilot.control.grid_operator import GridOperatorController
 from gridpilot.control.hvac import HvacController, HvacGroupController
@@ -26,7 +27,7 @@ def build_controllers(
     """The controllers the ``control`` section enables.
 
     Order matters only between requests of equal priority (the first listed wins): the grid
-    operator's controls, volt-var, volt-watt, frequency droop, constant power factor,
+    operator's controls, enter service, volt-var, volt-watt, frequency droop, constant power factor,
     watt-var, peak shaving, PV export, the VFDs, then the zone planners (one group planner
     for two or more zones with ``hvac_planning: joint``).
     The site ``tariff`` is handed to each controller that has a tariff of its own unset.
@@ -41,6 +42,8 @@ def build_controllers(
     tariff = control.tariff
     if control.grid_operator is not None:
         controllers.append(GridOperatorController(control.grid_operator))
+    if control.enter_service is not None:
+        controllers.append(EnterServiceController(control.enter_service))
     if control.volt_var is not None:
         controllers.append(VoltVarController(control.volt_var))
     if control.volt_watt is not None:

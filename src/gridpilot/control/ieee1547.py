@@ -4,8 +4,8 @@ Everything here is a function of its inputs (and of an explicit ``now`` where ti
 no clock, no I/O. The controllers that apply them to inverters
 (:mod:`gridpilot.control.volt_var`, :mod:`gridpilot.control.volt_watt`,
 :mod:`gridpilot.control.freq_droop`, :mod:`gridpilot.control.constant_pf`,
-:mod:`gridpilot.control.watt_var`) are built on top;
-the simulator's inverter has its own implementation and is tested against this one.
+:mod:`gridpilot.control.watt_var`, :mod:`gridpilot.control.enter_service`) are built on
+top; the simulator's inverter has its own implementation and is tested against this one.
 
 Units and signs (IEEE 1547-2018 clause 5.3 and the SunSpec DER models agree):
 

@@ -35,6 +35,8 @@ def _sections(control: ControlConfig) -> dict[str, tuple[str, int | None]]:
     out: dict[str, tuple[str, int | None]] = {}
     if control.grid_operator is not None:
         out["grid_operator"] = ("grid_operator", None)
+    if control.enter_service is not None:
+        out["enter_service"] = ("enter_service", None)
     if control.volt_var is not None:
         out["volt_var"] = ("volt_var", None)
     if control.volt_watt is not None:

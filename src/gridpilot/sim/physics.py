@@ -29,7 +29,8 @@ Models, with the source of each figure:
   power has priority); the inverter's vars do not move the simulated voltage; an optional
   volt-watt curve of its own lowers the active power limit with the voltage (same lag), an
   optional frequency droop of its own with an over-frequency (from the output when it
-  began);
+  began); outside its trip limits of voltage or frequency it ceases to energize and
+  reconnects once they are back (after its own delay, none by default);
 * battery: SoC integrates the AC power through one-way efficiencies, clipped to the power
   limits and to the SoC window (5-95 % by default);
 * zones: 1R1C, exact discretisation T_{k+1} = a·T_k + (1 - a)(T_o + R·Q_k),
@@ -324,6 +325,16 @@ class PvParams:
     heatsink_rise_k: float = 25.0
     """Heatsink rise over ambient at rated AC power."""
     thermal_time_constant_s: float = 600.0
+    trip_v_min_pu: float = 0.88
+    trip_v_max_pu: float = 1.10
+    """Outside these terminal voltages the inverter trips at once (ceases to energize)."""
+    trip_f_min_pu: float = 0.975
+    trip_f_max_pu: float = 1.02
+    """... and outside these frequencies, per unit of nominal (58.5 / 61.2 Hz at 60 Hz)."""
+    reconnect_delay_s: float = 0.0
+    """How long voltage and frequency must be back inside the trip limits before the
+    inverter reconnects by itself: none by default, as on a device without an enter-service
+    delay of its own (a controller must hold it back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +363,10 @@ class PvState:
     """The limit frequency droop sets now, % of the AC rating (100 while idle)."""
     droop_p_pre_pct: float | None = None
     """The output when the present frequency excursion began, % of the AC rating."""
+    tripped: bool = False
+    """Ceased to energize on a voltage or frequency outside the trip limits."""
+    trip_clear_s: float = 0.0
+    """While tripped: how long voltage and frequency have been back inside the limits."""
 
 
 def pv_output_w(
@@ -371,6 +386,30 @@ def pv_output_w(
     limit_w = _clamp(limit_pct, 0.0, 100.0) / 100.0 * params.ac_rating_w
     ac_w = min(available_ac, limit_w)
     return dc_w, ac_w, limit_w < available_ac
+
+
+def trip_step(
+    params: PvParams,
+    tripped: bool,
+    clear_s: float,
+    *,
+    voltage_pu: float,
+    frequency_pu: float,
+    dt_s: float,
+) -> tuple[bool, float]:
+    """(tripped, seconds back inside the limits) after ``dt_s``: a voltage or frequency
+    outside the trip limits trips at once; the inverter reconnects once both have been back
+    inside for ``reconnect_delay_s``."""
+    inside = (
+        params.trip_v_min_pu <= voltage_pu <= params.trip_v_max_pu
+        and params.trip_f_min_pu <= frequency_pu <= params.trip_f_max_pu
+    )
+    if not inside:
+        return True, 0.0
+    if not tripped:
+        return False, 0.0
+    clear_s += dt_s
+    return (False, 0.0) if clear_s >= params.reconnect_delay_s else (True, clear_s)
 
 
 def step_pv(
@@ -395,10 +434,17 @@ def step_pv(
         frequency_hz=frequency_hz, nominal_hz=nominal_hz,
         output_pct=100.0 * state.ac_power_w / params.ac_rating_w, dt_s=dt_s,
     )  # fmt: skip
+    tripped, trip_clear_s = trip_step(
+        params, state.tripped, state.trip_clear_s, voltage_pu=voltage_pu,
+        frequency_pu=frequency_hz / nominal_hz, dt_s=dt_s,
+    )  # fmt: skip
     dc_available, ac_w, throttled = pv_output_w(
         params, irradiance_wm2, ambient_degc, min(state.power_limit_pct, volt_watt_pct, droop_pct)
     )
-    if ac_w <= 0.0 and irradiance_wm2 <= 0.0:
+    if tripped:  # ceased to energize: nothing out, whatever the sun and the limits
+        ac_w, throttled = 0.0, False
+        operating = InverterState.OFF
+    elif ac_w <= 0.0 and irradiance_wm2 <= 0.0:
         operating = InverterState.SLEEPING
     elif throttled:
         operating = InverterState.THROTTLED
@@ -406,11 +452,13 @@ def step_pv(
         operating = InverterState.MPPT
     # When throttled the MPP tracker moves off the maximum: DC drawn is what AC needs.
     dc_w = ac_w / params.inverter_efficiency if throttled else dc_available
+    if tripped:
+        dc_w = 0.0  # the strings sit at open circuit
     heatsink_target = ambient_degc + params.heatsink_rise_k * ac_w / params.ac_rating_w
     decay = math.exp(-dt_s / params.thermal_time_constant_s)
     mode = state.reactive_mode
     target_var = reactive_target_var(mode, ac_w, voltage_pu)
-    var = _lag(state.reactive_power_var, target_var, dt_s, mode.response_s)
+    var = 0.0 if tripped else _lag(state.reactive_power_var, target_var, dt_s, mode.response_s)
     headroom_var = math.sqrt(max(params.ac_rating_va**2 - ac_w**2, 0.0))
     limit_var = min(params.var_rating, headroom_var)
     return replace(
@@ -419,6 +467,8 @@ def step_pv(
         volt_watt_pct=volt_watt_pct,
         droop_pct=droop_pct,
         droop_p_pre_pct=p_pre_pct,
+        tripped=tripped,
+        trip_clear_s=trip_clear_s,
         irradiance_wm2=irradiance_wm2,
         dc_power_w=dc_w,
         ac_power_w=ac_w,

@@ -338,7 +338,7 @@ def _inverter_values(building: Building, image: SunSpecImage) -> dict[str, float
         "701.ACType": 3.0,  # WYE
         "701.St": 1.0 if pv.ac_power_w > 0 else 0.0,
         "701.InvSt": float(pv.operating_state),
-        "701.ConnSt": 1.0,
+        "701.ConnSt": 0.0 if pv.tripped else 1.0,  # DISCONNECTED / CONNECTED
         "701.W": ac_w,
         "701.VA": va,
         "701.Var": var,

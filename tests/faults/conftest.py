@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import MosquittoServer, find_free_port
 from tests.faults.gateway_rig import (
+    ArrivalWatcher,
     DeviceProcess,
     GatewayProfile,
     GatewayTally,
@@ -153,12 +154,14 @@ class GatewayRig:
     ingest: IngestProcess
     gateway: ServiceProcess
     device: DeviceProcess
+    watcher: ArrivalWatcher
     started: float = 0.0
     killed: list[tuple[set[int], int]] | None = None
     buffered_at_kill: list[int] | None = None
 
     def start(self, *, flap: tuple[float, float] | None = None) -> None:
         self.device.flap = flap
+        self.watcher.start()
         self.device.start()
         self.ingest.start()
         self.gateway.start()
@@ -245,11 +248,13 @@ def gateway_rig(tmp_path: Path, gateway_profile: GatewayProfile) -> Iterator[Gat
         IngestProcess(site_file, tmp_path / "ingest.log"),
         ServiceProcess("gateway", site_file, tmp_path / "gateway.log"),
         DeviceProcess(device_port, tmp_path / "device.log"),
+        ArrivalWatcher(broker.port, site, tmp_path / "arrivals.txt"),
     )
     try:
         yield rig
     finally:
         rig.gateway.stop()
+        rig.watcher.stop()
         rig.device.stop()
         rig.ingest.stop()
         broker.stop()

@@ -167,6 +167,59 @@ class DeviceProcess:
             self._reader.join(timeout=10)
 
 
+@dataclass
+class ArrivalWatcher:
+    """``mosquitto_sub`` with a persistent session on the device's telemetry: the order in
+    which the broker delivered the polls (buffered ones must come before live ones)."""
+
+    port: int
+    site: str
+    path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        topic = f"gridpilot/v1/{self.site}/{GATEWAY_DEVICE}/telemetry"
+        with self.path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    *("mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.port), "-c"),
+                    *("-q", "1", "-i", f"watch-{self.site}", "-t", topic),
+                ],
+                stdout=out,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def arrivals(self) -> list[int]:
+        """The poll numbers in arrival order (a redelivery shows twice)."""
+        order: list[int] = []
+        for line in self.path.read_bytes().splitlines():
+            if line.strip():
+                order.append(int(orjson.loads(line)["values"]["v0_count"]))
+        return order
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def out_of_order(arrivals: Sequence[int]) -> list[tuple[int, int]]:
+    """New polls that arrived after a later one (redeliveries of seen polls excepted):
+    (the poll, the highest seen before it)."""
+    seen: set[int] = set()
+    top = 0
+    wrong: list[tuple[int, int]] = []
+    for value in arrivals:
+        if value in seen:
+            continue
+        if value < top:
+            wrong.append((value, top))
+        seen.add(value)
+        top = max(top, value)
+    return wrong
+
+
 def telemetry_values(payloads: list[bytes]) -> set[int]:
     """The poll numbers in telemetry payloads (each carries its poll's value)."""
     values: set[int] = set()

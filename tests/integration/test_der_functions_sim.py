@@ -383,6 +383,42 @@ async def test_watt_var_by_704_setpoints_follows_the_inverters_active_power(
         await settled(observer, lambda v: v["m701_w"] > 60_000.0 and on_curve(v))
 
 
+async def test_watt_var_curve_written_into_sunspec_712_runs_in_the_inverter(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
+) -> None:
+    """Category B watt-var written into the inverter's 712 and enabled: the inverter itself
+    absorbs on the curve at its present power (its factory Category A curve would absorb
+    little more than half as much), with no var setpoint from GridPilot."""
+    control = {
+        "watt_var": {
+            "mode": "sunspec_curve",
+            "device": INVERTER,
+            "active_power": f"{INVERTER}.m701_w",
+            "rated_w": RATED_W,
+            "rated_va": RATED_W,
+        }
+    }
+    curve = WattVar.category_b()
+
+    def on_curve(v: dict[str, float]) -> bool:
+        expected = watt_var_q_pu(v["m701_w"] / RATED_W, curve) * RATED_W
+        return abs(v["m701_var"] - expected) <= TOLERANCE_VAR
+
+    async with running_loop(INVERTER_PLAN, mosquitto, site_id, tmp_path, control) as site:
+        enabled = await settled(
+            observer,
+            lambda v: v.get("m712_ena_state") == 1.0 and v.get("m712_crv_1_pt_3_var_pct") == -44.0,
+        )
+        assert [enabled[f"m712_crv_1_pt_{k}_w_pct"] for k in (1, 2, 3)] == [20.0, 50.0, 100.0]
+        values = await settled(observer, lambda v: v["m701_w"] > 60_000.0 and on_curve(v))
+        category_a = -0.25 * RATED_W * (values["m701_w"] / RATED_W - 0.5) / 0.5
+        assert values["m701_var"] < category_a - 5_000.0
+        assert site.building.state.pv.reactive_mode.kind == "watt_var"
+        assert not any(
+            r.kind == "command" and b"m704_varset" in r.payload for r in observer.records
+        )
+
+
 # ---------------------------------------------------------------------------- enter service
 
 DELAY_S = 60.0

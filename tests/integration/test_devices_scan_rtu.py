@@ -100,7 +100,7 @@ async def test_scan_of_a_serial_line_finds_several_units_and_decodes_the_sunspec
     assert (inverter["status"], inverter["base"]) == ("sunspec", 40000)
     assert inverter["identity"]["SN"] == "GP-INV-0001"
     models = {m["id"]: m for m in inverter["models"]}
-    assert list(models) == [1, 103, 120, 121, 122, 123, 160, 701, 704, 705, 706, 711]
+    assert list(models) == [1, 103, 120, 121, 122, 123, 160, 701, 704, 705, 706, 711, 712]
     assert models[103]["points"]["W"]["value"] > 10_000.0  # noon in July
     assert models[103]["points"]["PPVphAB"]["value"] is None  # not implemented: missing
     meter = found[units["sunspec_meter"]]

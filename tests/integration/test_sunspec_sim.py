@@ -67,7 +67,7 @@ async def test_scan_discovers_and_fully_decodes_the_sunspec_inverter(
     assert inverter["identity"]["Mn"] == "GridPilot"
     assert inverter["identity"]["SN"] == "GP-INV-0001"
     models = {m["id"]: m for m in inverter["models"]}
-    assert list(models) == [1, 103, 120, 121, 122, 123, 160, 701, 704, 705, 706, 711]
+    assert list(models) == [1, 103, 120, 121, 122, 123, 160, 701, 704, 705, 706, 711, 712]
     # Volt-var: two stored curves of four points, the active one read-only (Category A).
     volt_var = models[705]["points"]
     assert (volt_var["NCrv"]["value"], volt_var["NPt"]["value"]) == (2.0, 4.0)

@@ -148,3 +148,20 @@ def test_watt_var_custom_curve_and_pmin() -> None:
     assert hold(custom, 0.6 * RATED, 120)[-1].metrics["target_var"] == pytest.approx(-10_000.0)
     with pytest.raises(ValidationError, match="beyond the rated VA"):
         watt_var(curve=((0.2, 0.0), (1.0, -1.2)))
+
+
+def test_watt_var_curve_written_into_712() -> None:
+    controller = watt_var(mode="sunspec_curve", device="inv", var_setpoint=None)
+    assert controller.curve_points() == {
+        "actpt_count": 3.0, "deptref_state": 3.0, "pri_state": 1.0,
+        "pt_1_w_pct": 20.0, "pt_1_var_pct": 0.0, "pt_2_w_pct": 50.0, "pt_2_var_pct": 0.0,
+        "pt_3_w_pct": 100.0, "pt_3_var_pct": -44.0,
+    }  # fmt: skip
+    slot = {f"m712_crv_2_{k}": v for k, v in controller.curve_points().items()}
+    snapshot = Snapshot(T0, {PointRef("inv", k): Reading(0.0, T0) for k in slot})
+    decision = controller.decide(snapshot, controller.initial_state(), T0, {})
+    assert decision.state.step == "write"
+    requested = {r.target.point: r.value for r in decision.requests}
+    assert requested == slot | {"m712_adptcrvreq_count": 0.0}
+    with pytest.raises(ValidationError, match="mode sunspec_curve needs device"):
+        watt_var(mode="sunspec_curve")

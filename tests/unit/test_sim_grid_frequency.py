@@ -1,5 +1,6 @@
 """The simulated grid's frequency a test can hold, as the meter and the SunSpec inverter
-measure it, and the inverter's own frequency droop (SunSpec 711)."""
+measure it; the inverter's own frequency droop (SunSpec 711), its trips and its own
+watt-var (SunSpec 712)."""
 
 from __future__ import annotations
 
@@ -159,3 +160,38 @@ def test_the_inverter_trips_outside_its_limits_and_reconnects_after_its_delay(
     assert not building.state.pv.tripped
     assert building.state.pv.ac_power_w > 60_000.0
     assert BASIC_INVERTER_PLAN.values(building, image)["701.ConnSt"] == 1.0
+
+
+# ---------------------------------------------------------------------------- SunSpec 712
+
+
+def test_712_watt_var_written_adopted_and_enabled_holds_q_on_p() -> None:
+    building = sixty_hz_building()
+    image = SunSpecImage(INVERTER_PLAN)
+    category_b = {"712.Crv[2].ActPt": 3.0}
+    for k, (w, q) in enumerate(((20.0, 0.0), (50.0, 0.0), (100.0, -44.0)), start=1):
+        category_b |= {f"712.Crv[2].Pt[{k}].W": w, f"712.Crv[2].Pt[{k}].Var": q}
+    write(image, building, category_b)
+    assert image.value("712.Crv[1].Pt[3].Var") == -25.0  # Category A until adopted
+    write(image, building, {"712.AdptCrvReq": 2.0})
+    assert image.value("712.AdptCrvRslt") == 1.0
+    assert image.value("712.Crv[1].Pt[3].Var") == -44.0
+    write(image, building, {"712.Ena": 1.0})
+    mode = building.state.pv.reactive_mode
+    assert (mode.kind, mode.curve) == (
+        "watt_var", ((20_000.0, 0.0), (50_000.0, 0.0), (100_000.0, -44_000.0))
+    )  # fmt: skip
+    building.advance(120.0)
+    p = building.state.pv.ac_power_w
+    assert p > 60_000.0
+    assert building.state.pv.reactive_power_var == pytest.approx(
+        -44_000.0 * (p - 50_000.0) / 50_000.0, abs=100.0
+    )
+    # The inverter's 704 limit at 40 %: under half the rating, no reactive power.
+    write(image, building, {"704.WMaxLimPctEna": 1.0, "704.WMaxLimPct": 40.0})
+    building.advance(120.0)
+    assert building.state.pv.ac_power_w == pytest.approx(40_000.0)
+    assert building.state.pv.reactive_power_var == pytest.approx(0.0, abs=1.0)
+    # Volt-var enabled as well takes precedence (one reactive mode at a time).
+    write(image, building, {"705.Ena": 1.0})
+    assert building.state.pv.reactive_mode.kind == "volt_var"

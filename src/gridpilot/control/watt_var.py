@@ -1,8 +1,12 @@
-"""Watt-var (IEEE 1547-2018 clause 5.3.4) on one inverter by var setpoints, at grid-operator
-priority.
+"""Watt-var (IEEE 1547-2018 clause 5.3.4) on one inverter, at grid-operator priority.
 
-For an inverter without an autonomous watt-var function (no SunSpec 712): each cycle the
-controller reads the inverter's active power, evaluates the curve
+``mode: sunspec_curve`` -- the inverter has SunSpec 712 (DERWattVar): the curve (P in % of
+WMax, Q in % of VAMax, ``DeptRef`` VA_MAX_PCT) is written into its writable curve
+``curve_index``, adopted and enabled, each step closed on the telemetry
+(:func:`gridpilot.control.sunspec_curves.curve_step`); the inverter runs it itself.
+
+``mode: setpoint`` (the default) -- for an inverter without an autonomous watt-var
+function: each cycle the controller reads the inverter's active power, evaluates the curve
 (:func:`gridpilot.control.ieee1547.watt_var_q_pu`; Category B by default:
 (max(0.2, Pmin/Prated), 0), (0.5, 0), (1.0, -0.44) -- P in pu of ``rated_w``, Q in pu of
 ``rated_va``, absorbing negative), passes the result through the open-loop response filter
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
@@ -35,9 +39,14 @@ from gridpilot.control.base import (
     Snapshot,
 )
 from gridpilot.control.ieee1547 import Curve, CurveError, ResponseFilter, WattVar, watt_var_q_pu
+from gridpilot.control.sunspec_curves import STEP_NUMBERS, CurveTarget, curve_step
 
 NAME = "watt_var"
 Point = PointField
+
+# SunSpec 712 symbols.
+_VA_MAX_PCT = 3.0  # DeptRef
+_REACTIVE = 1.0  # Pri
 
 
 class WattVarParams(BaseModel):
@@ -45,14 +54,21 @@ class WattVarParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    mode: Literal["setpoint", "sunspec_curve"] = "setpoint"
+    """``setpoint``: var setpoints from the measured power; ``sunspec_curve``: the curve
+    written into the inverter's SunSpec 712 and enabled."""
     active_power: Point
     """The inverter's active power output, W (e.g. ``sunspec_inverter.m701_w``)."""
     rated_w: float = Field(gt=0.0)
     """P of 1.0 pu."""
     rated_va: float = Field(gt=0.0)
     """Q of 1.0 pu (the curve's -0.44 is 44 % of it)."""
-    var_setpoint: Point
-    """The writable reactive power setpoint, var, positive = injecting."""
+    var_setpoint: Point | None = None
+    """``setpoint`` mode: the writable reactive power setpoint, var, positive = injecting."""
+    device: str | None = None
+    """``sunspec_curve`` mode: the SunSpec device with model 712."""
+    curve_index: int = Field(default=2, ge=2, le=10)
+    """``sunspec_curve`` mode: the writable stored curve to write and adopt."""
     reactive_power: Point | None = None
     """Optional: the inverter's measured reactive power (the filter starts from it)."""
     enable: dict[Point, float] = Field(default_factory=dict)
@@ -74,6 +90,10 @@ class WattVarParams(BaseModel):
             self.setting()
         except CurveError as exc:
             raise ValueError(f"curve: {exc}") from None
+        if self.mode == "setpoint" and self.var_setpoint is None:
+            raise ValueError("mode setpoint needs var_setpoint (the writable var setpoint)")
+        if self.mode == "sunspec_curve" and self.device is None:
+            raise ValueError("mode sunspec_curve needs device (the SunSpec device with 712)")
         return self
 
     def setting(self) -> WattVar:
@@ -91,6 +111,8 @@ class WattVarState:
     filter: ResponseFilter | None = None
     """The filtered Q, var."""
     stale: bool = False
+    step: str = ""
+    """``sunspec_curve`` mode: where the curve is (see ``sunspec_curves``)."""
 
 
 class WattVarController:
@@ -116,6 +138,9 @@ class WattVarController:
         self, snapshot: Snapshot, state: WattVarState, now: datetime, forecasts: Forecasts
     ) -> Decision[WattVarState]:
         p = self.params
+        if p.mode == "sunspec_curve":
+            return self._sunspec_curve(snapshot, state)
+        assert p.var_setpoint is not None  # noqa: S101  # the params' validator requires it
         events: list[str] = []
         if snapshot.reading(p.active_power) is None:
             if not state.stale:
@@ -158,3 +183,31 @@ class WattVarController:
         metrics |= {"target_var": target_var, "setpoint_var": value}
         new_state = replace(state, filter=filtered, stale=watts is None)
         return Decision(new_state, tuple(requests), (), metrics, tuple(events))
+
+    def curve_points(self) -> dict[str, float]:
+        """712 point names (without the curve prefix) -> the values that encode the curve."""
+        points = self._setting.curve.points
+        values = {
+            "actpt_count": float(len(points)),
+            "deptref_state": _VA_MAX_PCT,
+            "pri_state": _REACTIVE,
+        }
+        for k, (w, q) in enumerate(points, start=1):
+            values[f"pt_{k}_w_pct"] = round(100.0 * w, 1)
+            values[f"pt_{k}_var_pct"] = round(100.0 * q, 1)
+        return values
+
+    def _sunspec_curve(self, snapshot: Snapshot, state: WattVarState) -> Decision[WattVarState]:
+        p = self.params
+        assert p.device is not None  # noqa: S101  # the params' validator requires it
+        target = CurveTarget(p.device, 712, p.curve_index, self.curve_points(), "watt-var")
+        done = curve_step(
+            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
+            source=self.name,
+        )  # fmt: skip
+        metrics: dict[str, float] = {"curve_step_state": float(STEP_NUMBERS[done.step])}
+        watts = snapshot.value(p.active_power, p.max_age_s)
+        if watts is not None:
+            metrics["active_power_pct"] = 100.0 * watts / p.rated_w
+            metrics["target_var"] = watt_var_q_pu(watts / p.rated_w, self._setting) * p.rated_va
+        return Decision(replace(state, step=done.step), done.requests, (), metrics, done.events)

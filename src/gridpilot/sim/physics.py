@@ -195,9 +195,10 @@ class ReactiveMode:
     """What sets the inverter's reactive power (one mode at a time, as on real inverters).
 
     ``kind``: ``unity`` (0 var), ``power_factor`` (``pf`` at the present active power,
-    ``injecting`` or absorbing), ``var`` (a fixed ``var``), or ``volt_var`` (``curve`` of
+    ``injecting`` or absorbing), ``var`` (a fixed ``var``), ``volt_var`` (``curve`` of
     (V in pu of nominal, Q in var) points, saturating outside them, moved by ``v_ref_pu - 1``
-    as an IEEE 1547 V_ref adjustment). ``response_s``: 90 % of a step in this long.
+    as an IEEE 1547 V_ref adjustment) or ``watt_var`` (``curve`` of (P in W, Q in var)).
+    ``response_s``: 90 % of a step in this long.
     """
 
     kind: str = "unity"
@@ -222,6 +223,8 @@ def reactive_target_var(mode: ReactiveMode, ac_w: float, voltage_pu: float) -> f
         return mode.var
     if mode.kind == "volt_var" and mode.curve:
         return _interpolate(mode.curve, voltage_pu - (mode.v_ref_pu - 1.0))
+    if mode.kind == "watt_var" and mode.curve:
+        return _interpolate(mode.curve, ac_w)
     return 0.0
 
 

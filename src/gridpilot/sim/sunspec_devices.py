@@ -17,13 +17,14 @@ device                 models                             tied to
 =====================  =================================  =================================
 ``sunspec_inverter``   1, 103, 120, 121, 122, 123, 160    the building's PV inverter: 704
                        (2 MPPT modules), 701, 704, 705,   WMaxLimPct (when WMaxLimPctEna),
-                       706, 711                           123 WMaxLimPct (when WMaxLim_Ena),
+                       706, 711, 712                      123 WMaxLimPct (when WMaxLim_Ena),
                                                           706's active volt-watt curve and
                                                           711's active frequency droop
                                                           (when Ena) limit its output;
                                                           its reactive power follows 705's
                                                           active volt-var curve (when Ena),
-                                                          else 704 VarSet (VarSetEna), else
+                                                          else 712's watt-var curve (when
+                                                          Ena), else 704 VarSet (VarSetEna), else
                                                           704 PFWInj (PFWInjEna), else 0
 ``sunspec_meter``      1, 203                             the grid connection meter
 ``sunspec_storage``    1, 802, 713, 704                   the battery: 704 WSet (when
@@ -46,7 +47,9 @@ VAMax) and volt-watt (106 %, 100 %), (110 %, 20 %) of WMax, so a client that wan
 must write it. The inverter evaluates curve 1 itself at its terminal voltage (``physics``),
 with its open-loop response time ``RspTms`` (and, for volt-var, its ``VRef``).
 
-Frequency droop (711) likewise, with controls instead of curves: control 1 active and
+Watt-var (712) as volt-var, with x in % of WMax (factory curve: Category A, (20 %, 0),
+(50 %, 0), (100 %, -25 %) of VAMax; the inverter answers in 10 s). Frequency droop (711)
+likewise, with controls instead of curves: control 1 active and
 read-only, control 2 writable, ``AdptCtlReq`` = 2 adopts it (a droop outside 1..100 % or a
 dead band outside 0..1 Hz is refused: FAILED). The factory control is a tighter
 utility-specific one (0.017 Hz dead band, 3 % droop); the inverter runs the over-frequency
@@ -280,11 +283,17 @@ _CATEGORY_A_VOLT_VAR = ((90.0, 25.0), (100.0, 0.0), (100.0, 0.0), (110.0, -25.0)
 """The factory volt-var curve, % of nominal voltage / % of VAMax (IEEE 1547 Category A)."""
 _FACTORY_VOLT_WATT = ((106.0, 100.0), (110.0, 20.0))
 """The factory volt-watt curve, % of nominal voltage / % of WMax (Category B, Pmin 20 %)."""
+_CATEGORY_A_WATT_VAR = ((20.0, 0.0), (50.0, 0.0), (100.0, -25.0))
+"""The factory watt-var curve, % of WMax / % of VAMax (IEEE 1547 Category A)."""
 _CURVE_SETTINGS = {
     705: ("ActPt", "DeptRef", "Pri", "VRef", "RspTms"),
     706: ("ActPt", "DeptRef", "RspTms"),
+    712: ("ActPt", "DeptRef", "Pri"),
 }
-_CURVE_Y = {705: "Var", 706: "W"}
+_CURVE_X = {705: "V", 706: "V", 712: "W"}
+_CURVE_Y = {705: "Var", 706: "W", 712: "Var"}
+_WATT_VAR_RESPONSE_S = 10.0
+"""712 has no response time of its own: the inverter answers in 10 s (90 %)."""
 _CONTROLS = 2
 """Stored controls of 711: 1 (active, read-only) and 2 (writable)."""
 _DROOP_SETTINGS = ("DbOf", "DbUf", "KOf", "KUf", "RspTms", "PMin")
@@ -424,19 +433,19 @@ def _droop_ctl(image: SunSpecImage, index: int) -> FreqDroopMode | None:
 
 
 def _curve(image: SunSpecImage, model: int, index: int) -> tuple[tuple[float, float], ...] | None:
-    """Curve ``index`` of ``model`` (705, 706): its active points (% V, % of its reference),
-    None when it is no curve: fewer than 2 or more than NPt points, a point missing,
-    voltages going down; for 706 a reference other than W_MAX_PCT (this inverter limits
-    its output in % of WMax only)."""
+    """Curve ``index`` of ``model`` (705, 706, 712): its active points (% V or, for 712,
+    % of WMax; % of its reference), None when it is no curve: fewer than 2 or more than NPt
+    points, a point missing, x going down; for 706 a reference other than W_MAX_PCT (this
+    inverter limits its output in % of WMax only)."""
     active = image.value(f"{model}.Crv[{index}].ActPt")
     if active is None or not 2 <= active <= _POINTS:
         return None
     if model == 706 and image.value(f"706.Crv[{index}].DeptRef") != _W_MAX_PCT:
         return None
-    y = _CURVE_Y[model]
+    x, y = _CURVE_X[model], _CURVE_Y[model]
     points: list[tuple[float, float]] = []
     for k in range(1, int(active) + 1):
-        v = image.value(f"{model}.Crv[{index}].Pt[{k}].V")
+        v = image.value(f"{model}.Crv[{index}].Pt[{k}].{x}")
         q = image.value(f"{model}.Crv[{index}].Pt[{k}].{y}")
         if v is None or q is None or (points and v < points[-1][0]):
             return None
@@ -450,7 +459,7 @@ def _inverter_point(image: SunSpecImage, key: str) -> None:
     if key == "711.AdptCtlReq":
         _adopt_droop_ctl(image)
         return
-    if key not in ("705.AdptCrvReq", "706.AdptCrvReq"):
+    if key not in ("705.AdptCrvReq", "706.AdptCrvReq", "712.AdptCrvReq"):
         return
     model = int(key[:3])
     index = image.value(f"{model}.AdptCrvReq")
@@ -464,7 +473,7 @@ def _inverter_point(image: SunSpecImage, key: str) -> None:
     for name in _CURVE_SETTINGS[model]:
         copied[f"{model}.Crv[1].{name}"] = image.value(f"{model}.Crv[{n}].{name}") or 0.0
     for k in range(1, _POINTS + 1):
-        for name in ("V", _CURVE_Y[model]):
+        for name in (_CURVE_X[model], _CURVE_Y[model]):
             copied[f"{model}.Crv[1].Pt[{k}].{name}"] = (
                 image.value(f"{model}.Crv[{n}].Pt[{k}].{name}") or 0.0
             )
@@ -503,10 +512,29 @@ def _inverter_write(image: SunSpecImage, building: Building) -> None:
     building.set_pv_freq_droop(_freq_droop_mode(image))
 
 
+def _watt_var_mode(image: SunSpecImage) -> ReactiveMode | None:
+    """The active watt-var curve (712 curve 1) as the physics runs it, or None."""
+    if not image.has("712.Ena") or image.value("712.Ena") != _ENABLED:
+        return None
+    curve = _curve(image, 712, 1)
+    if curve is None:
+        return None
+    scale = _reference(image, image.value("712.Crv[1].DeptRef")) / 100.0
+    w_max = (image.value("121.WMax") or _INVERTER_RATING) / 100.0
+    return ReactiveMode(
+        kind="watt_var",
+        curve=tuple((w * w_max, q * scale) for w, q in curve),
+        response_s=_WATT_VAR_RESPONSE_S,
+    )
+
+
 def _reactive_mode(image: SunSpecImage) -> ReactiveMode:
     volt_var = _volt_var_mode(image)
     if volt_var is not None:
         return volt_var
+    watt_var = _watt_var_mode(image)
+    if watt_var is not None:
+        return watt_var
     if image.value("704.VarSetEna") == _ENABLED:
         mode = image.value("704.VarSetMod")
         if mode == _VARS:
@@ -566,8 +594,8 @@ def _inverter_static(*, autonomous: bool) -> Values:
         "704.AntiIslEna": 1.0,
     }
     if autonomous:
-        factory = {705: _CATEGORY_A_VOLT_VAR, 706: _FACTORY_VOLT_WATT}
-        for model in (705, 706):
+        factory = {705: _CATEGORY_A_VOLT_VAR, 706: _FACTORY_VOLT_WATT, 712: _CATEGORY_A_WATT_VAR}
+        for model in (705, 706, 712):
             values |= {
                 f"{model}.Ena": 0.0,
                 f"{model}.AdptCrvReq": 0.0,
@@ -584,11 +612,12 @@ def _inverter_static(*, autonomous: bool) -> Values:
             for n in range(1, _CURVES + 1):
                 values |= {
                     f"{model}.Crv[{n}].ActPt": float(len(points)),
-                    f"{model}.Crv[{n}].RspTms": 10.0,
                     f"{model}.Crv[{n}].ReadOnly": 1.0 if n == 1 else 0.0,  # R / RW
                 }
+                if model != 712:  # 712 has no response time of its own
+                    values[f"{model}.Crv[{n}].RspTms"] = 10.0
                 for k, (v, y) in enumerate(padded, start=1):
-                    values[f"{model}.Crv[{n}].Pt[{k}].V"] = v
+                    values[f"{model}.Crv[{n}].Pt[{k}].{_CURVE_X[model]}"] = v
                     values[f"{model}.Crv[{n}].Pt[{k}].{_CURVE_Y[model]}"] = y
                 if model == 705:
                     values |= {
@@ -598,6 +627,11 @@ def _inverter_static(*, autonomous: bool) -> Values:
                         f"705.Crv[{n}].VRefAuto": 100.0,
                         f"705.Crv[{n}].VRefAutoEna": 0.0,
                         f"705.Crv[{n}].VRefAutoTms": 0.0,
+                    }
+                elif model == 712:
+                    values |= {
+                        f"712.Crv[{n}].DeptRef": 3.0,  # VA_MAX_PCT
+                        f"712.Crv[{n}].Pri": 1.0,  # REACTIVE
                     }
                 else:
                     values[f"706.Crv[{n}].DeptRef"] = _W_MAX_PCT
@@ -680,7 +714,12 @@ def _inverter_plan(*, autonomous: bool) -> SunSpecPlan:
                 711, {"Db_SF": -3, "K_SF": -3, "RspTms_SF": 0}, counts={"Ctl": _CONTROLS}
             )
         )
-    names = "1/103/120-123/160/701/704" + ("/705/706/711" if autonomous else "")
+        models.append(
+            SunSpecModelPlan(
+                712, {"W_SF": -1, "DeptRef_SF": -1}, counts={"Crv": _CURVES, "Pt": _POINTS}
+            )
+        )
+    names = "1/103/120-123/160/701/704" + ("/705/706/711/712" if autonomous else "")
     return SunSpecPlan(
         id="sunspec_inverter",
         name=f"PV inverter 100 kW (SunSpec models {names})",
@@ -691,15 +730,15 @@ def _inverter_plan(*, autonomous: bool) -> SunSpecPlan:
         values=_inverter_values,
         on_write=_inverter_write,
         poll_interval_s=1.0,
-        read_only=("705.Crv[1].", "706.Crv[1].", "711.Ctl[1]."),
+        read_only=("705.Crv[1].", "706.Crv[1].", "711.Ctl[1].", "712.Crv[1]."),
         on_point=_inverter_point,
     )
 
 
 INVERTER_PLAN = _inverter_plan(autonomous=True)
 BASIC_INVERTER_PLAN = _inverter_plan(autonomous=False)
-"""The same inverter without 705/706/711: volt-var, volt-watt and frequency droop only
-through a controller's 704 setpoints."""
+"""The same inverter without 705/706/711/712: volt-var, volt-watt, frequency droop and
+watt-var only through a controller's 704 setpoints."""
 
 # ---------------------------------------------------------------------------- meter
 

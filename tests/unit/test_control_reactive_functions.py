@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from gridpilot.control.base import Decision, PointRef, Priority, Reading, Snapshot
 from gridpilot.control.constant_pf import ConstantPfController, ConstantPfParams
+from gridpilot.control.grid_controls import ControlMode, GridControls
+from gridpilot.control.grid_controls import Curve as GridCurve
 from gridpilot.control.watt_var import WattVarController, WattVarParams, WattVarState
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -165,3 +167,44 @@ def test_watt_var_curve_written_into_712() -> None:
     assert requested == slot | {"m712_adptcrvreq_count": 0.0}
     with pytest.raises(ValidationError, match="mode sunspec_curve needs device"):
         watt_var(mode="sunspec_curve")
+
+
+def utility_controls(curve: GridCurve, valid_for_s: float = 3600.0) -> GridControls:
+    mode = ControlMode("opModWattVar", curve, "event", mrid="A1", primacy=1)
+    return GridControls(T0, "ieee2030_5", T0 + timedelta(seconds=valid_for_s), {mode.name: mode})
+
+
+def test_the_utilitys_watt_var_curve_replaces_the_configured_one_while_in_force() -> None:
+    controller = watt_var(response_time_s=0.0)
+    # A steeper curve: -30 % of VA from 60 % of setMaxW.
+    curve = GridCurve(((30.0, 0.0), (60.0, -30.0)), "W_pct_of_setMaxW", "var_pct_of_VA")
+    readings = {POWER: Reading(80_000.0, T0)}
+    configured = controller.decide(Snapshot(T0, readings), controller.initial_state(), T0, {})
+    assert configured.metrics["target_var"] == pytest.approx(-26_400.0)
+    utility = controller.decide(
+        Snapshot(T0, readings, grid_controls=utility_controls(curve)), configured.state, T0, {}
+    )
+    assert utility.metrics["target_var"] == pytest.approx(-30_000.0)
+    assert "watt-var curve now the utility one: (0.3, +0), (0.6, -0.3) pu" in utility.events
+    # Into 712 as well: the curve written is the utility's.
+    sunspec = watt_var(mode="sunspec_curve", device="inv", var_setpoint=None)
+    points = sunspec.curve_points(sunspec.params.setting(((0.3, 0.0), (0.6, -0.3))))
+    assert (points["actpt_count"], points["pt_2_w_pct"], points["pt_2_var_pct"]) == (2, 60, -30)
+    # Expired: the configured curve again.
+    later = T0 + timedelta(hours=2)
+    expired = controller.decide(
+        Snapshot(later, {POWER: Reading(80_000.0, later)}, grid_controls=utility_controls(curve)),
+        utility.state, later, {},
+    )  # fmt: skip
+    assert expired.metrics["target_var"] == pytest.approx(-26_400.0)
+
+
+def test_a_utility_curve_on_other_axes_is_refused_once() -> None:
+    controller = watt_var()
+    curve = GridCurve(((30.0, 0.0), (60.0, -30.0)), "W_pct_of_setMaxW", "var_pct_of_statVarAvail")
+    snapshot = Snapshot(T0, {POWER: Reading(80_000.0, T0)}, grid_controls=utility_controls(curve))
+    first = controller.decide(snapshot, controller.initial_state(), T0, {})
+    again = controller.decide(snapshot, first.state, T0, {})
+    assert any("opModWattVar refused" in e for e in first.events)
+    assert not any("refused" in e for e in again.events)
+    assert first.metrics["target_var"] == pytest.approx(-26_400.0)

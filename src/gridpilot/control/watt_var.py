@@ -14,6 +14,9 @@ function: each cycle the controller reads the inverter's active power, evaluates
 injecting), with the ``enable`` points alongside (e.g. SunSpec 704 ``VarSetEna`` = 1,
 ``VarSetMod`` = 4 VARS).
 
+The curve is the utility's 2030.5 ``opModWattVar`` (W_pct_of_setMaxW / var_pct_of_VA)
+while the grid-operator controls hold one (``follow_utility``), else the configured one.
+
 The filter starts from the measured reactive power (the optional ``reactive_power`` point),
 else from 0 var. A stale active power steers Q to 0 var (unity) through the filter and says
 so once; before the first reading nothing is sent. Volt-var and watt-var both command the
@@ -38,11 +41,16 @@ from gridpilot.control.base import (
     SetpointRequest,
     Snapshot,
 )
+from gridpilot.control.grid_controls import Curve as UtilityCurve
 from gridpilot.control.ieee1547 import Curve, CurveError, ResponseFilter, WattVar, watt_var_q_pu
 from gridpilot.control.sunspec_curves import STEP_NUMBERS, CurveTarget, curve_step
 
 NAME = "watt_var"
 Point = PointField
+
+UTILITY_MODE = "opModWattVar"
+_UTILITY_X = "W_pct_of_setMaxW"
+_UTILITY_Y = "var_pct_of_VA"
 
 # SunSpec 712 symbols.
 _VA_MAX_PCT = 3.0  # DeptRef
@@ -77,6 +85,8 @@ class WattVarParams(BaseModel):
     curve: tuple[tuple[float, float], ...] | None = None
     """(P in pu of ``rated_w``, Q in pu of ``rated_va``), 2-10 points; default Category B."""
     response_time_s: float = Field(default=10.0, ge=0.0, le=90.0)
+    follow_utility: bool = True
+    """Use the 2030.5 ``opModWattVar`` curve when the grid operator sends one."""
     max_age_s: float = Field(default=10.0, gt=0.0)
     priority: Priority = Priority.GRID_OPERATOR
 
@@ -96,14 +106,16 @@ class WattVarParams(BaseModel):
             raise ValueError("mode sunspec_curve needs device (the SunSpec device with 712)")
         return self
 
-    def setting(self) -> WattVar:
-        """The IEEE 1547 watt-var setting (Category B without ``curve``); raises CurveError."""
-        if self.curve is None:
+    def setting(self, curve: tuple[tuple[float, float], ...] | None = None) -> WattVar:
+        """The IEEE 1547 watt-var setting of ``curve`` (default: the configured one, else
+        Category B); raises CurveError."""
+        curve = curve or self.curve
+        if curve is None:
             return WattVar.category_b(self.p_min_pu)
-        for index, (_, q) in enumerate(self.curve, start=1):
+        for index, (_, q) in enumerate(curve, start=1):
             if abs(q) > 1.0:
                 raise CurveError(f"point {index}: Q {q:g} pu is beyond the rated VA (|Q| <= 1)")
-        return WattVar(Curve(self.curve))
+        return WattVar(Curve(curve))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +125,9 @@ class WattVarState:
     stale: bool = False
     step: str = ""
     """``sunspec_curve`` mode: where the curve is (see ``sunspec_curves``)."""
+    source: str = ""
+    """``configured`` / ``utility``: the curve in force, for the event on a change."""
+    refused_utility_curve: str | None = None
 
 
 class WattVarController:
@@ -138,10 +153,17 @@ class WattVarController:
         self, snapshot: Snapshot, state: WattVarState, now: datetime, forecasts: Forecasts
     ) -> Decision[WattVarState]:
         p = self.params
-        if p.mode == "sunspec_curve":
-            return self._sunspec_curve(snapshot, state)
-        assert p.var_setpoint is not None  # noqa: S101  # the params' validator requires it
         events: list[str] = []
+        setting, response_s, source, refused = self._curve(snapshot, now)
+        if refused is not None and refused != state.refused_utility_curve:
+            events.append(refused)
+        if source != state.source and state.source:
+            points = ", ".join(f"({w:g}, {q:+g})" for w, q in setting.curve.points)
+            events.append(f"watt-var curve now the {source} one: {points} pu")
+        state = replace(state, source=source, refused_utility_curve=refused)
+        if p.mode == "sunspec_curve":
+            return self._sunspec_curve(snapshot, state, setting, events)
+        assert p.var_setpoint is not None  # noqa: S101  # the params' validator requires it
         if snapshot.reading(p.active_power) is None:
             if not state.stale:
                 events.append(f"watt-var: waiting for a first reading of {p.active_power}")
@@ -159,14 +181,16 @@ class WattVarController:
             if state.stale:
                 events.append(f"watt-var: {p.active_power} fresh again, following the curve")
             p_pu = watts / p.rated_w
-            target_var = watt_var_q_pu(p_pu, self._setting) * p.rated_va
+            target_var = watt_var_q_pu(p_pu, setting) * p.rated_va
             metrics["active_power_pct"] = 100.0 * p_pu
         previous = state.filter
         if previous is None:
             measured = (
                 None if p.reactive_power is None else snapshot.value(p.reactive_power, p.max_age_s)
             )
-            previous = ResponseFilter(p.response_time_s, measured or 0.0, now)
+            previous = ResponseFilter(response_s, measured or 0.0, now)
+        if previous.response_time_s != response_s:
+            previous = ResponseFilter(response_s, previous.value, previous.at)
         filtered = previous.update(target_var, now)
         assert filtered.value is not None  # noqa: S101  # update always sets it
         value = float(round(filtered.value))
@@ -184,9 +208,38 @@ class WattVarController:
         new_state = replace(state, filter=filtered, stale=watts is None)
         return Decision(new_state, tuple(requests), (), metrics, tuple(events))
 
-    def curve_points(self) -> dict[str, float]:
-        """712 point names (without the curve prefix) -> the values that encode the curve."""
-        points = self._setting.curve.points
+    def _curve(self, snapshot: Snapshot, now: datetime) -> tuple[WattVar, float, str, str | None]:
+        """The setting in force, its response time, where it came from, and why a utility
+        curve was refused."""
+        configured = (self._setting, self.params.response_time_s, "configured")
+        controls = snapshot.grid_controls
+        if not self.params.follow_utility or controls is None or controls.is_stale(now):
+            return (*configured, None)
+        mode = controls.mode(UTILITY_MODE)
+        if mode is None:
+            return (*configured, None)
+        value = mode.value
+        if not isinstance(value, UtilityCurve) or (value.x, value.y) != (_UTILITY_X, _UTILITY_Y):
+            axes = f"{value.x}/{value.y}" if isinstance(value, UtilityCurve) else "not a curve"
+            return (
+                *configured,
+                f"utility {UTILITY_MODE} refused: {axes}, this controller takes "
+                f"{_UTILITY_X}/{_UTILITY_Y}; the configured curve holds",
+            )
+        try:
+            setting = self.params.setting(tuple((w / 100.0, q / 100.0) for w, q in value.points))
+        except CurveError as exc:
+            return (
+                *configured,
+                f"utility {UTILITY_MODE} refused: {exc}; the configured curve holds",
+            )
+        response_s = self.params.response_time_s if value.open_loop_s is None else value.open_loop_s
+        return setting, response_s, "utility", None
+
+    def curve_points(self, setting: WattVar | None = None) -> dict[str, float]:
+        """712 point names (without the curve prefix) -> the values that encode ``setting``
+        (default: the configured curve)."""
+        points = (setting or self._setting).curve.points
         values = {
             "actpt_count": float(len(points)),
             "deptref_state": _VA_MAX_PCT,
@@ -197,10 +250,12 @@ class WattVarController:
             values[f"pt_{k}_var_pct"] = round(100.0 * q, 1)
         return values
 
-    def _sunspec_curve(self, snapshot: Snapshot, state: WattVarState) -> Decision[WattVarState]:
+    def _sunspec_curve(
+        self, snapshot: Snapshot, state: WattVarState, setting: WattVar, events: list[str]
+    ) -> Decision[WattVarState]:
         p = self.params
         assert p.device is not None  # noqa: S101  # the params' validator requires it
-        target = CurveTarget(p.device, 712, p.curve_index, self.curve_points(), "watt-var")
+        target = CurveTarget(p.device, 712, p.curve_index, self.curve_points(setting), "watt-var")
         done = curve_step(
             snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
             source=self.name,
@@ -209,5 +264,7 @@ class WattVarController:
         watts = snapshot.value(p.active_power, p.max_age_s)
         if watts is not None:
             metrics["active_power_pct"] = 100.0 * watts / p.rated_w
-            metrics["target_var"] = watt_var_q_pu(watts / p.rated_w, self._setting) * p.rated_va
-        return Decision(replace(state, step=done.step), done.requests, (), metrics, done.events)
+            metrics["target_var"] = watt_var_q_pu(watts / p.rated_w, setting) * p.rated_va
+        events += done.events
+        new_state = replace(state, step=done.step)
+        return Decision(new_state, done.requests, (), metrics, tuple(events))

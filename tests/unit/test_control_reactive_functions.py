@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from gridpilot.config.models import ControlConfig
 from gridpilot.control.base import Decision, PointRef, Priority, Reading, Snapshot
 from gridpilot.control.constant_pf import ConstantPfController, ConstantPfParams
 from gridpilot.control.grid_controls import ControlMode, GridControls
@@ -208,3 +209,18 @@ def test_a_utility_curve_on_other_axes_is_refused_once() -> None:
     assert any("opModWattVar refused" in e for e in first.events)
     assert not any("refused" in e for e in again.events)
     assert first.metrics["target_var"] == pytest.approx(-26_400.0)
+
+
+def test_one_reactive_power_mode_per_inverter_in_the_site_file() -> None:
+    volt_var = {"voltage": "inv.m701_lnv_v", "nominal_voltage_v": 230.0, "rated_va": RATED,
+                "var_setpoint": str(VAR_SET)}  # fmt: skip
+    watt_var = {"active_power": str(POWER), "rated_w": RATED, "rated_va": RATED,
+                "var_setpoint": str(VAR_SET)}  # fmt: skip
+    with pytest.raises(ValidationError, match="volt_var and watt_var both set the reactive"):
+        ControlConfig.model_validate({"volt_var": volt_var, "watt_var": watt_var})
+    with pytest.raises(ValidationError, match="watt_var and constant_pf both set"):
+        ControlConfig.model_validate({"watt_var": watt_var, "constant_pf": {"device": "inv"}})
+    # Different inverters: fine.
+    other = watt_var | {"var_setpoint": "inv2.m704_varset_var", "active_power": "inv2.m701_w"}
+    config = ControlConfig.model_validate({"volt_var": volt_var, "watt_var": other})
+    assert config.watt_var is not None

@@ -917,6 +917,30 @@ class ControlConfig(_Frozen):
             raise ValueError("must be greater than zero")
         return value
 
+    @model_validator(mode="after")
+    def _one_reactive_mode_per_inverter(self) -> Self:
+        # IEEE 1547 runs one reactive power mode at a time; two functions commanding the
+        # same inverter's vars would silently fight (the first listed wins each cycle).
+        seen: dict[str, str] = {}
+        for name, section in (
+            ("volt_var", self.volt_var),
+            ("watt_var", self.watt_var),
+            ("constant_pf", self.constant_pf),
+        ):
+            if section is None:
+                continue
+            point = section.var_setpoint
+            device = point.device if point is not None else section.device
+            if device is None:
+                continue
+            if device in seen:
+                raise ValueError(
+                    f"{seen[device]} and {name} both set the reactive power of {device}: "
+                    "IEEE 1547 runs one reactive power mode at a time, keep one of them"
+                )
+            seen[device] = name
+        return self
+
 
 _SPARKPLUG_ID = r"^[^/+#]{1,255}$"
 """Sparkplug group, edge node and device ids: any text without MQTT separators/wildcards."""

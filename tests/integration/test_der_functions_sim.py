@@ -13,17 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.bus.codec import Command, decode_telemetry, encode_command
-from gridpilot.config import GridPilotConfig
+from gridpilot.config import GridPilotConfig, load_config
 from gridpilot.control.factory import build_controllers
 from gridpilot.control.ieee1547 import WattVar, frequency_droop_w, watt_var_q_pu
 from gridpilot.control.service import ControllerService
@@ -492,3 +495,42 @@ async def test_enter_service_after_a_trip_holds_the_inverter_for_the_delay_then_
         )
         assert "says tripped" in texts
         assert "enter service: in service" in texts
+
+
+async def test_gridpilot_sim_holds_the_grid_frequency_it_is_given(tmp_path: Path) -> None:
+    """``gridpilot sim --nominal-frequency 60 --grid-frequency 60.5``: the SunSpec inverter,
+    scanned over Modbus TCP, measures 60.5 Hz on a 60 Hz grid."""
+    site_file = tmp_path / "sim.yaml"
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridpilot", "sim", "--base-port", "0", "--sunspec",
+        "--nominal-frequency", "60", "--grid-frequency", "60.5",
+        "--write-config", str(site_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert sim.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            while not any("site file written" in line for line in lines):
+                line = (await sim.stdout.readline()).decode()
+                assert line, "sim exited early"
+                lines.append(line)
+        assert "grid frequency held at 60.5 Hz\n" in lines
+        config = load_config(site_file)
+        (device,) = [d for d in config.devices if d.id == INVERTER]
+        scan = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gridpilot", "devices", "scan",
+            f"tcp://127.0.0.1:{device.port}", "--units", "1", "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(60):
+            out, err = await scan.communicate()
+        assert scan.returncode == 0, err.decode()
+        (unit,) = orjson.loads(out)["units"]
+        models = {m["id"]: m for m in unit["models"]}
+        assert models[701]["points"]["Hz"]["value"] == pytest.approx(60.5, abs=0.02)
+        assert models[121]["points"]["ECPNomHz"]["value"] == 60.0
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(sim.communicate(), timeout=15)
+    assert sim.returncode == 0, err.decode()

@@ -117,6 +117,19 @@ def run(service: str, config: Path, instance: str, port: int | None) -> None:
     help="Hold the grid's no-load voltage at this many per unit of nominal (e.g. 1.06 for an "
     "over-voltage that volt-var and volt-watt answer); default: nominal plus the tap.",
 )
+@click.option(
+    "--nominal-frequency",
+    type=click.Choice(["50", "60"]),
+    default="50",
+    show_default=True,
+    help="The simulated grid's nominal frequency, Hz (the SunSpec inverter's 121 ECPNomHz).",
+)
+@click.option(
+    "--grid-frequency",
+    type=click.FloatRange(40.0, 70.0),
+    help="Hold the grid frequency at this many Hz (e.g. 60.5 on a 60 Hz grid, an "
+    "over-frequency that frequency droop answers); default: nominal with a slow swing.",
+)
 def sim(
     base_port: int,
     speed: float,
@@ -126,9 +139,13 @@ def sim(
     rtu_gateway_port: str | None,
     sunspec: bool,
     grid_voltage: float | None,
+    nominal_frequency: str,
+    grid_frequency: float | None,
 ) -> None:
     """Serve the simulated building's Modbus TCP devices on 127.0.0.1 until SIGTERM."""
     from gridpilot.app import install_stop_signals
+    from gridpilot.sim.building import BuildingParams
+    from gridpilot.sim.physics import MeterParams
     from gridpilot.sim.site import SimulatedSite
 
     if rtu_gateway_port is not None and rtu_port is None:
@@ -137,12 +154,16 @@ def sim(
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
+        params = BuildingParams(meter=MeterParams(nominal_frequency_hz=float(nominal_frequency)))
         async with SimulatedSite(
-            base_port=base_port, speed=speed, rtu_port=rtu_port, sunspec=sunspec
+            base_port=base_port, speed=speed, rtu_port=rtu_port, sunspec=sunspec, params=params
         ) as site:
             if grid_voltage is not None:
                 site.building.set_grid_voltage(grid_voltage)
                 click.echo(f"grid voltage held at {grid_voltage:g} pu")
+            if grid_frequency is not None:
+                site.building.set_grid_frequency(grid_frequency)
+                click.echo(f"grid frequency held at {grid_frequency:g} Hz")
             for device_id in site.devices:
                 where = f"modbus tcp://127.0.0.1:{site.port_of(device_id)}"
                 if rtu_port is not None and device_id in site.rtu_devices:

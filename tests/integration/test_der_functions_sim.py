@@ -222,6 +222,63 @@ async def test_frequency_droop_by_704_limits_curtails_on_over_frequency_and_rele
         assert "back in the dead band: released" in texts
 
 
+async def command(
+    observer: Observer, site: SimulatedSite, site_id: str, point: str, value: float
+) -> None:
+    """An operator's write to the inverter through the gateway's command path, applied."""
+    ts = int(site.now.timestamp() * 1000)
+    sent = Command(uuid.uuid4().hex, point, value, ts + 60_000, "test")
+    await observer.command(site_id, INVERTER, encode_command(sent))
+    result = await observer.wait_for(
+        lambda r: r.kind == "command/result" and r.json["id"] == sent.id, within=10.0
+    )
+    assert result.json["status"] == "applied", result.json
+
+
+async def test_under_frequency_raises_a_held_back_inverter_as_far_as_its_headroom(
+    mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
+) -> None:
+    """An operator holds the inverter at 40 % with ~80 kW available. At 59.5 Hz the droop
+    raises its 704 limit by 0.464 Hz / 3 Hz of the rating (15.5 kW) and the output follows;
+    back at 60 Hz the operator's 40 % is restored."""
+    control = {
+        "freq_droop": {
+            "frequency": f"{INVERTER}.m701_hz",
+            "active_power": f"{INVERTER}.m701_w",
+            "available_power": f"{INVERTER}.m122_waval_w",
+            "rated_w": RATED_W,
+            "pv_limit": LIMIT,
+            "enable": LIMIT_ENABLE,
+        }
+    }
+    async with running_loop(BASIC_INVERTER_PLAN, mosquitto, site_id, tmp_path, control) as site:
+        site.building.set_grid_frequency(60.0)
+        await settled(observer, lambda v: v["m701_w"] > 60_000.0)
+        await command(observer, site, site_id, "m704_wmaxlimpctena_state", 1.0)
+        await command(observer, site, site_id, "m704_wmaxlimpct_pct", 40.0)
+        held = await settled(observer, lambda v: abs(v["m701_w"] - 40_000.0) <= 100.0)
+        assert held["m122_waval_w"] > 60_000.0  # the headroom
+        droop = controller_metrics("freq_droop")
+        await observer.wait_for(
+            lambda r: (v := droop(r)) is not None and abs(v.get("p_pre_w", 0.0) - 40_000.0) <= 100,
+            within=30.0,
+        )
+        site.building.set_grid_frequency(59.5)
+        expected = frequency_droop_w(
+            59.5, p_pre_w=40_000.0, p_rated_w=RATED_W, p_avail_w=held["m122_waval_w"]
+        )
+        assert expected == pytest.approx(40_000.0 + RATED_W * 0.464 / 3.0)
+        raised = await settled(
+            observer, lambda v: v["m701_hz"] == 59.5 and abs(v["m701_w"] - expected) <= 300.0
+        )
+        assert raised["m704_wmaxlimpct_pct"] == pytest.approx(expected / 1000.0, abs=0.2)
+        site.building.set_grid_frequency(60.0)
+        await settled(
+            observer,
+            lambda v: v["m704_wmaxlimpct_pct"] == 40.0 and abs(v["m701_w"] - 40_000.0) <= 100.0,
+        )
+
+
 async def test_frequency_droop_written_into_sunspec_711_runs_in_the_inverter(
     mosquitto: BrokerAddress, site_id: str, observer: Observer, tmp_path: Path
 ) -> None:

@@ -228,3 +228,26 @@ def test_mode_needs_its_points() -> None:
         )
     with pytest.raises(ValidationError, match="mode setpoint needs active_power"):
         FreqDroopParams.model_validate({"frequency": str(FREQ), "rated_w": RATED})
+
+
+@pytest.mark.parametrize(("enabled", "restored"), [(1.0, 40.0), (0.0, 100.0)])
+def test_release_restores_the_limit_in_force_before_the_excursion(
+    enabled: float, restored: float
+) -> None:
+    controller = FreqDroopController(params(response_time_s=0.0, available_power=str(AVAIL)))
+    state = controller.initial_state()
+    for k, hz in enumerate((60.0, 59.8, 60.0, 60.0)):
+        now = T0 + timedelta(seconds=k)
+        readings = {
+            FREQ: Reading(hz, now), POWER: Reading(40_000.0, now), AVAIL: Reading(90_000.0, now),
+            LIMIT: Reading(40.0, now), ENABLE: Reading(enabled, now),
+        }  # fmt: skip
+        decision = controller.decide(Snapshot(now, readings), state, now, {})
+        state = decision.state
+        if k == 1:  # under-frequency with headroom: the limit is raised above 40 %
+            assert {r.target: r.value for r in decision.requests}[LIMIT] > 45.0
+        if k == 2:
+            assert {r.target: r.value for r in decision.requests}[LIMIT] == restored
+            assert f"back to {restored:g} %" in decision.events[0]
+        if k == 3:
+            assert decision.requests == ()

@@ -192,6 +192,8 @@ def test_712_watt_var_written_adopted_and_enabled_holds_q_on_p() -> None:
     building.advance(120.0)
     assert building.state.pv.ac_power_w == pytest.approx(40_000.0)
     assert building.state.pv.reactive_power_var == pytest.approx(0.0, abs=1.0)
+    # 122 WAval: what the sun would give, not what the limit lets out.
+    assert INVERTER_PLAN.values(building, image)["122.WAval"] == pytest.approx(p, rel=0.01)
     # Volt-var enabled as well takes precedence (one reactive mode at a time).
     write(image, building, {"705.Ena": 1.0})
     assert building.state.pv.reactive_mode.kind == "volt_var"

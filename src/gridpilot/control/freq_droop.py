@@ -29,8 +29,10 @@ the inverter measures and its active power:
   to the droop target (100 % when that reaches what is available), with a ``minimum``
   constraint so that no same-or-lower request curtails it below;
 * back inside the dead band the target is ``P_pre`` again; once the filtered output is
-  within 0.5 % of the rating of it the limit is released (100 %, once) and the controller is
-  silent until the next excursion.
+  within 0.5 % of the rating of it the limit is released -- set back, once, to the limit in
+  force before the excursion (``pv_limit`` as last read in the dead band, with the
+  ``enable`` points reading their values; else 100 %) -- and the controller is silent
+  until the next excursion.
 
 A stale frequency holds the last limit and says so once (an over-frequency may go on).
 """
@@ -150,6 +152,9 @@ class FreqDroopState:
     """The filtered power target, W; None while no excursion is being answered."""
     direction: str = ""
     """``over`` / ``under`` while answering an excursion (or recovering from it)."""
+    limit_before_pct: float | None = None
+    """The limit in force before the excursion (tracked in the dead band): restored on
+    release."""
     stale: bool = False
     step: str = ""
     """``sunspec_ctl`` mode: where the control is (see ``sunspec_curves``)."""
@@ -207,7 +212,8 @@ class FreqDroopController:
         if state.filter is None and not (over or under):
             # Inside the dead band, nothing to answer: P_pre follows the output.
             metrics["p_pre_w"] = measured_w
-            return Decision(replace(state, p_pre_w=measured_w), metrics=metrics, events=())
+            before = replace(state, p_pre_w=measured_w, limit_before_pct=self._limit_now(snapshot))
+            return Decision(before, metrics=metrics, events=())
         p_pre = state.p_pre_w if state.p_pre_w is not None else measured_w
         available = p.rated_w
         if p.available_power is not None:
@@ -230,13 +236,32 @@ class FreqDroopController:
         settled = abs(filtered.value - p_pre) <= _SETTLED_PU * p.rated_w
         if not (over or under) and settled:
             # Recovered: release the limit once, then silent until the next excursion.
-            events.append(f"frequency droop: {hz:.3f} Hz, back in the dead band: released")
-            metrics["limit_pct"] = FULL_PCT
-            requests = self._requests(FULL_PCT, "frequency droop released")
-            new_state = FreqDroopState(p_pre_w=measured_w)
+            restored = FULL_PCT if state.limit_before_pct is None else state.limit_before_pct
+            events.append(
+                f"frequency droop: {hz:.3f} Hz, back in the dead band: released "
+                f"({p.pv_limit} back to {restored:g} %)"
+            )
+            metrics["limit_pct"] = restored
+            requests = self._requests(restored, "frequency droop released")
+            new_state = FreqDroopState(p_pre_w=measured_w, limit_before_pct=restored)
             return Decision(new_state, requests, (), metrics, tuple(events))
         new_state = replace(state, p_pre_w=p_pre, filter=filtered, direction=direction)
         return self._limit(new_state, filtered.value, available, metrics, events)
+
+    def _limit_now(self, snapshot: Snapshot) -> float | None:
+        """The limit in force now: ``pv_limit``'s reading when every ``enable`` point reads
+        its value (else no limit is in force: 100 %); None when unknown."""
+        p = self.params
+        if p.pv_limit is None:
+            return None
+        limit = snapshot.value(p.pv_limit, p.max_age_s)
+        for ref, value in p.enable.items():
+            got = snapshot.value(ref, p.max_age_s)
+            if got is None:
+                return None
+            if got != value:
+                return FULL_PCT  # the limit register holds a value that is not in force
+        return limit
 
     def ctl_points(self) -> dict[str, float]:
         """711 point names (without the ``ctl_<n>_`` prefix) -> the values of the setting."""

@@ -366,6 +366,9 @@ class PvState:
     """The limit frequency droop sets now, % of the AC rating (100 while idle)."""
     droop_p_pre_pct: float | None = None
     """The output when the present frequency excursion began, % of the AC rating."""
+    available_w: float = 0.0
+    """What the inverter could deliver now without its limits (SunSpec 122 WAval): the
+    sun's power through the inverter, up to its rating; 0 while tripped."""
     tripped: bool = False
     """Ceased to energize on a voltage or frequency outside the trip limits."""
     trip_clear_s: float = 0.0
@@ -453,6 +456,9 @@ def step_pv(
         operating = InverterState.THROTTLED
     else:
         operating = InverterState.MPPT
+    available_w = (
+        0.0 if tripped else min(dc_available * params.inverter_efficiency, params.ac_rating_w)
+    )
     # When throttled the MPP tracker moves off the maximum: DC drawn is what AC needs.
     dc_w = ac_w / params.inverter_efficiency if throttled else dc_available
     if tripped:
@@ -472,6 +478,7 @@ def step_pv(
         droop_p_pre_pct=p_pre_pct,
         tripped=tripped,
         trip_clear_s=trip_clear_s,
+        available_w=available_w,
         irradiance_wm2=irradiance_wm2,
         dc_power_w=dc_w,
         ac_power_w=ac_w,

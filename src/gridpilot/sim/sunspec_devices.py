@@ -342,7 +342,8 @@ def _inverter_values(building: Building, image: SunSpecImage) -> dict[str, float
         "103.St": float(pv.operating_state),
         "103.Evt1": 0.0,
         "122.PVConn": 1.0 if pv.operating_state != InverterState.OFF else 0.0,
-        "122.WAval": min(params.ac_rating_w, pv.dc_power_w * params.inverter_efficiency),
+        # What the sun gives, not what the limits let out (a throttled inverter's headroom).
+        "122.WAval": pv.available_w,
         "122.StActCtl": 1.0 if limit < 100.0 else 0.0,
         "701.ACType": 3.0,  # WYE
         "701.St": 1.0 if pv.ac_power_w > 0 else 0.0,

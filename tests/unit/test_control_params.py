@@ -9,6 +9,8 @@ import pytest
 
 from gridpilot.config import GridPilotConfig
 from gridpilot.control.engine import Engine, EngineParams
+from gridpilot.control.factory import build_controllers
+from gridpilot.control.hvac import HvacGroupController
 from gridpilot.control.params import ParamsError, controller_params, with_params
 from gridpilot.control.peak_shaving import PeakShavingController
 from gridpilot.sim.control import control_section
@@ -73,10 +75,32 @@ def test_the_engine_swaps_the_controller_and_keeps_its_state(config: GridPilotCo
     assert engine.is_enabled("peak_shaving") is False
 
 
-def test_jointly_planned_zones_say_where_their_settings_are(config: GridPilotConfig) -> None:
+def test_a_jointly_planned_zone_is_changed_through_its_group_planner(
+    config: GridPilotConfig,
+) -> None:
     assert config.control is not None
     assert config.control.hvac_planning == "joint"
-    assert len(config.control.hvac) > 1
-    assert not any(name.endswith("_planner") for name in controller_params(config))
-    with pytest.raises(ParamsError, match="one group planner"):
-        with_params(config, "hvac_zone_1_planner", {"comfort_margin_k": 0.2})
+    zones = [z.name or f"{z.zone}_planner" for z in config.control.hvac]
+    assert len(zones) > 1
+    params = controller_params(config)
+    assert set(zones) <= set(params)  # each zone's settings are shown under its name
+    group = next(c for c in build_controllers(config) if isinstance(c, HvacGroupController))
+    engine = Engine([group], EngineParams())
+    marker: Any = engine.controller_state(group.name)
+
+    replacement, changed = with_params(config, zones[0], {"comfort_margin_k": 0.2})
+
+    # The group planner is rebuilt with the zone's new setting, the other zones as they were.
+    assert isinstance(replacement, HvacGroupController)
+    assert replacement.name == group.name
+    first, *others = replacement.zones
+    assert first.params.comfort_margin_k == 0.2
+    # ... and still the site's tariff (a round trip through the defaults lost it once).
+    assert first.params.tariff == group.zones[0].params.tariff == config.control.tariff
+    assert [z.params for z in others] == [z.params for z in group.zones[1:]]
+    assert controller_params(changed)[zones[0]]["comfort_margin_k"] == 0.2
+    engine.replace_controller(replacement)
+    assert engine.controller_state(group.name) is marker  # identified models kept
+    # A change that would split the group (zones must share one plan step) is refused.
+    with pytest.raises(ParamsError, match=zones[0]):
+        with_params(config, zones[0], {"step": "PT30M"})

@@ -21,6 +21,7 @@ from gridpilot.config import semantic
 from gridpilot.config.models import ControlConfig, GridPilotConfig
 from gridpilot.control.base import Controller
 from gridpilot.control.factory import build_controllers
+from gridpilot.control.hvac import HvacGroupController
 
 __all__ = ["ParamsError", "controller_params", "with_params"]
 
@@ -54,8 +55,8 @@ def _sections(control: ControlConfig) -> dict[str, tuple[str, int | None]]:
     for index in range(len(control.vfd)):
         name = "vfd_curtailment" if len(control.vfd) == 1 else f"vfd_curtailment_{index + 1}"
         out[name] = ("vfd", index)
-    if control.hvac_planning == "joint" and len(control.hvac) > 1:
-        return out  # one group planner plans the zones together: see with_params
+    # Jointly planned zones keep their own sections (and names): a change to one rebuilds
+    # the group planner that plans them together (see with_params).
     for index, zone in enumerate(control.hvac):
         out[zone.name or f"{zone.zone}_planner"] = ("hvac", index)
     return out
@@ -85,17 +86,11 @@ def with_params(
     sections = _sections(control)
     if name not in sections:
         known = ", ".join(sorted(sections)) or "none"
-        grouped = (
-            "; the zones' planners run as one group planner (control.hvac_planning: joint): "
-            "change their settings in the site file"
-            if control.hvac_planning == "joint" and len(control.hvac) > 1
-            else ""
-        )
-        raise ParamsError(
-            f"no controller named {name!r} has parameters to change (known: {known}){grouped}"
-        )
+        raise ParamsError(f"no controller named {name!r} has parameters to change (known: {known})")
     key, index = sections[name]
-    doc = config.model_dump(mode="json", exclude_none=True)
+    # Only what the site file set: a default dumped here would come back as "set" and stop
+    # the factory from filling it in (a zone's tariff from the site's tariff, for one).
+    doc = config.model_dump(mode="json", exclude_unset=True)
     section = doc["control"][key] if index is None else doc["control"][key][index]
     unknown = sorted(set(update) - set(type(_section_model(control, key, index)).model_fields))
     if unknown:
@@ -108,8 +103,18 @@ def with_params(
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ParamsError(f"{_where(first['loc'])}: {first['msg']}") from None
-    for controller in build_controllers(changed):
+    try:
+        rebuilt = build_controllers(changed)
+    except ValueError as exc:  # e.g. the zones of a group no longer share one plan step
+        raise ParamsError(f"{name}: {exc}") from None
+    for controller in rebuilt:
         if controller.name == name:
+            return controller, changed
+        if isinstance(controller, HvacGroupController) and any(
+            zone.name == name for zone in controller.zones
+        ):
+            # The zone is planned with the others: the group planner takes its place in
+            # the engine (its state, one per zone, is kept).
             return controller, changed
     raise ParamsError(f"the change renames or removes {name!r}; change the site file instead")
 

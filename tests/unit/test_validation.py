@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -386,3 +387,22 @@ def test_the_controller_is_an_open_device_of_its_site() -> None:
     other = validate("s1", "intruder", payload, 1790000001000, rules)
     assert other.samples == []
     assert other.reasons == [RejectReason.UNKNOWN_DEVICE]
+
+
+def test_a_value_nested_deeper_than_json_dumps_goes_is_rejected_not_raised() -> None:
+    # Found by benchmarks/fuzz/fuzz.py: orjson accepts 1000 nested arrays, json.dumps (which
+    # builds the rejection's detail) raised RecursionError out of validate.
+    payload = (
+        b'{"ts":'
+        + str(NOW).encode()
+        + b',"values":{"active_power_w":'
+        + b"[" * 1000
+        + b"]" * 1000
+        + b',"voltage_l1_v":230}}'
+    )
+    outcome = validate(SITE, "meter1", payload, NOW, replace(RULES, max_payload_bytes=10_000))
+    assert [(r.point, r.reason) for r in outcome.rejections] == [
+        ("active_power_w", RejectReason.WRONG_TYPE)
+    ]
+    assert "deeply nested" in outcome.rejections[0].detail
+    assert [s.value for s in outcome.samples] == [230.0]

@@ -267,10 +267,16 @@ def _check_message(
 
 
 def _not_a_number(name: str, value: object) -> Rejection:
+    try:
+        shown = _clip(json.dumps(value))
+    except RecursionError:
+        # orjson parses arrays up to 1024 deep; json.dumps gives up near 1000. One such
+        # value must be rejected like any other, not crash ingest (benchmarks/fuzz/fuzz.py).
+        shown = "a deeply nested value"
     return Rejection(
         name,
         RejectReason.WRONG_TYPE,
-        f"{_clip(json.dumps(value))} is a JSON {_json_type(value)}, not a number",
+        f"{shown} is a JSON {_json_type(value)}, not a number",
     )
 
 

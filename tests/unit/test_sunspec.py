@@ -391,3 +391,11 @@ def test_no_marker_is_reported_with_what_each_base_held() -> None:
 
     with pytest.raises(NotSunSpecError, match=r"40000 \(0x1234 0x6E53\).*50000 \(exception 2\)"):
         asyncio.run(discover(device.read))
+
+
+def test_huge_curve_counts_are_refused_at_once_not_walked() -> None:
+    # Found by benchmarks/fuzz/fuzz.py: NCrv = NPt = 3000 in a 705 of 2 curves x 4 points
+    # walked 9 million group instances (minutes) before refusing; 65534 each, hours.
+    words = model_words(705, {"NPt": [3000], "NCrv": [3000]}, {"Crv": 2, "Pt": 4})
+    with pytest.raises(SunSpecError, match="3000 instances of group Pt run past"):
+        decode_model(ModelHeader(705, 40002, len(words) - 2), words)

@@ -547,6 +547,14 @@ def _decode_group(
             offset = _decode_group(
                 nested, header, words, offset, prefix=f"{prefix}{name}.", parent=scope, out=out
             )
+            if offset > len(words):
+                # Stop at the first instance past the end: counts are device registers,
+                # and NCrv x NPt of 65534 each would take hours to walk before the same
+                # verdict (found by benchmarks/fuzz/fuzz.py).
+                raise SunSpecError(
+                    f"model {header.id} at {header.address}: {count} instances of group "
+                    f"{nested.name} run past the model's L={header.length} registers"
+                )
     if top and offset < len(words):
         # A device may implement a longer model than the definition (vendor extension).
         pass

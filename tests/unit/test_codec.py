@@ -531,3 +531,21 @@ def test_fixture_floats_match_struct() -> None:
     # Guards the fixture table itself against typos.
     assert struct.pack(">f", 230.5) == bytes.fromhex("43668000")
     assert struct.pack(">d", 230.5) == bytes.fromhex("406CD00000000000")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "words", "scale"),
+    [
+        # Found by benchmarks/fuzz/fuzz.py: the largest float64 x 10 overflowed to inf and
+        # decode returned it, though it promises DecodeError for non-finite values.
+        (DataType.FLOAT64, [0x7FEF, 0xFFFF, 0xFFFF, 0xFFFF], 10.0),
+        (DataType.FLOAT64, [0xFFEF, 0xFFFF, 0xFFFF, 0xFFFF], 10.0),
+        (DataType.INT32, [0x7FFF, 0xFFFF], 1e300),
+        (DataType.FLOAT32, [0x7F7F, 0xFFFF], 1e300),
+    ],
+)
+def test_a_value_that_overflows_when_scaled_is_a_decode_error(
+    dtype: DataType, words: list[int], scale: float
+) -> None:
+    with pytest.raises(DecodeError, match="is not a finite number"):
+        decode(spec(dtype, scale=scale), words)

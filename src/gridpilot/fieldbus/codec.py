@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 _MAX_ADDRESS = 0xFFFF
+_INF = math.inf
 _MAX_STRING_REGISTERS = 123  # the most one write-multiple can carry
 
 # struct format (big-endian) of each fixed-size numeric type.
@@ -197,14 +198,25 @@ def decode(spec: RegisterSpec, words: Sequence[int]) -> float | str:
             value: float = struct.unpack(fast.value_format, data)[0]  # an int for integers
             if not fast.is_float or math.isfinite(value):
                 if fast.divisor is not None:
-                    return value / fast.divisor + fast.offset
-                return value * fast.scale + fast.offset
+                    result = value / fast.divisor + fast.offset
+                else:
+                    result = value * fast.scale + fast.offset
+                if -_INF < result < _INF:
+                    return result
     raw = decode_raw(spec, words)
     if isinstance(raw, str):
         return raw
     if spec.is_flag:
         return float(raw)
-    return _to_engineering(raw, spec.scale, spec.offset)
+    value = _to_engineering(raw, spec.scale, spec.offset)
+    if not math.isfinite(value):
+        # A float64 near its maximum times a scale of 10, or a huge configured scale: the
+        # product overflows to infinity, which is not a reading (found by fuzzing).
+        raise DecodeError(
+            f"{_describe(spec)}: raw {raw!r} x scale {spec.scale:g} + offset {spec.offset:g} "
+            f"is not a finite number ({_hex(words)})"
+        )
+    return value
 
 
 def encode(

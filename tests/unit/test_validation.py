@@ -406,3 +406,17 @@ def test_a_value_nested_deeper_than_json_dumps_goes_is_rejected_not_raised() -> 
     ]
     assert "deeply nested" in outcome.rejections[0].detail
     assert [s.value for s in outcome.samples] == [230.0]
+
+
+def test_a_ts_too_large_for_a_float_is_rejected_as_future_not_raised() -> None:
+    # Found by benchmarks/fuzz/fuzz.py: a 400-digit integer ts (the lenient parser takes it)
+    # made the "s in the future" message divide it into a float: OverflowError.
+    payload = b'{"ts":1' + b"9" * 400 + b',"values":{"active_power_w":1.0}}'
+    outcome = run(payload)
+    assert [(r.point, r.reason) for r in outcome.rejections] == [(None, RejectReason.FUTURE_TS)]
+    assert outcome.samples == []
+
+
+def test_the_future_ts_message_keeps_its_milliseconds() -> None:
+    outcome = run(message({"active_power_w": 1.0}, ts=NOW + SKEW_MS + 1_234))
+    assert "ts is 301.234 s in the future" in outcome.rejections[0].detail

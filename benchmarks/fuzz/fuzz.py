@@ -23,7 +23,8 @@ Targets:
     mutated (point words, ID, L, counts, truncation) and walked as a model chain the way
     discovery does. Documented: ``SunSpecError``.
 
-* ``telemetry`` -- ``ingest.validation.validate``, the MQTT payload checker: valid messages
+* ``telemetry`` -- ``ingest.validation.validate``, the MQTT payload checker (and, on the same
+  payload, ``bus.codec.decode_telemetry``, documented to raise ``PayloadError``): valid messages
   mutated at byte level (dictionary tokens such as ``NaN``, ``1e400``, ``[``, ``\\ud800``),
   generated JSON with wrong types, huge and non-finite numbers, deep nesting (to 1,100
   levels) and random bytes. Documented: no exception at all (every problem is a
@@ -55,6 +56,8 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
 
+from gridpilot.bus.codec import decode_telemetry
+from gridpilot.bus.errors import PayloadError
 from gridpilot.fieldbus import rtu_frame
 from gridpilot.fieldbus.codec import RegisterSpec, decode
 from gridpilot.fieldbus.errors import DecodeError
@@ -508,6 +511,10 @@ def telemetry_step() -> Step:
         site = SITE if rng.random() < 0.97 else rng.choice(("", "other", "x" * 500))
         case.name, case.data = "telemetry", (site, device, payload[:2000])
         outcome = validate(site, device, payload, NOW_MS, RULES)
+        # The bus codec's strict decoding of the same payload (subscribers other than
+        # ingest): documented to raise PayloadError for anything that is not telemetry.
+        with contextlib.suppress(PayloadError):
+            decode_telemetry(payload)
         for sample in outcome.samples:
             low, high = RULES.devices.get(device, {}).get(sample.point, (-math.inf, math.inf))
             value = sample.value

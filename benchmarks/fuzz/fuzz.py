@@ -607,6 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
     names = list(TARGETS) if args.target == "all" else [args.target]
+    # Before the run: the commit fuzzed is the one checked out when it started.
+    env = environment()
     reports = [run_target(n, args.inputs, args.seed, progress=not args.quiet) for n in names]
     for report in reports:
         print(
@@ -620,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for finding in report.findings:
             print(f"  FINDING {json.dumps(finding)}")
     if args.json:
-        document = {"environment": environment(), "reports": [r.as_dict() for r in reports]}
+        document = {"environment": env, "reports": [r.as_dict() for r in reports]}
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(document, out, indent=2)
     return 1 if any(r.finding_count for r in reports) else 0

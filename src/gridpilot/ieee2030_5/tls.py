@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gridpilot.ops.files import atomic_file
+from gridpilot.ops.certs import certificate_builder, key_usage, write_certificate, write_private_key
 
 __all__ = [
     "CIPHER",
@@ -41,9 +41,6 @@ CIPHER = "ECDHE-ECDSA-AES128-CCM8"
 """OpenSSL's name of TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8, the suite IEEE 2030.5 mandates."""
 CURVE = "prime256v1"
 """P-256 (secp256r1), the only curve IEEE 2030.5 allows for ECDHE and certificates."""
-
-_KEY_MODE = 0o600
-_CERT_MODE = 0o644
 
 
 class TlsSetupError(ValueError):
@@ -140,14 +137,14 @@ def make_test_pki(
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "GridPilot IEEE 2030.5 test CA")])
     ca_cert = (
-        _builder(ca_name, ca_name, ca_key.public_key(), now, days)
+        certificate_builder(ca_name, ca_name, ca_key.public_key(), now, days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(key_usage(cert_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_key(directory / "ca.key", ca_key)
-    _write_cert(directory / "ca.crt", ca_cert)
+    write_private_key(directory / "ca.key", ca_key)
+    write_certificate(directory / "ca.crt", ca_cert)
 
     sans: list[x509.GeneralName] = []
     for host in server_names:
@@ -205,9 +202,9 @@ def _issue(
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (
-        _builder(subject, ca_cert.subject, key.public_key(), now, days)
+        certificate_builder(subject, ca_cert.subject, key.public_key(), now, days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
@@ -217,54 +214,6 @@ def _issue(
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     cert_path, key_path = stem.with_name(stem.name + ".crt"), stem.with_name(stem.name + ".key")
-    _write_key(key_path, key)
-    _write_cert(cert_path, cert)
+    write_private_key(key_path, key)
+    write_certificate(cert_path, cert)
     return cert_path, key_path
-
-
-def _builder(
-    subject: x509.Name,
-    issuer: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
-    now: dt.datetime,
-    days: int,
-) -> x509.CertificateBuilder:
-    # Backdated a little: a peer whose clock lags must not see a "not yet valid" certificate.
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=days))
-    )
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not cert_sign,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    with atomic_file(path, mode=_KEY_MODE) as out:
-        out.write(pem)
-
-
-def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    with atomic_file(path, mode=_CERT_MODE) as out:
-        out.write(cert.public_bytes(serialization.Encoding.PEM))

@@ -79,14 +79,14 @@ def issue_site_certificates(
         ca_key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"GridPilot {site} MQTT CA")])
         ca_cert = (
-            _builder(name, name, ca_key.public_key(), now, days * 4)
+            certificate_builder(name, name, ca_key.public_key(), now, days * 4)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(key_usage(cert_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
             .sign(ca_key, hashes.SHA256())
         )
-        _write_key(ca_key_path, ca_key)
-        _write_cert(ca_cert_path, ca_cert)
+        write_private_key(ca_key_path, ca_key)
+        write_certificate(ca_cert_path, ca_cert)
         written += [ca_cert_path, ca_key_path]
     else:
         ca_cert, ca_key = _load_ca(ca_cert_path, ca_key_path)
@@ -135,9 +135,9 @@ def _issue(
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (
-        _builder(subject, ca_cert.subject, key.public_key(), now, days)
+        certificate_builder(subject, ca_cert.subject, key.public_key(), now, days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
@@ -147,19 +147,19 @@ def _issue(
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     key_path, cert_path = stem.with_suffix(".key"), stem.with_suffix(".crt")
-    _write_key(key_path, key)
-    _write_cert(cert_path, cert)
+    write_private_key(key_path, key)
+    write_certificate(cert_path, cert)
     return [cert_path, key_path]
 
 
-def _builder(
+def certificate_builder(
     subject: x509.Name,
     issuer: x509.Name,
     public_key: ec.EllipticCurvePublicKey,
     now: dt.datetime,
     days: int,
 ) -> x509.CertificateBuilder:
-    # Backdated a little: a device whose clock lags must not see a "not yet valid" certificate.
+    # Backdated a little: a peer whose clock lags must not see a "not yet valid" certificate.
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -171,7 +171,7 @@ def _builder(
     )
 
 
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+def key_usage(*, cert_sign: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=not cert_sign,
         content_commitment=False,
@@ -203,7 +203,7 @@ def _load_ca(
     return cert, key
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -213,6 +213,6 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         out.write(pem)
 
 
-def _write_cert(path: Path, cert: x509.Certificate) -> None:
+def write_certificate(path: Path, cert: x509.Certificate) -> None:
     with atomic_file(path, mode=_CERT_MODE) as out:
         out.write(cert.public_bytes(serialization.Encoding.PEM))

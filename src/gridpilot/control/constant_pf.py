@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gridpilot.control.base import (
     Decision,
@@ -39,6 +39,7 @@ from gridpilot.control.base import (
     SetpointRequest,
     Snapshot,
 )
+from gridpilot.control.der_function import DerFunction, EnablePoints, setpoint_requests
 from gridpilot.control.ieee1547 import (
     ConstantPowerFactor,
     CurveError,
@@ -72,14 +73,10 @@ class ConstantPfParams(BaseModel):
     """``setpoint`` mode: the inverter's active power, W."""
     var_setpoint: Point | None = None
     """``setpoint`` mode: the writable reactive power setpoint, var, positive = injecting."""
-    enable: dict[Point, float] = Field(default_factory=dict)
+    enable: EnablePoints = Field(default_factory=dict)
     """``setpoint`` mode: points requested with every setpoint."""
     max_age_s: float = Field(default=10.0, gt=0.0)
     priority: Priority = Priority.GRID_OPERATOR
-
-    @field_serializer("enable")
-    def _enable_as_text(self, enable: dict[PointRef, float]) -> dict[str, float]:
-        return {str(ref): value for ref, value in enable.items()}
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -104,21 +101,12 @@ class ConstantPfState:
     stale: bool = False
 
 
-class ConstantPfController:
+class ConstantPfController(DerFunction[ConstantPfParams]):
     """IEEE 1547 constant power factor on one inverter."""
 
     def __init__(self, params: ConstantPfParams, name: str = NAME) -> None:
-        self.params = params
-        self._name = name
+        super().__init__(params, name)
         self._setting = params.setting()
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def priority(self) -> Priority:
-        return self.params.priority
 
     def initial_state(self) -> ConstantPfState:
         return ConstantPfState()
@@ -168,12 +156,8 @@ class ConstantPfController:
             var = float(round(constant_pf_var(watts, s)))
             if state.stale:
                 events.append(f"constant power factor: {p.active_power} fresh again")
-        requests = [SetpointRequest(p.var_setpoint, var, p.priority, self.name, reason)]
-        requests += [
-            SetpointRequest(ref, value, p.priority, self.name, reason)
-            for ref, value in p.enable.items()
-        ]
-        metrics = {"pf": s.pf, "setpoint_var": var}
-        return Decision(
-            ConstantPfState(stale=watts is None), tuple(requests), (), metrics, tuple(events)
+        requests = setpoint_requests(
+            p.var_setpoint, var, p.enable, priority=p.priority, source=self.name, reason=reason
         )
+        metrics = {"pf": s.pf, "setpoint_var": var}
+        return Decision(ConstantPfState(stale=watts is None), requests, (), metrics, tuple(events))

@@ -23,18 +23,18 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gridpilot.control.base import (
     Constraint,
     Decision,
     Forecasts,
     PointField,
-    PointRef,
     Priority,
     SetpointRequest,
     Snapshot,
 )
+from gridpilot.control.der_function import DerFunction, EnablePoints, setpoint_requests
 from gridpilot.control.ieee1547 import (
     CurveError,
     EnterService,
@@ -71,7 +71,7 @@ class EnterServiceParams(BaseModel):
     ``sunspec_inverter.m701_connst_state``)."""
     pv_limit: Point
     """The writable active power limit, % of the rating."""
-    enable: dict[Point, float] = Field(default_factory=dict)
+    enable: EnablePoints = Field(default_factory=dict)
     v_min_pu: float = 0.917
     v_max_pu: float = 1.05
     f_min_hz: float = 59.5
@@ -81,10 +81,6 @@ class EnterServiceParams(BaseModel):
     ramp_s: float = 300.0
     max_age_s: float = Field(default=10.0, gt=0.0)
     priority: Priority = Priority.GRID_OPERATOR
-
-    @field_serializer("enable")
-    def _enable_as_text(self, enable: dict[PointRef, float]) -> dict[str, float]:
-        return {str(ref): value for ref, value in enable.items()}
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -111,21 +107,12 @@ class EnterServiceControlState:
     waiting_for_readings: bool = False
 
 
-class EnterServiceController:
+class EnterServiceController(DerFunction[EnterServiceParams]):
     """IEEE 1547 enter service after a trip, by the inverter's active power limit."""
 
     def __init__(self, params: EnterServiceParams, name: str = NAME) -> None:
-        self.params = params
-        self._name = name
+        super().__init__(params, name)
         self._setting = params.setting()
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def priority(self) -> Priority:
-        return self.params.priority
 
     def initial_state(self) -> EnterServiceControlState:
         return EnterServiceControlState()
@@ -187,9 +174,6 @@ class EnterServiceController:
 
     def _requests(self, limit_pct: float, reason: str) -> tuple[SetpointRequest, ...]:
         p = self.params
-        requests = [SetpointRequest(p.pv_limit, limit_pct, p.priority, self.name, reason)]
-        requests += [
-            SetpointRequest(ref, value, p.priority, self.name, reason)
-            for ref, value in p.enable.items()
-        ]
-        return tuple(requests)
+        return setpoint_requests(
+            p.pv_limit, limit_pct, p.enable, priority=p.priority, source=self.name, reason=reason
+        )

@@ -43,17 +43,22 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gridpilot.control.base import (
     Constraint,
     Decision,
     Forecasts,
     PointField,
-    PointRef,
     Priority,
     SetpointRequest,
     Snapshot,
+)
+from gridpilot.control.der_function import (
+    DerFunction,
+    EnablePoints,
+    setpoint_requests,
+    sunspec_curve_decision,
 )
 from gridpilot.control.ieee1547 import (
     CurveError,
@@ -61,7 +66,7 @@ from gridpilot.control.ieee1547 import (
     ResponseFilter,
     frequency_droop_w,
 )
-from gridpilot.control.sunspec_curves import STEP_NUMBERS, CurveTarget, curve_step
+from gridpilot.control.sunspec_curves import CurveTarget
 
 NAME = "freq_droop"
 Point = PointField
@@ -98,7 +103,7 @@ class FreqDroopParams(BaseModel):
     """``sunspec_ctl`` mode: the SunSpec device with model 711."""
     ctl_index: int = Field(default=2, ge=2, le=10)
     """``sunspec_ctl`` mode: the writable stored control to write and adopt."""
-    enable: dict[Point, float] = Field(default_factory=dict)
+    enable: EnablePoints = Field(default_factory=dict)
     """Points requested with the limit (e.g. ``{sunspec_inverter.m704_wmaxlimpctena_state: 1}``)."""
     available_power: Point | None = None
     """What the source can give now, W (e.g. ``sunspec_inverter.m122_waval_w``): the headroom
@@ -115,10 +120,6 @@ class FreqDroopParams(BaseModel):
     """The least the inverter is driven to by over-frequency."""
     max_age_s: float = Field(default=10.0, gt=0.0)
     priority: Priority = Priority.GRID_OPERATOR
-
-    @field_serializer("enable")
-    def _enable_as_text(self, enable: dict[PointRef, float]) -> dict[str, float]:
-        return {str(ref): value for ref, value in enable.items()}
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -160,21 +161,12 @@ class FreqDroopState:
     """``sunspec_ctl`` mode: where the control is (see ``sunspec_curves``)."""
 
 
-class FreqDroopController:
+class FreqDroopController(DerFunction[FreqDroopParams]):
     """IEEE 1547 frequency droop by the inverter's active power limit."""
 
     def __init__(self, params: FreqDroopParams, name: str = NAME) -> None:
-        self.params = params
-        self._name = name
+        super().__init__(params, name)
         self._setting = params.setting()
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def priority(self) -> Priority:
-        return self.params.priority
 
     def initial_state(self) -> FreqDroopState:
         return FreqDroopState()
@@ -282,16 +274,12 @@ class FreqDroopController:
             p.device, 711, p.ctl_index, self.ctl_points(), "frequency droop", group="ctl",
             tolerance=_CTL_TOLERANCE,
         )  # fmt: skip
-        done = curve_step(
-            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
-            source=self.name,
-        )  # fmt: skip
-        metrics: dict[str, float] = {"curve_step_state": float(STEP_NUMBERS[done.step])}
         hz = snapshot.value(p.frequency, p.max_age_s)
-        if hz is not None:
-            metrics["frequency_hz"] = hz
-        new_state = replace(state, step=done.step)
-        return Decision(new_state, done.requests, (), metrics, done.events)
+        return sunspec_curve_decision(
+            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
+            source=self.name, measured={} if hz is None else {"frequency_hz": hz}, events=(),
+            state=lambda step: replace(state, step=step),
+        )  # fmt: skip
 
     def _limit(
         self,
@@ -329,9 +317,6 @@ class FreqDroopController:
     def _requests(self, limit_pct: float, reason: str) -> tuple[SetpointRequest, ...]:
         p = self.params
         assert p.pv_limit is not None  # noqa: S101  # the params' validator requires it
-        requests = [SetpointRequest(p.pv_limit, limit_pct, p.priority, self.name, reason)]
-        requests += [
-            SetpointRequest(ref, value, p.priority, self.name, reason)
-            for ref, value in p.enable.items()
-        ]
-        return tuple(requests)
+        return setpoint_requests(
+            p.pv_limit, limit_pct, p.enable, priority=p.priority, source=self.name, reason=reason
+        )

@@ -40,16 +40,22 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gridpilot.control.base import (
     Decision,
     Forecasts,
     PointField,
-    PointRef,
     Priority,
-    SetpointRequest,
     Snapshot,
+)
+from gridpilot.control.der_function import (
+    CurveInForce,
+    DerFunction,
+    EnablePoints,
+    curve_in_force,
+    setpoint_requests,
+    sunspec_curve_decision,
 )
 from gridpilot.control.grid_controls import Curve as UtilityCurve
 from gridpilot.control.ieee1547 import (
@@ -60,14 +66,13 @@ from gridpilot.control.ieee1547 import (
     VoltVar,
     volt_var_q_pu,
 )
-from gridpilot.control.sunspec_curves import STEP_NUMBERS, CurveTarget, curve_step
+from gridpilot.control.sunspec_curves import CurveTarget
 
 NAME = "volt_var"
 Point = PointField
 
 UTILITY_MODE = "opModVoltVar"
-_UTILITY_X = "V_pu"
-_UTILITY_Y = "var_pct_of_VA"
+_UTILITY_AXES = ("V_pu", "var_pct_of_VA")
 
 # SunSpec 705 symbols.
 _VA_MAX_PCT = 3.0  # DeptRef
@@ -108,7 +113,7 @@ class VoltVarParams(BaseModel):
     """``setpoint`` mode, optional: the inverter's measured reactive power, var, positive =
     injecting (e.g. ``sunspec_inverter.m701_var``): the response filter starts from it
     (without it, from 0 var)."""
-    enable: dict[Point, float] = Field(default_factory=dict)
+    enable: EnablePoints = Field(default_factory=dict)
     """``setpoint`` mode: points requested with every setpoint, e.g.
     ``{sunspec_inverter.m704_varsetena_state: 1, sunspec_inverter.m704_varsetmod_state: 4}``."""
     device: str | None = None
@@ -117,11 +122,6 @@ class VoltVarParams(BaseModel):
     """``sunspec_curve`` mode: the writable stored curve to write and adopt (curve 1 is the
     active, read-only one)."""
     priority: Priority = Priority.GRID_OPERATOR
-
-    @field_serializer("enable")
-    def _enable_as_text(self, enable: dict[PointRef, float]) -> dict[str, float]:
-        # Keys as the site file writes them ("device.point"), so that a dump reads back.
-        return {str(ref): value for ref, value in enable.items()}
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -157,21 +157,12 @@ class VoltVarState:
     """``sunspec_curve`` mode: write / adopt / enable / active, for the event on a change."""
 
 
-class VoltVarController:
+class VoltVarController(DerFunction[VoltVarParams]):
     """IEEE 1547 volt-var on one inverter: by setpoints, or by its own SunSpec 705 curve."""
 
     def __init__(self, params: VoltVarParams, name: str = NAME) -> None:
-        self.params = params
-        self._name = name
+        super().__init__(params, name)
         self._configured = params.setting(params.curve, params.response_time_s)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def priority(self) -> Priority:
-        return self.params.priority
 
     def initial_state(self) -> VoltVarState:
         return VoltVarState()
@@ -179,49 +170,32 @@ class VoltVarController:
     def decide(
         self, snapshot: Snapshot, state: VoltVarState, now: datetime, forecasts: Forecasts
     ) -> Decision[VoltVarState]:
-        events: list[str] = []
-        setting, source, refused = self._curve(snapshot, now)
-        if refused is not None and refused != state.refused_utility_curve:
-            events.append(refused)
-        if source != state.source and state.source:
-            events.append(f"volt-var curve now the {source} one: {_describe(setting)}")
-        state = replace(state, source=source, refused_utility_curve=refused)
+        curve = self._curve(snapshot, now)
+        setting = curve.setting
+        events = curve.events(
+            state.source,
+            state.refused_utility_curve,
+            f"volt-var curve now the {curve.source} one: {_describe(setting)}",
+        )
+        state = replace(state, source=curve.source, refused_utility_curve=curve.refused)
         if self.params.mode == "setpoint":
             return self._setpoint(snapshot, state, now, setting, events)
         return self._sunspec_curve(snapshot, state, setting, events)
 
     # ------------------------------------------------------------------ the curve
 
-    def _curve(self, snapshot: Snapshot, now: datetime) -> tuple[VoltVar, str, str | None]:
-        """The setting in force, where it came from, and why a utility curve was refused."""
-        controls = snapshot.grid_controls
-        if not self.params.follow_utility or controls is None or controls.is_stale(now):
-            return self._configured, "configured", None
-        mode = controls.mode(UTILITY_MODE)
-        if mode is None:
-            return self._configured, "configured", None
-        value = mode.value
-        if not isinstance(value, UtilityCurve) or (value.x, value.y) != (_UTILITY_X, _UTILITY_Y):
-            axes = f"{value.x}/{value.y}" if isinstance(value, UtilityCurve) else "not a curve"
-            return (
-                self._configured,
-                "configured",
-                f"utility {UTILITY_MODE} refused: {axes}, this controller takes "
-                f"{_UTILITY_X}/{_UTILITY_Y}; the configured curve holds",
-            )
-        open_loop = value.open_loop_s
-        try:
-            setting = self.params.setting(
+    def _curve(self, snapshot: Snapshot, now: datetime) -> CurveInForce[VoltVar]:
+        def from_utility(value: UtilityCurve) -> VoltVar:
+            open_loop = value.open_loop_s
+            return self.params.setting(
                 tuple((v, q / 100.0) for v, q in value.points),
                 self.params.response_time_s if open_loop is None else open_loop,
             )
-        except CurveError as exc:
-            return (
-                self._configured,
-                "configured",
-                f"utility {UTILITY_MODE} refused: {exc}; the configured curve holds",
-            )
-        return setting, "utility", None
+
+        return curve_in_force(
+            snapshot, now, follow_utility=self.params.follow_utility, mode=UTILITY_MODE,
+            axes=_UTILITY_AXES, configured=self._configured, from_utility=from_utility,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ setpoint mode
 
@@ -276,14 +250,13 @@ class VoltVarController:
             if volts is not None
             else "volt-var: voltage stale, unity power factor"
         )
-        requests = [SetpointRequest(p.var_setpoint, value, p.priority, self.name, reason)]
-        requests += [
-            SetpointRequest(ref, v, p.priority, self.name, "volt-var by setpoint")
-            for ref, v in p.enable.items()
-        ]
+        requests = setpoint_requests(
+            p.var_setpoint, value, p.enable, priority=p.priority, source=self.name,
+            reason=reason, enable_reason="volt-var by setpoint",
+        )  # fmt: skip
         metrics |= {"target_var": target_var, "setpoint_var": value}
         new_state = replace(state, filter=filtered, stale=volts is None)
-        return Decision(new_state, tuple(requests), (), metrics, tuple(events))
+        return Decision(new_state, requests, (), metrics, tuple(events))
 
     # ------------------------------------------------------------------ SunSpec 705 mode
 
@@ -307,19 +280,17 @@ class VoltVarController:
         p = self.params
         assert p.device is not None  # noqa: S101  # the params' validator requires it
         target = CurveTarget(p.device, 705, p.curve_index, self.curve_points(setting), "volt-var")
-        done = curve_step(
-            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
-            source=self.name,
-        )  # fmt: skip
-        events += done.events
-        metrics: dict[str, float] = {"curve_step_state": float(STEP_NUMBERS[done.step])}
+        measured: dict[str, float] = {}
         volts = snapshot.value(p.voltage, p.max_age_s)
         if volts is not None:
             v_pu = volts / p.nominal_voltage_v
-            metrics["voltage_pct"] = 100.0 * v_pu
-            metrics["target_var"] = volt_var_q_pu(v_pu, setting) * p.rated_va
-        new_state = replace(state, step=done.step)
-        return Decision(new_state, done.requests, (), metrics, tuple(events))
+            measured["voltage_pct"] = 100.0 * v_pu
+            measured["target_var"] = volt_var_q_pu(v_pu, setting) * p.rated_va
+        return sunspec_curve_decision(
+            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
+            source=self.name, measured=measured, events=events,
+            state=lambda step: replace(state, step=step),
+        )  # fmt: skip
 
 
 def _describe(setting: VoltVar) -> str:

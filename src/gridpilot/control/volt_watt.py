@@ -30,28 +30,34 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gridpilot.control.base import (
     Constraint,
     Decision,
     Forecasts,
     PointField,
-    PointRef,
     Priority,
     SetpointRequest,
     Snapshot,
 )
+from gridpilot.control.der_function import (
+    CurveInForce,
+    DerFunction,
+    EnablePoints,
+    curve_in_force,
+    setpoint_requests,
+    sunspec_curve_decision,
+)
 from gridpilot.control.grid_controls import Curve as UtilityCurve
 from gridpilot.control.ieee1547 import Curve, CurveError, ResponseFilter, VoltWatt, volt_watt_p_pu
-from gridpilot.control.sunspec_curves import STEP_NUMBERS, CurveTarget, curve_step
+from gridpilot.control.sunspec_curves import CurveTarget
 
 NAME = "volt_watt"
 Point = PointField
 
 UTILITY_MODE = "opModVoltWatt"
-_UTILITY_X = "V_pu"
-_UTILITY_Y = "W_pct_of_setMaxW"
+_UTILITY_AXES = ("V_pu", "W_pct_of_setMaxW")
 FULL_PCT = 100.0
 _W_MAX_PCT = 0.0  # SunSpec 706 DeptRef
 _RELEASED_PCT = 99.95
@@ -76,7 +82,7 @@ class VoltWattParams(BaseModel):
     """``sunspec_curve`` mode: the SunSpec device with model 706."""
     curve_index: int = Field(default=2, ge=2, le=10)
     """``sunspec_curve`` mode: the writable stored curve to write and adopt."""
-    enable: dict[Point, float] = Field(default_factory=dict)
+    enable: EnablePoints = Field(default_factory=dict)
     """Points requested with the limit while curtailing (e.g.
     ``{sunspec_inverter.m704_wmaxlimpctena_state: 1}``)."""
     p_min_pu: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -91,10 +97,6 @@ class VoltWattParams(BaseModel):
     """Use the 2030.5 ``opModVoltWatt`` curve when the grid operator sends one."""
     max_age_s: float = Field(default=10.0, gt=0.0)
     priority: Priority = Priority.GRID_OPERATOR
-
-    @field_serializer("enable")
-    def _enable_as_text(self, enable: dict[PointRef, float]) -> dict[str, float]:
-        return {str(ref): value for ref, value in enable.items()}
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -132,21 +134,12 @@ class VoltWattState:
     """``sunspec_curve`` mode: where the curve is (see ``sunspec_curves``)."""
 
 
-class VoltWattController:
+class VoltWattController(DerFunction[VoltWattParams]):
     """IEEE 1547 volt-watt: the inverter's active power limit from its terminal voltage."""
 
     def __init__(self, params: VoltWattParams, name: str = NAME) -> None:
-        self.params = params
-        self._name = name
+        super().__init__(params, name)
         self._configured = params.setting(params.curve)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def priority(self) -> Priority:
-        return self.params.priority
 
     def initial_state(self) -> VoltWattState:
         return VoltWattState()
@@ -155,12 +148,11 @@ class VoltWattController:
         self, snapshot: Snapshot, state: VoltWattState, now: datetime, forecasts: Forecasts
     ) -> Decision[VoltWattState]:
         p = self.params
-        events: list[str] = []
-        setting, source, refused = self._curve(snapshot, now)
-        if refused is not None and refused != state.refused_utility_curve:
-            events.append(refused)
-        if source != state.source and state.source:
-            events.append(f"volt-watt curve now the {source} one")
+        curve = self._curve(snapshot, now)
+        setting, source, refused = curve.setting, curve.source, curve.refused
+        events = curve.events(
+            state.source, state.refused_utility_curve, f"volt-watt curve now the {source} one"
+        )
         if p.mode == "sunspec_curve":
             state = replace(state, source=source, refused_utility_curve=refused)
             return self._sunspec_curve(snapshot, state, setting, events)
@@ -205,11 +197,10 @@ class VoltWattController:
         requests: list[SetpointRequest] = []
         if curtailing or state.curtailing:
             reason = "volt-watt" if curtailing else "volt-watt released"
-            requests.append(SetpointRequest(p.pv_limit, limit_pct, p.priority, self.name, reason))
-            requests += [
-                SetpointRequest(ref, value, p.priority, self.name, "volt-watt")
-                for ref, value in p.enable.items()
-            ]
+            requests += setpoint_requests(
+                p.pv_limit, limit_pct, p.enable, priority=p.priority, source=self.name,
+                reason=reason, enable_reason="volt-watt",
+            )  # fmt: skip
         if curtailing and not state.curtailing:
             events.append(f"volt-watt: curtailing {p.pv_limit} (over-voltage)")
         new_state = replace(
@@ -240,44 +231,26 @@ class VoltWattController:
         p = self.params
         assert p.device is not None  # noqa: S101  # the params' validator requires it
         target = CurveTarget(p.device, 706, p.curve_index, self.curve_points(setting), "volt-watt")
-        done = curve_step(
-            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
-            source=self.name,
-        )  # fmt: skip
-        events += done.events
-        metrics: dict[str, float] = {"curve_step_state": float(STEP_NUMBERS[done.step])}
+        measured: dict[str, float] = {}
         volts = snapshot.value(p.voltage, p.max_age_s)
         if volts is not None:
             v_pu = volts / p.nominal_voltage_v
-            metrics["voltage_pct"] = 100.0 * v_pu
-            metrics["target_pct"] = FULL_PCT * volt_watt_p_pu(v_pu, setting)
-        new_state = replace(state, step=done.step)
-        return Decision(new_state, done.requests, (), metrics, tuple(events))
+            measured["voltage_pct"] = 100.0 * v_pu
+            measured["target_pct"] = FULL_PCT * volt_watt_p_pu(v_pu, setting)
+        return sunspec_curve_decision(
+            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
+            source=self.name, measured=measured, events=events,
+            state=lambda step: replace(state, step=step),
+        )  # fmt: skip
 
-    def _curve(self, snapshot: Snapshot, now: datetime) -> tuple[VoltWatt, str, str | None]:
-        controls = snapshot.grid_controls
-        if not self.params.follow_utility or controls is None or controls.is_stale(now):
-            return self._configured, "configured", None
-        mode = controls.mode(UTILITY_MODE)
-        if mode is None:
-            return self._configured, "configured", None
-        value = mode.value
-        if not isinstance(value, UtilityCurve) or (value.x, value.y) != (_UTILITY_X, _UTILITY_Y):
-            axes = f"{value.x}/{value.y}" if isinstance(value, UtilityCurve) else "not a curve"
-            return (
-                self._configured,
-                "configured",
-                f"utility {UTILITY_MODE} refused: {axes}, this controller takes "
-                f"{_UTILITY_X}/{_UTILITY_Y}; the configured curve holds",
-            )
-        try:
+    def _curve(self, snapshot: Snapshot, now: datetime) -> CurveInForce[VoltWatt]:
+        def from_utility(value: UtilityCurve) -> VoltWatt:
             setting = self.params.setting(tuple((v, w / 100.0) for v, w in value.points))
-        except CurveError as exc:
-            return (
-                self._configured,
-                "configured",
-                f"utility {UTILITY_MODE} refused: {exc}; the configured curve holds",
-            )
-        if value.open_loop_s is not None:
-            setting = VoltWatt(setting.curve, value.open_loop_s)
-        return setting, "utility", None
+            if value.open_loop_s is None:
+                return setting
+            return VoltWatt(setting.curve, value.open_loop_s)
+
+        return curve_in_force(
+            snapshot, now, follow_utility=self.params.follow_utility, mode=UTILITY_MODE,
+            axes=_UTILITY_AXES, configured=self._configured, from_utility=from_utility,
+        )  # fmt: skip

@@ -30,27 +30,32 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gridpilot.control.base import (
     Decision,
     Forecasts,
     PointField,
-    PointRef,
     Priority,
-    SetpointRequest,
     Snapshot,
+)
+from gridpilot.control.der_function import (
+    CurveInForce,
+    DerFunction,
+    EnablePoints,
+    curve_in_force,
+    setpoint_requests,
+    sunspec_curve_decision,
 )
 from gridpilot.control.grid_controls import Curve as UtilityCurve
 from gridpilot.control.ieee1547 import Curve, CurveError, ResponseFilter, WattVar, watt_var_q_pu
-from gridpilot.control.sunspec_curves import STEP_NUMBERS, CurveTarget, curve_step
+from gridpilot.control.sunspec_curves import CurveTarget
 
 NAME = "watt_var"
 Point = PointField
 
 UTILITY_MODE = "opModWattVar"
-_UTILITY_X = "W_pct_of_setMaxW"
-_UTILITY_Y = "var_pct_of_VA"
+_UTILITY_AXES = ("W_pct_of_setMaxW", "var_pct_of_VA")
 
 # SunSpec 712 symbols.
 _VA_MAX_PCT = 3.0  # DeptRef
@@ -79,7 +84,7 @@ class WattVarParams(BaseModel):
     """``sunspec_curve`` mode: the writable stored curve to write and adopt."""
     reactive_power: Point | None = None
     """Optional: the inverter's measured reactive power (the filter starts from it)."""
-    enable: dict[Point, float] = Field(default_factory=dict)
+    enable: EnablePoints = Field(default_factory=dict)
     p_min_pu: float = Field(default=0.0, ge=0.0, lt=0.5)
     """Pmin/Prated of the default curve's first point (max(0.2, Pmin/Prated))."""
     curve: tuple[tuple[float, float], ...] | None = None
@@ -89,10 +94,6 @@ class WattVarParams(BaseModel):
     """Use the 2030.5 ``opModWattVar`` curve when the grid operator sends one."""
     max_age_s: float = Field(default=10.0, gt=0.0)
     priority: Priority = Priority.GRID_OPERATOR
-
-    @field_serializer("enable")
-    def _enable_as_text(self, enable: dict[PointRef, float]) -> dict[str, float]:
-        return {str(ref): value for ref, value in enable.items()}
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -130,21 +131,12 @@ class WattVarState:
     refused_utility_curve: str | None = None
 
 
-class WattVarController:
+class WattVarController(DerFunction[WattVarParams]):
     """IEEE 1547 watt-var on one inverter by var setpoints."""
 
     def __init__(self, params: WattVarParams, name: str = NAME) -> None:
-        self.params = params
-        self._name = name
+        super().__init__(params, name)
         self._setting = params.setting()
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def priority(self) -> Priority:
-        return self.params.priority
 
     def initial_state(self) -> WattVarState:
         return WattVarState()
@@ -153,14 +145,15 @@ class WattVarController:
         self, snapshot: Snapshot, state: WattVarState, now: datetime, forecasts: Forecasts
     ) -> Decision[WattVarState]:
         p = self.params
-        events: list[str] = []
-        setting, response_s, source, refused = self._curve(snapshot, now)
-        if refused is not None and refused != state.refused_utility_curve:
-            events.append(refused)
-        if source != state.source and state.source:
-            points = ", ".join(f"({w:g}, {q:+g})" for w, q in setting.curve.points)
-            events.append(f"watt-var curve now the {source} one: {points} pu")
-        state = replace(state, source=source, refused_utility_curve=refused)
+        curve = self._curve(snapshot, now)
+        setting, response_s = curve.setting
+        points = ", ".join(f"({w:g}, {q:+g})" for w, q in setting.curve.points)
+        events = curve.events(
+            state.source,
+            state.refused_utility_curve,
+            f"watt-var curve now the {curve.source} one: {points} pu",
+        )
+        state = replace(state, source=curve.source, refused_utility_curve=curve.refused)
         if p.mode == "sunspec_curve":
             return self._sunspec_curve(snapshot, state, setting, events)
         assert p.var_setpoint is not None  # noqa: S101  # the params' validator requires it
@@ -199,42 +192,27 @@ class WattVarController:
             if watts is not None
             else "watt-var: active power stale, unity power factor"
         )
-        requests = [SetpointRequest(p.var_setpoint, value, p.priority, self.name, reason)]
-        requests += [
-            SetpointRequest(ref, v, p.priority, self.name, "watt-var by setpoint")
-            for ref, v in p.enable.items()
-        ]
+        requests = setpoint_requests(
+            p.var_setpoint, value, p.enable, priority=p.priority, source=self.name,
+            reason=reason, enable_reason="watt-var by setpoint",
+        )  # fmt: skip
         metrics |= {"target_var": target_var, "setpoint_var": value}
         new_state = replace(state, filter=filtered, stale=watts is None)
-        return Decision(new_state, tuple(requests), (), metrics, tuple(events))
+        return Decision(new_state, requests, (), metrics, tuple(events))
 
-    def _curve(self, snapshot: Snapshot, now: datetime) -> tuple[WattVar, float, str, str | None]:
-        """The setting in force, its response time, where it came from, and why a utility
-        curve was refused."""
-        configured = (self._setting, self.params.response_time_s, "configured")
-        controls = snapshot.grid_controls
-        if not self.params.follow_utility or controls is None or controls.is_stale(now):
-            return (*configured, None)
-        mode = controls.mode(UTILITY_MODE)
-        if mode is None:
-            return (*configured, None)
-        value = mode.value
-        if not isinstance(value, UtilityCurve) or (value.x, value.y) != (_UTILITY_X, _UTILITY_Y):
-            axes = f"{value.x}/{value.y}" if isinstance(value, UtilityCurve) else "not a curve"
-            return (
-                *configured,
-                f"utility {UTILITY_MODE} refused: {axes}, this controller takes "
-                f"{_UTILITY_X}/{_UTILITY_Y}; the configured curve holds",
-            )
-        try:
+    def _curve(self, snapshot: Snapshot, now: datetime) -> CurveInForce[tuple[WattVar, float]]:
+        """The setting in force and its response time."""
+
+        def from_utility(value: UtilityCurve) -> tuple[WattVar, float]:
             setting = self.params.setting(tuple((w / 100.0, q / 100.0) for w, q in value.points))
-        except CurveError as exc:
-            return (
-                *configured,
-                f"utility {UTILITY_MODE} refused: {exc}; the configured curve holds",
-            )
-        response_s = self.params.response_time_s if value.open_loop_s is None else value.open_loop_s
-        return setting, response_s, "utility", None
+            open_loop = value.open_loop_s
+            return setting, self.params.response_time_s if open_loop is None else open_loop
+
+        return curve_in_force(
+            snapshot, now, follow_utility=self.params.follow_utility, mode=UTILITY_MODE,
+            axes=_UTILITY_AXES, configured=(self._setting, self.params.response_time_s),
+            from_utility=from_utility,
+        )  # fmt: skip
 
     def curve_points(self, setting: WattVar | None = None) -> dict[str, float]:
         """712 point names (without the curve prefix) -> the values that encode ``setting``
@@ -256,15 +234,13 @@ class WattVarController:
         p = self.params
         assert p.device is not None  # noqa: S101  # the params' validator requires it
         target = CurveTarget(p.device, 712, p.curve_index, self.curve_points(setting), "watt-var")
-        done = curve_step(
-            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
-            source=self.name,
-        )  # fmt: skip
-        metrics: dict[str, float] = {"curve_step_state": float(STEP_NUMBERS[done.step])}
+        measured: dict[str, float] = {}
         watts = snapshot.value(p.active_power, p.max_age_s)
         if watts is not None:
-            metrics["active_power_pct"] = 100.0 * watts / p.rated_w
-            metrics["target_var"] = watt_var_q_pu(watts / p.rated_w, setting) * p.rated_va
-        events += done.events
-        new_state = replace(state, step=done.step)
-        return Decision(new_state, done.requests, (), metrics, tuple(events))
+            measured["active_power_pct"] = 100.0 * watts / p.rated_w
+            measured["target_var"] = watt_var_q_pu(watts / p.rated_w, setting) * p.rated_va
+        return sunspec_curve_decision(
+            snapshot, target, state.step, max_age_s=p.max_age_s, priority=p.priority,
+            source=self.name, measured=measured, events=events,
+            state=lambda step: replace(state, step=step),
+        )  # fmt: skip

@@ -10,39 +10,34 @@ test sets. Every assertion waits for the values to settle; none says how fast th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
-import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from gridpilot.bus.client import BrokerAddress
 from gridpilot.bus.codec import Command, decode_telemetry, encode_command
-from gridpilot.config import GridPilotConfig, load_config
-from gridpilot.control.factory import build_controllers
 from gridpilot.control.ieee1547 import WattVar, frequency_droop_w, watt_var_q_pu
-from gridpilot.control.service import ControllerService
-from gridpilot.gateway.service import GatewayService
 from gridpilot.sim.building import BuildingParams
 from gridpilot.sim.physics import MeterParams
 from gridpilot.sim.site import SimulatedSite
 from gridpilot.sim.sunspec_devices import BASIC_INVERTER_PLAN, INVERTER_PLAN, SunSpecPlan
+from tests.integration.der_sim_support import (
+    INVERTER,
+    inverter_telemetry,
+    scan_of_gridpilot_sim,
+    settled,
+    sunspec_loop,
+)
 from tests.integration.test_gateway_support import Observer, Record, observing
 
 pytestmark = pytest.mark.integration
 
-SPEED = 10.0
-NOON = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)  # ~80 kW of PV on the 100 kW inverter
 RATED_W = 100_000.0
-INVERTER = "sunspec_inverter"
 LIMIT = f"{INVERTER}.m704_wmaxlimpct_pct"
 LIMIT_ENABLE = {f"{INVERTER}.m704_wmaxlimpctena_state": 1}
 
@@ -72,53 +67,14 @@ async def observer(mosquitto: BrokerAddress, site_id: str) -> AsyncIterator[Obse
         yield obs
 
 
-@contextlib.asynccontextmanager
-async def running_loop(
+def running_loop(
     plan: SunSpecPlan,
     broker: BrokerAddress,
     site_id: str,
     tmp_path: Path,
     control: dict[str, Any],
-) -> AsyncIterator[SimulatedSite]:
-    async with SimulatedSite(
-        speed=SPEED,
-        start=NOON,
-        tick_s=0.05,
-        sunspec=True,
-        sunspec_plans=(plan,),
-        params=quiet_60_hz_grid(),
-    ) as site:
-        devices = [d for d in site.site_config(site_id) if d["id"] == INVERTER]
-        for device in devices:
-            device.update(poll_interval=0.2, timeout=0.2, retries=0)
-        config = GridPilotConfig.model_validate(
-            {
-                "site": {"id": site_id},
-                "broker": {"url": f"mqtt://{broker.host}:{broker.port}"},
-                "gateway": {"id": "gw"},
-                "control": {"cycle": 0.1, "journal": None, "command_ttl": 5.0, **control},
-                "devices": devices,
-            }
-        )
-        async with (
-            GatewayService(config, broker, clock=lambda: int(site.now.timestamp() * 1000)),
-            ControllerService(
-                config,
-                broker,
-                build_controllers(config),
-                base_dir=tmp_path,
-                clock=lambda: site.now,
-            ),
-        ):
-            yield site
-
-
-def inverter(record: Record) -> dict[str, float] | None:
-    """The inverter's telemetry, as the gateway read it."""
-    if record.device != INVERTER or record.kind != "telemetry":
-        return None
-    values: dict[str, float] = record.json["values"]
-    return values
+) -> contextlib.AbstractAsyncContextManager[SimulatedSite]:
+    return sunspec_loop(plan, broker, site_id, tmp_path, control=control, grid=quiet_60_hz_grid())
 
 
 def controller_metrics(name: str) -> Callable[[Record], dict[str, float] | None]:
@@ -134,29 +90,6 @@ def controller_metrics(name: str) -> Callable[[Record], dict[str, float] | None]
         return out or None
 
     return metrics
-
-
-async def settled(
-    observer: Observer,
-    predicate: Callable[[dict[str, float]], bool],
-    *,
-    within: float = 60.0,
-    in_a_row: int = 3,
-) -> dict[str, float]:
-    """The inverter's telemetry once ``predicate`` has held for ``in_a_row`` readings."""
-    count = 0
-    after = len(observer.records) - 1
-    async with asyncio.timeout(within):
-        while True:
-            record = await observer.wait_for(
-                lambda r: inverter(r) is not None, within=within, after=after
-            )
-            after = record.index
-            values = inverter(record)
-            assert values is not None
-            count = count + 1 if predicate(values) else 0
-            if count >= in_a_row:
-                return values
 
 
 # ---------------------------------------------------------------------------- frequency droop
@@ -534,7 +467,7 @@ async def test_enter_service_after_a_trip_holds_the_inverter_for_the_delay_then_
         after = [
             (decode_telemetry(r.payload).ts_ms, values)
             for r in observer.records
-            if (values := inverter(r)) is not None
+            if (values := inverter_telemetry(r)) is not None
             and decode_telemetry(r.payload).ts_ms > restored_ms
         ]
         first_output_ms = min(ts for ts, v in after if v["m701_w"] > 500.0)
@@ -557,37 +490,10 @@ async def test_enter_service_after_a_trip_holds_the_inverter_for_the_delay_then_
 async def test_gridpilot_sim_holds_the_grid_frequency_it_is_given(tmp_path: Path) -> None:
     """``gridpilot sim --nominal-frequency 60 --grid-frequency 60.5``: the SunSpec inverter,
     scanned over Modbus TCP, measures 60.5 Hz on a 60 Hz grid."""
-    site_file = tmp_path / "sim.yaml"
-    sim = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gridpilot", "sim", "--base-port", "0", "--sunspec",
-        "--nominal-frequency", "60", "--grid-frequency", "60.5",
-        "--write-config", str(site_file),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert sim.stdout is not None
-    lines: list[str] = []
-    try:
-        async with asyncio.timeout(20):
-            while not any("site file written" in line for line in lines):
-                line = (await sim.stdout.readline()).decode()
-                assert line, "sim exited early"
-                lines.append(line)
-        assert "grid frequency held at 60.5 Hz\n" in lines
-        config = load_config(site_file)
-        (device,) = [d for d in config.devices if d.id == INVERTER]
-        scan = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gridpilot", "devices", "scan",
-            f"tcp://127.0.0.1:{device.port}", "--units", "1", "--json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        async with asyncio.timeout(60):
-            out, err = await scan.communicate()
-        assert scan.returncode == 0, err.decode()
-        (unit,) = orjson.loads(out)["units"]
-        models = {m["id"]: m for m in unit["models"]}
-        assert models[701]["points"]["Hz"]["value"] == pytest.approx(60.5, abs=0.02)
-        assert models[121]["points"]["ECPNomHz"]["value"] == 60.0
-    finally:
-        sim.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(sim.communicate(), timeout=15)
-    assert sim.returncode == 0, err.decode()
+    models = await scan_of_gridpilot_sim(
+        tmp_path,
+        ["--nominal-frequency", "60", "--grid-frequency", "60.5"],
+        "grid frequency held at 60.5 Hz",
+    )
+    assert models[701]["points"]["Hz"]["value"] == pytest.approx(60.5, abs=0.02)
+    assert models[121]["points"]["ECPNomHz"]["value"] == 60.0

@@ -24,41 +24,37 @@ limits on over-voltage, and ``gridpilot sim --grid-voltage``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from gridpilot.bus.client import BrokerAddress
-from gridpilot.config import GridPilotConfig, load_config
-from gridpilot.control.factory import build_controllers
 from gridpilot.control.grid_controls import ControlMode, GridControls, encode_grid_controls
 from gridpilot.control.grid_controls import Curve as GridCurve
 from gridpilot.control.ieee1547 import Curve, VoltVar, volt_var_q_pu
-from gridpilot.control.service import ControllerService
-from gridpilot.gateway.service import GatewayService
 from gridpilot.model import Topic
 from gridpilot.sim.building import BuildingParams
 from gridpilot.sim.physics import MeterParams
 from gridpilot.sim.site import SimulatedSite
 from gridpilot.sim.sunspec_devices import BASIC_INVERTER_PLAN, INVERTER_PLAN, SunSpecPlan
-from tests.integration.test_gateway_support import Observer, Record, observing
+from tests.integration.der_sim_support import (
+    INVERTER,
+    inverter_telemetry,
+    scan_of_gridpilot_sim,
+    settled,
+    sunspec_loop,
+)
+from tests.integration.test_gateway_support import Observer, observing
 
 pytestmark = pytest.mark.integration
 
-SPEED = 10.0  # simulated seconds per wall second: a 5 s response settles in ~1.5 s of wall time
-NOON = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)  # ~80 kW of PV: 60 kvar of headroom in 100 kVA
 RATED_VA = 100_000.0
 NOMINAL_V = 230.0
-INVERTER = "sunspec_inverter"
 # (grid voltage pu, reactive power var, positive = injecting): the Category B curve.
 STEPS = ((0.95, 22_000.0), (1.00, 0.0), (1.05, -22_000.0), (1.07, -0.44 * RATED_VA * 5 / 6))
 CATEGORY_A = ((0.90, 0.25), (1.00, 0.0), (1.00, 0.0), (1.10, -0.25))
@@ -85,17 +81,10 @@ async def observer(mosquitto: BrokerAddress, site_id: str) -> AsyncIterator[Obse
         yield obs
 
 
-def config_for(
-    site: SimulatedSite,
-    broker: BrokerAddress,
-    site_id: str,
-    volt_var: dict[str, Any] | None,
-    volt_watt: dict[str, Any] | None = None,
-) -> GridPilotConfig:
-    devices = [d for d in site.site_config(site_id) if d["id"] == INVERTER]
-    for device in devices:
-        device.update(poll_interval=0.2, timeout=0.2, retries=0)
-    control: dict[str, Any] = {"cycle": 0.1, "journal": None, "command_ttl": 5.0}
+def control_for(
+    volt_var: dict[str, Any] | None, volt_watt: dict[str, Any] | None
+) -> dict[str, Any]:
+    control: dict[str, Any] = {}
     if volt_var is not None:
         control["volt_var"] = {
             "voltage": f"{INVERTER}.m701_lnv_v",
@@ -109,19 +98,10 @@ def config_for(
             "nominal_voltage_v": NOMINAL_V,
             **volt_watt,
         }
-    return GridPilotConfig.model_validate(
-        {
-            "site": {"id": site_id},
-            "broker": {"url": f"mqtt://{broker.host}:{broker.port}"},
-            "gateway": {"id": "gw"},
-            "control": control,
-            "devices": devices,
-        }
-    )
+    return control
 
 
-@contextlib.asynccontextmanager
-async def running_loop(
+def running_loop(
     plan: SunSpecPlan,
     broker: BrokerAddress,
     site_id: str,
@@ -129,54 +109,22 @@ async def running_loop(
     *,
     volt_var: dict[str, Any] | None = None,
     volt_watt: dict[str, Any] | None = None,
-) -> AsyncIterator[SimulatedSite]:
-    async with SimulatedSite(
-        speed=SPEED,
-        start=NOON,
-        tick_s=0.05,
-        sunspec=True,
-        sunspec_plans=(plan,),
-        params=quiet_grid(),
-    ) as site:
-        config = config_for(site, broker, site_id, volt_var, volt_watt)
-        async with (
-            GatewayService(config, broker, clock=lambda: int(site.now.timestamp() * 1000)),
-            ControllerService(
-                config,
-                broker,
-                build_controllers(config),
-                base_dir=tmp_path,
-                clock=lambda: site.now,
-            ),
-        ):
-            yield site
-
-
-def inverter_telemetry(record: Record) -> dict[str, float] | None:
-    if record.device != INVERTER or record.kind != "telemetry":
-        return None
-    values: dict[str, float] = record.json["values"]
-    return values
+) -> contextlib.AbstractAsyncContextManager[SimulatedSite]:
+    control = control_for(volt_var, volt_watt)
+    return sunspec_loop(plan, broker, site_id, tmp_path, control=control, grid=quiet_grid())
 
 
 async def settled_var(observer: Observer, expected_var: float, within: float = 60.0) -> float:
-    """Wait until the inverter's measured reactive power (SunSpec 701 ``Var``) has been within
-    the tolerance of ``expected_var`` for several readings in a row; the last reading."""
-    in_a_row = 0
-    after = len(observer.records) - 1
-    async with asyncio.timeout(within):
-        while True:
-            record = await observer.wait_for(
-                lambda r: inverter_telemetry(r) is not None, within=within, after=after
-            )
-            after = record.index
-            values = inverter_telemetry(record)
-            assert values is not None
-            var = values["m701_var"]
-            in_a_row = in_a_row + 1 if abs(var - expected_var) <= TOLERANCE_VAR else 0
-            if in_a_row >= SETTLED_READINGS:
-                # The voltage the inverter measured is the step (the grid is quiet).
-                return var
+    """The inverter's measured reactive power (SunSpec 701 ``Var``) once it has been within
+    the tolerance of ``expected_var`` for several readings in a row (the grid is quiet, so
+    the voltage it measured is the step's)."""
+    values = await settled(
+        observer,
+        lambda v: abs(v["m701_var"] - expected_var) <= TOLERANCE_VAR,
+        within=within,
+        in_a_row=SETTLED_READINGS,
+    )
+    return values["m701_var"]
 
 
 async def step_through_the_curve(site: SimulatedSite, observer: Observer) -> None:
@@ -335,39 +283,11 @@ async def test_the_utilitys_volt_var_curve_from_2030_5_goes_into_the_inverter(
 async def test_gridpilot_sim_holds_the_grid_voltage_it_is_given(tmp_path: Path) -> None:
     """``gridpilot sim --grid-voltage 1.06``: the SunSpec inverter, scanned over Modbus TCP,
     measures 1.06 pu (within what the site's own flows and the noise add)."""
-    site_file = tmp_path / "sim.yaml"
-    sim = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gridpilot", "sim", "--base-port", "0", "--sunspec",
-        "--grid-voltage", "1.06", "--write-config", str(site_file),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert sim.stdout is not None
-    lines: list[str] = []
-    try:
-        async with asyncio.timeout(20):
-            while not any("site file written" in line for line in lines):
-                line = (await sim.stdout.readline()).decode()
-                assert line, "sim exited early"
-                lines.append(line)
-        assert "grid voltage held at 1.06 pu\n" in lines
-        config = load_config(site_file)
-        (inverter,) = [d for d in config.devices if d.id == INVERTER]
-        scan = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gridpilot", "devices", "scan",
-            f"tcp://127.0.0.1:{inverter.port}", "--units", "1", "--json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        async with asyncio.timeout(60):
-            out, err = await scan.communicate()
-        assert scan.returncode == 0, err.decode()
-        (unit,) = orjson.loads(out)["units"]
-        models = {m["id"]: m for m in unit["models"]}
-        volts = models[701]["points"]["LNV"]["value"]
-        assert volts == pytest.approx(1.06 * NOMINAL_V, abs=3.0)  # 243.8 V, not ~231.5
-    finally:
-        sim.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(sim.communicate(), timeout=15)
-    assert sim.returncode == 0, err.decode()
+    models = await scan_of_gridpilot_sim(
+        tmp_path, ["--grid-voltage", "1.06"], "grid voltage held at 1.06 pu"
+    )
+    volts = models[701]["points"]["LNV"]["value"]
+    assert volts == pytest.approx(1.06 * NOMINAL_V, abs=3.0)  # 243.8 V, not ~231.5
 
 
 async def test_volt_watt_by_704_limits_curtails_the_inverter_on_over_voltage(

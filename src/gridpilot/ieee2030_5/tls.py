@@ -14,18 +14,20 @@ the certificates its utility issues.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from gridpilot.ops.certs import certificate_builder, key_usage, write_certificate, write_private_key
+from gridpilot.ops.certs import (
+    host_names,
+    issue_leaf,
+    new_ca,
+    write_certificate,
+    write_private_key,
+)
 
 __all__ = [
     "CIPHER",
@@ -134,25 +136,11 @@ def make_test_pki(
         raise ValueError("make_test_pki needs at least one client name")
     now = now or dt.datetime.now(dt.UTC)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "GridPilot IEEE 2030.5 test CA")])
-    ca_cert = (
-        certificate_builder(ca_name, ca_name, ca_key.public_key(), now, days)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(key_usage(cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_cert, ca_key = new_ca("GridPilot IEEE 2030.5 test CA", now, days)
     write_private_key(directory / "ca.key", ca_key)
     write_certificate(directory / "ca.crt", ca_cert)
 
-    sans: list[x509.GeneralName] = []
-    for host in server_names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    server_cert, server_key = _issue(
+    server_cert, server_key = issue_leaf(
         directory / "server",
         "GridPilot IEEE 2030.5 test server",
         ca_cert=ca_cert,
@@ -160,13 +148,13 @@ def make_test_pki(
         now=now,
         days=days,
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        sans=sans,
+        sans=host_names(server_names),
     )
     issued: dict[str, tuple[Path, Path]] = {}
     for name in clients:
         if not name or "/" in name or name.startswith(".") or name in {"ca", "server"}:
             raise ValueError(f"client name {name!r} cannot be a file name in {directory}")
-        issued[name] = _issue(
+        issued[name] = issue_leaf(
             directory / name,
             name,
             ca_cert=ca_cert,
@@ -186,34 +174,3 @@ def make_test_pki(
         client_key=first[1],
         clients=issued,
     )
-
-
-def _issue(
-    stem: Path,
-    common_name: str,
-    *,
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    now: dt.datetime,
-    days: int,
-    usage: x509.ObjectIdentifier,
-    sans: Sequence[x509.GeneralName] = (),
-) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    builder = (
-        certificate_builder(subject, ca_cert.subject, key.public_key(), now, days)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    cert_path, key_path = stem.with_name(stem.name + ".crt"), stem.with_name(stem.name + ".key")
-    write_private_key(key_path, key)
-    write_certificate(cert_path, cert)
-    return cert_path, key_path

@@ -26,7 +26,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gridpilot.model import is_valid_identifier
 from gridpilot.ops.files import atomic_file
 
-__all__ = ["CertError", "IssuedFiles", "issue_site_certificates"]
+__all__ = [
+    "CertError",
+    "IssuedFiles",
+    "host_names",
+    "issue_leaf",
+    "issue_site_certificates",
+    "new_ca",
+    "write_certificate",
+    "write_private_key",
+]
 
 _KEY_MODE = 0o600
 _CERT_MODE = 0o644
@@ -76,15 +85,7 @@ def issue_site_certificates(
         )
     ca_created = not ca_key_path.exists()
     if ca_created:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"GridPilot {site} MQTT CA")])
-        ca_cert = (
-            certificate_builder(name, name, ca_key.public_key(), now, days * 4)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(key_usage(cert_sign=True), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-            .sign(ca_key, hashes.SHA256())
-        )
+        ca_cert, ca_key = new_ca(f"GridPilot {site} MQTT CA", now, days * 4)
         write_private_key(ca_key_path, ca_key)
         write_certificate(ca_cert_path, ca_cert)
         written += [ca_cert_path, ca_key_path]
@@ -92,13 +93,7 @@ def issue_site_certificates(
         ca_cert, ca_key = _load_ca(ca_cert_path, ca_key_path)
 
     if server_names:
-        sans: list[x509.GeneralName] = []
-        for host in server_names:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                sans.append(x509.DNSName(host))
-        written += _issue(
+        written += issue_leaf(
             directory / "server",
             server_names[0],
             ca_cert=ca_cert,
@@ -106,10 +101,10 @@ def issue_site_certificates(
             now=now,
             days=days,
             usage=ExtendedKeyUsageOID.SERVER_AUTH,
-            sans=sans,
+            sans=host_names(server_names),
         )
     for client in clients:
-        written += _issue(
+        written += issue_leaf(
             directory / client,
             client,
             ca_cert=ca_cert,
@@ -121,7 +116,34 @@ def issue_site_certificates(
     return IssuedFiles(ca_cert_path, ca_created, tuple(written))
 
 
-def _issue(
+def new_ca(
+    common_name: str, now: dt.datetime, days: int
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed P-256 CA that may sign leaf certificates only (path length 0)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        certificate_builder(name, name, key.public_key(), now, days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def host_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    """Subject alternative names: IP addresses as such, anything else as a DNS name."""
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def issue_leaf(
     stem: Path,
     common_name: str,
     *,
@@ -131,7 +153,9 @@ def _issue(
     days: int,
     usage: x509.ObjectIdentifier,
     sans: Sequence[x509.GeneralName] = (),
-) -> list[Path]:
+) -> tuple[Path, Path]:
+    """A P-256 certificate for ``common_name`` signed by the CA, for ``usage`` (server or
+    client authentication), written as ``<stem>.crt`` and ``<stem>.key`` (mode 0600)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (
@@ -146,10 +170,11 @@ def _issue(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    key_path, cert_path = stem.with_suffix(".key"), stem.with_suffix(".crt")
+    # with_name, not with_suffix: a name with a dot in it keeps all of it.
+    cert_path, key_path = stem.with_name(stem.name + ".crt"), stem.with_name(stem.name + ".key")
     write_private_key(key_path, key)
     write_certificate(cert_path, cert)
-    return [cert_path, key_path]
+    return cert_path, key_path
 
 
 def certificate_builder(

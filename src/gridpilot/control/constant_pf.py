@@ -39,7 +39,8 @@ from gridpilot.control.base import (
     SetpointRequest,
     Snapshot,
 )
-from gridpilot.control.der_function import DerFunction, EnablePoints, setpoint_requests
+from gridpilot.control.configured import ConfiguredController
+from gridpilot.control.der_function import EnablePoints, setpoint_requests
 from gridpilot.control.ieee1547 import (
     ConstantPowerFactor,
     CurveError,
@@ -101,7 +102,7 @@ class ConstantPfState:
     stale: bool = False
 
 
-class ConstantPfController(DerFunction[ConstantPfParams]):
+class ConstantPfController(ConfiguredController[ConstantPfParams]):
     """IEEE 1547 constant power factor on one inverter."""
 
     def __init__(self, params: ConstantPfParams, name: str = NAME) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Generic, Protocol, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 from pydantic import PlainSerializer
 
@@ -34,30 +34,8 @@ EnablePoints = Annotated[dict[PointField, float], PlainSerializer(_points_as_tex
 """Points requested alongside a function's setpoint (e.g. SunSpec 704 ``WMaxLimPctEna`` = 1)."""
 
 
-class _Prioritised(Protocol):
-    @property
-    def priority(self) -> Priority: ...
-
-
-P = TypeVar("P", bound=_Prioritised)
 S = TypeVar("S")
 T = TypeVar("T")
-
-
-class DerFunction(Generic[P]):
-    """A controller's params, name and priority; the subclass decides."""
-
-    def __init__(self, params: P, name: str) -> None:
-        self.params = params
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def priority(self) -> Priority:
-        return self.params.priority
 
 
 def setpoint_requests(

@@ -34,7 +34,8 @@ from gridpilot.control.base import (
     SetpointRequest,
     Snapshot,
 )
-from gridpilot.control.der_function import DerFunction, EnablePoints, setpoint_requests
+from gridpilot.control.configured import ConfiguredController
+from gridpilot.control.der_function import EnablePoints, setpoint_requests
 from gridpilot.control.ieee1547 import (
     CurveError,
     EnterService,
@@ -107,7 +108,7 @@ class EnterServiceControlState:
     waiting_for_readings: bool = False
 
 
-class EnterServiceController(DerFunction[EnterServiceParams]):
+class EnterServiceController(ConfiguredController[EnterServiceParams]):
     """IEEE 1547 enter service after a trip, by the inverter's active power limit."""
 
     def __init__(self, params: EnterServiceParams, name: str = NAME) -> None:

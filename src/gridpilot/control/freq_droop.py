@@ -54,8 +54,8 @@ from gridpilot.control.base import (
     SetpointRequest,
     Snapshot,
 )
+from gridpilot.control.configured import ConfiguredController
 from gridpilot.control.der_function import (
-    DerFunction,
     EnablePoints,
     setpoint_requests,
     sunspec_curve_decision,
@@ -161,7 +161,7 @@ class FreqDroopState:
     """``sunspec_ctl`` mode: where the control is (see ``sunspec_curves``)."""
 
 
-class FreqDroopController(DerFunction[FreqDroopParams]):
+class FreqDroopController(ConfiguredController[FreqDroopParams]):
     """IEEE 1547 frequency droop by the inverter's active power limit."""
 
     def __init__(self, params: FreqDroopParams, name: str = NAME) -> None:

@@ -74,6 +74,7 @@ from gridpilot.control.base import (
     SetpointRequest,
     Snapshot,
 )
+from gridpilot.control.configured import ConfiguredController
 
 FULL_PCT = 100.0
 
@@ -194,24 +195,11 @@ class _Battery:
     shortfall_event: str | None = None
 
 
-class PvExportController:
+class PvExportController(ConfiguredController[PvExportParams]):
     """Export limit and self-consumption: battery first, then PV curtailment."""
 
     def __init__(self, params: PvExportParams, name: str = "pv_export") -> None:
-        self._params = params
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def priority(self) -> Priority:
-        return self._params.priority
-
-    @property
-    def params(self) -> PvExportParams:
-        return self._params
+        super().__init__(params, name)
 
     def initial_state(self) -> PvExportState:
         return PvExportState()
@@ -219,7 +207,7 @@ class PvExportController:
     def decide(
         self, snapshot: Snapshot, state: PvExportState, now: datetime, forecasts: Forecasts
     ) -> Decision[PvExportState]:
-        p = self._params
+        p = self.params
         dt_s = _elapsed_s(state.last_decided, now, p.max_age_s)
         prev_pct = self._previous_limit_pct(snapshot, state)
         grid_w = snapshot.value(p.grid_power, p.max_age_s)
@@ -338,13 +326,13 @@ class PvExportController:
         """Our last request; before the first, what the inverter reports; else no limit."""
         if state.limit_pct is not None:
             return state.limit_pct
-        measured = snapshot.value(self._params.pv_limit, self._params.max_age_s)
+        measured = snapshot.value(self.params.pv_limit, self.params.max_age_s)
         if measured is None:
             return FULL_PCT
         return min(max(measured, 0.0), FULL_PCT)
 
     def _battery(self, snapshot: Snapshot, state: PvExportState, now: datetime) -> _Battery:
-        p = self._params
+        p = self.params
         if p.battery_soc is None or p.battery_power is None:
             return _Battery(power_w=0.0, capacity_w=0.0, credit_w=0.0, usable=False)
         soc = snapshot.value(p.battery_soc, p.max_age_s)
@@ -390,7 +378,7 @@ class PvExportController:
         prev_pct: float,
         stale: PointRef,
     ) -> Decision[PvExportState]:
-        p = self._params
+        p = self.params
         safe_pct = p.fail_safe_pv_w / p.pv_rated_power_w * FULL_PCT
         new_pct = min(prev_pct, safe_pct)
         events: tuple[str, ...] = ()

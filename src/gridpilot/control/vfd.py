@@ -53,6 +53,7 @@ from gridpilot.control.base import (
     SetpointRequest,
     Snapshot,
 )
+from gridpilot.control.configured import ConfiguredController
 
 FULL_SPEED_PCT = 100.0
 STOPPED_PCT = 0.5
@@ -177,24 +178,11 @@ class _OperatingPoint:
     power_w: float
 
 
-class VfdCurtailmentController:
+class VfdCurtailmentController(ConfiguredController[VfdParams]):
     """Sheds drive power by the affinity law; restores with a ramp when no longer needed."""
 
     def __init__(self, params: VfdParams, name: str = "vfd_curtailment") -> None:
-        self._params = params
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def priority(self) -> Priority:
-        return self._params.priority
-
-    @property
-    def params(self) -> VfdParams:
-        return self._params
+        super().__init__(params, name)
 
     def initial_state(self) -> VfdState:
         return VfdState()
@@ -202,7 +190,7 @@ class VfdCurtailmentController:
     def decide(
         self, snapshot: Snapshot, state: VfdState, now: datetime, forecasts: Forecasts
     ) -> Decision[VfdState]:
-        p = self._params
+        p = self.params
         dt_s = 0.0
         if state.last_decided is not None:
             dt_s = min(max((now - state.last_decided).total_seconds(), 0.0), p.max_age_s)
@@ -276,7 +264,7 @@ class VfdCurtailmentController:
         events: list[str],
     ) -> Decision[VfdState]:
         """Not curtailing: start when there is something to shed and a running drive."""
-        p = self._params
+        p = self.params
         quiet = VfdState(None, None, now, excess_w is None)
         if excess_w is None or excess_w <= 0.0:
             return Decision(state=quiet, metrics=metrics, events=tuple(events))
@@ -318,7 +306,7 @@ class VfdCurtailmentController:
 
     def _excess_w(self, snapshot: Snapshot) -> float | None:
         """W still to shed (negative = headroom); None when the source is stale."""
-        p = self._params
+        p = self.params
         if p.shed_request is not None:
             return snapshot.value(p.shed_request, p.max_age_s)
         grid_w = snapshot.value(p.grid_power, p.max_age_s)
@@ -329,7 +317,7 @@ class VfdCurtailmentController:
     def _operating_point(self, snapshot: Snapshot) -> _OperatingPoint | None:
         """Measured speed and power (the affinity law at that speed without a power
         reading); None when the speed is stale."""
-        p = self._params
+        p = self.params
         speed_pct = snapshot.value(p.speed, p.max_age_s)
         if speed_pct is None:
             return None
@@ -341,7 +329,7 @@ class VfdCurtailmentController:
 
     def _shed(self, prev: float, excess_w: float, drive: _OperatingPoint | None) -> float:
         """Cut at once to the speed that lands mid-band; never back up while shedding."""
-        p = self._params
+        p = self.params
         if drive is None:
             return prev
         wanted = speed_to_shed(drive.speed_pct, drive.power_w, excess_w + p.hysteresis_w / 2.0)
@@ -357,7 +345,7 @@ class VfdCurtailmentController:
         dt_s: float,
     ) -> float:
         """Ramp up towards normal; with a known headroom, not by more than it allows."""
-        p = self._params
+        p = self.params
         target = min(prev + p.restore_rate_pct_per_s * dt_s, normal)
         if headroom_w is not None and drive is not None:
             extra_w = headroom_w - p.hysteresis_w / 2.0

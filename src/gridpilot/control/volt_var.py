@@ -49,9 +49,9 @@ from gridpilot.control.base import (
     Priority,
     Snapshot,
 )
+from gridpilot.control.configured import ConfiguredController
 from gridpilot.control.der_function import (
     CurveInForce,
-    DerFunction,
     EnablePoints,
     curve_in_force,
     setpoint_requests,
@@ -157,7 +157,7 @@ class VoltVarState:
     """``sunspec_curve`` mode: write / adopt / enable / active, for the event on a change."""
 
 
-class VoltVarController(DerFunction[VoltVarParams]):
+class VoltVarController(ConfiguredController[VoltVarParams]):
     """IEEE 1547 volt-var on one inverter: by setpoints, or by its own SunSpec 705 curve."""
 
     def __init__(self, params: VoltVarParams, name: str = NAME) -> None:

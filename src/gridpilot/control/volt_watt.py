@@ -41,9 +41,9 @@ from gridpilot.control.base import (
     SetpointRequest,
     Snapshot,
 )
+from gridpilot.control.configured import ConfiguredController
 from gridpilot.control.der_function import (
     CurveInForce,
-    DerFunction,
     EnablePoints,
     curve_in_force,
     setpoint_requests,
@@ -134,7 +134,7 @@ class VoltWattState:
     """``sunspec_curve`` mode: where the curve is (see ``sunspec_curves``)."""
 
 
-class VoltWattController(DerFunction[VoltWattParams]):
+class VoltWattController(ConfiguredController[VoltWattParams]):
     """IEEE 1547 volt-watt: the inverter's active power limit from its terminal voltage."""
 
     def __init__(self, params: VoltWattParams, name: str = NAME) -> None:

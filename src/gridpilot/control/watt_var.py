@@ -39,9 +39,9 @@ from gridpilot.control.base import (
     Priority,
     Snapshot,
 )
+from gridpilot.control.configured import ConfiguredController
 from gridpilot.control.der_function import (
     CurveInForce,
-    DerFunction,
     EnablePoints,
     curve_in_force,
     setpoint_requests,
@@ -131,7 +131,7 @@ class WattVarState:
     refused_utility_curve: str | None = None
 
 
-class WattVarController(DerFunction[WattVarParams]):
+class WattVarController(ConfiguredController[WattVarParams]):
     """IEEE 1547 watt-var on one inverter by var setpoints."""
 
     def __init__(self, params: WattVarParams, name: str = NAME) -> None:

@@ -106,6 +106,44 @@ async def test_two_writers_store_each_sample_once(schema: str) -> None:
         assert len(await two.series("plant")) == 20
 
 
+async def test_live_writes_skip_the_stage_until_another_writer_was_first(schema: str) -> None:
+    """A writer copies samples newer than what it knows is stored straight into the table;
+    when another process stored some of them meanwhile, the key refuses that copy and the
+    batch goes through the stage: each sample counted once, in the rows and the rollups."""
+    keys = [SeriesKey("plant", f"dev{d}", "p_w") for d in range(5)]
+
+    def minute(start_s: int, stop_s: int) -> list[Sample]:
+        return [
+            Sample(k.site, k.device, k.point, T0 + i * 1_000, float(i))
+            for i in range(start_s, stop_s)
+            for k in keys
+        ]
+
+    async with (
+        postgres_server.storage(schema) as one,
+        postgres_server.storage(schema) as two,
+    ):
+        assert await one.write(minute(0, 30)) == WriteResult(150, 0)
+        assert await one.write(minute(30, 40)) == WriteResult(50, 0)
+        assert (one.direct_groups, one.staged_groups) == (2, 0)
+        # `two` has not seen one's writes: it takes 20..60 for new, the key says otherwise.
+        assert await two.write(minute(20, 60)) == WriteResult(100, 100)
+        assert (two.direct_groups, two.staged_groups) == (0, 1)
+        # Nor has `one` seen two's: its copy of 50..69 is refused too, then it knows.
+        assert await one.write(minute(50, 70)) == WriteResult(50, 50)
+        assert await one.write(minute(70, 80)) == WriteResult(50, 0)
+        assert (one.direct_groups, one.staged_groups) == (3, 1)
+        for key in keys:
+            rows = await two.history(key, T0, T0 + 2 * 60_000, 60_000, Agg.COUNT)
+            assert [p.value for p in rows] == [60.0, 20.0]
+            (total,) = await one.history(key, T0, T0 + HOUR, HOUR, Agg.SUM)
+            assert total.value == float(sum(range(80)))
+            (last,) = await one.history(key, T0, T0 + HOUR, 15 * 60_000, Agg.LAST)
+            assert last.value == 79.0
+        (latest, *_) = await two.latest("plant")
+        assert (latest.ts_ms, latest.value) == (T0 + 79_000, 79.0)
+
+
 async def test_a_lost_connection_is_reopened(schema: str) -> None:
     async with postgres_server.storage(schema) as storage:
         await storage.write(hourly(KEY, T0, 2))

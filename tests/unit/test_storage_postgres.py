@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import random
+import struct
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from gridpilot.storage.base import Agg, Level, StorageError
 from gridpilot.storage.postgres import (
     DAY_MS,
     PARTITION_SPAN_MS,
+    GroupView,
     Target,
     create_partition_sql,
     cutoffs,
@@ -196,3 +199,89 @@ def test_what_the_dsn_sets_is_kept(tmp_path: Path) -> None:
     assert "connect_timeout" not in params
     assert params["keepalives"] == 1  # what the DSN leaves out is still bounded
     assert Target.from_config(PostgresConfig(), tmp_path).params["sslmode"] == "prefer"
+
+
+def reference_partials(
+    samples: list[tuple[int, int, float]], size_ms: int
+) -> dict[tuple[int, int], tuple[float, float, float, int, int, float]]:
+    """Partials of ``size_ms`` buckets, one sample at a time, as the staged path's SQL
+    folds them."""
+    out: dict[tuple[int, int], tuple[float, float, float, int, int, float]] = {}
+    for sid, ts, value in samples:
+        at = (sid, ts - ts % size_ms)
+        have = out.get(at)
+        if have is None:
+            out[at] = (value, value, value, 1, ts, value)
+        else:
+            mn, mx, sm, ct, lts, lv = have
+            newer = ts > lts
+            out[at] = (
+                min(mn, value), max(mx, value), sm + value, ct + 1,
+                ts if newer else lts, value if newer else lv,
+            )  # fmt: skip
+    return out
+
+
+def decode_copy(
+    data: bytes,
+) -> dict[tuple[int, int, int], tuple[float, float, float, int, int, float]]:
+    """Rows of binary COPY data of partials, read back by the format's own rules: (level,
+    series, bucket) -> (min, max, sum, count, newest ts, its value)."""
+    signature, trailer = b"PGCOPY\n\xff\r\n\x00", b"\xff\xff"
+    assert data.startswith(signature)
+    assert data.endswith(trailer)
+    body, out = memoryview(data)[len(signature) + 8 : -len(trailer)], {}
+    formats = "iiqdddqqd"  # int4 x2, int8, float8 x3, int8 x2, float8
+    while body:
+        (fields,) = struct.unpack_from(">h", body)
+        assert fields == len(formats)
+        row, at = [], 2
+        for kind in formats:
+            (size,) = struct.unpack_from(">i", body, at)
+            (value,) = struct.unpack_from(f">{kind}", body, at + 4)
+            assert size == struct.calcsize(kind)
+            row.append(value)
+            at += 4 + size
+        out[row[0], row[1], row[2]] = tuple(row[3:])
+        body = body[at:]
+    return out
+
+
+def test_group_view_partials_match_a_sample_by_sample_fold() -> None:
+    rng = random.Random(3)
+    # Times on both sides of the epoch (buckets floor), shuffled, in two batches.
+    stamps = rng.sample(range(-3 * H, 3 * H, 1_000), 4_000)
+    samples = [(rng.choice([3, 7, 11]), ts, rng.uniform(-1e3, 1e3)) for ts in stamps]
+    first, second = samples[:1_500], samples[1_500:]
+    view = GroupView(
+        [[s for s, _, _ in first], [s for s, _, _ in second]],
+        [[t for _, t, _ in first], [t for _, t, _ in second]],
+        [[v for _, _, v in first], [v for _, _, v in second]],
+    )
+    assert view.distinct
+    rows = decode_copy(view.partials())
+    assert {level for level, _, _ in rows} == {MIN, QH, H}
+    for level in (Level.M1, Level.M15, Level.H1):
+        want = reference_partials(samples, level.bucket_ms)
+        got = {(s, b): row for (ms, s, b), row in rows.items() if ms == level.bucket_ms}
+        assert got.keys() == want.keys()
+        for at, (mn, mx, sm, ct, lts, lv) in want.items():
+            assert got[at][:2] == (mn, mx)
+            assert got[at][2] == pytest.approx(sm)
+            assert got[at][3:] == (ct, lts, lv)
+    newest = {sid: max(t for s, t, _ in samples if s == sid) for sid in (3, 7, 11)}
+    assert view.newest() == newest
+
+
+def test_group_view_sees_an_identity_twice_across_batches() -> None:
+    view = GroupView([[1, 2], [2]], [[1_000, 1_000], [1_000]], [[1.0, 2.0], [3.0]])
+    assert not view.distinct
+    assert GroupView([[1, 2], [2]], [[1_000, 1_000], [2_000]], [[1.0, 2.0], [3.0]]).distinct
+
+
+def test_group_view_is_new_only_past_each_series_newest() -> None:
+    view = GroupView([[1, 1, 2]], [[5_000, 6_000, 9_000]], [[1.0, 2.0, 3.0]])
+    assert view.all_newer({})  # nothing stored
+    assert view.all_newer({1: 4_999, 2: 8_999, 5: 10**9})  # other series do not matter
+    assert not view.all_newer({1: 5_000})  # the oldest sample of series 1 is not newer
+    assert not view.all_newer({2: 9_000})

@@ -26,13 +26,22 @@ Write path, one transaction per group of queued batches (as SQLite's writer grou
 1. the partitions the batch needs are created first, each in a short transaction of its
    own under an advisory lock (so two ingest processes never race on one, and no write
    transaction holds the parent table's lock while it works);
-2. ``COPY ... FROM STDIN (FORMAT BINARY)`` into a temporary stage, in submission order;
-3. one statement keeps the first staged row of each identity (``DISTINCT ON`` by arrival)
-   and inserts it with ``ON CONFLICT DO NOTHING``: a redelivered sample changes nothing,
-   also when another process writes the same sample concurrently; ``RETURNING`` yields
-   exactly the new samples,
-4. which alone are folded into 1-minute partials and upserted into the three rollups and
-   ``latest``; a re-sent sample can therefore never double a count or a sum.
+2. *live* groups -- no identity twice, and every sample newer than the newest stored one
+   of its series, which the writer remembers (loaded from ``latest``, raised by each
+   commit) -- are new for certain: they go by ``COPY ... FROM STDIN (FORMAT BINARY)``
+   straight into ``samples``; their 1 min, 15 min and 1 h partials, computed by the writer
+   (numpy), by a second COPY into a temporary table; and one statement upserts those into
+   the three rollups and ``latest`` (five round trips with BEGIN and COMMIT: on a loaded
+   server each one counts). Should another process have stored one of them meanwhile, the primary
+   key refuses the COPY, the transaction is rolled back and the group takes the path
+   below: the key, not the remembered instant, keeps samples unique;
+3. any other group is copied into a temporary stage in submission order, and one statement
+   keeps the first staged row of each identity (``DISTINCT ON`` by arrival, skipped when
+   the writer saw no identity twice) and inserts it with ``ON CONFLICT DO NOTHING``: a
+   redelivered sample changes nothing, also when another process writes the same sample
+   concurrently; ``RETURNING`` yields exactly the new samples, which alone are folded
+   into 1-minute partials, then upserted into the three rollups and ``latest``;
+4. either way a re-sent sample can never double a count or a sum.
 
 Retention: a level's *horizon* moves forward and reads never look behind it, so data is
 gone for readers at once and exactly at the cutoff (what the contract asks); partitions
@@ -72,6 +81,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
+import numpy as np
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
@@ -220,9 +230,42 @@ _WRITER_TEMP_TABLES: Final = (
         series_id integer, bucket_ms bigint, mn double precision, mx double precision,
         sm double precision, ct bigint, lts bigint, lv double precision
     ) ON COMMIT DELETE ROWS""",
+    # A live group's partials of every level, computed by the writer (GroupView).
+    """CREATE TEMP TABLE parts (
+        level_ms integer, series_id integer, bucket_ms bigint, mn double precision,
+        mx double precision, sm double precision, ct bigint, lts bigint, lv double precision
+    ) ON COMMIT DELETE ROWS""",
 )
 
 _COPY_STAGE: Final = "COPY stage (series_id, ts_ms, value, batch) FROM STDIN (FORMAT BINARY)"
+_COPY_SAMPLES: Final = "COPY samples (series_id, ts_ms, value) FROM STDIN (FORMAT BINARY)"
+# A binary COPY's framing (PostgreSQL's COPY docs, "Binary Format"): signature, flags and
+# header extension length; each row: field count, then each field's length and bytes.
+_COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER: Final = b"\xff\xff"
+_COPY_PARTS: Final = (
+    "COPY parts (level_ms, series_id, bucket_ms, mn, mx, sm, ct, lts, lv) "
+    "FROM STDIN (FORMAT BINARY)"
+)
+_PARTIAL_FIELDS: Final = (
+    ("level_ms", ">i4"),
+    ("series_id", ">i4"),
+    ("bucket_ms", ">i8"),
+    ("mn", ">f8"),
+    ("mx", ">f8"),
+    ("sm", ">f8"),
+    ("ct", ">i8"),
+    ("lts", ">i8"),
+    ("lv", ">f8"),
+)
+_PARTIAL_ROW: Final = np.dtype(
+    [("fields", ">i2")]
+    + [
+        item
+        for n, (name, kind) in enumerate(_PARTIAL_FIELDS)
+        for item in ((f"len{n}", ">i4"), (name, kind))
+    ]
+)
 
 # The first arrival of each identity (smallest seq) goes on; RETURNING names the rows that
 # were really new. With several batches in the group, each new row is credited to the
@@ -271,6 +314,18 @@ SELECT series_id, {bucket_sql("ts_ms", Level.M1.bucket_ms)},
        (array_agg(value ORDER BY ts_ms DESC))[1]
 FROM ins GROUP BY 1, 2"""  # noqa: S608 - see _SQL_NOTE
 
+# One batch whose identities are all distinct (the writer checked): no DISTINCT ON sort.
+_INSERT_NEW_DISTINCT: Final = f"""
+WITH ins AS (
+    INSERT INTO samples (series_id, ts_ms, value) SELECT series_id, ts_ms, value FROM stage
+    ON CONFLICT DO NOTHING RETURNING series_id, ts_ms, value
+)
+INSERT INTO agg (series_id, bucket_ms, mn, mx, sm, ct, lts, lv)
+SELECT series_id, {bucket_sql("ts_ms", Level.M1.bucket_ms)},
+       min(value), max(value), sum(value), count(*), max(ts_ms),
+       (array_agg(value ORDER BY ts_ms DESC))[1]
+FROM ins GROUP BY 1, 2"""  # noqa: S608 - see _SQL_NOTE
+
 _UPSERT_TAIL: Final = """
 ON CONFLICT (series_id, bucket_ms) DO UPDATE SET
     min = least(r.min, excluded.min),
@@ -305,6 +360,30 @@ def rollup_upsert_sql(level: Level) -> str:
 _ROLLUP_UPSERTS: Final = tuple(
     rollup_upsert_sql(level) for level in (Level.M1, Level.M15, Level.H1)
 )
+
+
+def direct_upsert_sql() -> str:
+    """One statement that upserts a live group's partials (table ``parts``, computed by the
+    writer) into the three rollups, and its newest samples into ``latest``: one round trip
+    to the server instead of four."""
+    steps = []
+    for level in (Level.M1, Level.M15, Level.H1):
+        steps.append(
+            f"{level.name.lower()} AS (INSERT INTO {TABLES[level]} AS r "  # noqa: S608
+            "(series_id, bucket_ms, min, max, sum, count, last_ts, last_value) "
+            "SELECT series_id, bucket_ms, mn, mx, sm, ct, lts, lv FROM parts "
+            f"WHERE level_ms = {level.bucket_ms} ORDER BY 1, 2{_UPSERT_TAIL})"
+        )
+    # The newest partial of each series holds its newest sample; the hourly ones are fewest.
+    return f"""WITH {", ".join(steps)}
+INSERT INTO latest AS l (series_id, ts_ms, value)
+SELECT DISTINCT ON (series_id) series_id, lts, lv FROM parts WHERE level_ms = {Level.H1.bucket_ms}
+ORDER BY series_id, lts DESC
+ON CONFLICT (series_id) DO UPDATE SET ts_ms = excluded.ts_ms, value = excluded.value
+WHERE excluded.ts_ms > l.ts_ms"""  # noqa: S608 - see _SQL_NOTE
+
+
+_DIRECT_UPSERT: Final = direct_upsert_sql()
 
 _LATEST_UPSERT: Final = """
 INSERT INTO latest AS l (series_id, ts_ms, value)
@@ -357,6 +436,97 @@ def partitions_for(raw_days: Iterable[int]) -> set[tuple[Level, int]]:
         for level in TABLES:
             out.add((level, partition_start(level, day)))
     return out
+
+
+_NO_SAMPLE: Final = MIN_TS_MS - 1
+
+
+class GroupView:
+    """A group's samples as arrays (series id, ts, value), for what the writer decides in
+    C rather than per sample in Python: the newest sample of each series, whether every
+    sample is new for certain, and the 1-minute partials."""
+
+    def __init__(
+        self,
+        ids: Sequence[Sequence[int]],
+        stamps: Sequence[Sequence[int]],
+        values: Sequence[Sequence[float]],
+    ) -> None:
+        sid = np.concatenate([np.asarray(column, dtype=np.int64) for column in ids])
+        self.ts = np.concatenate([np.asarray(column, dtype=np.int64) for column in stamps])
+        self.value = np.concatenate([np.asarray(column, dtype=np.float64) for column in values])
+        self.series, self.inverse = np.unique(sid, return_inverse=True)
+        # Samples by series, then time; ties (one identity twice) keep arrival order.
+        self.order = np.lexsort((self.ts, self.inverse))
+        sorted_inverse = self.inverse[self.order]
+        sorted_ts = self.ts[self.order]
+        ends = np.flatnonzero(np.diff(sorted_inverse)) + 1
+        self.series_end = np.append(ends, len(sorted_ts)) - 1
+        self.top = sorted_ts[self.series_end]  # newest ts of each series in self.series
+        same_series = sorted_inverse[1:] == sorted_inverse[:-1]
+        self.distinct = not bool(np.any(same_series & (sorted_ts[1:] == sorted_ts[:-1])))
+
+    def newest(self) -> dict[int, int]:
+        """Newest timestamp of each series in the group."""
+        return dict(zip(self.series.tolist(), self.top.tolist(), strict=True))
+
+    def all_newer(self, newest: Mapping[int, int]) -> bool:
+        """Whether every sample is newer than ``newest[series id]`` (absent: none stored)."""
+        floor = np.fromiter(
+            (newest.get(s, _NO_SAMPLE) for s in self.series.tolist()),
+            dtype=np.int64,
+            count=len(self.series),
+        )
+        oldest = self.ts[self.order][np.append(0, self.series_end[:-1] + 1)]
+        return bool(np.all(oldest > floor))
+
+    def partials(self) -> bytes:
+        """The 1 min, 15 min and 1 h partials of the group's samples, as the binary COPY
+        data of table ``parts``: per (level, series, epoch-aligned bucket) min, max, sum,
+        count, newest ts and its value (for a group whose identities are distinct)."""
+        ts, value = self.ts[self.order], self.value[self.order]
+        series = self.series[self.inverse[self.order]]
+        columns = (series, ts, value, value, value, np.ones(len(ts), np.int64), ts, value)
+        rows = []
+        for level in (Level.M1, Level.M15, Level.H1):
+            columns = _fold_partials(columns, level.bucket_ms)
+            rows.append(_copy_rows(level.bucket_ms, columns))
+        return _COPY_SIGNATURE + b"".join(rows) + _COPY_TRAILER
+
+
+_Arrays = tuple[Any, Any, Any, Any, Any, Any, Any, Any]
+
+
+def _fold_partials(partials: _Arrays, size_ms: int) -> _Arrays:
+    """Partials (series, t, min, max, sum, count, newest ts, its value) sorted by series and
+    time, folded into ``size_ms`` buckets (epoch-aligned: remainder floors for negative
+    times too). Each bucket's rows are contiguous, its newest is its last."""
+    series, t, mn, mx, sm, ct, lts, lv = partials
+    bucket = t - np.remainder(t, size_ms)
+    change = (series[1:] != series[:-1]) | (bucket[1:] != bucket[:-1])
+    starts = np.append(0, np.flatnonzero(change) + 1)
+    last = np.append(starts[1:], len(t)) - 1
+    return (
+        series[starts],
+        bucket[starts],
+        np.minimum.reduceat(mn, starts),
+        np.maximum.reduceat(mx, starts),
+        np.add.reduceat(sm, starts),
+        np.add.reduceat(ct, starts),
+        lts[last],
+        lv[last],
+    )
+
+
+def _copy_rows(level_ms: int, partials: _Arrays) -> bytes:
+    """Partials as rows of ``COPY parts FROM STDIN (FORMAT BINARY)``, built in C."""
+    rows = np.empty(len(partials[0]), dtype=_PARTIAL_ROW)
+    rows["fields"] = len(_PARTIAL_FIELDS)
+    columns = (level_ms, *partials)
+    for n, ((name, kind), column) in enumerate(zip(_PARTIAL_FIELDS, columns, strict=True)):
+        rows[f"len{n}"] = np.dtype(kind).itemsize
+        rows[name] = column
+    return rows.tobytes()
 
 
 def create_partition_sql(level: Level, start_ms: int) -> str:
@@ -702,6 +872,14 @@ class PostgresStorage:
         # Writer-thread state: committed series ids, and partitions known to exist.
         self._series_ids: dict[SeriesTuple, int] = {}
         self._partitions: set[tuple[Level, int]] = set()
+        # Newest stored timestamp of each series id, as far as this writer knows (from
+        # ``latest`` at connect, raised by each commit): samples newer than it skip the
+        # stage (see the module doc). Another process may store newer ones unseen; the
+        # primary key then refuses the direct COPY and the group goes the staged way.
+        self._newest: dict[int, int] = {}
+        # How many groups went each way since open (for benchmarks and tests).
+        self.direct_groups = 0
+        self.staged_groups = 0
 
     @classmethod
     def from_config(
@@ -926,6 +1104,7 @@ class PostgresStorage:
             )
         }
         self._partitions = _load_partitions(conn)
+        self._newest = dict(conn.execute("SELECT series_id, ts_ms FROM latest").fetchall())
 
     def _write_group(
         self, session: _Session, batches: list[Sequence[Sample]]
@@ -963,7 +1142,13 @@ class PostgresStorage:
         return outcomes
 
     def _store(self, session: _Session, batches: list[_Columns]) -> list[int]:
-        days = {partition_start(Level.RAW, ts) for columns in batches for ts in columns.ts}
+        # The distinct days of the group's times, in C (a Python call per sample would be
+        # a tenth of a live write).
+        span = PARTITION_SPAN_MS[Level.RAW]
+        days: set[int] = set()
+        for columns in batches:
+            stamps = np.asarray(columns.ts, dtype=np.int64)
+            days.update(np.unique(stamps - np.remainder(stamps, span)).tolist())
         needed = partitions_for(days)
 
         def attempt(conn: Conn) -> list[int]:
@@ -990,46 +1175,103 @@ class PostgresStorage:
         return session.run(attempt, "writing samples")
 
     def _commit(self, conn: Conn, batches: list[_Columns]) -> list[int]:
+        try:
+            return self._commit_once(conn, batches, direct=True)
+        except pg_errors.UniqueViolation:
+            # The direct COPY met a sample another process stored since this writer last
+            # looked (or a commit whose outcome was lost): the transaction is rolled back,
+            # and the group goes through the stage.
+            return self._commit_once(conn, batches, direct=False)
+
+    def _commit_once(self, conn: Conn, batches: list[_Columns], *, direct: bool) -> list[int]:
         new_ids: dict[SeriesTuple, int] = {}
         with conn.transaction(), conn.cursor() as cur:
-            ids_of = self._resolve_ids(cur, batches, new_ids)
-            with cur.copy(_COPY_STAGE) as copy:
-                copy.set_types(["int4", "int8", "float8", "int4"])
-                for number, columns in enumerate(batches):
-                    for first in range(0, len(columns.keys), _COPY_ROWS):
-                        last = first + _COPY_ROWS
-                        for row in zip(
-                            map(ids_of.__getitem__, columns.keys[first:last]),
-                            columns.ts[first:last],
-                            columns.values[first:last],
-                            [number] * len(columns.ts[first:last]),
-                            strict=True,
-                        ):
-                            copy.write_row(row)
-            single = len(batches) == 1
-            if single:
-                cur.execute(_INSERT_NEW_ONE_BATCH)
-                cur.execute("SELECT coalesce(sum(ct), 0) FROM agg")
-                counted = cur.fetchone()
-                inserted = int(counted[0]) if counted else 0
+            try:  # the common case, every series known: one pass, in C
+                ids = [list(map(self._series_ids.__getitem__, c.keys)) for c in batches]
+            except KeyError:
+                ids_of = self._resolve_ids(cur, batches, new_ids)
+                ids = [list(map(ids_of.__getitem__, c.keys)) for c in batches]
+            view = GroupView(ids, [c.ts for c in batches], [c.values for c in batches])
+            if direct and view.distinct and view.all_newer(self._newest):
+                self._copy_direct(cur, ids, batches, view.partials())
+                cur.execute(_DIRECT_UPSERT)
+                per_batch = {number: len(columns.ts) for number, columns in enumerate(batches)}
+                self.direct_groups += 1
             else:
-                cur.execute(_INSERT_NEW_GROUP)
-                inserted = cur.rowcount
-                if inserted:
-                    cur.execute(_FILL_AGG)
-            if inserted:
-                for upsert in _ROLLUP_UPSERTS:
-                    cur.execute(upsert)
-                cur.execute(_LATEST_UPSERT)
-            if single:
-                per_batch = {0: inserted}
-            else:
-                cur.execute("SELECT batch, count(*) FROM fresh GROUP BY batch")
-                per_batch = dict(cur.fetchall())
+                per_batch = self._insert_staged(cur, ids, batches, distinct=view.distinct)
+                if sum(per_batch.values()):
+                    for upsert in (*_ROLLUP_UPSERTS, _LATEST_UPSERT):
+                        cur.execute(upsert)
+                self.staged_groups += 1
         # Only now are new series rows durable; caching them earlier would hand out ids
         # that a rollback had taken back.
         self._series_ids.update(new_ids)
+        # Every identity of the group is stored now (new or not), so each series' newest
+        # stored sample is at least the group's newest of it.
+        newest = self._newest
+        for sid, ts in view.newest().items():
+            if ts > newest.get(sid, _NO_SAMPLE):
+                newest[sid] = ts
         return [per_batch.get(number, 0) for number in range(len(batches))]
+
+    @staticmethod
+    def _copy_direct(
+        cur: psycopg.Cursor[tuple[Any, ...]],
+        ids: list[list[int]],
+        batches: list[_Columns],
+        partials: bytes,
+    ) -> None:
+        """Samples known to be new straight into ``samples``, their partials into
+        ``parts``."""
+        with cur.copy(_COPY_SAMPLES) as copy:
+            copy.set_types(["int4", "int8", "float8"])
+            for sids, columns in zip(ids, batches, strict=True):
+                for first in range(0, len(sids), _COPY_ROWS):
+                    last = first + _COPY_ROWS
+                    for row in zip(
+                        sids[first:last],
+                        columns.ts[first:last],
+                        columns.values[first:last],
+                        strict=True,
+                    ):
+                        copy.write_row(row)
+        with cur.copy(_COPY_PARTS) as copy:
+            copy.write(partials)
+
+    @staticmethod
+    def _insert_staged(
+        cur: psycopg.Cursor[tuple[Any, ...]],
+        ids: list[list[int]],
+        batches: list[_Columns],
+        *,
+        distinct: bool,
+    ) -> dict[int, int]:
+        """Stage, keep the first arrival of each identity, insert what is new and fold it
+        into ``agg``; returns the new samples per batch number."""
+        with cur.copy(_COPY_STAGE) as copy:
+            copy.set_types(["int4", "int8", "float8", "int4"])
+            for number, (sids, columns) in enumerate(zip(ids, batches, strict=True)):
+                for first in range(0, len(sids), _COPY_ROWS):
+                    last = first + _COPY_ROWS
+                    for row in zip(
+                        sids[first:last],
+                        columns.ts[first:last],
+                        columns.values[first:last],
+                        [number] * len(columns.ts[first:last]),
+                        strict=True,
+                    ):
+                        copy.write_row(row)
+        if len(batches) == 1:
+            cur.execute(_INSERT_NEW_DISTINCT if distinct else _INSERT_NEW_ONE_BATCH)
+            cur.execute("SELECT coalesce(sum(ct), 0) FROM agg")
+            counted = cur.fetchone()
+            return {0: int(counted[0]) if counted else 0}
+        cur.execute(_INSERT_NEW_GROUP)
+        if not cur.rowcount:
+            return {}
+        cur.execute(_FILL_AGG)
+        cur.execute("SELECT batch, count(*) FROM fresh GROUP BY batch")
+        return dict(cur.fetchall())
 
     def _resolve_ids(
         self,

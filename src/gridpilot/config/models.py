@@ -909,8 +909,17 @@ class ControlConfig(_Frozen):
     enter_service: EnterServiceParams | None = None
     """IEEE 1547 enter service after a trip: the inverter held at 0 % for the delay, then
     ramped."""
+    workers: int | None = Field(default=None, ge=0, le=64)
+    """Worker processes for the zone planners' LP solves and model identifications, so that
+    they never hold up the event loop (a day's LP takes 0.1-1 s of CPU); ``null`` = two, or
+    one on a one-core machine; 0 = solve inline in the cycle (tests, tiny sites)."""
+    worker_timeout: timedelta = timedelta(seconds=60)
+    """A solve or identification running longer is stopped (its worker replaced) and the
+    zones fall back to their thermostats until the next one succeeds."""
+    worker_queue: int = Field(default=8, ge=1, le=1000)
+    """Jobs running or waiting for a worker at most; more are refused (the zone falls back)."""
 
-    @field_validator("cycle", "command_ttl", "resend_after")
+    @field_validator("cycle", "command_ttl", "resend_after", "worker_timeout")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):

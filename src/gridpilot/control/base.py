@@ -20,7 +20,7 @@ Sign conventions (the same as the simulator's and the meters'):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
@@ -173,6 +173,34 @@ S = TypeVar("S")
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """CPU-heavy work a controller hands out instead of doing it in ``decide`` (an LP
+    solve, a model fit): ``fn(*args)``, run by the service in a worker process
+    (``gridpilot.workers``) while the cycles go on. ``fn`` is a module-level function and
+    ``args`` pure, pickleable inputs. The outcome comes back through the controller's
+    ``finish`` (:class:`Offloading`) between two cycles; until then the controller decides
+    without it (the plan it has, or its fallback)."""
+
+    key: str
+    """What the job computes, unique within its controller (``plan``,
+    ``identify:hvac_zone_1``): a newer job of the same key replaces one still waiting."""
+    fn: Callable[..., object]
+    args: tuple[object, ...] = ()
+    tag: object = None
+    """The controller's mark of the request (when it was made): ``finish`` drops an
+    outcome whose request its state no longer waits for."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """What became of a :class:`Job`: its ``value``, or ``error`` (what it raised, a
+    timeout, its worker lost, the pool full or shut down)."""
+
+    value: object = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Decision(Generic[S]):
     """What one controller decided in one cycle."""
 
@@ -185,6 +213,8 @@ class Decision(Generic[S]):
     ``limit_w``, ``reserve_wh``): the engine publishes them as the controller's telemetry."""
     events: tuple[str, ...] = ()
     """Things an operator should hear about this cycle (a load shed, a fallback taken)."""
+    jobs: tuple[Job, ...] = ()
+    """Work to run off the cycle (an :class:`Offloading` controller's only)."""
 
 
 class Controller(Protocol[S]):
@@ -202,4 +232,21 @@ class Controller(Protocol[S]):
         self, snapshot: Snapshot, state: S, now: datetime, forecasts: Forecasts
     ) -> Decision[S]:
         """One cycle. May raise: the engine reports it and skips this controller."""
+        ...
+
+
+class Offloading(Protocol[S]):
+    """A controller that can hand its CPU-heavy work out as :class:`Job` s.
+
+    Built inline (the default: ``decide`` solves there and then, as the control benchmark
+    drives it), :meth:`offloaded` gives the same controller in the mode where ``decide``
+    returns jobs instead; the service switches to it when it has worker processes.
+    """
+
+    def offloaded(self) -> Controller[S]:
+        """This controller, emitting jobs instead of solving in ``decide``."""
+        ...
+
+    def finish(self, state: S, job: Job, outcome: JobOutcome) -> tuple[S, tuple[str, ...]]:
+        """``state`` with ``job``'s outcome taken in, and events for the operator. Pure."""
         ...

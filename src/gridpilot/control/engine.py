@@ -35,6 +35,8 @@ from gridpilot.control.base import (
     Constraint,
     Controller,
     Forecasts,
+    Job,
+    JobOutcome,
     PointRef,
     Priority,
     SetpointRequest,
@@ -135,6 +137,9 @@ class CycleResult:
     errors: Mapping[str, str]
     """Controller name -> what it raised this cycle."""
     fail_safes_active: tuple[str, ...]
+    jobs: tuple[tuple[str, Job], ...] = ()
+    """(controller name, job): work the controllers handed out this cycle; whoever runs
+    them gives each outcome back through :meth:`Engine.finish_job`."""
 
 
 @dataclass(slots=True)
@@ -243,6 +248,7 @@ class Engine:
         metrics: dict[str, float] = {}
         requests: list[SetpointRequest] = []
         constraints: list[Constraint] = []
+        jobs: list[tuple[str, Job]] = []
 
         active = self._fail_safe_requests(snapshot, requests, events)
 
@@ -270,6 +276,7 @@ class Engine:
             for metric, value in decision.metrics.items():
                 metrics[f"{name}_{metric}"] = value
             events.extend(EngineEvent(name, message) for message in decision.events)
+            jobs.extend((name, job) for job in decision.jobs)
 
         self._override_requests(now, requests, events)
 
@@ -287,7 +294,27 @@ class Engine:
             events=tuple(events),
             errors=errors,
             fail_safes_active=tuple(active),
+            jobs=tuple(jobs),
         )
+
+    def finish_job(self, name: str, job: Job, outcome: JobOutcome) -> tuple[EngineEvent, ...]:
+        """Give a job's outcome to the controller that handed it out (between cycles); its
+        state takes it in. Returns the controller's events. A controller that is gone or
+        cannot take outcomes is skipped; one whose ``finish`` raises is reported."""
+        slot = self._slots.get(name)
+        finish = getattr(slot.controller, "finish", None) if slot is not None else None
+        if slot is None or finish is None:
+            return ()
+        try:
+            state, messages = finish(slot.state, job, outcome)
+        except Exception as exc:  # noqa: BLE001 - a controller's bug must not stop the service
+            return (
+                EngineEvent(
+                    name, f"taking in job {job.key!r} raised: {type(exc).__name__}: {exc}", "alarm"
+                ),
+            )
+        slot.state = state
+        return tuple(EngineEvent(name, message) for message in messages)
 
     # ------------------------------------------------------------------------- stages
 

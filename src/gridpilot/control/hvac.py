@@ -81,7 +81,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from statistics import NormalDist
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -93,6 +93,8 @@ from gridpilot.control.base import (
     Decision,
     Forecast,
     Forecasts,
+    Job,
+    JobOutcome,
     PointField,
     PointRef,
     Priority,
@@ -444,6 +446,29 @@ class ZoneProblem:
     """Per step: whether the zone is occupied (selects its comfort band)."""
 
 
+@dataclass(frozen=True, slots=True)
+class PlanJob:
+    """The inputs of one :func:`plan_zones` solve: pure and pickleable, so that a worker
+    process can solve it (:func:`solve_plans`)."""
+
+    zones: tuple[ZoneProblem, ...]
+    outdoor_degc: tuple[float, ...]
+    irradiance_wm2: tuple[float, ...]
+    prices_per_kwh: tuple[float, ...]
+    demand: DemandTerm | None = None
+
+
+def solve_plans(job: PlanJob) -> tuple[Plan, ...]:
+    """:func:`plan_zones` of ``job`` (a module-level function: what a worker runs)."""
+    return plan_zones(
+        job.zones,
+        outdoor_degc=job.outdoor_degc,
+        irradiance_wm2=job.irradiance_wm2,
+        prices_per_kwh=job.prices_per_kwh,
+        demand=job.demand,
+    )
+
+
 def plan_zones(  # noqa: PLR0915 - one LP, its blocks built in order
     zones: Sequence[ZoneProblem],
     *,
@@ -749,8 +774,16 @@ def _peak_block_w(demand: DemandTerm, chiller_w: npt.NDArray[np.float64]) -> flo
 
 
 FallbackKind = Literal[
-    "stale_temperature", "no_model", "model_refused", "model_bad", "no_outdoor", "planner"
+    "stale_temperature",
+    "no_model",
+    "model_refused",
+    "model_bad",
+    "no_outdoor",
+    "planner",
+    "solving",
 ]
+"""Why a zone runs its thermostat; ``solving``: its first plan (or the one replacing a
+plan it had to drop) is being solved in a worker process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -848,6 +881,12 @@ class HvacState:
     """Forecasts replaced by persistence at the last announcement."""
     demand: DemandLedger | None = None
     """The month's billed demand, followed from ``grid_point``."""
+    identifying: datetime | None = None
+    """Offloaded: when the identification from ``history`` was handed out (None: none is)."""
+    solving: datetime | None = None
+    """Offloaded: when the plan being solved in a worker was requested (its start)."""
+    failure: tuple[FallbackKind, str] | None = None
+    """Offloaded: why the last solve gave no plan; the next cycle falls back with it."""
 
 
 class HvacController:
@@ -859,10 +898,12 @@ class HvacController:
         *,
         fit: ThermalFit | None = None,
         history: ZoneHistory | None = None,
+        offload: bool = False,
     ) -> None:
         self._params = params
         self._fit = fit
         self._history = history
+        self._offload = offload
 
     @property
     def name(self) -> str:
@@ -876,6 +917,19 @@ class HvacController:
     def params(self) -> HvacParams:
         return self._params
 
+    @property
+    def offload(self) -> bool:
+        """Whether solves and identifications are handed out as jobs (see :meth:`offloaded`)."""
+        return self._offload
+
+    def offloaded(self) -> HvacController:
+        """This planner handing its LP solves and model identifications out as
+        :class:`~gridpilot.control.base.Job` s (the service runs them in worker processes):
+        while a new plan is being solved the zone follows the plan it has, or without one
+        its thermostat fallback (``solving``); a failed or timed-out solve falls back as a
+        failed inline one does. Built inline (the default), ``decide`` solves there."""
+        return HvacController(self._params, fit=self._fit, history=self._history, offload=True)
+
     def initial_state(self) -> HvacState:
         return HvacState(fit=self._fit, history=self._history)
 
@@ -883,9 +937,31 @@ class HvacController:
         self, snapshot: Snapshot, state: HvacState, now: datetime, forecasts: Forecasts
     ) -> Decision[HvacState]:
         """One cycle: re-plan when due, then request the setpoint of the current step."""
+        jobs: list[Job] = []
+        decision = self._decide(snapshot, state, now, forecasts, jobs)
+        return replace(decision, jobs=tuple(jobs)) if jobs else decision
+
+    def finish(
+        self, state: HvacState, job: Job, outcome: JobOutcome
+    ) -> tuple[HvacState, tuple[str, ...]]:
+        """Take in a handed-out job's outcome (a plan, an identified model)."""
+        if job.key == "plan":
+            return self._finish_plan(state, job, outcome), ()
+        if job.key == self._identify_key:
+            return self._finish_identify(state, job, outcome)
+        return state, ()
+
+    def _decide(
+        self,
+        snapshot: Snapshot,
+        state: HvacState,
+        now: datetime,
+        forecasts: Forecasts,
+        jobs: list[Job],
+    ) -> Decision[HvacState]:
         p = self._params
         events: list[str] = []
-        state = self._identified(state, events)
+        state = self._identified(state, events, now=now, jobs=jobs)
         fit = state.fit
         metrics: dict[str, float] = {}
         if p.grid_point is not None:
@@ -906,20 +982,70 @@ class HvacController:
             temperature=temperature,
             metrics=metrics,
             events=events,
+            jobs=jobs,
         )
 
-    def _identified(self, state: HvacState, events: list[str]) -> HvacState:
-        """``state`` with its model identified from the history it carries, when due."""
-        fit = state.fit
-        if fit is None and state.history is not None:
-            fit = identify_zone(state.history, self._params.identification)
-            if isinstance(fit, ThermalFit):
-                events.append(
-                    f"{self.name}: identified {fit.chosen} zone model from history, "
-                    f"R·C {fit.rc.time_constant_s / 3600.0:.1f} h, {fit.verdict}"
+    @property
+    def _identify_key(self) -> str:
+        return f"identify:{self._params.zone}"
+
+    def _identified(
+        self, state: HvacState, events: list[str], *, now: datetime, jobs: list[Job]
+    ) -> HvacState:
+        """``state`` with its model identified from the history it carries, when it carries
+        one (the model it had, if any, is replaced). Offloaded: the identification is
+        handed out as a job and the current model, if any, serves until it is done."""
+        history = state.history
+        if history is None:
+            return state
+        if self._offload:
+            if state.identifying is None:
+                jobs.append(
+                    Job(
+                        self._identify_key,
+                        identify_zone,
+                        (history, self._params.identification),
+                        tag=now,
+                    )
                 )
-            state = replace(state, fit=fit, history=None)
-        return state
+                state = replace(state, identifying=now)
+            return state
+        fit = identify_zone(history, self._params.identification)
+        events.extend(self._identified_events(fit))
+        return replace(state, fit=fit, history=None)
+
+    def _identified_events(self, fit: ThermalFit | IdentificationRefused) -> list[str]:
+        if not isinstance(fit, ThermalFit):
+            return []
+        return [
+            f"{self.name}: identified {fit.chosen} zone model from history, "
+            f"R·C {fit.rc.time_constant_s / 3600.0:.1f} h, {fit.verdict}"
+        ]
+
+    def _finish_identify(
+        self, state: HvacState, job: Job, outcome: JobOutcome
+    ) -> tuple[HvacState, tuple[str, ...]]:
+        if state.identifying is None or state.identifying != job.tag:
+            return state, ()
+        # A history handed in after this job was made stays for the next identification.
+        history = None if job.args and state.history is job.args[0] else state.history
+        fit = outcome.value
+        if outcome.error is not None or not isinstance(fit, ThermalFit | IdentificationRefused):
+            keeping = "the current model" if state.fit is not None else "no model"
+            return replace(state, identifying=None, history=history), (
+                f"{self.name}: identifying the zone model in a worker failed "
+                f"({outcome.error or 'no model returned'}); keeping {keeping}",
+            )
+        state = replace(state, fit=fit, history=history, identifying=None)
+        return state, tuple(self._identified_events(fit))
+
+    def _finish_plan(self, state: HvacState, job: Job, outcome: JobOutcome) -> HvacState:
+        if state.solving is None or state.solving != job.tag:
+            return state  # a request this state no longer waits for
+        plan = _first_plan(outcome, 1)
+        if isinstance(plan, str):
+            return replace(state, solving=None, failure=("planner", plan))
+        return replace(state, solving=None, plan=plan, plan_start=state.solving)
 
     def _readiness(
         self, snapshot: Snapshot, state: HvacState, now: datetime, metrics: dict[str, float]
@@ -942,6 +1068,11 @@ class HvacController:
                 f"zone temperature {p.ref(p.temperature_point)} missing or older than "
                 f"{p.max_input_age_s:.0f} s",
             )
+        if fit is None and state.identifying is not None:
+            return temperature, (
+                "no_model",
+                "thermal model being identified from the zone's history in a worker process",
+            )
         if not isinstance(fit, ThermalFit) or not fit.good_enough:
             return temperature, _model_problem(fit)
         return temperature, None
@@ -959,10 +1090,24 @@ class HvacController:
         temperature: float,
         metrics: dict[str, float],
         events: list[str],
+        jobs: list[Job],
     ) -> Decision[HvacState]:
         p = self._params
         plan, start, persisted = state.plan, state.plan_start, state.persisted
-        if plan is None or start is None or self._replan_due(plan, start, now, temperature):
+        due = plan is None or start is None or self._replan_due(plan, start, now, temperature)
+        if due and self._offload:
+            return self._request_plan(
+                snapshot,
+                state,
+                now=now,
+                forecasts=forecasts,
+                model=model,
+                temperature=temperature,
+                metrics=metrics,
+                events=events,
+                jobs=jobs,
+            )
+        if plan is None or start is None or due:
             inputs = self._inputs(snapshot, now, forecasts)
             if isinstance(inputs, str):
                 return self._fallback(
@@ -1007,6 +1152,80 @@ class HvacController:
             plan,
             start,
             now=now,
+            metrics=metrics,
+            events=events,
+        )
+
+    def _request_plan(
+        self,
+        snapshot: Snapshot,
+        state: HvacState,
+        *,
+        now: datetime,
+        forecasts: Forecasts,
+        model: RcModel,
+        temperature: float,
+        metrics: dict[str, float],
+        events: list[str],
+        jobs: list[Job],
+    ) -> Decision[HvacState]:
+        """Offloaded, a plan is due: fall back on a failed solve, hand out a new one unless
+        one is being solved, and meanwhile follow the plan there is (or the thermostat)."""
+        p = self._params
+        if state.failure is not None:
+            return self._fallback(
+                replace(state, failure=None),
+                now=now,
+                problem=state.failure,
+                metrics=metrics,
+                events=events,
+            )
+        if state.solving is None:
+            inputs = self._inputs(snapshot, now, forecasts)
+            if isinstance(inputs, str):
+                return self._fallback(
+                    state, now=now, problem=("no_outdoor", inputs), metrics=metrics, events=events
+                )
+            outdoor, irradiance, persisted = inputs
+            if persisted != state.persisted:
+                events.append(self._persistence_event(persisted))
+            occupied = [p.occupied_at(now + i * p.step) for i in range(p.steps)]
+            demand = self._demand_term(
+                snapshot,
+                state,
+                now=now,
+                forecasts=forecasts,
+                model=model,
+                outdoor=outdoor,
+                irradiance=irradiance,
+                occupied=occupied,
+            )
+            request = PlanJob(
+                zones=(ZoneProblem(model, temperature, p, occupied),),
+                outdoor_degc=tuple(outdoor),
+                irradiance_wm2=tuple(irradiance),
+                prices_per_kwh=p.tariff.prices_per_kwh(now, p.step, p.steps),
+                demand=demand,
+            )
+            jobs.append(Job("plan", solve_plans, (request,), tag=now))
+            state = replace(state, solving=now, persisted=persisted)
+        return self._while_solving(state, now=now, metrics=metrics, events=events)
+
+    def _while_solving(
+        self, state: HvacState, *, now: datetime, metrics: dict[str, float], events: list[str]
+    ) -> Decision[HvacState]:
+        """The plan the zone has while it covers ``now``; else the thermostat: ``solving``,
+        or ``planner`` still when the last solve failed (no event again)."""
+        plan, start = state.plan, state.plan_start
+        if plan is not None and start is not None and _covers(plan, start, now, self._params):
+            return self._follow(state, plan, start, now=now, metrics=metrics, events=events)
+        # A solver failing every time would otherwise flap between "planner" and "solving",
+        # an event each cycle; any other fallback's cause is gone once a plan is requested.
+        kind: FallbackKind = "planner" if state.mode == "planner" else "solving"
+        return self._fallback(
+            state,
+            now=now,
+            problem=(kind, "waiting for a new plan from a worker process"),
             metrics=metrics,
             events=events,
         )
@@ -1277,6 +1496,30 @@ def _tracked(ledger: DemandLedger | None, snapshot: Snapshot, p: HvacParams) -> 
     return track_demand(ledger, reading.value, reading.ts, p.tariff, p.max_input_age_s)
 
 
+def _covers(plan: Plan, start: datetime, now: datetime, p: HvacParams) -> bool:
+    """Whether ``plan`` (solved for ``start``) has a step for ``now``."""
+    if not plan.ok or now < start:
+        return False
+    return math.floor((now - start) / p.step) < len(plan.cooling_w)
+
+
+def _first_plan(outcome: JobOutcome, zones: int) -> Plan | str:
+    """The first plan of a solve job's outcome, or why there is no usable one."""
+    plans = outcome.value
+    if outcome.error is not None:
+        return f"plan solve in a worker failed: {outcome.error}"
+    if (
+        not isinstance(plans, tuple)
+        or len(plans) != zones
+        or not all(isinstance(plan, Plan) for plan in plans)
+    ):
+        return f"plan solve in a worker returned {type(plans).__name__}, not {zones} plan(s)"
+    first: Plan = plans[0]
+    if not first.ok:
+        return f"planner {first.status}: {first.message}"
+    return first
+
+
 def _model_problem(fit: ThermalFit | IdentificationRefused | None) -> tuple[FallbackKind, str]:
     """Why ``fit`` cannot be planned with (called only when it cannot)."""
     if fit is None:
@@ -1320,6 +1563,12 @@ class HvacGroupState:
     """The month's billed demand, followed from the first zone's ``grid_point``."""
     planned: tuple[int, ...] = ()
     """The zones in the current joint plan (the others run their thermostat fallback)."""
+    solving: datetime | None = None
+    """Offloaded: when the joint plan being solved in a worker was requested."""
+    solving_zones: tuple[int, ...] = ()
+    """Offloaded: the zones of that request, in its order."""
+    failure: tuple[FallbackKind, str] | None = None
+    """Offloaded: why the last joint solve gave no plan; the next cycle falls back with it."""
 
 
 class HvacGroupController:
@@ -1336,7 +1585,13 @@ class HvacGroupController:
     weather missing or the solver failing sends every planned zone to its fallback.
     """
 
-    def __init__(self, zones: Sequence[HvacController], *, name: str = "hvac_group_planner"):
+    def __init__(
+        self,
+        zones: Sequence[HvacController],
+        *,
+        name: str = "hvac_group_planner",
+        offload: bool = False,
+    ):
         if not zones:
             raise ValueError("a zone group needs at least one zone")
         steps = {z.params.step for z in zones}
@@ -1345,7 +1600,8 @@ class HvacGroupController:
             raise ValueError("the zones of a group must share one plan step and horizon")
         if len({z.params.zone for z in zones}) != len(zones):
             raise ValueError("a zone appears twice in the group")
-        self._zones = tuple(zones)
+        self._offload = offload
+        self._zones = tuple(z.offloaded() if offload and not z.offload else z for z in zones)
         self._name = name
 
     @property
@@ -1360,8 +1616,44 @@ class HvacGroupController:
     def zones(self) -> tuple[HvacController, ...]:
         return self._zones
 
+    @property
+    def offload(self) -> bool:
+        return self._offload
+
+    def offloaded(self) -> HvacGroupController:
+        """This group handing its joint solves and its zones' identifications out as jobs
+        (as :meth:`HvacController.offloaded`)."""
+        return HvacGroupController(self._zones, name=self._name, offload=True)
+
     def initial_state(self) -> HvacGroupState:
         return HvacGroupState(zones=tuple(z.initial_state() for z in self._zones))
+
+    def finish(
+        self, state: HvacGroupState, job: Job, outcome: JobOutcome
+    ) -> tuple[HvacGroupState, tuple[str, ...]]:
+        """Take in a handed-out job's outcome: the joint plan, or one zone's model."""
+        if job.key == "plan":
+            return self._finish_plan(state, job, outcome), ()
+        for i, zone in enumerate(self._zones):
+            if job.key == zone._identify_key:
+                zone_state, events = zone._finish_identify(state.zones[i], job, outcome)
+                zones = list(state.zones)
+                zones[i] = zone_state
+                return replace(state, zones=tuple(zones)), events
+        return state, ()
+
+    def _finish_plan(self, state: HvacGroupState, job: Job, outcome: JobOutcome) -> HvacGroupState:
+        if state.solving is None or state.solving != job.tag:
+            return state
+        done = replace(state, solving=None, solving_zones=())
+        first = _first_plan(outcome, len(state.solving_zones))
+        if isinstance(first, str):
+            return replace(done, failure=("planner", f"joint {first}"))
+        plans = cast(tuple[Plan, ...], outcome.value)
+        zones = list(state.zones)
+        for i, plan in zip(state.solving_zones, plans, strict=True):
+            zones[i] = replace(zones[i], plan=plan, plan_start=state.solving)
+        return replace(done, zones=tuple(zones), planned=state.solving_zones)
 
     def decide(
         self, snapshot: Snapshot, state: HvacGroupState, now: datetime, forecasts: Forecasts
@@ -1369,12 +1661,14 @@ class HvacGroupController:
         """One cycle: re-plan the ready zones together when due, request every setpoint."""
         lead = self._zones[0].params
         events: list[str] = []
+        jobs: list[Job] = []
         metrics: dict[str, float] = {}
         ledger = _tracked(state.demand, snapshot, lead) or state.demand
         if ledger is not None:
             metrics["billed_peak_w"] = ledger.billed_peak_w
         zone_states = [
-            z._identified(s, events) for z, s in zip(self._zones, state.zones, strict=True)
+            z._identified(s, events, now=now, jobs=jobs)
+            for z, s in zip(self._zones, state.zones, strict=True)
         ]
         zone_metrics: list[dict[str, float]] = [{} for _ in self._zones]
         decisions: dict[int, Decision[HvacState]] = {}
@@ -1390,7 +1684,25 @@ class HvacGroupController:
                     zone_states[i], now=now, problem=problem, metrics=zone_metrics[i], events=[]
                 )
         planned = tuple(i for i, _, _ in ready)
-        if ready and self._replan_due(zone_states, ready, planned, state.planned, now):
+        offloaded = replace(state, zones=tuple(zone_states))
+        if (
+            ready
+            and self._offload
+            and self._replan_due(zone_states, ready, planned, state.planned, now)
+        ):
+            offloaded, planned = self._request_plan(
+                snapshot,
+                offloaded,
+                ready=ready,
+                decisions=decisions,
+                zone_metrics=zone_metrics,
+                ledger=ledger,
+                now=now,
+                forecasts=forecasts,
+                jobs=jobs,
+            )
+            zone_states = list(offloaded.zones)
+        elif ready and self._replan_due(zone_states, ready, planned, state.planned, now):
             outcome = self._plan(
                 snapshot, zone_states, ready, decisions, ledger, now=now, forecasts=forecasts
             )
@@ -1430,11 +1742,65 @@ class HvacGroupController:
                 else:
                     metrics[f"{zone.params.zone}_{key}"] = value
         return Decision(
-            state=HvacGroupState(zones=tuple(new_states), demand=ledger, planned=planned),
+            state=replace(offloaded, zones=tuple(new_states), demand=ledger, planned=planned),
             requests=tuple(requests),
             metrics=metrics,
             events=tuple(events),
+            jobs=tuple(jobs),
         )
+
+    def _request_plan(
+        self,
+        snapshot: Snapshot,
+        state: HvacGroupState,
+        *,
+        ready: Sequence[tuple[int, float, RcModel]],
+        decisions: dict[int, Decision[HvacState]],
+        zone_metrics: Sequence[dict[str, float]],
+        ledger: DemandLedger | None,
+        now: datetime,
+        forecasts: Forecasts,
+        jobs: list[Job],
+    ) -> tuple[HvacGroupState, tuple[int, ...]]:
+        """Offloaded, a joint plan is due: fall back on a failed solve, hand out a new one
+        unless one is being solved, and meanwhile let each ready zone follow the plan it has
+        (or its thermostat). Fills ``decisions`` for the zones that fall back; returns the
+        state and the zones now in the joint plan."""
+        zone_states = list(state.zones)
+        problem: tuple[FallbackKind, str] | None = state.failure
+        state = replace(state, failure=None)
+        if problem is None and state.solving is None:
+            request = self._request(
+                snapshot, zone_states, ready, decisions, ledger, now=now, forecasts=forecasts
+            )
+            if isinstance(request, str):
+                problem = ("no_outdoor", request)
+            else:
+                job, persisted = request
+                jobs.append(Job("plan", solve_plans, (job,), tag=now))
+                for i, _, _ in ready:
+                    zone_states[i] = replace(zone_states[i], persisted=persisted)
+                state = replace(state, solving=now, solving_zones=tuple(i for i, _, _ in ready))
+        for i, _, _ in ready:
+            zone, zs = self._zones[i], zone_states[i]
+            if problem is None:
+                if (
+                    zs.plan is not None
+                    and zs.plan_start is not None
+                    and _covers(zs.plan, zs.plan_start, now, zone.params)
+                ):
+                    continue  # followed below
+                kind: FallbackKind = "planner" if zs.mode == "planner" else "solving"
+                waiting = (kind, "waiting for a joint plan from a worker process")
+            decisions[i] = zone._fallback(
+                zs,
+                now=now,
+                problem=problem or waiting,
+                metrics=zone_metrics[i],
+                events=[],
+            )
+        following = tuple(i for i, _, _ in ready if i not in decisions)
+        return replace(state, zones=tuple(zone_states)), following if problem is None else ()
 
     def _replan_due(
         self,
@@ -1448,7 +1814,13 @@ class HvacGroupController:
             return True
         for i, temperature, _ in ready:
             zs = zone_states[i]
-            if zs.plan is None or zs.plan_start is None or zs.mode != "plan":
+            # Offloaded, a zone waits for its plan in a fallback mode with the plan it had;
+            # inline a zone with a plan is always in mode "plan".
+            if (
+                zs.plan is None
+                or zs.plan_start is None
+                or (zs.mode != "plan" and not self._offload)
+            ):
                 return True
             if self._zones[i]._replan_due(zs.plan, zs.plan_start, now, temperature):
                 return True
@@ -1466,12 +1838,38 @@ class HvacGroupController:
         forecasts: Forecasts,
     ) -> dict[int, HvacState] | tuple[FallbackKind, str]:
         """Each ready zone's state with its part of a new joint plan, or why there is none."""
-        lead = self._zones[0]
-        p = lead.params
+        request = self._request(
+            snapshot, zone_states, ready, fallbacks, ledger, now=now, forecasts=forecasts
+        )
+        if isinstance(request, str):
+            return "no_outdoor", request
+        job, persisted = request
+        plans = solve_plans(job)
+        if not plans[0].ok:
+            return "planner", f"joint planner {plans[0].status}: {plans[0].message}"
+        return {
+            i: replace(zone_states[i], plan=plan, plan_start=now, persisted=persisted)
+            for (i, _, _), plan in zip(ready, plans, strict=True)
+        }
+
+    def _request(
+        self,
+        snapshot: Snapshot,
+        zone_states: Sequence[HvacState],
+        ready: Sequence[tuple[int, float, RcModel]],
+        fallbacks: Mapping[int, Decision[HvacState]],
+        ledger: DemandLedger | None,
+        *,
+        now: datetime,
+        forecasts: Forecasts,
+    ) -> tuple[PlanJob, tuple[str, ...]] | str:
+        """The joint solve of the ready zones and the forecasts persisted for it, or why
+        there is none (no outdoor temperature)."""
+        p = self._zones[0].params
         first = self._zones[ready[0][0]]
         inputs = first._inputs(snapshot, now, forecasts)
         if isinstance(inputs, str):
-            return "no_outdoor", inputs
+            return inputs
         outdoor, irradiance, persisted = inputs
         times = [now + k * p.step for k in range(p.steps)]
         problems = [
@@ -1494,19 +1892,14 @@ class HvacGroupController:
             outdoor=outdoor,
             irradiance=irradiance,
         )
-        plans = plan_zones(
-            problems,
-            outdoor_degc=outdoor,
-            irradiance_wm2=irradiance,
+        job = PlanJob(
+            zones=tuple(problems),
+            outdoor_degc=tuple(outdoor),
+            irradiance_wm2=tuple(irradiance),
             prices_per_kwh=p.tariff.prices_per_kwh(now, p.step, p.steps),
             demand=demand,
         )
-        if not plans[0].ok:
-            return "planner", f"joint planner {plans[0].status}: {plans[0].message}"
-        return {
-            i: replace(zone_states[i], plan=plan, plan_start=now, persisted=persisted)
-            for (i, _, _), plan in zip(ready, plans, strict=True)
-        }
+        return job, persisted
 
     def _demand_term(
         self,

@@ -18,6 +18,14 @@ nothing is sent; decisions that would have been sent go to the journal and the m
 
 Cycle time is measured against the wall clock; an overrun (a cycle longer than its period)
 is counted and the next cycle starts at once rather than piling up.
+
+CPU-heavy work never runs in the cycle: with ``control.workers`` > 0 (the default: two) the
+zone planners are built offloaded (``offloaded()``) and hand their LP solves and model
+identifications out as jobs, which the service runs in a :class:`~gridpilot.workers.WorkerPool`
+of processes while the cycles go on, and gives each outcome back to its controller
+(``Engine.finish_job``) as it arrives. A job that fails, times out, loses its worker or
+finds the pool full comes back as an error: the zones fall back to their thermostats and
+say so. ``control.workers: 0`` solves inline, in the cycle, as the benchmark does.
 """
 
 from __future__ import annotations
@@ -47,11 +55,20 @@ from gridpilot.bus.codec import (
 )
 from gridpilot.bus.errors import BusError, PayloadError
 from gridpilot.config.models import ControlConfig, GridPilotConfig, site_path
-from gridpilot.control.base import Controller, Forecasts, PointRef, Reading, Snapshot
+from gridpilot.control.base import (
+    Controller,
+    Forecasts,
+    Job,
+    JobOutcome,
+    PointRef,
+    Reading,
+    Snapshot,
+)
 from gridpilot.control.engine import (
     BatteryWindow,
     CycleResult,
     Engine,
+    EngineEvent,
     EngineParams,
     FailSafe,
     Override,
@@ -76,6 +93,13 @@ from gridpilot.control.requests import (
 from gridpilot.control.thermal import ZoneHistory
 from gridpilot.model import Topic, TopicKind, is_valid_identifier, parse_topic, to_rfc3339
 from gridpilot.tasks import cancel_and_wait
+from gridpilot.workers import (
+    JobTimeoutError,
+    PoolError,
+    WorkerLostError,
+    WorkerPool,
+    default_workers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +108,10 @@ STATUS_EVERY_S = 10.0
 MAX_POINTS = 100_000
 """Readings kept in the snapshot at most (one per point): a bound against a flood of
 made-up point names."""
+MAX_JOB_EVENTS = 1_000
+"""Events of finished jobs kept for the next cycle to publish, at most."""
+WORKER_PRELOAD = ("gridpilot.control.hvac",)
+"""Imported once by the pool's forkserver (numpy, scipy): workers start with them."""
 
 
 class ForecastSource(Protocol):
@@ -166,6 +194,10 @@ class CycleStats:
     commands_failed: int = 0
     """Results of our commands other than ``applied`` (rejected, failed)."""
     publish_errors: int = 0
+    jobs_started: int = 0
+    """Jobs the controllers handed out (solves, identifications)."""
+    jobs_finished: int = 0
+    """Of them, whose outcome (a result or an error) went back to their controller."""
 
 
 class ControllerService:
@@ -191,7 +223,16 @@ class ControllerService:
         self.site = config.site.id
         self.id = self.control.id
         self.broker = broker
-        self.engine = Engine(controllers, engine_params(config))
+        workers = self.control.workers
+        self.pool = WorkerPool(
+            default_workers() if workers is None else workers,
+            max_pending=self.control.worker_queue,
+            timeout_s=self.control.worker_timeout.total_seconds(),
+            preload=WORKER_PRELOAD,
+        )
+        self._job_tasks: set[asyncio.Task[None]] = set()
+        self._job_events: list[EngineEvent] = []
+        self.engine = Engine([self._offloaded(c) for c in controllers], engine_params(config))
         self.dry_run = self.control.dry_run
         self.stats = CycleStats()
         self._clock = clock
@@ -255,6 +296,12 @@ class ControllerService:
             asyncio.create_task(self._read(bus), name="control-reader"),
             asyncio.create_task(self._loop(bus), name="control-cycle"),
         ]
+        if any(getattr(c, "offload", False) for c in self.engine.controllers()):
+            # The forkserver imports numpy and scipy once (about a second of CPU): now, in
+            # the background, rather than when the first plan is due.
+            warm_up = asyncio.create_task(self.pool.warm_up(), name="control-workers-warm-up")
+            self._job_tasks.add(warm_up)
+            warm_up.add_done_callback(self._job_tasks.discard)
         self._record("info", "controller", "started" + (" in dry-run" if self.dry_run else ""))
         return self
 
@@ -265,6 +312,8 @@ class ControllerService:
         tb: TracebackType | None,
     ) -> None:
         await cancel_and_wait(self._tasks)
+        await cancel_and_wait(list(self._job_tasks))
+        await self.pool.close()
         bus = self._bus
         if bus is not None:
             self._record("info", "controller", "stopped")
@@ -458,7 +507,7 @@ class ControllerService:
                     )
                 except ParamsError as exc:
                     raise RequestError(str(exc), request.id) from None
-                self.engine.replace_controller(controller)
+                self.engine.replace_controller(self._offloaded(controller))
                 self.config = changed
                 fields = ", ".join(f"{k}={v!r}" for k, v in request.params.items())
                 return (
@@ -533,13 +582,51 @@ class ControllerService:
         snapshot = Snapshot(now, dict(self._readings), self._grid_controls)
         result = self.engine.cycle(snapshot, self._forecasts)
         self._last_result = result
-        for event in result.events:
+        for name, job in result.jobs:
+            self._start_job(name, job)
+        finished, self._job_events = self._job_events, []
+        for event in (*finished, *result.events):
             self._record(event.kind, event.source, event.message)
             await self._publish_event(bus, event.kind, event.source, event.message)
         await self._act(bus, result, mono)
         await self._publish_metrics(bus, result)
         await self._publish_status(bus)
         await self._flush_journal()
+
+    # ------------------------------------------------------------------ jobs
+
+    def _offloaded(self, controller: Controller[Any]) -> Controller[Any]:
+        """``controller`` handing its CPU-heavy work out as jobs, when there are workers
+        and it can (the zone planners)."""
+        if self.pool.workers > 0 and isinstance(controller, HvacController | HvacGroupController):
+            return controller.offloaded()
+        return controller
+
+    def _start_job(self, name: str, job: Job) -> None:
+        self.stats.jobs_started += 1
+        task = asyncio.create_task(self._run_job(name, job), name=f"control-job-{name}")
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
+
+    async def _run_job(self, name: str, job: Job) -> None:
+        """Run ``job`` in the pool and give its outcome to controller ``name``. The pool
+        bounds how many run or wait (``worker_queue``): one more is refused at once."""
+        try:
+            value = await self.pool.run(job.fn, *job.args, key=f"{name}/{job.key}")
+            outcome = JobOutcome(value=value)
+        except PoolError as exc:
+            outcome = JobOutcome(error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, JobTimeoutError | WorkerLostError):
+                self._job_event(EngineEvent("workers", f"{name} {job.key}: {exc}", "warning"))
+        except Exception as exc:  # noqa: BLE001 - the job's own error goes to its controller
+            outcome = JobOutcome(error=f"{type(exc).__name__}: {exc}")
+        for event in self.engine.finish_job(name, job, outcome):
+            self._job_event(event)
+        self.stats.jobs_finished += 1
+
+    def _job_event(self, event: EngineEvent) -> None:
+        if len(self._job_events) < MAX_JOB_EVENTS:
+            self._job_events.append(event)
 
     async def _reidentify(self, source: ForecastSource, now: datetime) -> None:
         """Hand each zone planner its latest history: a building changes (a new tenant, a
@@ -568,8 +655,9 @@ class ControllerService:
         now: datetime,
         reporter: str | None = None,
     ) -> HvacState | None:
-        """``state`` set to identify from the zone's latest history (fit=None makes the
-        planner identify from it in its next cycle); None without a history."""
+        """``state`` set to identify from the zone's latest history (the planner identifies
+        from a history in its state in its next cycle, or hands that out to a worker and
+        keeps its model meanwhile); None without a history."""
         try:
             history = await source.zone_history(zone.params, now)
         except Exception as exc:  # noqa: BLE001 - keep the current model and say so
@@ -577,7 +665,7 @@ class ControllerService:
             return None
         if history is None:
             return None
-        return replace(state, fit=None, history=history)
+        return replace(state, history=history)
 
     async def _act(self, bus: BusClient, result: CycleResult, mono: float) -> None:
         resend_s = self.control.resend_after.total_seconds()
@@ -634,6 +722,13 @@ class ControllerService:
         values["cycle_time_s"] = self.stats.last_s
         values["cycle_overruns_count"] = float(self.stats.overruns)
         values["commands_failed_count"] = float(self.stats.commands_failed)
+        if self.pool.workers > 0:
+            pool = self.pool.stats
+            values["worker_jobs_running_count"] = float(pool.running)
+            values["worker_jobs_waiting_count"] = float(pool.waiting)
+            values["worker_jobs_rejected_count"] = float(pool.rejected)
+            values["worker_timeouts_count"] = float(pool.timed_out)
+            values["worker_restarts_count"] = float(pool.restarts)
         ts_ms = int(result.now.timestamp() * 1000)
         await bus.publish(
             str(Topic.telemetry(self.site, self.id)), encode_telemetry(ts_ms, values), qos=0

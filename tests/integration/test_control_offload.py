@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -258,3 +259,75 @@ async def test_without_workers_the_planner_solves_in_the_cycle(
         await until(lambda: service.engine.controller_state(zone.name).plan is not None)
         assert service.stats.jobs_started == 0
         assert service.pool.worker_pids() == ()
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process from /proc; None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (the forkserver's workers are its grandchildren)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = stat[1]
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def grandchildren(pid: int) -> list[int]:
+    return [
+        child for child in descendants(pid) if (stat := _stat(child)) is not None and stat[1] != pid
+    ]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent to reap it."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+async def test_sigterm_stops_the_controller_and_terminates_its_workers(
+    mosquitto: BrokerAddress, tmp_path: Path, site_id: str
+) -> None:
+    """``gridpilot run controller`` as systemd runs it: its workers (a forkserver and the
+    processes it forked) start with it and are gone when SIGTERM has stopped it."""
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(
+        f"site: {{id: {site_id}}}\n"
+        f"broker: {{url: 'mqtt://{mosquitto.host}:{mosquitto.port}'}}\n"
+        "storage: {path: control.db}\n"
+        "control:\n"
+        "  journal: null\n"
+        "  workers: 2\n"
+        "  hvac:\n"
+        "    - zone: hvac_zone_1\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridpilot", "run", "controller", str(site_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        # The zone planner is offloaded: the service warms a worker up at start, forked by
+        # the forkserver (a grandchild of the service's process).
+        await until(lambda: bool(grandchildren(process.pid)))
+        workers = descendants(process.pid)
+        assert set(grandchildren(process.pid)) <= set(workers)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr, stderr.decode()
+    await until(lambda: not any(running(pid) for pid in workers))

@@ -223,6 +223,9 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_controller_hears_of_i
     assert state.error is not None
     assert "WorkerLostError" in state.error
     assert service.pool.stats.restarts == 1
+    counters = service.status()["counters"]  # what /metrics and `control status` show
+    assert (counters["jobs_started"], counters["jobs_failed"]) == (1, 1)
+    assert counters["worker_restarts"] == 1
     cycles = service.stats.cycles
     await until(lambda: service.stats.cycles > cycles + 2)  # and the engine goes on
     await until(

@@ -258,6 +258,9 @@ def test_control_figures_from_the_retained_status_match_the_live_stats() -> None
         commands_sent=9,
         commands_applied=7,
         commands_failed=1,
+        jobs_started=40,
+        jobs_failed=3,
+        worker_restarts=1,
     )
     # The shape ControllerService.status() publishes (rounded to 0.1 ms there).
     state = {
@@ -268,6 +271,9 @@ def test_control_figures_from_the_retained_status_match_the_live_stats() -> None
             "commands_sent": 9,
             "commands_applied": 7,
             "commands_failed": 1,
+            "jobs_started": 40,
+            "jobs_failed": 3,
+            "worker_restarts": 1,
         },
         "cycle_s": {"last": 0.0123, "max": 0.25},
     }

@@ -54,6 +54,9 @@ Metrics (``_total`` = counter, the rest gauges unless noted)::
     gridpilot_control_cycle_last_seconds, gridpilot_control_cycle_max_seconds,
     gridpilot_control_cycle_period_seconds
     gridpilot_control_commands_sent_total, gridpilot_control_command_results_total{result}
+    gridpilot_control_jobs_started_total, gridpilot_control_jobs_failed_total  solves and
+                                                          identifications handed to workers
+    gridpilot_control_worker_restarts_total               workers replaced (timeout, died)
     gridpilot_bus_connected{client}                       client: api, ingest, gateway, controller
     gridpilot_bus_outgoing_messages{client}               queue depth: queued or unacknowledged
     gridpilot_bus_incoming_messages{client}               queue depth: received, not yet consumed
@@ -331,6 +334,9 @@ class ControlFigures:
     commands_sent: float | None = None
     commands_applied: float | None = None
     commands_failed: float | None = None
+    jobs_started: float | None = None
+    jobs_failed: float | None = None
+    worker_restarts: float | None = None
 
     @classmethod
     def from_stats(cls, stats: CycleStats) -> ControlFigures:
@@ -342,6 +348,9 @@ class ControlFigures:
             stats.commands_sent,
             stats.commands_applied,
             stats.commands_failed,
+            stats.jobs_started,
+            stats.jobs_failed,
+            stats.worker_restarts,
         )
 
     @classmethod
@@ -361,6 +370,9 @@ class ControlFigures:
             _count(counters.get("commands_sent")),
             _count(counters.get("commands_applied")),
             _count(counters.get("commands_failed")),
+            _count(counters.get("jobs_started")),
+            _count(counters.get("jobs_failed")),
+            _count(counters.get("worker_restarts")),
         )
 
 
@@ -622,6 +634,9 @@ def control_metrics(figures: ControlFigures, period_s: float | None) -> Iterator
         ("cycles", figures.cycles, "Control cycles run."),
         ("cycle_overruns", figures.overruns, "Cycles that took longer than their period."),
         ("commands_sent", figures.commands_sent, "Setpoint commands sent."),
+        ("jobs_started", figures.jobs_started, "Solves and identifications handed to workers."),
+        ("jobs_failed", figures.jobs_failed, "Of them, those that came back as an error."),
+        ("worker_restarts", figures.worker_restarts, "Times the workers were replaced."),
     ):
         if value is not None:
             yield CounterMetricFamily(f"gridpilot_control_{name}", doc, value=value)

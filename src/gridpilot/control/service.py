@@ -198,6 +198,11 @@ class CycleStats:
     """Jobs the controllers handed out (solves, identifications)."""
     jobs_finished: int = 0
     """Of them, whose outcome (a result or an error) went back to their controller."""
+    jobs_failed: int = 0
+    """Of those, the ones that came back as an error: the job raised, ran over
+    ``worker_timeout``, lost its worker, found the pool full or was superseded."""
+    worker_restarts: int = 0
+    """Times the pool's workers were replaced (a timeout or a dead worker)."""
 
 
 class ControllerService:
@@ -623,6 +628,8 @@ class ControllerService:
         for event in self.engine.finish_job(name, job, outcome):
             self._job_event(event)
         self.stats.jobs_finished += 1
+        self.stats.jobs_failed += outcome.error is not None
+        self.stats.worker_restarts = self.pool.stats.restarts
 
     def _job_event(self, event: EngineEvent) -> None:
         if len(self._job_events) < MAX_JOB_EVENTS:
@@ -750,6 +757,9 @@ class ControllerService:
                 "commands_sent": self.stats.commands_sent,
                 "commands_applied": self.stats.commands_applied,
                 "commands_failed": self.stats.commands_failed,
+                "jobs_started": self.stats.jobs_started,
+                "jobs_failed": self.stats.jobs_failed,
+                "worker_restarts": self.stats.worker_restarts,
             },
             "dry_run": self.dry_run,
             "cycle_s": {"last": round(self.stats.last_s, 4), "max": round(self.stats.max_s, 4)},

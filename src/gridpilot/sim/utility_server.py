@@ -144,9 +144,14 @@ _READ_CHUNK = 65536
 _DISCARD_LIMIT = 16 * 1024 * 1024  # an oversized body up to this is read and dropped
 _MAX_HEADER_BYTES = 16 * 1024
 _MAX_RECORDED_REQUESTS = 10_000
+# The record keeps the newest of each kind: the demo runs its server for as long as the demo
+# runs, and the client PUTs its DERStatus and DERAvailability every few seconds -- unbounded,
+# the list grew by ~8 MB a simulated day (benchmarks/soak). Tests look at the first few.
+MAX_RECORDED = 1_000
 _DEFAULT_RESPONSE_REQUIRED = 0x03  # "received" and the event's progress (started, completed ...)
 
 M = TypeVar("M", bound=BaseXmlModel)
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------
@@ -243,8 +248,9 @@ class RequestRecord:
 
 @dataclass
 class ServerRecord:
-    """Everything the server received, in arrival order. ``wait_for`` lets a test wait
-    (bounded) until a condition on the record holds instead of sleeping."""
+    """What the server received, in arrival order: the newest ``MAX_RECORDED`` responses,
+    mirror posts and DER reports, and ``_MAX_RECORDED_REQUESTS`` requests. ``wait_for`` lets a
+    test wait (bounded) until a condition on the record holds instead of sleeping."""
 
     responses: list[ResponseRecord] = field(default_factory=list)
     mirrors: list[MirrorRecord] = field(default_factory=list)
@@ -256,6 +262,18 @@ class ServerRecord:
 
     def _touch(self) -> None:
         self._changed.set()
+
+    def add_response(self, response: ResponseRecord) -> None:
+        _append_bounded(self.responses, response)
+        self._touch()
+
+    def add_mirror(self, post: MirrorRecord) -> None:
+        _append_bounded(self.mirrors, post)
+        self._touch()
+
+    def add_der_report(self, report: DerReport) -> None:
+        _append_bounded(self.der_reports, report)
+        self._touch()
 
     def responses_for(self, mrid: str) -> list[ResponseRecord]:
         """The Responses about the event ``mrid``, in arrival order."""
@@ -288,6 +306,14 @@ class ServerRecord:
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
+
+
+def _append_bounded(items: list[T], item: T) -> None:
+    """Append, dropping the oldest beyond ``MAX_RECORDED`` (a list, not a deque: tests slice
+    and compare it with lists)."""
+    items.append(item)
+    if len(items) > MAX_RECORDED:
+        del items[: len(items) - MAX_RECORDED]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1128,7 +1154,7 @@ class UtilityServer:
             )
         self._response_count += 1
         href = f"/rsp/{self._response_count}"
-        self.record.responses.append(
+        self.record.add_response(
             ResponseRecord(
                 subject=document.subject,
                 status=None if document.status is None else int(document.status),
@@ -1139,7 +1165,6 @@ class UtilityServer:
                 href=href,
             )
         )
-        self.record._touch()
         return _Reply(201, location=href)
 
     def _post_mirror_usage_point(self, request: MirrorUsagePointRequest, lfdi: str) -> _Reply:
@@ -1209,7 +1234,7 @@ class UtilityServer:
         if not taken:
             return
         doc = mirror.document
-        self.record.mirrors.append(
+        self.record.add_mirror(
             MirrorRecord(
                 mup=f"/mup/{mirror.index}",
                 mup_mrid=doc.mRID.upper(),
@@ -1220,7 +1245,6 @@ class UtilityServer:
                 readings=tuple(taken),
             )
         )
-        self.record._touch()
 
     def _put(self, seg: list[str], body: bytes, lfdi: str, where: str) -> _Reply:
         match seg:
@@ -1229,7 +1253,7 @@ class UtilityServer:
                 document = parse_resource(body, _DER_REPORTS[kind], where=where)
                 path = f"/edev/{device.index}/der/1/{kind}"
                 device.reports[kind] = document.model_copy(update={"href": path})
-                self.record.der_reports.append(
+                self.record.add_der_report(
                     DerReport(
                         kind=type(document).__name__,
                         path=path,
@@ -1238,7 +1262,6 @@ class UtilityServer:
                         document=document,
                     )
                 )
-                self.record._touch()
                 return _Reply(204)
         raise _HttpError(405, f"PUT is not accepted at /{'/'.join(seg)}")
 

@@ -64,6 +64,14 @@ solver does not return an optimum, the controller requests a plain thermostat se
 (``fallback_band_position`` up the current comfort band) and says why in ``Decision.events``
 — once, when the reason changes — and in the ``fallback_state`` metric.
 
+Offloaded (``offloaded()``, what the service runs when it has worker processes), ``decide``
+never solves: a due plan becomes a :class:`~gridpilot.control.base.Job` (``solve_plans`` on a
+:class:`PlanJob`, pure inputs) and an identification a job of ``identify_zone``; the zone
+follows the plan it has meanwhile, or without one its thermostat (``solving``), and
+``finish`` takes the outcome in between cycles. A solve that fails, times out or loses its
+worker falls back as a failed inline solve does. Inline (the default, as the control
+benchmark drives it) ``decide`` solves there and then.
+
 Priority ECONOMICS: the plan is a cost optimisation with comfort as a priced constraint.
 Peak shaving and the grid operator (demand response raising setpoints) must outrank it, and
 it should outrank a plain comfort schedule at COMFORT. One instance per zone, each from its

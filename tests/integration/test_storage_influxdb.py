@@ -103,12 +103,28 @@ async def test_the_documented_layout_is_what_a_plain_influxql_client_reads(
         f"WHERE \"site\" = 'site-a' AND \"point\" = 'active_power_w' AND {span}",
     )
     assert rollup[0]["columns"] == ["time", "mean", "min", "max", "sum", "count", "last", "last_ts"]
+    # A bucket is written once it is closed (the series moved past it); the one holding the
+    # newest sample is still open, and "latest" says from where raw samples answer.
+    assert rollup[0]["values"] == [[T0, 7, 0, 14, 105, 15, 14, T0 + 14 * MINUTE]]
+    rolled = influxql(
+        url, db, 'SELECT "rolled_ms" FROM "latest" WHERE "point" = \'active_power_w\''
+    )
+    assert rolled[0]["values"] == [[0, T0 + 29 * MINUTE]]
+    async with InfluxStorage(influxdb.url, db) as storage:
+        await storage.write([Sample(P.site, P.device, P.point, T0 + 30 * MINUTE, 30.0)])
+    rollup = influxql(
+        url,
+        db,
+        'SELECT "mean", "min", "max", "sum", "count", "last", "last_ts" FROM "rollup_15m" '
+        f"WHERE \"site\" = 'site-a' AND \"point\" = 'active_power_w' AND {span}",
+    )
     assert rollup[0]["values"] == [
         [T0, 7, 0, 14, 105, 15, 14, T0 + 14 * MINUTE],
         [T0 + QUARTER, 22, 15, 29, 330, 15, 29, T0 + 29 * MINUTE],
     ]
+    # (rollup_1h has none yet: its bucket is open)
     rollup_fields = dict(
-        map(tuple, influxql(url, db, 'SHOW FIELD KEYS FROM "rollup_1h"')[0]["values"])
+        map(tuple, influxql(url, db, 'SHOW FIELD KEYS FROM "rollup_15m"')[0]["values"])
     )
     assert rollup_fields == {
         "count": "integer",
@@ -125,7 +141,7 @@ async def test_the_documented_layout_is_what_a_plain_influxql_client_reads(
         url, db, 'SELECT "ts_ms", "value" FROM "latest" WHERE "site" = \'site-a\' GROUP BY "point"'
     )
     assert {s["tags"]["point"]: s["values"][0][1:] for s in latest} == {
-        "active_power_w": [T0 + 29 * MINUTE, 29],
+        "active_power_w": [T0 + 30 * MINUTE, 30],
         "voltage_l1_v": [T0, 230.5],
     }
     events = influxql(
@@ -345,6 +361,66 @@ async def test_same_answers_as_sqlite_through_late_samples_retention_and_reopeni
                     assert await influx.write(late) == await sqlite.write(late)
                 await round_of_writes(influx, sqlite)  # also into buckets retention cut
                 await same(influx, sqlite)
+
+
+@pytest.mark.parametrize("failing", ["writing the rollups", "writing the latest"])
+@pytest.mark.parametrize("resend_first", [True, False])
+async def test_a_write_failing_after_its_samples_still_counts_each_sample_once(
+    influxdb: InfluxServer, monkeypatch: pytest.MonkeyPatch, failing: str, resend_first: bool
+) -> None:
+    """The samples of a write are stored, then the request that writes the buckets they
+    close (or ``latest`` after them) fails: the re-sent batch is all duplicates, a later
+    batch is all new, and every bucket -- in GridPilot's answers and in the rollup points
+    a dashboard reads -- counts each sample once."""
+
+    def seconds(start: int, stop: int) -> list[Sample]:
+        return [
+            Sample(P.site, P.device, P.point, T0 + i * 1_000, float(i)) for i in range(start, stop)
+        ]
+
+    db = influxdb.new_database_name("failed-write")
+    async with InfluxStorage(influxdb.url, db) as storage:
+        assert await storage.write(seconds(0, 90)) == WriteResult(90, 0)
+        write_lines = storage._write_lines
+
+        async def fail_once(lines: list[str], *, what: str) -> None:
+            if what.startswith(failing):
+                monkeypatch.undo()
+                raise StorageUnavailable("injected: the server went away")
+            await write_lines(lines, what=what)
+
+        monkeypatch.setattr(storage, "_write_lines", fail_once)
+        with pytest.raises(StorageUnavailable, match="injected"):
+            await storage.write(seconds(90, 200))  # its samples are stored
+        if resend_first:
+            assert await storage.write(seconds(90, 200)) == WriteResult(0, 110)
+            assert await storage.write(seconds(200, 230)) == WriteResult(30, 0)
+        else:
+            assert await storage.write(seconds(200, 230)) == WriteResult(30, 0)
+            assert await storage.write(seconds(90, 200)) == WriteResult(0, 110)
+        (latest,) = await storage.latest(P.site)
+        assert (latest.ts_ms, latest.value) == (T0 + 229_000, 229.0)
+    async with InfluxStorage(influxdb.url, db) as storage:
+        await storage.write(seconds(3_600, 3_601))  # closes every bucket of the first hour
+        counts = await storage.history(P, T0, T0 + HOUR, MINUTE, Agg.COUNT)
+        assert [p.value for p in counts] == [60.0, 60.0, 60.0, 50.0]
+        sums = await storage.history(P, T0, T0 + HOUR, MINUTE, Agg.SUM)
+        assert [p.value for p in sums] == [
+            float(sum(range(m * 60, min(m * 60 + 60, 230)))) for m in range(4)
+        ]
+        (hour,) = await storage.history(P, T0, T0 + HOUR, HOUR, Agg.MEAN)
+        assert hour.value == sum(range(230)) / 230
+    rollup = influxql(
+        influxdb.url,
+        db,
+        f'SELECT "count", "sum", "last_ts" FROM "rollup_1m" WHERE time < {T0 + HOUR}ms',
+    )
+    assert [row[1:] for row in rollup[0]["values"]] == [
+        [60, float(sum(range(60))), T0 + 59_000],
+        [60, float(sum(range(60, 120))), T0 + 119_000],
+        [60, float(sum(range(120, 180))), T0 + 179_000],
+        [50, float(sum(range(180, 230))), T0 + 229_000],
+    ]
 
 
 async def test_a_configured_retention_policy_is_written_and_read(influxdb: InfluxServer) -> None:

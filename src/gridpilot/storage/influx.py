@@ -9,7 +9,8 @@ Layout (one database; see README "InfluxDB layout", which Grafana users read)::
     rollup_1m          tags site, device, point   min, max, sum, mean, last=<float>,
     rollup_15m                                    count=<int>, last_ts=<int, epoch ms>
     rollup_1h                                     at the bucket start (epoch-aligned UTC)
-    latest             tags site, device, point   ts_ms=<int>, value=<float>  at time 0
+    latest             tags site, device, point   ts_ms=<int>, value=<float>, at time 0
+                                                  rolled_ms=<int, epoch ms>
     events             tags site, source, key     level=<str>, message=<str>  at the event's time
     retention_horizon  tag level                  horizon_ms=<int>            at time 0
 
@@ -23,8 +24,20 @@ Why GridPilot computes the rollups instead of continuous queries: the contract w
 current when ``write`` returns, exact for samples that arrive late or are back-filled (a
 continuous query only ever aggregates a window just behind the server's clock, once), and
 counted once per sample whatever is re-sent; continuous queries exist in 1.x only (2.x has
-tasks, 3.x neither). So ``write`` folds the new samples into the stored buckets and writes
-them back, as the SQLite backend does in SQL.
+tasks, 3.x neither).
+
+Closed and open buckets: a bucket is written once, when it *closes* -- its series has a
+sample in a later bucket of that level. ``latest.rolled_ms`` of a series is an instant U
+(its newest sample, never moving back) such that at every level the buckets before
+floor(U) are written and the bucket at floor(U) is open: history reads a rollup up to
+floor(U) and the raw samples from there on (grouped by InfluxDB), so answers are current
+when ``write`` returns while a live stream costs one rollup point per bucket per level,
+not one per write. A late sample into a closed bucket is folded into the stored bucket
+(read back, written again). Retention first closes the open buckets that a delete would
+reach (a series that stopped reporting: U moves past its last hour), since raw samples
+answer for them. Write order: samples, then the buckets they close, then ``latest``; a
+write failing in between leaves U behind the buckets written, so queries read raw samples
+there, which hold everything.
 
 Why retention is ``DELETE`` per level and not retention policies: a retention policy drops
 whole shard groups by the server's clock; the contract cuts each level at an instant given
@@ -32,22 +45,21 @@ by the caller (bucket-exact for rollups) and keeps the newest value and the list
 
 First value wins: InfluxDB overwrites a point written again with the same series and time
 (last value wins), so ``write`` writes only what is not stored yet. It knows the newest
-stored timestamp of every series (read once per site from ``latest``): a sample newer than
-that is new for certain, and only the others -- re-sends, late samples -- are looked up, in
-one query per site over the time spans they fall in. Rollup buckets are folded the same
-way: a bucket starting after the series' newest sample is empty, the bucket this process
-wrote last for a series is remembered, and only other buckets (late samples, the first
-write after opening) are read back. A steady stream of live samples therefore costs no read
-at all, only writes: the samples, then one point per touched bucket of each level and one
-``latest`` point per series.
+stored timestamp and rolled-up instant of every series (read once per site from
+``latest``): a sample newer than that is new for certain, and only the others -- re-sends,
+late samples -- are looked up, in one query per site over the time spans they fall in. The
+open buckets' contents are remembered as they grow; a bucket that closes without being
+remembered (the first close after opening the storage, or after a failed write) is summed
+from its raw samples by InfluxDB. A steady stream of live samples therefore costs no read,
+only writes: the samples, one point per closing bucket and one ``latest`` point per series.
 
 Writes of one ``InfluxStorage`` are serialised (a lock), which makes this exact. It relies
 on *one writing process per database*: a second writer's samples would not be in what this
 one remembers (several readers -- API processes -- are fine). If a write fails after its
 retries, what was remembered is dropped and read back by the next write; samples are
 written before their rollups, so a batch that failed half-way and is re-sent finds the
-samples that made it as duplicates: the rollups can then lack them, never count a sample
-twice.
+samples that made it as duplicates: a closed bucket can then lack them, never count a
+sample twice.
 
 Errors::
 
@@ -67,7 +79,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from math import isfinite
 from pathlib import Path
@@ -132,6 +144,7 @@ _BACKOFF_MAX_S: Final = 5.0
 # Stored timestamps are looked up per site over spans of the batch's older samples; a gap
 # this wide between two of them starts another span (rollup buckets: 60x that).
 _WINDOW_GAP_MS: Final = 60_000
+_M1: Final = Level.M1.bucket_ms
 # Write requests in flight at once, per storage.
 _WRITES_IN_FLIGHT: Final = 3
 
@@ -194,6 +207,14 @@ class InfluxStorage:
         # sites it loaded, and the bucket of each level it wrote last for each series.
         self._newest: dict[SeriesTuple, int] = {}
         self._sites_loaded: set[str] = set()
+        # Each series' rolled-up-to instant U (``latest.rolled_ms``): at every level, the
+        # buckets that start before floor(U) are written; the bucket at floor(U) and later
+        # ones are *open*, answered from raw samples by queries, written once they close.
+        self._rolled: dict[SeriesTuple, int] = {}
+        # ``latest`` points to write again: it lags the stored samples (a failed write).
+        self._latest_due: dict[SeriesTuple, tuple[int, float]] = {}
+        # What this process knows an open bucket holds (samples stored and written since
+        # it opened): (bucket start, partial). Absent or another bucket: read when needed.
         self._open: dict[Level, dict[SeriesTuple, tuple[int, _Partial]]] = {
             level: {} for level in ROLLUP_LEVELS
         }
@@ -347,38 +368,254 @@ class InfluxStorage:
             if fresh:
                 new[key] = fresh
         if not new:
+            if self._latest_due:
+                await self._write_lines(
+                    [
+                        _latest_line(key, *due, self._rolled[key])
+                        for key, due in self._latest_due.items()
+                    ],
+                    what="repairing latest values",
+                )
+                self._latest_due.clear()
             return 0
         written = sum(map(len, new.values()))
-        merged = await self._merge_stored_buckets(_partials(new))
+        plan = await self._plan_rollups(new)
         samples_lines = await self._sample_lines(new)
         lines: list[str] = []
-        for level, buckets in merged.items():
+        for level, buckets in plan.closed.items():
             measurement = ROLLUP_MEASUREMENTS[level]
             lines += [_rollup_line(measurement, key, b, part) for (key, b), part in buckets.items()]
+        latest_lines, newest_now = self._latest_lines(new, plan)
+        # Samples first, then the buckets they closed, then ``latest`` (with the instant up
+        # to which rollups are written): a write failing half-way leaves queries reading
+        # raw samples where the rollups may be short, never a bucket counted twice or a
+        # rolled-up instant ahead of the buckets written.
+        await self._write_lines(samples_lines, what=f"writing {written} samples")
+        await self._write_lines(lines, what=f"writing the rollups of {written} samples")
+        await self._write_lines(latest_lines, what=f"writing the latest of {written} samples")
+        self._newest.update(newest_now)
+        self._rolled.update(plan.rolled)
+        self._latest_due.clear()
+        for level, opened in plan.opened.items():
+            open_buckets = self._open[level]
+            for key, state in opened.items():
+                if state is None:
+                    open_buckets.pop(key, None)
+                else:
+                    open_buckets[key] = state
+        return written
+
+    def _latest_lines(
+        self, new: Mapping[SeriesTuple, Mapping[int, float]], plan: _RollupPlan
+    ) -> tuple[list[str], dict[SeriesTuple, int]]:
+        """``latest`` points this write changes (the newest sample, the rolled-up instant,
+        a repair), and the series whose newest sample moves."""
+        latest_lines = [
+            _latest_line(key, *due, self._rolled[key])
+            for key, due in self._latest_due.items()
+            if key not in new
+        ]
         newest_now: dict[SeriesTuple, int] = {}
         for key, values in new.items():
             t = max(values)
             before = self._newest.get(key)
+            fields = []
+            due = self._latest_due.get(key)
             if before is None or t > before:
                 newest_now[key] = t
-                lines.append(f"{LATEST},{_tags(key)} ts_ms={t}i,value={values[t]!r} 0")
-        # Samples first, then what summarises them: a write failing half-way leaves the
-        # rollups short of samples that made it (counted as duplicates when re-sent), never
-        # counting a sample that is not stored.
-        await self._write_lines(samples_lines, what=f"writing {written} samples")
-        await self._write_lines(lines, what=f"writing the rollups of {written} samples")
-        # Stored: remember the newest sample and the newest bucket of each series.
-        self._newest.update(newest_now)
-        for level, buckets in merged.items():
-            open_buckets = self._open[level]
-            for (key, b), part in buckets.items():
-                have = open_buckets.get(key)
-                if have is None or b >= have[0]:
-                    open_buckets[key] = (b, part)
-        return written
+                fields.append(f"ts_ms={t}i,value={values[t]!r}")
+            elif due is not None:
+                fields.append(f"ts_ms={due[0]}i,value={due[1]!r}")
+            rolled, was = plan.rolled.get(key), self._rolled.get(key)
+            # Only the buckets it falls in matter (the 1-min one changes first): a live
+            # series within the same minute keeps the stored instant, and its latest point
+            # stays two fields.
+            if rolled is not None and (was is None or floor_to(rolled, _M1) != floor_to(was, _M1)):
+                fields.append(f"rolled_ms={rolled}i")
+            if fields:
+                latest_lines.append(f"{LATEST},{_tags(key)} {','.join(fields)} 0")
+        return latest_lines, newest_now
+
+    async def _plan_rollups(  # noqa: PLR0915 - one pass over levels and series, in order
+        self, new: Mapping[SeriesTuple, Mapping[int, float]]
+    ) -> _RollupPlan:
+        """Which rollup buckets the new samples close or change, with their contents.
+
+        Per level and series, with U the rolled-up-to instant before and U' after this
+        write (the newest sample, never moving back): buckets before floor(U) are written
+        and a late sample there is folded into the stored bucket; buckets from floor(U) to
+        before floor(U') close now and are written whole (the one at floor(U) may hold
+        samples stored earlier: remembered, or read back); the bucket at floor(U') stays
+        open and is not written.
+        """
+        partials = _partials(new)
+        plan = _RollupPlan()
+        late: dict[Level, list[tuple[SeriesTuple, int]]] = {}
+        unknown: dict[Level, list[tuple[SeriesTuple, int]]] = {}
+        after: dict[SeriesTuple, int] = {}
+        for key, values in new.items():
+            before = self._rolled.get(key)
+            top = max(values)
+            newest = self._newest.get(key)
+            newest_after = top if newest is None or top > newest else newest
+            after[key] = newest_after if before is None else max(before, newest_after)
+            if after[key] != before:
+                plan.rolled[key] = after[key]
+        by_key: dict[Level, dict[SeriesTuple, dict[int, _Partial]]] = {}
+        for level, level_parts in partials.items():
+            grouped = by_key.setdefault(level, {})
+            for (series, start), partial in level_parts.items():
+                grouped.setdefault(series, {})[start] = partial
+        # Samples stored past the open minute: only after a write that failed before its
+        # rollups (or a series' first write that failed). Their buckets are rebuilt from
+        # the raw samples, read whole (rare, and exact).
+        overrun = await self._stored_since_open(new)
+        for level, grouped in by_key.items():
+            size = level.bucket_ms
+            closed = plan.closed.setdefault(level, {})
+            opened = plan.opened.setdefault(level, {})
+            remembered = self._open[level]
+            for key, parts in grouped.items():
+                before = self._rolled.get(key)
+                newest = self._newest.get(key)
+                open_new = floor_to(after[key], size)
+                open_old = None if before is None else floor_to(before, size)
+                # What stored samples add to buckets from the old open one on: nothing when
+                # the newest stored sample is older; else remembered, or read back.
+                stored: dict[int, _Partial] = {}
+                known = True
+                if key in overrun and open_old is not None:
+                    # (buckets before the open one are written and hold these already)
+                    stored = {
+                        b: part for b, part in overrun[key].get(level, {}).items() if b >= open_old
+                    }
+                elif open_old is not None and newest is not None and newest >= open_old:
+                    have = remembered.get(key)
+                    if have is not None and have[0] == open_old:
+                        stored = {open_old: have[1]}
+                    else:
+                        known = False
+                if open_old is not None and open_old < open_new:
+                    opened[key] = None  # the old open bucket closes now
+                for b in sorted(stored.keys() | parts.keys()):
+                    content = _fold_opt(stored.get(b), parts.get(b))
+                    if open_old is not None and b < open_old:  # a late sample
+                        closed[key, b] = content
+                        late.setdefault(level, []).append((key, b))
+                    elif b < open_new:  # closes now
+                        closed[key, b] = content
+                        if b == open_old and not known:
+                            unknown.setdefault(level, []).append((key, b))
+                    elif b == open_old and not known:  # stays open, not remembered
+                        opened[key] = None
+                    else:  # stays or becomes the open bucket
+                        opened[key] = (b, content)
+                if (
+                    not known
+                    and open_old is not None
+                    and open_old < open_new
+                    and open_old not in parts
+                ):
+                    unknown.setdefault(level, []).append((key, open_old))
+        await self._fold_stored(plan.closed, late, unknown, self._newest)
+        return plan
+
+    async def _stored_since_open(
+        self, new: Mapping[SeriesTuple, Mapping[int, float]]
+    ) -> dict[SeriesTuple, dict[Level, dict[int, _Partial]]]:
+        """Per series whose stored samples reach past its open minute, the partials of the
+        stored samples from its open hour on (read back whole)."""
+        minute, hour = Level.M1.bucket_ms, Level.H1.bucket_ms
+        spans: dict[SeriesTuple, tuple[int, int]] = {}
+        for key in new:
+            before, newest = self._rolled.get(key), self._newest.get(key)
+            if (
+                before is not None
+                and newest is not None
+                and newest >= floor_to(before, minute) + minute
+            ):
+                spans[key] = (floor_to(before, hour), newest + 1)
+        if not spans:
+            return {}
+        keys = list(spans)
+        statements = [
+            f"SELECT {_ident('value')} FROM {self._m(SAMPLES)} WHERE {_one_series(key)} "
+            f"AND {_time_range(*spans[key])}"
+            for key in keys
+        ]
+        answers = await self._query(statements, what="reading samples a failed write left")
+        out: dict[SeriesTuple, dict[Level, dict[int, _Partial]]] = {}
+        for key, answer in zip(keys, answers, strict=True):
+            values = {int(row[0]): float(row[1]) for s in answer for row in s.values}
+            per_level = out.setdefault(key, {})
+            for level, parts in (_partials({key: values}) if values else {}).items():
+                per_level[level] = {b: part for (_, b), part in parts.items()}
+        return out
+
+    async def _fold_stored(
+        self,
+        closed: dict[Level, dict[tuple[SeriesTuple, int], _Partial]],
+        late: Mapping[Level, list[tuple[SeriesTuple, int]]],
+        unknown: Mapping[Level, list[tuple[SeriesTuple, int]]],
+        newest: Mapping[SeriesTuple, int],
+    ) -> None:
+        """Fold into ``closed`` what the server holds for those buckets: the stored rollup
+        bucket for late samples, the stored raw samples of a closing open bucket that this
+        process does not remember (a restart, a failed write)."""
+        statements: list[str] = []
+        targets: list[tuple[Level, bool]] = []
+        fields = ", ".join(map(_ident, ("min", "max", "sum", "count", "last_ts", "last")))
+        v = _ident("value")
+        for level, keys in late.items():
+            for site, lo, hi in _site_windows(keys, _WINDOW_GAP_MS * 60):
+                statements.append(
+                    f"SELECT {fields} FROM {self._m(ROLLUP_MEASUREMENTS[level])} "
+                    f"WHERE {_ident('site')} = {_literal(site)} "
+                    f"AND {_time_range(lo, hi + 1)} {_BY_SERIES}"
+                )
+                targets.append((level, False))
+        for level, keys in unknown.items():
+            size = level.bucket_ms
+            for site, lo, hi in _site_windows(keys, _WINDOW_GAP_MS * 60):
+                # Sums per bucket; the newest sample's time and value in a bucket that was
+                # open are the series' newest (``latest``), read with it.
+                statements.append(
+                    f"SELECT min({v}), max({v}), sum({v}), count({v}), last({v}) "
+                    f"FROM {self._m(SAMPLES)} WHERE {_ident('site')} = {_literal(site)} "
+                    f"AND {_time_range(lo, hi + size)} "
+                    f"GROUP BY time({size}ms), {_BY_SERIES[len('GROUP BY ') :]} fill(none)"
+                )
+                targets.append((level, True))
+        if not statements:
+            return
+        answers = await self._query(statements, what="reading the rollup buckets to update")
+        stored: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = {}
+        for (level, from_raw), answer in zip(targets, answers, strict=True):
+            rows = stored.setdefault(level, {})
+            for s in answer:
+                key = _key(s.tags)
+                if from_raw:
+                    lts = newest.get(key, 0)  # only the bucket of the newest sample is used
+                    for t, mn, mx, sm, ct, lv in s.values:
+                        rows[key, t] = (float(mn), float(mx), float(sm), int(ct), lts, float(lv))
+                else:
+                    for t, mn, mx, sm, ct, lts, lv in s.values:
+                        rows[key, t] = (
+                            float(mn), float(mx), float(sm), int(ct), int(lts), float(lv)
+                        )  # fmt: skip
+        for level, keys in (*late.items(), *unknown.items()):
+            rows = stored.get(level, {})
+            out = closed.setdefault(level, {})
+            for at in keys:
+                row = rows.get(at)
+                if row is not None:
+                    part = out.get(at)
+                    out[at] = row if part is None else _fold(row, part)
 
     def _forget(self) -> None:
         self._newest.clear()
+        self._rolled.clear()
+        self._latest_due.clear()
         self._sites_loaded.clear()
         for buckets in self._open.values():
             buckets.clear()
@@ -388,15 +625,31 @@ class InfluxStorage:
         todo = sorted(set(sites) - self._sites_loaded)
         if not todo:
             return
-        statements = [
-            f"SELECT {_ident('ts_ms')} FROM {self._m(LATEST)} "
-            f"WHERE {_ident('site')} = {_literal(site)} {_BY_SERIES}"
-            for site in todo
-        ]
-        for answer in await self._query(statements, what="reading the newest sample times"):
-            for s in answer:
+        statements: list[str] = []
+        for site in todo:
+            where = f"WHERE {_ident('site')} = {_literal(site)} {_BY_SERIES}"
+            statements.append(
+                f"SELECT {_ident('ts_ms')}, {_ident('rolled_ms')} FROM {self._m(LATEST)} {where}"
+            )
+            # The newest raw sample too: a write that failed after its samples but before
+            # ``latest`` left samples newer than ``latest`` says, which must count as stored.
+            statements.append(f"SELECT last({_ident('value')}) FROM {self._m(SAMPLES)} {where}")
+        answers = await self._query(statements, what="reading the newest sample times")
+        for latest, raw in zip(answers[0::2], answers[1::2], strict=True):
+            for s in latest:
+                if s.values and s.values[0][1] is not None:
+                    key = _key(s.tags)
+                    newest = self._newest[key] = int(s.values[0][1])
+                    self._rolled[key] = _rolled_or_all(s.values[0][2], newest)
+            for s in raw:
                 if s.values:
-                    self._newest[_key(s.tags)] = int(s.values[0][1])
+                    key = _key(s.tags)
+                    ts, value = int(s.values[0][0]), float(s.values[0][1])
+                    if ts > self._newest.get(key, ts - 1):
+                        self._newest[key] = ts
+                        # No ``latest`` at all: samples, and nothing else, were stored.
+                        self._rolled.setdefault(key, MIN_TS_MS)
+                        self._latest_due[key] = (ts, value)
         self._sites_loaded.update(todo)
 
     async def _stored_timestamps(
@@ -421,63 +674,6 @@ class InfluxStorage:
                 if key in suspects:
                     stored.setdefault(key, set()).update(row[0] for row in s.values)
         return stored
-
-    async def _merge_stored_buckets(
-        self, partials: Mapping[Level, Mapping[tuple[SeriesTuple, int], _Partial]]
-    ) -> dict[Level, dict[tuple[SeriesTuple, int], _Partial]]:
-        """The new partials folded into what the server holds for their buckets.
-
-        A bucket that starts after the newest stored sample of its series is empty; the
-        bucket this process wrote last for a series is remembered; only other buckets
-        (late samples, the first write after opening) are read.
-        """
-        merged: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = {}
-        misses: dict[Level, list[tuple[SeriesTuple, int]]] = {}
-        for level, parts in partials.items():
-            out: dict[tuple[SeriesTuple, int], _Partial] = {}
-            merged[level] = out
-            open_buckets = self._open[level]
-            for (key, b), part in parts.items():
-                newest = self._newest.get(key)
-                have = open_buckets.get(key)
-                if newest is None or newest < b:
-                    out[key, b] = part
-                elif have is not None and have[0] == b:
-                    out[key, b] = _fold(have[1], part)
-                else:
-                    misses.setdefault(level, []).append((key, b))
-        if not misses:
-            return merged
-        statements: list[str] = []
-        levels: list[Level] = []
-        fields = ", ".join(map(_ident, ("min", "max", "sum", "count", "last_ts", "last")))
-        for level, keys in misses.items():
-            by_site: dict[str, list[int]] = {}
-            for (site, _, _), b in keys:
-                by_site.setdefault(site, []).append(b)
-            for site, starts in by_site.items():
-                for lo, hi in _windows(starts, _WINDOW_GAP_MS * 60):
-                    statements.append(
-                        f"SELECT {fields} FROM {self._m(ROLLUP_MEASUREMENTS[level])} "
-                        f"WHERE {_ident('site')} = {_literal(site)} "
-                        f"AND {_time_range(lo, hi + 1)} {_BY_SERIES}"
-                    )
-                    levels.append(level)
-        answers = await self._query(statements, what="reading the rollup buckets to update")
-        stored: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = {}
-        for level, answer in zip(levels, answers, strict=True):
-            rows = stored.setdefault(level, {})
-            for s in answer:
-                key = _key(s.tags)
-                for t, mn, mx, sm, ct, lts, lv in s.values:
-                    rows[key, t] = (float(mn), float(mx), float(sm), int(ct), int(lts), float(lv))
-        for level, keys in misses.items():
-            rows = stored.get(level, {})
-            for at in keys:
-                row = rows.get(at)
-                part = partials[level][at]
-                merged[level][at] = part if row is None else _fold(row, part)
-        return merged
 
     async def _sample_lines(self, new: Mapping[SeriesTuple, Mapping[int, float]]) -> list[str]:
         lines: list[str] = []
@@ -624,11 +820,23 @@ class InfluxStorage:
             )
             rows = [row for s in answer for row in s.values]
             return [r[0] for r in rows], [float(r[1]) for r in rows]
-        level = choose_level(every_ms, start_ms, await self._horizons())
-        statements = [
-            self._piece_sql(where, level=p.level, lo=p.start_ms, hi=p.end_ms, every_ms=every_ms)
-            for p in plan_pieces(level, start_ms, end_ms)
-        ]
+        horizons, rolled = await self._horizons_and_rolled(series)
+        level = choose_level(every_ms, start_ms, horizons)
+        statements: list[str] = []
+        for p in plan_pieces(level, start_ms, end_ms):
+            # A rollup piece reads its written buckets; from the series' first open bucket
+            # on, the raw samples answer (see the module doc).
+            cut = p.end_ms
+            if p.level is not Level.RAW and rolled is not None:
+                cut = min(max(floor_to(rolled, p.level.bucket_ms), p.start_ms), p.end_ms)
+            if cut > p.start_ms:
+                statements.append(
+                    self._piece_sql(where, level=p.level, lo=p.start_ms, hi=cut, every_ms=every_ms)
+                )
+            if cut < p.end_ms:
+                statements.append(
+                    self._piece_sql(where, level=Level.RAW, lo=cut, hi=p.end_ms, every_ms=every_ms)
+                )
         answers = await self._query(statements, what=what)
         # Pieces are oldest first and disjoint: a later piece's last value in a bucket is
         # the bucket's last value.
@@ -725,12 +933,13 @@ class InfluxStorage:
             }
             if not horizons:
                 return deleted
-            # Deletes may take buckets this process remembers as the newest of a series
-            # (one that stopped reporting): a late sample must start such a bucket afresh.
-            for buckets in self._open.values():
-                buckets.clear()
             stored = await self._horizons()
             advanced = {lv: max(h, stored.get(lv, h)) for lv, h in horizons.items()}
+            # Open buckets are answered from raw samples: write those that any of the
+            # deletes would reach first (raw samples they are read from, or the level's own
+            # buckets). What this process remembers is then read afresh.
+            await self._close_stale(max(advanced.values()))
+            self._forget()
             await self._write_lines(
                 [f"{HORIZONS},level={lv.value} horizon_ms={h}i 0" for lv, h in advanced.items()],
                 what="recording retention horizons",
@@ -761,6 +970,70 @@ class InfluxStorage:
             # DELETE takes no retention policy: it deletes from every policy of the database.
             await self._query([f"DELETE FROM {_ident(measurement)} WHERE {span}"], what=what)
         return count
+
+    async def _horizons_and_rolled(self, series: SeriesKey) -> tuple[dict[Level, int], int | None]:
+        """The retention horizons, and the series' rolled-up-to instant (None: every bucket
+        is written), in one request."""
+        horizons, rolled = await self._query(
+            [
+                f"SELECT {_ident('horizon_ms')} FROM {self._m(HORIZONS)} "
+                f"GROUP BY {_ident('level')}",
+                f"SELECT {_ident('rolled_ms')} FROM {self._m(LATEST)} WHERE {_one_series(series)}",
+            ],
+            what=f"reading the horizons and rollup state of {series}",
+        )
+        values = [row[1] for s in rolled for row in s.values if row[1] is not None]
+        return (
+            {Level(s.tags["level"]): int(s.values[-1][1]) for s in horizons if s.values},
+            int(values[0]) if values else None,
+        )
+
+    async def _close_stale(self, before_ms: int) -> None:
+        """Write the open buckets of every series whose open hour starts before
+        ``before_ms`` (one that stopped reporting), before retention deletes the raw samples
+        that answer for them; their rolled-up instant moves past their newest sample."""
+        (answer,) = await self._query(
+            [
+                f"SELECT {_ident('ts_ms')}, {_ident('rolled_ms')} FROM {self._m(LATEST)} "
+                f"{_BY_SERIES}"
+            ],
+            what="reading which series have open rollup buckets",
+        )
+        hour = Level.H1.bucket_ms
+        newest: dict[SeriesTuple, int] = {}
+        rolled: dict[SeriesTuple, int] = {}
+        unknown: dict[Level, list[tuple[SeriesTuple, int]]] = {}
+        closed: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = {}
+        for s in answer:
+            if not s.values or s.values[0][1] is None or s.values[0][2] is None:
+                continue
+            key, ts, before = _key(s.tags), int(s.values[0][1]), int(s.values[0][2])
+            if floor_to(before, hour) >= before_ms:
+                continue
+            newest[key] = ts
+            rolled[key] = floor_to(ts, hour) + hour
+            for level in ROLLUP_LEVELS:
+                start = floor_to(before, level.bucket_ms)
+                if ts < start:
+                    continue  # nothing stored in that open bucket
+                have = self._open[level].get(key)
+                if have is not None and have[0] == start:
+                    closed.setdefault(level, {})[key, start] = have[1]
+                else:
+                    unknown.setdefault(level, []).append((key, start))
+        if not rolled:
+            return
+        await self._fold_stored(closed, {}, unknown, newest)
+        lines = [
+            _rollup_line(ROLLUP_MEASUREMENTS[level], key, b, part)
+            for level, buckets in closed.items()
+            for (key, b), part in buckets.items()
+        ]
+        await self._write_lines(lines, what="writing the open rollup buckets of idle series")
+        await self._write_lines(
+            [f"{LATEST},{_tags(key)} rolled_ms={u}i 0" for key, u in rolled.items()],
+            what="recording the rollups of idle series",
+        )
 
     async def _horizons(self) -> dict[Level, int]:
         (answer,) = await self._query(
@@ -1043,6 +1316,49 @@ def _partials(
             folded[at] = part if have is None else _fold(have, part)
         partials[level] = folded
     return partials
+
+
+@dataclass(slots=True)
+class _RollupPlan:
+    """What a write does to the rollups: buckets to write per level, open buckets to
+    remember (None: forget), rolled-up-to instants that move."""
+
+    closed: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = field(default_factory=dict)
+    opened: dict[Level, dict[SeriesTuple, tuple[int, _Partial] | None]] = field(
+        default_factory=dict
+    )
+    rolled: dict[SeriesTuple, int] = field(default_factory=dict)
+
+
+def _latest_line(key: SeriesTuple, ts_ms: int, value: float, rolled_ms: int) -> str:
+    return f"{LATEST},{_tags(key)} ts_ms={ts_ms}i,value={value!r},rolled_ms={rolled_ms}i 0"
+
+
+def _rolled_or_all(rolled: int | None, newest: int) -> int:
+    """A series' rolled-up-to instant from ``latest``; a series written before GridPilot
+    kept it had every bucket written: past the hour of its newest sample."""
+    if rolled is None:
+        return floor_to(newest, Level.H1.bucket_ms) + Level.H1.bucket_ms
+    return int(rolled)
+
+
+def _fold_opt(a: _Partial | None, b: _Partial | None) -> _Partial:
+    if a is None:
+        assert b is not None  # noqa: S101 - callers pass at least one
+        return b
+    return a if b is None else _fold(a, b)
+
+
+def _site_windows(
+    keys: Iterable[tuple[SeriesTuple, int]], gap_ms: int
+) -> list[tuple[str, int, int]]:
+    """(site, lo, hi) spans covering the bucket starts of ``keys``, per site."""
+    by_site: dict[str, list[int]] = {}
+    for (site, _, _), b in keys:
+        by_site.setdefault(site, []).append(b)
+    return [
+        (site, lo, hi) for site, starts in by_site.items() for lo, hi in _windows(starts, gap_ms)
+    ]
 
 
 def _rollup_line(measurement: str, key: SeriesTuple, bucket_ms: int, part: _Partial) -> str:

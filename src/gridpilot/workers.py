@@ -190,9 +190,9 @@ class WorkerPool:
         self.stats.submitted += 1
         if self._workers == 0:
             return self._inline(fn, args)
-        if key is not None:
-            self._supersede(key)
-        if self._admitted >= self._max_pending:
+        # The job it replaces leaves the count when its caller next runs: not counted here.
+        replaced = key is not None and self._supersede(key)
+        if self._admitted - replaced >= self._max_pending:
             self.stats.rejected += 1
             raise PoolFullError(
                 f"{self._admitted} jobs already running or waiting (max_pending "
@@ -223,7 +223,8 @@ class WorkerPool:
         self.stats.job_s_total += seconds
         self.stats.job_s_max = max(self.stats.job_s_max, seconds)
 
-    def _supersede(self, key: str) -> None:
+    def _supersede(self, key: str) -> bool:
+        """Fail the waiting job of ``key``, if there is one; whether there was."""
         for waiter in self._waiters:
             if waiter.key == key and not waiter.granted.done():
                 waiter.granted.set_exception(
@@ -232,7 +233,8 @@ class WorkerPool:
                 self._waiters.remove(waiter)
                 self.stats.superseded += 1
                 self.stats.waiting = len(self._waiters)
-                return
+                return True
+        return False
 
     async def _acquire(self, key: str | None) -> None:
         if self._running < self._workers and not self._waiters:

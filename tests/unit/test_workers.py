@@ -143,6 +143,26 @@ async def test_a_newer_job_of_the_same_key_supersedes_a_waiting_one(tmp_path: Pa
         assert pool.stats.superseded == 1
 
 
+async def test_a_full_pool_still_takes_a_job_that_supersedes_a_waiting_one(
+    tmp_path: Path,
+) -> None:
+    go = tmp_path / "go"
+    async with WorkerPool(1, max_pending=2) as pool:
+        running = asyncio.create_task(pool.run(hold_until, str(go)))
+        await until(lambda: pool.stats.running == 1)
+        older = asyncio.create_task(pool.run(square, 2, key="plan"))
+        await until(lambda: pool.stats.waiting == 1)
+        newer = asyncio.create_task(pool.run(square, 3, key="plan"))  # full, but replaces
+        with pytest.raises(SupersededError):
+            await older
+        with pytest.raises(PoolFullError):
+            await pool.run(square, 4)  # no key: full it is
+        go.touch()
+        await running
+        assert await newer == 9
+        assert (pool.stats.superseded, pool.stats.rejected) == (1, 1)
+
+
 async def test_close_fails_waiting_and_running_jobs_and_terminates_workers(
     tmp_path: Path,
 ) -> None:

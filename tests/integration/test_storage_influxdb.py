@@ -423,6 +423,41 @@ async def test_a_write_failing_after_its_samples_still_counts_each_sample_once(
     ]
 
 
+async def test_retention_writes_the_open_buckets_of_a_series_a_failed_write_left(
+    influxdb: InfluxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write's samples are stored, its buckets and ``latest`` are not, and the series
+    never writes again: the retention pass that deletes its raw samples first writes every
+    bucket they were answering for, and ``latest`` then names the newest sample."""
+    retention = RetentionConfig(raw=timedelta(days=1), rollup_1m=None, rollup_15m=None)
+    samples = [Sample(P.site, P.device, P.point, T0 + i * 1_000, float(i)) for i in range(200)]
+    db = influxdb.new_database_name("idle-after-failure")
+    async with InfluxStorage(influxdb.url, db, retention) as storage:
+        assert await storage.write(samples[:90]) == WriteResult(90, 0)
+        write_lines = storage._write_lines
+
+        async def fail_once(lines: list[str], *, what: str) -> None:
+            if what.startswith("writing the rollups"):
+                monkeypatch.undo()
+                raise StorageUnavailable("injected: the server went away")
+            await write_lines(lines, what=what)
+
+        monkeypatch.setattr(storage, "_write_lines", fail_once)
+        with pytest.raises(StorageUnavailable, match="injected"):
+            await storage.write(samples[90:])
+    async with InfluxStorage(influxdb.url, db, retention) as storage:
+        assert await storage.apply_retention(T0 + 2 * DAY) == 200  # the raw samples
+        assert await storage.history(P, T0, T0 + HOUR) == []
+        counts = await storage.history(P, T0, T0 + HOUR, MINUTE, Agg.COUNT)
+        assert [p.value for p in counts] == [60.0, 60.0, 60.0, 20.0]
+        (hour,) = await storage.history(P, T0, T0 + HOUR, HOUR, Agg.MEAN)
+        assert hour.value == sum(range(200)) / 200
+        (last,) = await storage.history(P, T0, T0 + HOUR, QUARTER, Agg.LAST)
+        assert last.value == 199.0
+        (latest,) = await storage.latest(P.site)
+        assert (latest.ts_ms, latest.value) == (T0 + 199_000, 199.0)
+
+
 async def test_a_configured_retention_policy_is_written_and_read(influxdb: InfluxServer) -> None:
     db = influxdb.new_database_name("rp")
     influxql(influxdb.url, db, f'CREATE DATABASE "{db}"')

@@ -535,6 +535,12 @@ class InfluxStorage:
                 and newest >= floor_to(before, minute) + minute
             ):
                 spans[key] = (floor_to(before, hour), newest + 1)
+        return await self._stored_partials(spans)
+
+    async def _stored_partials(
+        self, spans: Mapping[SeriesTuple, tuple[int, int]]
+    ) -> dict[SeriesTuple, dict[Level, dict[int, _Partial]]]:
+        """Per series, the partials at every level of its stored samples in [lo, hi)."""
         if not spans:
             return {}
         keys = list(spans)
@@ -992,26 +998,40 @@ class InfluxStorage:
         """Write the open buckets of every series whose open hour starts before
         ``before_ms`` (one that stopped reporting), before retention deletes the raw samples
         that answer for them; their rolled-up instant moves past their newest sample."""
-        (answer,) = await self._query(
+        latest, raw = await self._query(
             [
                 f"SELECT {_ident('ts_ms')}, {_ident('rolled_ms')} FROM {self._m(LATEST)} "
-                f"{_BY_SERIES}"
+                f"{_BY_SERIES}",
+                # Samples a failed write left past what ``latest`` says count too.
+                f"SELECT last({_ident('value')}) FROM {self._m(SAMPLES)} {_BY_SERIES}",
             ],
             what="reading which series have open rollup buckets",
         )
-        hour = Level.H1.bucket_ms
+        raw_newest = {_key(s.tags): (int(s.values[0][0]), s.values[0][1]) for s in raw if s.values}
+        minute, hour = Level.M1.bucket_ms, Level.H1.bucket_ms
         newest: dict[SeriesTuple, int] = {}
         rolled: dict[SeriesTuple, int] = {}
+        repaired: dict[SeriesTuple, tuple[int, float]] = {}
+        overrun: dict[SeriesTuple, tuple[int, int]] = {}
+        overrun_from: dict[SeriesTuple, int] = {}
         unknown: dict[Level, list[tuple[SeriesTuple, int]]] = {}
         closed: dict[Level, dict[tuple[SeriesTuple, int], _Partial]] = {}
-        for s in answer:
+        for s in latest:
             if not s.values or s.values[0][1] is None or s.values[0][2] is None:
                 continue
             key, ts, before = _key(s.tags), int(s.values[0][1]), int(s.values[0][2])
             if floor_to(before, hour) >= before_ms:
                 continue
+            last_ts, last_value = raw_newest.get(key, (ts, None))
+            if last_ts > ts:
+                ts = last_ts
+                repaired[key] = (ts, float(last_value))
             newest[key] = ts
             rolled[key] = floor_to(ts, hour) + hour
+            if ts >= floor_to(before, minute) + minute:
+                overrun[key] = (floor_to(before, hour), ts + 1)
+                overrun_from[key] = before
+                continue
             for level in ROLLUP_LEVELS:
                 start = floor_to(before, level.bucket_ms)
                 if ts < start:
@@ -1023,6 +1043,13 @@ class InfluxStorage:
                     unknown.setdefault(level, []).append((key, start))
         if not rolled:
             return
+        # Stored past the open minute (a failed write): every bucket from the open one on.
+        for key, per_level in (await self._stored_partials(overrun)).items():
+            for level, parts in per_level.items():
+                opened_at = floor_to(overrun_from[key], level.bucket_ms)
+                for b, part in parts.items():
+                    if b >= opened_at:
+                        closed.setdefault(level, {})[key, b] = part
         await self._fold_stored(closed, {}, unknown, newest)
         lines = [
             _rollup_line(ROLLUP_MEASUREMENTS[level], key, b, part)
@@ -1031,7 +1058,12 @@ class InfluxStorage:
         ]
         await self._write_lines(lines, what="writing the open rollup buckets of idle series")
         await self._write_lines(
-            [f"{LATEST},{_tags(key)} rolled_ms={u}i 0" for key, u in rolled.items()],
+            [
+                _latest_line(key, *repaired[key], u)
+                if key in repaired
+                else f"{LATEST},{_tags(key)} rolled_ms={u}i 0"
+                for key, u in rolled.items()
+            ],
             what="recording the rollups of idle series",
         )
 

@@ -15,12 +15,14 @@ from gridpilot.control.hvac import (
     HvacGroupController,
     HvacParams,
     ZoneProblem,
+    _pv_scenarios,
     plan_cooling,
     plan_zones,
 )
 from gridpilot.model.units import unit_of
 from tests.unit.test_control_hvac import (
     CLIMATE,
+    FLAT,
     GOOD_FIT,
     IRRADIANCE,
     MONDAY_6,
@@ -428,3 +430,182 @@ def test_the_group_gives_the_overcast_scenario_the_pv_forecast_it_could_lose() -
         ]
     for calm, wary in zip(temperatures[0.0], temperatures[0.2], strict=True):
         assert wary < calm - 0.5
+
+
+# ------------------------------------------------------------- plateau and cloud windows
+
+
+def _sunny(times: list[datetime]) -> list[float]:
+    """PV forecast: 10 kW now (06:00), 40 kW from 09:00 to 15:00."""
+    return [40_000.0 if 9 <= t.hour < 15 else 10_000.0 if t == MONDAY_6 else 0.0 for t in times]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, []),
+        ({"overcast_weight": 0.3}, [(0.3, "overcast")]),
+        ({"pv_plateau_weight": 0.2}, [(0.2, "plateau 1.0")]),
+        ({"pv_plateau_weight": 0.2, "pv_plateau_fraction": 0.5}, [(0.2, "plateau 0.5")]),
+        (
+            {"overcast_weight": 0.3, "pv_plateau_weight": 0.3, "pv_plateau_fraction": 0.5},
+            [(0.3, "overcast"), (0.3, "plateau 0.5")],
+        ),
+    ],
+)
+def test_pv_scenarios_take_away_the_pv_they_doubt(
+    overrides: dict[str, object], expected: list[tuple[float, str]]
+) -> None:
+    """The overcast scenario loses (1 - fraction) of the forecast everywhere; the plateau
+    loses whatever the forecast expects above (fraction x) its value for now."""
+    p = params(**overrides)
+    times = [MONDAY_6 + k * p.step for k in range(p.steps)]
+    pv = _sunny(times)
+    scenarios = _pv_scenarios(p, pv, times, MONDAY_6.date())
+    assert [w for w, _ in scenarios] == pytest.approx([w for w, _ in expected])
+    for (_, kind), (_, lost) in zip(expected, scenarios, strict=True):
+        if kind == "overcast":
+            want = [(1.0 - p.overcast_pv_fraction) * v for v in pv]
+        else:
+            cap = float(kind.split()[1]) * 10_000.0
+            want = [max(0.0, v - cap) for v in pv]
+        assert lost == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    ("weight", "window_h", "fraction", "starts"),
+    [
+        (0.3, 2.0, 0.5, [6, 8, 9, 10, 11, 12, 13, 14]),  # windows that lose some PV
+        (0.3, 1.0, 0.5, [6, 9, 10, 11, 12, 13, 14]),
+        (0.6, 3.0, 0.25, [6, 7, 8, 9, 10, 11, 12, 13, 14]),
+        (0.3, 2.0, 1.0, []),  # a "cloud" that keeps all the PV takes nothing away
+    ],
+)
+def test_cloud_windows_share_their_probability_over_the_day(
+    weight: float, window_h: float, fraction: float, starts: list[int]
+) -> None:
+    """One scenario per hourly start from now (06:00) while today lasts, each taking
+    (1 - fraction) of the PV forecast inside its window only, the probability shared."""
+    p = params(
+        cloud_window_weight=weight,
+        cloud_window=timedelta(hours=window_h),
+        overcast_pv_fraction=fraction,
+    )
+    times = [MONDAY_6 + k * p.step for k in range(p.steps)]
+    pv = _sunny(times)
+    scenarios = _pv_scenarios(p, pv, times, MONDAY_6.date())
+    assert [w for w, _ in scenarios] == pytest.approx([weight / max(1, len(starts))] * len(starts))
+    for start, (_, lost) in zip(starts, scenarios, strict=True):
+        for t, v, w in zip(times, pv, lost, strict=True):
+            inside = t.date() == MONDAY_6.date() and start <= t.hour < start + window_h
+            assert w == pytest.approx((1.0 - fraction) * v if inside else 0.0)
+
+
+def test_without_pv_there_is_nothing_to_doubt() -> None:
+    p = params(overcast_weight=0.2, pv_plateau_weight=0.2, cloud_window_weight=0.2)
+    times = [MONDAY_6 + k * p.step for k in range(p.steps)]
+    scenarios = _pv_scenarios(p, [0.0] * p.steps, times, MONDAY_6.date())
+    assert [w for w, _ in scenarios] == pytest.approx([0.2, 0.2])  # no cloud window
+    assert all(v == 0.0 for _, lost in scenarios for v in lost)
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        {"overcast_weight": 0.5, "pv_plateau_weight": 0.5},
+        {"overcast_weight": 0.4, "pv_plateau_weight": 0.3, "cloud_window_weight": 0.3},
+    ],
+)
+def test_pv_scenarios_leave_the_forecast_some_probability(weights: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be below 1"):
+        params(**weights)
+
+
+def _at(t: datetime, start_h: float, end_h: float) -> bool:
+    minutes = t.hour * 60 + t.minute
+    return start_h * 60 <= minutes < end_h * 60
+
+
+@pytest.mark.parametrize(
+    ("scenario", "protects"),
+    [("none", False), ("all_day_overcast", False), ("cloud_windows", True)],
+)
+def test_cloud_windows_keep_pre_cooling_for_a_block_after_an_unshaveable_one(
+    scenario: str, protects: bool
+) -> None:
+    """Billed peak 100 kW, net load forecast 85 kW from 08:00 to 12:00 with 60 kW of PV
+    in it at 09:00-09:30 and 30 kW at 10:30-11:00. Losing half the PV all day puts
+    09:00-09:30 at 115 kW, which no chiller can shave, and every lower block is then
+    free in that scenario: 10:30-11:00 (100 kW + chillers) is left to the thermostat's
+    holding power. A cloud arriving at 10:00 is one of the window scenarios, and its
+    peak is 10:30-11:00 itself: the zone is pre-cooled and its chiller eased there."""
+    p = params(
+        tariff=FLAT.model_copy(update={"demand_charge_per_kw": 18.0}),
+        cloud_window=timedelta(hours=1),
+        cloud_window_weight=0.3 if scenario == "cloud_windows" else 0.0,
+        overcast_weight=0.3 if scenario == "all_day_overcast" else 0.0,
+    )
+    times = [MONDAY_6 + k * p.step for k in range(p.steps)]
+    pv = [60_000.0 if _at(t, 9, 9.5) else 30_000.0 if _at(t, 10.5, 11) else 0.0 for t in times]
+    term = DemandTerm(
+        other_load_w=[85_000.0 if _at(t, 8, 12) else 40_000.0 for t in times],
+        blocks=list(range(p.steps)),
+        counts=[True] * p.steps,
+        threshold_w=100_000.0,
+        charge_per_kw=18.0,
+        extra=tuple(_pv_scenarios(p, pv, times, MONDAY_6.date())),
+    )
+    outdoor, irradiance, occupied = weather(MONDAY_6, p)
+    plan = plan_cooling(
+        TRUE_MODEL,
+        24.0,
+        outdoor_degc=outdoor,
+        irradiance_wm2=irradiance,
+        occupied=occupied,
+        prices_per_kwh=p.tariff.prices_per_kwh(MONDAY_6, p.step, p.steps),
+        params=p,
+        demand=term,
+    )
+    assert plan.ok
+    assert plan.comfort_violation_kh == pytest.approx(0.0, abs=1e-6)
+    cloudy = [k for k, t in enumerate(times) if _at(t, 10.5, 11)]
+    eased_kw = max(plan.chiller_power_w[k] for k in cloudy) / 1000.0
+    holding_kw = min(plan.chiller_power_w[k] for k in range(cloudy[0] - 4, cloudy[0])) / 1000.0
+    if protects:
+        assert eased_kw < holding_kw - 5.0
+        assert plan.temperatures_degc[cloudy[0]] < 23.0
+    else:
+        assert eased_kw > holding_kw - 0.5
+
+
+@pytest.mark.parametrize(("weight", "wary"), [(0.0, False), (0.3, True)])
+def test_the_plateau_keeps_pre_cooling_for_a_sun_that_may_not_rise(
+    weight: float, wary: bool
+) -> None:
+    """At 06:00 the PV forecast expects 10 kW now and 50 kW from 09:00, which keeps the
+    busy hours (130 kW) under the billed peak of 110 kW. Should the sky stay as it is,
+    they would run 10-20 kW over: with a probability for that, the zones are cooler when
+    the busy hours begin."""
+    forecasts = site_forecasts(MONDAY_6, busy_w=130_000.0)
+    times = [MONDAY_6 + k * STEP for k in range(120)]
+    forecasts["pv_w"] = Forecast(
+        MONDAY_6,
+        STEP,
+        tuple(50_000.0 if 9 <= t.hour < 15 else 10_000.0 if t.hour < 9 else 0.0 for t in times),
+    )
+    billed = PointRef("peak_shaver", "billed_peak_w")
+    snap = site_snapshot(MONDAY_6)
+    snap = Snapshot(MONDAY_6, {**snap.readings, billed: Reading(110_000.0, MONDAY_6)})
+    at_nine = round((MONDAY_6.replace(hour=9) - MONDAY_6) / STEP)
+    temperatures = {}
+    for w in {0.0, weight}:
+        controller = group(pv_plateau_weight=w, billed_peak_point=billed)
+        decision = controller.decide(snap, controller.initial_state(), MONDAY_6, forecasts)
+        plans = [s.plan for s in decision.state.zones]
+        assert all(plan is not None and plan.ok for plan in plans)
+        temperatures[w] = [plan.temperatures_degc[at_nine] for plan in plans if plan is not None]
+    for calm, doubtful in zip(temperatures[0.0], temperatures[weight], strict=True):
+        if wary:
+            assert doubtful < calm - 0.5
+        else:
+            assert doubtful == calm

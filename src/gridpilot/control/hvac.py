@@ -87,7 +87,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from statistics import NormalDist
 from typing import Any, Literal, Self, cast
 
@@ -264,6 +264,26 @@ class HvacParams(_Frozen):
     benchmark's first 17 July days, with ``overcast_weight`` 0.3, 0.5 and 0.25 both cut the
     cloudy day's peak from 120.5 to 118.8 and 118.7 kW; 0.25 also held back more of the
     pre-cooling before the on-peak price, at +6 $ of energy.)"""
+    pv_plateau_weight: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """The probability the demand charge gives to a sky that gets no brighter today: PV
+    capped at ``pv_plateau_fraction`` of the forecast for the current step (a cloud deck
+    holding PV at its morning level while the load climbs to its peak, as on the control
+    benchmark's 14 July and 13 August). The overcast scenario scales the forecast, which
+    still rises with the sun; this one does not. 0 = no such scenario."""
+    pv_plateau_fraction: float = Field(default=1.0, ge=0.0, le=1.0)
+    """The plateau scenario's cap, as a fraction of the PV forecast for the current step
+    (1 = no brighter than now; below 1 the deck thickens too)."""
+    cloud_window_weight: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """The probability the demand charge gives to a cloud deck arriving at some hour today
+    and lasting ``cloud_window``: one scenario per hourly start from now (while today
+    lasts and its window has PV to lose), sharing this probability equally, each with PV
+    at ``overcast_pv_fraction`` of its forecast inside its window only. The all-day
+    overcast scenario's peak sits in the busiest block, which the zones cannot shave, and
+    every lower block is then free in it; each window scenario has its own peak, so
+    pre-cooling is kept for a later block a cloud could push over the billed peak.
+    0 = no such scenarios."""
+    cloud_window: timedelta = timedelta(hours=2)
+    """How long a cloud deck of the window scenarios lasts."""
     fallback_band_position: float = Field(default=0.75, ge=0.0, le=1.0)
     """Fallback setpoint: this far up the current comfort band (0 = lower, 1 = upper)."""
     solver_time_limit_s: float = Field(default=5.0, ge=0.0)
@@ -276,6 +296,13 @@ class HvacParams(_Frozen):
             raise ValueError("step must be positive and horizon at least one step")
         if self.setpoint_max_degc <= self.setpoint_min_degc:
             raise ValueError("setpoint_max_degc must be above setpoint_min_degc")
+        if self.overcast_weight + self.pv_plateau_weight + self.cloud_window_weight >= 1.0:
+            raise ValueError(
+                "overcast_weight + pv_plateau_weight + cloud_window_weight must be below 1 "
+                "(the forecast itself keeps the rest of the probability)"
+            )
+        if self.cloud_window < self.step:
+            raise ValueError("cloud_window must be at least one step")
         return self
 
     @property
@@ -1476,9 +1503,7 @@ def _demand_over(
         for k in range(p.steps):
             expected = load[k] - (pv[k] if pv is not None else 0.0)
             spread[k] = max(spread[k], (high[k] - expected) / z90)
-    extra: list[tuple[float, list[float]]] = []
-    if p.overcast_weight > 0.0 and pv is not None:
-        extra.append((p.overcast_weight, [(1.0 - p.overcast_pv_fraction) * v for v in pv]))
+    extra = _pv_scenarios(p, pv, starts, today) if pv is not None else []
     return DemandTerm(
         spread_w=spread,
         scenarios=p.demand_scenarios,
@@ -1492,6 +1517,47 @@ def _demand_over(
         threshold_w=threshold,
         charge_per_kw=tariff.demand_charge_per_kw,
     )
+
+
+def _pv_scenarios(
+    p: HvacParams, pv: Sequence[float], starts: Sequence[datetime], today: date
+) -> list[tuple[float, list[float]]]:
+    """The PV-shortfall scenarios of ``p`` for the PV forecast ``pv`` (W per step from
+    now; ``starts``: each step's demand block start): each (probability, the PV it takes
+    away per step, W) -- the all-day overcast scenario, the plateau, the cloud windows --
+    for :attr:`DemandTerm.extra`. Those with a zero probability are left out."""
+    out: list[tuple[float, list[float]]] = []
+    if p.overcast_weight > 0.0:
+        out.append((p.overcast_weight, [(1.0 - p.overcast_pv_fraction) * v for v in pv]))
+    if p.pv_plateau_weight > 0.0 and pv:
+        cap = p.pv_plateau_fraction * pv[0]
+        out.append((p.pv_plateau_weight, [max(0.0, v - cap) for v in pv]))
+    if p.cloud_window_weight > 0.0:
+        out += _cloud_windows(p, pv, starts, today)
+    return out
+
+
+def _cloud_windows(
+    p: HvacParams, pv: Sequence[float], starts: Sequence[datetime], today: date
+) -> list[tuple[float, list[float]]]:
+    """The cloud-window scenarios of ``p`` (see ``cloud_window_weight``): one per hourly
+    start from now (step 0) while the start is ``today`` (local) and its window has PV to
+    lose, sharing the probability equally."""
+    tariff = p.tariff
+    lost = [(1.0 - p.overcast_pv_fraction) * v for v in pv]
+    windows: list[list[float]] = []
+    k0 = 0
+    per_hour = max(1, round(timedelta(hours=1) / p.step))
+    length = max(1, round(p.cloud_window / p.step))
+    while k0 < len(pv) and starts[k0].astimezone(tariff.zone).date() == today:
+        add = [lost[k] if k0 <= k < k0 + length else 0.0 for k in range(len(pv))]
+        if any(v > 0.0 for v in add):
+            windows.append(add)
+        k0 += per_hour
+    if not windows:
+        return []
+    weight = p.cloud_window_weight / len(windows)
+    return [(weight, add) for add in windows]
 
 
 def _tracked(ledger: DemandLedger | None, snapshot: Snapshot, p: HvacParams) -> DemandLedger | None:

@@ -138,7 +138,9 @@ class OptimumConfig(_Frozen):
 
 class GridPilotConfig(_Frozen):
     forecast_horizon_h: float = Field(default=24.0, gt=0)
-    limit_forecast: Literal["net_load_p90", "expected"] = "net_load_p90"
+    limit_forecast: Literal["net_load_p90", "net_load_p90_pv", "load_p90", "expected"] = (
+        "net_load_p90"
+    )
     """What the peak shaver sizes its limit on (see gridpilot_strategy.py)."""
     peak_shaving: dict[str, Any] = Field(default_factory=dict)
     hvac: dict[str, Any] = Field(default_factory=dict)

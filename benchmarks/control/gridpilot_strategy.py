@@ -17,8 +17,12 @@ their own plans to; a site meters its chillers per zone),
 (daily profile blended with persistence). With ``gridpilot.limit_forecast: net_load_p90``
 the harness adds ``net_load_p90_w``: the 90th percentile of consumption − PV at the same
 time of day over the last ten measured days of the same kind (working day or not), the
-"high quantile" the peak shaver's limit prefers (GridPilot has no quantile forecast yet);
-with ``expected`` the peak shaver sizes its limit on ``load_w − pv_w``.
+"high quantile" the peak shaver's limit prefers; ``net_load_p90_pv`` takes, step by step,
+the larger of that and the consumption's 90 % quantile (``load_forecast(quantile=0.9)``)
+minus ``pv_w``, so that a PV shortfall measured today (a cloud deck, carried forward by the
+PV forecast's ratio) raises the forecast where the quantile of past days cannot;
+``load_p90`` gives the peak shaver ``load_p90_w`` (that quantile of consumption) and lets it
+subtract ``pv_w`` itself; with ``expected`` it sizes its limit on ``load_w − pv_w``.
 
 The days before the month come from the benchmark's history run (no control).
 
@@ -91,6 +95,8 @@ class GridPilotStrategy:
     horizon_quarters: int
     zone: ZoneInfo
     net_quantile: bool
+    load_quantile: bool
+    pv_aware: bool
     forecasts: Mapping[str, Forecast] = field(default_factory=dict)
     forecast_at: datetime | None = None
     errors: dict[str, int] = field(default_factory=dict)
@@ -174,7 +180,9 @@ class GridPilotStrategy:
             capacity_wh=site.battery.capacity_wh,
             horizon_quarters=round(cfg.gridpilot.forecast_horizon_h * 4),
             zone=ZoneInfo(cfg.timezone),
-            net_quantile=cfg.gridpilot.limit_forecast == "net_load_p90",
+            net_quantile=cfg.gridpilot.limit_forecast in ("net_load_p90", "net_load_p90_pv"),
+            pv_aware=cfg.gridpilot.limit_forecast == "net_load_p90_pv",
+            load_quantile=cfg.gridpilot.limit_forecast == "load_p90",
         )
 
     # ------------------------------------------------------------------------------ loop
@@ -293,8 +301,28 @@ class GridPilotStrategy:
             ),
             "irradiance_wm2": pv_forecast(times, ghi, start, steps, timezone=tz),
         }
+        if self.load_quantile:
+            # As the controller service issues it: the peak shaver subtracts pv_w.
+            out["load_p90_w"] = load_forecast(
+                times, consumption, start, steps, kind="daytype", timezone=tz, quantile=0.9
+            )
         if self.net_quantile:
             out["net_load_p90_w"] = self._net_p90(times, consumption - pv, start, steps)
+        if self.pv_aware:
+            # Today's PV shortfall persists (a cloud deck): never below the consumption's
+            # quantile minus the PV forecast, which carries today's measured ratio forward.
+            high = load_forecast(
+                times, consumption, start, steps, kind="daytype", timezone=tz, quantile=0.9
+            )
+            net = out["net_load_p90_w"]
+            out["net_load_p90_w"] = Forecast(
+                net.start,
+                net.step,
+                tuple(
+                    max(n, h - p)
+                    for n, h, p in zip(net.values, high.values, out["pv_w"].values, strict=True)
+                ),
+            )
         return out
 
     def _net_p90(
@@ -350,7 +378,7 @@ def _peak_shaving(cfg: BenchConfig, inp: Inputs, limit_forecast: str) -> Any:
         "meter_max_age": stale,
         "battery_max_age": stale,
     }
-    if limit_forecast == "net_load_p90":
+    if limit_forecast in ("net_load_p90", "net_load_p90_pv"):
         # The net-import quantile already has the PV in it (see _net_p90).
         defaults["load_forecast_keys"] = ("net_load_p90_w",)
         defaults["pv_forecast_key"] = None

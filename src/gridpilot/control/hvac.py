@@ -1130,7 +1130,6 @@ class HvacController:
         events: list[str],
         jobs: list[Job],
     ) -> Decision[HvacState]:
-        p = self._params
         plan, start, persisted = state.plan, state.plan_start, state.persisted
         due = plan is None or start is None or self._replan_due(plan, start, now, temperature)
         if due and self._offload:
@@ -1146,36 +1145,17 @@ class HvacController:
                 jobs=jobs,
             )
         if plan is None or start is None or due:
-            inputs = self._inputs(snapshot, now, forecasts)
-            if isinstance(inputs, str):
+            request = self._request(
+                snapshot, state, now=now, forecasts=forecasts, model=model, temperature=temperature
+            )
+            if isinstance(request, str):
                 return self._fallback(
-                    state, now=now, problem=("no_outdoor", inputs), metrics=metrics, events=events
+                    state, now=now, problem=("no_outdoor", request), metrics=metrics, events=events
                 )
-            outdoor, irradiance, persisted = inputs
+            job, persisted = request
             if persisted != state.persisted:
                 events.append(self._persistence_event(persisted))
-            times = [now + i * p.step for i in range(p.steps)]
-            occupied = [p.occupied_at(t) for t in times]
-            demand = self._demand_term(
-                snapshot,
-                state,
-                now=now,
-                forecasts=forecasts,
-                model=model,
-                outdoor=outdoor,
-                irradiance=irradiance,
-                occupied=occupied,
-            )
-            plan = plan_cooling(
-                model,
-                temperature,
-                outdoor_degc=outdoor,
-                irradiance_wm2=irradiance,
-                occupied=occupied,
-                prices_per_kwh=p.tariff.prices_per_kwh(now, p.step, p.steps),
-                params=p,
-                demand=demand,
-            )
+            (plan,) = solve_plans(job)
             start = now
             if not plan.ok:
                 return self._fallback(
@@ -1209,7 +1189,6 @@ class HvacController:
     ) -> Decision[HvacState]:
         """Offloaded, a plan is due: fall back on a failed solve, hand out a new one unless
         one is being solved, and meanwhile follow the plan there is (or the thermostat)."""
-        p = self._params
         if state.failure is not None:
             return self._fallback(
                 replace(state, failure=None),
@@ -1219,35 +1198,56 @@ class HvacController:
                 events=events,
             )
         if state.solving is None:
-            inputs = self._inputs(snapshot, now, forecasts)
-            if isinstance(inputs, str):
+            request = self._request(
+                snapshot, state, now=now, forecasts=forecasts, model=model, temperature=temperature
+            )
+            if isinstance(request, str):
                 return self._fallback(
-                    state, now=now, problem=("no_outdoor", inputs), metrics=metrics, events=events
+                    state, now=now, problem=("no_outdoor", request), metrics=metrics, events=events
                 )
-            outdoor, irradiance, persisted = inputs
+            job, persisted = request
             if persisted != state.persisted:
                 events.append(self._persistence_event(persisted))
-            occupied = [p.occupied_at(now + i * p.step) for i in range(p.steps)]
-            demand = self._demand_term(
-                snapshot,
-                state,
-                now=now,
-                forecasts=forecasts,
-                model=model,
-                outdoor=outdoor,
-                irradiance=irradiance,
-                occupied=occupied,
-            )
-            request = PlanJob(
-                zones=(ZoneProblem(model, temperature, p, occupied),),
-                outdoor_degc=tuple(outdoor),
-                irradiance_wm2=tuple(irradiance),
-                prices_per_kwh=p.tariff.prices_per_kwh(now, p.step, p.steps),
-                demand=demand,
-            )
-            jobs.append(Job("plan", solve_plans, (request,), tag=now))
+            jobs.append(Job("plan", solve_plans, (job,), tag=now))
             state = replace(state, solving=now, persisted=persisted)
         return self._while_solving(state, now=now, metrics=metrics, events=events)
+
+    def _request(
+        self,
+        snapshot: Snapshot,
+        state: HvacState,
+        *,
+        now: datetime,
+        forecasts: Forecasts,
+        model: RcModel,
+        temperature: float,
+    ) -> tuple[PlanJob, tuple[str, ...]] | str:
+        """The zone's solve (inline or in a worker) and the forecasts persisted for it, or
+        why there is none (no outdoor temperature)."""
+        p = self._params
+        inputs = self._inputs(snapshot, now, forecasts)
+        if isinstance(inputs, str):
+            return inputs
+        outdoor, irradiance, persisted = inputs
+        occupied = [p.occupied_at(now + i * p.step) for i in range(p.steps)]
+        demand = self._demand_term(
+            snapshot,
+            state,
+            now=now,
+            forecasts=forecasts,
+            model=model,
+            outdoor=outdoor,
+            irradiance=irradiance,
+            occupied=occupied,
+        )
+        job = PlanJob(
+            zones=(ZoneProblem(model, temperature, p, occupied),),
+            outdoor_degc=tuple(outdoor),
+            irradiance_wm2=tuple(irradiance),
+            prices_per_kwh=p.tariff.prices_per_kwh(now, p.step, p.steps),
+            demand=demand,
+        )
+        return job, persisted
 
     def _while_solving(
         self, state: HvacState, *, now: datetime, metrics: dict[str, float], events: list[str]

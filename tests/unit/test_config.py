@@ -228,6 +228,10 @@ control:
         ("  limits:\n    - {point: battery.active_power_setpoint_w, min: 5, max: -5}\n",
          "control.limits[0]", 12, "above max"),
         ("  cycle: 0\n", "control.cycle", 11, "greater than zero"),
+        # the worker pool: a negative count, an empty queue, a zero timeout
+        ("  workers: -1\n", "control.workers", 11, "greater than or equal to 0"),
+        ("  worker_queue: 0\n", "control.worker_queue", 11, "greater than or equal to 1"),
+        ("  worker_timeout: 0\n", "control.worker_timeout", 11, "greater than zero"),
         ("  peak_shaving: {limit_w: -3}\n", "control.peak_shaving.limit_w", 11, "limit_w"),
         ("  tariff: {timezone: Mars/Olympus}\n", "control.tariff.timezone", 11,
          "unknown time zone"),

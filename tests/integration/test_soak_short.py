@@ -54,9 +54,12 @@ def test_a_simulated_hour_is_sampled_and_stored(tmp_path: Path) -> None:
         assert s["rss_mb"] > 0
         assert s["fds"] > 0
         assert s["threads"] >= 1
-        # The probe ran inside the demo: SQLite's memory and Python's live blocks.
-        assert (s["sqlite_mb"] or 0) > 0, s
+        # The probe ran inside the demo: Python's live blocks from the first look, SQLite's
+        # memory once the demo has opened its database (the start-up look, a few seconds
+        # after launch, can come before that: seen once in CI with SQLite at 0.0 MB).
         assert (s["py_blocks"] or 0) > 0, s
+    for s in samples[1:]:
+        assert (s["sqlite_mb"] or 0) > 0, s
     assert "rss_minus_sqlite_mb_slope_per_day" in report["summary"]
     # The control engine cycled between every two looks (the /metrics counter grew).
     cycles = [s["control_cycles"] for s in samples[1:]]

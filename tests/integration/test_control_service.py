@@ -378,3 +378,38 @@ async def test_malformed_messages_are_ignored_and_control_goes_on(
     assert running.service.status()["fail_safes_active"] == []
     journal = Journal(running.path.parent / "journal.jsonl").read(200)
     assert any("'action' must be one of" in e["message"] for e in journal)
+
+
+async def test_a_command_lost_on_the_way_is_sent_again_after_a_backoff(
+    mosquitto: BrokerAddress, tmp_path: Path
+) -> None:
+    """The zone is off the network when its setpoint is first sent: the gateway reports the
+    write failed. The controller keeps asking for the same value, which the dedup would
+    otherwise hold back for ``resend_after`` (here 10 minutes): it goes again after a
+    backoff of a cycle that doubles per failure, and reaches the zone once it is back."""
+    async with SimulatedSite(speed=1.0, start=WEDNESDAY_NOON, tick_s=0.05) as site:
+        path = site_file(site, f"ctl-{uuid.uuid4().hex[:10]}", mosquitto, tmp_path)
+        doc = yaml.safe_load(path.read_text())
+        doc["control"]["resend_after"] = 600
+        path.write_text(yaml.safe_dump(doc))
+        config = validate_config_text(path.read_text())
+        assert site.building.state.zones[0].setpoint_degc != 23.5
+        await site.stop_device("hvac_zone_1")
+        async with (
+            GatewayService(config, mosquitto),
+            ControllerService(config, mosquitto, [ZoneAt()], base_dir=tmp_path) as svc,
+        ):
+            await until(lambda: svc.stats.commands_failed >= 3, within=30.0)
+            cycles, sent = svc.stats.cycles, svc.stats.commands_sent
+            # Backed off: far fewer commands than cycles (one a cycle without the backoff).
+            await until(lambda: svc.stats.cycles >= cycles + 40, within=30.0)
+            assert svc.stats.commands_sent - sent <= 20
+            await site.start_device("hvac_zone_1")
+            await until(lambda: site.building.state.zones[0].setpoint_degc == 23.5, within=60.0)
+            assert svc.stats.commands_applied >= 1
+    journal = Journal(tmp_path / "journal.jsonl").read(200)
+    assert any(
+        "hvac_zone_1.setpoint_degc = 23.5 failed" in e["message"]
+        for e in journal
+        if e["source"] == "gateway"
+    ), [e["message"] for e in journal]

@@ -41,8 +41,10 @@ def run(  # noqa: PLR0917  # a table of cycles reads best positionally
     state: FreqDroopState | None = None,
     start: int = 0,
     available_w: float | None = None,
+    limit_pct: float | None = None,
 ) -> list[Decision[FreqDroopState]]:
-    """One cycle a second at ``hz`` with the inverter's output ``power_w``."""
+    """One cycle a second at ``hz`` with the inverter's output ``power_w`` (and its limit
+    reading ``limit_pct``, enabled, when given)."""
     state = state or controller.initial_state()
     out = []
     for k in range(start, start + seconds + 1):
@@ -50,6 +52,9 @@ def run(  # noqa: PLR0917  # a table of cycles reads best positionally
         readings = {FREQ: Reading(hz, now), POWER: Reading(power_w, now)}
         if available_w is not None:
             readings[AVAIL] = Reading(available_w, now)
+        if limit_pct is not None:
+            readings[LIMIT] = Reading(limit_pct, now)
+            readings[ENABLE] = Reading(1.0, now)
         decision = controller.decide(Snapshot(now, readings), state, now, {})
         out.append(decision)
         state = decision.state
@@ -111,12 +116,34 @@ def test_back_in_the_dead_band_the_limit_returns_to_p_pre_then_is_released_once(
     assert back[0].metrics["limit_pct"] < 80.0  # still recovering: the filter rises
     released = [d for d in back if any("released" in e for e in d.events)]
     assert len(released) == 1
-    assert {r.target: r.value for r in released[0].requests} == {LIMIT: 100.0, ENABLE: 1.0}
-    after = back[back.index(released[0]) + 1 :]
-    assert after
+    release = {LIMIT: 100.0, ENABLE: 1.0}
+    assert {r.target: r.value for r in released[0].requests} == release
+    # Until the limit reads 100 % back, the release is asked for again every cycle (the
+    # one command may not have reached the inverter), without a constraint.
+    unread = back[back.index(released[0]) + 1 :]
+    assert unread
+    assert all({r.target: r.value for r in d.requests} == release for d in unread)
+    assert all(d.constraints == () for d in unread)
+    # Read back: silent, and P_pre follows the output again.
+    after = run(controller, 60.0, 5, 64_500.0, unread[-1].state, start=44, limit_pct=100.0)
     assert all(d.requests == () and d.constraints == () for d in after)
-    # P_pre follows the output again.
     assert after[-1].state.p_pre_w == 64_500.0
+    assert after[-1].state.release is None
+
+
+def test_a_release_that_never_reads_back_is_asked_for_a_minute_at_most() -> None:
+    # The limit reads 50 %: someone (an operator) set it after the release was lost.
+    controller = FreqDroopController(params(response_time_s=0.0))
+    state = run(controller, 60.0, 1, 80_000.0, limit_pct=100.0)[-1].state
+    state = run(controller, 60.5, 3, 64_500.0, state, start=2)[-1].state
+    back = run(controller, 60.0, 70, 80_000.0, state, start=6, limit_pct=50.0)
+    asking = [d for d in back if d.requests]
+    assert asking
+    assert all({r.target: r.value for r in d.requests}[LIMIT] == 100.0 for d in asking)
+    assert back[-1].requests == ()
+    assert 55 <= len(asking) <= 62
+    # The limit it then reads is the one it would give back after the next excursion.
+    assert back[-1].state.limit_before_pct == 50.0
 
 
 def test_under_frequency_at_the_maximum_power_point_has_no_headroom() -> None:

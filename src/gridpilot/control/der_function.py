@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Generic, TypeVar
 
 from pydantic import PlainSerializer
@@ -55,6 +55,29 @@ def setpoint_requests(
         SetpointRequest(target, value, priority, source, reason),
         *(SetpointRequest(ref, v, priority, source, also) for ref, v in enable.items()),
     )
+
+
+RELEASE_RETRY = timedelta(seconds=60)
+"""How long a release is asked for again while the limit does not read it back."""
+_RELEASE_TOLERANCE_PCT = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A limit a function set back to ``value`` at ``at`` when it stopped steering. One
+    command can be lost on the way (it expired behind a busy device, the write failed), and
+    a function that then fell silent would leave its last limit in force for good: so the
+    release is asked for again every cycle until the limit reads it back, for at most
+    ``RELEASE_RETRY`` -- after that someone else (an operator) may have set it."""
+
+    value: float
+    at: datetime
+
+    def pending(self, read: float | None, now: datetime) -> bool:
+        """Still to be asked for: not read back (``read``, None when unknown) and recent."""
+        if read is not None and abs(read - self.value) <= _RELEASE_TOLERANCE_PCT:
+            return False
+        return now - self.at < RELEASE_RETRY
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,9 @@ the inverter measures and its active power:
 * back inside the dead band the target is ``P_pre`` again; once the filtered output is
   within 0.5 % of the rating of it the limit is released -- set back, once, to the limit in
   force before the excursion (``pv_limit`` as last read in the dead band, with the
-  ``enable`` points reading their values; else 100 %) -- and the controller is silent
-  until the next excursion.
+  ``enable`` points reading their values; else 100 %), asked for again each cycle until the
+  limit reads it back (at most a minute: :class:`~gridpilot.control.der_function.Release`),
+  and the controller is silent until the next excursion.
 
 A stale frequency holds the last limit and says so once (an over-frequency may go on).
 """
@@ -57,6 +58,7 @@ from gridpilot.control.base import (
 from gridpilot.control.configured import ConfiguredController
 from gridpilot.control.der_function import (
     EnablePoints,
+    Release,
     setpoint_requests,
     sunspec_curve_decision,
 )
@@ -156,6 +158,8 @@ class FreqDroopState:
     limit_before_pct: float | None = None
     """The limit in force before the excursion (tracked in the dead band): restored on
     release."""
+    release: Release | None = None
+    """The limit given back after an excursion, until it reads back."""
     stale: bool = False
     step: str = ""
     """``sunspec_ctl`` mode: where the control is (see ``sunspec_curves``)."""
@@ -204,7 +208,13 @@ class FreqDroopController(ConfiguredController[FreqDroopParams]):
         if state.filter is None and not (over or under):
             # Inside the dead band, nothing to answer: P_pre follows the output.
             metrics["p_pre_w"] = measured_w
-            before = replace(state, p_pre_w=measured_w, limit_before_pct=self._limit_now(snapshot))
+            limit_now = self._limit_now(snapshot)
+            release = state.release
+            if release is not None and release.pending(limit_now, now):
+                metrics["limit_pct"] = release.value
+                requests = self._requests(release.value, "frequency droop released")
+                return Decision(replace(state, p_pre_w=measured_w), requests, (), metrics, ())
+            before = replace(state, p_pre_w=measured_w, limit_before_pct=limit_now, release=None)
             return Decision(before, metrics=metrics, events=())
         p_pre = state.p_pre_w if state.p_pre_w is not None else measured_w
         available = p.rated_w
@@ -235,7 +245,9 @@ class FreqDroopController(ConfiguredController[FreqDroopParams]):
             )
             metrics["limit_pct"] = restored
             requests = self._requests(restored, "frequency droop released")
-            new_state = FreqDroopState(p_pre_w=measured_w, limit_before_pct=restored)
+            new_state = FreqDroopState(
+                p_pre_w=measured_w, limit_before_pct=restored, release=Release(restored, now)
+            )
             return Decision(new_state, requests, (), metrics, tuple(events))
         new_state = replace(state, p_pre_w=p_pre, filter=filtered, direction=direction)
         return self._limit(new_state, filtered.value, available, metrics, events)

@@ -13,7 +13,10 @@ Tasks, owned by :class:`ControllerService`:
   ``{site}/events``, the journal, and a retained status on ``{site}/{id}/state``.
 
 A target is sent when it differs from the last one sent by more than the point's deadband,
-or when ``resend_after`` has passed (a device that rebooted gets it again). In dry-run
+or when ``resend_after`` has passed (a device that rebooted gets it again), or -- when the
+gateway reports it did not reach the point for a passing reason (it expired behind a busy
+device, the queue was full, the write failed) -- again after a backoff of one cycle,
+doubling at each such failure up to ``resend_after``, for as long as it is the target. In dry-run
 nothing is sent; decisions that would have been sent go to the journal and the metrics.
 
 Cycle time is measured against the wall clock; an overrun (a cycle longer than its period)
@@ -33,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -176,11 +180,26 @@ def engine_params(config: GridPilotConfig) -> EngineParams:
     return EngineParams(tuple(limits), batteries, fail_safes)
 
 
+# A command that did not reach its point for a passing reason: it waited past its expiry
+# behind a busy device, found the gateway's queue full or stopping, or the write or its
+# read-back failed on the wire. Sent again while it is still the target, after a backoff.
+# Refusals that another try would only repeat (out of range, not writable, a read-back
+# the device clipped) wait for ``resend_after`` like an applied one.
+_TRANSIENT_CODES = frozenset(
+    {"expired", "busy", "stopping", "write_failed", "readback_failed", "interrupted"}
+)
+
+
 @dataclass(slots=True)
 class _Sent:
     value: float
     at: float
     """Monotonic seconds."""
+    id: str = ""
+    due: float = math.inf
+    """Monotonic seconds at which an unchanged target is sent again."""
+    failures: int = 0
+    """Consecutive transient failures of this target's commands."""
 
 
 @dataclass(slots=True)
@@ -254,6 +273,7 @@ class ControllerService:
         self._grid_controls_refused = 0
         self._grid_controls_refusal: str | None = None
         self._sent: dict[PointRef, _Sent] = {}
+        self._retry_base_s = self.control.cycle.total_seconds()
         self._would: dict[PointRef, float] = {}
         """Dry-run: the last value that would have been sent, to journal changes only."""
         self._deadbands = {PointRef.parse(x.point): x.deadband for x in self.control.limits}
@@ -440,10 +460,19 @@ class ControllerService:
             return
         if result.id is None or not result.id.startswith(f"{self.id}-"):
             return  # someone else's command
+        sent = None if result.point is None else self._sent.get(PointRef(device, result.point))
+        if sent is not None and sent.id != result.id:
+            sent = None  # the result of an earlier command to that point
         if result.status is CommandStatus.APPLIED:
             self.stats.commands_applied += 1
+            if sent is not None:
+                sent.failures = 0
             return
         self.stats.commands_failed += 1
+        if sent is not None and result.code in _TRANSIENT_CODES:
+            sent.failures += 1
+            backoff = self._retry_base_s * 2.0 ** (sent.failures - 1)
+            sent.due = min(sent.due, time.monotonic() + backoff)
         self._record(
             "warning",
             "gateway",
@@ -681,11 +710,7 @@ class ControllerService:
         for target, value in result.targets.items():
             sent = self._sent.get(target)
             deadband = self._deadbands.get(target, 0.0)
-            if (
-                sent is not None
-                and abs(sent.value - value) <= deadband
-                and mono - sent.at < resend_s
-            ):
+            if sent is not None and abs(sent.value - value) <= deadband and mono < sent.due:
                 continue
             arbitration = result.arbitrations[target]
             if self.dry_run:
@@ -712,7 +737,8 @@ class ControllerService:
             )
             await bus.publish(str(Topic.command(self.site, target.device)), encode_command(command))
             self.stats.commands_sent += 1
-            self._sent[target] = _Sent(value, mono)
+            failures = 0 if sent is None or sent.value != value else sent.failures
+            self._sent[target] = _Sent(value, mono, command.id, mono + resend_s, failures)
 
     async def _publish_metrics(self, bus: BusClient, result: CycleResult) -> None:
         values: dict[str, float] = {}

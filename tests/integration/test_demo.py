@@ -243,3 +243,33 @@ async def test_demo_utility_export_limit_event(tmp_path: Path) -> None:
     assert sum(exports_during) / len(exports_during) < EXPORT_LIMIT_W - 1_000.0
     # the battery starts full, so the inverter was curtailed to hold it
     assert min(p.value for p in pv_limit) < 90.0
+
+
+async def test_demo_lighter_site_polls_and_cycles_slower(tmp_path: Path) -> None:
+    """``--poll-every 10 --cycle 5``: every device is polled at most every 10 s (with a
+    5 s timeout), the engine cycles every 5 s, and the controllers' age limits allow for
+    readings that old -- so nothing falls into its fail-safe -- and it still stores data."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridpilot", "demo", "--duration", "14", "--no-utility",
+        "--data-dir", str(tmp_path), "--mqtt-port", "0", "--http-port", "0",
+        "--poll-every", "10", "--cycle", "5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()[-2000:]
+    config = load_config(tmp_path / "site.yaml")
+    assert config.control is not None
+    assert config.control.cycle.total_seconds() == 5.0
+    assert {d.poll_interval.total_seconds() for d in config.devices} == {10.0}
+    assert {d.timeout.total_seconds() for d in config.devices} == {5.0}
+    fail_safe = config.control.fail_safes[0]
+    assert fail_safe.max_age.total_seconds() >= 3 * 10.0
+    async with open_storage(config.storage, tmp_path) as storage:
+        latest = await storage.latest("demo")
+    assert {v.series.device for v in latest} >= set(DEVICE_IDS)
+    events = [
+        json.loads(line) for line in (tmp_path / config.control.journal).read_text().splitlines()
+    ]
+    # No fail-safe entered: no reading was older than its limit allows.
+    entered = [e for e in events if "fail-safe" in e["message"] and "entered" in e["message"]]
+    assert entered == [], entered

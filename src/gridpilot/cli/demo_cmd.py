@@ -72,6 +72,22 @@ DEMO_SITE = "demo"
     metavar="W",
     help="The export limit (opModExpLimW) the utility's event sets.",
 )
+@click.option(
+    "--poll-every",
+    type=click.FloatRange(min=1, max=60),
+    metavar="SECONDS",
+    help="Poll every device at most this often (default: each device's own interval, "
+    "1-5 s): a lighter site for slow hardware or long accelerated runs.",
+)
+@click.option(
+    "--cycle",
+    "cycle_s",
+    type=click.FloatRange(min=0.1, max=60),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="The control engine's cycle.",
+)
 def demo(
     duration: float | None,
     data_dir: Path | None,
@@ -83,6 +99,8 @@ def demo(
     utility_event_in: float,
     utility_event_duration: float,
     utility_export_limit_w: float,
+    poll_every: float | None,
+    cycle_s: float,
 ) -> None:
     """Run a simulated building with the gateway, an embedded MQTT broker, ingest, SQLite, the
     control engine and the API -- and a utility: an IEEE 2030.5 test server in-process that
@@ -114,6 +132,8 @@ def demo(
     start = sim_start.replace(tzinfo=UTC) if sim_start is not None else None
     plan = utility_plan(utility_export_limit_w, utility_event_in, utility_event_duration)
     last_lines: list[str] = []
+    # The controllers' inputs are this old at times: their age limits must allow for it.
+    slowest = max(poll_every or 1.0, cycle_s)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -127,18 +147,20 @@ def demo(
         ):
             # Peak shaving with the battery and the load panel, the zone planners, the
             # battery's fail-safe: the same settings examples/building.yaml explains.
-            control = control_section(limit_w=110_000.0)
+            control = control_section(
+                limit_w=110_000.0, cycle_s=cycle_s, meter_max_age_s=max(10.0, 3 * slowest)
+            )
             services = list(ALL_SERVICES)
             grid: DemoUtility | None = None
             if utility:
                 grid = await stack.enter_async_context(DemoUtility(directory / "pki", plan))
-                grid.prepare(site.building, control)
+                grid.prepare(site.building, control, max_age_s=max(5.0, 2 * slowest))
                 services.append(Service.IEEE2030_5)
             cfg = write_site_file(
                 site_file,
                 broker.url,
                 control,
-                site.site_config(DEMO_SITE),
+                slowed(site.site_config(DEMO_SITE), poll_every),
                 None if grid is None else grid.client_section(pki_dir="pki"),
             )
             try:
@@ -191,6 +213,22 @@ def utility_plan(export_limit_w: float, event_in_s: float, duration_s: float) ->
         )
     except ValueError as exc:
         fail(f"the demo's utility event: {exc}")
+
+
+def slowed(devices: list[dict[str, object]], poll_every: float | None) -> list[dict[str, object]]:
+    """``devices`` polled at most every ``poll_every`` seconds: a device polled faster gets
+    that interval, and a timeout of half of it (at most 5 s) instead of its own."""
+    if poll_every is None:
+        return devices
+    out: list[dict[str, object]] = []
+    for device in devices:
+        interval = device["poll_interval"]
+        assert isinstance(interval, float | int)  # noqa: S101  # the simulator's own maps
+        if interval >= poll_every:
+            out.append(device)
+        else:
+            out.append(device | {"poll_interval": poll_every, "timeout": min(5.0, poll_every / 2)})
+    return out
 
 
 def write_site_file(

@@ -181,12 +181,15 @@ class DemoUtility:
             },
         }
 
-    def prepare(self, building: Building, control: dict[str, Any]) -> None:
+    def prepare(
+        self, building: Building, control: dict[str, Any], *, max_age_s: float = 5.0
+    ) -> None:
         """Set the demo's site up for the utility: the grid-operator controller in the
         ``control`` section (and the PV limit's range), and the battery full (the top of
         its envelope in the demo, 90 %), so that the PV surplus is exported -- peak
-        shaving would otherwise soak it up recharging -- until the utility limits it."""
-        control["grid_operator"] = grid_operator_section()
+        shaving would otherwise soak it up recharging -- until the utility limits it.
+        ``max_age_s``: how old the meter's and inverter's readings may be."""
+        control["grid_operator"] = grid_operator_section() | {"max_age_s": max_age_s}
         control.setdefault("limits", []).append(
             {"point": f"{PV_INVERTER}.power_limit_pct", "min": 0, "max": 100}
         )

@@ -232,6 +232,24 @@ def test_full_release_is_sent_once_then_the_controller_is_silent() -> None:
     assert quiet.constraints == ()
 
 
+def test_a_release_the_inverter_does_not_read_back_is_asked_for_again_for_a_minute() -> None:
+    controller = PvExportController(params(battery=False))
+    state = PvExportState(limit_pct=99.5, last_decided=NOW - timedelta(seconds=1))
+    decision = controller.decide(
+        snapshot(grid_w=30_000.0, pv_w=50_000.0, limit_pct=99.5), state, NOW, {}
+    )
+    asked = []
+    for k in range(1, 71):
+        # The command was lost: the inverter still reads 99.5 %.
+        at = NOW + timedelta(seconds=k)
+        snap = snapshot(grid_w=30_000.0, pv_w=50_000.0, limit_pct=99.5, now=at)
+        decision = controller.decide(snap, decision.state, at, {})
+        asked.append(limit_requested(decision))
+    assert asked[:59] == [pytest.approx(100.0)] * 59
+    assert decision.requests == ()  # a minute on: left to whoever set it
+    assert all(a is None for a in asked[60:])
+
+
 @pytest.mark.parametrize(
     ("grid_w", "grid_age_s", "pv_w", "pv_age_s", "stale_name"),
     [

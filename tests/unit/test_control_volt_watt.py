@@ -30,16 +30,23 @@ def params(**overrides: Any) -> VoltWattParams:
 
 
 def hold(
-    controller: VoltWattController, v_pu: float, seconds: int, state: VoltWattState | None = None
+    controller: VoltWattController,
+    v_pu: float,
+    seconds: int,
+    state: VoltWattState | None = None,
+    *,
+    limit_pct: float | None = None,
 ) -> list[Decision[VoltWattState]]:
-    """One cycle a second at ``v_pu`` for ``seconds`` (starting at T0)."""
+    """One cycle a second at ``v_pu`` for ``seconds`` (starting at T0), with the limit
+    reading ``limit_pct`` (enabled) when given."""
     state = state or controller.initial_state()
     out = []
     for k in range(seconds + 1):
         now = T0 + timedelta(seconds=k)
-        decision = controller.decide(
-            Snapshot(now, {VOLTAGE: Reading(v_pu * NOMINAL_V, now)}), state, now, {}
-        )
+        readings = {VOLTAGE: Reading(v_pu * NOMINAL_V, now)}
+        if limit_pct is not None:
+            readings |= {LIMIT: Reading(limit_pct, now), ENABLE: Reading(1.0, now)}
+        decision = controller.decide(Snapshot(now, readings), state, now, {})
         out.append(decision)
         state = decision.state
     return out
@@ -71,14 +78,22 @@ def test_the_limit_moves_with_the_10_s_response_filter() -> None:
     assert decisions[20].metrics["limit_pct"] == pytest.approx(50.5, abs=0.05)
 
 
-def test_release_is_requested_once_at_100_percent_then_silent() -> None:
+def test_release_is_requested_at_100_percent_until_it_reads_back_then_silent() -> None:
     controller = VoltWattController(params(response_time_s=0.0))
     curtailed = hold(controller, 1.08, 1)
     assert "curtailing inv.m704_wmaxlimpct_pct" in curtailed[0].events[0]
-    released = hold(controller, 1.0, 2, curtailed[-1].state)
-    assert {r.target: r.value for r in released[0].requests} == {LIMIT: 100.0, ENABLE: 1.0}
-    assert released[1].requests == ()
-    assert released[1].constraints[0].maximum == 100.0
+    release = {LIMIT: 100.0, ENABLE: 1.0}
+    # The limit still reads 50 %: the release may not have reached the inverter.
+    unread = hold(controller, 1.0, 3, curtailed[-1].state, limit_pct=50.0)
+    assert all({r.target: r.value for r in d.requests} == release for d in unread)
+    read = hold(controller, 1.0, 2, unread[-1].state, limit_pct=100.0)
+    assert read[0].requests == ()
+    assert read[-1].requests == ()
+    assert read[-1].constraints[0].maximum == 100.0
+    # A limit that never reads back (someone else set it) is left alone after a minute.
+    other = hold(controller, 1.0, 70, curtailed[-1].state, limit_pct=50.0)
+    assert other[30].requests != ()
+    assert other[-1].requests == ()
 
 
 def test_storage_and_pmin_shape_the_default_curve() -> None:

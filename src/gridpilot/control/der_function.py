@@ -57,6 +57,21 @@ def setpoint_requests(
     )
 
 
+def limit_in_force(
+    snapshot: Snapshot, limit: PointRef, enable: Mapping[PointRef, float], max_age_s: float
+) -> float | None:
+    """The limit in force now: ``limit``'s reading when every ``enable`` point reads its
+    value (else no limit is in force: 100 %); None when unknown (a reading missing or stale)."""
+    value = snapshot.value(limit, max_age_s)
+    for ref, wanted in enable.items():
+        got = snapshot.value(ref, max_age_s)
+        if got is None:
+            return None
+        if got != wanted:
+            return 100.0  # the limit register holds a value that is not in force
+    return value
+
+
 RELEASE_RETRY = timedelta(seconds=60)
 """How long a release is asked for again while the limit does not read it back."""
 _RELEASE_TOLERANCE_PCT = 0.05

@@ -59,6 +59,7 @@ from gridpilot.control.configured import ConfiguredController
 from gridpilot.control.der_function import (
     EnablePoints,
     Release,
+    limit_in_force,
     setpoint_requests,
     sunspec_curve_decision,
 )
@@ -253,19 +254,11 @@ class FreqDroopController(ConfiguredController[FreqDroopParams]):
         return self._limit(new_state, filtered.value, available, metrics, events)
 
     def _limit_now(self, snapshot: Snapshot) -> float | None:
-        """The limit in force now: ``pv_limit``'s reading when every ``enable`` point reads
-        its value (else no limit is in force: 100 %); None when unknown."""
+        """The limit in force now (None when unknown or without ``pv_limit``)."""
         p = self.params
         if p.pv_limit is None:
             return None
-        limit = snapshot.value(p.pv_limit, p.max_age_s)
-        for ref, value in p.enable.items():
-            got = snapshot.value(ref, p.max_age_s)
-            if got is None:
-                return None
-            if got != value:
-                return FULL_PCT  # the limit register holds a value that is not in force
-        return limit
+        return limit_in_force(snapshot, p.pv_limit, p.enable, p.max_age_s)
 
     def ctl_points(self) -> dict[str, float]:
         """711 point names (without the ``ctl_<n>_`` prefix) -> the values of the setting."""

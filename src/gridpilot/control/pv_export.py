@@ -50,9 +50,10 @@ no lower-or-equal request (an economics optimiser, a 2030.5 "limit active power"
 lift the inverter above it. It is not SAFETY because a manual override during commissioning
 should still be able to lift it. The constraint alone would not move the inverter (it only
 clips requests), hence the request alongside it. The request is sent while the controller
-curtails, and once more at 100 % when it has released fully; after that it is silent, so that
-it does not fight other users of the inverter limit at its own priority. The battery request
-follows the same rule (sent while charging, once more at 0 W when done).
+curtails, and at 100 % when it has released fully -- again every cycle until the inverter's
+limit reads 100 % back, for at most a minute (one command can be lost on the way); after that
+it is silent, so that it does not fight other users of the inverter limit at its own priority.
+The battery request is sent while charging, once more at 0 W when done.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from gridpilot.control.base import (
     Snapshot,
 )
 from gridpilot.control.configured import ConfiguredController
+from gridpilot.control.der_function import Release, limit_in_force
 
 FULL_PCT = 100.0
 
@@ -179,6 +181,8 @@ class PvExportState:
     last_decided: datetime | None = None
     fail_safe: bool = False
     """The last cycle was a fail-safe one (the event is sent on entry, not every cycle)."""
+    release: Release | None = None
+    """The PV limit given back at 100 %, until the inverter reads it back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +256,8 @@ class PvExportController(ConfiguredController[PvExportParams]):
 
         requests: list[SetpointRequest] = []
         constraints: list[Constraint] = []
-        if new_pct < FULL_PCT or prev_pct < FULL_PCT:
+        release = self._release(snapshot, state, now, prev_pct, new_pct)
+        if new_pct < FULL_PCT or release is not None:
             reason = (
                 f"export limit {p.export_limit_w:g} W: PV may deliver {allowed_pv_w:.0f} W"
                 if new_pct < FULL_PCT
@@ -313,6 +318,7 @@ class PvExportController(ConfiguredController[PvExportParams]):
             distrust_until=distrust_until,
             last_decided=now,
             fail_safe=False,
+            release=release,
         )
         return Decision(
             state=next_state,
@@ -321,6 +327,28 @@ class PvExportController(ConfiguredController[PvExportParams]):
             metrics=metrics,
             events=tuple(events),
         )
+
+    def _release(
+        self,
+        snapshot: Snapshot,
+        state: PvExportState,
+        now: datetime,
+        prev_pct: float,
+        new_pct: float,
+    ) -> Release | None:
+        """The release at 100 % still to be asked for: from the cycle that lifts the limit
+        fully until the inverter's limit reads it back (at most a minute)."""
+        if new_pct < FULL_PCT:
+            return None
+        if prev_pct < FULL_PCT:
+            return Release(FULL_PCT, now)
+        release = state.release
+        p = self.params
+        if release is not None and release.pending(
+            limit_in_force(snapshot, p.pv_limit, {}, p.max_age_s), now
+        ):
+            return release
+        return None
 
     def _previous_limit_pct(self, snapshot: Snapshot, state: PvExportState) -> float:
         """Our last request; before the first, what the inverter reports; else no limit."""

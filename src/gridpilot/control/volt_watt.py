@@ -16,8 +16,10 @@ bounds the inverter's active power limit ``pv_limit`` (% of its rating) with it:
   controller, the grid operator's own limit -- lifts the output above it;
 * a request of the same value while it curtails (a constraint only clips requests; it does
   not move an inverter nobody else commands), with the ``enable`` points alongside (e.g.
-  SunSpec 704 ``WMaxLimPctEna`` = 1), and once more at 100 % when it has released fully;
-  after that it is silent, so that it does not fight other users of the limit.
+  SunSpec 704 ``WMaxLimPctEna`` = 1), and at 100 % when it has released fully -- again
+  every cycle until the limit reads 100 % back, for at most a minute
+  (:class:`~gridpilot.control.der_function.Release`); after that it is silent, so that it
+  does not fight other users of the limit.
 
 The utility's ``opModVoltWatt`` (V_pu / W_pct_of_setMaxW), while in force, replaces the
 configured curve. A stale voltage holds the last limit (the function does not release on
@@ -45,7 +47,9 @@ from gridpilot.control.configured import ConfiguredController
 from gridpilot.control.der_function import (
     CurveInForce,
     EnablePoints,
+    Release,
     curve_in_force,
+    limit_in_force,
     setpoint_requests,
     sunspec_curve_decision,
 )
@@ -127,6 +131,8 @@ class VoltWattState:
     """The filtered limit, % of the rating."""
     curtailing: bool = False
     """The last request was below 100 % (one more request at 100 % releases it)."""
+    release: Release | None = None
+    """The limit given back at 100 %, until it reads back."""
     stale: bool = False
     source: str = ""
     refused_utility_curve: str | None = None
@@ -195,7 +201,14 @@ class VoltWattController(ConfiguredController[VoltWattParams]):
         )
         curtailing = limit_pct < FULL_PCT
         requests: list[SetpointRequest] = []
-        if curtailing or state.curtailing:
+        release = None if curtailing else state.release
+        if state.curtailing and not curtailing:
+            release = Release(FULL_PCT, now)
+        elif release is not None and not release.pending(
+            limit_in_force(snapshot, p.pv_limit, p.enable, p.max_age_s), now
+        ):
+            release = None
+        if curtailing or release is not None:
             reason = "volt-watt" if curtailing else "volt-watt released"
             requests += setpoint_requests(
                 p.pv_limit, limit_pct, p.enable, priority=p.priority, source=self.name,
@@ -207,6 +220,7 @@ class VoltWattController(ConfiguredController[VoltWattParams]):
             state,
             filter=filtered,
             curtailing=curtailing,
+            release=release,
             stale=volts is None,
             source=source,
             refused_utility_curve=refused,

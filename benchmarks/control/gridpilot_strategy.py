@@ -15,9 +15,10 @@ last 14 days, called as the controller service calls them (``gridpilot.control.i
 their own plans to; a site meters its chillers per zone),
 ``pv_w`` and ``irradiance_wm2`` (daily profile scaled by today's ratio), ``outdoor_degc``
 (daily profile blended with persistence). With ``gridpilot.limit_forecast: net_load_p90``
-the harness adds ``net_load_p90_w``: the 90th percentile of consumption − PV at the same
-time of day over the last ten measured days of the same kind (working day or not), the
-"high quantile" the peak shaver's limit prefers; ``net_load_p90_pv`` takes, step by step,
+(the default) also ``net_load_p90_w``, as the controller service issues it
+(``net_import_quantile``): the 90th percentile of consumption − PV at the same time of day
+over the last ten measured days of the same kind (working day or not), the "high
+quantile" the peak shaver's limit prefers; ``net_load_p90_pv`` takes, step by step,
 the larger of that and the consumption's 90 % quantile (``load_forecast(quantile=0.9)``)
 minus ``pv_w``, so that a PV shortfall measured today (a cloud deck, carried forward by the
 PV forecast's ratio) raises the forecast where the quantile of past days cannot;
@@ -34,7 +35,6 @@ builds it for two or more zones) one ``HvacGroupController`` plans the zones tog
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,7 +54,7 @@ from bench_control import (
 
 from gridpilot.control.base import Forecast, PointRef, Reading, Snapshot
 from gridpilot.control.engine import BatteryWindow, Engine, EngineParams, PointLimits
-from gridpilot.control.forecast import load_forecast, pv_forecast
+from gridpilot.control.forecast import load_forecast, net_import_quantile, pv_forecast
 from gridpilot.control.hvac import HvacGroupController
 from gridpilot.sim.physics import battery_available_power_w
 
@@ -307,7 +307,10 @@ class GridPilotStrategy:
                 times, consumption, start, steps, kind="daytype", timezone=tz, quantile=0.9
             )
         if self.net_quantile:
-            out["net_load_p90_w"] = self._net_p90(times, consumption - pv, start, steps)
+            # As the controller service issues it (grid + battery = consumption − PV).
+            out["net_load_p90_w"] = net_import_quantile(
+                times, consumption - pv, start, steps, timezone=tz
+            )
         if self.pv_aware:
             # Today's PV shortfall persists (a cloud deck): never below the consumption's
             # quantile minus the PV forecast, which carries today's measured ratio forward.
@@ -324,29 +327,6 @@ class GridPilotStrategy:
                 ),
             )
         return out
-
-    def _net_p90(
-        self, times: list[datetime], net: np.ndarray, start: datetime, steps: int
-    ) -> Forecast:
-        """The 90th percentile of the net import (consumption − PV) at the same local time
-        of day on the last ten measured days of the same kind (working day or not)."""
-        index = {t: k for k, t in enumerate(times)}
-        values: list[float] = []
-        for j in range(steps):
-            when = (start + j * QUARTER).astimezone(self.zone)
-            working = when.weekday() < 5
-            samples: list[float] = []
-            lag = 1
-            while len(samples) < 10 and lag <= FORECAST_DAYS:
-                past_local = when - timedelta(days=lag)
-                lag += 1
-                past = past_local.astimezone(self.zone)
-                k = index.get(past.astimezone(times[0].tzinfo))
-                if k is not None and (past_local.weekday() < 5) == working:
-                    samples.append(float(net[k]))
-            values.append(float(np.percentile(samples, 90)) if samples else math.nan)
-        filled = [v if math.isfinite(v) else max(net) for v in values]
-        return Forecast(start, QUARTER, tuple(filled))
 
 
 def _others(battery: bool, hvac: bool) -> str:
@@ -378,10 +358,6 @@ def _peak_shaving(cfg: BenchConfig, inp: Inputs, limit_forecast: str) -> Any:
         "meter_max_age": stale,
         "battery_max_age": stale,
     }
-    if limit_forecast in ("net_load_p90", "net_load_p90_pv"):
-        # The net-import quantile already has the PV in it (see _net_p90).
-        defaults["load_forecast_keys"] = ("net_load_p90_w",)
-        defaults["pv_forecast_key"] = None
     params = PeakShavingParams.model_validate({**defaults, **cfg.gridpilot.peak_shaving})
     return PeakShavingController(params)
 

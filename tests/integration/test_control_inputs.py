@@ -111,6 +111,10 @@ async def test_forecasts_and_zone_history_come_from_the_stored_telemetry(tmp_pat
         assert noon == pytest.approx(120_000.0, rel=0.02)
         assert night == pytest.approx(40_000.0, rel=0.05)
         assert forecasts["pv_w"].at(NOW.replace(hour=12)) == pytest.approx(48_000.0, rel=0.05)
+        # the import without the battery (load less PV): the battery's day does not lift it
+        net_p90 = forecasts["net_load_p90_w"]
+        assert net_p90.at(NOW.replace(hour=12)) == pytest.approx(120_000.0 - 48_000.0, rel=0.03)
+        assert net_p90.at(NOW + timedelta(hours=20)) == pytest.approx(40_000.0, rel=0.05)
         assert forecasts["outdoor_degc"].at(NOW.replace(hour=15)) == pytest.approx(28.0, abs=0.5)
 
         history = await inputs.zone_history(cfg.control.hvac[0], NOW)  # type: ignore[union-attr]

@@ -16,6 +16,7 @@ from gridpilot.control.forecast import (
     ProfileKind,
     forecast_errors,
     load_forecast,
+    net_import_quantile,
     persistence_forecast,
     profile_value,
     pv_forecast,
@@ -144,6 +145,24 @@ def test_load_forecast_quantile_is_the_high_estimate() -> None:
     assert p90.at(wednesday) == 95_000.0
     with pytest.raises(ValueError, match="between 0 and 1"):
         load_forecast(ts, values, FORECAST_START, 4, quantile=90.0)
+
+
+def test_net_import_quantile_is_the_daytype_quantile_without_persistence() -> None:
+    ts, values = history(days=28)
+    # The last quarter-hour read far above the profile: a quantile of past days ignores it
+    # (the peak shaver raises its forecast by a measured excess itself).
+    values = list(values)
+    values[-1] = 500_000.0
+    got = net_import_quantile(ts, values, FORECAST_START, 7 * PER_DAY)
+    wednesday = FORECAST_START + timedelta(days=2, hours=14)
+    assert got.at(wednesday) == 95_000.0  # two of ten weekdays at 95 kW: the 0.9 quantile
+    assert got.values[0] == load_forecast(
+        ts, values, FORECAST_START, 1, kind="daytype", quantile=0.9,
+        persistence_time_constant=timedelta(0),
+    ).values[0]  # fmt: skip
+    assert got.values[0] < 100_000.0
+    median = net_import_quantile(ts, values, FORECAST_START, 7 * PER_DAY, quantile=0.5)
+    assert median.at(wednesday) == 80_000.0
 
 
 def test_profile_uses_only_history_before_the_start() -> None:

@@ -558,6 +558,12 @@ def test_auto_limit_from_the_load_forecast() -> None:
         ({"load_w": 120.0, "load_p90_w": 130.0}, morning_plan_kw(40.0, 130.0)),
         # PV lowers the net import the battery has to shave (base 30, peak 110 kW).
         ({"load_w": 120.0, "pv_w": 10.0}, morning_plan_kw(30.0, 110.0)),
+        # The net import's quantile (as the service issues it) comes first, PV already in it:
+        # nothing is subtracted from it.
+        (
+            {"load_w": 120.0, "load_p90_w": 130.0, "net_load_p90_w": 125.0, "pv_w": 10.0},
+            morning_plan_kw(40.0, 125.0),
+        ),
     ],
 )
 def test_auto_limit_prefers_a_high_quantile_and_nets_out_pv(

@@ -7,7 +7,8 @@ return a :class:`gridpilot.control.base.Forecast` on the history's own step:
   ``weekly`` (the same weekday of past weeks), ``daytype`` (past weekdays for a weekday,
   past weekend days for a weekend day: more samples than weekly, for loads that follow the
   working week) or ``daily`` (every past day: PV, which ignores the calendar); a quantile
-  of those days instead of their mean gives a high estimate (``load_p90_w``). Lags are
+  of those days instead of their mean gives a high estimate (``load_p90_w``; of the net
+  import without the battery, ``net_load_p90_w``: :func:`net_import_quantile`). Lags are
   taken on the local wall clock of ``timezone``, so a profile survives the daylight-saving
   change. Gaps are skipped; only history strictly before the forecast start is used.
 * **Persistence.** The last valid value before the start. It knows today's level (a cold
@@ -216,6 +217,32 @@ def load_forecast(
         else:
             out.append(profile + w * (last[1] - at_last))
     return Forecast(start=start, step=history.step, values=tuple(out))
+
+
+def net_import_quantile(
+    timestamps: Sequence[datetime],
+    values: Values,
+    start: datetime,
+    steps: int,
+    *,
+    quantile: float = 0.9,
+    days: int = 10,
+    timezone: str = "UTC",
+) -> Forecast:
+    """The ``quantile`` of the site's import without the battery (consumption − PV) at the
+    same local time on the last ``days`` days of the same kind (working day or not), W: the
+    high estimate the peak shaver sizes its ``auto`` limit on (``net_load_p90_w``).
+
+    A quantile of the net import, not a quantile of consumption minus a PV forecast: the
+    busy mornings that set a month's peak are the dull ones, and a quantile of the net
+    import keeps them together where the difference of two forecasts averages them away.
+    No persistence: the peak shaver raises the forecast by a measured excess itself.
+    (Control benchmark, limit from this against the consumption's quantile minus ``pv_w``:
+    BENCHMARKS.md, "limit forecast".)"""
+    return load_forecast(
+        timestamps, values, start, steps, kind="daytype", days=days,
+        persistence_time_constant=timedelta(0), timezone=timezone, quantile=quantile,
+    )  # fmt: skip
 
 
 def pv_forecast(

@@ -7,6 +7,10 @@ pure functions.
 * ``load_w`` — the site's consumption (grid + battery + PV power: what the loads drew,
   whoever supplied it), the day-type profile blended with persistence
   (:func:`~gridpilot.control.forecast.load_forecast`); the peak shaver subtracts ``pv_w``;
+* ``net_load_p90_w`` — the 90 % quantile of the import without the battery (grid +
+  battery power: consumption − PV) over the last ten comparable days
+  (:func:`~gridpilot.control.forecast.net_import_quantile`): what the peak shaver's
+  ``auto`` limit is sized on first;
 * ``uncontrolled_load_w`` — the same without the planned zones' chillers (their
   ``chiller_power_point``), when every zone has stored it: the zone planners' other load;
 * ``pv_w`` — PV output, the daily profile scaled by today's ratio
@@ -34,7 +38,12 @@ import numpy.typing as npt
 
 from gridpilot.config.models import GridPilotConfig
 from gridpilot.control.base import Forecast, Forecasts, PointRef
-from gridpilot.control.forecast import forecast_errors, load_forecast, pv_forecast
+from gridpilot.control.forecast import (
+    forecast_errors,
+    load_forecast,
+    net_import_quantile,
+    pv_forecast,
+)
 from gridpilot.control.hvac import HvacParams
 from gridpilot.control.thermal import ZoneHistory
 from gridpilot.model import SeriesKey
@@ -180,6 +189,15 @@ class StoredInputs:
                 if pv is not None and pv_point is not None:
                     sources += (pv_point,)
                 self._issue("load_forecast", out["load_w"], sources)
+                # The import without the battery (consumption − PV): the quantile the
+                # peak shaver's auto limit is sized on, PV already in it.
+                out["net_load_p90_w"] = net_import_quantile(
+                    times,
+                    grid + (battery if battery is not None else 0.0),
+                    start,
+                    steps,
+                    timezone=self.timezone,
+                )
                 chillers = [
                     await self.series(
                         PointRef(z.zone, z.chiller_power_point), now, self.forecast_days

@@ -51,8 +51,10 @@ Per cycle, in this order:
    and recharging below A − recharge margin, never below soc_min. It is re-planned at every
    block start and whenever the forecast changes, so a day running hotter than forecast
    raises L early and a little, rather than holding a low L until the battery is empty and
-   then losing the block outright. ``forecasts["load_p90_w"]`` (a high quantile) is
-   preferred to ``forecasts["load_w"]``; ``forecasts["pv_w"]`` is subtracted when present.
+   then losing the block outright. ``forecasts["net_load_p90_w"]`` (a high quantile of
+   the import without the battery, which the controller service issues) is preferred;
+   else ``forecasts["load_p90_w"]`` or ``forecasts["load_w"]`` (consumption) minus
+   ``forecasts["pv_w"]`` when present.
    When the net load measured now runs above the current block's forecast by more than
    ``excess_deadband_pct``, the forecast ahead is raised by that excess, fading over
    ``excess_persistence`` (:func:`with_measured_excess`): a day busier than the high
@@ -273,9 +275,13 @@ class PeakShavingParams(_Frozen):
     reading a few kW over a high quantile is noise, not a busier day. (Control benchmark:
     10 % keeps July at 78.1 kW and lifts August's peak-reduction ratio from 0.18 to 0.54;
     5 % gave August 0.62 but ratcheted July up to 79.7 kW, 0 % to 81.2 kW.)"""
+    net_forecast_keys: tuple[str, ...] = ("net_load_p90_w",)
+    """Forecasts of the import without the battery (PV already in them), tried first, in
+    order: the controller service issues ``net_load_p90_w``, a 90 % quantile of it."""
     load_forecast_keys: tuple[str, ...] = ("load_p90_w", "load_w")
-    """Forecast names tried in order (a high quantile first). A forecast is used from the
-    start of the current block on, so it must cover that block."""
+    """Then forecasts of consumption, tried in order (a high quantile first), minus the
+    PV forecast. A forecast is used from the start of the current block on, so it must
+    cover that block."""
     pv_forecast_key: str | None = "pv_w"
     """Subtracted from the load forecast when present (the net import is what is billed);
     None when the load forecast already is the net import without the battery."""
@@ -652,15 +658,16 @@ def net_forecast_blocks(
     forecasts: Forecasts, params: PeakShavingParams, start: datetime
 ) -> tuple[str | None, list[float]]:
     """Forecast block averages of the site's import without the battery from ``start``
-    over ``params.horizon``: the first of ``load_forecast_keys`` present, minus PV where
-    the PV forecast covers. Returns the key used (None: no forecast) and the values."""
+    over ``params.horizon``: the first of ``net_forecast_keys`` present, else the first of
+    ``load_forecast_keys`` minus PV where the PV forecast covers. Returns the key used
+    (None: no forecast) and the values."""
     count = max(1, round(params.horizon / params.block))
-    for key in params.load_forecast_keys:
+    for key in (*params.net_forecast_keys, *params.load_forecast_keys):
         load = forecasts.get(key)
         if load is None:
             continue
         blocks = block_averages(load, start, params.block, count)
-        pv = forecasts.get(params.pv_forecast_key) if params.pv_forecast_key else None
+        pv = _pv_forecast(forecasts, params, key)
         if pv is not None:
             pv_blocks = block_averages(pv, start, params.block, len(blocks))
             blocks = [
@@ -669,6 +676,13 @@ def net_forecast_blocks(
         if blocks:
             return key, blocks
     return None, []
+
+
+def _pv_forecast(forecasts: Forecasts, params: PeakShavingParams, key: str) -> Forecast | None:
+    """The PV forecast to subtract from forecast ``key``: none from a net-import one."""
+    if key in params.net_forecast_keys or params.pv_forecast_key is None:
+        return None
+    return forecasts.get(params.pv_forecast_key)
 
 
 def with_measured_excess(
@@ -1158,8 +1172,7 @@ class PeakShavingController:
         elif key is None or not any(counts):
             base = p.fallback_limit_w
         else:
-            pv = forecasts.get(p.pv_forecast_key) if p.pv_forecast_key else None
-            auto_key = (block_start, key, forecasts[key], pv)
+            auto_key = (block_start, key, forecasts[key], _pv_forecast(forecasts, p, key))
             if state.auto_key != auto_key or state.auto_limit_w is None:
                 has_windows = p.tariff is not None and bool(p.tariff.demand_hours)
                 budget = SocBudget(

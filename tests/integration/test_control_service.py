@@ -312,6 +312,54 @@ async def test_zone_planners_reidentify_from_stored_history(
             assert fit.good_enough, fit.verdict
 
 
+class SlowHistory(StoredInputs):
+    """Storage that takes its time to read a zone's history, as a busy database does: a
+    worker's result arrives while the service waits for it."""
+
+    async def zone_history(self, params: Any, now: datetime) -> Any:
+        await asyncio.sleep(1.0)  # longer than an identification: it finishes meanwhile
+        return await super().zone_history(params, now)
+
+
+@pytest.mark.parametrize("planning", ["joint", "per_zone"])
+async def test_a_model_identified_while_history_is_being_read_is_kept(
+    mosquitto: BrokerAddress, tmp_path: Path, planning: str
+) -> None:
+    """Re-identification reads each zone's history from storage (here slowly, again and
+    again); an identification finishing in a worker meanwhile must not be overwritten by
+    the state the service copied before the read (it was, and the planner then waited for
+    a job that had already finished, for good)."""
+    base = inputs_config()
+    assert base.control is not None
+    cfg = base.model_copy(
+        update={"control": base.control.model_copy(update={"hvac_planning": planning})}
+    )
+    async with open_storage(cfg.storage, tmp_path) as storage:
+        await storage.write(history_samples())
+        controllers = build_controllers(cfg)
+        name = "hvac_group_planner" if planning == "joint" else "hvac_zone_1_planner"
+        async with ControllerService(
+            cfg,
+            mosquitto,
+            controllers,
+            base_dir=tmp_path,
+            forecasts=SlowHistory(storage, cfg),
+            reidentify_every=timedelta(seconds=0.05),
+            clock=lambda: INPUTS_NOW,
+        ) as service:
+
+            def zone_1_fit() -> Any:  # the stored history has zone 1's only
+                state = service.engine.controller_state(name)
+                return state.zones[0].fit if planning == "joint" else state.fit
+
+            await until(lambda: getattr(zone_1_fit(), "rc", None) is not None, within=90.0)
+            # Each re-identification is taken in: the model stays, and the planner is not
+            # left waiting for a job that has finished (the next ones start and finish).
+            finished = service.stats.jobs_finished
+            await until(lambda: service.stats.jobs_finished >= finished + 3, within=90.0)
+            assert getattr(zone_1_fit(), "rc", None) is not None
+
+
 @dataclass(frozen=True)
 class Misaddressed:
     """A controller configured for a point the device does not have (a commissioning

@@ -83,7 +83,7 @@ from gridpilot.control.grid_controls import (
     GridControlsError,
     parse_grid_controls,
 )
-from gridpilot.control.hvac import HvacController, HvacGroupController, HvacParams, HvacState
+from gridpilot.control.hvac import HvacController, HvacGroupController, HvacParams
 from gridpilot.control.journal import Journal
 from gridpilot.control.params import ParamsError, controller_params, with_params
 from gridpilot.control.requests import (
@@ -666,42 +666,46 @@ class ControllerService:
 
     async def _reidentify(self, source: ForecastSource, now: datetime) -> None:
         """Hand each zone planner its latest history: a building changes (a new tenant, a
-        retrofit), and a planner that started without history gets one once there is."""
+        retrofit), and a planner that started without history gets one once there is.
+
+        The histories are read first and the planners' states after: a job that finishes
+        while storage is read updates the state (a model identified, a plan solved), and a
+        copy taken before the read would overwrite it."""
         for controller in self.engine.controllers():
             if isinstance(controller, HvacController):
-                state = self.engine.controller_state(controller.name)
-                fresh = await self._fresh_zone(source, controller, state, now)
-                if fresh is not None:
-                    self.engine.set_controller_state(controller.name, fresh)
+                history = await self._zone_history(source, controller, now)
+                if history is not None:
+                    state = self.engine.controller_state(controller.name)
+                    self.engine.set_controller_state(
+                        controller.name, replace(state, history=history)
+                    )
             elif isinstance(controller, HvacGroupController):
+                histories = [
+                    await self._zone_history(source, zone, now, controller.name)
+                    for zone in controller.zones
+                ]
                 group = self.engine.controller_state(controller.name)
-                zones = list(group.zones)
-                for i, zone in enumerate(controller.zones):
-                    fresh = await self._fresh_zone(source, zone, zones[i], now, controller.name)
-                    zones[i] = fresh if fresh is not None else zones[i]
-                self.engine.set_controller_state(
-                    controller.name, replace(group, zones=tuple(zones))
+                zones = tuple(
+                    zone if history is None else replace(zone, history=history)
+                    for zone, history in zip(group.zones, histories, strict=True)
                 )
+                self.engine.set_controller_state(controller.name, replace(group, zones=zones))
 
-    async def _fresh_zone(
+    async def _zone_history(
         self,
         source: ForecastSource,
         zone: HvacController,
-        state: HvacState,
         now: datetime,
         reporter: str | None = None,
-    ) -> HvacState | None:
-        """``state`` set to identify from the zone's latest history (the planner identifies
-        from a history in its state in its next cycle, or hands that out to a worker and
-        keeps its model meanwhile); None without a history."""
+    ) -> ZoneHistory | None:
+        """The zone's latest history to identify from (the planner identifies from a history
+        in its state in its next cycle, or hands that out to a worker and keeps its model
+        meanwhile); None without one."""
         try:
-            history = await source.zone_history(zone.params, now)
+            return await source.zone_history(zone.params, now)
         except Exception as exc:  # noqa: BLE001 - keep the current model and say so
             self._record("warning", reporter or zone.name, f"no history to re-identify from: {exc}")
             return None
-        if history is None:
-            return None
-        return replace(state, history=history)
 
     async def _act(self, bus: BusClient, result: CycleResult, mono: float) -> None:
         resend_s = self.control.resend_after.total_seconds()

@@ -246,13 +246,13 @@ async def test_demo_utility_export_limit_event(tmp_path: Path) -> None:
 
 
 async def test_demo_lighter_site_polls_and_cycles_slower(tmp_path: Path) -> None:
-    """``--poll-every 10 --cycle 5``: every device is polled at most every 10 s (with a
+    """``--poll-every 10 --cycle 5 --mqtt-keepalive 120``: every device is polled at most every 10 s (with a
     5 s timeout), the engine cycles every 5 s, and the controllers' age limits allow for
     readings that old -- so nothing falls into its fail-safe -- and it still stores data."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gridpilot", "demo", "--duration", "14", "--no-utility",
         "--data-dir", str(tmp_path), "--mqtt-port", "0", "--http-port", "0",
-        "--poll-every", "10", "--cycle", "5",
+        "--poll-every", "10", "--cycle", "5", "--mqtt-keepalive", "120",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _out, err = await asyncio.wait_for(process.communicate(), 60)
@@ -260,6 +260,7 @@ async def test_demo_lighter_site_polls_and_cycles_slower(tmp_path: Path) -> None
     config = load_config(tmp_path / "site.yaml")
     assert config.control is not None
     assert config.control.cycle.total_seconds() == 5.0
+    assert config.broker.keepalive.total_seconds() == 120.0
     assert {d.poll_interval.total_seconds() for d in config.devices} == {10.0}
     assert {d.timeout.total_seconds() for d in config.devices} == {5.0}
     fail_safe = config.control.fail_safes[0]

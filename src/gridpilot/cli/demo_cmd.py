@@ -88,6 +88,15 @@ DEMO_SITE = "demo"
     metavar="SECONDS",
     help="The control engine's cycle.",
 )
+@click.option(
+    "--mqtt-keepalive",
+    type=click.IntRange(min=5, max=3600),
+    default=30,
+    show_default=True,
+    metavar="SECONDS",
+    help="Every client's MQTT keep-alive: a connection silent for 1.5 times this is "
+    "dropped and made again. Longer for runs under an accelerated clock.",
+)
 def demo(
     duration: float | None,
     data_dir: Path | None,
@@ -101,6 +110,7 @@ def demo(
     utility_export_limit_w: float,
     poll_every: float | None,
     cycle_s: float,
+    mqtt_keepalive: int,
 ) -> None:
     """Run a simulated building with the gateway, an embedded MQTT broker, ingest, SQLite, the
     control engine and the API -- and a utility: an IEEE 2030.5 test server in-process that
@@ -158,7 +168,7 @@ def demo(
                 services.append(Service.IEEE2030_5)
             cfg = write_site_file(
                 site_file,
-                broker.url,
+                {"url": broker.url, "keepalive": mqtt_keepalive},
                 control,
                 slowed(site.site_config(DEMO_SITE), poll_every),
                 None if grid is None else grid.client_section(pki_dir="pki"),
@@ -233,7 +243,7 @@ def slowed(devices: list[dict[str, object]], poll_every: float | None) -> list[d
 
 def write_site_file(
     site_file: Path,
-    broker_url: str,
+    broker: dict[str, Any],
     control: dict[str, Any],
     devices: list[dict[str, object]],
     ieee2030_5: dict[str, Any] | None,
@@ -241,7 +251,7 @@ def write_site_file(
     """Write the demo's site file (what the other commands read) and validate it."""
     data: dict[str, Any] = {
         "site": {"id": DEMO_SITE, "name": "GridPilot demo building"},
-        "broker": {"url": broker_url},
+        "broker": broker,
         "storage": {"path": "gridpilot.db"},
         # The embedded broker (amqtt) ignores $share subscriptions: subscribe plainly.
         "ingest": {"shared_subscription": "off"},

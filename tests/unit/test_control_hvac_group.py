@@ -479,13 +479,16 @@ def test_pv_scenarios_take_away_the_pv_they_doubt(
         (0.3, 1.0, 0.5, [6, 9, 10, 11, 12, 13, 14]),
         (0.6, 3.0, 0.25, [6, 7, 8, 9, 10, 11, 12, 13, 14]),
         (0.3, 2.0, 1.0, []),  # a "cloud" that keeps all the PV takes nothing away
+        # Windows shorter than an hour tile the day: every block is in one of them.
+        (0.3, 0.5, 0.5, [6, *(9 + 0.5 * k for k in range(12))]),
     ],
 )
 def test_cloud_windows_share_their_probability_over_the_day(
-    weight: float, window_h: float, fraction: float, starts: list[int]
+    weight: float, window_h: float, fraction: float, starts: list[float]
 ) -> None:
-    """One scenario per hourly start from now (06:00) while today lasts, each taking
-    (1 - fraction) of the PV forecast inside its window only, the probability shared."""
+    """One scenario per hourly start (per window when shorter) from now (06:00) while today
+    lasts, each taking (1 - fraction) of the PV forecast inside its window only, the
+    probability shared."""
     p = params(
         cloud_window_weight=weight,
         cloud_window=timedelta(hours=window_h),
@@ -497,7 +500,8 @@ def test_cloud_windows_share_their_probability_over_the_day(
     assert [w for w, _ in scenarios] == pytest.approx([weight / max(1, len(starts))] * len(starts))
     for start, (_, lost) in zip(starts, scenarios, strict=True):
         for t, v, w in zip(times, pv, lost, strict=True):
-            inside = t.date() == MONDAY_6.date() and start <= t.hour < start + window_h
+            hour = t.hour + t.minute / 60.0
+            inside = t.date() == MONDAY_6.date() and start <= hour < start + window_h
             assert w == pytest.approx((1.0 - fraction) * v if inside else 0.0)
 
 

@@ -278,8 +278,9 @@ class HvacParams(_Frozen):
     the overcast scenario 0.462/0.594; without either 0.436/0.450.)"""
     cloud_window_weight: float = Field(default=0.0, ge=0.0, lt=1.0)
     """The probability the demand charge gives to a cloud deck arriving at some hour today
-    and lasting ``cloud_window``: one scenario per hourly start from now (while today
-    lasts and its window has PV to lose), sharing this probability equally, each with PV
+    and lasting ``cloud_window``: one scenario per hourly start from now -- per window when
+    it is shorter than an hour, so that the windows tile the day -- while today lasts and
+    its window has PV to lose, sharing this probability equally, each with PV
     at ``overcast_pv_fraction`` of its forecast inside its window only. The all-day
     overcast scenario's peak sits in the busiest block, which the zones cannot shave, and
     every lower block is then free in it; each window scenario has its own peak, so
@@ -1544,14 +1545,15 @@ def _cloud_windows(
     p: HvacParams, pv: Sequence[float], starts: Sequence[datetime], today: date
 ) -> list[tuple[float, list[float]]]:
     """The cloud-window scenarios of ``p`` (see ``cloud_window_weight``): one per hourly
-    start from now (step 0) while the start is ``today`` (local) and its window has PV to
-    lose, sharing the probability equally."""
+    start (every window's length when shorter) from now (step 0) while the start is
+    ``today`` (local) and its window has PV to lose, sharing the probability equally."""
     tariff = p.tariff
     lost = [(1.0 - p.overcast_pv_fraction) * v for v in pv]
     windows: list[list[float]] = []
     k0 = 0
-    per_hour = max(1, round(timedelta(hours=1) / p.step))
+    # Windows start every hour, or tile the day when shorter: every block is in one.
     length = max(1, round(p.cloud_window / p.step))
+    per_hour = min(length, max(1, round(timedelta(hours=1) / p.step)))
     while k0 < len(pv) and starts[k0].astimezone(tariff.zone).date() == today:
         add = [lost[k] if k0 <= k < k0 + length else 0.0 for k in range(len(pv))]
         if any(v > 0.0 for v in add):

@@ -273,6 +273,15 @@ async def test_a_raising_controller_is_reported_and_the_others_act(running: Runn
     assert "model matrix is singular" in raised[0]["message"]
 
 
+def planned(planning: str) -> GridPilotConfig:
+    """The inputs tests' site with its zones planned ``joint`` or ``per_zone``."""
+    base = inputs_config()
+    assert base.control is not None
+    return base.model_copy(
+        update={"control": base.control.model_copy(update={"hvac_planning": planning})}
+    )
+
+
 @pytest.mark.parametrize("planning", ["joint", "per_zone"])
 async def test_zone_planners_reidentify_from_stored_history(
     mosquitto: BrokerAddress, tmp_path: Path, planning: str
@@ -280,11 +289,7 @@ async def test_zone_planners_reidentify_from_stored_history(
     """A planner that started without history gets one from storage on the next
     re-identification and plans with the model it identifies: each zone's own planner, or
     the zone inside the group planner that plans both zones together."""
-    base = inputs_config()
-    assert base.control is not None
-    cfg = base.model_copy(
-        update={"control": base.control.model_copy(update={"hvac_planning": planning})}
-    )
+    cfg = planned(planning)
     async with open_storage(cfg.storage, tmp_path) as storage:
         await storage.write(history_samples())
         stored = StoredInputs(storage, cfg)
@@ -329,11 +334,7 @@ async def test_a_model_identified_while_history_is_being_read_is_kept(
     again); an identification finishing in a worker meanwhile must not be overwritten by
     the state the service copied before the read (it was, and the planner then waited for
     a job that had already finished, for good)."""
-    base = inputs_config()
-    assert base.control is not None
-    cfg = base.model_copy(
-        update={"control": base.control.model_copy(update={"hvac_planning": planning})}
-    )
+    cfg = planned(planning)
     async with open_storage(cfg.storage, tmp_path) as storage:
         await storage.write(history_samples())
         controllers = build_controllers(cfg)

@@ -246,9 +246,10 @@ async def test_demo_utility_export_limit_event(tmp_path: Path) -> None:
 
 
 async def test_demo_lighter_site_polls_and_cycles_slower(tmp_path: Path) -> None:
-    """``--poll-every 10 --cycle 5 --mqtt-keepalive 120``: every device is polled at most every 10 s (with a
-    5 s timeout), the engine cycles every 5 s, and the controllers' age limits allow for
-    readings that old -- so nothing falls into its fail-safe -- and it still stores data."""
+    """``--poll-every 10 --cycle 5 --mqtt-keepalive 120``: every device is polled at most
+    every 10 s (with a 5 s timeout), the engine cycles every 5 s, the clients keep alive
+    every 120 s, and the controllers' age limits allow for readings that old -- so nothing
+    falls into its fail-safe -- and it still stores data."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gridpilot", "demo", "--duration", "14", "--no-utility",
         "--data-dir", str(tmp_path), "--mqtt-port", "0", "--http-port", "0",

@@ -95,6 +95,27 @@ class Release:
         return now - self.at < RELEASE_RETRY
 
 
+def next_release(
+    release: Release | None,
+    *,
+    steering: bool,
+    released: bool,
+    value: float,
+    read: float | None,
+    now: datetime,
+) -> Release | None:
+    """The release still to be asked for after this cycle: none while the function
+    steers; a new one (``value``) in the cycle it lets go (``released``); else ``release``
+    while it is pending against the limit's reading ``read``."""
+    if steering:
+        return None
+    if released:
+        return Release(value, now)
+    if release is not None and release.pending(read, now):
+        return release
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class CurveInForce(Generic[T]):
     """The setting a curve function follows this cycle, where it came from (``configured``

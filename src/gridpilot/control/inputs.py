@@ -177,7 +177,8 @@ class StoredInputs:
                 # The site's consumption: what the meter saw, plus what the battery and the
                 # PV supplied (the peak shaver subtracts the PV forecast itself). A battery or
                 # PV that never reported supplied nothing the meter needs correcting for.
-                net = grid + (battery if battery is not None else 0.0)
+                without_battery = grid + (battery if battery is not None else 0.0)
+                net = without_battery
                 if pv is not None:
                     net = net + np.nan_to_num(pv)
                 out["load_w"] = load_forecast(
@@ -192,11 +193,7 @@ class StoredInputs:
                 # The import without the battery (consumption − PV): the quantile the
                 # peak shaver's auto limit is sized on, PV already in it.
                 out["net_load_p90_w"] = net_import_quantile(
-                    times,
-                    grid + (battery if battery is not None else 0.0),
-                    start,
-                    steps,
-                    timezone=self.timezone,
+                    times, without_battery, start, steps, timezone=self.timezone
                 )
                 chillers = [
                     await self.series(

@@ -76,7 +76,7 @@ from gridpilot.control.base import (
     Snapshot,
 )
 from gridpilot.control.configured import ConfiguredController
-from gridpilot.control.der_function import Release, limit_in_force
+from gridpilot.control.der_function import Release, limit_in_force, next_release
 
 FULL_PCT = 100.0
 
@@ -256,7 +256,10 @@ class PvExportController(ConfiguredController[PvExportParams]):
 
         requests: list[SetpointRequest] = []
         constraints: list[Constraint] = []
-        release = self._release(snapshot, state, now, prev_pct, new_pct)
+        release = next_release(
+            state.release, steering=new_pct < FULL_PCT, released=prev_pct < FULL_PCT,
+            value=FULL_PCT, read=limit_in_force(snapshot, p.pv_limit, {}, p.max_age_s), now=now,
+        )  # fmt: skip
         if new_pct < FULL_PCT or release is not None:
             reason = (
                 f"export limit {p.export_limit_w:g} W: PV may deliver {allowed_pv_w:.0f} W"
@@ -327,28 +330,6 @@ class PvExportController(ConfiguredController[PvExportParams]):
             metrics=metrics,
             events=tuple(events),
         )
-
-    def _release(
-        self,
-        snapshot: Snapshot,
-        state: PvExportState,
-        now: datetime,
-        prev_pct: float,
-        new_pct: float,
-    ) -> Release | None:
-        """The release at 100 % still to be asked for: from the cycle that lifts the limit
-        fully until the inverter's limit reads it back (at most a minute)."""
-        if new_pct < FULL_PCT:
-            return None
-        if prev_pct < FULL_PCT:
-            return Release(FULL_PCT, now)
-        release = state.release
-        p = self.params
-        if release is not None and release.pending(
-            limit_in_force(snapshot, p.pv_limit, {}, p.max_age_s), now
-        ):
-            return release
-        return None
 
     def _previous_limit_pct(self, snapshot: Snapshot, state: PvExportState) -> float:
         """Our last request; before the first, what the inverter reports; else no limit."""

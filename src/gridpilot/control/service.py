@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +94,7 @@ from gridpilot.control.requests import (
     parse_request,
 )
 from gridpilot.control.thermal import ZoneHistory
+from gridpilot.gateway.commands import FailCode, RejectCode
 from gridpilot.model import Topic, TopicKind, is_valid_identifier, parse_topic, to_rfc3339
 from gridpilot.tasks import cancel_and_wait
 from gridpilot.workers import (
@@ -185,18 +185,23 @@ def engine_params(config: GridPilotConfig) -> EngineParams:
 # read-back failed on the wire. Sent again while it is still the target, after a backoff.
 # Refusals that another try would only repeat (out of range, not writable, a read-back
 # the device clipped) wait for ``resend_after`` like an applied one.
-_TRANSIENT_CODES = frozenset(
-    {"expired", "busy", "stopping", "write_failed", "readback_failed", "interrupted"}
+_TRANSIENT_CODES: frozenset[str] = frozenset(
+    {
+        RejectCode.EXPIRED,
+        RejectCode.BUSY,
+        RejectCode.STOPPING,
+        FailCode.WRITE_FAILED,
+        FailCode.READBACK_FAILED,
+        FailCode.INTERRUPTED,
+    }
 )
 
 
 @dataclass(slots=True)
 class _Sent:
     value: float
-    at: float
-    """Monotonic seconds."""
-    id: str = ""
-    due: float = math.inf
+    id: str
+    due: float
     """Monotonic seconds at which an unchanged target is sent again."""
     failures: int = 0
     """Consecutive transient failures of this target's commands."""
@@ -742,7 +747,7 @@ class ControllerService:
             await bus.publish(str(Topic.command(self.site, target.device)), encode_command(command))
             self.stats.commands_sent += 1
             failures = 0 if sent is None or sent.value != value else sent.failures
-            self._sent[target] = _Sent(value, mono, command.id, mono + resend_s, failures)
+            self._sent[target] = _Sent(value, command.id, mono + resend_s, failures)
 
     async def _publish_metrics(self, bus: BusClient, result: CycleResult) -> None:
         values: dict[str, float] = {}

@@ -50,6 +50,7 @@ from gridpilot.control.der_function import (
     Release,
     curve_in_force,
     limit_in_force,
+    next_release,
     setpoint_requests,
     sunspec_curve_decision,
 )
@@ -201,13 +202,10 @@ class VoltWattController(ConfiguredController[VoltWattParams]):
         )
         curtailing = limit_pct < FULL_PCT
         requests: list[SetpointRequest] = []
-        release = None if curtailing else state.release
-        if state.curtailing and not curtailing:
-            release = Release(FULL_PCT, now)
-        elif release is not None and not release.pending(
-            limit_in_force(snapshot, p.pv_limit, p.enable, p.max_age_s), now
-        ):
-            release = None
+        release = next_release(
+            state.release, steering=curtailing, released=state.curtailing, value=FULL_PCT,
+            read=limit_in_force(snapshot, p.pv_limit, p.enable, p.max_age_s), now=now,
+        )  # fmt: skip
         if curtailing or release is not None:
             reason = "volt-watt" if curtailing else "volt-watt released"
             requests += setpoint_requests(

@@ -275,3 +275,21 @@ async def test_demo_lighter_site_polls_and_cycles_slower(tmp_path: Path) -> None
     # No fail-safe entered: no reading was older than its limit allows.
     entered = [e for e in events if "fail-safe" in e["message"] and "entered" in e["message"]]
     assert entered == [], entered
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--poll-every", "0"), ("--cycle", "120"), ("--mqtt-keepalive", "1"), ("--poll-every", "x")],
+)
+async def test_demo_refuses_an_option_out_of_range_and_names_it(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridpilot", "demo", "--duration", "5", "--data-dir",
+        str(tmp_path), option, value,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert option in err.decode()
+    assert not (tmp_path / "site.yaml").exists()  # refused before anything ran

@@ -14,6 +14,7 @@ from gridpilot.control.hvac import (
     HvacController,
     HvacGroupController,
     HvacParams,
+    Plan,
     ZoneProblem,
     _pv_scenarios,
     plan_cooling,
@@ -462,8 +463,8 @@ def test_pv_scenarios_take_away_the_pv_they_doubt(
     times = [MONDAY_6 + k * p.step for k in range(p.steps)]
     pv = _sunny(times)
     scenarios = _pv_scenarios(p, pv, times, MONDAY_6.date())
-    assert [w for w, _ in scenarios] == pytest.approx([w for w, _ in expected])
-    for (_, kind), (_, lost) in zip(expected, scenarios, strict=True):
+    assert [w for w, _, _ in scenarios] == pytest.approx([w for w, _ in expected])
+    for (_, kind), (_, lost, _) in zip(expected, scenarios, strict=True):
         if kind == "overcast":
             want = [(1.0 - p.overcast_pv_fraction) * v for v in pv]
         else:
@@ -497,8 +498,10 @@ def test_cloud_windows_share_their_probability_over_the_day(
     times = [MONDAY_6 + k * p.step for k in range(p.steps)]
     pv = _sunny(times)
     scenarios = _pv_scenarios(p, pv, times, MONDAY_6.date())
-    assert [w for w, _ in scenarios] == pytest.approx([weight / max(1, len(starts))] * len(starts))
-    for start, (_, lost) in zip(starts, scenarios, strict=True):
+    assert [w for w, _, _ in scenarios] == pytest.approx(
+        [weight / max(1, len(starts))] * len(starts)
+    )
+    for start, (_, lost, _) in zip(starts, scenarios, strict=True):
         for t, v, w in zip(times, pv, lost, strict=True):
             hour = t.hour + t.minute / 60.0
             inside = t.date() == MONDAY_6.date() and start <= hour < start + window_h
@@ -509,8 +512,8 @@ def test_without_pv_there_is_nothing_to_doubt() -> None:
     p = params(overcast_weight=0.2, pv_plateau_weight=0.2, cloud_window_weight=0.2)
     times = [MONDAY_6 + k * p.step for k in range(p.steps)]
     scenarios = _pv_scenarios(p, [0.0] * p.steps, times, MONDAY_6.date())
-    assert [w for w, _ in scenarios] == pytest.approx([0.2, 0.2])  # no cloud window
-    assert all(v == 0.0 for _, lost in scenarios for v in lost)
+    assert [w for w, _, _ in scenarios] == pytest.approx([0.2, 0.2])  # no cloud window
+    assert all(v == 0.0 for _, lost, _ in scenarios for v in lost)
 
 
 @pytest.mark.parametrize(
@@ -557,7 +560,7 @@ def test_cloud_windows_keep_pre_cooling_for_a_block_after_an_unshaveable_one(
         counts=[True] * p.steps,
         threshold_w=100_000.0,
         charge_per_kw=18.0,
-        extra=tuple(_pv_scenarios(p, pv, times, MONDAY_6.date())),
+        extra=[(w, lost) for w, lost, _ in _pv_scenarios(p, pv, times, MONDAY_6.date())],
     )
     outdoor, irradiance, occupied = weather(MONDAY_6, p)
     plan = plan_cooling(
@@ -580,6 +583,146 @@ def test_cloud_windows_keep_pre_cooling_for_a_block_after_an_unshaveable_one(
         assert plan.temperatures_degc[cloudy[0]] < 23.0
     else:
         assert eased_kw > holding_kw - 0.5
+
+
+@pytest.mark.parametrize(("recourse_h", "after_steps"), [(None, None), (0.0, 0), (1.0, 4)])
+def test_a_window_with_recourse_is_answered_from_its_start(
+    recourse_h: float | None, after_steps: int | None
+) -> None:
+    """With ``cloud_window_recourse`` each window's branch runs from its first step with PV
+    lost to that long after the window's end (the horizon's end at most); without it the
+    window shares the plan."""
+    p = params(
+        cloud_window_weight=0.3,
+        cloud_window=timedelta(hours=2),
+        cloud_window_recourse=None if recourse_h is None else timedelta(hours=recourse_h),
+    )
+    times = [MONDAY_6 + k * p.step for k in range(p.steps)]
+    scenarios = _pv_scenarios(p, _sunny(times), times, MONDAY_6.date())
+    branches = [branch for _, _, branch in scenarios]
+    if after_steps is None:
+        assert branches == [None] * 8
+    else:
+        # The 2-hour windows that lose PV start at 06, 08, 09, ... 14 h (steps from 06:00);
+        # each branch starts at its window's first step with PV lost (the 08:00 window's
+        # at 09:00) and ends the recourse after the window's end.
+        starts = [0, 8, 12, 16, 20, 24, 28, 32]
+        firsts = [0, 12, 12, 16, 20, 24, 28, 32]
+        assert branches == [
+            (first, min(p.steps, k + 8 + after_steps))
+            for first, k in zip(firsts, starts, strict=True)
+        ]
+
+
+def _two_windows(p: HvacParams, *, branches: bool) -> DemandTerm:
+    """Billed peak 100 kW; net load forecast 85 kW from 08:00 to 12:00 with 30 kW of PV
+    in it from 10:00 to 12:00; the cloud-window scenarios of ``p`` (half the PV lost)."""
+    times = [MONDAY_6 + k * p.step for k in range(p.steps)]
+    pv = [30_000.0 if _at(t, 10, 12) else 0.0 for t in times]
+    scenarios = _pv_scenarios(p, pv, times, MONDAY_6.date())
+    return DemandTerm(
+        other_load_w=[85_000.0 if _at(t, 8, 12) else 40_000.0 for t in times],
+        blocks=list(range(p.steps)),
+        counts=[True] * p.steps,
+        threshold_w=100_000.0,
+        charge_per_kw=18.0,
+        extra=[(w, lost) for w, lost, _ in scenarios],
+        branches=[b for _, _, b in scenarios] if branches else (),
+    )
+
+
+def _plan(p: HvacParams, term: DemandTerm | None) -> Plan:
+    outdoor, irradiance, occupied = weather(MONDAY_6, p)
+    return plan_cooling(
+        TRUE_MODEL,
+        24.0,
+        outdoor_degc=outdoor,
+        irradiance_wm2=irradiance,
+        occupied=occupied,
+        prices_per_kwh=p.tariff.prices_per_kwh(MONDAY_6, p.step, p.steps),
+        params=p,
+        demand=term,
+    )
+
+
+def test_each_cloud_the_zones_can_answer_finds_them_cold() -> None:
+    """Two one-hour windows, a deck at 10:00 or at 11:00 (probability 0.25 each), either
+    of which puts its hour at 100 kW + chillers, all of it over the billed peak. Shared,
+    one trajectory must protect both: it pre-cools for 10:00 and floats through both
+    hours, and the zone is back at the top of the band at 11:00. Answered (recourse:
+    the controller re-plans once it sees the cloud), the zone rides either deck out from
+    a cold start, so the plan has it cold at 10:00 and again at 11:00 -- and pays for it
+    in the plan, since each branch starts from the plan's own temperature."""
+    base = params(tariff=FLAT.model_copy(update={"demand_charge_per_kw": 18.0}))
+    p = base.model_copy(
+        update={
+            "cloud_window_weight": 0.5,
+            "cloud_window": timedelta(hours=1),
+            "cloud_window_recourse": timedelta(hours=1),
+        }
+    )
+    at_10, at_11 = 16, 20  # steps from 06:00; temperatures_degc[k]: at step k's start
+    plain = _plan(base, None)
+    shared = _plan(p, _two_windows(p, branches=False))
+    answered = _plan(p, _two_windows(p, branches=True))
+    for plan in (plain, shared, answered):
+        assert plan.ok
+        assert plan.comfort_violation_kh == pytest.approx(0.0, abs=1e-6)
+    assert plain.temperatures_degc[at_10] > 23.5
+    assert shared.temperatures_degc[at_10] < 21.5
+    assert shared.temperatures_degc[at_11] > 23.5
+    assert answered.temperatures_degc[at_10] < 21.5
+    assert answered.temperatures_degc[at_11] < 21.5
+    assert answered.energy_wh > plain.energy_wh
+
+
+def test_a_branch_like_the_plan_changes_nothing() -> None:
+    """A scenario that takes nothing away, answered from 10:00: its branch can follow the
+    plan, and each step's cost is split between plan and branch by probability, so the
+    plan costs what it costs without the scenario."""
+    p = params(tariff=FLAT.model_copy(update={"demand_charge_per_kw": 18.0}))
+    times = [MONDAY_6 + k * p.step for k in range(p.steps)]
+    other = [95_000.0 if _at(t, 8, 12) else 40_000.0 for t in times]
+    plain = DemandTerm(
+        other_load_w=other,
+        blocks=list(range(p.steps)),
+        counts=[True] * p.steps,
+        threshold_w=100_000.0,
+        charge_per_kw=18.0,
+    )
+    with_branch = replace(plain, extra=[(0.4, [0.0] * p.steps)], branches=[(16, 40)])
+    a, b = _plan(p, plain), _plan(p, with_branch)
+    assert a.ok
+    assert b.ok
+    assert b.cost == pytest.approx(a.cost, rel=1e-6, abs=1e-6)
+    assert b.demand_charge == pytest.approx(a.demand_charge, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "branches",
+    [[(4, 2)], [(0, 10_000)], [(-1, 3)], [(0, 4), (4, 8)]],
+    ids=["reversed", "past_the_end", "negative", "more_than_scenarios"],
+)
+def test_branches_that_do_not_fit_the_horizon_are_refused(
+    branches: list[tuple[int, int]],
+) -> None:
+    p = params()
+    term = DemandTerm(
+        other_load_w=[50_000.0] * p.steps,
+        blocks=list(range(p.steps)),
+        counts=[True] * p.steps,
+        threshold_w=100_000.0,
+        charge_per_kw=18.0,
+        extra=[(0.2, [0.0] * p.steps)],
+        branches=branches,
+    )
+    with pytest.raises(ValueError, match="branches"):
+        _plan(p, term)
+
+
+def test_a_negative_recourse_is_refused() -> None:
+    with pytest.raises(ValueError, match="cloud_window_recourse"):
+        params(cloud_window_recourse=timedelta(minutes=-15))
 
 
 @pytest.mark.parametrize(("weight", "wary"), [(0.0, False), (0.3, True)])

@@ -47,7 +47,13 @@ load ⊕ ``pv_forecast_error`` × PV, widened to reach ``forecasts["net_load_p90
 J = 1, the forecast alone, by default), and optionally an overcast day with probability
 ``overcast_weight``, PV at ``overcast_pv_fraction`` of its forecast: a dawn forecast cannot
 tell a cloud deck at 10:00, and a plan hedged against it keeps pre-cooling in reserve for
-the hours such a day would peak in. Only blocks of the current local day count:
+the hours such a day would peak in. A plateau (``pv_plateau_weight``) and cloud windows
+(``cloud_window_weight``) add further PV-shortfall scenarios. A scenario shares the plan's
+cooling, unless it has a branch (``cloud_window_recourse``): then it has its own Φ, T and
+slacks from the cloud's first step, starting from the plan's temperature there and handing
+the zone back no warmer (a two-stage programme: the controller answers a cloud it sees, so
+what the plan owes the scenario is a cold zone when it comes), its costs weighted by its
+probability and the plan's by the rest. Only blocks of the current local day count:
 tomorrow's blocks are planned tomorrow on a better forecast,
 and a high forecast for them would let any block today go unpriced below it. Without a
 consumption forecast (or without a demand charge) the plan prices energy only.
@@ -288,6 +294,15 @@ class HvacParams(_Frozen):
     0 = no such scenarios."""
     cloud_window: timedelta = timedelta(hours=2)
     """How long a cloud deck of the window scenarios lasts."""
+    cloud_window_recourse: timedelta | None = None
+    """None: a window scenario shares the whole plan -- the zones' cooling inside the
+    window is the plan's, so the plan protects a block against a cloud only by cooling
+    less in it whatever the sky does. A duration: the zones answer the cloud, as the
+    controller does once it sees it (it re-plans every step): in the scenario their
+    cooling from the window's first step with PV lost until this long after the window's
+    end is the scenario's own,
+    and what the plan must provide is a zone cold enough, when the cloud comes, to ride
+    it out. One more copy of the zones' variables over that span per window."""
     fallback_band_position: float = Field(default=0.75, ge=0.0, le=1.0)
     """Fallback setpoint: this far up the current comfort band (0 = lower, 1 = upper)."""
     solver_time_limit_s: float = Field(default=5.0, ge=0.0)
@@ -307,6 +322,8 @@ class HvacParams(_Frozen):
             )
         if self.cloud_window < self.step:
             raise ValueError("cloud_window must be at least one step")
+        if self.cloud_window_recourse is not None and self.cloud_window_recourse < timedelta(0):
+            raise ValueError("cloud_window_recourse must not be negative")
         return self
 
     @property
@@ -416,6 +433,11 @@ class DemandTerm:
     """Further scenarios, each (probability, what it adds to ``other_load_w`` per step, W):
     an overcast day the PV forecast cannot see. The scenarios above share the rest of the
     probability."""
+    branches: Sequence[tuple[int, int] | None] = ()
+    """Per ``extra`` scenario (empty = None for all): the steps [start, end) in which the
+    zones' cooling is the scenario's own -- the controller re-plans each step, so once a
+    cloud is there the zones answer it -- and before which the scenario shares the plan.
+    None: the scenario shares the whole plan."""
 
     def shifts(self) -> list[float]:
         """The normal quantiles (z) of the scenarios: 0 alone without a spread."""
@@ -437,6 +459,13 @@ class DemandTerm:
         out = [(rest / len(shifts), other + z * spread) for z in shifts]
         out += [(weight, other + np.asarray(add, dtype=np.float64)) for weight, add in self.extra]
         return out
+
+    def spans(self) -> list[tuple[int, int] | None]:
+        """Per scenario of :meth:`levels`, its own steps (:attr:`branches`), or None."""
+        own: list[tuple[int, int] | None] = (
+            list(self.branches) if self.branches else [None] * len(self.extra)
+        )
+        return [None] * len(self.shifts()) + own
 
 
 def plan_cooling(
@@ -549,75 +578,101 @@ def plan_zones(  # noqa: PLR0915 - one LP, its blocks built in order
     hours = dt_s / 3600.0
     # Variables, n each per zone z (at z·4n): cooling Φ_k in kW (kW keeps the matrix well
     # scaled next to kelvin), T_{k+1}, slack above the band s⁺_k, slack below s⁻_k; then
-    # one demand excess E_j (kW) per demand scenario.
+    # one demand excess E_j (kW) per demand scenario; then, per scenario with a branch
+    # [k₀, k₁), the same four per zone over its own steps (the zones' answer to it) and
+    # the kelvin by which the zone is handed back to the plan warmer than the plan has it.
     levels = demand.levels() if demand is not None else []
+    spans = demand.spans() if demand is not None else []
     e_at = 4 * n * len(zones)
+    branch_at: list[int | None] = []
     size = e_at + len(levels)
-    k = np.arange(n)
-    cost_parts: list[npt.NDArray[np.float64]] = []
+    for span in spans:
+        branch_at.append(size if span is not None else None)
+        size += _branch_width(span) * len(zones) if span is not None else 0
+    # A step's own cost is borne by the scenarios that share it: the plan's where no
+    # branch has taken over, each branch's (weighted by its probability) inside it.
+    shared = np.ones(n)
+    for (weight, _), span in zip(levels, spans, strict=True):
+        if span is not None:
+            shared[span[0] : span[1]] -= weight
+    shared = np.maximum(shared, 0.0)
+    cost = np.zeros(size)
     eq = _Rows()
     ub = _Rows()
-    bounds: list[tuple[float | None, float | None]] = []
+    lower_bounds = np.zeros(size)
+    upper_bounds = np.full(size, np.inf)
     zone_data: list[_ZoneLp] = []
     for z, zone in enumerate(zones):
         params, model = zone.params, zone.model
-        q_at, t_at, hi_at, lo_at = (4 * z * n + i * n for i in range(4))
         occ = np.asarray(zone.occupied, dtype=bool)
-        a = model.coefficient(dt_s)
-        r = model.resistance_k_per_w
         gains = np.array(
             [model.gains_w(bool(o), float(i)) for o, i in zip(occ, irradiance, strict=True)]
         )
-        cop = np.array([params.cop.cop(float(t)) for t in outdoor])
         lower = np.array([params.band(bool(o)).lower_degc for o in occ])
         upper = np.array([params.band(bool(o)).upper_degc for o in occ])
         # The plan's band: inside the comfort band by the margin, half its width at most.
         margin = np.minimum(params.comfort_margin_k, (upper - lower) / 2.0)
-        floor, top = lower + margin, upper - margin
-        penalty = np.full(n, params.comfort_penalty_per_kh * hours)
-        cost_parts += [prices * hours / cop, np.zeros(n), penalty, penalty]
-        # Dynamics: T_{k+1} − a·T_k + (1 − a)·R·1000·Φ_k = (1 − a)·(T_o,k + R·G_k)
-        rhs = (1.0 - a) * (outdoor + r * gains)
-        rhs[0] += a * zone.t0_degc
-        eq.add(eq.count + k, t_at + k, 1.0, rhs)
-        eq.add(eq.count + k, q_at + k, (1.0 - a) * r * 1000.0)
-        eq.add(eq.count + k[1:], t_at + k[1:] - 1, -a)
-        eq.count += n
-        # Band: T_{k+1} − s⁺_k ≤ hi_k − margin and −T_{k+1} − s⁻_k ≤ −(lo_k + margin)
-        for sign, slack_at, bound in ((1.0, hi_at, top), (-1.0, lo_at, -floor)):
-            ub.add(ub.count + k, t_at + k, sign, bound)
-            ub.add(ub.count + k, slack_at + k, -1.0)
-            ub.count += n
-        _ramp_rows(ub, _ramp_step_w(params) / 1000.0, n, q_at=q_at)
-        ceiling = params.temperature_ceiling_degc
-        bounds += (
-            [(0.0, params.chiller_capacity_w / 1000.0)] * n
-            + [(None, ceiling)] * n
-            + [(0.0, None)] * (2 * n)
+        a, r = model.coefficient(dt_s), model.resistance_k_per_w
+        lp = _ZoneLp(
+            q_at=4 * z * n,
+            t_at=4 * z * n + n,
+            cop=np.array([params.cop.cop(float(t)) for t in outdoor]),
+            lower=lower,
+            upper=upper,
+            a=a,
+            drive=(1.0 - a) * (outdoor + r * gains),
+            q_gain=(1.0 - a) * r * 1000.0,
+            floor=lower + margin,
+            top=upper - margin,
+            energy_cost=prices * hours,
+            penalty=params.comfort_penalty_per_kh * hours,
+            penalty_per_kh=params.comfort_penalty_per_kh,
+            ramp_kw=_ramp_step_w(params) / 1000.0,
+            capacity_kw=params.chiller_capacity_w / 1000.0,
+            ceiling=params.temperature_ceiling_degc,
         )
-        zone_data.append(_ZoneLp(q_at, t_at, cop, lower, upper))
-    cost = np.concatenate(
-        [
-            *cost_parts,
-            np.array([weight * demand.charge_per_kw for weight, _ in levels] if demand else []),
-        ]
-    )
-    bounds += [(0.0, None)] * len(levels)
-    if demand is not None:
-        _demand_rows(
+        zone_data.append(lp)
+        lp.add_rows(
+            eq,
             ub,
-            demand,
-            levels,
-            [(lp.q_at, lp.cop) for lp in zone_data],
-            e_at=e_at,
+            cost,
+            (lower_bounds, upper_bounds),
+            at=lp.q_at,
+            span=(0, n),
+            start=zone.t0_degc,
+            weight=shared,
         )
+        for (weight, _), span, at in zip(levels, spans, branch_at, strict=True):
+            if span is None or at is None:
+                continue
+            k0, k1 = span
+            own_at = at + _branch_width(span) * z
+            lp.add_rows(
+                eq,
+                ub,
+                cost,
+                (lower_bounds, upper_bounds),
+                at=own_at,
+                span=span,
+                start=zone.t0_degc,
+                start_column=None if k0 == 0 else lp.t_at + k0 - 1,
+                weight=np.full(k1 - k0, weight),
+                plan_columns=(lp.q_at, lp.t_at, n),
+            )
+    if demand is not None:
+        cost[e_at : e_at + len(levels)] = [weight * demand.charge_per_kw for weight, _ in levels]
+        columns = [
+            [_chiller_columns(lp, n, span, at, z) for z, lp in enumerate(zone_data)]
+            for span, at in zip(spans, branch_at, strict=True)
+        ]
+        _demand_rows(ub, demand, levels, columns, [lp.cop for lp in zone_data], e_at=e_at)
     result: Any = linprog(
         cost,
         A_ub=ub.matrix(size),
         b_ub=ub.rhs(),
         A_eq=eq.matrix(size),
         b_eq=eq.rhs(),
-        bounds=bounds,
+        bounds=np.column_stack([lower_bounds, upper_bounds]),
         method="highs",
         options={"time_limit": max(z.params.solver_time_limit_s for z in zones)},
     )
@@ -662,6 +717,112 @@ class _ZoneLp:
     cop: npt.NDArray[np.float64]
     lower: npt.NDArray[np.float64]
     upper: npt.NDArray[np.float64]
+    a: float
+    """The model's decay over one step."""
+    drive: npt.NDArray[np.float64]
+    """(1 − a)·(T_o,k + R·G_k): what weather and gains push the zone towards."""
+    q_gain: float
+    """(1 − a)·R·1000: a kW of cooling's effect on the next temperature."""
+    floor: npt.NDArray[np.float64]
+    top: npt.NDArray[np.float64]
+    energy_cost: npt.NDArray[np.float64]
+    """Price × step hours: a kW of electric power's cost in a step."""
+    penalty: float
+    """A kelvin outside the band for one step."""
+    penalty_per_kh: float
+    ramp_kw: float
+    capacity_kw: float
+    ceiling: float | None
+
+    def add_rows(
+        self,
+        eq: _Rows,
+        ub: _Rows,
+        cost: npt.NDArray[np.float64],
+        bounds: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
+        *,
+        at: int,
+        span: tuple[int, int],
+        start: float,
+        start_column: int | None = None,
+        weight: npt.NDArray[np.float64],
+        plan_columns: tuple[int, int, int] | None = None,
+    ) -> None:
+        """One trajectory of the zone over steps ``span`` with its four variable blocks
+        (Φ, T, s⁺, s⁻) from column ``at``, one per step each; the temperature before the
+        span: the column ``start_column`` (a shared plan's), or the value ``start``;
+        ``weight``: the probability its costs carry, per step. A branch of the plan gives
+        ``plan_columns`` (where the plan's Φ and T start, its steps): its cooling ramps
+        from the plan's, and it hands the zone back to the plan at its end (column
+        ``at + 4·len``: the kelvin it is warmer than the plan there, priced as an hour
+        outside the band) -- else a branch could warm the zone up for free in its last
+        steps, leaving the debt to a plan that does not know it."""
+        k0, k1 = span
+        m = np.arange(k1 - k0)
+        steps = k0 + m
+        length = len(m)
+        q_at, t_at, hi_at, lo_at = (at + i * length for i in range(4))
+        cop = self.cop[steps]
+        cost[q_at : q_at + length] = weight * self.energy_cost[steps] / cop
+        cost[hi_at : hi_at + length] = weight * self.penalty
+        cost[lo_at : lo_at + length] = weight * self.penalty
+        # Dynamics: T_{k+1} − a·T_k + (1 − a)·R·1000·Φ_k = (1 − a)·(T_o,k + R·G_k)
+        rhs = self.drive[steps].copy()
+        if start_column is None:
+            rhs[0] += self.a * start
+        else:
+            eq.add(np.array([eq.count]), np.array([start_column]), -self.a)
+        eq.add(eq.count + m, t_at + m, 1.0, rhs)
+        eq.add(eq.count + m, q_at + m, self.q_gain)
+        eq.add(eq.count + m[1:], t_at + m[1:] - 1, -self.a)
+        eq.count += length
+        # Band: T_{k+1} − s⁺_k ≤ hi_k − margin and −T_{k+1} − s⁻_k ≤ −(lo_k + margin)
+        for sign, slack_at, bound in ((1.0, hi_at, self.top), (-1.0, lo_at, -self.floor)):
+            ub.add(ub.count + m, t_at + m, sign, bound[steps])
+            ub.add(ub.count + m, slack_at + m, -1.0)
+            ub.count += length
+        _ramp_rows(ub, self.ramp_kw, length, q_at=q_at)
+        low, high = bounds
+        if plan_columns is not None:
+            plan_q, plan_t, n = plan_columns
+            if k0 > 0 and math.isfinite(self.ramp_kw):
+                for sign in (1.0, -1.0):
+                    ub.add(np.array([ub.count]), np.array([q_at]), sign, np.array([self.ramp_kw]))
+                    ub.add(np.array([ub.count]), np.array([plan_q + k0 - 1]), -sign)
+                    ub.count += 1
+            handback_at = at + 4 * length
+            if k1 < n:
+                # T'_{k₁} − T_{k₁} − d ≤ 0
+                row = np.array([ub.count])
+                ub.add(row, np.array([t_at + length - 1]), 1.0, np.zeros(1))
+                ub.add(row, np.array([plan_t + k1 - 1]), -1.0)
+                ub.add(row, np.array([handback_at]), -1.0)
+                ub.count += 1
+                cost[handback_at] = weight[-1] * self.penalty_per_kh  # × 1 h
+            else:
+                high[handback_at] = 0.0
+        high[q_at : q_at + length] = self.capacity_kw
+        low[t_at : t_at + length] = -np.inf
+        high[t_at : t_at + length] = np.inf if self.ceiling is None else self.ceiling
+
+
+def _branch_width(span: tuple[int, int]) -> int:
+    """Columns of one zone in a branch over ``span``: Φ, T, s⁺, s⁻ per step and the
+    hand-back kelvin."""
+    return 4 * (span[1] - span[0]) + 1
+
+
+def _chiller_columns(
+    lp: _ZoneLp, n: int, span: tuple[int, int] | None, at: int | None, z: int
+) -> npt.NDArray[np.int64]:
+    """The column of zone ``lp``'s cooling at each step in a scenario: the plan's, or its
+    own inside the scenario's branch ``span`` (whose variables start at ``at``; ``z``: the
+    zone's index)."""
+    columns = lp.q_at + np.arange(n)
+    if span is not None and at is not None:
+        k0, k1 = span
+        columns[k0:k1] = at + _branch_width(span) * z + np.arange(k1 - k0)
+    return columns
 
 
 def _all_finite(
@@ -680,6 +841,14 @@ def _all_finite(
         lengths.update(len(add) for _, add in demand.extra)
         if lengths != {n}:
             raise ValueError("the demand term's series must have the inputs' length")
+        if demand.branches and (
+            len(demand.branches) != len(demand.extra)
+            or any(b is not None and not 0 <= b[0] < b[1] <= n for b in demand.branches)
+        ):
+            raise ValueError(
+                "the demand term's branches must be one per extra scenario, each None or "
+                f"steps [start, end) with 0 <= start < end <= {n}; got {demand.branches}"
+            )
         finite.append(bool(np.all(np.isfinite(np.asarray(demand.other_load_w, dtype=float)))))
         if demand.spread_w is not None:
             finite.append(bool(np.all(np.isfinite(np.asarray(demand.spread_w, dtype=float)))))
@@ -761,21 +930,24 @@ def _demand_rows(
     ub: _Rows,
     demand: DemandTerm,
     levels: Sequence[tuple[float, npt.NDArray[np.float64]]],
-    zones: Sequence[tuple[int, npt.NDArray[np.float64]]],
+    columns: Sequence[Sequence[npt.NDArray[np.int64]]],
+    cops: Sequence[npt.NDArray[np.float64]],
     *,
     e_at: int,
 ) -> None:
     """Per scenario j (its other load O_j) and counted block b: mean over b of
-    (O_j,k + Σ_zones Φ_k/COP_k) − E_j ≤ threshold, in kW. ``zones``: (where the zone's Φ
-    starts, its COP per step)."""
+    (O_j,k + Σ_zones Φ_k/COP_k) − E_j ≤ threshold, in kW. ``columns[j][z]``: where zone z's
+    Φ of each step sits in scenario j; ``cops[z]``: its COP per step."""
     groups = _groups(demand)
     for j, (_, other_w) in enumerate(levels):
         other_kw = other_w / 1000.0
         for members in groups:
             weight = 1.0 / len(members)
             load = weight * float(np.sum(other_kw[members]))
-            for q_at, cop in zones:
-                ub.add(np.full(len(members), ub.count), q_at + members, weight / cop[members])
+            for zone_columns, cop in zip(columns[j], cops, strict=True):
+                ub.add(
+                    np.full(len(members), ub.count), zone_columns[members], weight / cop[members]
+                )
             ub.add(
                 np.array([ub.count]),
                 np.array([e_at + j]),
@@ -1507,11 +1679,12 @@ def _demand_over(
         for k in range(p.steps):
             expected = load[k] - (pv[k] if pv is not None else 0.0)
             spread[k] = max(spread[k], (high[k] - expected) / z90)
-    extra = _pv_scenarios(p, pv, starts, today) if pv is not None else []
+    scenarios = _pv_scenarios(p, pv, starts, today) if pv is not None else []
     return DemandTerm(
         spread_w=spread,
         scenarios=p.demand_scenarios,
-        extra=extra,
+        extra=[(weight, lost) for weight, lost, _ in scenarios],
+        branches=[branch for _, _, branch in scenarios],
         other_load_w=list(other),
         blocks=[index[start] for start in starts],
         counts=[
@@ -1523,19 +1696,24 @@ def _demand_over(
     )
 
 
+PvScenario = tuple[float, list[float], tuple[int, int] | None]
+"""(probability, the PV it takes away per step W, the steps the zones answer it in: see
+:attr:`DemandTerm.branches`)."""
+
+
 def _pv_scenarios(
     p: HvacParams, pv: Sequence[float], starts: Sequence[datetime], today: date
-) -> list[tuple[float, list[float]]]:
+) -> list[PvScenario]:
     """The PV-shortfall scenarios of ``p`` for the PV forecast ``pv`` (W per step from
-    now; ``starts``: each step's demand block start): each (probability, the PV it takes
-    away per step, W) -- the all-day overcast scenario, the plateau, the cloud windows --
-    for :attr:`DemandTerm.extra`. Those with a zero probability are left out."""
-    out: list[tuple[float, list[float]]] = []
+    now; ``starts``: each step's demand block start) -- the all-day overcast scenario, the
+    plateau, the cloud windows -- for :attr:`DemandTerm.extra` and its branches. Those with
+    a zero probability are left out."""
+    out: list[PvScenario] = []
     if p.overcast_weight > 0.0:
-        out.append((p.overcast_weight, [(1.0 - p.overcast_pv_fraction) * v for v in pv]))
+        out.append((p.overcast_weight, [(1.0 - p.overcast_pv_fraction) * v for v in pv], None))
     if p.pv_plateau_weight > 0.0 and pv:
         cap = p.pv_plateau_fraction * pv[0]
-        out.append((p.pv_plateau_weight, [max(0.0, v - cap) for v in pv]))
+        out.append((p.pv_plateau_weight, [max(0.0, v - cap) for v in pv], None))
     if p.cloud_window_weight > 0.0:
         out += _cloud_windows(p, pv, starts, today)
     return out
@@ -1543,26 +1721,33 @@ def _pv_scenarios(
 
 def _cloud_windows(
     p: HvacParams, pv: Sequence[float], starts: Sequence[datetime], today: date
-) -> list[tuple[float, list[float]]]:
+) -> list[PvScenario]:
     """The cloud-window scenarios of ``p`` (see ``cloud_window_weight``): one per hourly
     start (every window's length when shorter) from now (step 0) while the start is
-    ``today`` (local) and its window has PV to lose, sharing the probability equally."""
+    ``today`` (local) and its window has PV to lose, sharing the probability equally;
+    with ``cloud_window_recourse``, each answered by the zones from its first step with PV
+    lost."""
     tariff = p.tariff
     lost = [(1.0 - p.overcast_pv_fraction) * v for v in pv]
-    windows: list[list[float]] = []
+    windows: list[tuple[list[float], tuple[int, int] | None]] = []
     k0 = 0
     # Windows start every hour, or tile the day when shorter: every block is in one.
     length = max(1, round(p.cloud_window / p.step))
     per_hour = min(length, max(1, round(timedelta(hours=1) / p.step)))
+    recourse = p.cloud_window_recourse
+    after = None if recourse is None else round(recourse / p.step)
     while k0 < len(pv) and starts[k0].astimezone(tariff.zone).date() == today:
         add = [lost[k] if k0 <= k < k0 + length else 0.0 for k in range(len(pv))]
-        if any(v > 0.0 for v in add):
-            windows.append(add)
+        first = next((k for k, v in enumerate(add) if v > 0.0), None)
+        if first is not None:
+            # The zones can answer a cloud from when it shows: its first step with PV lost.
+            branch = None if after is None else (first, min(len(pv), k0 + length + after))
+            windows.append((add, branch))
         k0 += per_hour
     if not windows:
         return []
     weight = p.cloud_window_weight / len(windows)
-    return [(weight, add) for add in windows]
+    return [(weight, add, branch) for add, branch in windows]
 
 
 def _tracked(ledger: DemandLedger | None, snapshot: Snapshot, p: HvacParams) -> DemandLedger | None:
@@ -1799,9 +1984,8 @@ class HvacGroupController:
             else:
                 for i, _, _ in ready:
                     zone_states[i] = outcome[i]
-        for i, _, _ in ready:
-            if i in decisions:
-                continue
+        following = [i for i, _, _ in ready if i not in decisions]
+        for i in following:
             zs = zone_states[i]
             assert zs.plan is not None  # noqa: S101 - planned above
             assert zs.plan_start is not None  # noqa: S101

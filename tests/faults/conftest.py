@@ -90,14 +90,22 @@ def shared_subscription() -> str:
 
 
 @pytest.fixture
-def rig(tmp_path: Path, fault_profile: FaultProfile, shared_subscription: str) -> Iterator[Rig]:
+def db_dir(tmp_path: Path) -> Path:
+    """The directory of ingest's database (a test module may put it elsewhere)."""
+    return tmp_path
+
+
+@pytest.fixture
+def rig(
+    tmp_path: Path, db_dir: Path, fault_profile: FaultProfile, shared_subscription: str
+) -> Iterator[Rig]:
     """Broker and ingest running; the publisher created, not started."""
     workdir = tmp_path / "mosquitto"
     workdir.mkdir()
     broker = SavingMosquitto(workdir, persistent=True)
     broker.start()
     site = f"fault-{uuid.uuid4().hex[:8]}"
-    db = tmp_path / "gridpilot.db"
+    db = db_dir / "gridpilot.db"
     site_file = write_site(
         tmp_path / "site.yaml",
         site,

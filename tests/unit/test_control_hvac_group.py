@@ -14,7 +14,6 @@ from gridpilot.control.hvac import (
     HvacController,
     HvacGroupController,
     HvacParams,
-    Plan,
     ZoneProblem,
     _pv_scenarios,
     plan_cooling,
@@ -34,6 +33,7 @@ from tests.unit.test_control_hvac import (
     demand_term,
     forecasts_at,
     params,
+    plan_with,
     weather,
 )
 
@@ -562,17 +562,7 @@ def test_cloud_windows_keep_pre_cooling_for_a_block_after_an_unshaveable_one(
         charge_per_kw=18.0,
         extra=[(w, lost) for w, lost, _ in _pv_scenarios(p, pv, times, MONDAY_6.date())],
     )
-    outdoor, irradiance, occupied = weather(MONDAY_6, p)
-    plan = plan_cooling(
-        TRUE_MODEL,
-        24.0,
-        outdoor_degc=outdoor,
-        irradiance_wm2=irradiance,
-        occupied=occupied,
-        prices_per_kwh=p.tariff.prices_per_kwh(MONDAY_6, p.step, p.steps),
-        params=p,
-        demand=term,
-    )
+    plan = plan_with(p, MONDAY_6, 24.0, term)
     assert plan.ok
     assert plan.comfort_violation_kh == pytest.approx(0.0, abs=1e-6)
     cloudy = [k for k, t in enumerate(times) if _at(t, 10.5, 11)]
@@ -631,20 +621,6 @@ def _two_windows(p: HvacParams, *, branches: bool) -> DemandTerm:
     )
 
 
-def _plan(p: HvacParams, term: DemandTerm | None) -> Plan:
-    outdoor, irradiance, occupied = weather(MONDAY_6, p)
-    return plan_cooling(
-        TRUE_MODEL,
-        24.0,
-        outdoor_degc=outdoor,
-        irradiance_wm2=irradiance,
-        occupied=occupied,
-        prices_per_kwh=p.tariff.prices_per_kwh(MONDAY_6, p.step, p.steps),
-        params=p,
-        demand=term,
-    )
-
-
 def test_each_cloud_the_zones_can_answer_finds_them_cold() -> None:
     """Two one-hour windows, a deck at 10:00 or at 11:00 (probability 0.25 each), either
     of which puts its hour at 100 kW + chillers, all of it over the billed peak. Shared,
@@ -662,9 +638,9 @@ def test_each_cloud_the_zones_can_answer_finds_them_cold() -> None:
         }
     )
     at_10, at_11 = 16, 20  # steps from 06:00; temperatures_degc[k]: at step k's start
-    plain = _plan(base, None)
-    shared = _plan(p, _two_windows(p, branches=False))
-    answered = _plan(p, _two_windows(p, branches=True))
+    plain = plan_with(base, MONDAY_6, 24.0, None)
+    shared = plan_with(p, MONDAY_6, 24.0, _two_windows(p, branches=False))
+    answered = plan_with(p, MONDAY_6, 24.0, _two_windows(p, branches=True))
     for plan in (plain, shared, answered):
         assert plan.ok
         assert plan.comfort_violation_kh == pytest.approx(0.0, abs=1e-6)
@@ -691,7 +667,7 @@ def test_a_branch_like_the_plan_changes_nothing() -> None:
         charge_per_kw=18.0,
     )
     with_branch = replace(plain, extra=[(0.4, [0.0] * p.steps)], branches=[(16, 40)])
-    a, b = _plan(p, plain), _plan(p, with_branch)
+    a, b = plan_with(p, MONDAY_6, 24.0, plain), plan_with(p, MONDAY_6, 24.0, with_branch)
     assert a.ok
     assert b.ok
     assert b.cost == pytest.approx(a.cost, rel=1e-6, abs=1e-6)
@@ -717,7 +693,7 @@ def test_branches_that_do_not_fit_the_horizon_are_refused(
         branches=branches,
     )
     with pytest.raises(ValueError, match="branches"):
-        _plan(p, term)
+        plan_with(p, MONDAY_6, 24.0, term)
 
 
 def test_a_negative_recourse_is_refused() -> None:

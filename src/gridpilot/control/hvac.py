@@ -646,7 +646,7 @@ def plan_zones(  # noqa: PLR0915 - one LP, its blocks built in order
             if span is None or at is None:
                 continue
             k0, k1 = span
-            own_at = at + _branch_width(span) * z
+            own_at = _branch_zone_at(at, span, z)
             lp.add_rows(
                 eq,
                 ub,
@@ -812,6 +812,12 @@ def _branch_width(span: tuple[int, int]) -> int:
     return 4 * (span[1] - span[0]) + 1
 
 
+def _branch_zone_at(at: int, span: tuple[int, int], z: int) -> int:
+    """Where zone ``z``'s columns start in a branch over ``span`` whose columns start at
+    ``at``."""
+    return at + _branch_width(span) * z
+
+
 def _chiller_columns(
     lp: _ZoneLp, n: int, span: tuple[int, int] | None, at: int | None, z: int
 ) -> npt.NDArray[np.int64]:
@@ -821,7 +827,7 @@ def _chiller_columns(
     columns = lp.q_at + np.arange(n)
     if span is not None and at is not None:
         k0, k1 = span
-        columns[k0:k1] = at + _branch_width(span) * z + np.arange(k1 - k0)
+        columns[k0:k1] = _branch_zone_at(at, span, z) + np.arange(k1 - k0)
     return columns
 
 

@@ -3,6 +3,7 @@ uncontrolled load — pure, synchronous."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -15,6 +16,7 @@ from gridpilot.control.hvac import (
     HvacGroupController,
     HvacParams,
     ZoneProblem,
+    _level_hold,
     _pv_scenarios,
     plan_cooling,
     plan_zones,
@@ -521,6 +523,7 @@ def test_without_pv_there_is_nothing_to_doubt() -> None:
     [
         {"overcast_weight": 0.5, "pv_plateau_weight": 0.5},
         {"overcast_weight": 0.4, "pv_plateau_weight": 0.3, "cloud_window_weight": 0.3},
+        {"cloud_window_weight": 0.75, "level_hold_weight": 0.25},
     ],
 )
 def test_pv_scenarios_leave_the_forecast_some_probability(weights: dict[str, float]) -> None:
@@ -732,3 +735,76 @@ def test_the_plateau_keeps_pre_cooling_for_a_sun_that_may_not_rise(
             assert doubtful < calm - 0.5
         else:
             assert doubtful == calm
+
+
+# ------------------------------------------------------------------- the level held
+
+
+def _hold_steps(n: int, *, start: datetime) -> list[datetime]:
+    return [start + k * STEP for k in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("weight", "other_w", "measured_w", "start_h", "expected"),
+    [
+        # No probability: no scenario.
+        (0.0, [100.0, 95.0, 90.0, 85.0], math.nan, 9, []),
+        # Falling forecast, no meter: the next step's 100 held for 30 min (steps 1-2).
+        (0.3, [100.0, 95.0, 90.0, 85.0], math.nan, 9, [(0.3, [0.0, 5.0, 10.0, 0.0], (1, 3))]),
+        # The meter shows more than the forecast's next step: its level is held.
+        (0.3, [100.0, 95.0, 90.0, 85.0], 104.0, 9, [(0.3, [0.0, 9.0, 14.0, 0.0], (1, 3))]),
+        # A forecast rising past the level: nothing to hold, no scenario.
+        (0.3, [100.0, 105.0, 110.0, 115.0], 90.0, 9, []),
+        # Tomorrow's steps are not today's demand: the hold ends at midnight, here with
+        # nothing held (the next step is tomorrow's).
+        (0.3, [100.0, 95.0, 90.0, 85.0], math.nan, 23.75, []),
+        # From 23:30: the one step before midnight is held, and the zones' answer ends there.
+        (0.3, [100.0, 95.0, 90.0, 85.0], math.nan, 23.5, [(0.3, [0.0, 5.0, 0.0, 0.0], (1, 2))]),
+    ],
+)
+def test_the_level_hold_scenario(
+    weight: float,
+    other_w: list[float],
+    measured_w: float,
+    start_h: float,
+    expected: list[tuple[float, list[float], tuple[int, int]]],
+) -> None:
+    p = zone_params(ZONES[0], level_hold_weight=weight, level_hold=timedelta(minutes=30))
+    start = MONDAY_6.replace(hour=0) + timedelta(hours=start_h)
+    steps = _hold_steps(len(other_w), start=start)
+    got = _level_hold(p, other_w, measured_w, steps, start.date())
+    assert got == expected
+
+
+def test_a_hold_shorter_than_a_step_is_refused() -> None:
+    with pytest.raises(ValueError, match="level_hold must be at least one step"):
+        params(level_hold_weight=0.2, level_hold=timedelta(minutes=5))
+
+
+def test_a_level_that_may_hold_keeps_the_zones_cold_while_there_is_headroom() -> None:
+    """At 09:00 the site runs 100 kW besides the chillers against a 110 kW billed peak,
+    and PV is forecast to take 20 kW off from 09:15: the plan would leave cooling for the
+    afternoon. If the level holds for two hours instead, 10 kW of chillers is all the zones
+    get then, so a plan that gives the scenario a probability cools in the headroom now."""
+    nine = MONDAY_6.replace(hour=9)
+    forecasts = site_forecasts(nine)
+    times = [nine + k * STEP for k in range(120)]
+    forecasts["pv_w"] = Forecast(
+        nine, STEP, tuple(20_000.0 if t > nine and t.hour < 16 else 0.0 for t in times)
+    )
+    billed = PointRef("peak_shaver", "billed_peak_w")
+    snap = site_snapshot(nine, (22.5, 22.5))
+    snap = Snapshot(nine, {**snap.readings, billed: Reading(110_000.0, nine)})
+    after: dict[float, list[float]] = {}
+    for weight in (0.0, 0.4):
+        controller = group(level_hold_weight=weight, billed_peak_point=billed)
+        decision = controller.decide(snap, controller.initial_state(), nine, forecasts)
+        plans = [s.plan for s in decision.state.zones]
+        assert all(plan is not None and plan.ok for plan in plans)
+        after[weight] = [plan.temperatures_degc[1] for plan in plans if plan is not None]
+        # Either way the next quarter stays under the billed peak.
+        first = sum(plan.chiller_power_w[0] for plan in plans if plan is not None)
+        assert 100_000.0 + first <= 110_000.0 + 1.0
+    # The headroom (10 kW) goes to the zones together: colder by over a kelvin summed.
+    assert sum(after[0.4]) < sum(after[0.0]) - 1.0
+    assert all(wary <= calm for calm, wary in zip(after[0.0], after[0.4], strict=True))

@@ -48,14 +48,16 @@ J = 1, the forecast alone, by default), and optionally an overcast day with prob
 ``overcast_weight``, PV at ``overcast_pv_fraction`` of its forecast: a dawn forecast cannot
 tell a cloud deck at 10:00, and a plan hedged against it keeps pre-cooling in reserve for
 the hours such a day would peak in. A plateau (``pv_plateau_weight``) and cloud windows
-(``cloud_window_weight``) add further PV-shortfall scenarios. A scenario shares the plan's
-cooling, unless it has a branch (``cloud_window_recourse``): then it has its own Φ, T and
-slacks from the cloud's first step, starting from the plan's temperature there and handing
-the zone back no warmer (a two-stage programme: the controller answers a cloud it sees, so
-what the plan owes the scenario is a cold zone when it comes), its costs weighted by its
-probability and the plan's by the rest. Only blocks of the current local day count:
-tomorrow's blocks are planned tomorrow on a better forecast,
-and a high forecast for them would let any block today go unpriced below it. Without a
+(``cloud_window_weight``) add further PV-shortfall scenarios, and a level hold
+(``level_hold_weight``) the other load held for a while at what the meter shows now where
+the forecast has it falling. A scenario shares the plan's cooling, unless it has a branch
+(``cloud_window_recourse``; the level hold always): then it has its own Φ, T and slacks
+from the cloud's first step (the hold's: the next one), starting from the plan's
+temperature there and handing the zone back no warmer (a two-stage programme: the
+controller answers a cloud it sees, so what the plan owes the scenario is a cold zone when
+it comes), its costs weighted by its probability and the plan's by the rest. Only blocks
+of the current local day count: tomorrow's blocks are planned tomorrow on a better
+forecast, and a high forecast for them would let any block today go unpriced below it. Without a
 consumption forecast (or without a demand charge) the plan prices energy only.
 
 The controller does not drive the chiller: it writes the zone's **setpoint**, the planned
@@ -303,6 +305,16 @@ class HvacParams(_Frozen):
     end is the scenario's own,
     and what the plan must provide is a zone cold enough, when the cloud comes, to ride
     it out. One more copy of the zones' variables over that span per window."""
+    level_hold_weight: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """The probability the demand charge gives to a site that gets no quieter for
+    ``level_hold``: the other load (net of PV) held from the next step at the larger of the
+    next step's forecast and what the meter shows now (joint planning), wherever the
+    forecast has it falling -- a morning whose PV does not rise as forecast. The zones
+    answer it from the next step on (the controller re-plans then), so what the plan must
+    provide is zones cold enough now to ride it out: the reserve kept in the headroom under
+    the billed peak. 0 = no such scenario."""
+    level_hold: timedelta = timedelta(hours=2)
+    """How long the held level lasts; the zones hand back to the plan at its end."""
     fallback_band_position: float = Field(default=0.75, ge=0.0, le=1.0)
     """Fallback setpoint: this far up the current comfort band (0 = lower, 1 = upper)."""
     solver_time_limit_s: float = Field(default=5.0, ge=0.0)
@@ -315,11 +327,20 @@ class HvacParams(_Frozen):
             raise ValueError("step must be positive and horizon at least one step")
         if self.setpoint_max_degc <= self.setpoint_min_degc:
             raise ValueError("setpoint_max_degc must be above setpoint_min_degc")
-        if self.overcast_weight + self.pv_plateau_weight + self.cloud_window_weight >= 1.0:
+        weights = (
+            self.overcast_weight
+            + self.pv_plateau_weight
+            + self.cloud_window_weight
+            + self.level_hold_weight
+        )
+        if weights >= 1.0:
             raise ValueError(
-                "overcast_weight + pv_plateau_weight + cloud_window_weight must be below 1 "
+                "overcast_weight + pv_plateau_weight + cloud_window_weight + "
+                "level_hold_weight must be below 1 "
                 "(the forecast itself keeps the rest of the probability)"
             )
+        if self.level_hold_weight > 0.0 and self.level_hold < self.step:
+            raise ValueError("level_hold must be at least one step")
         if self.cloud_window < self.step:
             raise ValueError("cloud_window must be at least one step")
         if self.cloud_window_recourse is not None and self.cloud_window_recourse < timedelta(0):
@@ -1653,12 +1674,14 @@ def _demand_over(
     other: Sequence[float],
     load: Sequence[float],
     pv: Sequence[float] | None,
+    measured_other_w: float = math.nan,
 ) -> DemandTerm:
     """The demand term over ``p``'s horizon for the other load ``other`` (W per step): the
     blocks of the current local day that count, the threshold (the billed peak tracked in
     ``ledger``, raised to a fresh published billed peak or import limit) and the spread of
     the other load from ``load`` and ``pv``'s relative errors (widened to the net-import
-    quantile forecast, when there is one)."""
+    quantile forecast, when there is one); ``measured_other_w``: the other load the meter
+    shows now, for the level-hold scenario (NaN: the next step's forecast alone)."""
     tariff = p.tariff
     starts = [
         slot_start(now + k * p.step, tariff.demand_interval, tariff.zone) for k in range(p.steps)
@@ -1686,6 +1709,7 @@ def _demand_over(
             expected = load[k] - (pv[k] if pv is not None else 0.0)
             spread[k] = max(spread[k], (high[k] - expected) / z90)
     scenarios = _pv_scenarios(p, pv, starts, today) if pv is not None else []
+    scenarios += _level_hold(p, other, measured_other_w, starts, today)
     return DemandTerm(
         spread_w=spread,
         scenarios=p.demand_scenarios,
@@ -1702,19 +1726,19 @@ def _demand_over(
     )
 
 
-PvScenario = tuple[float, list[float], tuple[int, int] | None]
-"""(probability, the PV it takes away per step W, the steps the zones answer it in: see
-:attr:`DemandTerm.branches`)."""
+Scenario = tuple[float, list[float], tuple[int, int] | None]
+"""(probability, what it adds to the other load per step W -- the PV it takes away, or the
+level it holds --, the steps the zones answer it in: see :attr:`DemandTerm.branches`)."""
 
 
 def _pv_scenarios(
     p: HvacParams, pv: Sequence[float], starts: Sequence[datetime], today: date
-) -> list[PvScenario]:
+) -> list[Scenario]:
     """The PV-shortfall scenarios of ``p`` for the PV forecast ``pv`` (W per step from
     now; ``starts``: each step's demand block start) -- the all-day overcast scenario, the
     plateau, the cloud windows -- for :attr:`DemandTerm.extra` and its branches. Those with
     a zero probability are left out."""
-    out: list[PvScenario] = []
+    out: list[Scenario] = []
     if p.overcast_weight > 0.0:
         out.append((p.overcast_weight, [(1.0 - p.overcast_pv_fraction) * v for v in pv], None))
     if p.pv_plateau_weight > 0.0 and pv:
@@ -1725,9 +1749,35 @@ def _pv_scenarios(
     return out
 
 
+def _level_hold(
+    p: HvacParams,
+    other: Sequence[float],
+    measured_w: float,
+    starts: Sequence[datetime],
+    today: date,
+) -> list[Scenario]:
+    """The level-hold scenario of ``p`` (see ``level_hold_weight``) for the other load
+    ``other`` (W per step from now), or none: the level is the larger of step 0's forecast
+    and ``measured_w`` (when finite), held from step 1 while the hold lasts and the step is
+    ``today``, answered by the zones from step 1 to the hold's end."""
+    if p.level_hold_weight <= 0.0 or len(other) < 2:
+        return []
+    level = max(other[0], measured_w) if math.isfinite(measured_w) else other[0]
+    end = min(len(other), 1 + round(p.level_hold / p.step))
+    add = [0.0] * len(other)
+    for k in range(1, end):
+        if starts[k].astimezone(p.tariff.zone).date() != today:
+            end = k
+            break
+        add[k] = max(0.0, level - other[k])
+    if not any(add):
+        return []
+    return [(p.level_hold_weight, add, (1, end))]
+
+
 def _cloud_windows(
     p: HvacParams, pv: Sequence[float], starts: Sequence[datetime], today: date
-) -> list[PvScenario]:
+) -> list[Scenario]:
     """The cloud-window scenarios of ``p`` (see ``cloud_window_weight``): one per hourly
     start (every window's length when shorter) from now (step 0) while the start is
     ``today`` (local) and its window has PV to lose, sharing the probability equally;
@@ -2170,6 +2220,23 @@ class HvacGroupController:
         )
         return job, persisted
 
+    def _measured_other_w(
+        self, snapshot: Snapshot, ready: Sequence[tuple[int, float, RcModel]]
+    ) -> float:
+        """The site meter's import now less the planned zones' chillers (W), NaN when the
+        meter or a chiller has no fresh reading."""
+        p = self._zones[0].params
+        grid = snapshot.value(p.grid_point, p.max_input_age_s) if p.grid_point else None
+        if grid is None:
+            return math.nan
+        for i, _, _ in ready:
+            zone = self._zones[i].params
+            drawn = snapshot.value(zone.ref(zone.chiller_power_point), zone.max_input_age_s)
+            if drawn is None:
+                return math.nan
+            grid -= drawn
+        return grid
+
     def _demand_term(
         self,
         snapshot: Snapshot,
@@ -2228,6 +2295,7 @@ class HvacGroupController:
                         occupied=occupied,
                     )
                 )
+        measured = self._measured_other_w(snapshot, ready)
         # The spread is of the consumption (chillers included), as the net-import quantile
         # forecast that can widen it is.
         consumption = None
@@ -2242,4 +2310,5 @@ class HvacGroupController:
             other=[float(v) for v in other],
             load=consumption if consumption is not None else load,
             pv=pv,
+            measured_other_w=measured,
         )

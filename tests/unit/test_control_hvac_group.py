@@ -9,17 +9,21 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from gridpilot.control import hvac
 from gridpilot.control.base import Forecast, PointRef, Reading, Snapshot
 from gridpilot.control.hvac import (
     DemandTerm,
     HvacController,
     HvacGroupController,
     HvacParams,
+    Plan,
+    PlanJob,
     ZoneProblem,
     _level_hold,
     _pv_scenarios,
     plan_cooling,
     plan_zones,
+    solve_plans,
 )
 from gridpilot.model.units import unit_of
 from tests.unit.test_control_hvac import (
@@ -808,3 +812,114 @@ def test_a_level_that_may_hold_keeps_the_zones_cold_while_there_is_headroom() ->
     # The headroom (10 kW) goes to the zones together: colder by over a kelvin summed.
     assert sum(after[0.4]) < sum(after[0.0]) - 1.0
     assert all(wary <= calm for calm, wary in zip(after[0.0], after[0.4], strict=True))
+
+
+# ------------------------------------------------------- the quarter now, from the meter
+
+
+def test_a_nowcast_first_step_is_not_doubted_by_the_pv_scenarios() -> None:
+    """With the first step nowcast, no scenario takes its PV away; the plateau's cap is
+    still set by it, and every later step loses what it lost before. A cloud window that
+    would have darkened only the first step is gone, its share going to the others."""
+    overrides: dict[str, object] = {
+        "overcast_weight": 0.1,
+        "pv_plateau_weight": 0.1,
+        "pv_plateau_fraction": 0.5,
+        "cloud_window_weight": 0.3,
+        "cloud_window": timedelta(minutes=15),
+    }
+    nine = MONDAY_6.replace(hour=9)
+    p, nowcast = params(**overrides), params(**overrides, nowcast_first_step=True)
+    times = [nine + k * p.step for k in range(p.steps)]
+    pv = [max(0.0, 40_000.0 - 2_000.0 * k) for k in range(p.steps)]  # 40 kW now, falling
+    before = _pv_scenarios(p, pv, times, nine.date())
+    after = _pv_scenarios(nowcast, pv, times, nine.date())
+    assert all(lost[0] == 0.0 for _, lost, _ in after)
+    assert any(lost[0] > 0.0 for _, lost, _ in before)
+    for (_, lost_before, _), (_, lost_after, _) in zip(before[:2], after[:2], strict=True):
+        assert lost_after[1:] == pytest.approx(lost_before[1:])  # overcast, plateau
+    windows_before, windows_after = before[2:], after[2:]
+    assert len(windows_after) == len(windows_before) - 1
+    assert [lost for _, lost, _ in windows_after] == [lost for _, lost, _ in windows_before[1:]]
+    assert sum(w for w, _, _ in windows_after) == pytest.approx(0.3)
+
+
+def _first_quarter_chillers_w(
+    *, nowcast: bool, grid_w: float | None, margin_pct: float = 0.0
+) -> float:
+    """The joint plan's chillers in the quarter from 09:00 (W). Billed peak 110 kW; the
+    forecast: 125 kW besides the chillers less 20 kW of PV for this quarter (105 kW), then
+    PV rising to 40 kW. A level hold (0.3) makes cold zones worth having if the 105 kW does
+    not fall, so the plan cools in all the headroom this quarter leaves. The chillers draw
+    5 + 5 kW now; ``grid_w``: the meter's reading, or none; ``margin_pct``: the nowcast's."""
+    nine = MONDAY_6.replace(hour=9)
+    forecasts = site_forecasts(nine)
+    times = [nine + k * STEP for k in range(120)]
+    forecasts["uncontrolled_load_w"] = Forecast(
+        nine, STEP, tuple(125_000.0 if t.hour < 11 else 60_000.0 for t in times)
+    )
+    forecasts["pv_w"] = Forecast(
+        nine,
+        STEP,
+        tuple(20_000.0 if t == nine else 40_000.0 if t.hour < 16 else 0.0 for t in times),
+    )
+    billed = PointRef("peak_shaver", "billed_peak_w")
+    snap = site_snapshot(nine, (22.5, 22.5), grid_w=grid_w)
+    snap = Snapshot(nine, {**snap.readings, billed: Reading(110_000.0, nine)})
+    controller = group(
+        level_hold_weight=0.3,
+        nowcast_first_step=nowcast,
+        nowcast_margin_pct=margin_pct,
+        billed_peak_point=billed,
+    )
+    decision = controller.decide(snap, controller.initial_state(), nine, forecasts)
+    plans = [s.plan for s in decision.state.zones]
+    assert all(plan is not None and plan.ok for plan in plans)
+    return sum(plan.chiller_power_w[0] for plan in plans if plan is not None)
+
+
+def test_a_nowcast_first_step_is_the_meter_when_it_reads_more() -> None:
+    """The meter reads 117 kW with the chillers at 10 kW: 107 kW besides them against the
+    forecast's 105, so 3 kW of headroom is left, not 5; the plan keeps to it. A meter
+    reading less than the forecast leaves the forecast."""
+    busier = _first_quarter_chillers_w(nowcast=True, grid_w=117_000.0)
+    quieter = _first_quarter_chillers_w(nowcast=True, grid_w=110_000.0)
+    forecast = _first_quarter_chillers_w(nowcast=True, grid_w=None)
+    assert busier <= 3_000.0 + 1.0
+    assert busier < forecast - 1_500.0
+    assert quieter == pytest.approx(forecast, abs=1.0)
+    # Without the option the first step is the forecast's, whatever the meter reads.
+    ignored = _first_quarter_chillers_w(nowcast=False, grid_w=117_000.0)
+    assert ignored == pytest.approx(forecast, abs=1.0)
+
+
+@pytest.mark.parametrize(
+    ("nowcast", "grid_w", "margin_pct", "first_w"),
+    [
+        (False, 117_000.0, 0.0, 105_000.0),  # the forecast's, whatever the meter reads
+        (True, 117_000.0, 0.0, 107_000.0),  # the meter's: 117 kW less 5 + 5 kW of chillers
+        (True, 110_000.0, 0.0, 105_000.0),  # a quieter meter leaves the forecast
+        (True, None, 0.0, 105_000.0),  # no meter: the forecast
+        (True, 117_000.0, 2.0, 107_000.0 * 1.02),  # raised by the margin
+        (True, None, 2.0, 105_000.0 * 1.02),
+    ],
+)
+def test_the_first_step_the_plan_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+    nowcast: bool,
+    grid_w: float | None,
+    margin_pct: float,
+    first_w: float,
+) -> None:
+    jobs: list[PlanJob] = []
+
+    def solve(job: PlanJob) -> tuple[Plan, ...]:
+        jobs.append(job)
+        return solve_plans(job)
+
+    monkeypatch.setattr(hvac, "solve_plans", solve)
+    _first_quarter_chillers_w(nowcast=nowcast, grid_w=grid_w, margin_pct=margin_pct)
+    (job,) = jobs
+    assert job.demand is not None
+    assert job.demand.other_load_w[0] == pytest.approx(first_w)
+    assert job.demand.other_load_w[1] == pytest.approx(125_000.0 - 40_000.0)

@@ -1434,3 +1434,24 @@ def test_refill_price_cutoff(refill_kwh: float, expected: float) -> None:
         [20 * KW] * 96, [True] * 96, start, 100 * KW, refill_wh=refill_kwh * KW, params=p
     )
     assert got == expected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect, not yet fixed: the net load adds the battery's last reading to a "
+    "newer grid reading, so the cycle after the battery stops counts its output twice and "
+    "sheds more than the shortfall (seen once in CI as "
+    "test_control_sim's 'water heaters were shed needlessly'); fix: shed on a shortfall "
+    "confirmed by readings of both devices newer than those that first showed it",
+)
+def test_a_battery_reading_older_than_the_meter_does_not_shed_twice() -> None:
+    """The battery held 100 kW against a 112 kW load by discharging 12 kW, and has just hit
+    its floor: the meter, polled after it stopped, reads 112 kW; the battery, polled 2 s
+    before, still reads 12 kW out. The shortfall is 12 kW, which the EV chargers (20 kW)
+    cover; the water heaters must stay on once the battery's next reading shows 0 kW."""
+    driver = Driver(params(sheddable_loads=panel()))
+    first = driver.step(MONDAY_NOON, 112 * KW, soc_pct=5.0, battery_w=12 * KW, battery_age=2 * SEC)
+    second = driver.step(MONDAY_NOON + 3 * SEC, 112 * KW, soc_pct=5.0, battery_w=0.0)
+    shed = {point for decision in (first, second) for point in load_requests(decision)}
+    assert ON_STATE["water"] not in shed
+    assert ON_STATE["ev"] in shed

@@ -68,8 +68,9 @@ def test_a_full_disk_backs_up_and_everything_is_stored_after(rig: Rig, db_dir: P
     rig.publisher.wait_published(_MID_STREAM)
     filler = db_dir / "filler"
     assert fill(filler) > 0
-    time.sleep(max(rig.profile.outage_s, 8.0))
+    outage_s = max(rig.profile.outage_s, 8.0)
+    time.sleep(outage_s)
     filler.unlink()
-    assert_complete(rig, f"disk full {max(rig.profile.outage_s, 8.0):g} s")
+    assert_complete(rig, f"disk full {outage_s:g} s")
     log = rig.ingest.log()
     assert "is full" in log, log[-4000:]  # the writes failed and were retried

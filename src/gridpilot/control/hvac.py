@@ -57,8 +57,8 @@ temperature there and handing the zone back no warmer (a two-stage programme: th
 controller answers a cloud it sees, so what the plan owes the scenario is a cold zone when
 it comes), its costs weighted by its probability and the plan's by the rest. Only blocks
 of the current local day count: tomorrow's blocks are planned tomorrow on a better
-forecast, and a high forecast for them would let any block today go unpriced below it. Without a
-consumption forecast (or without a demand charge) the plan prices energy only.
+forecast, and a high forecast for them would let any block today go unpriced below it.
+Without a consumption forecast (or without a demand charge) the plan prices energy only.
 
 The controller does not drive the chiller: it writes the zone's **setpoint**, the planned
 temperature at the end of the current step, and the zone's own thermostat tracks it (the
@@ -302,9 +302,9 @@ class HvacParams(_Frozen):
     less in it whatever the sky does. A duration: the zones answer the cloud, as the
     controller does once it sees it (it re-plans every step): in the scenario their
     cooling from the window's first step with PV lost until this long after the window's
-    end is the scenario's own,
-    and what the plan must provide is a zone cold enough, when the cloud comes, to ride
-    it out. One more copy of the zones' variables over that span per window."""
+    end is the scenario's own, and what the plan must provide is a zone cold enough, when
+    the cloud comes, to ride it out. One more copy of the zones' variables over that span
+    per window."""
     nowcast_first_step: bool = False
     """Joint planning: the first step's other load is at least what the meter shows now
     (the import less the planned chillers), and the PV-shortfall scenarios leave that

@@ -237,6 +237,17 @@ control:
          "unknown time zone"),
         ("  hvac:\n    - {zone: z, occupied_band: {lower_degc: 25, upper_degc: 21}}\n",
          "control.hvac[0].occupied_band", 12, ""),
+        # the planner's demand scenarios: out of range, too short, probabilities over 1
+        ("  hvac:\n    - {zone: z, nowcast_margin_pct: -1}\n",
+         "control.hvac[0].nowcast_margin_pct", 12, "greater than or equal to 0"),
+        ("  hvac:\n    - {zone: z, level_hold_weight: 1.0}\n",
+         "control.hvac[0].level_hold_weight", 12, "less than 1"),
+        ("  hvac:\n    - {zone: z, level_hold_weight: 0.2, level_hold: 60}\n",
+         "control.hvac[0]", 12, "level_hold must be at least one step"),
+        ("  hvac:\n    - {zone: z, cloud_window_weight: 0.8, level_hold_weight: 0.3}\n",
+         "control.hvac[0]", 12, "must be below 1"),
+        ("  hvac:\n    - {zone: z, cloud_window_recourse: -60}\n",
+         "control.hvac[0]", 12, "must not be negative"),
     ],
 )  # fmt: skip
 def test_control_section_problems_name_their_line(

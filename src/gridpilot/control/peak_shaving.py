@@ -84,7 +84,11 @@ Per cycle, in this order:
 6. **Shedding.** When the battery cannot hold P_allow (empty, or at its power limit), loads
    are shed in ``order`` (lowest first) until their expected savings cover the shortfall
    (the measured power when a fresh ``power_point`` is given, else the nominal power),
-   skipping loads switched on less than ``min_on`` ago and loads drawing nothing. Loads
+   skipping loads switched on less than ``min_on`` ago and loads drawing nothing. A
+   shortfall sheds only once readings of both the meter and the battery newer than those
+   that first showed it show it again, and then the smaller of the two: the two devices are
+   polled at different moments, so in the cycle after the battery stops a fresh meter
+   reading beside its last (discharging) reading counts that output twice. Loads
    shed less than ``shed_settle`` ago count as already saving, since the meter has not seen
    them drop yet. A shed load is held shed (its shed value requested every cycle) and
    restored, one at a time in reverse order and only when every switch has settled, once
@@ -702,6 +706,25 @@ def with_measured_excess(
     return [d + excess * math.exp(-k * fade) for k, d in enumerate(blocks_w)]
 
 
+def _confirm_shortfall(
+    seen: ShortfallSighting | None, shortfall_w: float, grid_ts: datetime, battery_ts: datetime
+) -> tuple[ShortfallSighting | None, float]:
+    """The sighting to carry on, and the shortfall confirmed for shedding (0 while pending).
+
+    A shortfall counts once readings of both devices newer than those of the last sighting
+    show one too, and then only the smaller: a single pair of readings taken at different
+    moments can count a battery that just stopped twice (see the module docstring, 6).
+    """
+    if shortfall_w <= _EXCEED_TOLERANCE_W:
+        return None, 0.0
+    now_seen = ShortfallSighting(shortfall_w, grid_ts, battery_ts)
+    if seen is None:
+        return now_seen, 0.0
+    if grid_ts > seen.grid_ts and battery_ts > seen.battery_ts:
+        return now_seen, min(shortfall_w, seen.shortfall_w)
+    return seen, 0.0
+
+
 def reserve_pct(blocks_w: Sequence[float], limit_w: float, params: PeakShavingParams) -> float:
     """SoC reserve, %: soc_min + the energy to shave the forecast blocks to L + the margin,
     at most soc_max."""
@@ -792,6 +815,15 @@ class LoadState:
 
 
 @dataclass(frozen=True, slots=True)
+class ShortfallSighting:
+    """A shortfall the battery leaves above the limit, and the readings that showed it."""
+
+    shortfall_w: float
+    grid_ts: datetime
+    battery_ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class PeakShavingState:
     """What the controller carries from one cycle to the next (see :meth:`decide`)."""
 
@@ -809,12 +841,15 @@ class PeakShavingState:
     lost_window_slot: datetime | None = None
     """Slot start of the window already reported as lost (one event per window)."""
     loads: tuple[LoadState, ...] = ()
+    shortfall_seen: ShortfallSighting | None = None
+    """The last shortfall seen, awaiting newer readings of both devices to shed on."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Battery:
     soc_pct: float
     power_w: float
+    power_ts: datetime
     can_discharge_w: float
     can_charge_w: float
 
@@ -878,15 +913,22 @@ class PeakShavingController:
 
         battery = self._battery(snapshot)
         grid_w = snapshot.value(self._grid, p.meter_max_age.total_seconds())
+        grid = snapshot.reading(self._grid)
         ledger = state.ledger
-        if ledger is None or grid_w is None or not math.isfinite(grid_w) or battery is None:
+        if (
+            ledger is None
+            or grid is None
+            or grid_w is None
+            or not math.isfinite(grid_w)
+            or battery is None
+        ):
             if not state.stale:
                 what = "battery SoC/power" if battery is None else "grid meter"
                 events.append(f"{what} stale: peak shaving holds off (no battery action)")
             metrics["meter_stale_state"] = 1.0
             # Loads already shed stay shed: restoring them blind could create the peak.
             return Decision(
-                state=replace(state, stale=True),
+                state=replace(state, stale=True, shortfall_seen=None),
                 requests=self._hold_shed(state.loads),
                 metrics=metrics,
                 events=tuple(events),
@@ -902,6 +944,7 @@ class PeakShavingController:
             savings_w=tuple(load.saving_w(snapshot) for load in p.sheddable_loads),
             ledger=ledger,
             net_w=net_w,
+            grid_ts=grid.ts,
             battery=battery,
             now=now,
             forecasts=forecasts,
@@ -916,6 +959,7 @@ class PeakShavingController:
         savings_w: tuple[float, ...],
         ledger: BlockLedger,
         net_w: float,
+        grid_ts: datetime,
         battery: _Battery,
         now: datetime,
         forecasts: Forecasts,
@@ -1030,9 +1074,11 @@ class PeakShavingController:
         # block with the battery covering the whole net load sheds nothing.
         need_limit_w = max(0.0, net_w - p_allow_limit) if math.isfinite(p_allow_limit) else 0.0
         shortfall_w = min(need_limit_w, max(0.0, net_w)) - discharge_w
-        loads, load_requests = self._shed_or_restore(
+        loads, sighting, load_requests = self._shed_or_restore(
             loads=state.loads,
             savings_w=savings_w,
+            seen=state.shortfall_seen,
+            readings_ts=(grid_ts, battery.power_ts),
             shortfall_w=shortfall_w,
             net_w=net_w,
             allow_w=min(p_allow_limit, limit_w if limit_w is not None else math.inf),
@@ -1040,7 +1086,7 @@ class PeakShavingController:
             events=events,
         )
         requests.extend(load_requests)
-        state = replace(state, loads=loads, limit_w=limit_w)
+        state = replace(state, loads=loads, limit_w=limit_w, shortfall_seen=sighting)
 
         metrics.update(
             {
@@ -1138,7 +1184,8 @@ class PeakShavingController:
             avail = snapshot.value(self._avail_charge, max_age)
             if avail is not None and math.isfinite(avail):
                 can_charge = min(can_charge, max(0.0, avail))
-        return _Battery(soc, power, can_discharge, can_charge)
+        power_ts = snapshot.readings[self._power].ts
+        return _Battery(soc, power, power_ts, can_discharge, can_charge)
 
     def _counts(self, start: datetime, count: int) -> list[bool]:
         """Whether each block from ``start`` counts for billed demand."""
@@ -1300,17 +1347,23 @@ class PeakShavingController:
         *,
         loads: tuple[LoadState, ...],
         savings_w: tuple[float, ...],
+        seen: ShortfallSighting | None,
+        readings_ts: tuple[datetime, datetime],
         shortfall_w: float,
         net_w: float,
         allow_w: float,
         now: datetime,
         events: list[str],
-    ) -> tuple[tuple[LoadState, ...], list[SetpointRequest]]:
-        """Shed in order until the shortfall is covered, or restore one load with hysteresis.
+    ) -> tuple[tuple[LoadState, ...], ShortfallSighting | None, list[SetpointRequest]]:
+        """Shed in order until the shortfall, once confirmed by a newer poll of the meter
+        and the battery (``readings_ts``: this cycle's), is covered, or restore one load
+        with hysteresis once no shortfall is left. Returns the loads, the sighting to carry
+        on and the requests.
 
         ``allow_w`` is min(P_allow, L): restoring against an early block's slack above L
         would bring a load back that the next block cannot carry.
         """
+        sighting, shed_w = _confirm_shortfall(seen, shortfall_w, *readings_ts)
         specs = self._params.sheddable_loads
         new = list(loads)
         restored: int | None = None
@@ -1323,9 +1376,9 @@ class PeakShavingController:
         )
         last_switch = max((load.since for load in loads if load.since is not None), default=None)
         settled = last_switch is None or now - last_switch >= settle
-        if shortfall_w > _EXCEED_TOLERANCE_W:
+        if shed_w > _EXCEED_TOLERANCE_W:
             for i in self._shed_order:
-                if covered >= shortfall_w:
+                if covered >= shed_w:
                     break
                 spec, load = specs[i], new[i]
                 if load.shed or (load.since is not None and now - load.since < spec.min_on):
@@ -1335,7 +1388,7 @@ class PeakShavingController:
                 new[i] = LoadState(shed=True, since=now, saving_w=savings_w[i])
                 covered += savings_w[i]
                 events.append(
-                    f"shed {spec.name} ({savings_w[i]:.0f} W): battery short by {shortfall_w:.0f} W"
+                    f"shed {spec.name} ({savings_w[i]:.0f} W): battery short by {shed_w:.0f} W"
                 )
         elif shortfall_w <= 0.0 and settled:
             for i in reversed(self._shed_order):
@@ -1359,7 +1412,7 @@ class PeakShavingController:
                     reason="restore after shedding",
                 )
             )
-        return tuple(new), requests
+        return tuple(new), sighting, requests
 
     def _hold_shed(self, loads: tuple[LoadState, ...]) -> tuple[SetpointRequest, ...]:
         """The shed value for every load currently shed (absolute targets, every cycle)."""

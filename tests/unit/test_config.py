@@ -248,6 +248,10 @@ control:
          "control.hvac[0]", 12, "must be below 1"),
         ("  hvac:\n    - {zone: z, cloud_window_recourse: -60}\n",
          "control.hvac[0]", 12, "must not be negative"),
+        ("  hvac:\n    - {zone: z, replan_within_block: 900}\n",
+         "control.hvac[0]", 12, "replan_within_block must be positive and shorter than a step"),
+        ("  hvac:\n    - {zone: z, replan_within_block: 300, step: 1800}\n",
+         "control.hvac[0]", 12, "replan_within_block needs step equal to the tariff's"),
     ],
 )  # fmt: skip
 def test_control_section_problems_name_their_line(

@@ -923,3 +923,157 @@ def test_the_first_step_the_plan_is_given(
     assert job.demand is not None
     assert job.demand.other_load_w[0] == pytest.approx(first_w)
     assert job.demand.other_load_w[1] == pytest.approx(125_000.0 - 40_000.0)
+
+
+# ----------------------------------------------------- re-planning a block under way
+
+NINE = MONDAY_6.replace(hour=9)
+SUN, HOT = 500.0, 30.0
+
+
+@pytest.mark.parametrize(
+    ("start_degc", "now_degc", "capacity_w", "share_of"),
+    [
+        (23.0, 22.4, 200_000.0, "model"),  # cooled 0.6 K in 5 min: what the model needs
+        (23.0, 23.6, 200_000.0, "zero"),  # warmed faster than the gains alone: none
+        (23.0, 20.0, 20_000.0, "capacity"),  # more than the chiller can: its capacity
+    ],
+)
+def test_the_cooling_a_block_has_had(
+    start_degc: float, now_degc: float, capacity_w: float, share_of: str
+) -> None:
+    had = hvac._cooling_had_w(
+        TRUE_MODEL,
+        start_degc,
+        now_degc,
+        elapsed_s=300.0,
+        step_s=900.0,
+        outdoor_degc=HOT,
+        irradiance_wm2=SUN,
+        occupied=True,
+        capacity_w=capacity_w,
+    )
+    if share_of == "zero":
+        assert had == 0.0
+        return
+    if share_of == "capacity":
+        assert had == pytest.approx(capacity_w * 300.0 / 900.0)
+        return
+    # Held over the 5 minutes, 3× that share of the step's mean takes the zone there.
+    reached = TRUE_MODEL.step(
+        start_degc,
+        outdoor_degc=HOT,
+        cooling_w=had * 3.0,
+        irradiance_wm2=SUN,
+        occupied=1.0,
+        dt_s=300.0,
+    )
+    assert reached == pytest.approx(now_degc, abs=1e-9)
+
+
+def test_the_block_under_way_is_billed_from_its_start() -> None:
+    """5 of 15 minutes gone at a mean of 120 kW (10 kWh), 5 kW of it the planned chillers;
+    the meter less the chillers reads 110 kW now. The block's other load: (10 kWh − 5 kW ×
+    5 min) over 15 min plus 110 kW for the other 10; the spread and the scenarios count
+    for those 10 minutes only."""
+    p = params(replan_within_block=timedelta(minutes=5))
+    demand = DemandTerm(
+        other_load_w=[100_000.0, 90_000.0],
+        blocks=[0, 1],
+        counts=[True, True],
+        threshold_w=120_000.0,
+        charge_per_kw=15.0,
+        spread_w=[6_000.0, 6_000.0],
+        extra=[(0.1, [9_000.0, 9_000.0])],
+    )
+    block = hvac.BlockUnderWay(NINE, 300.0, (23.0,), 10_000.0)
+    got = hvac._block_so_far(demand, block, 5_000.0 * 300.0, 110_000.0, p)
+    expected = (10_000.0 * 3600.0 - 5_000.0 * 300.0) / 900.0 + 110_000.0 * 600.0 / 900.0
+    assert got.other_load_w[0] == pytest.approx(expected)
+    assert list(got.other_load_w[1:]) == [90_000.0]
+    assert got.spread_w == pytest.approx([4_000.0, 6_000.0])
+    assert [list(add) for _, add in got.extra] == [pytest.approx([6_000.0, 9_000.0])]
+    # No fresh reading: the forecast's level for the rest.
+    blind = hvac._block_so_far(demand, block, 0.0, math.nan, p)
+    assert blind.other_load_w[0] == pytest.approx(40_000.0 + 100_000.0 * 600.0 / 900.0)
+
+
+def test_a_cooling_floor_holds_in_the_first_step() -> None:
+    """A zone with nothing to gain from cooling now (cold, flat prices, no demand charge)
+    plans none in the first step -- unless it has already had some there."""
+    p = params(tariff=FLAT)
+    outdoor, irradiance, occupied = weather(NINE, p)
+    prices = p.tariff.prices_per_kwh(NINE, p.step, p.steps)
+
+    def first_step_w(floor: float) -> float:
+        (plan,) = plan_zones(
+            [ZoneProblem(TRUE_MODEL, 21.5, p, occupied, first_cooling_min_w=floor)],
+            outdoor_degc=outdoor,
+            irradiance_wm2=irradiance,
+            prices_per_kwh=prices,
+        )
+        assert plan.ok
+        return plan.cooling_w[0]
+
+    assert first_step_w(0.0) == pytest.approx(0.0, abs=1.0)
+    assert first_step_w(8_000.0) == pytest.approx(8_000.0, rel=1e-6)
+
+
+def _quarter_with_replans(
+    monkeypatch: pytest.MonkeyPatch, *, extra_w: float
+) -> list[tuple[datetime, PlanJob]]:
+    """The group re-planning every 5 min from 09:00 against a billed peak of 110 kW and
+    the forecast's 100 kW (site_forecasts); the meter reads 105 kW plus, from 09:05,
+    ``extra_w``; the zones cool from 23.0 to 22.6 °C by 09:05. Cycles every 30 s to
+    09:16; returns each solve's start and job."""
+    jobs: list[tuple[datetime, PlanJob]] = []
+    clock: list[datetime] = []
+
+    def solve(job: PlanJob) -> tuple[Plan, ...]:
+        jobs.append((clock[-1], job))
+        return solve_plans(job)
+
+    monkeypatch.setattr(hvac, "solve_plans", solve)
+    billed = PointRef("peak_shaver", "billed_peak_w")
+    controller = group(billed_peak_point=billed, replan_within_block=timedelta(minutes=5))
+    state = controller.initial_state()
+    forecasts = site_forecasts(NINE)
+    for k in range(33):
+        now = NINE + k * timedelta(seconds=30)
+        clock.append(now)
+        minutes = (now - NINE) / timedelta(minutes=1)
+        zone_degc = 23.0 - 0.4 * min(minutes, 5.0) / 5.0
+        grid = 105_000.0 + (extra_w if minutes >= 5.0 else 0.0)
+        snap = site_snapshot(now, (zone_degc, zone_degc), grid_w=grid)
+        snap = Snapshot(now, {**snap.readings, billed: Reading(110_000.0, now)})
+        decision = controller.decide(snap, state, now, forecasts)
+        state = decision.state
+    return jobs
+
+
+def test_a_block_under_way_is_re_planned_from_its_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plans at 09:00, 09:05, 09:10 and 09:15: the ones inside the block start from the
+    zones' temperatures at 09:00 with the cooling they have had since as a floor; the one
+    at 09:15 is an ordinary plan from the new block's start."""
+    jobs = _quarter_with_replans(monkeypatch, extra_w=0.0)
+    assert [t - NINE for t, _ in jobs] == [timedelta(minutes=m) for m in (0, 5, 10, 15)]
+    first, inside = jobs[0][1], jobs[1][1]
+    assert [z.t0_degc for z in inside.zones] == pytest.approx([23.0, 23.0])
+    assert all(z.first_cooling_min_w > 0.0 for z in inside.zones)
+    assert inside.prices_per_kwh == first.prices_per_kwh  # the same steps, from 09:00
+    last = jobs[3][1]
+    assert [z.t0_degc for z in last.zones] == pytest.approx([22.6, 22.6])
+    assert all(z.first_cooling_min_w == 0.0 for z in last.zones)
+
+
+def test_a_block_running_over_has_cooling_taken_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The meter 12 kW above the forecast from 09:05: the re-plan at 09:05 keeps the block
+    under the billed peak with less cooling in it than the quiet block's re-plan."""
+
+    def first_step_w(jobs: list[tuple[datetime, PlanJob]]) -> float:
+        _, job = jobs[1]
+        return sum(plan.chiller_power_w[0] for plan in solve_plans(job))
+
+    quiet = first_step_w(_quarter_with_replans(monkeypatch, extra_w=0.0))
+    busy = first_step_w(_quarter_with_replans(monkeypatch, extra_w=12_000.0))
+    assert busy < quiet - 1_000.0

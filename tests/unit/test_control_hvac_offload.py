@@ -184,3 +184,28 @@ def test_the_engine_routes_an_outcome_to_the_controller_that_asked() -> None:
         zone.plan is not None for zone in engine.controller_state("hvac_group_planner").zones
     )
     assert engine.finish_job("no_such_controller", result.jobs[0][1], JobOutcome()) == ()
+
+
+def test_an_offloaded_re_plan_inside_a_block_starts_at_the_block() -> None:
+    """With ``replan_within_block``, the solve handed out at 10:05 plans the block from
+    10:00 (the zones 1 K colder by then), and its plan is followed as one made then."""
+    offloaded = group(replan_within_block=timedelta(minutes=5)).offloaded()
+    forecasts = site_forecasts(MONDAY_10)
+    state = offloaded.initial_state()
+    handed: list[tuple[Job, object]] = []
+    for k in range(12):
+        now = MONDAY_10 + k * timedelta(seconds=30)
+        degc = 24.0 - 0.1 * k  # the zones cool: 23.0 °C by 10:05
+        snap = site_snapshot(now, (degc, degc), grid_w=105_000.0)
+        decision = offloaded.decide(snap, state, now, forecasts)
+        state = decision.state
+        for job in decision.jobs:
+            handed.append((job, now))
+            state, _ = offloaded.finish(state, job, done(job))
+    assert [when for _, when in handed] == [MONDAY_10, MONDAY_10 + timedelta(minutes=5)]
+    assert [job.tag for job, _ in handed] == [MONDAY_10, MONDAY_10]
+    (inside,) = handed[1][0].args
+    # From the zones' 24 °C at 10:00, with the cooling they have had since as a floor.
+    assert [z.t0_degc for z in inside.zones] == [24.0, 24.0]
+    assert all(z.first_cooling_min_w > 0.0 for z in inside.zones)
+    assert [zone.plan_start for zone in state.zones] == [MONDAY_10, MONDAY_10]

@@ -200,6 +200,16 @@ class HvacParams(_Frozen):
     replan_interval: timedelta = timedelta(minutes=15)
     replan_deviation_k: float = Field(default=1.0, gt=0.0)
     """Re-plan early when the zone is this far from the plan's temperature."""
+    replan_within_block: timedelta | None = None
+    """Joint planning with ``step`` equal to the tariff's ``demand_interval``: re-plan this
+    often inside a demand block too, and plan the block under way from its start, as it
+    is billed -- the zones from their temperatures when it began (the plan's), the cooling
+    they have had since (their models, from their temperatures now) a floor on the step's,
+    and its other load the meter's energy so far less that cooling's chillers plus, for
+    the rest of it, the meter's reading now less the chillers. A plan made at a block's
+    start fills the headroom under the billed peak from a forecast of the block's mean;
+    minutes later the meter tells how the block is going, and the plan can still take
+    cooling out of it (or add some). None: plans only at a block's start (or on a drift)."""
     comfort_penalty_per_kh: float = Field(default=1000.0, ge=0.0)
     """Price of one kelvin outside the band for one hour, in the tariff's currency. The
     default outweighs what leaving the band could save: pre-cooling below it at usual TOU
@@ -360,6 +370,15 @@ class HvacParams(_Frozen):
             raise ValueError("cloud_window must be at least one step")
         if self.cloud_window_recourse is not None and self.cloud_window_recourse < timedelta(0):
             raise ValueError("cloud_window_recourse must not be negative")
+        if self.replan_within_block is not None and not (
+            timedelta(0) < self.replan_within_block < self.step
+        ):
+            raise ValueError("replan_within_block must be positive and shorter than a step")
+        if self.replan_within_block is not None and self.step != self.tariff.demand_interval:
+            raise ValueError(
+                "replan_within_block needs step equal to the tariff's demand_interval "
+                "(each step one demand block)"
+            )
         return self
 
     @property
@@ -548,6 +567,9 @@ class ZoneProblem:
     params: HvacParams
     occupied: Sequence[bool]
     """Per step: whether the zone is occupied (selects its comfort band)."""
+    first_cooling_min_w: float = 0.0
+    """A floor on the first step's mean thermal cooling (W): the cooling a step already
+    under way has had (see ``HvacParams.replan_within_block``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -666,6 +688,7 @@ def plan_zones(  # noqa: PLR0915 - one LP, its blocks built in order
             ramp_kw=_ramp_step_w(params) / 1000.0,
             capacity_kw=params.chiller_capacity_w / 1000.0,
             ceiling=params.temperature_ceiling_degc,
+            first_floor_kw=max(0.0, zone.first_cooling_min_w) / 1000.0,
         )
         zone_data.append(lp)
         lp.add_rows(
@@ -769,6 +792,8 @@ class _ZoneLp:
     ramp_kw: float
     capacity_kw: float
     ceiling: float | None
+    first_floor_kw: float = 0.0
+    """The first step's cooling floor (ZoneProblem.first_cooling_min_w), kW."""
 
     def add_rows(
         self,
@@ -838,6 +863,8 @@ class _ZoneLp:
             else:
                 high[handback_at] = 0.0
         high[q_at : q_at + length] = self.capacity_kw
+        if k0 == 0:
+            low[q_at] = min(self.first_floor_kw, self.capacity_kw)
         low[t_at : t_at + length] = -np.inf
         high[t_at : t_at + length] = np.inf if self.ceiling is None else self.ceiling
 
@@ -1741,6 +1768,95 @@ def _demand_over(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class BlockUnderWay:
+    """A demand block a re-plan inside it plans from its start."""
+
+    start: datetime
+    elapsed_s: float
+    start_degc: tuple[float, ...]
+    """Per ready zone, its temperature at the block's start (its plan's)."""
+    energy_wh: float
+    """The site's import in the block so far (the meter)."""
+
+
+def _block_under_way(
+    p: HvacParams,
+    zone_states: Sequence[HvacState],
+    ready: Sequence[tuple[int, float, RcModel]],
+    ledger: DemandLedger | None,
+    now: datetime,
+) -> BlockUnderWay | None:
+    """The block a re-plan at ``now`` plans from its start (``replan_within_block``): the
+    one under way, when every ready zone follows a plan made at its start and the meter
+    has covered at least 90 % of it so far; None: plan from ``now``."""
+    if p.replan_within_block is None or ledger is None:
+        return None
+    start = slot_start(now, p.tariff.demand_interval, p.tariff.zone)
+    elapsed_s = (now - start).total_seconds()
+    if elapsed_s <= 0.0 or ledger.block_start != start or ledger.covered_s < 0.9 * elapsed_s:
+        return None
+    temperatures: list[float] = []
+    for i, _, _ in ready:
+        plan, plan_start = zone_states[i].plan, zone_states[i].plan_start
+        if plan is None or not plan.ok or plan_start != start:
+            return None
+        temperatures.append(plan.temperatures_degc[0])
+    # The ledger's energy runs to its last sample: held at that sample's power to now.
+    energy_wh = (
+        ledger.energy_wh
+        + ledger.sample[0] * max(0.0, (now - ledger.sample[1]).total_seconds()) / 3600.0
+    )
+    return BlockUnderWay(start, elapsed_s, tuple(temperatures), energy_wh)
+
+
+def _cooling_had_w(
+    model: RcModel,
+    start_degc: float,
+    now_degc: float,
+    *,
+    elapsed_s: float,
+    step_s: float,
+    outdoor_degc: float,
+    irradiance_wm2: float,
+    occupied: bool,
+    capacity_w: float,
+) -> float:
+    """The cooling a zone has had since its step began, as a share of the step's mean
+    (W): the constant cooling that took it from ``start_degc`` to ``now_degc`` in
+    ``elapsed_s`` by its model, within [0, capacity], times elapsed/step."""
+    a = model.coefficient(elapsed_s)
+    # now = a·start + (1 − a)·(T_o + R·(G − Φ)), solved for Φ
+    drive = (now_degc - a * start_degc) / (1.0 - a)
+    gains = model.gains_w(float(occupied), irradiance_wm2)
+    cooling = gains + (outdoor_degc - drive) / model.resistance_k_per_w
+    return min(max(cooling, 0.0), capacity_w) * elapsed_s / step_s
+
+
+def _block_so_far(
+    demand: DemandTerm,
+    block: BlockUnderWay,
+    chillers_j: float,
+    measured_other_w: float,
+    p: HvacParams,
+) -> DemandTerm:
+    """``demand`` with its first step the block under way as billed: the other load's mean
+    over the block is the meter's energy so far less the planned chillers' (``chillers_j``,
+    J) plus, for the rest, ``measured_other_w`` (the forecast's when not finite); what
+    the spread and the scenarios add to the step counts for the rest only."""
+    block_s = p.step_s
+    rest = max(0.0, block_s - block.elapsed_s) / block_s
+    now_w = measured_other_w if math.isfinite(measured_other_w) else demand.other_load_w[0]
+    first = (block.energy_wh * 3600.0 - chillers_j) / block_s + now_w * rest
+    spread = demand.spread_w
+    return replace(
+        demand,
+        other_load_w=[first, *demand.other_load_w[1:]],
+        spread_w=[spread[0] * rest, *spread[1:]] if spread is not None else None,
+        extra=[(weight, [add[0] * rest, *add[1:]]) for weight, add in demand.extra],
+    )
+
+
 Scenario = tuple[float, list[float], tuple[int, int] | None]
 """(probability, what it adds to the other load per step W -- the PV it takes away, or the
 level it holds --, the steps the zones answer it in: see :attr:`DemandTerm.branches`)."""
@@ -1909,6 +2025,8 @@ class HvacGroupState:
     """Offloaded: the zones of that request, in its order."""
     failure: tuple[FallbackKind, str] | None = None
     """Offloaded: why the last joint solve gave no plan; the next cycle falls back with it."""
+    requested: datetime | None = None
+    """When the last joint plan was asked for (``replan_within_block`` counts from it)."""
 
 
 class HvacGroupController:
@@ -2028,7 +2146,9 @@ class HvacGroupController:
         if (
             ready
             and self._offload
-            and self._replan_due(zone_states, ready, planned, state.planned, now)
+            and self._replan_due(
+                zone_states, ready, planned, state.planned, now, requested=state.requested
+            )
         ):
             offloaded, planned = self._request_plan(
                 snapshot,
@@ -2042,7 +2162,10 @@ class HvacGroupController:
                 jobs=jobs,
             )
             zone_states = list(offloaded.zones)
-        elif ready and self._replan_due(zone_states, ready, planned, state.planned, now):
+        elif ready and self._replan_due(
+            zone_states, ready, planned, state.planned, now, requested=state.requested
+        ):
+            offloaded = replace(offloaded, requested=now)
             outcome = self._plan(
                 snapshot, zone_states, ready, decisions, ledger, now=now, forecasts=forecasts
             )
@@ -2115,11 +2238,16 @@ class HvacGroupController:
             if isinstance(request, str):
                 problem = ("no_outdoor", request)
             else:
-                job, persisted = request
-                jobs.append(Job("plan", solve_plans, (job,), tag=now))
+                job, persisted, start = request
+                jobs.append(Job("plan", solve_plans, (job,), tag=start))
                 for i, _, _ in ready:
                     zone_states[i] = replace(zone_states[i], persisted=persisted)
-                state = replace(state, solving=now, solving_zones=tuple(i for i, _, _ in ready))
+                state = replace(
+                    state,
+                    solving=start,
+                    solving_zones=tuple(i for i, _, _ in ready),
+                    requested=now,
+                )
         for i, _, _ in ready:
             zone, zs = self._zones[i], zone_states[i]
             if problem is None:
@@ -2148,8 +2276,13 @@ class HvacGroupController:
         planned: tuple[int, ...],
         was_planned: tuple[int, ...],
         now: datetime,
+        *,
+        requested: datetime | None,
     ) -> bool:
         if planned != was_planned:
+            return True
+        within = self._zones[0].params.replan_within_block
+        if within is not None and requested is not None and now - requested >= within:
             return True
         for i, temperature, _ in ready:
             zs = zone_states[i]
@@ -2182,12 +2315,12 @@ class HvacGroupController:
         )
         if isinstance(request, str):
             return "no_outdoor", request
-        job, persisted = request
+        job, persisted, start = request
         plans = solve_plans(job)
         if not plans[0].ok:
             return "planner", f"joint planner {plans[0].status}: {plans[0].message}"
         return {
-            i: replace(zone_states[i], plan=plan, plan_start=now, persisted=persisted)
+            i: replace(zone_states[i], plan=plan, plan_start=start, persisted=persisted)
             for (i, _, _), plan in zip(ready, plans, strict=True)
         }
 
@@ -2201,24 +2334,46 @@ class HvacGroupController:
         *,
         now: datetime,
         forecasts: Forecasts,
-    ) -> tuple[PlanJob, tuple[str, ...]] | str:
-        """The joint solve of the ready zones and the forecasts persisted for it, or why
-        there is none (no outdoor temperature)."""
+    ) -> tuple[PlanJob, tuple[str, ...], datetime] | str:
+        """The joint solve of the ready zones, the forecasts persisted for it and the plan's
+        start (``now``, or inside a block with ``replan_within_block`` the block's start),
+        or why there is none (no outdoor temperature)."""
         p = self._zones[0].params
         first = self._zones[ready[0][0]]
-        inputs = first._inputs(snapshot, now, forecasts)
+        block = _block_under_way(p, zone_states, ready, ledger, now)
+        start = block.start if block is not None else now
+        inputs = first._inputs(snapshot, start, forecasts)
         if isinstance(inputs, str):
             return inputs
         outdoor, irradiance, persisted = inputs
-        times = [now + k * p.step for k in range(p.steps)]
+        times = [start + k * p.step for k in range(p.steps)]
+        floors = [0.0] * len(ready)
+        starts = [temperature for _, temperature, _ in ready]
+        if block is not None:
+            starts = list(block.start_degc)
+            floors = [
+                _cooling_had_w(
+                    model,
+                    block.start_degc[n],
+                    temperature,
+                    elapsed_s=block.elapsed_s,
+                    step_s=p.step_s,
+                    outdoor_degc=outdoor[0],
+                    irradiance_wm2=irradiance[0],
+                    occupied=self._zones[i].params.occupied_at(start),
+                    capacity_w=self._zones[i].params.chiller_capacity_w,
+                )
+                for n, (i, temperature, model) in enumerate(ready)
+            ]
         problems = [
             ZoneProblem(
                 model,
-                temperature,
+                t0,
                 self._zones[i].params,
                 [self._zones[i].params.occupied_at(t) for t in times],
+                first_cooling_min_w=floor,
             )
-            for i, temperature, model in ready
+            for (i, _, model), t0, floor in zip(ready, starts, floors, strict=True)
         ]
         demand = self._demand_term(
             snapshot,
@@ -2226,19 +2381,27 @@ class HvacGroupController:
             ready,
             fallbacks,
             ledger,
-            now=now,
+            now=start,
             forecasts=forecasts,
             outdoor=outdoor,
             irradiance=irradiance,
         )
+        if demand is not None and block is not None:
+            chillers_j = sum(
+                floor * p.step_s / self._zones[i].params.cop.cop(outdoor[0])
+                for (i, _, _), floor in zip(ready, floors, strict=True)
+            )
+            demand = _block_so_far(
+                demand, block, chillers_j, self._measured_other_w(snapshot, ready), p
+            )
         job = PlanJob(
             zones=tuple(problems),
             outdoor_degc=tuple(outdoor),
             irradiance_wm2=tuple(irradiance),
-            prices_per_kwh=p.tariff.prices_per_kwh(now, p.step, p.steps),
+            prices_per_kwh=p.tariff.prices_per_kwh(start, p.step, p.steps),
             demand=demand,
         )
-        return job, persisted
+        return job, persisted, start
 
     def _measured_other_w(
         self, snapshot: Snapshot, ready: Sequence[tuple[int, float, RcModel]]

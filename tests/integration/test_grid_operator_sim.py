@@ -98,9 +98,14 @@ async def trace_building(
         await site.wait_ticks(1)
 
 
-async def until_sim(site: SimulatedSite, when: datetime, timeout_s: float = 120.0) -> None:
+async def until_sim(
+    site: SimulatedSite, trace: Trace, when: datetime, timeout_s: float = 120.0
+) -> None:
+    """Until the site's clock and the trace have both reached ``when``: the trace records on
+    the same tick as this wakes, in either order, and ``Trace.at`` needs a sample at or
+    after the time it reads."""
     async with asyncio.timeout(timeout_s):
-        while site.now < when:
+        while site.now < when or not trace.times or trace.times[-1] < when:
             await site.wait_ticks(1)
 
 
@@ -234,7 +239,7 @@ async def test_an_export_limit_event_holds_the_export_and_overrides_lower_priori
     topic = str(Topic.grid_controls(loop.config.site.id))
 
     # --- before the event: self-consumption and peak shaving alone let the site export
-    await until_sim(site, EVENT_START)
+    await until_sim(site, trace, EVENT_START)
     before_w = trace.mean_export_w(EVENT_START - timedelta(minutes=1), EVENT_START)
     assert before_w > EXPORT_LIMIT_W + 5_000.0, before_w
     assert max(trace.between(trace.pv_limit_pct, START, EVENT_START)) == 100.0
@@ -243,14 +248,14 @@ async def test_an_export_limit_event_holds_the_export_and_overrides_lower_priori
     limit = ControlMode("opModExpLimW", EXPORT_LIMIT_W, "event", "W", "5A7E0C1D2B3F", 1)
     await loop.bus.publish(topic, controls_message(site.now, {"opModExpLimW": limit}), retain=True)
     settled = EVENT_START + SETTLE
-    await until_sim(site, settled + timedelta(minutes=1))
+    await until_sim(site, trace, settled + timedelta(minutes=1))
 
     status = service.status()
     assert status["grid_controls"]["modes"] == [limit.describe()]
 
     # a malformed message (not retained) is refused and the limit holds on
     await loop.bus.publish(topic, b'{"ts": "yesterday"}')
-    await until_sim(site, EVENT_END)
+    await until_sim(site, trace, EVENT_END)
 
     # --- while the event is active: the export stays under the limit. The building's load
     # steps at random every few seconds (noise, chillers staging) and the meter is read every
@@ -307,7 +312,7 @@ async def test_an_export_limit_event_holds_the_export_and_overrides_lower_priori
             await site.wait_ticks(1)
     released = site.now
     assert released - EVENT_END < timedelta(minutes=5), released
-    await until_sim(site, released + timedelta(minutes=1, seconds=5))
+    await until_sim(site, trace, released + timedelta(minutes=1, seconds=5))
     after_w = trace.mean_export_w(released, released + timedelta(minutes=1))
     assert after_w > EXPORT_LIMIT_W + 5_000.0, after_w
     assert after_w <= CONNECTION_LIMIT_W, after_w

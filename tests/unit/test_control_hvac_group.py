@@ -12,10 +12,12 @@ import pytest
 from gridpilot.control import hvac
 from gridpilot.control.base import Forecast, PointRef, Reading, Snapshot
 from gridpilot.control.hvac import (
+    DemandLedger,
     DemandTerm,
     HvacController,
     HvacGroupController,
     HvacParams,
+    HvacState,
     Plan,
     PlanJob,
     ZoneProblem,
@@ -1077,3 +1079,23 @@ def test_a_block_running_over_has_cooling_taken_out(monkeypatch: pytest.MonkeyPa
     quiet = first_step_w(_quarter_with_replans(monkeypatch, extra_w=0.0))
     busy = first_step_w(_quarter_with_replans(monkeypatch, extra_w=12_000.0))
     assert busy < quiet - 1_000.0
+
+
+def test_a_block_the_meter_barely_covered_is_planned_from_now() -> None:
+    """Without 90 % of the block so far on the meter (a gap, or a ledger of another
+    block), a re-plan inside it plans from now, as without the option."""
+    p = params(replan_within_block=timedelta(minutes=5))
+    plan = Plan("optimal", "", 900.0, (23.0, 22.5), (1.0,), (1.0,))
+    zones = [HvacState(plan=plan, plan_start=NINE)]
+    ready = [(0, 22.8, TRUE_MODEL)]
+    now = NINE + timedelta(minutes=5)
+
+    def ledger(covered_s: float, start: datetime = NINE) -> DemandLedger:
+        return DemandLedger((2026, 7), 0.0, start, 8_000.0, covered_s, (100_000.0, now))
+
+    whole = hvac._block_under_way(p, zones, ready, ledger(300.0), now)
+    assert whole is not None
+    assert whole.start_degc == (23.0,)
+    assert hvac._block_under_way(p, zones, ready, ledger(200.0), now) is None
+    assert hvac._block_under_way(p, zones, ready, ledger(300.0, NINE - STEP), now) is None
+    assert hvac._block_under_way(p, zones, ready, None, now) is None
